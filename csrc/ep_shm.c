@@ -1,0 +1,134 @@
+/*
+ * ep_shm.c: shared memory segments. Named POSIX segments (/dev/shm/edgepipe.<name>, created O_EXCL with
+ * mode 0600) for independent processes, anonymous memfd segments for supervised ones (handed over with
+ * SCM_RIGHTS or inherited, so nothing is named and nothing can leak on kill -9). Knows nothing about
+ * records: the ring lays itself out inside whatever this file maps.
+ */
+#define _GNU_SOURCE
+#include "edgepipe.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EP_SHM_PREFIX "/edgepipe."
+
+/* A name is 1..EP_SHM_NAME_MAX characters of [A-Za-z0-9._-], not starting with '.'. */
+int ep_shm_name_check(const char *name)
+{
+    if (!name)
+        return -EINVAL;
+    size_t n = strlen(name);
+    if (n == 0 || n > EP_SHM_NAME_MAX || name[0] == '.')
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+static int full_name(const char *name, char *out, size_t cap)
+{
+    int rc = ep_shm_name_check(name);
+    if (rc)
+        return rc;
+    snprintf(out, cap, EP_SHM_PREFIX "%s", name);
+    return 0;
+}
+
+static int size_fd(int fd, uint64_t size)
+{
+    if (ftruncate(fd, (off_t)size) < 0)
+        return -errno;
+    return 0;
+}
+
+int ep_shm_create(const char *name, uint64_t size)
+{
+    char path[EP_SHM_NAME_MAX + 16];
+    int rc = full_name(name, path, sizeof(path));
+    if (rc)
+        return rc;
+    if (size == 0)
+        return -EINVAL;
+    int fd = shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    rc = size_fd(fd, size);
+    if (rc) {
+        close(fd);
+        shm_unlink(path);
+        return rc;
+    }
+    return fd;
+}
+
+int ep_shm_open(const char *name)
+{
+    char path[EP_SHM_NAME_MAX + 16];
+    int rc = full_name(name, path, sizeof(path));
+    if (rc)
+        return rc;
+    int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+int ep_shm_unlink(const char *name)
+{
+    char path[EP_SHM_NAME_MAX + 16];
+    int rc = full_name(name, path, sizeof(path));
+    if (rc)
+        return rc;
+    return shm_unlink(path) < 0 ? -errno : 0;
+}
+
+int ep_memfd_create(const char *label, uint64_t size)
+{
+    if (size == 0)
+        return -EINVAL;
+    /* Not MFD_CLOEXEC: supervised children inherit or receive this fd on purpose. */
+    int fd = memfd_create(label && *label ? label : "edgepipe", MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    int rc = size_fd(fd, size);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    /* The size is part of the ring's contract: nobody may shrink the segment under a mapped reader. */
+    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+    return fd;
+}
+
+int ep_shm_size(int fd, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int ep_shm_map(int fd, uint64_t size, void **addr)
+{
+    if (size == 0)
+        return -EINVAL;
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    *addr = p;
+    return 0;
+}
+
+int ep_shm_unmap(void *addr, uint64_t size)
+{
+    return munmap(addr, (size_t)size) < 0 ? -errno : 0;
+}

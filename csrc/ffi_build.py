@@ -1,0 +1,46 @@
+"""The single cffi build script (API mode). setuptools runs it through ``cffi_modules``; nothing imports it
+at runtime.
+
+The cdef is derived from ``edgepipe.h`` rather than typed out a second time: include guards and
+``#include`` lines are dropped and every ``#define NAME value`` becomes ``#define NAME ...`` so the
+compiler fills in the value. API mode then checks each declaration against the real header, so the two can
+never drift apart.
+"""
+
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).parent  # relative on purpose: setuptools runs us from the project root
+SOURCES = ("ep_ring.c", "ep_shm.c", "ep_clock.c")
+
+
+def cdef_from_header(text: str) -> str:
+    """Turn edgepipe.h into cdef text: drop guards/includes, make constants ``...``."""
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("#ifndef", "#endif", "#include", "#define EDGEPIPE_H")):
+            continue
+        m = re.match(r"#define\s+(EP_[A-Z0-9_]+)\s+\S", stripped)
+        if m:
+            out.append(f"#define {m.group(1)} ...")
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_from_header((CSRC / "edgepipe.h").read_text()))
+ffibuilder.set_source(
+    "edgepipe._ffi",
+    '#include "edgepipe.h"',
+    sources=[str(CSRC / f) for f in SOURCES],
+    include_dirs=[str(CSRC)],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
+    libraries=["rt"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

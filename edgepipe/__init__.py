@@ -1,0 +1,59 @@
+"""edgepipe: move data between Python processes on one edge device.
+
+A lock-free single-producer/single-consumer ring over shared memory, with a C core (cffi, API mode),
+zero-copy claim/commit and peek/release, blocking waits that release the GIL and notice a dead peer, and one
+CLOCK_MONOTONIC_RAW nanosecond clock for every stamp.
+
+>>> import edgepipe
+>>> with edgepipe.Ring.create(capacity=1 << 16) as ring:
+...     w, r = ring.writer(), ring.reader()
+...     w.write(b"imu 0 0 9.81")
+...     r.read(timeout_s=1.0)
+b'imu 0 0 9.81'
+"""
+
+from edgepipe.clock import ClockMapping, mapping, monotonic_ns, now_ns, wall_ns
+from edgepipe.errors import (
+    EdgepipeError,
+    EdgepipeOSError,
+    FrameError,
+    FrameTooLargeError,
+    LayoutVersionError,
+    PeerClosedError,
+    RecordTooLargeError,
+    RingBusyError,
+    RingClosedError,
+    RingCorruptError,
+    RingError,
+    RingTimeoutError,
+)
+from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
+from edgepipe.shm import SharedRegion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClockMapping",
+    "EdgepipeError",
+    "EdgepipeOSError",
+    "FrameError",
+    "FrameTooLargeError",
+    "LayoutVersionError",
+    "PeerClosedError",
+    "RecordTooLargeError",
+    "Ring",
+    "RingBusyError",
+    "RingClosedError",
+    "RingCorruptError",
+    "RingError",
+    "RingReader",
+    "RingStatus",
+    "RingTimeoutError",
+    "RingWriter",
+    "SharedRegion",
+    "WaitPolicy",
+    "mapping",
+    "monotonic_ns",
+    "now_ns",
+    "wall_ns",
+]

@@ -1,0 +1,103 @@
+"""The edgepipe exception tree. Where a builtin fits, a class inherits from it too, so ``except TimeoutError``
+or ``except ValueError`` catch what a user would expect.
+
+::
+
+    EdgepipeError
+    ├── RingError
+    │   ├── RingTimeoutError (TimeoutError)      a timed wait expired
+    │   ├── RecordTooLargeError (ValueError)     payload over the ring's max_payload
+    │   ├── RingCorruptError                     a header or region that cannot be a ring record/region
+    │   ├── RingBusyError                        the end is already held by a live process
+    │   └── RingClosedError (ValueError)         this handle was closed
+    ├── FrameError
+    │   ├── FrameTooLargeError (ValueError)
+    │   └── PeerClosedError (ConnectionError)    the other end closed or its process died
+    ├── LayoutVersionError                       a region of another layout version
+    └── EdgepipeOSError (OSError)                any other -errno, with .errno set
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class EdgepipeError(Exception):
+    """Base of every error edgepipe raises."""
+
+
+class RingError(EdgepipeError):
+    """A ring operation failed."""
+
+
+class RingTimeoutError(RingError, TimeoutError):
+    """A blocking ring call did not complete before its timeout."""
+
+
+class RecordTooLargeError(RingError, ValueError):
+    """A record is larger than the ring's maximum payload (capacity/2 - 8 bytes)."""
+
+
+class RingCorruptError(RingError):
+    """The region is not a ring, is truncated, or holds a record header that cannot be right."""
+
+
+class RingBusyError(RingError):
+    """The producer or consumer end of a ring is already held by a live process."""
+
+
+class RingClosedError(RingError, ValueError):
+    """The handle was closed; like I/O on a closed file, this is a ValueError."""
+
+
+class FrameError(EdgepipeError):
+    """A framing or peer-level failure."""
+
+
+class FrameTooLargeError(FrameError, ValueError):
+    """A frame is larger than the configured maximum."""
+
+
+class PeerClosedError(FrameError, ConnectionError):
+    """The other end closed cleanly or its process died."""
+
+
+class LayoutVersionError(EdgepipeError):
+    """The shared region was laid out by another, incompatible version of edgepipe."""
+
+
+class EdgepipeOSError(EdgepipeError, OSError):
+    """Any other operating-system error from the C core; ``.errno`` is set."""
+
+
+_BY_ERRNO = {
+    errno.EMSGSIZE: RecordTooLargeError,
+    errno.EBADMSG: RingCorruptError,
+    errno.EPIPE: PeerClosedError,
+    errno.EPROTO: LayoutVersionError,
+    errno.ETIMEDOUT: RingTimeoutError,
+    errno.EBUSY: RingBusyError,
+}
+
+
+def check(rc: int, what: str = "") -> int:
+    """Pass a success value through; raise the matching EdgepipeError for ``-errno``.
+
+    Args:
+        rc: a C return code: ``>= 0`` success, ``-errno`` failure.
+        what: context for the message, e.g. the segment name or the bad value.
+
+    Raises:
+        EdgepipeError: the subclass for the errno, or EdgepipeOSError.
+    """
+    if rc >= 0:
+        return rc
+    code = -rc
+    msg = os.strerror(code) + (f": {what}" if what else "")
+    cls = _BY_ERRNO.get(code)
+    if cls is None:
+        raise EdgepipeOSError(code, msg)
+    err = cls(msg)
+    err.errno = code  # type: ignore[attr-defined]
+    raise err

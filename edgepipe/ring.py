@@ -1,0 +1,957 @@
+"""Ring, RingWriter, RingReader: the Python handles over the C SPSC ring (``csrc/ep_ring.c``).
+
+A :class:`Ring` owns one shared region laid out as a ring. Its :meth:`Ring.writer` and :meth:`Ring.reader`
+open the producer and consumer ends; each end may be held by one live process at a time. Hot methods stay
+thin: one cffi call, arguments already in the shape C wants, errors decoded only on the failure path.
+
+Zero-copy paths: ``claim(n)`` hands out a writable memoryview inside the ring, ``peek()`` a read-only one;
+neither view may be used after its ``with`` block (the bytes are recycled by the other end).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import time
+from array import array
+from dataclasses import dataclass, fields
+
+from edgepipe._ffi import ffi, lib
+from edgepipe.errors import (
+    LayoutVersionError,
+    PeerClosedError,
+    RecordTooLargeError,
+    RingBusyError,
+    RingClosedError,
+    RingCorruptError,
+    RingTimeoutError,
+    check,
+)
+from edgepipe.shm import SharedRegion, validate_name
+
+__all__ = ["Ring", "RingReader", "RingStatus", "RingWriter", "WaitPolicy"]
+
+_MODES = {"spin": lib.EP_WAIT_SPIN, "park": lib.EP_WAIT_PARK, "hybrid": lib.EP_WAIT_HYBRID}
+_MAX_TYPE = 0xFFFFFFFE  # 0xFFFFFFFF marks padding
+_WAKE_NS = 25_000  # measured cost of waking a parked process on this class of VM (DESIGN.md)
+
+_try_write = lib.ep_ring_try_write
+_try_read = lib.ep_ring_try_read
+_EAGAIN = -errno.EAGAIN
+
+
+# ---------------------------------------------------------------------------------------------------
+# arguments
+
+
+def _timeout_ns(timeout_s: float | None) -> int:
+    """None or +inf mean wait forever (-1 for C); anything else must be a finite number >= 0."""
+    if timeout_s is None:
+        return -1
+    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool):
+        raise TypeError(f"timeout_s must be a number or None, not {type(timeout_s).__name__}: {timeout_s!r}")
+    if math.isnan(timeout_s) or timeout_s < 0:
+        raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
+    if math.isinf(timeout_s):
+        return -1
+    return int(timeout_s * 1e9)
+
+
+def _type_id(type_id: object) -> int:
+    if not isinstance(type_id, int) or isinstance(type_id, bool):
+        raise TypeError(f"type_id must be int, not {type(type_id).__name__}: {type_id!r}")
+    if not 0 <= type_id <= _MAX_TYPE:
+        raise ValueError(f"type_id must be in 0..{_MAX_TYPE}, got {type_id}")
+    return type_id
+
+
+def _as_buffer(payload: object):
+    """A cffi char[] over any C-contiguous bytes-like object, or TypeError naming what it got."""
+    try:
+        return ffi.from_buffer(payload, require_writable=False)
+    except TypeError:
+        raise TypeError(
+            f"payload must be a bytes-like object (bytes, bytearray, memoryview, numpy array), "
+            f"not {type(payload).__name__}: {payload!r:.60}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How a blocking call waits: ``spin`` (burn a core, lowest latency), ``park`` (sleep on a futex at
+    once) or ``hybrid`` (spin for ``spin_ns``, then park; the default).
+
+    >>> WaitPolicy.from_budget(20e-6).mode
+    'spin'
+    """
+
+    mode: str = "hybrid"
+    spin_ns: int = lib.EP_DEFAULT_SPIN_NS
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"wait mode must be one of {sorted(_MODES)}, got {self.mode!r}")
+        if not isinstance(self.spin_ns, int) or isinstance(self.spin_ns, bool) or self.spin_ns < 0:
+            raise ValueError(f"spin_ns must be an int >= 0, got {self.spin_ns!r}")
+
+    @classmethod
+    def from_budget(cls, latency_budget_s: float) -> WaitPolicy:
+        """Pick a policy for the latency a handoff may add.
+
+        Waking a parked process costs about 25 us here. A budget under two wakes can't afford to park:
+        spin. Under a millisecond: spin about one wake, then park. Looser budgets spin 2 us (enough to
+        catch back-to-back records) and sleep otherwise.
+        """
+        ns = _timeout_ns(latency_budget_s)
+        if ns < 0:
+            return cls("hybrid", 2_000)
+        if ns < 2 * _WAKE_NS:
+            return cls("spin", 0)
+        if ns < 1_000_000:
+            return cls("hybrid", _WAKE_NS)
+        return cls("hybrid", 2_000)
+
+    @classmethod
+    def coerce(cls, wait: WaitPolicy | str | None) -> WaitPolicy:
+        if wait is None:
+            return cls()
+        if isinstance(wait, str):
+            return cls(wait) if wait != "spin" else cls("spin", 0)
+        if isinstance(wait, WaitPolicy):
+            return wait
+        raise TypeError(f"wait must be a WaitPolicy, 'spin', 'park', 'hybrid' or None, not {wait!r}")
+
+
+@dataclass(frozen=True)
+class RingStatus:
+    """A snapshot of a ring's control block (readable from any process that maps it)."""
+
+    capacity: int
+    max_payload: int
+    region_size: int
+    head: int
+    tail: int
+    used: int
+    records_written: int
+    records_read: int
+    full_events: int
+    producer_parks: int
+    consumer_parks: int
+    producer_wakes: int
+    consumer_wakes: int
+    late_wakeups: int
+    creator_pid: int
+    producer_pid: int
+    consumer_pid: int
+    producer_closed: bool
+    consumer_closed: bool
+    producer_beat_ns: int
+    consumer_beat_ns: int
+    version: int
+
+    @property
+    def queued(self) -> int:
+        """Records written but not yet read."""
+        return self.records_written - self.records_read
+
+
+_STATUS_FIELDS = [f.name for f in fields(RingStatus)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the ring
+
+
+class Ring:
+    """A shared-memory SPSC ring: one producer process, one consumer process.
+
+    >>> with Ring.create(capacity=4096) as ring:
+    ...     w, r = ring.writer(), ring.reader()
+    ...     w.try_write(b"hello")
+    ...     r.try_read()
+    True
+    b'hello'
+    """
+
+    __slots__ = ("_handles", "_region")
+
+    def __init__(self, region: SharedRegion) -> None:
+        """Wrap a region that already holds a ring (use create/attach/from_fd rather than this)."""
+        self._region = region
+        self._handles: list = []
+        _check_layout(region)
+
+    @classmethod
+    def create(cls, name: str | None = None, capacity: int = 1 << 20) -> Ring:
+        """Create a ring of ``capacity`` data bytes (a power of two, 64 B .. 1 TiB).
+
+        Args:
+            name: a named POSIX segment ``/dev/shm/edgepipe.<name>`` other processes can attach by name;
+                None for an anonymous memfd, shared through ``ring.fd`` (nothing to leak on kill -9).
+            capacity: data bytes; the largest record payload is ``capacity // 2 - 8``.
+
+        Raises:
+            ValueError: bad capacity or name. FileExistsError: the name is taken.
+        """
+        _check_capacity(capacity)
+        size = lib.ep_ring_region_size(capacity)
+        if name is None:
+            region = SharedRegion.anonymous(size, "edgepipe-ring")
+        else:
+            region = SharedRegion.create(validate_name(name), size)
+        try:
+            check(lib.ep_ring_init(region.address, region.size, capacity), f"capacity {capacity}")
+        except BaseException:
+            region.unlink()
+            region.close()
+            raise
+        return cls(region)
+
+    @classmethod
+    def attach(cls, name: str, wait_s: float = 0.0) -> Ring:
+        """Attach a named ring, waiting up to ``wait_s`` for its creator to create and initialise it."""
+        validate_name(name)
+        deadline = time.monotonic() + max(0.0, _timeout_ns(wait_s) / 1e9 if wait_s is not None else 1e9)
+        while True:
+            try:
+                region = SharedRegion.attach(name)
+            except FileNotFoundError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+                continue
+            try:
+                return cls(region)
+            except RingCorruptError:
+                region.close()
+                # A creator between shm_open and ep_ring_init looks exactly like this: retry.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+            except BaseException:
+                region.close()
+                raise
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Ring:
+        """Attach a ring from a segment fd (inherited, or received over SCM_RIGHTS)."""
+        region = SharedRegion.from_fd(fd)
+        try:
+            return cls(region)
+        except BaseException:
+            region.close()
+            raise
+
+    # -- ends ---------------------------------------------------------------------------------------
+    def writer(self, wait: WaitPolicy | str | None = None) -> RingWriter:
+        """Open the producer end in this process. Raises RingBusyError if a live process holds it."""
+        w = RingWriter(self, WaitPolicy.coerce(wait))
+        self._handles.append(w)
+        return w
+
+    def reader(self, wait: WaitPolicy | str | None = None) -> RingReader:
+        """Open the consumer end in this process. Raises RingBusyError if a live process holds it."""
+        r = RingReader(self, WaitPolicy.coerce(wait))
+        self._handles.append(r)
+        return r
+
+    # -- facts --------------------------------------------------------------------------------------
+    @property
+    def region(self) -> SharedRegion:
+        return self._region
+
+    @property
+    def name(self) -> str | None:
+        return self._region.name
+
+    @property
+    def fd(self) -> int:
+        return self._region.fd
+
+    @property
+    def capacity(self) -> int:
+        return self.status().capacity
+
+    @property
+    def max_payload(self) -> int:
+        return self.status().capacity // 2 - lib.EP_REC_HDR
+
+    @property
+    def closed(self) -> bool:
+        return self._region.closed
+
+    def status(self) -> RingStatus:
+        """Read the control block: positions, counters, and each end's pid and heartbeat."""
+        out = ffi.new("struct ep_ring_status *")
+        check(lib.ep_ring_status(self._region.address, out), "reading ring status")
+        return RingStatus(**{k: getattr(out, k) for k in _STATUS_FIELDS})
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def unlink(self) -> None:
+        """Remove a named ring's name (attached processes keep working). Idempotent; no-op for memfd."""
+        self._region.unlink()
+
+    def close(self) -> None:
+        """Close every end opened through this ring, then unmap. Safe to call twice. Does not unlink."""
+        for h in self._handles:
+            h.close()
+        self._handles.clear()
+        self._region.close()
+
+    def _forget(self, handle) -> None:
+        try:
+            self._handles.remove(handle)
+        except ValueError:
+            pass
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # The creator of a named ring removes its name on the way out of a `with`.
+        self.unlink() if self._created_here() else None
+        self.close()
+
+    def _created_here(self) -> bool:
+        if self._region.closed or self._region.name is None:
+            return False
+        return self.status().creator_pid == os.getpid()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<Ring {self.name or 'memfd'!r} closed>"
+        s = self.status()
+        return f"<Ring {self.name or 'memfd'!r} capacity={s.capacity} used={s.used} queued={s.queued}>"
+
+
+def _check_capacity(capacity: object) -> None:
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be int, not {type(capacity).__name__}: {capacity!r}")
+    lo, hi = lib.EP_RING_MIN_CAPACITY, lib.EP_RING_MAX_CAPACITY
+    if capacity < lo or capacity > hi or capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two in {lo}..{hi} bytes, got {capacity}")
+
+
+def _check_layout(region: SharedRegion) -> None:
+    """Refuse a region that is not a ring of this layout version, naming what is wrong."""
+    where = region.name or "memfd"
+    if region.size < lib.EP_RING_DATA_OFF:
+        raise RingCorruptError(
+            f"segment {where!r} is {region.size} bytes: too small to be a ring "
+            f"(the control block alone is {lib.EP_RING_DATA_OFF})"
+        )
+    rc = lib.ep_ring_check(region.address, region.size)
+    if rc == 0:
+        return
+    out = ffi.new("struct ep_ring_status *")
+    lib.ep_ring_status(region.address, out)
+    if rc == -errno.EPROTO:
+        raise LayoutVersionError(
+            f"segment {where!r} has ring layout version {out.version}; "
+            f"this edgepipe reads version {lib.EP_RING_VERSION}"
+        )
+    if out.magic != lib.EP_RING_MAGIC:
+        raise RingCorruptError(
+            f"segment {where!r} is not an edgepipe ring (magic {out.magic:#010x}, "
+            f"expected {lib.EP_RING_MAGIC:#010x})"
+        )
+    raise RingCorruptError(
+        f"segment {where!r} holds a ring of capacity {out.capacity} needing "
+        f"{lib.ep_ring_region_size(out.capacity)} bytes, but the segment is {region.size} bytes (truncated?)"
+    )
+
+
+class _HandleBase:
+    __slots__ = ()
+
+    def _closed_error(self) -> RingClosedError:
+        return RingClosedError(f"{type(self).__name__} on {self._ring.name or 'memfd'!r} is closed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_end(opener, ring: Ring, what: str):
+    out = ffi.new(f"struct ep_ring_{what} **")
+    rc = opener(ring.region.address, ring.region.size, out)
+    if rc == -errno.EBUSY:
+        s = ring.status()
+        pid = s.producer_pid if what == "writer" else s.consumer_pid
+        raise RingBusyError(f"ring {ring.name or 'memfd'!r} already has a live {what} (pid {pid})")
+    check(rc, f"opening the {what} of {ring.name or 'memfd'!r}")
+    return out[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# producer
+
+
+class RingWriter(_HandleBase):
+    """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
+
+    __slots__ = ("_data", "_lens", "_max_payload", "_ring", "_w")
+
+    def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
+        self._ring = ring
+        self._w = _open_end(lib.ep_ring_writer_open, ring, "writer")
+        self._max_payload = ring.max_payload
+        self._data = memoryview(ffi.buffer(ring.region.address + lib.EP_RING_DATA_OFF, ring.capacity))
+        self._lens = None
+        self.set_wait(wait)
+
+    @property
+    def max_payload(self) -> int:
+        """Largest payload in bytes: ``capacity // 2 - 8``."""
+        return self._max_payload
+
+    @property
+    def closed(self) -> bool:
+        return self._w is None
+
+    def set_wait(self, wait: WaitPolicy | str) -> None:
+        """Change how blocking writes wait (see WaitPolicy)."""
+        p = WaitPolicy.coerce(wait)
+        check(lib.ep_ring_writer_set_wait(self._handle(), _MODES[p.mode], p.spin_ns))
+
+    # -- one record ---------------------------------------------------------------------------------
+    def try_write(self, payload, type_id: int = 1) -> bool:
+        """Append one record. Return False, without waiting, if the ring is full.
+
+        Raises:
+            RecordTooLargeError: payload over ``max_payload``. PeerClosedError: the consumer is gone.
+            TypeError/ValueError: payload not bytes-like, bad type_id.
+        """
+        w = self._w
+        if w is None:
+            raise self._closed_error()
+        try:
+            if type(payload) is bytes:
+                rc = _try_write(w, payload, len(payload), type_id)
+            else:
+                buf = _as_buffer(payload)
+                rc = _try_write(w, buf, len(buf), type_id)
+        except (TypeError, OverflowError):
+            raise self._bad(payload, type_id) from None
+        if rc >= 0:
+            return True
+        if rc == _EAGAIN:
+            return False
+        raise self._error(rc, payload)
+
+    def write(self, payload, type_id: int = 1, timeout_s: float | None = None) -> None:
+        """Append one record, waiting up to ``timeout_s`` (None: forever) for room.
+
+        Raises:
+            RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
+        """
+        w = self._handle()
+        tns = _timeout_ns(timeout_s)
+        try:
+            buf = payload if type(payload) is bytes else _as_buffer(payload)
+            rc = lib.ep_ring_write(w, buf, len(buf), type_id, tns)
+        except (TypeError, OverflowError):
+            raise self._bad(payload, type_id) from None
+        if rc < 0:
+            raise self._error(rc, payload, timeout_s)
+
+    # -- zero copy ----------------------------------------------------------------------------------
+    def claim(self, size: int, type_id: int = 1, timeout_s: float | None = None) -> _Claim:
+        """Reserve ``size`` bytes in the ring and write them in place.
+
+        ``with writer.claim(n) as buf:`` yields a writable memoryview; a clean exit commits the record
+        (``claim.commit(k)`` inside the block commits only the first k bytes), an exception abandons it.
+        The view must not be used after the block.
+
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     w = ring.writer()
+        ...     with w.claim(5) as buf:
+        ...         buf[:] = b"hello"
+        ...     ring.reader().try_read()
+        b'hello'
+        """
+        self._check_size(size)
+        _type_id(type_id)
+        tns = _timeout_ns(timeout_s)
+        w = self._handle()
+        off = lib.ep_ring_claim(w, size)
+        if off == _EAGAIN and tns != 0:
+            rc = lib.ep_ring_writer_wait(w, size, tns)
+            if rc < 0:
+                raise self._error(rc, None, timeout_s, size)
+            off = lib.ep_ring_claim(w, size)
+        if off == _EAGAIN:
+            raise RingTimeoutError(f"no room for a {size}-byte record (timeout_s={timeout_s})")
+        if off < 0:
+            raise self._error(off, None, timeout_s, size)
+        return _Claim(self, self._data[off : off + size], type_id)
+
+    def try_claim(self, size: int, type_id: int = 1) -> _Claim | None:
+        """Like claim, but return None at once if the ring is full."""
+        try:
+            return self.claim(size, type_id, timeout_s=0)
+        except RingTimeoutError:
+            return None
+
+    # -- many records -------------------------------------------------------------------------------
+    def try_write_many(self, records, type_id: int = 1) -> int:
+        """Append as many of ``records`` as fit, in order, in one call; return how many. Never blocks.
+
+        ``records`` is a sequence of bytes-like objects, or a 2-D C-contiguous numpy array whose rows are
+        the records (the fast path: no Python work per record).
+        """
+        w = self._handle()
+        _type_id(type_id)
+        ndim = getattr(records, "ndim", None)
+        if ndim == 2:
+            n, size = records.shape[0], records.strides[0] if records.shape[0] else 0
+            if n == 0:
+                return 0
+            if not records.flags.c_contiguous:
+                raise ValueError("a 2-D records array must be C-contiguous")
+            size = records.shape[1] * records.itemsize
+            rc = lib.ep_ring_try_write_fixed(w, _as_buffer(records), size, n, type_id)
+        else:
+            if isinstance(records, (bytes, bytearray, memoryview, str)):
+                raise TypeError(f"records must be a sequence of bytes-like objects, not {type(records).__name__}")
+            records = records if isinstance(records, list) else list(records)
+            if not records:
+                return 0
+            try:
+                joined = b"".join(records)
+            except TypeError:
+                bad = next(r for r in records if not isinstance(r, (bytes, bytearray, memoryview)))
+                raise TypeError(f"every record must be bytes-like, got {type(bad).__name__}: {bad!r:.60}") from None
+            lens = array("I", [memoryview(r).nbytes for r in records])
+            rc = lib.ep_ring_try_write_batch(w, joined, ffi.from_buffer(lens), len(records), type_id)
+        if rc == _EAGAIN:
+            return 0
+        if rc < 0:
+            raise self._error(rc, None)
+        return rc
+
+    def write_many(self, records, type_id: int = 1, timeout_s: float | None = None) -> int:
+        """Append all of ``records`` in order, waiting for room as needed; return the count.
+
+        Raises RingTimeoutError if they are not all in by ``timeout_s``; the records written before the
+        deadline stay written (their count is in the exception's ``written`` attribute).
+        """
+        tns = _timeout_ns(timeout_s)
+        deadline = None if tns < 0 else time.monotonic_ns() + tns
+        total = len(records)
+        done = 0
+        while done < total:
+            k = self.try_write_many(records[done:], type_id)
+            done += k
+            if done == total:
+                break
+            if k == 0:
+                nxt = records[done]
+                size = memoryview(nxt).nbytes
+                left = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
+                rc = lib.ep_ring_writer_wait(self._handle(), size, left)
+                if rc < 0:
+                    err = self._error(rc, None, timeout_s)
+                    err.written = done  # type: ignore[attr-defined]
+                    raise err
+        return done
+
+    def write_packed(self, buf, lens, type_id: int = 1) -> int:
+        """Append records packed back to back in ``buf`` with sizes ``lens`` (uint32 array); never blocks.
+
+        Returns how many were written (a prefix). The fast path for variable sizes: one C call, no Python
+        work per record.
+        """
+        w = self._handle()
+        _type_id(type_id)
+        lbuf = ffi.from_buffer("uint32_t[]", lens)
+        n = len(lbuf)
+        b = _as_buffer(buf)
+        if sum(lens) > len(b):
+            raise ValueError(f"lens add up to {sum(lens)} bytes but buf holds {len(b)}")
+        rc = lib.ep_ring_try_write_batch(w, b, lbuf, n, type_id)
+        if rc == _EAGAIN:
+            return 0
+        if rc < 0:
+            raise self._error(rc, None)
+        return rc
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the producer end: the reader drains what is queued, then gets PeerClosedError."""
+        w, self._w = self._w, None
+        if w is not None:
+            lib.ep_ring_writer_close(w)
+            self._data.release()
+            self._ring._forget(self)
+
+    def _handle(self):
+        w = self._w
+        if w is None:
+            raise self._closed_error()
+        return w
+
+    def _check_size(self, size: object) -> None:
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size must be int, not {type(size).__name__}: {size!r}")
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        if size > self._max_payload:
+            raise RecordTooLargeError(
+                f"record of {size} bytes exceeds max_payload {self._max_payload} "
+                f"(capacity {self._max_payload * 2 + 16})"
+            )
+
+    def _bad(self, payload, type_id) -> Exception:
+        _type_id(type_id)
+        return _as_buffer(payload) and TypeError(f"cannot write {type(payload).__name__}: {payload!r:.60}")
+
+    def _error(self, rc: int, payload, timeout_s=None, size: int | None = None) -> Exception:
+        if size is None and payload is not None:
+            size = memoryview(payload).nbytes
+        if rc == -errno.EMSGSIZE:
+            return RecordTooLargeError(
+                f"record of {size} bytes exceeds max_payload {self._max_payload} "
+                f"(capacity {self._max_payload * 2 + 16})"
+            )
+        if rc == -errno.EPIPE:
+            s = self._ring.status()
+            how = "closed" if s.consumer_closed else "died"
+            return PeerClosedError(f"the consumer of {self._ring.name or 'memfd'!r} (pid {s.consumer_pid}) {how}")
+        if rc == -errno.ETIMEDOUT:
+            return RingTimeoutError(f"ring {self._ring.name or 'memfd'!r} still full after timeout_s={timeout_s}")
+        if rc == -errno.EINVAL:
+            return ValueError("a claim is outstanding: commit or abort it before writing")
+        try:
+            check(rc)
+        except Exception as e:  # noqa: BLE001 - returned, not swallowed
+            return e
+        raise AssertionError(rc)  # pragma: no cover
+
+    def __repr__(self) -> str:
+        if self._w is None:
+            return f"<RingWriter {self._ring.name or 'memfd'!r} closed>"
+        s = self._ring.status()
+        return f"<RingWriter {self._ring.name or 'memfd'!r} capacity={s.capacity} used={s.used}>"
+
+
+class _Claim:
+    """A reserved record being written in place; see RingWriter.claim."""
+
+    __slots__ = ("_done", "_type", "_view", "_writer")
+
+    def __init__(self, writer: RingWriter, view: memoryview, type_id: int) -> None:
+        self._writer = writer
+        self._view = view
+        self._type = type_id
+        self._done = False
+
+    @property
+    def view(self) -> memoryview:
+        return self._view
+
+    def commit(self, size: int | None = None) -> None:
+        """Publish the record, optionally only its first ``size`` bytes."""
+        if self._done:
+            raise ValueError("this claim was already committed or aborted")
+        n = len(self._view) if size is None else size
+        if not isinstance(n, int) or not 0 <= n <= len(self._view):
+            raise ValueError(f"commit size must be an int in 0..{len(self._view)}, got {size!r}")
+        self._done = True
+        check(lib.ep_ring_commit(self._writer._handle(), n, self._type))
+        self._release_view()
+
+    def abort(self) -> None:
+        """Abandon the record: nothing is published."""
+        if self._done:
+            return
+        self._done = True
+        w = self._writer._w
+        if w is not None:
+            lib.ep_ring_abort(w)
+        self._release_view()
+
+    def _release_view(self) -> None:
+        try:
+            self._view.release()  # a view kept past the block then raises instead of scribbling
+        except BufferError:
+            pass  # someone exported it (e.g. numpy); documented: don't use it after the block
+
+    def __enter__(self) -> memoryview:
+        return self._view
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.commit()
+
+
+# ---------------------------------------------------------------------------------------------------
+# consumer
+
+
+class RingReader(_HandleBase):
+    """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
+
+    __slots__ = ("_batch", "_blens", "_btypes", "_data", "_io", "_max_payload", "_r", "_ring", "_scratch")
+
+    def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
+        self._ring = ring
+        self._r = _open_end(lib.ep_ring_reader_open, ring, "reader")
+        self._io = lib.ep_ring_reader_io(self._r)
+        self._max_payload = ring.max_payload
+        self._scratch = ffi.buffer(lib.ep_ring_reader_scratch(self._r), max(1, self._max_payload))
+        self._data = memoryview(ffi.buffer(ring.region.address + lib.EP_RING_DATA_OFF, ring.capacity))
+        self._batch = None
+        self._blens = None
+        self._btypes = None
+        self.set_wait(wait)
+
+    @property
+    def max_payload(self) -> int:
+        return self._max_payload
+
+    @property
+    def closed(self) -> bool:
+        return self._r is None
+
+    @property
+    def last_type(self) -> int:
+        """The type of the record most recently read or peeked."""
+        return self._io.type
+
+    def set_wait(self, wait: WaitPolicy | str) -> None:
+        """Change how blocking reads wait (see WaitPolicy)."""
+        p = WaitPolicy.coerce(wait)
+        check(lib.ep_ring_reader_set_wait(self._handle(), _MODES[p.mode], p.spin_ns))
+
+    # -- one record ---------------------------------------------------------------------------------
+    def try_read(self) -> bytes | None:
+        """Take the next record as bytes, or return None at once if the ring is empty.
+
+        Raises:
+            PeerClosedError: the ring is empty and the producer closed (it will never fill again).
+            RingCorruptError: the next header cannot be right.
+        """
+        r = self._r
+        if r is None:
+            raise self._closed_error()
+        n = _try_read(r)
+        if n >= 0:
+            return self._scratch[0:n]
+        if n == _EAGAIN:
+            return None
+        raise self._error(n)
+
+    def read(self, timeout_s: float | None = None) -> bytes:
+        """Take the next record, waiting up to ``timeout_s`` (None: forever).
+
+        Raises:
+            RingTimeoutError: nothing arrived in time. PeerClosedError: empty and the producer is gone.
+        """
+        r = self._handle()
+        n = lib.ep_ring_read(r, _timeout_ns(timeout_s))
+        if n >= 0:
+            return self._scratch[0:n]
+        raise self._error(n, timeout_s)
+
+    def read_into(self, buf, timeout_s: float | None = 0) -> int | None:
+        """Copy the next record into ``buf`` (writable bytes-like); return its length, or None if the ring
+        stayed empty for ``timeout_s`` (default: don't wait). A record larger than ``buf`` raises
+        ValueError and stays queued."""
+        r = self._handle()
+        try:
+            b = ffi.from_buffer(buf, require_writable=True)
+        except TypeError:
+            raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
+        lens = self._batch_arrays()[1]
+        tns = _timeout_ns(timeout_s)
+        while True:
+            rc = lib.ep_ring_try_read_batch(r, b, len(b), lens, ffi.NULL, 1)
+            if rc == 1:
+                return lens[0]
+            if rc == -errno.ENOBUFS:
+                n = lib.ep_ring_peek(r)
+                raise ValueError(f"next record is {n} bytes but buf holds only {len(b)}; it stays queued")
+            if rc != _EAGAIN:
+                raise self._error(rc, timeout_s)
+            if tns == 0:
+                return None
+            rc = lib.ep_ring_reader_wait(r, tns)
+            if rc == -errno.ETIMEDOUT:
+                return None
+            if rc < 0:
+                raise self._error(rc, timeout_s)
+
+    # -- zero copy ----------------------------------------------------------------------------------
+    def try_peek(self) -> memoryview | None:
+        """A read-only view of the next record, left in the ring until ``release()``; None if empty."""
+        r = self._handle()
+        n = lib.ep_ring_peek(r)
+        if n == _EAGAIN:
+            return None
+        if n < 0:
+            raise self._error(n)
+        off = self._io.off
+        return self._data[off : off + n].toreadonly()
+
+    def release(self) -> None:
+        """Give back the record returned by ``try_peek``/``peek``."""
+        rc = lib.ep_ring_release(self._handle())
+        if rc == -errno.EINVAL:
+            raise ValueError("release() without a peeked record")
+        check(rc)
+
+    def peek(self, timeout_s: float | None = None) -> _Peek:
+        """``with reader.peek() as view:`` reads the next record in place and releases it after the block
+        (even if the block raises). Waits up to ``timeout_s`` for a record. The view must not be used
+        after the block.
+
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     ring.writer().try_write(b"abc")
+        ...     with ring.reader().peek() as v:
+        ...         bytes(v)
+        True
+        b'abc'
+        """
+        r = self._handle()
+        tns = _timeout_ns(timeout_s)
+        while True:
+            view = self.try_peek()
+            if view is not None:
+                return _Peek(self, view)
+            if tns == 0:
+                raise RingTimeoutError(f"ring {self._ring.name or 'memfd'!r} is empty")
+            rc = lib.ep_ring_reader_wait(r, tns)
+            if rc < 0:
+                raise self._error(rc, timeout_s)
+
+    # -- many records -------------------------------------------------------------------------------
+    def try_read_many(self, max_n: int = 256) -> list[bytes]:
+        """Take up to ``max_n`` queued records in one C call; an empty list if none. Never blocks."""
+        r = self._handle()
+        if not isinstance(max_n, int) or max_n <= 0:
+            raise ValueError(f"max_n must be a positive int, got {max_n!r}")
+        buf, lens, _ = self._batch_arrays(max_n)
+        rc = lib.ep_ring_try_read_batch(r, buf, len(buf), lens, ffi.NULL, min(max_n, len(lens)))
+        if rc == _EAGAIN:
+            return []
+        if rc < 0:
+            raise self._error(rc)
+        mv = ffi.buffer(buf)
+        out = []
+        pos = 0
+        for i in range(rc):
+            n = lens[i]
+            out.append(mv[pos : pos + n])
+            pos += n
+        return out
+
+    def read_many(self, max_n: int = 256, timeout_s: float | None = None) -> list[bytes]:
+        """Wait up to ``timeout_s`` for at least one record, then take up to ``max_n``."""
+        tns = _timeout_ns(timeout_s)
+        out = self.try_read_many(max_n)
+        if out or tns == 0:
+            return out
+        rc = lib.ep_ring_reader_wait(self._r, tns)
+        if rc < 0:
+            raise self._error(rc, timeout_s)
+        return self.try_read_many(max_n)
+
+    def read_packed(self, buf, lens, types=None) -> int:
+        """Copy up to ``len(lens)`` records back to back into ``buf`` and their sizes into ``lens`` (a
+        writable uint32 array), types into ``types`` if given; return the count (0 if empty). Never blocks.
+        The fast path: one C call, no Python work per record."""
+        r = self._handle()
+        b = ffi.from_buffer(buf, require_writable=True)
+        lb = ffi.from_buffer("uint32_t[]", lens, require_writable=True)
+        tb = ffi.NULL if types is None else ffi.from_buffer("uint32_t[]", types, require_writable=True)
+        if types is not None and len(tb) < len(lb):
+            raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
+        rc = lib.ep_ring_try_read_batch(r, b, len(b), lb, tb, len(lb))
+        if rc == _EAGAIN:
+            return 0
+        if rc == -errno.ENOBUFS:
+            raise ValueError(f"next record is {lib.ep_ring_peek(r)} bytes but buf holds only {len(b)}")
+        if rc < 0:
+            raise self._error(rc)
+        return rc
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until a record is queued; True if one is, False on timeout. PeerClosedError if the ring is
+        empty and the producer is gone."""
+        rc = lib.ep_ring_reader_wait(self._handle(), _timeout_ns(timeout_s))
+        if rc == -errno.ETIMEDOUT:
+            return False
+        if rc < 0:
+            raise self._error(rc, timeout_s)
+        return True
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the consumer end: a producer's next write raises PeerClosedError."""
+        r, self._r = self._r, None
+        if r is not None:
+            self._scratch = None
+            lib.ep_ring_reader_close(r)
+            self._data.release()
+            self._ring._forget(self)
+
+    def _handle(self):
+        r = self._r
+        if r is None:
+            raise self._closed_error()
+        return r
+
+    def _batch_arrays(self, max_n: int = 1):
+        if self._batch is None:
+            self._batch = ffi.new("char[]", max(self._ring.capacity, 1))
+        if self._blens is None or len(self._blens) < max_n:
+            self._blens = ffi.new("uint32_t[]", max(max_n, 256))
+        return self._batch, self._blens, None
+
+    def _error(self, rc: int, timeout_s=None) -> Exception:
+        name = self._ring.name or "memfd"
+        if rc == -errno.EPIPE:
+            s = self._ring.status()
+            how = "closed" if s.producer_closed else "died"
+            return PeerClosedError(f"the producer of {name!r} (pid {s.producer_pid}) {how} and the ring is empty")
+        if rc == -errno.ETIMEDOUT:
+            return RingTimeoutError(f"nothing arrived on {name!r} within timeout_s={timeout_s}")
+        if rc == -errno.EBADMSG:
+            s = self._ring.status()
+            return RingCorruptError(f"corrupt record header in {name!r} at position {s.head} (tail {s.tail})")
+        try:
+            check(rc)
+        except Exception as e:  # noqa: BLE001 - returned, not swallowed
+            return e
+        raise AssertionError(rc)  # pragma: no cover
+
+    def __repr__(self) -> str:
+        if self._r is None:
+            return f"<RingReader {self._ring.name or 'memfd'!r} closed>"
+        s = self._ring.status()
+        return f"<RingReader {self._ring.name or 'memfd'!r} capacity={s.capacity} queued={s.queued}>"
+
+
+class _Peek:
+    __slots__ = ("_reader", "_view")
+
+    def __init__(self, reader: RingReader, view: memoryview) -> None:
+        self._reader = reader
+        self._view = view
+
+    def __enter__(self) -> memoryview:
+        return self._view
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._view.release()
+        except BufferError:
+            pass
+        if self._reader._r is not None:
+            self._reader.release()

@@ -1,0 +1,189 @@
+"""SharedRegion: one mapped shared-memory segment, named (POSIX ``/dev/shm/edgepipe.<name>``) or anonymous
+(``memfd``). Knows nothing about rings; ``edgepipe.ring`` lays records out inside it.
+
+Lifetime is explicit: ``close()`` unmaps and closes the fd; ``unlink()`` removes the name. Nothing is
+released by ``__del__`` (a mapping that dies with a garbage-collected object would pull memory out from
+under views still in use).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from edgepipe._ffi import ffi, lib
+from edgepipe.errors import EdgepipeOSError, RingClosedError, check
+
+__all__ = ["SharedRegion", "validate_name"]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+SHM_DIR = "/dev/shm"
+PREFIX = "edgepipe."
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid segment name, else raise TypeError/ValueError naming it.
+
+    A name is 1 to 200 characters of ``[A-Za-z0-9._-]`` and does not start with a dot.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"segment name must be str, not {type(name).__name__}: {name!r}")
+    if not (0 < len(name) <= lib.EP_SHM_NAME_MAX) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"bad segment name {name!r}: use 1-{lib.EP_SHM_NAME_MAX} characters of "
+            "[A-Za-z0-9._-], not starting with '.'"
+        )
+    return name
+
+
+def _check_size(size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"size must be int, not {type(size).__name__}: {size!r}")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return size
+
+
+class SharedRegion:
+    """A mapped shared-memory segment.
+
+    >>> r = SharedRegion.anonymous(4096)
+    >>> r.size, r.name
+    (4096, None)
+    >>> r.close()
+    """
+
+    __slots__ = ("_addr", "_fd", "_name", "_owner", "_size")
+
+    def __init__(self, fd: int, size: int, name: str | None, owner: bool) -> None:
+        addr = ffi.new("void **")
+        try:
+            check(lib.ep_shm_map(fd, size, addr), f"mapping {size} bytes of {name or 'memfd'}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._size = size
+        self._name = name
+        self._owner = owner
+        self._addr = addr[0]
+
+    @classmethod
+    def create(cls, name: str, size: int) -> SharedRegion:
+        """Create ``/dev/shm/edgepipe.<name>`` (mode 0600, fails if it exists) and map it."""
+        validate_name(name)
+        _check_size(size)
+        fd = lib.ep_shm_create(name.encode(), size)
+        if fd == -errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, f"shared memory segment {name!r} already exists", SHM_DIR + "/" + PREFIX + name)
+        check(fd, f"creating segment {name!r} of {size} bytes")
+        try:
+            return cls(fd, size, name, owner=True)
+        except BaseException:
+            lib.ep_shm_unlink(name.encode())
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> SharedRegion:
+        """Map an existing named segment at its full size."""
+        validate_name(name)
+        fd = lib.ep_shm_open(name.encode())
+        if fd == -errno.ENOENT:
+            raise FileNotFoundError(errno.ENOENT, f"no shared memory segment named {name!r}", SHM_DIR + "/" + PREFIX + name)
+        check(fd, f"opening segment {name!r}")
+        return cls._from_owned_fd(fd, name)
+
+    @classmethod
+    def anonymous(cls, size: int, label: str = "edgepipe") -> SharedRegion:
+        """Create an unnamed ``memfd`` segment; share it by passing ``fd`` to a child (inherit or SCM_RIGHTS)."""
+        _check_size(size)
+        fd = check(lib.ep_memfd_create(label.encode(), size), f"memfd of {size} bytes")
+        return cls(fd, size, None, owner=True)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> SharedRegion:
+        """Map a segment from an fd (received or inherited); the region keeps its own duplicate of it."""
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise TypeError(f"fd must be int, not {type(fd).__name__}: {fd!r}")
+        return cls._from_owned_fd(os.dup(fd), None)
+
+    @classmethod
+    def _from_owned_fd(cls, fd: int, name: str | None) -> SharedRegion:
+        size = ffi.new("uint64_t *")
+        rc = lib.ep_shm_size(fd, size)
+        if rc < 0 or size[0] == 0:
+            os.close(fd)
+            check(rc if rc < 0 else -errno.EINVAL, f"segment {name or fd!r} is empty or unreadable")
+        return cls(fd, size[0], name, owner=False)
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        """The segment name (without the ``edgepipe.`` prefix), or None for a memfd."""
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def fd(self) -> int:
+        """The segment's fd, e.g. to pass to a child process. Owned by the region."""
+        self._check_open()
+        return self._fd
+
+    @property
+    def address(self):
+        """The mapping as a cffi ``void *`` (valid until close)."""
+        self._check_open()
+        return self._addr
+
+    @property
+    def closed(self) -> bool:
+        return self._addr is None
+
+    def buffer(self):
+        """A writable buffer over the whole region (valid until close)."""
+        self._check_open()
+        return ffi.buffer(self._addr, self._size)
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def unlink(self) -> None:
+        """Remove the segment's name so no new process can attach; mappings stay valid. Idempotent."""
+        if self._name is None:
+            return
+        rc = lib.ep_shm_unlink(self._name.encode())
+        if rc not in (0, -errno.ENOENT):
+            check(rc, f"unlinking {self._name!r}")
+
+    def close(self) -> None:
+        """Unmap and close the fd. Safe to call twice. Does not unlink (see ``unlink``)."""
+        if self._addr is None:
+            return
+        addr, self._addr = self._addr, None
+        lib.ep_shm_unmap(addr, self._size)
+        os.close(self._fd)
+
+    def _check_open(self) -> None:
+        if self._addr is None:
+            raise RingClosedError(f"shared region {self._name or 'memfd'!r} is closed")
+
+    def __enter__(self) -> SharedRegion:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._addr is None else f"size={self._size}"
+        return f"<SharedRegion {self._name or 'memfd'!r} {state}>"
+
+
+def list_segments() -> list[str]:
+    """Names of every edgepipe segment in /dev/shm."""
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError as e:  # pragma: no cover - /dev/shm always exists on Linux
+        raise EdgepipeOSError(e.errno, f"cannot list {SHM_DIR}: {e}") from e
+    return sorted(e[len(PREFIX):] for e in entries if e.startswith(PREFIX))
