@@ -1,0 +1,75 @@
+"""The public surface: ``edgepipe.__all__`` is sorted and complete, and every name in it is real."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+
+import pytest
+
+import edgepipe
+
+MODULES = ["edgepipe.clock", "edgepipe.errors", "edgepipe.ring", "edgepipe.shm"]
+
+
+def _public_names(modname: str) -> set[str]:
+    """Names a module offers: its own ``__all__`` plus every non-underscore class or function defined in it."""
+    mod = importlib.import_module(modname)
+    names = set(getattr(mod, "__all__", ()))
+    for name, obj in vars(mod).items():
+        if name.startswith("_"):
+            continue
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == modname:
+            names.add(name)
+    return names
+
+
+class TestAll:
+    def test_all_is_sorted(self):
+        """edgepipe.__all__ is in sorted order (case-sensitive, as ``sorted`` gives)."""
+        assert edgepipe.__all__ == sorted(edgepipe.__all__)
+
+    def test_all_has_no_duplicates(self):
+        """No name appears twice in edgepipe.__all__."""
+        assert len(edgepipe.__all__) == len(set(edgepipe.__all__))
+
+    def test_every_name_exists(self):
+        """Every name in edgepipe.__all__ is an attribute of the package."""
+        missing = [n for n in edgepipe.__all__ if not hasattr(edgepipe, n)]
+        assert not missing
+
+    def test_star_import_gives_exactly_all(self):
+        """``from edgepipe import *`` binds exactly the names in __all__."""
+        ns: dict = {}
+        exec("from edgepipe import *", ns)
+        ns.pop("__builtins__", None)
+        assert set(ns) == set(edgepipe.__all__)
+
+
+class TestCompleteness:
+    @pytest.mark.parametrize("modname", MODULES)
+    def test_module_public_names_are_exported(self, modname):
+        """Every public class or function of the module is exported from the package."""
+        missing = sorted(_public_names(modname) - set(edgepipe.__all__))
+        assert not missing, f"{modname} has public names not in edgepipe.__all__ (export or underscore them): {missing}"
+
+    @pytest.mark.parametrize("modname", MODULES)
+    def test_exported_names_are_the_module_objects(self, modname):
+        """An exported name is the very object its module defines, not a copy or a shadow."""
+        mod = importlib.import_module(modname)
+        for name in _public_names(modname) & set(edgepipe.__all__):
+            assert getattr(edgepipe, name) is getattr(mod, name), name
+
+    @pytest.mark.parametrize("modname", MODULES)
+    def test_module_all_names_exist(self, modname):
+        """Every name in a module's own __all__ exists in that module."""
+        mod = importlib.import_module(modname)
+        for name in getattr(mod, "__all__", ()):
+            assert hasattr(mod, name), f"{modname}.__all__ names {name!r}, which it lacks"
+
+
+class TestVersion:
+    def test_version_matches_metadata(self):
+        """edgepipe.__version__ matches the installed distribution's version."""
+        assert edgepipe.__version__ == importlib.metadata.version("edgepipe")
