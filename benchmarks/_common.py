@@ -1,0 +1,461 @@
+"""Shared plumbing for the edgepipe benchmarks (standalone scripts, not run by pytest).
+
+What lives here: the common command line (``--seconds``, ``--size``, ``--cpus``), the environment header
+every script prints first, the cache-line probe (``cacheline.c``, compiled with gcc into a temp dir at run
+time), pinned process pairs, hdrhistogram percentiles, peer clean-up helpers and plain-text tables.
+
+Why a probe beside every number: the VM's two vCPUs wander between a "near" pair of physical cores and a
+"far" pair every few seconds, which moves busy-poll figures 2-6x. Each case is bracketed by a probe of the
+one-way cache-line transfer, so a reader can see which pair a number came from; only ratios within one run
+(ideally within one probe class) are meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NEAR_FAR_SPLIT_NS = 100.0  # one-way transfer below this: the near core pair; above: the far pair
+
+_MP = multiprocessing.get_context("fork")  # children inherit rings, sockets and queues made by the parent
+_TMP: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line and header
+
+
+def parse_args(description: str, default_seconds: float, extra=None) -> argparse.Namespace:
+    """The flags every benchmark takes; ``extra(parser)`` may add script-specific ones."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seconds", type=float, default=default_seconds, help="measured time per case")
+    p.add_argument("--size", type=int, default=64, help="payload bytes per message (>= 8: a sequence number)")
+    p.add_argument("--cpus", default="0,1", help="two CPUs to pin the two processes to, e.g. 0,1")
+    p.add_argument("--only", default="", help="comma-separated substrings: run only cases whose name matches")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the whole case list this many times")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    if extra:
+        extra(p)
+    a = p.parse_args()
+    try:
+        cpus = tuple(int(c) for c in a.cpus.split(","))
+    except ValueError:
+        p.error(f"--cpus must be two integers like 0,1, got {a.cpus!r}")
+    if len(cpus) != 2 or cpus[0] == cpus[1]:
+        p.error(f"--cpus needs two different CPUs, got {a.cpus!r}")
+    avail = os.sched_getaffinity(0)
+    if not set(cpus) <= avail:
+        p.error(f"--cpus {a.cpus} not all available to this process (allowed: {sorted(avail)})")
+    if a.size < 8:
+        p.error(f"--size must be >= 8 (the first 8 bytes carry a sequence number), got {a.size}")
+    if a.seconds <= 0:
+        p.error(f"--seconds must be > 0, got {a.seconds}")
+    a.cpus = cpus
+    a.only = [s for s in a.only.split(",") if s]
+    return a
+
+
+def selected(name: str, only: list[str]) -> bool:
+    return not only or any(s in name for s in only)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict:
+    """CPU, kernel, Python and every library version the benchmarks touch."""
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": f"{_cpu_model()} ({os.cpu_count()} CPUs)",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+    for dist in ("edgepipe", "cffi", "numpy", "hdrhistogram", "posix_ipc", "faster-fifo", "pyzmq", "iceoryx2"):
+        env[dist] = _version(dist)
+    try:
+        import zmq
+
+        env["libzmq"] = zmq.zmq_version()
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        env["libzmq"] = f"unavailable ({e})"
+    try:
+        env["gcc"] = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        env["gcc"] = "not found"
+    env["loadavg"] = loadavg()
+    return env
+
+
+def print_header(title: str, args: argparse.Namespace) -> dict:
+    env = environment()
+    print(f"== {title}")
+    for k, v in env.items():
+        print(f"  {k:<13} {v}")
+    print(f"  {'argv':<13} {' '.join(sys.argv)}")
+    print(f"  {'settings':<13} seconds={args.seconds} size={args.size} cpus={args.cpus[0]},{args.cpus[1]}")
+    print(flush=True)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# scratch space
+
+
+def tmpdir() -> Path:
+    """One private temp dir per run, removed at exit (probe binary, zmq sockets, iceoryx2 roots)."""
+    global _TMP
+    if _TMP is None:
+        _TMP = Path(tempfile.mkdtemp(prefix="epbench-"))
+        pid = os.getpid()
+        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(_TMP, ignore_errors=True))
+    return _TMP
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cache-line probe
+
+
+@dataclass
+class ProbeResult:
+    p50_ns: float
+    min_ns: float
+
+    @property
+    def pair(self) -> str:
+        return "near" if self.p50_ns < NEAR_FAR_SPLIT_NS else "far"
+
+    def __str__(self) -> str:
+        return f"{self.p50_ns:.0f}"
+
+
+class Probe:
+    """Runs cacheline.c: the one-way cache-line transfer between the two benchmark CPUs, in ns."""
+
+    def __init__(self, cpus: tuple[int, int], ms: int = 150) -> None:
+        self.cpus = cpus
+        self.ms = ms
+        self.exe: Path | None = None
+        self.error = ""
+        exe = tmpdir() / "cacheline"
+        cmd = ["gcc", "-O2", "-pthread", "-o", str(exe), str(HERE / "cacheline.c")]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.error = f"cannot run gcc: {e}"
+            return
+        if r.returncode != 0:
+            self.error = f"gcc failed: {r.stderr.strip()[:300]}"
+            return
+        self.exe = exe
+
+    def measure(self) -> ProbeResult | None:
+        if self.exe is None:
+            return None
+        try:
+            r = subprocess.run([str(self.exe), str(self.cpus[0]), str(self.cpus[1]), str(self.ms)],
+                               capture_output=True, text=True, timeout=10 + self.ms / 1000)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.error = f"probe did not run: {e}"
+            return None
+        if r.returncode != 0:
+            self.error = f"probe failed ({r.returncode}): {r.stderr.strip()[:200]}"
+            return None
+        kv = dict(item.split("=") for item in r.stdout.split())
+        return ProbeResult(float(kv["p50_ns"]), float(kv["min_ns"]))
+
+
+def probe_label(before: ProbeResult | None, after: ProbeResult | None) -> str:
+    """'near', 'far', or 'mixed' when the pair changed during the case."""
+    if before is None or after is None:
+        return "?"
+    return before.pair if before.pair == after.pair else "mixed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# pinned process pairs
+
+
+class Skip(Exception):
+    """A peer that cannot run here: the reason is printed and the run goes on."""
+
+
+def pin(cpu: int) -> None:
+    os.sched_setaffinity(0, {cpu})
+
+
+def _child(fn, cpu: int, sync, conn) -> None:
+    try:
+        pin(cpu)
+        out = fn(sync)
+        conn.send(("ok", out))
+    except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent as text
+        try:
+            sync.abort()  # free a peer stuck at the barrier
+        except Exception:  # noqa: BLE001
+            pass
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+    finally:
+        conn.close()
+
+
+def run_pair(fa, fb, cpus: tuple[int, int], timeout_s: float, after_start=None) -> tuple[dict, dict]:
+    """Run ``fa(sync)`` pinned to cpus[0] and ``fb(sync)`` pinned to cpus[1] in two forked processes.
+
+    ``sync()`` is a two-party barrier (reusable: call it as often as both sides agree). Each function
+    returns a dict. ``after_start()`` runs in the parent once both children exist: the place to close the
+    parent's copies of socket and pipe fds, without which one side's close() never reads as EOF.
+    Raises RuntimeError naming the side that failed or hung (both children are then killed).
+    """
+    barrier = _MP.Barrier(2)
+
+    def sync(timeout: float = 60.0) -> None:
+        barrier.wait(timeout)
+
+    sync.abort = barrier.abort  # type: ignore[attr-defined]
+    procs, conns = [], []
+    for fn, cpu in ((fa, cpus[0]), (fb, cpus[1])):
+        rx, tx = _MP.Pipe(duplex=False)
+        p = _MP.Process(target=_child, args=(fn, cpu, sync, tx), daemon=True)
+        p.start()
+        tx.close()
+        procs.append(p)
+        conns.append(rx)
+    if after_start is not None:
+        after_start()
+    results: list = [None, None]
+    deadline = time.monotonic() + timeout_s
+    try:
+        for i, c in enumerate(conns):
+            left = deadline - time.monotonic()
+            if left <= 0 or not c.poll(left):
+                raise RuntimeError(f"side {'AB'[i]} did not finish within {timeout_s:.0f} s")
+            try:
+                status, payload = c.recv()
+            except EOFError:
+                raise RuntimeError(f"side {'AB'[i]} died (exit code {procs[i].exitcode})") from None
+            if status != "ok":
+                raise RuntimeError(f"side {'AB'[i]} failed: {payload}")
+            results[i] = payload
+    finally:
+        for p in procs:
+            p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in conns:
+            c.close()
+    return results[0], results[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclass
+class Case:
+    """One benchmark case: ``make()`` (in the parent) returns ``(side_a, side_b[, cleanup[, after_start]])``;
+    cleanup and after_start may be None."""
+
+    name: str
+    group: str  # e.g. "busy-poll" / "blocking" / "per-call" / "batch"
+    edgepipe: bool  # True for edgepipe rows, False for peers
+    make: object
+    note: str = ""
+    result: dict = field(default_factory=dict)
+
+
+def run_cases(cases: list[Case], args, probe: Probe, measure) -> list[dict]:
+    """Run every selected case, each bracketed by the probe; ``measure(case, a, b) -> dict`` turns the two
+    sides' results into a row. A case that fails is reported and skipped; the run goes on."""
+    rows = []
+    timeout = max(60.0, args.seconds * 4 + 30)
+    for rnd in range(args.rounds):
+        for case in cases:
+            if not selected(case.name, args.only):
+                continue
+            row = {"case": case.name, "group": case.group, "edgepipe": case.edgepipe, "round": rnd + 1}
+            before = probe.measure()
+            cleanup = None
+            try:
+                fa, fb, cleanup, after_start = (tuple(case.make()) + (None, None))[:4]
+                a, b = run_pair(fa, fb, args.cpus, timeout, after_start)
+                row.update(measure(case, a, b))
+                row["ok"] = True
+            except Skip as e:
+                row.update(ok=False, error=f"skipped: {e}")
+            except Exception as e:  # noqa: BLE001 - one broken peer must not end the run
+                row.update(ok=False, error=str(e).strip())
+            finally:
+                if cleanup is not None:
+                    try:
+                        cleanup()
+                    except Exception as e:  # noqa: BLE001
+                        row.setdefault("warning", f"cleanup failed: {e}")
+            after = probe.measure()
+            if before is None or after is None:
+                row["probe_error"] = probe.error
+            row["probe_before_ns"] = before.p50_ns if before else None
+            row["probe_after_ns"] = after.p50_ns if after else None
+            row["pair"] = probe_label(before, after)
+            row["loadavg"] = loadavg()
+            rows.append(row)
+            _progress(row)
+    return rows
+
+
+def _progress(row: dict) -> None:
+    if row["ok"]:
+        keys = [k for k in ("p50_ns", "msgs_per_s", "cpu_pct") if k in row]
+        what = " ".join(f"{k}={row[k]:.4g}" for k in keys)
+    else:
+        what = row["error"].splitlines()[0][:200]
+    print(f"  [{row['round']}] {row['case']:<44} {what:<28} probe {row['probe_before_ns']}/"
+          f"{row['probe_after_ns']} ns ({row['pair']}) load {row['loadavg']}", flush=True)
+    if row.get("probe_error"):
+        print(f"      probe: {row['probe_error']}", flush=True)
+    if not row["ok"] and "\n" in row["error"]:
+        print("      " + "\n      ".join(row["error"].splitlines()[1:8]), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# numbers
+
+
+def percentiles(rtt_ns: array, halve: bool = True) -> dict:
+    """p50/p99/p99.9/max of one-way latency (RTT/2 when ``halve``) through an HdrHistogram (3 digits)."""
+    import numpy as np
+    from hdrh.histogram import HdrHistogram
+
+    a = np.frombuffer(rtt_ns, dtype=np.int64)
+    a = a[a > 0]
+    h = HdrHistogram(1, 600_000_000_000, 3)
+    vals, counts = np.unique(a, return_counts=True)  # one record_value call per distinct value
+    for v, c in zip(vals.tolist(), counts.tolist()):
+        h.record_value(v, c)
+    k = 0.5 if halve else 1.0
+    return {
+        "n": int(h.get_total_count()),
+        "p50_ns": h.get_value_at_percentile(50) * k,
+        "p99_ns": h.get_value_at_percentile(99) * k,
+        "p999_ns": h.get_value_at_percentile(99.9) * k,
+        "max_ns": h.get_max_value() * k,
+        "mean_ns": h.get_mean_value() * k,
+    }
+
+
+def timer_overhead_ns() -> float:
+    """Median cost of one time.perf_counter_ns() call, which every timed sample includes once."""
+    pc = time.perf_counter_ns
+    best = []
+    for _ in range(20):
+        t0 = pc()
+        for _ in range(1000):
+            pc()
+        best.append((pc() - t0) / 1000)
+    best.sort()
+    return best[len(best) // 2]
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for j, r in enumerate(cells):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_json(path: str, env: dict, args, rows: list[dict], extra: dict | None = None) -> None:
+    if not path:
+        return
+    doc = {"env": env, "args": {k: v for k, v in vars(args).items()}, "rows": rows}
+    if extra:
+        doc.update(extra)
+    Path(path).write_text(json.dumps(doc, indent=1, default=str))
+    print(f"wrote {path}")
+
+
+def seq_pool(size: int, n: int = 4096) -> list[bytes]:
+    """``n`` payloads of ``size`` bytes whose first 8 bytes are their index (little-endian): message ``i``
+    of a run is ``pool[i % n]``, so a receiver can check the sequence without the sender building bytes."""
+    pad = bytes(size - 8)
+    return [i.to_bytes(8, "little") + pad for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# peer clean-up
+
+
+def iox2_config(tag: str):
+    """An iceoryx2 config whose every file lives under a private root and prefix, so clean-up can find
+    exactly what this run created (iceoryx2 puts segments in /dev/shm and bookkeeping under its root)."""
+    import iceoryx2 as iox
+
+    cfg = iox.config.default()
+    prefix = f"epb{os.getpid()}{tag}_"
+    root = tmpdir() / f"iox2-{tag}"
+    cfg.global_cfg.prefix = iox.FileName.new(prefix)
+    cfg.global_cfg.root_path = iox.Path.new(str(root) + "/")
+    return cfg, prefix, root
+
+
+def iox2_cleanup(prefix: str, root: Path) -> None:
+    for p in Path("/dev/shm").glob(prefix + "*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def dev_shm_snapshot() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+def report_leaks(before: set[str]) -> None:
+    """Say so if this run left anything in /dev/shm (it should not)."""
+    left = sorted(dev_shm_snapshot() - before)
+    if left:
+        print(f"WARNING: left in /dev/shm by this run: {left}")
