@@ -255,7 +255,9 @@ static int end_open(struct ep_ring_end *e, struct ep_peer *p)
     int32_t me = (int32_t)getpid();
     int32_t cur = ep_load_relaxed(&e->pid);
     for (;;) {
-        if (cur != 0 && cur != me && !ep_load_relaxed(&e->closed)) {
+        /* Busy if any live process holds the end open, this one included (two handles in one
+         * process would be two producers racing on tail). A closed or dead holder may be replaced. */
+        if (cur != 0 && !ep_load_relaxed(&e->closed)) {
             struct ep_peer probe;
             peer_init(&probe);
             int dead = pid_dead(&probe, cur);
@@ -508,6 +510,8 @@ static inline int check_type(uint32_t type)
 
 int ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint32_t len, uint32_t type)
 {
+    if (__builtin_expect(!w, 0))
+        return -EBADF;          /* a closed handle */
     if (__builtin_expect(len > w->max_payload, 0))
         return -EMSGSIZE;
     if (__builtin_expect(type == EP_REC_PAD || w->claim_rec != UINT64_MAX, 0))
@@ -817,6 +821,8 @@ int ep_ring_release(struct ep_ring_reader *r)
 
 int ep_ring_try_read(struct ep_ring_reader *r)
 {
+    if (__builtin_expect(!r, 0))
+        return -EBADF;          /* a closed handle */
     int n = ep_ring_peek(r);
     if (n < 0)
         return n;
@@ -888,8 +894,11 @@ int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_siz
         }
         if (h->len > room) {
             r->head = before;           /* leave it (and any padding before it) for the next call */
-            if (i == 0)
+            if (i == 0) {
+                r->io.len = h->len;     /* tell the caller how big a buffer it needs */
+                r->io.type = h->type;
                 return -ENOBUFS;
+            }
             break;
         }
         memcpy(p, h + 1, h->len);
@@ -898,6 +907,8 @@ int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_siz
         lens[i] = h->len;
         if (types)
             types[i] = h->type;
+        r->io.len = h->len;             /* the last record handed out, as for try_read */
+        r->io.type = h->type;
         r->head += rec_size(h->len);
         i++;
     }

@@ -28,7 +28,7 @@ from edgepipe.errors import (
     RingTimeoutError,
 )
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
-from edgepipe.shm import SharedRegion
+from edgepipe.shm import SharedRegion, list_segments, validate_name
 
 __version__ = "0.1.0"
 
@@ -52,8 +52,10 @@ __all__ = [
     "RingWriter",
     "SharedRegion",
     "WaitPolicy",
+    "list_segments",
     "mapping",
     "monotonic_ns",
     "now_ns",
+    "validate_name",
     "wall_ns",
 ]

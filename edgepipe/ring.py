@@ -28,7 +28,7 @@ from edgepipe.errors import (
     RingTimeoutError,
     check,
 )
-from edgepipe.shm import SharedRegion, validate_name
+from edgepipe.shm import SharedRegion, _EmptySegment, validate_name
 
 __all__ = ["Ring", "RingReader", "RingStatus", "RingWriter", "WaitPolicy"]
 
@@ -64,6 +64,20 @@ def _type_id(type_id: object) -> int:
     if not 0 <= type_id <= _MAX_TYPE:
         raise ValueError(f"type_id must be in 0..{_MAX_TYPE}, got {type_id}")
     return type_id
+
+
+def _u32_array(obj: object, what: str, writable: bool = False):
+    """A cffi uint32_t[] over a buffer of uint32 (numpy uint32, array('I')); anything else is a TypeError."""
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        raise TypeError(f"{what} must be a uint32 buffer (numpy uint32 or array('I')), not {type(obj).__name__}") from None
+    if mv.itemsize != 4 or mv.format.lstrip("@=<") not in ("I", "L"):
+        raise TypeError(f"{what} must hold uint32 items, got format {mv.format!r} of {mv.itemsize} bytes")
+    try:
+        return ffi.from_buffer("uint32_t[]", obj, require_writable=writable)
+    except BufferError:
+        raise TypeError(f"{what} must be writable") from None
 
 
 def _as_buffer(payload: object):
@@ -216,8 +230,11 @@ class Ring:
         while True:
             try:
                 region = SharedRegion.attach(name)
-            except FileNotFoundError:
+            except (FileNotFoundError, _EmptySegment) as e:
+                # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
                 if time.monotonic() >= deadline:
+                    if isinstance(e, _EmptySegment):
+                        raise RingCorruptError(f"segment {name!r} is empty (0 bytes): not a ring") from None
                     raise
                 time.sleep(0.002)
                 continue
@@ -236,7 +253,10 @@ class Ring:
     @classmethod
     def from_fd(cls, fd: int) -> Ring:
         """Attach a ring from a segment fd (inherited, or received over SCM_RIGHTS)."""
-        region = SharedRegion.from_fd(fd)
+        try:
+            region = SharedRegion.from_fd(fd)
+        except _EmptySegment:
+            raise RingCorruptError(f"fd {fd} is an empty file (0 bytes): not a ring") from None
         try:
             return cls(region)
         except BaseException:
@@ -294,7 +314,7 @@ class Ring:
 
     def close(self) -> None:
         """Close every end opened through this ring, then unmap. Safe to call twice. Does not unlink."""
-        for h in self._handles:
+        for h in list(self._handles):
             h.close()
         self._handles.clear()
         self._region.close()
@@ -425,22 +445,28 @@ class RingWriter(_HandleBase):
             RecordTooLargeError: payload over ``max_payload``. PeerClosedError: the consumer is gone.
             TypeError/ValueError: payload not bytes-like, bad type_id.
         """
-        w = self._w
-        if w is None:
-            raise self._closed_error()
+        # Fast path: bytes go straight to C. Anything else, or a closed handle (None), makes cffi raise
+        # TypeError, and the slow path converts the payload or raises the right error.
         try:
-            if type(payload) is bytes:
-                rc = _try_write(w, payload, len(payload), type_id)
-            else:
-                buf = _as_buffer(payload)
-                rc = _try_write(w, buf, len(buf), type_id)
+            rc = _try_write(self._w, payload, len(payload), type_id)
         except (TypeError, OverflowError):
-            raise self._bad(payload, type_id) from None
+            return self._try_write_slow(payload, type_id)
         if rc >= 0:
             return True
         if rc == _EAGAIN:
             return False
-        raise self._error(rc, payload)
+        raise self._error(rc, payload, type_id=type_id)
+
+    def _try_write_slow(self, payload, type_id) -> bool:
+        w = self._handle()
+        _type_id(type_id)
+        buf = _as_buffer(payload)
+        rc = _try_write(w, buf, len(buf), type_id)
+        if rc >= 0:
+            return True
+        if rc == _EAGAIN:
+            return False
+        raise self._error(rc, payload, type_id=type_id)
 
     def write(self, payload, type_id: int = 1, timeout_s: float | None = None) -> None:
         """Append one record, waiting up to ``timeout_s`` (None: forever) for room.
@@ -450,13 +476,11 @@ class RingWriter(_HandleBase):
         """
         w = self._handle()
         tns = _timeout_ns(timeout_s)
-        try:
-            buf = payload if type(payload) is bytes else _as_buffer(payload)
-            rc = lib.ep_ring_write(w, buf, len(buf), type_id, tns)
-        except (TypeError, OverflowError):
-            raise self._bad(payload, type_id) from None
+        _type_id(type_id)
+        buf = payload if type(payload) is bytes else _as_buffer(payload)
+        rc = lib.ep_ring_write(w, buf, len(buf), type_id, tns)
         if rc < 0:
-            raise self._error(rc, payload, timeout_s)
+            raise self._error(rc, payload, timeout_s, type_id=type_id)
 
     # -- zero copy ----------------------------------------------------------------------------------
     def claim(self, size: int, type_id: int = 1, timeout_s: float | None = None) -> _Claim:
@@ -514,6 +538,7 @@ class RingWriter(_HandleBase):
                 raise ValueError("a 2-D records array must be C-contiguous")
             size = records.shape[1] * records.itemsize
             rc = lib.ep_ring_try_write_fixed(w, _as_buffer(records), size, n, type_id)
+            biggest = size
         else:
             if isinstance(records, (bytes, bytearray, memoryview, str)):
                 raise TypeError(f"records must be a sequence of bytes-like objects, not {type(records).__name__}")
@@ -526,11 +551,12 @@ class RingWriter(_HandleBase):
                 bad = next(r for r in records if not isinstance(r, (bytes, bytearray, memoryview)))
                 raise TypeError(f"every record must be bytes-like, got {type(bad).__name__}: {bad!r:.60}") from None
             lens = array("I", [memoryview(r).nbytes for r in records])
-            rc = lib.ep_ring_try_write_batch(w, joined, ffi.from_buffer(lens), len(records), type_id)
+            rc = lib.ep_ring_try_write_batch(w, joined, ffi.from_buffer("uint32_t[]", lens), len(records), type_id)
+            biggest = max(lens)
         if rc == _EAGAIN:
             return 0
         if rc < 0:
-            raise self._error(rc, None)
+            raise self._error(rc, None, size=biggest, type_id=type_id)
         return rc
 
     def write_many(self, records, type_id: int = 1, timeout_s: float | None = None) -> int:
@@ -567,16 +593,17 @@ class RingWriter(_HandleBase):
         """
         w = self._handle()
         _type_id(type_id)
-        lbuf = ffi.from_buffer("uint32_t[]", lens)
+        lbuf = _u32_array(lens, "lens")
         n = len(lbuf)
         b = _as_buffer(buf)
-        if sum(lens) > len(b):
-            raise ValueError(f"lens add up to {sum(lens)} bytes but buf holds {len(b)}")
+        total = sum(lbuf)
+        if total > len(b):
+            raise ValueError(f"lens add up to {total} bytes but buf holds {len(b)}")
         rc = lib.ep_ring_try_write_batch(w, b, lbuf, n, type_id)
         if rc == _EAGAIN:
             return 0
         if rc < 0:
-            raise self._error(rc, None)
+            raise self._error(rc, None, size=max(lbuf) if n else 0, type_id=type_id)
         return rc
 
     # -- lifetime -----------------------------------------------------------------------------------
@@ -605,11 +632,9 @@ class RingWriter(_HandleBase):
                 f"(capacity {self._max_payload * 2 + 16})"
             )
 
-    def _bad(self, payload, type_id) -> Exception:
-        _type_id(type_id)
-        return _as_buffer(payload) and TypeError(f"cannot write {type(payload).__name__}: {payload!r:.60}")
-
-    def _error(self, rc: int, payload, timeout_s=None, size: int | None = None) -> Exception:
+    def _error(self, rc: int, payload, timeout_s=None, size: int | None = None, type_id=None) -> Exception:
+        if rc == -errno.EBADF:
+            return self._closed_error()
         if size is None and payload is not None:
             size = memoryview(payload).nbytes
         if rc == -errno.EMSGSIZE:
@@ -624,6 +649,11 @@ class RingWriter(_HandleBase):
         if rc == -errno.ETIMEDOUT:
             return RingTimeoutError(f"ring {self._ring.name or 'memfd'!r} still full after timeout_s={timeout_s}")
         if rc == -errno.EINVAL:
+            if type_id is not None:
+                try:
+                    _type_id(type_id)
+                except (TypeError, ValueError) as e:
+                    return e
             return ValueError("a claim is outstanding: commit or abort it before writing")
         try:
             check(rc)
@@ -722,6 +752,7 @@ class RingReader(_HandleBase):
     @property
     def last_type(self) -> int:
         """The type of the record most recently read or peeked."""
+        self._handle()
         return self._io.type
 
     def set_wait(self, wait: WaitPolicy | str) -> None:
@@ -737,10 +768,10 @@ class RingReader(_HandleBase):
             PeerClosedError: the ring is empty and the producer closed (it will never fill again).
             RingCorruptError: the next header cannot be right.
         """
-        r = self._r
-        if r is None:
-            raise self._closed_error()
-        n = _try_read(r)
+        try:
+            n = _try_read(self._r)
+        except TypeError:  # self._r is None: closed
+            raise self._closed_error() from None
         if n >= 0:
             return self._scratch[0:n]
         if n == _EAGAIN:
@@ -766,7 +797,7 @@ class RingReader(_HandleBase):
         r = self._handle()
         try:
             b = ffi.from_buffer(buf, require_writable=True)
-        except TypeError:
+        except (TypeError, BufferError):
             raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
         lens = self._batch_arrays()[1]
         tns = _timeout_ns(timeout_s)
@@ -775,8 +806,7 @@ class RingReader(_HandleBase):
             if rc == 1:
                 return lens[0]
             if rc == -errno.ENOBUFS:
-                n = lib.ep_ring_peek(r)
-                raise ValueError(f"next record is {n} bytes but buf holds only {len(b)}; it stays queued")
+                raise ValueError(f"next record is {self._io.len} bytes but buf holds only {len(b)}; it stays queued")
             if rc != _EAGAIN:
                 raise self._error(rc, timeout_s)
             if tns == 0:
@@ -867,16 +897,19 @@ class RingReader(_HandleBase):
         writable uint32 array), types into ``types`` if given; return the count (0 if empty). Never blocks.
         The fast path: one C call, no Python work per record."""
         r = self._handle()
-        b = ffi.from_buffer(buf, require_writable=True)
-        lb = ffi.from_buffer("uint32_t[]", lens, require_writable=True)
-        tb = ffi.NULL if types is None else ffi.from_buffer("uint32_t[]", types, require_writable=True)
+        try:
+            b = ffi.from_buffer(buf, require_writable=True)
+        except (TypeError, BufferError):
+            raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
+        lb = _u32_array(lens, "lens", writable=True)
+        tb = ffi.NULL if types is None else _u32_array(types, "types", writable=True)
         if types is not None and len(tb) < len(lb):
             raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
         rc = lib.ep_ring_try_read_batch(r, b, len(b), lb, tb, len(lb))
         if rc == _EAGAIN:
             return 0
         if rc == -errno.ENOBUFS:
-            raise ValueError(f"next record is {lib.ep_ring_peek(r)} bytes but buf holds only {len(b)}")
+            raise ValueError(f"next record is {self._io.len} bytes but buf holds only {len(b)}; it stays queued")
         if rc < 0:
             raise self._error(rc)
         return rc
@@ -916,6 +949,8 @@ class RingReader(_HandleBase):
 
     def _error(self, rc: int, timeout_s=None) -> Exception:
         name = self._ring.name or "memfd"
+        if rc == -errno.EBADF:
+            return self._closed_error()
         if rc == -errno.EPIPE:
             s = self._ring.status()
             how = "closed" if s.producer_closed else "died"

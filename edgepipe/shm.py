@@ -15,10 +15,11 @@ import re
 from edgepipe._ffi import ffi, lib
 from edgepipe.errors import EdgepipeOSError, RingClosedError, check
 
-__all__ = ["SharedRegion", "validate_name"]
+__all__ = ["SharedRegion", "list_segments", "validate_name"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
 SHM_DIR = "/dev/shm"
+_MAX_SIZE = 1 << 48  # beyond any RAM this library will meet; keeps sizes inside off_t and size_t
 PREFIX = "edgepipe."
 
 
@@ -40,9 +41,13 @@ def validate_name(name: object) -> str:
 def _check_size(size: object) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
         raise TypeError(f"size must be int, not {type(size).__name__}: {size!r}")
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    if size <= 0 or size > _MAX_SIZE:
+        raise ValueError(f"size must be in 1..{_MAX_SIZE} bytes, got {size}")
     return size
+
+
+class _EmptySegment(EdgepipeOSError):
+    """A segment of size 0: its creator has not sized it yet, or it is not ours at all."""
 
 
 class SharedRegion:
@@ -112,9 +117,12 @@ class SharedRegion:
     def _from_owned_fd(cls, fd: int, name: str | None) -> SharedRegion:
         size = ffi.new("uint64_t *")
         rc = lib.ep_shm_size(fd, size)
-        if rc < 0 or size[0] == 0:
+        if rc < 0:
             os.close(fd)
-            check(rc if rc < 0 else -errno.EINVAL, f"segment {name or fd!r} is empty or unreadable")
+            check(rc, f"segment {name or fd!r} is unreadable")
+        if size[0] == 0:
+            os.close(fd)
+            raise _EmptySegment(errno.EINVAL, f"segment {name or fd!r} is empty (0 bytes)")
         return cls(fd, size[0], name, owner=False)
 
     # -- properties ---------------------------------------------------------------------------------
