@@ -8,6 +8,7 @@ only turn a hang into a failure; nothing here asserts how long anything took.
 
 from __future__ import annotations
 
+import array
 import math
 import multiprocessing as mp
 import os
@@ -746,14 +747,25 @@ class TestRoundTrip:
 
     @pytest.mark.parametrize(
         "make",
-        [bytes, bytearray, memoryview, lambda b: np.frombuffer(b, np.uint8).copy(), lambda b: np.frombuffer(b, np.uint32)],
-        ids=["bytes", "bytearray", "memoryview", "ndarray-u8", "ndarray-u32"],
+        [
+            bytes,
+            bytearray,
+            memoryview,
+            lambda b: memoryview(b).cast("I"),
+            lambda b: array.array("d", b),
+            lambda b: np.frombuffer(b, np.uint8).copy(),
+            lambda b: np.frombuffer(b, np.uint32),
+            lambda b: np.frombuffer(b, np.uint16).reshape(4, 4),
+        ],
+        ids=["bytes", "bytearray", "memoryview", "memoryview-I", "array-d", "ndarray-u8", "ndarray-u32", "ndarray-2d"],
     )
-    def test_bytes_like_payloads(self, ends, make):
-        """Any C-contiguous bytes-like payload is written as its raw bytes."""
+    @pytest.mark.parametrize("how", ["try_write", "write"])
+    def test_bytes_like_payloads(self, ends, make, how):
+        """Any C-contiguous bytes-like payload is written as all of its raw bytes, whatever its item size."""
         _, w, r = ends
         raw = bytes(range(32))
-        assert w.try_write(make(raw))
+        payload = make(raw)
+        assert w.try_write(payload) if how == "try_write" else w.write(payload, timeout_s=1) is None
         assert r.try_read() == raw
 
     def test_all_byte_values(self, ends):
