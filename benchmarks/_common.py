@@ -99,6 +99,19 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _git_state() -> str:
+    """The checkout the numbers came from: commit, and whether csrc/ or edgepipe/ had local edits."""
+    root = HERE.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %cs"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "csrc", "edgepipe"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted edits in csrc/ or edgepipe/' if dirty else ''}"
+
+
 def environment() -> dict:
     """CPU, kernel, Python and every library version the benchmarks touch."""
     env = {
@@ -109,6 +122,7 @@ def environment() -> dict:
     }
     for dist in ("edgepipe", "cffi", "numpy", "hdrhistogram", "posix_ipc", "faster-fifo", "pyzmq", "iceoryx2"):
         env[dist] = _version(dist)
+    env["edgepipe git"] = _git_state()
     try:
         import zmq
 
@@ -186,6 +200,10 @@ class Probe:
         self.exe = exe
 
     def measure(self) -> ProbeResult | None:
+        """One probe run; one retry if it fails (a busy machine can starve it), else None and .error."""
+        return self._measure() or self._measure()
+
+    def _measure(self) -> ProbeResult | None:
         if self.exe is None:
             return None
         try:

@@ -7,10 +7,11 @@
  *       One thread, N write+read pairs of SIZE-byte records (default 64) on one 64 KiB ring. Run under
  *       `valgrind --tool=callgrind` for two values of N and subtract: instructions per pair, free of the
  *       set-up cost and stable on a noisy VM.
- *   callgrind_pair stream CPU_A CPU_B MODE N [SIZE]
+ *   callgrind_pair stream CPU_A CPU_B MODE N [SIZE [REPS]]
  *       Producer thread on CPU_A, consumer thread on CPU_B, N records through a 1 MiB ring (both spin
- *       when full/empty); the consumer checks every record's sequence number. Prints ns per record.
- *   callgrind_pair pingpong CPU_A CPU_B MODE N [SIZE]
+ *       when full/empty); the consumer checks every record's sequence number. Prints ns per record,
+ *       one line per repetition (short repetitions, min/median taken by the caller, survive a busy VM).
+ *   callgrind_pair pingpong CPU_A CPU_B MODE N [SIZE [REPS]]
  *       Two threads bounce one record over two 64 KiB rings N times. Prints one-way ns (round trip / 2).
  *
  * MODE is the real library (`lib`: ep_ring_try_write/ep_ring_try_read; `libbatch`, stream only:
@@ -426,7 +427,7 @@ struct stream_arg {
     uint32_t size;
     int cpu;
     _Atomic int *go;
-    int64_t t_end;
+    int64_t t_start, t_end;
     int bad;
 };
 
@@ -475,6 +476,7 @@ static void *consumer(void *p)
     atomic_fetch_add(a->go, 1);
     while (atomic_load(a->go) < 2)
         relax();
+    a->t_start = now_ns();
     for (long i = 0; i < a->n;) {
         if (g->mode == M_LIBBATCH || g->mode == M_BATCH8 || g->mode == M_BATCH8PF) {
             int rc;
@@ -517,12 +519,9 @@ static int run_stream(int cpu_a, int cpu_b, enum mode mode, long n, uint32_t siz
     pthread_t tp, tc;
     pthread_create(&tc, NULL, consumer, &ca);
     pthread_create(&tp, NULL, producer, &pa);
-    while (atomic_load(&go) < 2)
-        relax();
-    int64_t t0 = now_ns();
-    pthread_join(tp, NULL);
+    pthread_join(tp, NULL);             /* the main thread sleeps: a third spinner would steal a CPU */
     pthread_join(tc, NULL);
-    double ns = (double)(ca.t_end - t0) / (double)n;
+    double ns = (double)(ca.t_end - ca.t_start) / (double)n;
     printf("mode=%s records=%ld ns_per_record=%.2f mrec_per_s=%.2f bad=%d\n", mode_names[mode], n, ns,
            1e3 / ns, ca.bad);
     return ca.bad != 0;
@@ -610,17 +609,21 @@ int main(int argc, char **argv)
     }
     if (argc >= 6 && (!strcmp(argv[1], "stream") || !strcmp(argv[1], "pingpong"))) {
         uint32_t size = argc > 6 ? (uint32_t)atoi(argv[6]) : 64;
+        int reps = argc > 7 ? atoi(argv[7]) : 1;
         if (size < 8 || size > MAXSIZE)
             return fprintf(stderr, "size must be 8..%d\n", MAXSIZE), 2;
         int a = atoi(argv[2]), b = atoi(argv[3]);
         enum mode m = parse_mode(argv[4]);
         long n = atol(argv[5]);
-        return argv[1][0] == 's' ? run_stream(a, b, m, n, size) : run_pingpong(a, b, m, n, size);
+        int rc = 0;
+        for (int i = 0; i < reps && rc == 0; i++)   /* fresh rings each time; one line per repetition */
+            rc = argv[1][0] == 's' ? run_stream(a, b, m, n, size) : run_pingpong(a, b, m, n, size);
+        return rc;
     }
     fprintf(stderr,
             "usage: %s count MODE N [SIZE]\n"
-            "       %s stream CPU_A CPU_B MODE N [SIZE]\n"
-            "       %s pingpong CPU_A CPU_B MODE N [SIZE]\n",
+            "       %s stream CPU_A CPU_B MODE N [SIZE [REPS]]\n"
+            "       %s pingpong CPU_A CPU_B MODE N [SIZE [REPS]]\n",
             argv[0], argv[0], argv[0]);
     return 2;
 }

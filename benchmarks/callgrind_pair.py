@@ -12,8 +12,9 @@ dir, then:
    ``pingpong`` (one record bounced over two rings, one-way ns), each bracketed by the cache-line probe.
    These are wall-clock numbers and move with the near/far core pair and with other load.
 
---seconds scales the native record counts (1.0: 4 M records per stream run, 300 k round trips per
-ping-pong run); callgrind counts do not depend on it.
+--seconds scales the native record counts (1.0: --reps repetitions of 400 k records per stream run and
+of 30 k round trips per ping-pong run; min and median reported, so a busy VM shows in the median but
+rarely in the min); callgrind counts do not depend on it.
 
     python benchmarks/callgrind_pair.py
     python benchmarks/callgrind_pair.py --no-native --n1 50000 --n2 150000
@@ -59,6 +60,7 @@ def extra_args(p) -> None:
     p.add_argument("--n1", type=int, default=100_000, help="pairs in the first callgrind run")
     p.add_argument("--n2", type=int, default=200_000, help="pairs in the second callgrind run")
     p.add_argument("--no-native", action="store_true", help="skip the two-thread wall-clock runs")
+    p.add_argument("--reps", type=int, default=15, help="short repetitions per native run (min/median)")
 
 
 def build() -> str:
@@ -113,18 +115,23 @@ def count_table(exe: str, args) -> list[dict]:
     return rows
 
 
-def native(exe: str, kind: str, mode: str, n: int, args) -> dict | None:
-    cmd = [exe, kind, str(args.cpus[0]), str(args.cpus[1]), mode, str(n), str(args.size)]
+def native(exe: str, kind: str, mode: str, n: int, reps: int, args) -> dict | None:
+    """Run ``reps`` short repetitions; min and median of the per-repetition figure."""
+    cmd = [exe, kind, str(args.cpus[0]), str(args.cpus[1]), mode, str(n), str(args.size), str(reps)]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
         print(f"  {kind} {mode}: timed out")
         return None
     if r.returncode:
         print(f"  {kind} {mode}: failed: {r.stderr.strip()} {r.stdout.strip()}")
         return None
-    return {k: float(v) if re.match(r"^[\d.]+$", v) else v
-            for k, v in (item.split("=") for item in r.stdout.split())}
+    vals = []
+    for line in r.stdout.splitlines():
+        kv = dict(item.split("=") for item in line.split())
+        vals.append(float(kv.get("ns_per_record", kv.get("one_way_ns"))))
+    vals.sort()
+    return {"min": vals[0], "median": vals[len(vals) // 2], "reps": len(vals)}
 
 
 def main() -> None:
@@ -155,25 +162,26 @@ def main() -> None:
         scale = args.seconds
         print(f"\nnative, two threads pinned to cpus {args.cpus[0]},{args.cpus[1]} (wall clock; "
               f"probe = one-way cache-line transfer before/after, ns)")
-        for kind, modes, n in (("stream", STREAM_MODES, int(4_000_000 * scale)),
-                               ("pingpong", PINGPONG_MODES, int(300_000 * scale))):
+        for kind, modes, n in (("stream", STREAM_MODES, int(400_000 * scale)),
+                               ("pingpong", PINGPONG_MODES, int(30_000 * scale))):
             for mode in modes:
                 before = probe.measure()
-                res = native(exe, kind, mode, n, args)
+                res = native(exe, kind, mode, n, args.reps, args)
                 after = probe.measure()
                 if res is None:
                     continue
-                val = res.get("ns_per_record", res.get("one_way_ns"))
-                row = {"kind": kind, "mode": mode, "ns": val, "bad": res.get("bad"),
+                row = {"kind": kind, "mode": mode, **res,
                        "probe_before_ns": before.p50_ns if before else None,
                        "probe_after_ns": after.p50_ns if after else None,
                        "pair": C.probe_label(before, after), "loadavg": C.loadavg()}
                 native_rows.append(row)
-                print(f"  {kind:<8} {mode:<9} {val:9.1f} ns  probe {row['probe_before_ns']}/{row['probe_after_ns']}"
-                      f" ({row['pair']}) load {row['loadavg']}", flush=True)
+                print(f"  {kind:<8} {mode:<9} min {res['min']:8.1f} median {res['median']:8.1f} ns  probe "
+                      f"{row['probe_before_ns']}/{row['probe_after_ns']} ({row['pair']}) load {row['loadavg']}",
+                      flush=True)
         print()
-        print(C.table(["kind", "mode", "ns", "probe before", "probe after", "pair", "what"],
-                      [[r["kind"], r["mode"], f"{r['ns']:.1f}" + (" per record" if r["kind"] == "stream" else " one-way"),
+        print(f"ns per record (stream) or one-way ns (pingpong); min and median of {args.reps} repetitions")
+        print(C.table(["kind", "mode", "min ns", "median ns", "probe before", "probe after", "pair", "what"],
+                      [[r["kind"], r["mode"], f"{r['min']:.1f}", f"{r['median']:.1f}",
                         f"{r['probe_before_ns']:.0f}" if r["probe_before_ns"] else "",
                         f"{r['probe_after_ns']:.0f}" if r["probe_after_ns"] else "", r["pair"], DESCR[r["mode"]]]
                        for r in native_rows]))

@@ -77,8 +77,9 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
         fd_ab, fd_ba = ab.fd, ba.fd
 
         def ping(sync):
-            w = Ring.from_fd(fd_ab).writer(wait)
-            r = Ring.from_fd(fd_ba).reader(wait)
+            g_ab, g_ba = Ring.from_fd(fd_ab), Ring.from_fd(fd_ba)
+            w = g_ab.writer(wait)
+            r = g_ba.reader(wait)
             pool = C.seq_pool(size)
             samples = array("q")
             app = samples.append
@@ -124,9 +125,12 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
                             warm_at = len(samples)
                         if t1 > t_end:
                             break
+            s_ab, s_ba = g_ab.status(), g_ba.status()
             w.close()  # the ponger's next read raises PeerClosedError
             r.close()
-            return _summary(samples, warm_at, i)
+            out = _summary(samples, warm_at, i)
+            out["parks_per_rt"] = (s_ab.consumer_parks + s_ba.consumer_parks) / max(1, i)
+            return out
 
         def pong(sync):
             r = Ring.from_fd(fd_ab).reader(wait)
@@ -705,18 +709,19 @@ def report(rows: list[dict]) -> dict:
     table_rows = []
     for r in lat:
         if not r["ok"]:
-            table_rows.append([r["case"], r["group"], "FAILED: " + r["error"].splitlines()[0][:60]] + [""] * 7)
+            table_rows.append([r["case"], r["group"], "FAILED: " + r["error"].splitlines()[0][:60]] + [""] * 8)
             continue
         bp = best.get(r["group"])
         ratio = f"{r['p50_ns'] / bp['p50_ns']:.2f}x" if bp else "n/a"
+        parks = f"{r['parks_per_rt']:.2f}" if "parks_per_rt" in r else ""
         table_rows.append([r["case"], r["group"], fmt_ns(r["p50_ns"]), fmt_ns(r["p99_ns"]), fmt_ns(r["p999_ns"]),
-                           ratio, f"{r['n']:,}", fmt_ns(r["probe_before_ns"]), fmt_ns(r["probe_after_ns"]),
+                           ratio, f"{r['n']:,}", parks, fmt_ns(r["probe_before_ns"]), fmt_ns(r["probe_after_ns"]),
                            r["pair"]])
     print()
     print(f"one-way latency (RTT/2), ns; ratio = p50 / p50 of the best peer in the same group "
           f"(busy-poll: {best['busy-poll']['case'] if 'busy-poll' in best else 'none'}; "
           f"blocking: {best['blocking']['case'] if 'blocking' in best else 'none'})")
-    print(C.table(["case", "group", "p50", "p99", "p99.9", "ratio vs best peer", "samples",
+    print(C.table(["case", "group", "p50", "p99", "p99.9", "ratio vs best peer", "samples", "parks/RT",
                    "probe before", "probe after", "pair"], table_rows))
     idle = [r for r in rows if r["group"] == "idle"]
     for r in idle:

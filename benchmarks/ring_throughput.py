@@ -63,13 +63,13 @@ def _done(n: int, t0: float, extra: dict | None = None) -> dict:
     return out
 
 
-def _np_pool(size: int):
-    """(POOL + BATCH) rows of ``size`` bytes, row j carrying sequence j % POOL, so any 256-row window
+def _np_pool(size: int, rows: int = BATCH):
+    """(POOL + rows) rows of ``size`` bytes, row j carrying sequence j % POOL, so any ``rows``-row window
     starting at sent % POOL continues the sequence."""
     import numpy as np
 
-    arr = np.zeros((POOL + BATCH, size), dtype=np.uint8)
-    arr[:, :8] = (np.arange(POOL + BATCH, dtype=np.uint64) % POOL).view(np.uint8).reshape(-1, 8)
+    arr = np.zeros((POOL + rows, size), dtype=np.uint8)
+    arr[:, :8] = (np.arange(POOL + rows, dtype=np.uint64) % POOL).view(np.uint8).reshape(-1, 8)
     return arr
 
 
@@ -77,9 +77,9 @@ def _np_pool(size: int):
 # edgepipe
 
 
-def edgepipe_case(size: int, seconds: float, mode: str):
+def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
     """mode: 'try' (try_write/try_read loops), 'blocking' (write/read, default hybrid wait),
-    'batch' (try_write_many 2-D array / read_packed)."""
+    'batch' (try_write_many of a ``rows``-row 2-D array / read_packed of up to ``rows`` records)."""
 
     def make():
         ring = Ring.create(capacity=RING_CAPACITY)
@@ -90,13 +90,13 @@ def edgepipe_case(size: int, seconds: float, mode: str):
             pc = time.perf_counter
             i = 0
             if mode == "batch":
-                arr = _np_pool(size)
+                arr = _np_pool(size, rows)
                 twm = w.try_write_many
                 sync()
                 t_end = pc() + seconds
                 while True:
                     pos = i % POOL
-                    i += twm(arr[pos:pos + BATCH])
+                    i += twm(arr[pos:pos + rows])
                     if pc() > t_end:
                         break
             else:
@@ -129,11 +129,10 @@ def edgepipe_case(size: int, seconds: float, mode: str):
             if mode == "batch":
                 import numpy as np
 
-                buf = np.empty(BATCH * size, dtype=np.uint8)
-                lens = np.empty(BATCH, dtype=np.uint32)
-                rows = buf.reshape(BATCH, size)
-                seqs = rows[:, :8]
-                ar = np.arange(BATCH, dtype=np.uint64)
+                buf = np.empty(rows * size, dtype=np.uint8)
+                lens = np.empty(rows, dtype=np.uint32)
+                seqs = buf.reshape(rows, size)[:, :8]
+                ar = np.arange(rows, dtype=np.uint64)
                 rp = r.read_packed
                 batches = 0
                 sync()
@@ -673,6 +672,8 @@ def build_cases(size: int, seconds: float) -> list[C.Case]:
         C.Case("edgepipe try_write/try_read loop", "per-call", E, edgepipe_case(size, seconds, "try")),
         C.Case("edgepipe write/read (hybrid)", "per-call", E, edgepipe_case(size, seconds, "blocking")),
         C.Case("edgepipe try_write_many(256 rows)/read_packed", "batch", E, edgepipe_case(size, seconds, "batch")),
+        C.Case("edgepipe try_write_many(4096 rows)/read_packed", "batch", E,
+               edgepipe_case(size, seconds, "batch", rows=4096)),
         C.Case("shm slot ring + posix_ipc semaphores", "per-call", P, shm_sem_case(size, seconds)),
         C.Case("shm SPSC ring in Python (spin)", "per-call", P, shm_spin_case(size, seconds)),
         C.Case("socketpair send/recv_into", "per-call", P, socket_case(size, seconds, batch=False)),
