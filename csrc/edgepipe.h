@@ -6,7 +6,10 @@
  *
  * Return convention: 0 or a byte count/offset on success, -errno on failure:
  *   -EAGAIN full/empty, -EMSGSIZE record too big, -EPIPE peer gone, -EBADMSG corrupt or foreign region,
- *   -EPROTO wrong layout version, -ETIMEDOUT a timed wait expired, -EINVAL bad argument.
+ *   -EPROTO wrong layout version, -ETIMEDOUT a timed wait expired, -EINVAL bad argument,
+ *   -EBUSY the end is held by a live process, -EBADF a NULL (closed) handle, -ENOBUFS the caller's
+ *   buffer is smaller than the next record, -EINTR a signal arrived during a wait (call again),
+ *   -ECANCELED the handle was cancelled from another thread.
  */
 #ifndef EDGEPIPE_H
 #define EDGEPIPE_H
@@ -91,6 +94,7 @@ int ep_ring_try_write_batch(struct ep_ring_writer *w, const void *buf, const uin
 int ep_ring_try_write_fixed(struct ep_ring_writer *w, const void *buf, uint32_t size, uint32_t n,
                             uint32_t type);
 int ep_ring_writer_wait(struct ep_ring_writer *w, uint32_t len, int64_t timeout_ns);
+int ep_ring_writer_cancel(struct ep_ring_writer *w);
 
 struct ep_ring_reader;
 int ep_ring_reader_open(void *base, uint64_t region_size, struct ep_ring_reader **out);
@@ -105,5 +109,6 @@ int ep_ring_release(struct ep_ring_reader *r);
 int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_size, uint32_t *lens,
                            uint32_t *types, uint32_t max_n);
 int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns);
+int ep_ring_reader_cancel(struct ep_ring_reader *r);
 
 #endif

@@ -25,26 +25,36 @@
  * sees the announcement. The fast path (nobody announced) costs a fence and a load, never a syscall.
  *
  * A waiting end wakes at least every EP_PEER_CHECK_NS to check that its peer lives (pidfd, else kill 0),
- * so a dead peer becomes -EPIPE instead of a hang.
+ * so a dead peer becomes -EPIPE instead of a hang. Each end's owner is one 64-bit word (pid << 32 |
+ * state), so taking over a dead end is a single CAS; the owner's start time (from /proc) tells a reused
+ * pid apart from the process that opened the end.
+ *
+ * The reader trusts nothing in the data area: every header is loaded once, then checked against the
+ * published tail and the capacity before any byte is copied, so a buggy or hostile producer can make
+ * the reader report -EBADMSG but never read outside the mapping or loop forever.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
 #include "ep_atomic.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+enum { END_NONE = 0, END_OPENING = 1, END_OPEN = 2, END_CLOSED = 3 };
+
 struct ep_ring_end {                   /* one end's presence: cold, written on open/close/waits */
-    _Atomic int32_t pid;
-    _Atomic uint32_t closed;
+    _Atomic uint64_t owner;             /* (pid << 32) | END_* state, changed only by CAS or by its owner */
+    _Atomic uint64_t start_ticks;       /* the owner's start time, /proc/<pid>/stat field 22 (0: unknown) */
     _Atomic int64_t beat_ns;
     _Atomic uint64_t parks;
     _Atomic uint64_t wakes;             /* wakes this end issued to the other */
@@ -82,8 +92,13 @@ struct ep_rec {
 struct ep_peer {                        /* process-local: how this end watches the other */
     int32_t pid;                        /* the pid pidfd refers to, 0 if none */
     int pidfd;                          /* -1 if none or unsupported */
+    int dead;                           /* sticky: that pid was found dead or reused */
     int64_t next_check_ns;              /* rate limit for checks made outside waits */
 };
+
+static inline int32_t owner_pid(uint64_t o) { return (int32_t)(uint32_t)(o >> 32); }
+static inline uint32_t owner_state(uint64_t o) { return (uint32_t)o; }
+static inline uint64_t owner_make(int32_t pid, uint32_t st) { return ((uint64_t)(uint32_t)pid << 32) | st; }
 
 struct ep_ring_writer {
     struct ep_ring_ctl *ctl;
@@ -95,6 +110,8 @@ struct ep_ring_writer {
     uint32_t claim_len;
     int wait_mode;
     int64_t spin_ns;
+    int32_t pid;                        /* the process that opened this end */
+    _Atomic int cancel;                 /* set by ep_ring_writer_cancel(): blocked calls return -ECANCELED */
     struct ep_peer peer;
 };
 
@@ -109,6 +126,9 @@ struct ep_ring_reader {
     int peeked;
     int wait_mode;
     int64_t spin_ns;
+    int32_t pid;                        /* the process that opened this end */
+    _Atomic int cancel;                 /* set by ep_ring_reader_cancel(): blocked calls return -ECANCELED */
+    unsigned empty_polls;               /* rate limit for the producer-death check in try_read */
     struct ep_peer peer;
     uint8_t *scratch;                   /* max_payload bytes for try_read/read */
 };
@@ -118,12 +138,6 @@ static inline uint64_t rec_size(uint32_t len)
     return EP_REC_HDR + (((uint64_t)len + 7u) & ~(uint64_t)7u);
 }
 
-static inline int64_t ts_ns(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* region */
@@ -154,7 +168,9 @@ int ep_ring_init(void *base, uint64_t region_size, uint64_t capacity)
     return 0;
 }
 
-int ep_ring_check(const void *base, uint64_t region_size)
+/* Validate the control block and return its capacity through *cap, read exactly once (the other
+ * process could change it between a check and a use). */
+static int layout(const void *base, uint64_t region_size, uint64_t *cap)
 {
     if (!base || region_size < EP_RING_DATA_OFF)
         return -EBADMSG;
@@ -162,17 +178,26 @@ int ep_ring_check(const void *base, uint64_t region_size)
     /* Acquire: pairs with the release of magic in ep_ring_init(). */
     if (ep_load_acquire(&c->magic) != EP_RING_MAGIC)
         return -EBADMSG;
-    if (c->version != EP_RING_VERSION)
+    if (*(volatile uint32_t *)&c->version != EP_RING_VERSION)
         return -EPROTO;
-    if (!capacity_ok(c->capacity) || ep_ring_region_size(c->capacity) > region_size)
+    uint64_t capacity = *(volatile uint64_t *)&c->capacity;
+    if (!capacity_ok(capacity) || ep_ring_region_size(capacity) > region_size)
         return -EBADMSG;
+    *cap = capacity;
     return 0;
+}
+
+int ep_ring_check(const void *base, uint64_t region_size)
+{
+    uint64_t cap;
+    return layout(base, region_size, &cap);
 }
 
 static void end_status(const struct ep_ring_end *e, int32_t *pid, uint32_t *closed, int64_t *beat)
 {
-    *pid = ep_load_relaxed(&e->pid);
-    *closed = ep_load_relaxed(&e->closed);
+    uint64_t o = ep_load_relaxed(&e->owner);
+    *pid = owner_pid(o);
+    *closed = owner_state(o) == END_CLOSED;
     *beat = ep_load_relaxed(&e->beat_ns);
 }
 
@@ -212,6 +237,7 @@ static void peer_init(struct ep_peer *p)
 {
     p->pid = 0;
     p->pidfd = -1;
+    p->dead = 0;
     p->next_check_ns = 0;
 }
 
@@ -222,7 +248,38 @@ static void peer_drop(struct ep_peer *p)
     peer_init(p);
 }
 
-static int pid_dead(struct ep_peer *p, int32_t pid)
+/* Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat) and its state
+ * letter; 0 if it cannot be read. The comm field may hold spaces and parentheses: parse after the
+ * last ')'. */
+static uint64_t proc_start_ticks(int32_t pid, char *state)
+{
+    char path[48], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ' || !p[2])
+        return 0;
+    p += 2;                             /* field 3, the state */
+    if (state)
+        *state = *p;
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return 0;
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
+/* Is process `pid`, which started at `start` ticks (0: unknown), gone? */
+static int pid_dead(struct ep_peer *p, int32_t pid, uint64_t start)
 {
     if (pid <= 0)
         return 0;                       /* not attached yet: nobody to mourn */
@@ -232,55 +289,89 @@ static int pid_dead(struct ep_peer *p, int32_t pid)
 #ifdef SYS_pidfd_open
         p->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
         if (p->pidfd < 0 && errno == ESRCH)
-            return 1;
+            p->dead = 1;
 #endif
+        /* The pidfd pins whatever process has this pid now. If that one started at another time
+         * than the owner recorded, the owner died and its pid was reused. */
+        if (!p->dead && start) {
+            uint64_t now = proc_start_ticks(pid, NULL);
+            if (now && now != start)
+                p->dead = 1;
+        }
     }
+    if (p->dead)
+        return 1;
     if (p->pidfd >= 0) {
         struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
-        return poll(&pfd, 1, 0) > 0;    /* a pidfd turns readable when its process exits */
+        p->dead = poll(&pfd, 1, 0) > 0; /* a pidfd turns readable when its process exits */
+        return p->dead;
     }
-    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    char st = 0;
+    if ((kill((pid_t)pid, 0) < 0 && errno == ESRCH) ||
+        (proc_start_ticks(pid, &st) && (st == 'Z' || st == 'X')))
+        p->dead = 1;                    /* no pidfd: a zombie counts as dead too */
+    return p->dead;
 }
 
 /* The other end closed, or its process is gone. */
 static int peer_gone(struct ep_peer *p, struct ep_ring_end *e)
 {
-    if (ep_load_acquire(&e->closed))
+    /* Acquire: pairs with the release of owner in end_close() (all it published comes before) and in
+     * end_open() (its start_ticks comes before). */
+    uint64_t o = ep_load_acquire(&e->owner);
+    if (owner_state(o) == END_CLOSED)
         return 1;
-    return pid_dead(p, ep_load_relaxed(&e->pid));
+    if (owner_state(o) != END_OPEN)
+        return 0;                       /* never opened, or being opened right now */
+    return pid_dead(p, owner_pid(o), ep_load_relaxed(&e->start_ticks));
 }
 
-static int end_open(struct ep_ring_end *e, struct ep_peer *p)
+static inline int peer_closed(struct ep_ring_end *e)
+{
+    /* Acquire: pairs with the release of owner in end_close(). */
+    return owner_state(ep_load_acquire(&e->owner)) == END_CLOSED;
+}
+
+static int end_open(struct ep_ring_end *e, struct ep_peer *p, int32_t *pid_out)
 {
     int32_t me = (int32_t)getpid();
-    int32_t cur = ep_load_relaxed(&e->pid);
+    uint64_t cur = ep_load_acquire(&e->owner);
     for (;;) {
-        /* Busy if any live process holds the end open, this one included (two handles in one
-         * process would be two producers racing on tail). A closed or dead holder may be replaced. */
-        if (cur != 0 && !ep_load_relaxed(&e->closed)) {
+        /* Busy while any live process holds the end, this one included (two handles in one process
+         * would be two producers racing on tail). A closed or dead holder may be replaced. Owner and
+         * state are one word, so two processes replacing the same dead holder cannot both win. */
+        uint32_t st = owner_state(cur);
+        if (st == END_OPEN || st == END_OPENING) {
             struct ep_peer probe;
             peer_init(&probe);
-            int dead = pid_dead(&probe, cur);
+            int dead = pid_dead(&probe, owner_pid(cur),
+                                st == END_OPEN ? ep_load_relaxed(&e->start_ticks) : 0);
             peer_drop(&probe);
             if (!dead)
-                return -EBUSY;          /* a live process already holds this end */
+                return -EBUSY;
         }
-        if (atomic_compare_exchange_strong(&e->pid, &cur, me))
+        if (atomic_compare_exchange_strong(&e->owner, &cur, owner_make(me, END_OPENING)))
             break;
     }
+    ep_store_relaxed(&e->start_ticks, proc_start_ticks(me, NULL));
     ep_store_relaxed(&e->beat_ns, ep_clock_now_ns());
-    /* Release: our pid is in place before we say we are open. Pairs with the acquire in peer_gone(). */
-    ep_store_release(&e->closed, 0u);
+    /* Release: start_ticks is in place before the end reads as open. Pairs with peer_gone(). */
+    ep_store_release(&e->owner, owner_make(me, END_OPEN));
     peer_init(p);
+    *pid_out = me;
     return 0;
 }
 
-static void end_close(struct ep_ring_end *e, _Atomic uint32_t *peer_word)
+static void end_close(struct ep_ring_end *e, int32_t me, _Atomic uint32_t *peer_word)
 {
     ep_store_relaxed(&e->beat_ns, ep_clock_now_ns());
-    /* Release: everything this end published happens before "closed". Pairs with peer_gone(). */
-    ep_store_release(&e->closed, 1u);
-    /* Wake the other end even if it did not announce: it re-checks and sees "closed". */
+    /* Release (the CAS): everything this end published happens before "closed". Pairs with the
+     * acquire of owner in peer_gone() / peer_closed(). Only the owner closes: if the end was taken
+     * over (we were presumed dead), the new owner's state is left alone. */
+    uint64_t open = owner_make(me, END_OPEN);
+    atomic_compare_exchange_strong(&e->owner, &open, owner_make(me, END_CLOSED));
+    /* Wake the other end even if it did not announce: it re-checks and sees "closed". The fence
+     * orders the owner store before the bump; pairs with the fence in wait_until(). */
     ep_fence_seq_cst();
     atomic_fetch_add(peer_word, 2u);
     syscall(SYS_futex, peer_word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
@@ -307,6 +398,7 @@ struct waiter {
     _Atomic uint32_t *word;
     struct ep_ring_end *self, *other;
     struct ep_peer *peer;
+    _Atomic int *cancel;
     int mode;
     int64_t spin_ns;
     int64_t deadline_mono;              /* INT64_MAX for no deadline */
@@ -314,8 +406,9 @@ struct waiter {
 
 typedef int (*ready_fn)(void *end, uint64_t arg);
 
-/* Wait until ready(end, arg) holds (returns 0), the deadline passes (-ETIMEDOUT) or the peer is gone
- * (-EPIPE, only once ready() is still false, so nothing already queued is lost). */
+/* Wait until ready(end, arg) holds (returns 0), the deadline passes (-ETIMEDOUT), the peer is gone
+ * (-EPIPE, only once ready() is still false, so nothing already queued is lost), a signal arrives
+ * (-EINTR: the caller runs its handlers and calls again) or the handle is cancelled (-ECANCELED). */
 static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg)
 {
     if (ready(end, arg))
@@ -336,6 +429,10 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
                 now = ep_clock_mono_ns();
                 if (now >= wt->deadline_mono)
                     return -ETIMEDOUT;
+                if (ep_load_relaxed(wt->cancel))
+                    return -ECANCELED;
+                if (peer_closed(wt->other))
+                    return ready(end, arg) ? 0 : -EPIPE;
                 if (now >= next_peer) {
                     ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
                     if (peer_gone(wt->peer, wt->other))
@@ -346,6 +443,8 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
         }
         if (now >= wt->deadline_mono)
             return ready(end, arg) ? 0 : -ETIMEDOUT;
+        if (ep_load_relaxed(wt->cancel))
+            return -ECANCELED;
         if (peer_gone(wt->peer, wt->other))
             return ready(end, arg) ? 0 : -EPIPE;
         ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
@@ -354,10 +453,13 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
         uint32_t v = atomic_fetch_or(wt->word, 1u) | 1u;
         /* Dekker step: the announcement is ordered before the re-check below. Pairs with notify(). */
         ep_fence_seq_cst();
-        if (ready(end, arg)) {
+        int closed = peer_closed(wt->other);
+        if (ready(end, arg) || closed || ep_load_relaxed(wt->cancel)) {
             /* Withdraw the announcement; if a notifier got there first the CAS fails, harmlessly. */
             atomic_compare_exchange_strong(wt->word, &v, v + 1u);
-            return 0;
+            if (ready(end, arg))
+                return 0;
+            return closed ? -EPIPE : -ECANCELED;
         }
         int64_t until = now + EP_PEER_CHECK_NS;
         if (until > wt->deadline_mono)
@@ -366,6 +468,7 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
         ep_count(&wt->self->parks, 1);
         long rc = syscall(SYS_futex, wt->word, FUTEX_WAIT_BITSET, v, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
         int timed_out = rc < 0 && errno == ETIMEDOUT;
+        int interrupted = rc < 0 && errno == EINTR;
         /* Withdraw the announcement whatever woke us, so no stale bit costs the other end a syscall.
          * The CAS fails only if the other end already bumped the word (a wake, or its close). */
         uint32_t seen = v;
@@ -376,6 +479,8 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
                 ep_count(&wt->self->late_wakeups, 1);   /* data came and nobody woke us */
             return 0;
         }
+        if (interrupted)
+            return -EINTR;
         spin_end = now;                 /* after a park, park again rather than spin */
         next_peer = now + EP_PEER_CHECK_NS;
     }
@@ -403,9 +508,16 @@ static int set_wait(int *mode_out, int64_t *spin_out, int mode, int64_t spin_ns)
 /* ------------------------------------------------------------------------------------------------ */
 /* producer */
 
+/* Positions a new end may start from: both 8-byte aligned and no more than a ring apart. */
+static int positions_ok(uint64_t head, uint64_t tail, uint64_t cap)
+{
+    return ((head | tail) & 7u) == 0 && tail - head <= cap;
+}
+
 int ep_ring_writer_open(void *base, uint64_t region_size, struct ep_ring_writer **out)
 {
-    int rc = ep_ring_check(base, region_size);
+    uint64_t cap;
+    int rc = layout(base, region_size, &cap);
     if (rc)
         return rc;
     struct ep_ring_writer *w = calloc(1, sizeof(*w));
@@ -413,17 +525,23 @@ int ep_ring_writer_open(void *base, uint64_t region_size, struct ep_ring_writer 
         return -ENOMEM;
     w->ctl = base;
     w->data = (uint8_t *)base + EP_RING_DATA_OFF;
-    w->cap = w->ctl->capacity;
+    w->cap = cap;
     w->mask = w->cap - 1;
     w->max_payload = w->cap / 2 - EP_REC_HDR;
-    rc = end_open(&w->ctl->prod, &w->peer);
+    /* Acquire: a previous producer's records are complete before we continue after them. */
+    w->tail = ep_load_acquire(&w->ctl->tail);
+    w->head_cache = ep_load_acquire(&w->ctl->head);
+    if (!positions_ok(w->head_cache, w->tail, cap)) {
+        free(w);
+        return -EBADMSG;
+    }
+    rc = end_open(&w->ctl->prod, &w->peer, &w->pid);
     if (rc) {
         free(w);
         return rc;
     }
-    /* Acquire: a previous producer's records are complete before we continue after them. */
+    /* Re-read after taking the end: a producer we replaced may have published up to its death. */
     w->tail = ep_load_acquire(&w->ctl->tail);
-    w->head_cache = ep_load_acquire(&w->ctl->head);
     w->claim_rec = UINT64_MAX;
     w->wait_mode = EP_WAIT_HYBRID;
     w->spin_ns = EP_DEFAULT_SPIN_NS;
@@ -435,9 +553,20 @@ int ep_ring_writer_close(struct ep_ring_writer *w)
 {
     if (!w)
         return 0;
-    end_close(&w->ctl->prod, &w->ctl->data_wait);
+    end_close(&w->ctl->prod, w->pid, &w->ctl->data_wait);
     peer_drop(&w->peer);
     free(w);
+    return 0;
+}
+
+/* Make a blocked (or the next) wait of this writer return -ECANCELED; safe from another thread while
+ * the writer is inside a call, as long as the writer is not freed before that call returns. */
+int ep_ring_writer_cancel(struct ep_ring_writer *w)
+{
+    ep_store_relaxed(&w->cancel, 1);
+    ep_fence_seq_cst();             /* the flag before the bump; pairs with the fence in wait_until() */
+    atomic_fetch_add(&w->ctl->space_wait, 2u);
+    syscall(SYS_futex, &w->ctl->space_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     return 0;
 }
 
@@ -450,15 +579,18 @@ int ep_ring_writer_set_wait(struct ep_ring_writer *w, int mode, int64_t spin_ns)
  * only when the ring is full, and at most once a millisecond, because that costs a syscall. */
 static int consumer_gone(struct ep_ring_writer *w, int full)
 {
-    if (__builtin_expect(ep_load_relaxed(&w->ctl->cons.closed) != 0, 0))
+    uint64_t o = ep_load_relaxed(&w->ctl->cons.owner);
+    if (__builtin_expect(owner_state(o) == END_CLOSED, 0))
         return 1;
-    if (!full)
+    if (!full || owner_state(o) != END_OPEN)
         return 0;
+    if (w->peer.dead && w->peer.pid == owner_pid(o))
+        return 1;                       /* already found dead: no need to wait for the rate limit */
     int64_t now = ep_clock_mono_ns();
     if (now < w->peer.next_check_ns)
         return 0;
     w->peer.next_check_ns = now + 1000000;
-    return pid_dead(&w->peer, ep_load_relaxed(&w->ctl->cons.pid));
+    return pid_dead(&w->peer, owner_pid(o), ep_load_relaxed(&w->ctl->cons.start_ticks));
 }
 
 /* Find room for a record of `len` payload bytes at w->tail. Writes the padding record if the record
@@ -503,11 +635,6 @@ static inline void publish(struct ep_ring_writer *w, uint64_t nrec)
     notify(&w->ctl->data_wait, &w->ctl->prod.wakes);
 }
 
-static inline int check_type(uint32_t type)
-{
-    return type == EP_REC_PAD ? -EINVAL : 0;
-}
-
 int ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint32_t len, uint32_t type)
 {
     if (__builtin_expect(!w, 0))
@@ -541,18 +668,17 @@ static int has_room(void *end, uint64_t need)
     uint64_t total = need <= to_end ? need : to_end + need;
     /* Acquire: pairs with the release of head by the consumer. */
     w->head_cache = ep_load_acquire(&w->ctl->head);
-    return w->tail + total - w->head_cache <= w->cap || ep_load_relaxed(&w->ctl->cons.closed);
+    return w->tail + total - w->head_cache <= w->cap;
 }
 
 static int wait_room(struct ep_ring_writer *w, uint32_t len, int64_t deadline)
 {
     struct waiter wt = {.word = &w->ctl->space_wait, .self = &w->ctl->prod, .other = &w->ctl->cons,
-                        .peer = &w->peer, .mode = w->wait_mode, .spin_ns = w->spin_ns,
-                        .deadline_mono = deadline};
-    int rc = wait_until(&wt, has_room, w, rec_size(len));
-    if (rc == 0 && ep_load_relaxed(&w->ctl->cons.closed))
-        return -EPIPE;
-    return rc;
+                        .peer = &w->peer, .cancel = &w->cancel, .mode = w->wait_mode,
+                        .spin_ns = w->spin_ns, .deadline_mono = deadline};
+    if (peer_closed(&w->ctl->cons))
+        return -EPIPE;                  /* room or not, nobody will read what we write */
+    return wait_until(&wt, has_room, w, rec_size(len));
 }
 
 int ep_ring_writer_wait(struct ep_ring_writer *w, uint32_t len, int64_t timeout_ns)
@@ -679,7 +805,8 @@ int ep_ring_try_write_fixed(struct ep_ring_writer *w, const void *buf, uint32_t 
 
 int ep_ring_reader_open(void *base, uint64_t region_size, struct ep_ring_reader **out)
 {
-    int rc = ep_ring_check(base, region_size);
+    uint64_t cap;
+    int rc = layout(base, region_size, &cap);
     if (rc)
         return rc;
     struct ep_ring_reader *r = calloc(1, sizeof(*r));
@@ -687,7 +814,7 @@ int ep_ring_reader_open(void *base, uint64_t region_size, struct ep_ring_reader 
         return -ENOMEM;
     r->ctl = base;
     r->data = (uint8_t *)base + EP_RING_DATA_OFF;
-    r->cap = r->ctl->capacity;
+    r->cap = cap;
     r->mask = r->cap - 1;
     r->max_payload = r->cap / 2 - EP_REC_HDR;
     r->scratch = malloc(r->max_payload ? r->max_payload : 1);
@@ -695,14 +822,21 @@ int ep_ring_reader_open(void *base, uint64_t region_size, struct ep_ring_reader 
         free(r);
         return -ENOMEM;
     }
-    rc = end_open(&r->ctl->cons, &r->peer);
+    rc = end_open(&r->ctl->cons, &r->peer, &r->pid);
     if (rc) {
         free(r->scratch);
         free(r);
         return rc;
     }
     r->head = ep_load_relaxed(&r->ctl->head);   /* only consumers ever store head */
-    r->tail_cache = r->head;
+    /* Acquire: pairs with the release of tail in publish(). */
+    r->tail_cache = ep_load_acquire(&r->ctl->tail);
+    if (!positions_ok(r->head, r->tail_cache, cap)) {
+        end_close(&r->ctl->cons, r->pid, &r->ctl->space_wait);
+        free(r->scratch);
+        free(r);
+        return -EBADMSG;
+    }
     r->wait_mode = EP_WAIT_HYBRID;
     r->spin_ns = EP_DEFAULT_SPIN_NS;
     *out = r;
@@ -713,10 +847,20 @@ int ep_ring_reader_close(struct ep_ring_reader *r)
 {
     if (!r)
         return 0;
-    end_close(&r->ctl->cons, &r->ctl->space_wait);
+    end_close(&r->ctl->cons, r->pid, &r->ctl->space_wait);
     peer_drop(&r->peer);
     free(r->scratch);
     free(r);
+    return 0;
+}
+
+/* See ep_ring_writer_cancel(). */
+int ep_ring_reader_cancel(struct ep_ring_reader *r)
+{
+    ep_store_relaxed(&r->cancel, 1);
+    ep_fence_seq_cst();             /* the flag before the bump; pairs with the fence in wait_until() */
+    atomic_fetch_add(&r->ctl->data_wait, 2u);
+    syscall(SYS_futex, &r->ctl->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     return 0;
 }
 
@@ -735,9 +879,10 @@ void *ep_ring_reader_scratch(struct ep_ring_reader *r)
     return r->scratch;
 }
 
-/* Locate the record at r->head (skipping padding). Returns the header, NULL if the ring is empty, or
- * sets *bad if the header cannot be right. Moves only the local head. */
-static inline struct ep_rec *peek_at(struct ep_ring_reader *r, int *bad)
+/* Locate the record at r->head, skipping padding (which moves only the local head). Returns 1 and
+ * the record in *rec (header loaded exactly once, then validated), 0 if the ring is empty, or
+ * -EBADMSG if the published range or a header cannot be right. */
+static inline int peek_at(struct ep_ring_reader *r, struct ep_rec *rec, uint64_t *payload_off)
 {
     for (;;) {
         if (r->head == r->tail_cache) {
@@ -745,25 +890,30 @@ static inline struct ep_rec *peek_at(struct ep_ring_reader *r, int *bad)
              * Pairs with the release of tail in publish(). */
             r->tail_cache = ep_load_acquire(&r->ctl->tail);
             if (r->head == r->tail_cache)
-                return NULL;
+                return 0;
+            if (__builtin_expect(r->tail_cache - r->head > r->cap || (r->tail_cache & 7u), 0))
+                return -EBADMSG;        /* a tail behind us or more than a ring ahead */
         }
         uint64_t off = r->head & r->mask;
-        struct ep_rec *h = (struct ep_rec *)(r->data + off);
-        uint64_t size = rec_size(h->len);
-        if (__builtin_expect(h->type == EP_REC_PAD, 0)) {
-            if (size != r->cap - off || r->head + size > r->tail_cache) {
-                *bad = 1;
-                return NULL;
-            }
+        /* One load of the header: the producer's process could rewrite it under us, so every check
+         * and use below works on this copy. */
+        struct ep_rec h = *(volatile struct ep_rec *)(r->data + off);
+        uint64_t size = rec_size(h.len);
+        if (__builtin_expect(h.type == EP_REC_PAD, 0)) {
+            /* A pad fills exactly the gap to the end, is never at slot 0, and is shorter than the
+             * largest record (it exists only because a record of at most cap/2 did not fit). */
+            if (off == 0 || size != r->cap - off || size > r->cap / 2 ||
+                size > r->tail_cache - r->head)
+                return -EBADMSG;
             r->head += size;            /* published with the next release */
             continue;
         }
-        if (__builtin_expect(h->len > r->max_payload || off + size > r->cap ||
-                             r->head + size > r->tail_cache, 0)) {
-            *bad = 1;
-            return NULL;
-        }
-        return h;
+        if (__builtin_expect(h.len > r->max_payload || size > r->cap - off ||
+                             size > r->tail_cache - r->head, 0))
+            return -EBADMSG;
+        *rec = h;
+        *payload_off = off + EP_REC_HDR;
+        return 1;
     }
 }
 
@@ -777,37 +927,51 @@ static inline void consume(struct ep_ring_reader *r, uint64_t new_head, uint64_t
     notify(&r->ctl->space_wait, &r->ctl->cons.wakes);
 }
 
-static inline int empty_rc(struct ep_ring_reader *r)
+/* The ring looked empty. -EAGAIN normally; -EPIPE if the producer closed or died and nothing is
+ * left; 1 if records turned up meanwhile. A dead (not closed) producer is noticed here too, checked
+ * at most once per 256 empty polls and once a millisecond, so busy-polling try_read ends as well. */
+static int empty_rc(struct ep_ring_reader *r)
 {
-    /* Empty is -EAGAIN unless the producer has closed; a producer that closed published everything
-     * before "closed" (release in end_close), so re-check the tail after seeing it. */
-    if (__builtin_expect(ep_load_acquire(&r->ctl->prod.closed) != 0, 0)) {
-        r->tail_cache = ep_load_acquire(&r->ctl->tail);
-        return r->head == r->tail_cache ? -EPIPE : 1;
+    int gone = peer_closed(&r->ctl->prod);
+    if (!gone && r->peer.dead && r->peer.pid == owner_pid(ep_load_relaxed(&r->ctl->prod.owner)))
+        gone = 1;                       /* already found dead by a wait */
+    if (!gone && (++r->empty_polls & 255u) == 0) {
+        int64_t now = ep_clock_mono_ns();
+        if (now >= r->peer.next_check_ns) {
+            r->peer.next_check_ns = now + 1000000;
+            gone = peer_gone(&r->peer, &r->ctl->prod);
+        }
     }
-    return -EAGAIN;
+    if (!gone)
+        return -EAGAIN;
+    /* Acquire: a producer that closed published everything before "closed" (release in end_close);
+     * one that died published what it published. Re-check the tail after seeing it gone. */
+    r->tail_cache = ep_load_acquire(&r->ctl->tail);
+    return r->head == r->tail_cache ? -EPIPE : 1;
 }
 
 int ep_ring_peek(struct ep_ring_reader *r)
 {
     if (r->peeked)
         return (int)r->io.len;          /* peeking twice yields the same record */
-    int bad = 0;
-    struct ep_rec *h = peek_at(r, &bad);
-    if (!h) {
-        if (bad)
-            return -EBADMSG;
-        int rc = empty_rc(r);
-        if (rc < 0)
-            return rc;
-        return ep_ring_peek(r);
+    struct ep_rec h = {0, 0};
+    uint64_t off = 0;
+    int rc = peek_at(r, &h, &off);
+    if (rc == 0) {
+        rc = empty_rc(r);
+        if (rc == 1)
+            rc = peek_at(r, &h, &off);  /* once more: the producer is gone, the tail is final */
+        if (rc == 0)
+            rc = -EPIPE;                /* only padding was left */
     }
-    r->io.off = (uint64_t)((uint8_t *)(h + 1) - r->data);
-    r->io.len = h->len;
-    r->io.type = h->type;
+    if (rc < 0)
+        return rc;
+    r->io.off = off;
+    r->io.len = h.len;
+    r->io.type = h.type;
     r->peeked = 1;
-    r->peek_next = r->head + rec_size(h->len);
-    return (int)h->len;
+    r->peek_next = r->head + rec_size(h.len);
+    return (int)h.len;
 }
 
 int ep_ring_release(struct ep_ring_reader *r)
@@ -822,7 +986,7 @@ int ep_ring_release(struct ep_ring_reader *r)
 int ep_ring_try_read(struct ep_ring_reader *r)
 {
     if (__builtin_expect(!r, 0))
-        return -EBADF;          /* a closed handle */
+        return -EBADF;                  /* a closed handle */
     int n = ep_ring_peek(r);
     if (n < 0)
         return n;
@@ -843,12 +1007,17 @@ static int has_data(void *end, uint64_t unused)
     return r->head != r->tail_cache;
 }
 
-int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns)
+static int wait_data(struct ep_ring_reader *r, int64_t deadline)
 {
     struct waiter wt = {.word = &r->ctl->data_wait, .self = &r->ctl->cons, .other = &r->ctl->prod,
-                        .peer = &r->peer, .mode = r->wait_mode, .spin_ns = r->spin_ns,
-                        .deadline_mono = deadline_from(timeout_ns)};
+                        .peer = &r->peer, .cancel = &r->cancel, .mode = r->wait_mode,
+                        .spin_ns = r->spin_ns, .deadline_mono = deadline};
     return wait_until(&wt, has_data, r, 0);
+}
+
+int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns)
+{
+    return wait_data(r, deadline_from(timeout_ns));
 }
 
 int ep_ring_read(struct ep_ring_reader *r, int64_t timeout_ns)
@@ -858,15 +1027,12 @@ int ep_ring_read(struct ep_ring_reader *r, int64_t timeout_ns)
         return rc;
     int64_t deadline = deadline_from(timeout_ns);
     for (;;) {
-        struct waiter wt = {.word = &r->ctl->data_wait, .self = &r->ctl->cons, .other = &r->ctl->prod,
-                            .peer = &r->peer, .mode = r->wait_mode, .spin_ns = r->spin_ns,
-                            .deadline_mono = deadline};
-        rc = wait_until(&wt, has_data, r, 0);
+        rc = wait_data(r, deadline);
         if (rc)
             return rc;
         rc = ep_ring_try_read(r);
         if (rc != -EAGAIN)
-            return rc;                  /* -EAGAIN again: only padding was there; wait more */
+            return rc;
     }
 }
 
@@ -875,48 +1041,54 @@ int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_siz
 {
     if (r->peeked)
         return -EINVAL;
+    if (max_n == 0)
+        return 0;
     uint8_t *p = buf;
     uint64_t room = buf_size;
     uint32_t i = 0;
-    uint64_t start = r->head;
+    int retried = 0;
     while (i < max_n) {
-        int bad = 0;
+        struct ep_rec h;
+        uint64_t off;
         uint64_t before = r->head;
-        struct ep_rec *h = peek_at(r, &bad);
-        if (!h) {
-            if (bad) {
-                if (i)
-                    break;              /* hand out the good records first; the next call reports */
-                r->head = start;
-                return -EBADMSG;
-            }
-            break;
+        int rc = peek_at(r, &h, &off);
+        if (rc < 0) {
+            r->head = before;           /* stay at the bad header; the records before it go out */
+            if (i)
+                break;
+            return rc;
         }
-        if (h->len > room) {
+        if (rc == 0) {
+            if (i || retried)
+                break;
+            rc = empty_rc(r);           /* nothing yet: -EAGAIN, -EPIPE, or look once more */
+            if (rc < 0)
+                return rc;
+            retried = 1;
+            continue;
+        }
+        if (h.len > room) {
             r->head = before;           /* leave it (and any padding before it) for the next call */
             if (i == 0) {
-                r->io.len = h->len;     /* tell the caller how big a buffer it needs */
-                r->io.type = h->type;
+                r->io.len = h.len;      /* tell the caller how big a buffer it needs */
+                r->io.type = h.type;
                 return -ENOBUFS;
             }
             break;
         }
-        memcpy(p, h + 1, h->len);
-        p += h->len;
-        room -= h->len;
-        lens[i] = h->len;
+        memcpy(p, r->data + off, h.len);
+        p += h.len;
+        room -= h.len;
+        lens[i] = h.len;
         if (types)
-            types[i] = h->type;
-        r->io.len = h->len;             /* the last record handed out, as for try_read */
-        r->io.type = h->type;
-        r->head += rec_size(h->len);
+            types[i] = h.type;
+        r->io.len = h.len;              /* the last record handed out, as for try_read */
+        r->io.type = h.type;
+        r->head += rec_size(h.len);
         i++;
     }
-    if (i == 0) {
-        r->head = start;
-        int rc = empty_rc(r);
-        return rc < 0 ? rc : ep_ring_try_read_batch(r, buf, buf_size, lens, types, max_n);
-    }
+    if (i == 0)
+        return -EPIPE;                  /* the producer is gone and only padding was left */
     consume(r, r->head, i);
     return (int)i;
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import threading
 import time
 from array import array
 from dataclasses import dataclass, fields
@@ -39,6 +40,16 @@ _WAKE_NS = 25_000  # measured cost of waking a parked process on this class of V
 _try_write = lib.ep_ring_try_write
 _try_read = lib.ep_ring_try_read
 _EAGAIN = -errno.EAGAIN
+_ETIMEDOUT = -errno.ETIMEDOUT
+_EINTR = -errno.EINTR
+_ECANCELED = -errno.ECANCELED
+_mono_ns = time.monotonic_ns
+_get_ident = threading.get_ident
+# A blocking call returns from C to Python at least this often, so signal handlers (Ctrl-C) run promptly
+# even while a reader spins; it then goes straight back to waiting.
+_SLICE_NS = 100_000_000
+_FOREVER_NS = 1 << 62  # timeouts beyond ~146 years mean "forever"
+_BATCH_BUF_MAX = 1 << 20  # bytes the batch read buffer grows to, beyond one max-size record
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -53,7 +64,7 @@ def _timeout_ns(timeout_s: float | None) -> int:
         raise TypeError(f"timeout_s must be a number or None, not {type(timeout_s).__name__}: {timeout_s!r}")
     if math.isnan(timeout_s) or timeout_s < 0:
         raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
-    if math.isinf(timeout_s):
+    if math.isinf(timeout_s) or timeout_s * 1e9 >= _FOREVER_NS:
         return -1
     return int(timeout_s * 1e9)
 
@@ -226,7 +237,8 @@ class Ring:
     def attach(cls, name: str, wait_s: float = 0.0) -> Ring:
         """Attach a named ring, waiting up to ``wait_s`` for its creator to create and initialise it."""
         validate_name(name)
-        deadline = time.monotonic() + max(0.0, _timeout_ns(wait_s) / 1e9 if wait_s is not None else 1e9)
+        wait_ns = _timeout_ns(wait_s)
+        deadline = time.monotonic() + (wait_ns / 1e9 if wait_ns >= 0 else 1e12)
         while True:
             try:
                 region = SharedRegion.attach(name)
@@ -304,7 +316,13 @@ class Ring:
     def status(self) -> RingStatus:
         """Read the control block: positions, counters, and each end's pid and heartbeat."""
         out = ffi.new("struct ep_ring_status *")
-        check(lib.ep_ring_status(self._region.address, out), "reading ring status")
+        # Read through a buffer export of the mapping, not a bare pointer: if another thread closes the
+        # ring meanwhile, the export keeps the pages mapped until this call is done.
+        try:
+            buf = ffi.from_buffer(self._region.buffer())
+        except ValueError:
+            raise RingClosedError(f"ring {self.name or 'memfd'!r} is closed") from None
+        check(lib.ep_ring_status(buf, out), "reading ring status")
         return RingStatus(**{k: getattr(out, k) for k in _STATUS_FIELDS})
 
     # -- lifetime -----------------------------------------------------------------------------------
@@ -383,10 +401,47 @@ def _check_layout(region: SharedRegion) -> None:
 
 
 class _HandleBase:
+    """What both ends share: the closed error, `with`, and running blocking C calls safely.
+
+    A blocking call marks the handle in flight (with its thread id) while it is inside C. ``close()`` from
+    another thread then cancels the wait and waits for the call to leave C before freeing the handle, so
+    closing a ring while a reader thread is blocked on it raises RingClosedError in that thread instead of
+    crashing. (Non-blocking calls are not guarded: an end belongs to one thread at a time.)
+    """
+
     __slots__ = ()
 
     def _closed_error(self) -> RingClosedError:
         return RingClosedError(f"{type(self).__name__} on {self._ring.name or 'memfd'!r} is closed")
+
+    def _block(self, fn, args: tuple, tns: int) -> int:
+        """Call ``fn(handle, *args, slice_ns)`` until it returns something other than a slice timeout or
+        EINTR, or the overall timeout ``tns`` (-1: none) runs out. Returns the C result."""
+        deadline = -1 if tns < 0 else _mono_ns() + tns
+        try:
+            while True:
+                h = self._enter()
+                t = _SLICE_NS if deadline < 0 else max(0, min(_SLICE_NS, deadline - _mono_ns()))
+                rc = fn(h, *args, t)
+                if rc == _ETIMEDOUT:
+                    if deadline < 0 or _mono_ns() < deadline:
+                        continue
+                    return rc
+                if rc == _EINTR:
+                    continue  # back in Python, pending signal handlers run at the loop's jump
+                if rc == _ECANCELED:
+                    raise self._closed_error()
+                return rc
+        finally:
+            self._inflight = 0
+
+    def _wait_out_blocked_call(self, cancel, h) -> None:
+        """Called by close() after the handle pointer was cleared: stop and wait out a call in flight."""
+        busy = self._inflight
+        if busy and busy != _get_ident():
+            cancel(h)
+            while self._inflight:
+                time.sleep(0.0002)
 
     def __enter__(self):
         return self
@@ -413,14 +468,15 @@ def _open_end(opener, ring: Ring, what: str):
 class RingWriter(_HandleBase):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_lens", "_max_payload", "_ring", "_w")
+    __slots__ = ("_data", "_inflight", "_max_payload", "_ring", "_w")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
+        self._inflight = 0
         self._w = _open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
-        self._data = memoryview(ffi.buffer(ring.region.address + lib.EP_RING_DATA_OFF, ring.capacity))
-        self._lens = None
+        off = lib.EP_RING_DATA_OFF
+        self._data = ring.region.buffer()[off : off + ring.capacity]
         self.set_wait(wait)
 
     @property
@@ -474,11 +530,11 @@ class RingWriter(_HandleBase):
         Raises:
             RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
         """
-        w = self._handle()
+        self._handle()
         tns = _timeout_ns(timeout_s)
         _type_id(type_id)
         buf = payload if type(payload) is bytes else _as_buffer(payload)
-        rc = lib.ep_ring_write(w, buf, len(buf), type_id, tns)
+        rc = self._block(lib.ep_ring_write, (buf, len(buf), type_id), tns)
         if rc < 0:
             raise self._error(rc, payload, timeout_s, type_id=type_id)
 
@@ -503,10 +559,10 @@ class RingWriter(_HandleBase):
         w = self._handle()
         off = lib.ep_ring_claim(w, size)
         if off == _EAGAIN and tns != 0:
-            rc = lib.ep_ring_writer_wait(w, size, tns)
+            rc = self._block(lib.ep_ring_writer_wait, (size,), tns)
             if rc < 0:
                 raise self._error(rc, None, timeout_s, size)
-            off = lib.ep_ring_claim(w, size)
+            off = lib.ep_ring_claim(self._handle(), size)
         if off == _EAGAIN:
             raise RingTimeoutError(f"no room for a {size}-byte record (timeout_s={timeout_s})")
         if off < 0:
@@ -578,7 +634,7 @@ class RingWriter(_HandleBase):
                 nxt = records[done]
                 size = memoryview(nxt).nbytes
                 left = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
-                rc = lib.ep_ring_writer_wait(self._handle(), size, left)
+                rc = self._block(lib.ep_ring_writer_wait, (size,), left)
                 if rc < 0:
                     err = self._error(rc, None, timeout_s)
                     err.written = done  # type: ignore[attr-defined]
@@ -611,6 +667,7 @@ class RingWriter(_HandleBase):
         """Close the producer end: the reader drains what is queued, then gets PeerClosedError."""
         w, self._w = self._w, None
         if w is not None:
+            self._wait_out_blocked_call(lib.ep_ring_writer_cancel, w)
             lib.ep_ring_writer_close(w)
             self._data.release()
             self._ring._forget(self)
@@ -618,6 +675,14 @@ class RingWriter(_HandleBase):
     def _handle(self):
         w = self._w
         if w is None:
+            raise self._closed_error()
+        return w
+
+    def _enter(self):
+        self._inflight = _get_ident()
+        w = self._w
+        if w is None:
+            self._inflight = 0
             raise self._closed_error()
         return w
 
@@ -633,7 +698,7 @@ class RingWriter(_HandleBase):
             )
 
     def _error(self, rc: int, payload, timeout_s=None, size: int | None = None, type_id=None) -> Exception:
-        if rc == -errno.EBADF:
+        if rc in (-errno.EBADF, _ECANCELED):
             return self._closed_error()
         if size is None and payload is not None:
             size = memoryview(payload).nbytes
@@ -727,18 +792,19 @@ class _Claim:
 class RingReader(_HandleBase):
     """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_batch", "_blens", "_btypes", "_data", "_io", "_max_payload", "_r", "_ring", "_scratch")
+    __slots__ = ("_batch", "_blens", "_data", "_inflight", "_io", "_max_payload", "_r", "_ring", "_scratch")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
+        self._inflight = 0
         self._r = _open_end(lib.ep_ring_reader_open, ring, "reader")
         self._io = lib.ep_ring_reader_io(self._r)
         self._max_payload = ring.max_payload
         self._scratch = ffi.buffer(lib.ep_ring_reader_scratch(self._r), max(1, self._max_payload))
-        self._data = memoryview(ffi.buffer(ring.region.address + lib.EP_RING_DATA_OFF, ring.capacity))
+        off = lib.EP_RING_DATA_OFF
+        self._data = ring.region.buffer()[off : off + ring.capacity]
         self._batch = None
         self._blens = None
-        self._btypes = None
         self.set_wait(wait)
 
     @property
@@ -784,8 +850,13 @@ class RingReader(_HandleBase):
         Raises:
             RingTimeoutError: nothing arrived in time. PeerClosedError: empty and the producer is gone.
         """
-        r = self._handle()
-        n = lib.ep_ring_read(r, _timeout_ns(timeout_s))
+        tns = -1 if timeout_s is None else _timeout_ns(timeout_s)  # validated before any record moves
+        try:
+            n = _try_read(self._r)
+        except TypeError:  # self._r is None: closed
+            raise self._closed_error() from None
+        if n == _EAGAIN:
+            n = self._block(lib.ep_ring_read, (), tns)
         if n >= 0:
             return self._scratch[0:n]
         raise self._error(n, timeout_s)
@@ -811,11 +882,12 @@ class RingReader(_HandleBase):
                 raise self._error(rc, timeout_s)
             if tns == 0:
                 return None
-            rc = lib.ep_ring_reader_wait(r, tns)
-            if rc == -errno.ETIMEDOUT:
+            rc = self._block(lib.ep_ring_reader_wait, (), tns)
+            if rc == _ETIMEDOUT:
                 return None
             if rc < 0:
                 raise self._error(rc, timeout_s)
+            r = self._handle()
 
     # -- zero copy ----------------------------------------------------------------------------------
     def try_peek(self) -> memoryview | None:
@@ -856,7 +928,7 @@ class RingReader(_HandleBase):
                 return _Peek(self, view)
             if tns == 0:
                 raise RingTimeoutError(f"ring {self._ring.name or 'memfd'!r} is empty")
-            rc = lib.ep_ring_reader_wait(r, tns)
+            rc = self._block(lib.ep_ring_reader_wait, (), tns)
             if rc < 0:
                 raise self._error(rc, timeout_s)
 
@@ -887,7 +959,7 @@ class RingReader(_HandleBase):
         out = self.try_read_many(max_n)
         if out or tns == 0:
             return out
-        rc = lib.ep_ring_reader_wait(self._r, tns)
+        rc = self._block(lib.ep_ring_reader_wait, (), tns)
         if rc < 0:
             raise self._error(rc, timeout_s)
         return self.try_read_many(max_n)
@@ -917,8 +989,9 @@ class RingReader(_HandleBase):
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until a record is queued; True if one is, False on timeout. PeerClosedError if the ring is
         empty and the producer is gone."""
-        rc = lib.ep_ring_reader_wait(self._handle(), _timeout_ns(timeout_s))
-        if rc == -errno.ETIMEDOUT:
+        self._handle()
+        rc = self._block(lib.ep_ring_reader_wait, (), _timeout_ns(timeout_s))
+        if rc == _ETIMEDOUT:
             return False
         if rc < 0:
             raise self._error(rc, timeout_s)
@@ -929,6 +1002,7 @@ class RingReader(_HandleBase):
         """Close the consumer end: a producer's next write raises PeerClosedError."""
         r, self._r = self._r, None
         if r is not None:
+            self._wait_out_blocked_call(lib.ep_ring_reader_cancel, r)
             self._scratch = None
             lib.ep_ring_reader_close(r)
             self._data.release()
@@ -940,16 +1014,25 @@ class RingReader(_HandleBase):
             raise self._closed_error()
         return r
 
+    def _enter(self):
+        self._inflight = _get_ident()
+        r = self._r
+        if r is None:
+            self._inflight = 0
+            raise self._closed_error()
+        return r
+
     def _batch_arrays(self, max_n: int = 1):
         if self._batch is None:
-            self._batch = ffi.new("char[]", max(self._ring.capacity, 1))
+            size = max(self._max_payload, min(self._ring.capacity, _BATCH_BUF_MAX), 1)
+            self._batch = ffi.new("char[]", size)
         if self._blens is None or len(self._blens) < max_n:
             self._blens = ffi.new("uint32_t[]", max(max_n, 256))
         return self._batch, self._blens, None
 
     def _error(self, rc: int, timeout_s=None) -> Exception:
         name = self._ring.name or "memfd"
-        if rc == -errno.EBADF:
+        if rc in (-errno.EBADF, _ECANCELED):
             return self._closed_error()
         if rc == -errno.EPIPE:
             s = self._ring.status()

@@ -1,14 +1,19 @@
 """SharedRegion: one mapped shared-memory segment, named (POSIX ``/dev/shm/edgepipe.<name>``) or anonymous
 (``memfd``). Knows nothing about rings; ``edgepipe.ring`` lays records out inside it.
 
-Lifetime is explicit: ``close()`` unmaps and closes the fd; ``unlink()`` removes the name. Nothing is
-released by ``__del__`` (a mapping that dies with a garbage-collected object would pull memory out from
-under views still in use).
+Lifetime is explicit: ``close()`` closes the fd and unmaps; ``unlink()`` removes the name. Nothing is
+released by ``__del__``.
+
+The mapping is made with Python's ``mmap`` rather than ``ep_shm_map`` (which C clients use): an mmap object
+counts the buffer views exported from it and refuses to unmap while any is alive. So a memoryview (or a
+numpy array over one) that outlives ``close()`` keeps the pages mapped until it dies, instead of crashing
+the interpreter on its next access.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 
@@ -59,20 +64,21 @@ class SharedRegion:
     >>> r.close()
     """
 
-    __slots__ = ("_addr", "_fd", "_name", "_owner", "_size")
+    __slots__ = ("_addr", "_cbuf", "_fd", "_mmap", "_name", "_owner", "_size")
 
     def __init__(self, fd: int, size: int, name: str | None, owner: bool) -> None:
-        addr = ffi.new("void **")
         try:
-            check(lib.ep_shm_map(fd, size, addr), f"mapping {size} bytes of {name or 'memfd'}")
-        except BaseException:
+            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError, OverflowError) as e:
             os.close(fd)
-            raise
+            raise EdgepipeOSError(getattr(e, "errno", None) or errno.EINVAL,
+                                  f"cannot map {size} bytes of {name or 'memfd'}: {e}") from None
         self._fd = fd
         self._size = size
         self._name = name
         self._owner = owner
-        self._addr = addr[0]
+        self._cbuf = ffi.from_buffer(self._mmap)  # holds one export of the mmap while the region is open
+        self._addr = ffi.cast("void *", self._cbuf)
 
     @classmethod
     def create(cls, name: str, size: int) -> SharedRegion:
@@ -151,10 +157,10 @@ class SharedRegion:
     def closed(self) -> bool:
         return self._addr is None
 
-    def buffer(self):
-        """A writable buffer over the whole region (valid until close)."""
+    def buffer(self) -> memoryview:
+        """A writable memoryview over the whole region. It keeps the pages mapped even after close()."""
         self._check_open()
-        return ffi.buffer(self._addr, self._size)
+        return memoryview(self._mmap)
 
     # -- lifetime -----------------------------------------------------------------------------------
     def unlink(self) -> None:
@@ -169,8 +175,13 @@ class SharedRegion:
         """Unmap and close the fd. Safe to call twice. Does not unlink (see ``unlink``)."""
         if self._addr is None:
             return
-        addr, self._addr = self._addr, None
-        lib.ep_shm_unmap(addr, self._size)
+        self._addr = None
+        self._cbuf = None  # drops our own export
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # views are still alive: the pages stay mapped until the last one is gone
+        self._mmap = None
         os.close(self._fd)
 
     def _check_open(self) -> None:
