@@ -445,9 +445,13 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
             return ready(end, arg) ? 0 : -ETIMEDOUT;
         if (ep_load_relaxed(wt->cancel))
             return -ECANCELED;
-        if (peer_gone(wt->peer, wt->other))
-            return ready(end, arg) ? 0 : -EPIPE;
-        ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
+        if (now >= next_peer) {
+            /* The pid check costs a syscall: once per EP_PEER_CHECK_NS, not once per park. */
+            ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
+            if (peer_gone(wt->peer, wt->other))
+                return ready(end, arg) ? 0 : -EPIPE;
+            next_peer = now + EP_PEER_CHECK_NS;
+        }
 
         /* park phase: announce, re-check, sleep until woken or the next peer check */
         uint32_t v = atomic_fetch_or(wt->word, 1u) | 1u;
@@ -461,7 +465,7 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
                 return 0;
             return closed ? -EPIPE : -ECANCELED;
         }
-        int64_t until = now + EP_PEER_CHECK_NS;
+        int64_t until = next_peer;     /* wake for the next peer check at the latest */
         if (until > wt->deadline_mono)
             until = wt->deadline_mono;
         struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
@@ -482,7 +486,6 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
         if (interrupted)
             return -EINTR;
         spin_end = now;                 /* after a park, park again rather than spin */
-        next_peer = now + EP_PEER_CHECK_NS;
     }
 }
 

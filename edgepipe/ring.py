@@ -39,6 +39,8 @@ _WAKE_NS = 25_000  # measured cost of waking a parked process on this class of V
 
 _try_write = lib.ep_ring_try_write
 _try_read = lib.ep_ring_try_read
+_write = lib.ep_ring_write
+_read = lib.ep_ring_read
 _EAGAIN = -errno.EAGAIN
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
@@ -530,11 +532,24 @@ class RingWriter(_HandleBase):
         Raises:
             RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
         """
+        if timeout_s is None and type(payload) is bytes:
+            # Fast path: one C call for the first slice of the wait, nothing else.
+            self._inflight = _get_ident()
+            try:
+                rc = _write(self._w, payload, len(payload), type_id, _SLICE_NS)
+            except (TypeError, OverflowError):
+                rc = None  # closed, or a bad type_id: the general path below says which
+            finally:
+                self._inflight = 0
+            if rc is not None and rc >= 0:
+                return
+            if rc is not None and rc not in (_ETIMEDOUT, _EINTR):
+                raise self._error(rc, payload, timeout_s, type_id=type_id)
         self._handle()
         tns = _timeout_ns(timeout_s)
         _type_id(type_id)
         buf = payload if type(payload) is bytes else _as_buffer(payload)
-        rc = self._block(lib.ep_ring_write, (buf, len(buf), type_id), tns)
+        rc = self._block(_write, (buf, len(buf), type_id), tns)
         if rc < 0:
             raise self._error(rc, payload, timeout_s, type_id=type_id)
 
@@ -850,13 +865,23 @@ class RingReader(_HandleBase):
         Raises:
             RingTimeoutError: nothing arrived in time. PeerClosedError: empty and the producer is gone.
         """
-        tns = -1 if timeout_s is None else _timeout_ns(timeout_s)  # validated before any record moves
-        try:
-            n = _try_read(self._r)
-        except TypeError:  # self._r is None: closed
-            raise self._closed_error() from None
-        if n == _EAGAIN:
-            n = self._block(lib.ep_ring_read, (), tns)
+        if timeout_s is None:
+            # Fast path: one C call for the first slice of the wait, nothing else.
+            self._inflight = _get_ident()
+            try:
+                n = _read(self._r, _SLICE_NS)
+            except TypeError:  # self._r is None: closed
+                raise self._closed_error() from None
+            finally:
+                self._inflight = 0
+            if n >= 0:
+                return self._scratch[0:n]
+            if n != _ETIMEDOUT and n != _EINTR:
+                raise self._error(n, timeout_s)
+            tns = -1
+        else:
+            tns = _timeout_ns(timeout_s)  # validated before any record moves
+        n = self._block(_read, (), tns)
         if n >= 0:
             return self._scratch[0:n]
         raise self._error(n, timeout_s)
