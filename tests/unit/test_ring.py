@@ -1096,6 +1096,28 @@ class TestPeek:
                 raise KeyError
         assert r.try_read() == b"b"
 
+    @pytest.mark.parametrize(
+        "how",
+        ["try_read_many", "read_into", "read_packed"],
+    )
+    def test_batch_read_while_peeked(self, ends, how):
+        """While a peeked record is held, a batch read raises ValueError saying to release it, and the
+        peeked record is still the next one."""
+        _, w, r = ends
+        w.try_write(b"held")
+        w.try_write(b"after")
+        assert bytes(r.try_peek()) == b"held"
+        call = {
+            "try_read_many": lambda: r.try_read_many(),
+            "read_into": lambda: r.read_into(bytearray(8)),
+            "read_packed": lambda: r.read_packed(bytearray(8), np.zeros(2, np.uint32)),
+        }[how]
+        with pytest.raises(ValueError, match="release"):
+            call()
+        assert bytes(r.try_peek()) == b"held"
+        r.release()
+        assert r.try_read_many() == [b"after"]
+
     def test_peek_across_the_wrap(self, ends):
         """A peeked record after padding is the whole record, starting at slot 0."""
         _, w, r = ends
