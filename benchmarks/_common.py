@@ -448,6 +448,7 @@ def iox2_config(tag: str):
     exactly what this run created (iceoryx2 puts segments in /dev/shm and bookkeeping under its root)."""
     import iceoryx2 as iox
 
+    iox.set_log_level(iox.LogLevel.Warn)  # not "No config file was loaded..." in the middle of a table
     cfg = iox.config.default()
     prefix = f"epb{os.getpid()}{tag}_"
     root = tmpdir() / f"iox2-{tag}"

@@ -672,17 +672,18 @@ def iceoryx2_case(size: int, seconds: float):
 
 def build_cases(size: int, seconds: float) -> list[C.Case]:
     E, P = True, False
+    # Each goal's pair of rows runs back to back, so both most likely see the same core pair.
     return [
         C.Case("edgepipe read() spin", "busy-poll", E, edgepipe_case(size, seconds, "spin", False)),
-        C.Case("edgepipe try_read() Python loop", "busy-poll", E, edgepipe_case(size, seconds, "spin", True)),
         C.Case("shm + seq word spin", "busy-poll", P, shm_case(size, seconds, blocking=False)),
+        C.Case("edgepipe try_read() Python loop", "busy-poll", E, edgepipe_case(size, seconds, "spin", True)),
         C.Case("socketpair non-blocking recv loop", "busy-poll", P, socket_case(size, seconds, blocking=False)),
-        C.Case("faster_fifo get_nowait loop", "busy-poll", P, faster_fifo_case(size, seconds, blocking=False)),
         C.Case("iceoryx2 pub/sub receive() poll", "busy-poll", P, iceoryx2_case(size, seconds)),
+        C.Case("faster_fifo get_nowait loop", "busy-poll", P, faster_fifo_case(size, seconds, blocking=False)),
         C.Case("edgepipe read() park", "blocking", E, edgepipe_case(size, seconds, "park", False)),
-        C.Case("edgepipe read() hybrid (default)", "blocking", E, edgepipe_case(size, seconds, "hybrid", False)),
-        C.Case("shm + posix_ipc semaphore", "blocking", P, shm_case(size, seconds, blocking=True)),
         C.Case("socketpair blocking", "blocking", P, socket_case(size, seconds, blocking=True)),
+        C.Case("shm + posix_ipc semaphore", "blocking", P, shm_case(size, seconds, blocking=True)),
+        C.Case("edgepipe read() hybrid (default)", "blocking", E, edgepipe_case(size, seconds, "hybrid", False)),
         C.Case("multiprocessing.Pipe", "blocking", P, pipe_case(size, seconds)),
         C.Case("faster_fifo get() blocking", "blocking", P, faster_fifo_case(size, seconds, blocking=True)),
         C.Case("edgepipe idle reader hybrid (CPU %)", "idle", E, idle_reader_case(IDLE_S, "hybrid")),
@@ -762,7 +763,7 @@ def goals(rows: list[dict], best: dict) -> dict:
     park, sock = by.get("edgepipe read() park"), by.get("socketpair blocking")
     if park and sock:
         line("parked p50 no worse than AF_UNIX blocking p50", park["p50_ns"] <= sock["p50_ns"],
-             f"{park['p50_ns']:.0f} ns vs {sock['p50_ns']:.0f} ns")
+             f"{park['p50_ns']:.0f} ns vs {sock['p50_ns']:.0f} ns [probes: {park['pair']} / {sock['pair']}]")
     else:
         line("parked p50 no worse than AF_UNIX blocking p50", None, "a case is missing")
     hyb = by.get("edgepipe read() hybrid (default)")
