@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import resource
 import socket
 import time
