@@ -12,7 +12,7 @@ Cases:
             from Python (spin on head/tail words); AF_UNIX socketpair (one send per message, recv_into a
             64 KiB buffer); multiprocessing.Pipe send_bytes/recv_bytes; iceoryx2 publish-subscribe (one
             sample per message, polled receive); pyzmq PUSH/PULL over ipc://.
-  batch     edgepipe try_write_many(2-D uint8 array of 256 rows) / read_packed into numpy arrays;
+  batch     edgepipe batch_writer over a 2-D uint8 pool (256 rows a call) / batch_reader into numpy arrays;
             faster_fifo put_many(256)/get_many; socketpair sendall(256 messages joined).
 Each case is bracketed by the cache-line probe (one-way ns between the two CPUs; "near"/"far"/"mixed").
 
@@ -91,12 +91,11 @@ def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
             i = 0
             if mode == "batch":
                 arr = _np_pool(size, rows)
-                twm = w.try_write_many
+                write = w.batch_writer(arr)  # bound once: no per-call conversion
                 sync()
                 t_end = pc() + seconds
                 while True:
-                    pos = i % POOL
-                    i += twm(arr[pos:pos + rows])
+                    i += write(rows, i % POOL)
                     if pc() > t_end:
                         break
             else:
@@ -133,13 +132,13 @@ def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
                 lens = np.empty(rows, dtype=np.uint32)
                 seqs = buf.reshape(rows, size)[:, :8]
                 ar = np.arange(rows, dtype=np.uint64)
-                rp = r.read_packed
+                rp = r.batch_reader(buf, lens)  # bound once: no per-call conversion
                 batches = 0
                 sync()
                 t0 = time.perf_counter()
                 try:
                     while True:
-                        k = rp(buf, lens)
+                        k = rp()
                         if k:
                             batches += 1
                             if not batches & 63:
@@ -678,9 +677,9 @@ def build_cases(size: int, seconds: float) -> list[C.Case]:
         C.Case("socketpair send/recv_into", "per-call", P, socket_case(size, seconds, batch=False)),
         C.Case("multiprocessing.Pipe send_bytes/recv_bytes", "per-call", P, pipe_case(size, seconds)),
         C.Case("iceoryx2 pub/sub, sample per msg", "per-call", P, iceoryx2_case(size, seconds)),
-        C.Case("edgepipe try_write_many(256 rows)/read_packed", "batch", E, edgepipe_case(size, seconds, "batch")),
+        C.Case("edgepipe batch_writer(256 rows)/batch_reader", "batch", E, edgepipe_case(size, seconds, "batch")),
         C.Case("socketpair sendall(256 joined)/recv_into", "batch", P, socket_case(size, seconds, batch=True)),
-        C.Case("edgepipe try_write_many(4096 rows)/read_packed", "batch", E,
+        C.Case("edgepipe batch_writer(4096 rows)/batch_reader", "batch", E,
                edgepipe_case(size, seconds, "batch", rows=4096)),
         C.Case("faster_fifo put_many(256)/get_many", "batch", P, faster_fifo_case(size, seconds)),
     ]
@@ -754,7 +753,7 @@ def goals(rows, best_any, best_group) -> dict:
                 f"({best_group['per-call']['case']})" if "per-call" in best_group else "n/a"))
     else:
         line("one record per call >= 3x the best peer", None, "a case is missing")
-    b = by.get("edgepipe try_write_many(256 rows)/read_packed")
+    b = by.get("edgepipe batch_writer(256 rows)/batch_reader")
     if b:
         limit = {"near": 80e6, "far": 12e6}.get(b["pair"])
         line("batch >= 80 M msg/s near, >= 12 M far", None if limit is None else b["msgs_per_s"] >= limit,

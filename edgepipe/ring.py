@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import math
 import os
-import threading
+import sys
 import time
 from array import array
 from dataclasses import dataclass, fields
@@ -46,7 +46,6 @@ _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
 _ECANCELED = -errno.ECANCELED
 _mono_ns = time.monotonic_ns
-_get_ident = threading.get_ident
 # A blocking call returns from C to Python at least this often, so signal handlers (Ctrl-C) run promptly
 # even while a reader spins; it then goes straight back to waiting.
 _SLICE_NS = 100_000_000
@@ -405,10 +404,12 @@ def _check_layout(region: SharedRegion) -> None:
 class _HandleBase:
     """What both ends share: the closed error, `with`, and running blocking C calls safely.
 
-    A blocking call marks the handle in flight (with its thread id) while it is inside C. ``close()`` from
-    another thread then cancels the wait and waits for the call to leave C before freeing the handle, so
-    closing a ring while a reader thread is blocked on it raises RingClosedError in that thread instead of
-    crashing. (Non-blocking calls are not guarded: an end belongs to one thread at a time.)
+    A blocking call marks the handle in flight while it is inside C (one attribute store each way, so the
+    hot path stays cheap). ``close()`` from another thread then cancels the wait and waits for the call to
+    leave C before freeing the handle, so closing a ring while a reader thread is blocked on it raises
+    RingClosedError in that thread instead of crashing. A close() from a signal handler that interrupted
+    this very call finds the call on its own stack and does not wait for it (it is not inside C then).
+    Non-blocking calls are not guarded: an end belongs to one thread at a time.
     """
 
     __slots__ = ()
@@ -439,11 +440,21 @@ class _HandleBase:
 
     def _wait_out_blocked_call(self, cancel, h) -> None:
         """Called by close() after the handle pointer was cleared: stop and wait out a call in flight."""
-        busy = self._inflight
-        if busy and busy != _get_ident():
-            cancel(h)
-            while self._inflight:
-                time.sleep(0.0002)
+        if not self._inflight or self._in_own_call():
+            return
+        cancel(h)
+        while self._inflight:
+            time.sleep(0.0002)
+
+    def _in_own_call(self) -> bool:
+        """True if a blocking method of this handle is on the calling thread's stack (a signal handler
+        interrupted it): it is between bytecodes, not inside C, so close() must not wait for it."""
+        f = sys._getframe(2)
+        while f is not None:
+            if f.f_code in _BLOCKING_CODES and f.f_locals.get("self") is self:
+                return True
+            f = f.f_back
+        return False
 
     def __enter__(self):
         return self
@@ -534,13 +545,12 @@ class RingWriter(_HandleBase):
         """
         if timeout_s is None and type(payload) is bytes:
             # Fast path: one C call for the first slice of the wait, nothing else.
-            self._inflight = _get_ident()
+            self._inflight = 1
             try:
                 rc = _write(self._w, payload, len(payload), type_id, _SLICE_NS)
             except (TypeError, OverflowError):
                 rc = None  # closed, or a bad type_id: the general path below says which
-            finally:
-                self._inflight = 0
+            self._inflight = 0
             if rc is not None and rc >= 0:
                 return
             if rc is not None and rc not in (_ETIMEDOUT, _EINTR):
@@ -677,6 +687,46 @@ class RingWriter(_HandleBase):
             raise self._error(rc, None, size=max(lbuf) if n else 0, type_id=type_id)
         return rc
 
+    def batch_writer(self, rows, type_id: int = 1):
+        """Bind a staging array once for repeated batch writes with no per-call conversion.
+
+        ``rows`` is a 2-D C-contiguous array; each row is one record of ``rows.shape[1] * itemsize``
+        bytes. Returns ``write(n=len(rows), start=0)``, which appends ``rows[start:start + n]`` in one C
+        call, as many as fit, and returns how many it wrote (never blocks). Fill the array in place
+        between calls, or bind a large pool once and walk ``start`` through it.
+
+        >>> import numpy as np
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     rows = np.frombuffer(b"abcdefgh" * 4, np.uint8).reshape(4, 8).copy()
+        ...     write = ring.writer().batch_writer(rows)
+        ...     write(4), ring.reader().try_read()
+        (4, b'abcdefgh')
+        """
+        self._handle()
+        _type_id(type_id)
+        if getattr(rows, "ndim", None) != 2 or not rows.flags.c_contiguous:
+            raise TypeError(f"rows must be a 2-D C-contiguous array, not {type(rows).__name__}")
+        nmax = rows.shape[0]
+        size = rows.shape[1] * rows.itemsize
+        self._check_size(size)
+        ptr = _as_buffer(rows)
+        fixed = lib.ep_ring_try_write_fixed
+
+        def write(n: int = nmax, start: int = 0) -> int:
+            if not (0 <= start and 0 <= n and start + n <= nmax):
+                raise ValueError(f"rows[{start}:{start}+{n}] is outside the {nmax} bound rows")
+            try:
+                rc = fixed(self._w, ptr + start * size, size, n, type_id)
+            except TypeError:
+                raise self._closed_error() from None
+            if rc >= 0:
+                return rc
+            if rc == _EAGAIN:
+                return 0
+            raise self._error(rc, None, size=size)
+
+        return write
+
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the producer end: the reader drains what is queued, then gets PeerClosedError."""
@@ -694,7 +744,7 @@ class RingWriter(_HandleBase):
         return w
 
     def _enter(self):
-        self._inflight = _get_ident()
+        self._inflight = 1
         w = self._w
         if w is None:
             self._inflight = 0
@@ -867,13 +917,13 @@ class RingReader(_HandleBase):
         """
         if timeout_s is None:
             # Fast path: one C call for the first slice of the wait, nothing else.
-            self._inflight = _get_ident()
+            self._inflight = 1
             try:
                 n = _read(self._r, _SLICE_NS)
             except TypeError:  # self._r is None: closed
-                raise self._closed_error() from None
-            finally:
                 self._inflight = 0
+                raise self._closed_error() from None
+            self._inflight = 0
             if n >= 0:
                 return self._scratch[0:n]
             if n != _ETIMEDOUT and n != _EINTR:
@@ -1011,6 +1061,51 @@ class RingReader(_HandleBase):
             raise self._error(rc)
         return rc
 
+    def batch_reader(self, buf, lens, types=None):
+        """Bind output buffers once for repeated batch reads with no per-call conversion.
+
+        Returns ``read()``, which copies up to ``len(lens)`` queued records back to back into ``buf``,
+        their sizes into ``lens`` (uint32) and types into ``types`` if given, in one C call, and returns
+        how many (0 if the ring is empty; never blocks). Raises PeerClosedError once the ring is empty
+        and the producer is gone.
+
+        >>> import numpy as np
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     ring.writer().try_write_many([b"ab", b"cde"])
+        ...     buf, lens = np.zeros(64, np.uint8), np.zeros(8, np.uint32)
+        ...     read = ring.reader().batch_reader(buf, lens)
+        ...     n = read()
+        ...     n, lens[:n].tolist(), bytes(buf[:5])
+        2
+        (2, [2, 3], b'abcde')
+        """
+        self._handle()
+        try:
+            b = ffi.from_buffer(buf, require_writable=True)
+        except (TypeError, BufferError):
+            raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
+        lb = _u32_array(lens, "lens", writable=True)
+        tb = ffi.NULL if types is None else _u32_array(types, "types", writable=True)
+        if types is not None and len(tb) < len(lb):
+            raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
+        nmax, size = len(lb), len(b)
+        batch = lib.ep_ring_try_read_batch
+
+        def read() -> int:
+            try:
+                rc = batch(self._r, b, size, lb, tb, nmax)
+            except TypeError:
+                raise self._closed_error() from None
+            if rc >= 0:
+                return rc
+            if rc == _EAGAIN:
+                return 0
+            if rc == -errno.ENOBUFS:
+                raise ValueError(f"next record is {self._io.len} bytes but buf holds only {size}; it stays queued")
+            raise self._error(rc)
+
+        return read
+
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until a record is queued; True if one is, False on timeout. PeerClosedError if the ring is
         empty and the producer is gone."""
@@ -1040,7 +1135,7 @@ class RingReader(_HandleBase):
         return r
 
     def _enter(self):
-        self._inflight = _get_ident()
+        self._inflight = 1
         r = self._r
         if r is None:
             self._inflight = 0
@@ -1079,6 +1174,11 @@ class RingReader(_HandleBase):
             return f"<RingReader {self._ring.name or 'memfd'!r} closed>"
         s = self._ring.status()
         return f"<RingReader {self._ring.name or 'memfd'!r} capacity={s.capacity} queued={s.queued}>"
+
+
+_BLOCKING_CODES = frozenset(
+    f.__code__ for f in (_HandleBase._block, RingWriter.write, RingReader.read)
+)
 
 
 class _Peek:
