@@ -1154,6 +1154,8 @@ class RingReader(_HandleBase):
         name = self._ring.name or "memfd"
         if rc in (-errno.EBADF, _ECANCELED):
             return self._closed_error()
+        if rc == -errno.EINVAL:
+            return ValueError("a peeked record is still held: release() it before a batch read")
         if rc == -errno.EPIPE:
             s = self._ring.status()
             how = "closed" if s.producer_closed else "died"
