@@ -7,17 +7,22 @@ happen all the time; in the blocking variants both sides also stall for ~0.1 ms 
 parks on its futex thousands of times. The ring is an anonymous memfd created here; each child maps it from
 the inherited fd and opens its own end (the test process never opens an end).
 
-Default run (CI): ~4.7 million records over every API family (write/read, claim/peek, write_packed/
-read_packed, the 2-D numpy try_write_many/read_many) and every wait policy; about 15 s on an idle 2-core VM.
+Default run (CI): ~3.7 million records over every API family (write/read, claim/peek, write_packed/
+read_packed, the 2-D numpy try_write_many/write_many/read_many) and every wait policy; about 10 s on an idle
+2-core VM. The spin variants are kept small: two spinning processes on an oversubscribed 2-core box crawl
+(one measured 40 s instead of 1 s while other jobs ran), which is a property of spinning, not a bug.
 
-Long run, >= 1e8 records (batched) plus 1e7 each through the per-record and zero-copy paths::
+Long run, 3.2e8 records batched plus 3e7 through the per-record and zero-copy paths::
 
     cd /work/main && pytest -m stress tests/stress -q -s
 
-takes about 4-6 minutes on an idle 2-core VM (the report lines printed with -s give the rates).
+takes about 2.5 minutes on an idle 2-core VM, and up to ~8 minutes while other jobs load it (the lines
+printed with -s give each variant's rate); ``EDGEPIPE_STRESS_SCALE=10`` multiplies every count for a soak.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -25,31 +30,34 @@ from _worker import run_pair
 
 # name, api, wait, records, capacity, extra
 _DEFAULT = [
-    ("single-spin", "single", "spin", 300_000, 4096, {}),
+    ("single-spin", "single", "spin", 200_000, 4096, {}),
     ("single-park", "single", "park", 200_000, 16384, {"pause_every": 200}),
     ("single-hybrid", "single", "hybrid", 200_000, 16384, {"pause_every": 200}),
-    ("zerocopy-spin", "zerocopy", "spin", 150_000, 4096, {}),
+    ("zerocopy-spin", "zerocopy", "spin", 100_000, 4096, {}),
     ("zerocopy-park", "zerocopy", "park", 100_000, 8192, {"pause_every": 300}),
     ("zerocopy-hybrid", "zerocopy", "hybrid", 100_000, 8192, {"pause_every": 300}),
-    ("packed-spin", "packed", "spin", 1_000_000, 65536, {}),
+    ("packed-spin", "packed", "spin", 500_000, 65536, {}),
     ("packed-park", "packed", "park", 700_000, 16384, {"pause_every": 20}),
     ("packed-hybrid", "packed", "hybrid", 700_000, 32768, {"pause_every": 20}),
-    ("fixed-spin", "fixed", "spin", 600_000, 4096, {"fixed": 40}),
+    ("fixed-spin", "fixed", "spin", 300_000, 4096, {"fixed": 40}),
     ("fixed-park", "fixed", "park", 600_000, 4096, {"fixed": 8, "pause_every": 50}),
 ]
 
 _STRESS = [
-    ("packed-hybrid-5e7", "packed", "hybrid", 50_000_000, 16384, {"mix": "small"}),
-    ("packed-spin-3e7", "packed", "spin", 30_000_000, 65536, {"mix": "small"}),
-    ("packed-park-2e7", "packed", "park", 20_000_000, 8192, {"mix": "small", "pause_every": 2000}),
-    ("single-hybrid-1e7", "single", "hybrid", 10_000_000, 16384, {"pause_every": 5000}),
+    ("packed-hybrid-2e8", "packed", "hybrid", 200_000_000, 16384, {"mix": "small"}),
+    ("packed-spin-5e7", "packed", "spin", 50_000_000, 65536, {"mix": "small"}),
+    ("packed-park-5e7", "packed", "park", 50_000_000, 8192, {"mix": "small", "pause_every": 2000}),
+    ("packed-park-wide-2e7", "packed", "park", 20_000_000, 4096, {"pause_every": 500}),
+    ("single-hybrid-2e7", "single", "hybrid", 20_000_000, 16384, {"pause_every": 5000}),
     ("zerocopy-park-1e7", "zerocopy", "park", 10_000_000, 8192, {"pause_every": 5000}),
 ]
+# EDGEPIPE_STRESS_SCALE=10 makes a soak run of the stress table (about ten times as long).
+_SCALE = float(os.environ.get("EDGEPIPE_STRESS_SCALE", "1"))
 
 
-def _params(table):
+def _params(table, scale: float = 1.0):
     return [
-        pytest.param(dict(api=api, wait=wait, n=n, capacity=cap, seed=1000 + i, **extra), id=name)
+        pytest.param(dict(api=api, wait=wait, n=int(n * scale), capacity=cap, seed=1000 + i, **extra), id=name)
         for i, (name, api, wait, n, cap, extra) in enumerate(table)
     ]
 
@@ -89,9 +97,9 @@ class TestTwoProcessStream:
 
 @pytest.mark.stress
 class TestTwoProcessStreamLong:
-    @pytest.mark.timeout(3600)
-    @pytest.mark.parametrize("cfg", _params(_STRESS))
+    @pytest.mark.timeout(int(3600 * max(1.0, _SCALE)))
+    @pytest.mark.parametrize("cfg", _params(_STRESS, _SCALE))
     def test_long_stream_arrives_intact(self, cfg):
         """Tens of millions of records cross between two processes with none lost, reordered or corrupt
         and no lost wakeup."""
-        _run_and_check(cfg, timeout_s=3000)
+        _run_and_check(cfg, timeout_s=3000 * max(1.0, _SCALE))

@@ -18,6 +18,7 @@ import struct
 import time
 import traceback
 import zlib
+from array import array
 
 import pytest
 
@@ -138,15 +139,30 @@ def fill_then_block(conn, fd, wait):
     conn.send(("error", "write() returned on a ring nobody reads"))
 
 
-def stream_forever(conn, fd, wait):
-    """Write records 0, 1, 2, ... with blocking writes until killed."""
+def stream_forever(conn, fd, wait, api="write"):
+    """Write records 0, 1, 2, ... until killed: one blocking write() each ('write'), in place through
+    claim() ('claim'), or 64 at a time with write_packed() falling back to write() when full ('packed')."""
     ring = Ring.from_fd(fd)
     w = ring.writer(wait=wait)
     conn.send(("open",))
     seq = 0
     while True:
-        w.write(record(seq))
-        seq += 1
+        if api == "write":
+            w.write(record(seq))
+            seq += 1
+        elif api == "claim":
+            rec = record(seq)
+            with w.claim(len(rec)) as view:
+                view[:] = rec
+            seq += 1
+        else:
+            recs = [record(s) for s in range(seq, seq + 64)]
+            lens = array("I", map(len, recs))
+            k = w.write_packed(b"".join(recs), lens)
+            if k == 0:
+                w.write(recs[0])
+                k = 1
+            seq += k
 
 
 def write_then(conn, fd, wait, n, then, start=0):
@@ -252,6 +268,36 @@ def write_across_takeovers(conn, fd, wait, n):
     time.sleep(60)
 
 
+def peek_and_hold(conn, fd, n):
+    """Read records 0 .. n-1, peek at record n and keep it (never released); report, stay alive."""
+    ring = Ring.from_fd(fd)
+    r = ring.reader(wait="hybrid")
+    bad = [seq for seq in range(n) if not is_record(r.read(timeout_s=20), seq)]
+    view = r.try_peek()
+    bad += [] if view is not None and is_record(bytes(view), n) else ["peek"]
+    conn.send(("held", bad))
+    time.sleep(60)
+
+
+def open_end_and_idle(conn, fd, end):
+    ring = Ring.from_fd(fd)
+    getattr(ring, end)()
+    conn.send(("open",))
+    time.sleep(60)
+
+
+def race_for_end(conn, fd, end, barrier):
+    """Wait for the other racers, then try to open ``end``; report 'won' or 'busy' and keep it open."""
+    ring = Ring.from_fd(fd)
+    barrier.wait(10)
+    try:
+        getattr(ring, end)()
+        conn.send(("result", "won"))
+    except RingBusyError:
+        conn.send(("result", "busy"))
+    time.sleep(60)
+
+
 def read_across_takeovers(conn, fd, wait, total):
     """Read records 0 .. total-1 with read(); a PeerClosedError while the producer end is not cleanly
     closed means it died, so wait for a new producer and go on. Report what arrived."""
@@ -322,13 +368,15 @@ class TestProducerKilled:
         assert "died" in msg
         assert 0 <= _latency("producer killed, reader blocked", wait, t_kill, t_raise) < LATENCY_BOUND_NS
 
-    @pytest.mark.parametrize("wait", WAITS)
-    def test_kill_mid_stream_leaves_an_intact_prefix(self, ring, kids, wait):
+    @pytest.mark.parametrize(
+        "api,wait", [("write", "spin"), ("write", "park"), ("write", "hybrid"), ("claim", "park"), ("packed", "hybrid")]
+    )
+    def test_kill_mid_stream_leaves_an_intact_prefix(self, ring, kids, api, wait):
         """A producer killed at an arbitrary moment while streaming leaves the reader an unbroken, intact
         prefix of the stream (never a torn record), then PeerClosedError."""
         cons, crx = kids.start(read_until_peer_closed, ring.fd, wait)
         recv(crx)
-        prod, prx = kids.start(stream_forever, ring.fd, wait)
+        prod, prx = kids.start(stream_forever, ring.fd, wait, api)
         recv(prx)
         until(lambda: ring.status().records_read > 20_000, what="the stream to get going")
         kids.kill(prod)
@@ -337,6 +385,22 @@ class TestProducerKilled:
         st = ring.status()
         assert got == st.records_read > 20_000
         assert st.used == 0  # every byte the producer published was read
+
+    def test_polling_reader_gets_queued_records_then_raises(self, ring, kids):
+        """A reader that only polls with try_read() after its producer was killed gets every queued record,
+        then PeerClosedError (not None forever) within a bounded time."""
+        prod, prx = kids.start(fill_then_block, ring.fd, "hybrid")
+        _, queued = recv(prx)
+        kids.kill(prod)
+        r = ring.reader()
+        got, bad, t0 = 0, [], time.monotonic()
+        with pytest.raises(PeerClosedError, match="died"):
+            while time.monotonic() - t0 < 5:
+                rec = r.try_read()
+                if rec is not None:
+                    bad += [] if is_record(rec, got) else [got]
+                    got += 1
+        assert (got, bad) == (queued, [])
 
     def test_half_written_claim_of_a_killed_producer_is_never_read(self, ring, kids):
         """Bytes a killed producer wrote into an uncommitted claim never reach the reader."""
@@ -447,6 +511,38 @@ class TestTakeover:
         st = ring.status()
         assert st.records_written == st.records_read == 1000
         print(f"\nreader takeover: writer saw the dead consumer {deaths} time(s) before the new one")
+
+
+    def test_record_peeked_by_a_killed_reader_is_delivered_again(self, ring, kids):
+        """A record a consumer had peeked but not released when it was killed goes to the next consumer:
+        delivery is at least once, and nothing is skipped."""
+        prod, prx = kids.start(write_then, ring.fd, "hybrid", 10, "close")
+        recv(prx)
+        c1, c1rx = kids.start(peek_and_hold, ring.fd, 4)
+        _, bad = recv(c1rx)
+        assert bad == []
+        kids.kill(c1)
+        c2, c2rx = kids.start(read_until_peer_closed, ring.fd, "hybrid", 4)
+        recv(c2rx)
+        _, got, bad, _, _ = recv(c2rx)
+        assert (got, bad) == (6, [])  # seq 4 (held by the dead reader) again, then 5..9
+
+    @pytest.mark.parametrize("end", ["writer", "reader"])
+    def test_processes_racing_to_take_over_a_dead_end_one_wins(self, kids, end):
+        """When several processes try at once to take over the end of a killed process, exactly one gets it
+        and the others get RingBusyError, round after round."""
+        for _ in range(8):
+            ring = Ring.create(capacity=4096)
+            try:
+                holder, hrx = kids.start(open_end_and_idle, ring.fd, end)
+                recv(hrx)
+                kids.kill(holder)
+                barrier = CTX.Barrier(3)
+                racers = [kids.start(race_for_end, ring.fd, end, barrier) for _ in range(3)]
+                outcomes = sorted(recv(rx)[1] for _, rx in racers)
+                assert outcomes == ["busy", "busy", "won"]
+            finally:
+                ring.close()
 
 
 class TestNamedRingOfKilledProcesses:
