@@ -22,6 +22,22 @@ from __future__ import annotations
 import errno
 import os
 
+# check() is left out on purpose: the handle modules share it; users see only the exceptions.
+__all__ = [
+    "EdgepipeError",
+    "EdgepipeOSError",
+    "FrameError",
+    "FrameTooLargeError",
+    "LayoutVersionError",
+    "PeerClosedError",
+    "RecordTooLargeError",
+    "RingBusyError",
+    "RingClosedError",
+    "RingCorruptError",
+    "RingError",
+    "RingTimeoutError",
+]
+
 
 class EdgepipeError(Exception):
     """Base of every error edgepipe raises."""

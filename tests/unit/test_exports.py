@@ -14,9 +14,12 @@ MODULES = ["edgepipe.clock", "edgepipe.errors", "edgepipe.ring", "edgepipe.shm"]
 
 
 def _public_names(modname: str) -> set[str]:
-    """Names a module offers: its own ``__all__`` plus every non-underscore class or function defined in it."""
+    """Names a module offers: its ``__all__`` when it declares one (helpers its sibling modules share stay
+    out of it), else every non-underscore class or function defined in it."""
     mod = importlib.import_module(modname)
-    names = set(getattr(mod, "__all__", ()))
+    if hasattr(mod, "__all__"):
+        return set(mod.__all__)
+    names = set()
     for name, obj in vars(mod).items():
         if name.startswith("_"):
             continue
