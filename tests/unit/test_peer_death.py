@@ -116,12 +116,20 @@ def recv(rx, timeout_s: float = 30.0):
     return msg
 
 
+def after_peer_check(ring: Ring, beat_field: str) -> None:
+    """Return just after the blocked end's next heartbeat. A waiting end stores its heartbeat each time it
+    checks its peer, so a kill right now lands at the worst moment: the latency printed afterwards is the
+    full peer-check interval (the goal: EP_PEER_CHECK_NS = 50 ms, plus scheduling)."""
+    beat = getattr(ring.status(), beat_field)
+    until(lambda: getattr(ring.status(), beat_field) != beat, what="a heartbeat (peer check) of the blocked end")
+
+
 def until(pred, timeout_s: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not pred():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.002)
+        time.sleep(0.0002)
 
 
 # -- producer bodies ----------------------------------------------------------------------------------
@@ -362,6 +370,7 @@ class TestProducerKilled:
         _, n, _ = recv(prx)
         until(lambda: ring.status().records_read == n, what="the reader to drain the ring")
         time.sleep(0.15)  # the reader is now blocked in read() (spinning, or parked on the futex)
+        after_peer_check(ring, "consumer_beat_ns")
         t_kill = kids.kill(prod)
         _, got, bad, t_raise, msg = recv(crx)
         assert (got, bad) == (n, [])
@@ -426,6 +435,7 @@ class TestConsumerKilled:
         until(lambda: ring.status().full_events > 0, what="the writer to find the ring full")
         time.sleep(0.15)  # the writer is now blocked in write()
         written = ring.status().records_written
+        after_peer_check(ring, "producer_beat_ns")
         t_kill = kids.kill(cons)
         _, seq, t_raise, msg, after = recv(prx)
         assert seq == written  # it was blocked: nothing was written after the ring filled
