@@ -438,6 +438,31 @@ class _HandleBase:
         finally:
             self._inflight = 0
 
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        return h
+
+    def _enter(self):
+        self._inflight = 1
+        h = self._h
+        if h is None:
+            self._inflight = 0
+            raise self._closed_error()
+        return h
+
+    def _close(self, cancel, free) -> bool:
+        """Free the C end once no call is inside it; True if this call closed it."""
+        h, self._h = self._h, None
+        if h is None:
+            return False
+        self._wait_out_blocked_call(cancel, h)
+        free(h)
+        self._data.release()
+        self._ring._forget(self)
+        return True
+
     def _wait_out_blocked_call(self, cancel, h) -> None:
         """Called by close() after the handle pointer was cleared: stop and wait out a call in flight."""
         if not self._inflight or self._in_own_call():
@@ -481,12 +506,12 @@ def _open_end(opener, ring: Ring, what: str):
 class RingWriter(_HandleBase):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_inflight", "_max_payload", "_ring", "_w")
+    __slots__ = ("_data", "_inflight", "_h", "_max_payload", "_ring")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
-        self._w = _open_end(lib.ep_ring_writer_open, ring, "writer")
+        self._h = _open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
         off = lib.EP_RING_DATA_OFF
         self._data = ring.region.buffer()[off : off + ring.capacity]
@@ -499,7 +524,7 @@ class RingWriter(_HandleBase):
 
     @property
     def closed(self) -> bool:
-        return self._w is None
+        return self._h is None
 
     def set_wait(self, wait: WaitPolicy | str) -> None:
         """Change how blocking writes wait (see WaitPolicy)."""
@@ -517,7 +542,7 @@ class RingWriter(_HandleBase):
         # Fast path: bytes go straight to C. Anything else, or a closed handle (None), makes cffi raise
         # TypeError, and the slow path converts the payload or raises the right error.
         try:
-            rc = _try_write(self._w, payload, len(payload), type_id)
+            rc = _try_write(self._h, payload, len(payload), type_id)
         except (TypeError, OverflowError):
             return self._try_write_slow(payload, type_id)
         if rc >= 0:
@@ -547,7 +572,7 @@ class RingWriter(_HandleBase):
             # Fast path: one C call for the first slice of the wait, nothing else.
             self._inflight = 1
             try:
-                rc = _write(self._w, payload, len(payload), type_id, _SLICE_NS)
+                rc = _write(self._h, payload, len(payload), type_id, _SLICE_NS)
             except (TypeError, OverflowError):
                 rc = None  # closed, or a bad type_id: the general path below says which
             self._inflight = 0
@@ -716,7 +741,7 @@ class RingWriter(_HandleBase):
             if not (0 <= start and 0 <= n and start + n <= nmax):
                 raise ValueError(f"rows[{start}:{start}+{n}] is outside the {nmax} bound rows")
             try:
-                rc = fixed(self._w, ptr + start * size, size, n, type_id)
+                rc = fixed(self._h, ptr + start * size, size, n, type_id)
             except TypeError:
                 raise self._closed_error() from None
             if rc >= 0:
@@ -730,26 +755,7 @@ class RingWriter(_HandleBase):
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the producer end: the reader drains what is queued, then gets PeerClosedError."""
-        w, self._w = self._w, None
-        if w is not None:
-            self._wait_out_blocked_call(lib.ep_ring_writer_cancel, w)
-            lib.ep_ring_writer_close(w)
-            self._data.release()
-            self._ring._forget(self)
-
-    def _handle(self):
-        w = self._w
-        if w is None:
-            raise self._closed_error()
-        return w
-
-    def _enter(self):
-        self._inflight = 1
-        w = self._w
-        if w is None:
-            self._inflight = 0
-            raise self._closed_error()
-        return w
+        self._close(lib.ep_ring_writer_cancel, lib.ep_ring_writer_close)
 
     def _check_size(self, size: object) -> None:
         if not isinstance(size, int) or isinstance(size, bool):
@@ -792,7 +798,7 @@ class RingWriter(_HandleBase):
         raise AssertionError(rc)  # pragma: no cover
 
     def __repr__(self) -> str:
-        if self._w is None:
+        if self._h is None:
             return f"<RingWriter {self._ring.name or 'memfd'!r} closed>"
         s = self._ring.status()
         return f"<RingWriter {self._ring.name or 'memfd'!r} capacity={s.capacity} used={s.used}>"
@@ -829,7 +835,7 @@ class _Claim:
         if self._done:
             return
         self._done = True
-        w = self._writer._w
+        w = self._writer._h
         if w is not None:
             lib.ep_ring_abort(w)
         self._release_view()
@@ -857,15 +863,15 @@ class _Claim:
 class RingReader(_HandleBase):
     """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_batch", "_blens", "_data", "_inflight", "_io", "_max_payload", "_r", "_ring", "_scratch")
+    __slots__ = ("_batch", "_blens", "_data", "_h", "_inflight", "_io", "_max_payload", "_ring", "_scratch")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
-        self._r = _open_end(lib.ep_ring_reader_open, ring, "reader")
-        self._io = lib.ep_ring_reader_io(self._r)
+        self._h = _open_end(lib.ep_ring_reader_open, ring, "reader")
+        self._io = lib.ep_ring_reader_io(self._h)
         self._max_payload = ring.max_payload
-        self._scratch = ffi.buffer(lib.ep_ring_reader_scratch(self._r), max(1, self._max_payload))
+        self._scratch = ffi.buffer(lib.ep_ring_reader_scratch(self._h), max(1, self._max_payload))
         off = lib.EP_RING_DATA_OFF
         self._data = ring.region.buffer()[off : off + ring.capacity]
         self._batch = None
@@ -878,7 +884,7 @@ class RingReader(_HandleBase):
 
     @property
     def closed(self) -> bool:
-        return self._r is None
+        return self._h is None
 
     @property
     def last_type(self) -> int:
@@ -900,8 +906,8 @@ class RingReader(_HandleBase):
             RingCorruptError: the next header cannot be right.
         """
         try:
-            n = _try_read(self._r)
-        except TypeError:  # self._r is None: closed
+            n = _try_read(self._h)
+        except TypeError:  # self._h is None: closed
             raise self._closed_error() from None
         if n >= 0:
             return self._scratch[0:n]
@@ -919,8 +925,8 @@ class RingReader(_HandleBase):
             # Fast path: one C call for the first slice of the wait, nothing else.
             self._inflight = 1
             try:
-                n = _read(self._r, _SLICE_NS)
-            except TypeError:  # self._r is None: closed
+                n = _read(self._h, _SLICE_NS)
+            except TypeError:  # self._h is None: closed
                 self._inflight = 0
                 raise self._closed_error() from None
             self._inflight = 0
@@ -1093,7 +1099,7 @@ class RingReader(_HandleBase):
 
         def read() -> int:
             try:
-                rc = batch(self._r, b, size, lb, tb, nmax)
+                rc = batch(self._h, b, size, lb, tb, nmax)
             except TypeError:
                 raise self._closed_error() from None
             if rc >= 0:
@@ -1120,27 +1126,8 @@ class RingReader(_HandleBase):
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the consumer end: a producer's next write raises PeerClosedError."""
-        r, self._r = self._r, None
-        if r is not None:
-            self._wait_out_blocked_call(lib.ep_ring_reader_cancel, r)
+        if self._close(lib.ep_ring_reader_cancel, lib.ep_ring_reader_close):
             self._scratch = None
-            lib.ep_ring_reader_close(r)
-            self._data.release()
-            self._ring._forget(self)
-
-    def _handle(self):
-        r = self._r
-        if r is None:
-            raise self._closed_error()
-        return r
-
-    def _enter(self):
-        self._inflight = 1
-        r = self._r
-        if r is None:
-            self._inflight = 0
-            raise self._closed_error()
-        return r
 
     def _batch_arrays(self, max_n: int = 1):
         if self._batch is None:
@@ -1172,7 +1159,7 @@ class RingReader(_HandleBase):
         raise AssertionError(rc)  # pragma: no cover
 
     def __repr__(self) -> str:
-        if self._r is None:
+        if self._h is None:
             return f"<RingReader {self._ring.name or 'memfd'!r} closed>"
         s = self._ring.status()
         return f"<RingReader {self._ring.name or 'memfd'!r} capacity={s.capacity} queued={s.queued}>"
@@ -1198,5 +1185,5 @@ class _Peek:
             self._view.release()
         except BufferError:
             pass
-        if self._reader._r is not None:
+        if self._reader._h is not None:
             self._reader.release()
