@@ -94,6 +94,8 @@ struct ep_peer {                        /* process-local: how this end watches t
     int pidfd;                          /* -1 if none or unsupported */
     int dead;                           /* sticky: that pid was found dead or reused */
     int64_t next_check_ns;              /* rate limit for checks made outside waits */
+    int64_t wait_check_ns;              /* when a wait last checked (carried across calls, so waits
+                                         * cut into slices still check every EP_PEER_CHECK_NS) */
 };
 
 static inline int32_t owner_pid(uint64_t o) { return (int32_t)(uint32_t)(o >> 32); }
@@ -239,6 +241,7 @@ static void peer_init(struct ep_peer *p)
     p->pidfd = -1;
     p->dead = 0;
     p->next_check_ns = 0;
+    p->wait_check_ns = 0;
 }
 
 static void peer_drop(struct ep_peer *p)
@@ -417,7 +420,10 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
     int64_t spin_end = wt->mode == EP_WAIT_PARK ? now
                      : wt->mode == EP_WAIT_SPIN ? INT64_MAX
                      : now + wt->spin_ns;
+    /* The first check is due EP_PEER_CHECK_NS after the last one, even if that was in an earlier call. */
     int64_t next_peer = now + EP_PEER_CHECK_NS;
+    if (wt->peer->wait_check_ns && wt->peer->wait_check_ns + EP_PEER_CHECK_NS < next_peer)
+        next_peer = wt->peer->wait_check_ns + EP_PEER_CHECK_NS;
     unsigned it = 0;
     for (;;) {
         /* spin phase: poll the position, read the clock every 64 turns */
@@ -437,6 +443,7 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
                     ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
                     if (peer_gone(wt->peer, wt->other))
                         return ready(end, arg) ? 0 : -EPIPE;
+                    wt->peer->wait_check_ns = now;
                     next_peer = now + EP_PEER_CHECK_NS;
                 }
             }
@@ -450,6 +457,7 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
             ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
             if (peer_gone(wt->peer, wt->other))
                 return ready(end, arg) ? 0 : -EPIPE;
+            wt->peer->wait_check_ns = now;
             next_peer = now + EP_PEER_CHECK_NS;
         }
 
@@ -631,10 +639,11 @@ static inline void put(struct ep_ring_writer *w, uint64_t rec, const void *buf, 
 
 static inline void publish(struct ep_ring_writer *w, uint64_t nrec)
 {
-    ep_store_relaxed(&w->ctl->records_written, ep_load_relaxed(&w->ctl->records_written) + nrec);
     /* Release: headers, payloads and padding become visible before the new tail.
      * Pairs with the acquire of tail in peek_at() (reader side). */
     ep_store_release(&w->ctl->tail, w->tail);
+    /* Counted after the tail, so a producer killed in between under-counts, never over-counts. */
+    ep_store_relaxed(&w->ctl->records_written, ep_load_relaxed(&w->ctl->records_written) + nrec);
     notify(&w->ctl->data_wait, &w->ctl->prod.wakes);
 }
 

@@ -702,7 +702,7 @@ class RingWriter(_HandleBase):
         lbuf = _u32_array(lens, "lens")
         n = len(lbuf)
         b = _as_buffer(buf)
-        total = sum(lbuf)
+        total = int(lens.sum(dtype="uint64")) if hasattr(lens, "sum") else sum(lbuf)  # numpy: no Python loop
         if total > len(b):
             raise ValueError(f"lens add up to {total} bytes but buf holds {len(b)}")
         rc = lib.ep_ring_try_write_batch(w, b, lbuf, n, type_id)
