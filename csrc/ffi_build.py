@@ -1,9 +1,9 @@
 """The single cffi build script (API mode). setuptools runs it through ``cffi_modules``; nothing imports it
 at runtime.
 
-The cdef is derived from ``edgepipe.h`` rather than typed out a second time: include guards and
-``#include`` lines are dropped and every ``#define NAME value`` becomes ``#define NAME ...`` so the
-compiler fills in the value. API mode then checks each declaration against the real header, so the two can
+The cdef is derived from ``edgepipe.h`` rather than typed out a second time: the per-area headers it
+includes (``#include "ep_<area>.h"``) are inlined, include guards and system includes are dropped, and
+every ``#define NAME value`` becomes ``#define NAME ...`` so the compiler fills in the value. API mode then checks each declaration against the real header, so the two can
 never drift apart.
 """
 
@@ -17,11 +17,16 @@ SOURCES = ("ep_ring.c", "ep_shm.c", "ep_clock.c")
 
 
 def cdef_from_header(text: str) -> str:
-    """Turn edgepipe.h into cdef text: drop guards/includes, make constants ``...``."""
+    """Turn edgepipe.h into cdef text: inline the area headers it includes (``#include "ep_*.h"``),
+    drop guards and system includes, make constants ``...``."""
     out = []
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith(("#ifndef", "#endif", "#include", "#define EDGEPIPE_H")):
+        inc = re.match(r'#include\s+"(ep_[a-z0-9_]+\.h)"', stripped)
+        if inc and inc.group(1) != "ep_atomic.h":
+            out.append(cdef_from_header((CSRC / inc.group(1)).read_text()))
+            continue
+        if stripped.startswith(("#ifndef", "#endif", "#include")) or re.match(r"#define\s+\w+_H\s*$", stripped):
             continue
         m = re.match(r"#define\s+(EP_[A-Z0-9_]+)\s+\S", stripped)
         if m:
