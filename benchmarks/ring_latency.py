@@ -21,6 +21,10 @@ ns, printed beside the result with "near"/"far"/"mixed". Compare rows measured o
 
     python benchmarks/ring_latency.py                       # all cases, 4 s each (~90 s)
     python benchmarks/ring_latency.py --seconds 1 --only edgepipe,socket
+
+Every case writes its timing loop out in full instead of sharing one: a shared loop would add a
+Python call (or closure) per message to every case, tens of nanoseconds that blur exactly the
+differences being measured. The repetition is deliberate.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Each case is bracketed by the cache-line probe (one-way ns between the two CPUs;
 
     python benchmarks/ring_throughput.py                    # all cases, 4 s each (~80 s)
     python benchmarks/ring_throughput.py --seconds 1 --only edgepipe
+
+Every case writes its timing loop out in full instead of sharing one: a shared loop would add a
+Python call (or closure) per message to every case, tens of nanoseconds that blur exactly the
+differences being measured. The repetition is deliberate.
 """
 
 from __future__ import annotations
