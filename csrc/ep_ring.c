@@ -434,7 +434,7 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
             if ((++it & 63u) == 0) {
                 now = ep_clock_mono_ns();
                 if (now >= wt->deadline_mono)
-                    return -ETIMEDOUT;
+                    return ready(end, arg) ? 0 : -ETIMEDOUT;
                 if (ep_load_relaxed(wt->cancel))
                     return -ECANCELED;
                 if (peer_closed(wt->other))
