@@ -667,11 +667,6 @@ int ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint32_t len, u
     return (int)len;
 }
 
-struct room_arg {
-    struct ep_ring_writer *w;
-    uint64_t need;
-};
-
 static int has_room(void *end, uint64_t need)
 {
     struct ep_ring_writer *w = end;
