@@ -129,7 +129,10 @@ class WaitPolicy:
         spin. Under a millisecond: spin about one wake, then park. Looser budgets spin 2 us (enough to
         catch back-to-back records) and sleep otherwise.
         """
-        ns = _timeout_ns(latency_budget_s)
+        try:
+            ns = _timeout_ns(latency_budget_s)
+        except (TypeError, ValueError):
+            raise ValueError(f"latency_budget_s must be a number >= 0, got {latency_budget_s!r}") from None
         if ns < 0:
             return cls("hybrid", 2_000)
         if ns < 2 * _WAKE_NS:
