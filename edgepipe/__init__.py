@@ -12,6 +12,7 @@ CLOCK_MONOTONIC_RAW nanosecond clock for every stamp.
 b'imu 0 0 9.81'
 """
 
+from edgepipe.ahrs import Madgwick, Recording, load_recording
 from edgepipe.clock import ClockMapping, mapping, monotonic_ns, now_ns, wall_ns
 from edgepipe.errors import (
     EdgepipeError,
@@ -39,8 +40,10 @@ __all__ = [
     "FrameError",
     "FrameTooLargeError",
     "LayoutVersionError",
+    "Madgwick",
     "PeerClosedError",
     "RecordTooLargeError",
+    "Recording",
     "Ring",
     "RingBusyError",
     "RingClosedError",
@@ -53,6 +56,7 @@ __all__ = [
     "SharedRegion",
     "WaitPolicy",
     "list_segments",
+    "load_recording",
     "mapping",
     "monotonic_ns",
     "now_ns",

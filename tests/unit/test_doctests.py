@@ -5,11 +5,12 @@ import doctest
 import pytest
 
 import edgepipe
+import edgepipe.ahrs
 import edgepipe.clock
 import edgepipe.ring
 import edgepipe.shm
 
-MODULES = [edgepipe, edgepipe.clock, edgepipe.ring, edgepipe.shm]
+MODULES = [edgepipe, edgepipe.ahrs, edgepipe.clock, edgepipe.ring, edgepipe.shm]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
