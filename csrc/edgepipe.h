@@ -111,5 +111,6 @@ int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_siz
 int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns);
 int ep_ring_reader_cancel(struct ep_ring_reader *r);
 
+#include "ep_frame.h"
 #include "ep_ahrs.h"
 #endif

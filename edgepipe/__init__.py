@@ -17,7 +17,10 @@ from edgepipe.clock import ClockMapping, mapping, monotonic_ns, now_ns, wall_ns
 from edgepipe.errors import (
     EdgepipeError,
     EdgepipeOSError,
+    FrameClosedError,
+    FrameDecodeError,
     FrameError,
+    FrameTimeoutError,
     FrameTooLargeError,
     LayoutVersionError,
     PeerClosedError,
@@ -28,6 +31,7 @@ from edgepipe.errors import (
     RingError,
     RingTimeoutError,
 )
+from edgepipe.framing import Envelope, FrameSocket
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 
@@ -37,7 +41,12 @@ __all__ = [
     "ClockMapping",
     "EdgepipeError",
     "EdgepipeOSError",
+    "Envelope",
+    "FrameClosedError",
+    "FrameDecodeError",
     "FrameError",
+    "FrameSocket",
+    "FrameTimeoutError",
     "FrameTooLargeError",
     "LayoutVersionError",
     "Madgwick",

@@ -10,8 +10,11 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── RingCorruptError                     a header or region that cannot be a ring record/region
     │   ├── RingBusyError                        the end is already held by a live process
     │   └── RingClosedError (ValueError)         this handle was closed
-    ├── FrameError
-    │   ├── FrameTooLargeError (ValueError)
+    ├── FrameError                               a framed-socket failure (edgepipe.framing)
+    │   ├── FrameTooLargeError (ValueError)      a frame over the socket's max_frame
+    │   ├── FrameDecodeError (ValueError)        a frame whose bytes are not the expected message
+    │   ├── FrameTimeoutError (TimeoutError)     a send or recv did not finish before its timeout
+    │   ├── FrameClosedError (ValueError)        this FrameSocket was closed
     │   └── PeerClosedError (ConnectionError)    the other end closed or its process died
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
@@ -26,7 +29,10 @@ import os
 __all__ = [
     "EdgepipeError",
     "EdgepipeOSError",
+    "FrameClosedError",
+    "FrameDecodeError",
     "FrameError",
+    "FrameTimeoutError",
     "FrameTooLargeError",
     "LayoutVersionError",
     "PeerClosedError",
@@ -73,6 +79,18 @@ class FrameError(EdgepipeError):
 
 class FrameTooLargeError(FrameError, ValueError):
     """A frame is larger than the configured maximum."""
+
+
+class FrameDecodeError(FrameError, ValueError):
+    """A complete frame arrived, but its bytes do not parse as the expected protobuf message."""
+
+
+class FrameTimeoutError(FrameError, TimeoutError):
+    """A FrameSocket send or recv did not complete before its timeout."""
+
+
+class FrameClosedError(FrameError, ValueError):
+    """The FrameSocket was closed; like I/O on a closed file, this is a ValueError."""
 
 
 class PeerClosedError(FrameError, ConnectionError):

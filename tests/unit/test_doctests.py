@@ -7,10 +7,11 @@ import pytest
 import edgepipe
 import edgepipe.ahrs
 import edgepipe.clock
+import edgepipe.framing
 import edgepipe.ring
 import edgepipe.shm
 
-MODULES = [edgepipe, edgepipe.ahrs, edgepipe.clock, edgepipe.ring, edgepipe.shm]
+MODULES = [edgepipe, edgepipe.ahrs, edgepipe.clock, edgepipe.framing, edgepipe.ring, edgepipe.shm]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -10,7 +10,7 @@ import pytest
 
 import edgepipe
 
-MODULES = ["edgepipe.ahrs", "edgepipe.clock", "edgepipe.errors", "edgepipe.ring", "edgepipe.shm"]
+MODULES = ["edgepipe.ahrs", "edgepipe.clock", "edgepipe.errors", "edgepipe.framing", "edgepipe.ring", "edgepipe.shm"]
 
 
 def _public_names(modname: str) -> set[str]:
