@@ -120,6 +120,7 @@ int ep_frame_send(int fd, struct ep_frame_io *io, const void *buf, uint32_t len,
             return -EPIPE;
         return -errno;
     }
+    io->done = 0; /* ready for the next frame */
     return (int)len;
 }
 
@@ -153,6 +154,12 @@ int ep_frame_recv(int fd, struct ep_frame_io *io, void *buf, uint32_t cap, uint3
         return -EINVAL;
     if (max_len > INT_MAX)
         max_len = INT_MAX;
+    if (io->done == 0) { /* a new frame: forget what the last one reported */
+        io->len = 0;
+        io->eof = EP_FRAME_EOF_NONE;
+        io->nfds = 0;
+        io->fds_truncated = 0;
+    }
     union ep_frame_ctl ctl;
 
     for (;;) {
@@ -167,8 +174,10 @@ int ep_frame_recv(int fd, struct ep_frame_io *io, void *buf, uint32_t cap, uint3
             if (io->len > cap)
                 return -ENOBUFS;
             uint64_t poff = io->done - EP_FRAME_HDR;
-            if (poff == io->len)
+            if (poff == io->len) {
+                io->done = 0; /* ready for the next frame; len and fds stay readable until then */
                 return (int)io->len;
+            }
             dst = (char *)buf + poff;
             want = io->len - poff;
         }

@@ -7,7 +7,9 @@
  * A send or receive may stop part-way through a frame: a signal arrived while it waited (-EINTR) or
  * its deadline passed (-ETIMEDOUT). Its progress is kept in the caller's struct ep_frame_io, and a
  * second call with the same struct, buffer and length resumes exactly where the first stopped, so a
- * Python caller can run its signal handlers between the two. Zero the struct before each new frame.
+ * Python caller can run its signal handlers between the two. Zero the struct once; a call that
+ * completes a frame sets io->done back to 0, so the same struct serves the next frame. After any other
+ * return, set io->done = 0 yourself before starting a new frame (abandoning the partial one).
  *
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds (ep_clock_mono_ns(), Python's
  * time.monotonic_ns()); -1 waits forever, and a deadline already past tries once without waiting.
@@ -50,8 +52,9 @@ int ep_frame_send(int fd, struct ep_frame_io *io, const void *buf, uint32_t len,
  *   -EPIPE: the peer closed or reset the connection; io->eof says whether at a frame boundary
  *           (EP_FRAME_EOF_CLEAN) or mid-frame (EP_FRAME_EOF_TRUNCATED);
  *   another -errno from recvmsg/poll.
- * Received fds (O_CLOEXEC) are in io->fds and belong to the caller from the moment they arrive,
- * whatever the return code. */
+ * Received fds (O_CLOEXEC) are in io->fds[0..nfds) and belong to the caller from the moment they
+ * arrive, whatever the return code; a call that starts a new frame (io->done == 0) forgets them, so
+ * take them first. On success io->len and the fds describe the frame just received. */
 int ep_frame_recv(int fd, struct ep_frame_io *io, void *buf, uint32_t cap, uint32_t max_len,
                   int64_t deadline_ns);
 

@@ -53,6 +53,9 @@ _RXBUF_KEEP = 1 << 20  # after a frame larger than this the buffer drops back to
 
 _send = lib.ep_frame_send
 _recv = lib.ep_frame_recv
+_from_buffer = ffi.from_buffer
+_unpack = ffi.unpack
+_get_ident = threading.get_ident
 _EINTR = -errno.EINTR
 _ENOBUFS = -errno.ENOBUFS
 _EMSGSIZE = -errno.EMSGSIZE
@@ -63,6 +66,8 @@ _mono_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux: the clock ep_frame.c's
 
 def _deadline(timeout_s: float | None) -> int:
     """Absolute CLOCK_MONOTONIC deadline in ns for C, or -1 for none."""
+    if timeout_s is None:
+        return -1
     tns = _timeout_ns(timeout_s)
     return -1 if tns < 0 else _mono_ns() + tns
 
@@ -105,14 +110,6 @@ def _payload(data: object, what: str):
         ) from None
 
 
-def _reset(io) -> None:
-    io.done = 0
-    io.len = 0
-    io.eof = 0
-    io.nfds = 0
-    io.fds_truncated = 0
-
-
 def _take_fds(io) -> list[int]:
     fds = [io.fds[i] for i in range(io.nfds)]
     io.nfds = 0
@@ -147,7 +144,8 @@ class FrameSocket:
     b'raw'
     """
 
-    __slots__ = ("_broken", "_busy", "_fd", "_max_frame", "_rx", "_rxbuf", "_rxc", "_sock", "_tx")
+    __slots__ = ("_broken", "_fd", "_max_frame", "_rx", "_rx_thread", "_rxbuf", "_rxc", "_sock", "_tx",
+                 "_tx_thread")
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not isinstance(sock, socket.socket):
@@ -164,7 +162,9 @@ class FrameSocket:
         self._rxbuf = bytearray(_RXBUF_START)
         self._rxc = ffi.from_buffer(self._rxbuf)
         self._broken: str | None = None  # why the stream is unusable (it is no longer at a frame boundary)
-        self._busy: set[int] = set()  # threads inside a C call on this socket
+        # The thread inside a send / recv C call, 0 when none: close() waits for them to leave C.
+        self._tx_thread = 0
+        self._rx_thread = 0
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -312,15 +312,17 @@ class FrameSocket:
             return
         self._sock = None
         self._fd = -1
-        others = self._busy - {threading.get_ident()}
-        if others:
+        self._broken = None  # a closed socket reports that it is closed
+        me = threading.get_ident()
+        if self._tx_thread not in (0, me) or self._rx_thread not in (0, me):
             # shutdown wakes a ppoll blocked in another thread; wait for it to leave C before the fd number
-            # is freed for reuse.
+            # is freed for reuse. (A call of this very thread is not inside C: a signal handler or a
+            # nested call interrupted it between bytecodes, and it sees _fd < 0 when it resumes.)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            while self._busy - {threading.get_ident()}:
+            while self._tx_thread not in (0, me) or self._rx_thread not in (0, me):
                 time.sleep(0.0002)
         sock.close()
         _close_fds(_take_fds(self._rx))
@@ -340,92 +342,120 @@ class FrameSocket:
     def _closed_error(self) -> FrameClosedError:
         return FrameClosedError("FrameSocket is closed")
 
-    def _run(self, fn, io, args: tuple, deadline: int) -> int:
-        """Call ``fn(fd, io, *args, deadline)`` until it returns something other than -EINTR; Python runs
-        pending signal handlers between the calls."""
-        tid = threading.get_ident()
-        self._busy.add(tid)
-        try:
-            while True:
-                fd = self._fd
-                if fd < 0:
-                    raise self._closed_error()
-                rc = fn(fd, io, *args, deadline)
-                if rc != _EINTR:
-                    return rc
-        finally:
-            self._busy.discard(tid)
-
+    # The two hot paths are written out in full: each Python-level step costs about as much as a syscall
+    # at these message sizes. The thread slot is set before _fd is read and close() clears _fd before it
+    # reads the slots, so one of the two always sees the other.
     def _send(self, data, fds: list[int], timeout_s, what: str) -> None:
-        if self._sock is None:
-            raise self._closed_error()
-        if self._broken:
+        if self._broken is not None:
             raise FrameError(self._broken)
-        buf = _payload(data, what)
+        try:
+            buf = _from_buffer(data)
+        except TypeError:
+            buf = _payload(data, what)
         n = len(buf)
         if n > self._max_frame:
             raise FrameTooLargeError(f"{what} of {n} bytes is over max_frame ({self._max_frame} bytes)")
-        deadline = _deadline(timeout_s)
-        cfds = ffi.new("int[]", fds) if fds else ffi.NULL
-        io = self._tx
-        _reset(io)
-        total = n + lib.EP_FRAME_HDR
+        deadline = -1 if timeout_s is None else _deadline(timeout_s)
+        cfds, nfds = (ffi.new("int[]", fds), len(fds)) if fds else (ffi.NULL, 0)
+        io = self._tx  # io.done is 0 here: C resets it after a whole frame, _send_failed otherwise
+        self._tx_thread = _get_ident()
         try:
-            rc = self._run(_send, io, (buf, n, cfds, len(fds)), deadline)
-        finally:
-            if 0 < io.done < total and self._sock is not None:
+            fd = self._fd
+            if fd < 0:
+                raise self._closed_error()
+            rc = _send(fd, io, buf, n, cfds, nfds, deadline)
+            while rc == _EINTR:  # back in Python: pending signal handlers run here, then resume
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                rc = _send(fd, io, buf, n, cfds, nfds, deadline)
+        except BaseException:
+            self._tx_thread = 0
+            self._send_failed(n)
+            raise
+        self._tx_thread = 0
+        if rc < 0:
+            raise self._send_error(rc, self._send_failed(n), n, what, timeout_s)
+
+    def _send_failed(self, n: int) -> int:
+        """After a send that did not complete: a frame cut part-way leaves the stream unusable."""
+        io = self._tx
+        done = io.done
+        if done:
+            io.done = 0
+            if self._sock is not None:
                 self._broken = (
-                    f"a send stopped after {io.done} of {total} bytes of a frame, so the stream is no "
-                    f"longer at a frame boundary: close this FrameSocket"
+                    f"a send stopped after {done} of {n + lib.EP_FRAME_HDR} bytes of a frame, so the "
+                    f"stream is no longer at a frame boundary: close this FrameSocket"
                 )
-        if rc >= 0:
-            return
+        return done
+
+    def _send_error(self, rc: int, done: int, n: int, what: str, timeout_s) -> Exception:
         if self._sock is None:
-            raise self._closed_error()
+            return self._closed_error()
         if rc == _ETIMEDOUT:
-            raise FrameTimeoutError(f"sending a {what} of {n} bytes took over {timeout_s} s "
-                                    f"({io.done} of {total} bytes sent)")
+            return FrameTimeoutError(f"sending a {what} of {n} bytes took over {timeout_s} s "
+                                     f"({done} of {n + lib.EP_FRAME_HDR} bytes sent)")
         if rc == _EPIPE:
-            raise PeerClosedError(f"the peer closed the connection; {what} of {n} bytes not delivered")
-        check(rc, f"sending a {what} of {n} bytes")
+            return PeerClosedError(f"the peer closed the connection; {what} of {n} bytes not delivered")
+        try:
+            check(rc, f"sending a {what} of {n} bytes")
+        except Exception as e:  # noqa: BLE001 (returned for the caller to raise)
+            return e
+        return AssertionError(f"unexpected return code {rc}")  # pragma: no cover
 
     def _recv(self, timeout_s) -> tuple[bytes, list[int]]:
-        if self._sock is None:
-            raise self._closed_error()
-        if self._broken:
+        if self._broken is not None:
             raise FrameError(self._broken)
-        deadline = _deadline(timeout_s)
+        deadline = -1 if timeout_s is None else _deadline(timeout_s)
         io = self._rx
-        while True:
-            rc = self._run(_recv, io, (self._rxc, len(self._rxbuf), self._max_frame), deadline)
-            if rc != _ENOBUFS:
-                break
-            # The header is in and the payload is larger than the buffer: grow it and resume.
-            self._rxbuf = bytearray(min(max(io.len, 2 * len(self._rxbuf)), self._max_frame))
-            self._rxc = ffi.from_buffer(self._rxbuf)
+        self._rx_thread = _get_ident()
+        try:
+            fd = self._fd
+            if fd < 0:
+                raise self._closed_error()
+            rc = _recv(fd, io, self._rxc, len(self._rxbuf), self._max_frame, deadline)
+            while rc == _EINTR or rc == _ENOBUFS:
+                if rc == _ENOBUFS:
+                    # The header is in and the payload is larger than the buffer: grow it and resume.
+                    self._rxbuf = bytearray(min(max(io.len, 2 * len(self._rxbuf)), self._max_frame))
+                    self._rxc = ffi.from_buffer(self._rxbuf)
+                fd = self._fd  # after EINTR, pending signal handlers have run (they may have closed us)
+                if fd < 0:
+                    raise self._closed_error()
+                rc = _recv(fd, io, self._rxc, len(self._rxbuf), self._max_frame, deadline)
+        finally:
+            self._rx_thread = 0
         if rc >= 0:
-            data = ffi.unpack(self._rxc, rc)
-            truncated = io.fds_truncated
-            fds = _take_fds(io)
-            _reset(io)
-            if len(self._rxbuf) > _RXBUF_KEEP:
+            # C has set io.done back to 0 for the next frame.
+            data = _unpack(self._rxc, rc)
+            if rc > _RXBUF_KEEP:
                 self._rxbuf = bytearray(_RXBUF_START)
                 self._rxc = ffi.from_buffer(self._rxbuf)
+            if not io.nfds:
+                return data, []
+            truncated = io.fds_truncated
+            fds = _take_fds(io)  # also clears io.nfds, so close() cannot close fds the caller now owns
             if truncated:
+                io.fds_truncated = 0
                 _close_fds(fds)
                 raise FrameError(f"the peer attached more than {MAX_FDS} file descriptors to a frame of "
                                  f"{rc} bytes; frame and descriptors dropped")
             return data, fds
+        raise self._recv_error(rc, timeout_s)
+
+    def _recv_error(self, rc: int, timeout_s) -> Exception:
+        io = self._rx
         if self._sock is None:
-            raise self._closed_error()
+            return self._closed_error()
         if rc == _ETIMEDOUT:
             got = f"; {io.done} bytes of a frame arrived, the next recv resumes it" if io.done else ""
-            raise FrameTimeoutError(f"no frame within {timeout_s} s{got}")
+            return FrameTimeoutError(f"no frame within {timeout_s} s{got}")
         _close_fds(_take_fds(io))
         if rc == _EMSGSIZE:
             self._broken = (f"an incoming frame of {io.len} bytes was over max_frame ({self._max_frame} bytes); "
                             f"the stream is no longer at a frame boundary: close this FrameSocket")
-            raise FrameTooLargeError(self._broken)
+            return FrameTooLargeError(self._broken)
         if rc == _EPIPE:
             if io.eof == lib.EP_FRAME_EOF_CLEAN:
                 err = PeerClosedError("the peer closed the connection (at a frame boundary)")
@@ -435,8 +465,11 @@ class FrameSocket:
                          else f"{io.done - lib.EP_FRAME_HDR} of {io.len} payload bytes")
                 err = PeerClosedError(f"the peer closed the connection mid-frame, after {where}")
                 err.at_boundary = False
-            _reset(io)
-            raise err
-        _reset(io)
-        check(rc, "receiving a frame")
-        raise AssertionError("unreachable")  # pragma: no cover
+            io.done = 0
+            return err
+        io.done = 0
+        try:
+            check(rc, "receiving a frame")
+        except Exception as e:  # noqa: BLE001 (returned for the caller to raise)
+            return e
+        return AssertionError(f"unexpected return code {rc}")  # pragma: no cover
