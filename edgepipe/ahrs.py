@@ -11,7 +11,8 @@ gradient-descent Madgwick (2010) filter and matches the ``ahrs`` package's ``Mad
 - an accelerometer norm of zero skips the correction (q integrates the gyro only; counted in ``no_accel``);
 - a magnetometer norm of zero turns a MARG sample into an IMU sample (counted in ``no_mag``), as in ``ahrs``;
 - a sample with any NaN or inf component is skipped and counted in ``skipped_nonfinite``: the quaternion
-  never becomes NaN.
+  never becomes NaN (``ahrs`` integrates the gyro when the accel holds a NaN, and returns NaN when the
+  gradient is exactly zero, e.g. upside down at q = identity; here that skips the correction).
 
 >>> from edgepipe.ahrs import Madgwick, load_recording
 >>> rec = load_recording("ngimu")
