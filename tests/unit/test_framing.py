@@ -417,6 +417,24 @@ class TestFdPassing:
             for f in sent:
                 os.close(f)
 
+    def test_too_many_fds_from_a_foreign_sender(self, raw_pair):
+        """A frame carrying more than MAX_FDS fds (a foreign sender) raises FrameError; none leak, and the
+        next frame reads normally."""
+        fs, raw = raw_pair
+        r, w = os.pipe()
+        try:
+            before = _fd_count()
+            raw.sendmsg([_frame(b"many")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              struct.pack(f"{MAX_FDS + 4}i", *([r] * (MAX_FDS + 4))))])
+            raw.sendall(_frame(b"next"))
+            with pytest.raises(FrameError, match=f"more than {MAX_FDS}"):
+                fs.recv_fds(timeout_s=5)
+            assert _fd_count() == before
+            assert fs.recv_fds(timeout_s=5) == (b"next", [])
+        finally:
+            os.close(r)
+            os.close(w)
+
     def test_recv_bytes_closes_unexpected_fds(self, pair):
         """fds that arrive with a frame read by recv_bytes are closed, not leaked."""
         a, b = pair
@@ -521,6 +539,16 @@ class TestLifetime:
         join = _in_thread(b.recv_bytes)
         time.sleep(0.1)
         b.close()
+        with pytest.raises(FrameClosedError):
+            join()
+
+    def test_close_from_another_thread_wakes_blocked_send(self, pair):
+        """Closing while another thread is blocked sending to a peer that does not read makes that send
+        raise FrameClosedError."""
+        a, _ = pair
+        join = _in_thread(a.send_bytes, b"q" * (8 << 20))
+        time.sleep(0.1)
+        a.close()
         with pytest.raises(FrameClosedError):
             join()
 
