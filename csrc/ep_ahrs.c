@@ -58,8 +58,8 @@ static inline int unit3(const double *v, double u[3])
 /* One filter step; mag == NULL means IMU. Returns 0 if q moved, 1 if the sample was skipped.
  * Always inlined: at -O2 gcc otherwise calls it out of line from the batch loop; inlined, each caller
  * folds the IMU/MARG branch away (callgrind: 301 -> 256 instructions per IMU update). */
-static inline __attribute__((always_inline)) int apply(struct ep_ahrs *f, const double *g, const double *acc, const double *mag,
-                        double dt)
+static inline __attribute__((always_inline)) int apply(struct ep_ahrs *f, const double *g,
+                                                       const double *acc, const double *mag, double dt)
 {
     if (!finite3(g) || !finite3(acc) || (mag && !finite3(mag)) || !isfinite(dt)) {
         f->skipped_nonfinite++;
@@ -104,10 +104,12 @@ static inline __attribute__((always_inline)) int apply(struct ep_ahrs *f, const 
             const double f4 = 2.0 * bx * (x * y - w * z) + 2.0 * bz * (w * x + y * z) - m[1];
             const double f5 = 2.0 * bx * (w * y + x * z) + 2.0 * bz * (0.5 - x * x - y * y) - m[2];
             sw += -2.0 * bz * y * f3 + (-2.0 * bx * z + 2.0 * bz * x) * f4 + 2.0 * bx * y * f5;
-            sx += 2.0 * bz * z * f3 + (2.0 * bx * y + 2.0 * bz * w) * f4 + (2.0 * bx * z - 4.0 * bz * x) * f5;
+            sx += 2.0 * bz * z * f3 + (2.0 * bx * y + 2.0 * bz * w) * f4 +
+                  (2.0 * bx * z - 4.0 * bz * x) * f5;
             sy += (-4.0 * bx * y - 2.0 * bz * w) * f3 + (2.0 * bx * x + 2.0 * bz * z) * f4 +
                   (2.0 * bx * w - 4.0 * bz * y) * f5;
-            sz += (-4.0 * bx * z + 2.0 * bz * x) * f3 + (-2.0 * bx * w + 2.0 * bz * y) * f4 + 2.0 * bx * x * f5;
+            sz += (-4.0 * bx * z + 2.0 * bz * x) * f3 + (-2.0 * bx * w + 2.0 * bz * y) * f4 +
+                  2.0 * bx * x * f5;
         }
         /* Every term is bounded (|q| = |a| = |m| = 1), so n2 cannot overflow; 0 means a stationary
          * point of the objective, where the direction is undefined: no correction then. */
@@ -169,24 +171,21 @@ int ep_ahrs_update_marg(struct ep_ahrs *f, const double *gyr, const double *acc,
     return apply(f, gyr, acc, mag, f->dt);
 }
 
-/* ep_ahrs_update_imu with the vectors as scalars: Python's per-sample path, where passing floats is
- * cheaper than building arrays (about 110 ns for the whole cffi call). */
-int ep_ahrs_update6(struct ep_ahrs *f, double gx, double gy, double gz, double ax, double ay, double az)
+/* One sample from the staging array f->in, written there by the caller: Python's per-sample path. A
+ * one-argument cffi call plus struct.pack_into costs ~120 ns where passing six doubles costs ~145 ns. */
+int ep_ahrs_step_imu(struct ep_ahrs *f)
 {
     if (!f)
         return -EBADF;
-    const double g[3] = {gx, gy, gz}, a[3] = {ax, ay, az};
-    return apply(f, g, a, NULL, f->dt);
+    return apply(f, f->in, f->in + 3, NULL, f->dt);
 }
 
-/* ep_ahrs_update_marg with the vectors as scalars. */
-int ep_ahrs_update9(struct ep_ahrs *f, double gx, double gy, double gz, double ax, double ay, double az,
-                    double mx, double my, double mz)
+/* As ep_ahrs_step_imu, with the magnetometer from f->in[6..8]. */
+int ep_ahrs_step_marg(struct ep_ahrs *f)
 {
     if (!f)
         return -EBADF;
-    const double g[3] = {gx, gy, gz}, a[3] = {ax, ay, az}, m[3] = {mx, my, mz};
-    return apply(f, g, a, m, f->dt);
+    return apply(f, f->in, f->in + 3, f->in + 6, f->dt);
 }
 
 /* n samples in order from [n,3] rows gyr, acc and (MARG, else NULL) mag, with per-sample periods dt[n]

@@ -11,11 +11,12 @@
 
 #include <stdint.h>
 
-/* Plain struct, allocated once by the caller; every field may be read, q/beta/dt may be written. */
+/* Plain struct the caller allocates once: every field may be read; q, beta, dt and in written. */
 struct ep_ahrs {
     double q[4];                /* current attitude w, x, y, z */
     double beta;                /* gradient step gain, rad/s */
     double dt;                  /* sample period, s */
+    double in[9];               /* staging for ep_ahrs_step_*: gyro xyz, accel xyz, mag xyz */
     uint64_t updates;           /* samples applied (q moved) */
     uint64_t skipped_nonfinite; /* samples skipped: NaN/inf input, or a step that would overflow */
     uint64_t no_accel;          /* samples applied gyro-only because the accel norm was zero */
@@ -25,9 +26,8 @@ struct ep_ahrs {
 int ep_ahrs_init(struct ep_ahrs *f, double beta, double dt);
 int ep_ahrs_update_imu(struct ep_ahrs *f, const double *gyr, const double *acc);
 int ep_ahrs_update_marg(struct ep_ahrs *f, const double *gyr, const double *acc, const double *mag);
-int ep_ahrs_update6(struct ep_ahrs *f, double gx, double gy, double gz, double ax, double ay, double az);
-int ep_ahrs_update9(struct ep_ahrs *f, double gx, double gy, double gz, double ax, double ay, double az,
-                    double mx, double my, double mz);
+int ep_ahrs_step_imu(struct ep_ahrs *f);
+int ep_ahrs_step_marg(struct ep_ahrs *f);
 int ep_ahrs_batch(struct ep_ahrs *f, const double *gyr, const double *acc, const double *mag,
                   const double *dt, uint64_t n, double *q_out);
 

@@ -41,10 +41,13 @@ from edgepipe._ffi import ffi, lib
 
 __all__ = ["Madgwick", "Recording", "load_recording"]
 
-_update6 = lib.ep_ahrs_update6
-_update9 = lib.ep_ahrs_update9
+_step_imu = lib.ep_ahrs_step_imu
+_step_marg = lib.ep_ahrs_step_marg
 _F64 = np.dtype(np.float64)
 _unpack4 = struct.Struct("4d").unpack_from
+_pack6 = struct.Struct("6d").pack_into
+_pack9 = struct.Struct("9d").pack_into
+_IN_OFF = ffi.offsetof("struct ep_ahrs", "in")
 
 
 def _number(name: str, value: object) -> float:
@@ -93,7 +96,7 @@ class Madgwick:
     (1, 0)
     """
 
-    __slots__ = ("_f", "_qbuf")
+    __slots__ = ("_f", "_qbuf", "_fbuf")
 
     def __init__(self, beta: float = 0.1, *, rate_hz: float | None = None, dt_s: float | None = None,
                  q0=(1.0, 0.0, 0.0, 0.0)) -> None:
@@ -110,6 +113,8 @@ class Madgwick:
         # The quaternion is read back through struct.unpack_from over this buffer: ~47 ns, against ~85 ns
         # for tuple(self._f.q) plus ~40 ns for the field lookup (per-sample budget: 250 ns in all).
         self._qbuf = ffi.buffer(self._f.q)
+        # Samples go in the same way: struct.pack_into the staging array, then a one-argument C call.
+        self._fbuf = ffi.buffer(self._f)
         if lib.ep_ahrs_init(self._f, b, dt) != 0:
             raise ValueError(f"beta={beta!r} and dt_s={dt!r} rejected by the C core")
         self.reset(q0)
@@ -181,16 +186,17 @@ class Madgwick:
         Raises:
             TypeError / ValueError: an argument that is not 3 numbers (named in the message).
         """
-        f = self._f
         try:
             gx, gy, gz = gyr
             ax, ay, az = acc
             if mag is None:
-                _update6(f, gx, gy, gz, ax, ay, az)
+                _pack6(self._fbuf, _IN_OFF, gx, gy, gz, ax, ay, az)
+                _step_imu(self._f)
             else:
                 mx, my, mz = mag
-                _update9(f, gx, gy, gz, ax, ay, az, mx, my, mz)
-        except (TypeError, ValueError):
+                _pack9(self._fbuf, _IN_OFF, gx, gy, gz, ax, ay, az, mx, my, mz)
+                _step_marg(self._f)
+        except (TypeError, ValueError, struct.error):
             raise _bad_sample(gyr, acc, mag) from None
         return _unpack4(self._qbuf)
 
