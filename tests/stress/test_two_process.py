@@ -14,7 +14,7 @@ read_packed, the 2-D numpy try_write_many/write_many/read_many) and every wait p
 
 Long run, 3.2e8 records batched plus 3e7 through the per-record and zero-copy paths::
 
-    cd /work/main && pytest -m stress tests/stress -q -s
+    pytest -m stress tests/stress -q -s          # from the repository root
 
 takes about 2.5 minutes on an idle 2-core VM, and up to ~8 minutes while other jobs load it (the lines
 printed with -s give each variant's rate); ``EDGEPIPE_STRESS_SCALE=10`` multiplies every count for a soak.
