@@ -478,3 +478,24 @@ def report_leaks(before: set[str]) -> None:
     left = sorted(dev_shm_snapshot() - before)
     if left:
         print(f"WARNING: left in /dev/shm by this run: {left}")
+
+
+def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -> None:
+    """The shared body of every script's main(): probe, run the cases (all rounds), print each round's
+    report, then loadavg, leaks and the JSON file. ``report(rows)`` returns that round's goal verdicts."""
+    shm_before = dev_shm_snapshot()
+    if timer_note:
+        print(f"perf_counter_ns() costs {timer_overhead_ns():.0f} ns per call (each sample includes one)")
+    probe = Probe(args.cpus)
+    if probe.exe is None:
+        print(f"cache-line probe unavailable: {probe.error}")
+    print("cases (probe = one-way cache-line transfer between the two CPUs, ns, before/after):")
+    rows = run_cases(cases, args, probe, measure)
+    verdicts = {}
+    for rnd in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"\n---- round {rnd}")
+        verdicts[rnd] = report([r for r in rows if r["round"] == rnd])
+    print(f"\nloadavg at the end: {loadavg()}")
+    report_leaks(shm_before)
+    write_json(args.json, env, args, rows, {"goals": verdicts})

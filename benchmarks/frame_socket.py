@@ -756,21 +756,7 @@ def main() -> None:
     shown.size = f"{rt_bytes} (round trip{'' if args.size else ', ImuSample default'}) / {args.tput_size} (throughput)"
     env = C.print_header("edgepipe FrameSocket: round trips and one-way throughput between two pinned processes",
                          shown)
-    shm_before = C.dev_shm_snapshot()
-    print(f"perf_counter_ns() costs {C.timer_overhead_ns():.0f} ns per call (each sample includes one)")
-    probe = C.Probe(args.cpus)
-    if probe.exe is None:
-        print(f"cache-line probe unavailable: {probe.error}")
-    print("cases (probe = one-way cache-line transfer between the two CPUs, ns, before/after):")
-    rows = C.run_cases(build_cases(args), args, probe, measure)
-    verdicts = {}
-    for rnd in range(1, args.rounds + 1):
-        if args.rounds > 1:
-            print(f"\n---- round {rnd}")
-        verdicts[rnd] = report([r for r in rows if r["round"] == rnd])
-    print(f"\nloadavg at the end: {C.loadavg()}")
-    C.report_leaks(shm_before)
-    C.write_json(args.json, env, args, rows, {"goals": verdicts})
+    C.run_and_report(args, env, build_cases(args), measure, report)
 
 
 if __name__ == "__main__":

@@ -771,20 +771,8 @@ def goals(rows, best_any, best_group) -> dict:
 def main() -> None:
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=4.0)
     env = C.print_header("edgepipe ring throughput: one producer, one consumer, two pinned processes", args)
-    shm_before = C.dev_shm_snapshot()
-    probe = C.Probe(args.cpus)
-    if probe.exe is None:
-        print(f"cache-line probe unavailable: {probe.error}")
-    print("cases (probe = one-way cache-line transfer between the two CPUs, ns, before/after):")
-    rows = C.run_cases(build_cases(args.size, args.seconds), args, probe, measure)
-    verdicts = {}
-    for rnd in range(1, args.rounds + 1):
-        if args.rounds > 1:
-            print(f"\n---- round {rnd}")
-        verdicts[rnd] = report([r for r in rows if r["round"] == rnd], args.size)
-    print(f"\nloadavg at the end: {C.loadavg()}")
-    C.report_leaks(shm_before)
-    C.write_json(args.json, env, args, rows, {"goals": verdicts})
+    C.run_and_report(args, env, build_cases(args.size, args.seconds), measure,
+                     lambda rows: report(rows, args.size), timer_note=False)
 
 
 if __name__ == "__main__":
