@@ -41,11 +41,13 @@ _TMP: Path | None = None
 # command line and header
 
 
-def parse_args(description: str, default_seconds: float, extra=None) -> argparse.Namespace:
-    """The flags every benchmark takes; ``extra(parser)`` may add script-specific ones."""
+def parse_args(description: str, default_seconds: float, extra=None, size_default: int | None = 64,
+               size_help: str = "payload bytes per message (>= 8: a sequence number)") -> argparse.Namespace:
+    """The flags every benchmark takes; ``extra(parser)`` may add script-specific ones. A ``size_default``
+    of None lets the script pick the size when --size is not given."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--seconds", type=float, default=default_seconds, help="measured time per case")
-    p.add_argument("--size", type=int, default=64, help="payload bytes per message (>= 8: a sequence number)")
+    p.add_argument("--size", type=int, default=size_default, help=size_help)
     p.add_argument("--cpus", default="0,1", help="two CPUs to pin the two processes to, e.g. 0,1")
     p.add_argument("--only", default="", help="comma-separated substrings: run only cases whose name matches")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole case list this many times")
@@ -62,10 +64,12 @@ def parse_args(description: str, default_seconds: float, extra=None) -> argparse
     avail = os.sched_getaffinity(0)
     if not set(cpus) <= avail:
         p.error(f"--cpus {a.cpus} not all available to this process (allowed: {sorted(avail)})")
-    if a.size < 8:
+    if a.size is not None and a.size < 8:
         p.error(f"--size must be >= 8 (the first 8 bytes carry a sequence number), got {a.size}")
-    if a.seconds <= 0:
-        p.error(f"--seconds must be > 0, got {a.seconds}")
+    if not 0 < a.seconds <= 600:
+        p.error(f"--seconds must be in (0, 600], got {a.seconds}")
+    if not 1 <= a.rounds <= 20:
+        p.error(f"--rounds must be 1..20, got {a.rounds}")
     a.cpus = cpus
     a.only = [s for s in a.only.split(",") if s]
     return a
@@ -478,6 +482,20 @@ def report_leaks(before: set[str]) -> None:
     left = sorted(dev_shm_snapshot() - before)
     if left:
         print(f"WARNING: left in /dev/shm by this run: {left}")
+
+
+class Goals(dict):
+    """Goal verdicts of one round, printed as they are decided: ``goals.line(name, ok, detail)`` with ok
+    True, False or None (not decidable: a case is missing)."""
+
+    def __init__(self, title: str = "goals") -> None:
+        super().__init__()
+        print(f"\n{title}")
+
+    def line(self, name: str, ok, detail: str) -> None:
+        self[name] = {"pass": ok, "detail": detail}
+        verdict = "?" if ok is None else ("PASS" if ok else "FAIL")
+        print(f"  {verdict:<4} {name}: {detail}")
 
 
 def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -> None:

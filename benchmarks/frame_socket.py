@@ -38,7 +38,6 @@ Each timing loop is written out in full (see ring_latency.py for why). Every loo
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import struct
 import time
@@ -684,14 +683,8 @@ def report(rows: list[dict]) -> dict:
 
 
 def goals(by: dict) -> dict:
-    out = {}
-
-    def line(name, ok, detail):
-        out[name] = {"pass": ok, "detail": detail}
-        verdict = "?" if ok is None else ("PASS" if ok else "FAIL")
-        print(f"  {verdict:<4} {name}: {detail}")
-
-    print("\ngoals (issue 5)")
+    out = C.Goals("goals (issue 5)")
+    line = out.line
     fsb, raw, fsp = by.get(RT_FS_BYTES), by.get(RT_RAW), by.get(RT_FS_PROTO)
     if fsb and raw:
         d = fsb["p50_ns"] - raw["p50_ns"]
@@ -719,32 +712,13 @@ def goals(by: dict) -> dict:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="measured time per case")
-    p.add_argument("--size", type=int, default=None,
-                   help="round-trip Envelope bytes (default: a realistic ImuSample, ~90 B)")
-    p.add_argument("--tput-size", type=int, default=1024, help="throughput message bytes (>= 64)")
-    p.add_argument("--cpus", default="0,1", help="two CPUs to pin the two processes to, e.g. 0,1")
-    p.add_argument("--only", default="", help="comma-separated substrings: run only cases whose name matches")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the whole case list this many times")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    a = p.parse_args()
-    try:
-        cpus = tuple(int(c) for c in a.cpus.split(","))
-    except ValueError:
-        p.error(f"--cpus must be two integers like 0,1, got {a.cpus!r}")
-    if len(cpus) != 2 or cpus[0] == cpus[1]:
-        p.error(f"--cpus needs two different CPUs, got {a.cpus!r}")
-    if not set(cpus) <= os.sched_getaffinity(0):
-        p.error(f"--cpus {a.cpus} not all available to this process (allowed: {sorted(os.sched_getaffinity(0))})")
-    if not 0 < a.seconds <= 600:
-        p.error(f"--seconds must be in (0, 600], got {a.seconds}")
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tput-size", type=int, default=1024, help="throughput message bytes (>= 64)")
+
+    a = C.parse_args(__doc__.splitlines()[0], default_seconds=5.0, extra=extra, size_default=None,
+                     size_help="round-trip Envelope bytes (default: a realistic ImuSample, ~90 B)")
     if a.tput_size < 64:
-        p.error(f"--tput-size must be >= 64 (an ImuSample envelope must fit), got {a.tput_size}")
-    if not 1 <= a.rounds <= 20:
-        p.error(f"--rounds must be 1..20, got {a.rounds}")
-    a.cpus = cpus
-    a.only = [s for s in a.only.split(",") if s]
+        raise SystemExit(f"--tput-size must be >= 64 (an ImuSample envelope must fit), got {a.tput_size}")
     return a
 
 

@@ -741,14 +741,8 @@ def report(rows: list[dict]) -> dict:
 
 def goals(rows: list[dict], best: dict) -> dict:
     by = {r["case"]: r for r in rows if r["ok"]}
-    out = {}
-
-    def line(name, ok, detail):
-        out[name] = {"pass": ok, "detail": detail}
-        verdict = "?" if ok is None else ("PASS" if ok else "FAIL")
-        print(f"  {verdict:<4} {name}: {detail}")
-
-    print("\ngoals")
+    out = C.Goals("goals")
+    line = out.line
     spin = by.get("edgepipe read() spin")
     bp = best.get("busy-poll")
     if spin and bp:

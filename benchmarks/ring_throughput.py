@@ -739,13 +739,8 @@ def report(rows: list[dict], size: int) -> dict:
 
 def goals(rows, best_any, best_group) -> dict:
     by = {r["case"]: r for r in rows if r["ok"]}
-    out = {}
-
-    def line(name, ok, detail):
-        out[name] = {"pass": ok, "detail": detail}
-        print(f"  {'?' if ok is None else ('PASS' if ok else 'FAIL'):<4} {name}: {detail}")
-
-    print("\ngoals")
+    out = C.Goals("goals")
+    line = out.line
     one = by.get("edgepipe try_write/try_read loop")
     if one and best_any:
         ratio = one["msgs_per_s"] / best_any["msgs_per_s"]
