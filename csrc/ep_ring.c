@@ -409,6 +409,18 @@ struct waiter {
 
 typedef int (*ready_fn)(void *end, uint64_t arg);
 
+/* The periodic liveness check of a wait, once *next_peer is due: refresh our heartbeat and ask whether
+ * the peer is gone (a syscall, so once per EP_PEER_CHECK_NS, not once per spin turn or park). */
+static int peer_check_due(struct waiter *wt, int64_t now, int64_t *next_peer)
+{
+    ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
+    if (peer_gone(wt->peer, wt->other))
+        return 1;
+    wt->peer->wait_check_ns = now;
+    *next_peer = now + EP_PEER_CHECK_NS;
+    return 0;
+}
+
 /* Wait until ready(end, arg) holds (returns 0), the deadline passes (-ETIMEDOUT), the peer is gone
  * (-EPIPE, only once ready() is still false, so nothing already queued is lost), a signal arrives
  * (-EINTR: the caller runs its handlers and calls again) or the handle is cancelled (-ECANCELED). */
@@ -439,27 +451,16 @@ static int wait_until(struct waiter *wt, ready_fn ready, void *end, uint64_t arg
                     return -ECANCELED;
                 if (peer_closed(wt->other))
                     return ready(end, arg) ? 0 : -EPIPE;
-                if (now >= next_peer) {
-                    ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
-                    if (peer_gone(wt->peer, wt->other))
-                        return ready(end, arg) ? 0 : -EPIPE;
-                    wt->peer->wait_check_ns = now;
-                    next_peer = now + EP_PEER_CHECK_NS;
-                }
+                if (now >= next_peer && peer_check_due(wt, now, &next_peer))
+                    return ready(end, arg) ? 0 : -EPIPE;
             }
         }
         if (now >= wt->deadline_mono)
             return ready(end, arg) ? 0 : -ETIMEDOUT;
         if (ep_load_relaxed(wt->cancel))
             return -ECANCELED;
-        if (now >= next_peer) {
-            /* The pid check costs a syscall: once per EP_PEER_CHECK_NS, not once per park. */
-            ep_store_relaxed(&wt->self->beat_ns, ep_clock_now_ns());
-            if (peer_gone(wt->peer, wt->other))
-                return ready(end, arg) ? 0 : -EPIPE;
-            wt->peer->wait_check_ns = now;
-            next_peer = now + EP_PEER_CHECK_NS;
-        }
+        if (now >= next_peer && peer_check_due(wt, now, &next_peer))
+            return ready(end, arg) ? 0 : -EPIPE;
 
         /* park phase: announce, re-check, sleep until woken or the next peer check */
         uint32_t v = atomic_fetch_or(wt->word, 1u) | 1u;

@@ -92,6 +92,19 @@ def _u32_array(obj: object, what: str, writable: bool = False):
         raise TypeError(f"{what} must be writable") from None
 
 
+def _read_buffers(buf, lens, types):
+    """cffi views of a batch read's output: bytes, uint32 lengths and optional uint32 types."""
+    try:
+        b = ffi.from_buffer(buf, require_writable=True)
+    except (TypeError, BufferError):
+        raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
+    lb = _u32_array(lens, "lens", writable=True)
+    tb = ffi.NULL if types is None else _u32_array(types, "types", writable=True)
+    if types is not None and len(tb) < len(lb):
+        raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
+    return b, lb, tb
+
+
 def _as_buffer(payload: object):
     """A cffi char[] over any C-contiguous bytes-like object, or TypeError naming what it got."""
     try:
@@ -1004,7 +1017,7 @@ class RingReader(_HandleBase):
         True
         b'abc'
         """
-        r = self._handle()
+        self._handle()  # closed: raise before validating the timeout
         tns = _timeout_ns(timeout_s)
         while True:
             view = self.try_peek()
@@ -1053,14 +1066,7 @@ class RingReader(_HandleBase):
         writable uint32 array), types into ``types`` if given; return the count (0 if empty). Never blocks.
         The fast path: one C call, no Python work per record."""
         r = self._handle()
-        try:
-            b = ffi.from_buffer(buf, require_writable=True)
-        except (TypeError, BufferError):
-            raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
-        lb = _u32_array(lens, "lens", writable=True)
-        tb = ffi.NULL if types is None else _u32_array(types, "types", writable=True)
-        if types is not None and len(tb) < len(lb):
-            raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
+        b, lb, tb = _read_buffers(buf, lens, types)
         rc = lib.ep_ring_try_read_batch(r, b, len(b), lb, tb, len(lb))
         if rc == _EAGAIN:
             return 0
@@ -1089,14 +1095,7 @@ class RingReader(_HandleBase):
         (2, [2, 3], b'abcde')
         """
         self._handle()
-        try:
-            b = ffi.from_buffer(buf, require_writable=True)
-        except (TypeError, BufferError):
-            raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
-        lb = _u32_array(lens, "lens", writable=True)
-        tb = ffi.NULL if types is None else _u32_array(types, "types", writable=True)
-        if types is not None and len(tb) < len(lb):
-            raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
+        b, lb, tb = _read_buffers(buf, lens, types)
         nmax, size = len(lb), len(b)
         batch = lib.ep_ring_try_read_batch
 
