@@ -34,6 +34,7 @@ from edgepipe.errors import (
 from edgepipe.framing import Envelope, FrameSocket
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.shm import SharedRegion, list_segments, validate_name
+from edgepipe.stage import Stage
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "RingTimeoutError",
     "RingWriter",
     "SharedRegion",
+    "Stage",
     "WaitPolicy",
     "list_segments",
     "load_recording",

@@ -1,17 +1,21 @@
 """The pycon examples in the public docstrings run and print what they show."""
 
 import doctest
+import importlib
+import pkgutil
 
 import pytest
 
 import edgepipe
-import edgepipe.ahrs
-import edgepipe.clock
-import edgepipe.framing
-import edgepipe.ring
-import edgepipe.shm
 
-MODULES = [edgepipe, edgepipe.ahrs, edgepipe.clock, edgepipe.framing, edgepipe.ring, edgepipe.shm]
+# Every public module, found rather than listed: a new module needs at least one pycon example.
+# errors (a tree in prose) and cli (an entry point, tested in test_cli) are the exceptions.
+NO_EXAMPLES = {"edgepipe.errors", "edgepipe.cli", "edgepipe.__main__"}
+MODULES = [edgepipe] + [
+    importlib.import_module(m.name)
+    for m in sorted(pkgutil.walk_packages(edgepipe.__path__, "edgepipe."), key=lambda m: m.name)
+    if not any(part.startswith("_") for part in m.name.split(".")[1:]) and m.name not in NO_EXAMPLES
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
