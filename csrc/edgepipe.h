@@ -113,4 +113,5 @@ int ep_ring_reader_cancel(struct ep_ring_reader *r);
 
 #include "ep_frame.h"
 #include "ep_ahrs.h"
+#include "ep_imu.h"
 #endif
