@@ -114,4 +114,6 @@ int ep_ring_reader_cancel(struct ep_ring_reader *r);
 #include "ep_frame.h"
 #include "ep_ahrs.h"
 #include "ep_imu.h"
+#include "ep_image.h"
+#include "ep_latest.h"
 #endif

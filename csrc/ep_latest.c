@@ -1,0 +1,464 @@
+/*
+ * ep_latest.c: the latest-only slot, a lock-free multiple buffer (a triple buffer, optionally with spare
+ * buffers) over a mapped region, for one producer and one consumer. The producer never waits and always
+ * has a buffer to fill; the consumer always takes the newest published frame; frames the consumer was
+ * too slow for are counted as overwritten.
+ *
+ * Region layout (offsets only, never pointers):
+ *   [0, EP_LATEST_CTL_SIZE)                         struct ep_latest_ctl
+ *   [EP_LATEST_CTL_SIZE + i * slot_size, +slot_size) buffer i: struct ep_frame_hdr, then pixels at
+ *                                                   EP_IMAGE_HDR_SIZE (page-aligned buffers, so the
+ *                                                   pixels are 64-byte aligned in every process)
+ *
+ * Ownership invariant: every buffer index belongs to exactly one of
+ *   - the producer (prod_idx): it alone writes that buffer;
+ *   - the exchange word `middle` (bits 0..3; bit EP_FRESH says "published and not yet taken");
+ *   - the consumer (cons_mask, one bit per buffer): it alone reads those buffers.
+ * Buffers move only through one atomic exchange of `middle`, by either side:
+ *   publish: old = xchg(middle, prod | FRESH); prod = old & IDX          (the producer gets a free buffer)
+ *   take:    old = xchg(middle, give);         mask = mask - give + old   (only when FRESH is set)
+ * The consumer is the only side that clears FRESH, so once it sees FRESH the exchange it makes returns a
+ * fresh buffer (possibly a newer one than it saw). With nbuf = 3 this is the classic triple buffer; a
+ * consumer with more than one buffer may keep a frame (an array that outlived its `with`) while it takes
+ * the next, as long as it gives back one buffer it no longer uses.
+ *
+ * Waiting: only the consumer waits, on the eventcount word data_wait (the scheme of ep_ring.c: bit 0
+ * announces a waiter, the notifier adds 1 and wakes). The consumer spins for spin_ns before it parks. A
+ * wait returns at least every timeout slice the caller passes, and reports a closed or dead producer as
+ * -EPIPE once no fresh frame is left.
+ */
+#define _GNU_SOURCE
+#include "edgepipe.h"
+#include "ep_atomic.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(struct ep_frame_hdr) == EP_IMAGE_HDR_SIZE, "frame header is 128 bytes");
+_Static_assert(offsetof(struct ep_frame_hdr, nbytes) == 16, "frame header layout");
+_Static_assert(offsetof(struct ep_frame_hdr, shape) == 56, "frame header layout");
+_Static_assert(offsetof(struct ep_frame_hdr, strides) == 88, "frame header layout");
+_Static_assert(EP_IMAGE_HDR_SIZE % EP_IMAGE_ALIGN == 0, "pixels after the header stay aligned");
+
+#define EP_FRESH 0x10u
+#define EP_IDX 0x0Fu
+#define DEFAULT_SPIN_NS 25000
+
+enum { END_NONE = 0, END_OPEN = 2, END_CLOSED = 3 };
+
+struct ep_latest_ctl {
+    /* line pair 0: written once by ep_latest_init, magic last */
+    _Atomic uint32_t magic;
+    uint32_t version;
+    uint64_t max_frame_bytes;
+    uint64_t slot_size;
+    uint64_t region_size;
+    uint32_t nbuf;
+    int32_t creator_pid;
+    /* line pair 1: the exchange word, touched by both sides once per frame */
+    _Alignas(EP_LINE_PAIR) _Atomic uint32_t middle;
+    /* line pair 2: the producer's words */
+    _Alignas(EP_LINE_PAIR) _Atomic uint64_t published;
+    _Atomic uint64_t overwritten;
+    _Atomic uint32_t prod_idx;
+    /* line pair 3: the consumer's words */
+    _Alignas(EP_LINE_PAIR) _Atomic uint64_t delivered;
+    _Atomic uint64_t consumer_parks;
+    _Atomic uint32_t cons_mask;
+    /* line pair 4: the consumer's eventcount */
+    _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
+    /* line pair 5: presence, (pid << 32) | END_* */
+    _Alignas(EP_LINE_PAIR) _Atomic uint64_t prod_owner;
+    _Atomic uint64_t cons_owner;
+};
+_Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
+
+struct ep_latest_writer {
+    struct ep_latest_ctl *ctl;
+    uint32_t idx;                       /* the buffer we fill */
+    int32_t pid;
+};
+
+struct ep_latest_reader {
+    struct ep_latest_ctl *ctl;
+    uint32_t mask;                      /* buffers we own */
+    int32_t pid;
+    int64_t spin_ns;
+    _Atomic int cancel;
+};
+
+static inline int32_t owner_pid(uint64_t o) { return (int32_t)(uint32_t)(o >> 32); }
+static inline uint32_t owner_state(uint64_t o) { return (uint32_t)o; }
+static inline uint64_t owner_make(int32_t pid, uint32_t st) { return ((uint64_t)(uint32_t)pid << 32) | st; }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* region */
+
+uint64_t ep_latest_slot_size(uint64_t max_frame_bytes)
+{
+    return (EP_IMAGE_HDR_SIZE + max_frame_bytes + 4095u) & ~(uint64_t)4095u;
+}
+
+uint64_t ep_latest_region_size(uint64_t max_frame_bytes, uint32_t nbuf)
+{
+    return EP_LATEST_CTL_SIZE + (uint64_t)nbuf * ep_latest_slot_size(max_frame_bytes);
+}
+
+int ep_latest_init(void *base, uint64_t region_size, uint64_t max_frame_bytes, uint32_t nbuf)
+{
+    if (!base || max_frame_bytes == 0 || max_frame_bytes > EP_LATEST_MAX_FRAME ||
+        nbuf < EP_LATEST_MIN_BUFS || nbuf > EP_LATEST_MAX_BUFS ||
+        region_size < ep_latest_region_size(max_frame_bytes, nbuf))
+        return -EINVAL;
+    struct ep_latest_ctl *c = base;
+    memset(c, 0, sizeof(*c));
+    c->version = EP_LATEST_VERSION;
+    c->max_frame_bytes = max_frame_bytes;
+    c->slot_size = ep_latest_slot_size(max_frame_bytes);
+    c->region_size = region_size;
+    c->nbuf = nbuf;
+    c->creator_pid = (int32_t)getpid();
+    /* The producer starts with buffer 0, the exchange word holds buffer 1 (nothing fresh), and the
+     * consumer owns the rest. */
+    ep_store_relaxed(&c->prod_idx, 0u);
+    ep_store_relaxed(&c->middle, 1u);
+    ep_store_relaxed(&c->cons_mask, ((1u << nbuf) - 1u) & ~3u);
+    /* Release: every field above is visible before the magic that says "initialised".
+     * Pairs with the acquire of magic in ep_latest_check(). */
+    ep_store_release(&c->magic, EP_LATEST_MAGIC);
+    return 0;
+}
+
+int ep_latest_check(const void *base, uint64_t region_size)
+{
+    if (!base || region_size < EP_LATEST_CTL_SIZE)
+        return -EBADMSG;
+    const struct ep_latest_ctl *c = base;
+    /* Acquire: pairs with the release of magic in ep_latest_init(). */
+    if (ep_load_acquire(&((struct ep_latest_ctl *)c)->magic) != EP_LATEST_MAGIC)
+        return -EBADMSG;
+    if (c->version != EP_LATEST_VERSION)
+        return -EPROTO;
+    if (c->nbuf < EP_LATEST_MIN_BUFS || c->nbuf > EP_LATEST_MAX_BUFS || c->max_frame_bytes == 0 ||
+        c->max_frame_bytes > EP_LATEST_MAX_FRAME || c->slot_size != ep_latest_slot_size(c->max_frame_bytes) ||
+        ep_latest_region_size(c->max_frame_bytes, c->nbuf) > region_size)
+        return -EBADMSG;
+    return 0;
+}
+
+int ep_latest_status(const void *base, struct ep_latest_status *out)
+{
+    struct ep_latest_ctl *c = (struct ep_latest_ctl *)base;
+    memset(out, 0, sizeof(*out));
+    out->magic = ep_load_acquire(&c->magic);
+    out->version = c->version;
+    out->max_frame_bytes = c->max_frame_bytes;
+    out->slot_size = c->slot_size;
+    out->region_size = c->region_size;
+    out->nbuf = c->nbuf;
+    out->fresh = (ep_load_acquire(&c->middle) & EP_FRESH) != 0;
+    out->published = ep_load_relaxed(&c->published);
+    out->delivered = ep_load_relaxed(&c->delivered);
+    out->overwritten = ep_load_relaxed(&c->overwritten);
+    out->consumer_parks = ep_load_relaxed(&c->consumer_parks);
+    out->creator_pid = c->creator_pid;
+    uint64_t p = ep_load_acquire(&c->prod_owner), q = ep_load_acquire(&c->cons_owner);
+    out->producer_pid = owner_pid(p);
+    out->consumer_pid = owner_pid(q);
+    out->producer_closed = owner_state(p) == END_CLOSED;
+    out->consumer_closed = owner_state(q) == END_CLOSED;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* presence */
+
+static int pid_alive(int32_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    return !(kill((pid_t)pid, 0) < 0 && errno == ESRCH);
+}
+
+/* Take an end: busy while another live process holds it open (or this one: two producers would race). */
+static int end_open(_Atomic uint64_t *owner, int32_t *pid_out)
+{
+    int32_t me = (int32_t)getpid();
+    uint64_t cur = ep_load_acquire(owner);
+    for (;;) {
+        if (owner_state(cur) == END_OPEN && pid_alive(owner_pid(cur)))
+            return -EBUSY;
+        /* Acq_rel: we see what a previous holder did before it let go. Pairs with end_close(). */
+        if (atomic_compare_exchange_strong(owner, &cur, owner_make(me, END_OPEN)))
+            break;
+    }
+    *pid_out = me;
+    return 0;
+}
+
+static void end_close(_Atomic uint64_t *owner, int32_t me)
+{
+    uint64_t open = owner_make(me, END_OPEN);
+    /* Release (the CAS): all this end did happens before "closed". Pairs with the acquire loads of the
+     * owner word in producer_gone() and end_open(). */
+    atomic_compare_exchange_strong(owner, &open, owner_make(me, END_CLOSED));
+}
+
+/* The producer closed, or its process is gone. */
+static int producer_gone(struct ep_latest_ctl *c)
+{
+    uint64_t o = ep_load_acquire(&c->prod_owner);
+    if (owner_state(o) == END_CLOSED)
+        return 1;
+    if (owner_state(o) != END_OPEN)
+        return 0;                       /* never opened yet: a consumer may start first */
+    return !pid_alive(owner_pid(o));
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* producer */
+
+int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_writer **out)
+{
+    int rc = ep_latest_check(base, region_size);
+    if (rc)
+        return rc;
+    struct ep_latest_writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->ctl = base;
+    rc = end_open(&w->ctl->prod_owner, &w->pid);
+    if (rc) {
+        free(w);
+        return rc;
+    }
+    /* A previous producer may have left its buffer index here; the index is ours now. */
+    w->idx = ep_load_relaxed(&w->ctl->prod_idx);
+    if (w->idx >= w->ctl->nbuf) {
+        end_close(&w->ctl->prod_owner, w->pid);
+        free(w);
+        return -EBADMSG;
+    }
+    *out = w;
+    return 0;
+}
+
+int ep_latest_writer_close(struct ep_latest_writer *w)
+{
+    if (!w)
+        return -EBADF;
+    struct ep_latest_ctl *c = w->ctl;
+    end_close(&c->prod_owner, w->pid);
+    /* Wake a parked consumer so it sees "closed". The fence orders the owner store before the bump;
+     * pairs with the fence in ep_latest_wait(). */
+    ep_fence_seq_cst();
+    atomic_fetch_add(&c->data_wait, 2u);
+    syscall(SYS_futex, &c->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    free(w);
+    return 0;
+}
+
+int64_t ep_latest_writer_slot(struct ep_latest_writer *w)
+{
+    if (!w)
+        return -EBADF;
+    return (int64_t)(EP_LATEST_CTL_SIZE + (uint64_t)w->idx * w->ctl->slot_size);
+}
+
+/* Make the filled buffer the newest frame and take back a free one. Returns 1 if a frame the
+ * consumer had not taken yet was replaced (overwritten), else 0. Never waits. */
+int ep_latest_publish(struct ep_latest_writer *w)
+{
+    if (!w)
+        return -EBADF;
+    struct ep_latest_ctl *c = w->ctl;
+    /* Release: the header and pixels we wrote into buffer idx are visible before the index is.
+     * Pairs with the acquire half of the exchange in ep_latest_try_take().
+     * Acquire: the consumer's reads of the buffer it gave back (old) are done before we write it.
+     * Pairs with the release half of that same exchange. */
+    uint32_t old = atomic_exchange_explicit(&c->middle, w->idx | EP_FRESH, memory_order_acq_rel);
+    uint32_t idx = old & EP_IDX;
+    if (__builtin_expect(idx >= c->nbuf, 0))
+        return -EBADMSG;                /* someone scribbled on the control block */
+    w->idx = idx;
+    ep_store_relaxed(&c->prod_idx, idx);
+    ep_count(&c->published, 1);
+    int overwrote = (old & EP_FRESH) != 0;
+    if (overwrote)
+        ep_count(&c->overwritten, 1);
+    /* Dekker step: the exchange above is ordered before this load of the waiter bit.
+     * Pairs with the fence in ep_latest_wait(). */
+    ep_fence_seq_cst();
+    uint32_t v = ep_load_relaxed(&c->data_wait);
+    if (__builtin_expect(v & 1u, 0)) {
+        if (atomic_compare_exchange_strong(&c->data_wait, &v, v + 1u))
+            syscall(SYS_futex, &c->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    }
+    return overwrote;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* consumer */
+
+int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_reader **out)
+{
+    int rc = ep_latest_check(base, region_size);
+    if (rc)
+        return rc;
+    struct ep_latest_reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->ctl = base;
+    rc = end_open(&r->ctl->cons_owner, &r->pid);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    r->mask = ep_load_relaxed(&r->ctl->cons_mask);
+    r->spin_ns = DEFAULT_SPIN_NS;
+    if (r->mask == 0 || (r->mask >> r->ctl->nbuf)) {
+        end_close(&r->ctl->cons_owner, r->pid);
+        free(r);
+        return -EBADMSG;
+    }
+    *out = r;
+    return 0;
+}
+
+int ep_latest_reader_close(struct ep_latest_reader *r)
+{
+    if (!r)
+        return -EBADF;
+    end_close(&r->ctl->cons_owner, r->pid);
+    free(r);
+    return 0;
+}
+
+int ep_latest_reader_cancel(struct ep_latest_reader *r)
+{
+    if (!r)
+        return -EBADF;
+    ep_store_relaxed(&r->cancel, 1);
+    ep_fence_seq_cst();
+    atomic_fetch_add(&r->ctl->data_wait, 2u);
+    syscall(SYS_futex, &r->ctl->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return 0;
+}
+
+int ep_latest_reader_set_spin(struct ep_latest_reader *r, int64_t spin_ns)
+{
+    if (!r)
+        return -EBADF;
+    if (spin_ns < 0)
+        return -EINVAL;
+    r->spin_ns = spin_ns;
+    return 0;
+}
+
+uint32_t ep_latest_reader_owned(struct ep_latest_reader *r)
+{
+    return r ? r->mask : 0;
+}
+
+/* Give back buffer `give` (one we own and no longer read) and take the newest frame. Returns the
+ * index of the buffer now holding it, -EAGAIN if nothing new was published since the last take,
+ * -EPIPE if nothing new and the producer is gone, -EINVAL if `give` is not ours. Never waits. */
+int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
+{
+    if (__builtin_expect(!r, 0))
+        return -EBADF;
+    struct ep_latest_ctl *c = r->ctl;
+    if (give >= c->nbuf || !(r->mask & (1u << give)))
+        return -EINVAL;
+    if (!(ep_load_relaxed(&c->middle) & EP_FRESH)) {
+        if (producer_gone(c)) {
+            /* Acquire: a producer that closed published everything before "closed"; look again. */
+            if (!(ep_load_acquire(&c->middle) & EP_FRESH))
+                return -EPIPE;
+        } else {
+            return -EAGAIN;
+        }
+    }
+    /* Only we clear FRESH, so this exchange returns a fresh buffer.
+     * Acquire: the producer's writes to that buffer are visible to us. Pairs with the release half
+     * of the exchange in ep_latest_publish().
+     * Release: our reads of `give` are done before the producer may take and rewrite it. Pairs with
+     * the acquire half of that same exchange. */
+    uint32_t old = atomic_exchange_explicit(&c->middle, give, memory_order_acq_rel);
+    uint32_t idx = old & EP_IDX;
+    if (__builtin_expect(idx >= c->nbuf || !(old & EP_FRESH), 0))
+        return -EBADMSG;
+    r->mask = (r->mask & ~(1u << give)) | (1u << idx);
+    ep_store_relaxed(&c->cons_mask, r->mask);
+    ep_count(&c->delivered, 1);
+    return (int)idx;
+}
+
+static inline int fresh(struct ep_latest_ctl *c)
+{
+    /* Relaxed: only a hint; the exchange in ep_latest_try_take() does the acquiring. */
+    return (ep_load_relaxed(&c->middle) & EP_FRESH) != 0;
+}
+
+/* Wait until a fresh frame is published (0), timeout_ns passes (-ETIMEDOUT; < 0 means 100 ms, so
+ * callers regain control regularly), the producer is gone with nothing fresh (-EPIPE), the reader is
+ * cancelled (-ECANCELED) or a signal arrives (-EINTR). */
+int ep_latest_wait(struct ep_latest_reader *r, int64_t timeout_ns)
+{
+    if (__builtin_expect(!r, 0))
+        return -EBADF;
+    struct ep_latest_ctl *c = r->ctl;
+    if (fresh(c))
+        return 0;
+    if (timeout_ns < 0)
+        timeout_ns = 100000000;
+    int64_t now = ep_clock_mono_ns();
+    int64_t deadline = now + timeout_ns;
+    int64_t spin_end = now + (r->spin_ns < timeout_ns ? r->spin_ns : timeout_ns);
+    unsigned it = 0;
+    while (now < spin_end) {
+        ep_cpu_relax();
+        if (fresh(c))
+            return 0;
+        if ((++it & 63u) == 0)
+            now = ep_clock_mono_ns();
+    }
+    for (;;) {
+        if (ep_load_relaxed(&r->cancel))
+            return -ECANCELED;
+        if (producer_gone(c))
+            return fresh(c) ? 0 : -EPIPE;
+        now = ep_clock_mono_ns();
+        if (now >= deadline)
+            return fresh(c) ? 0 : -ETIMEDOUT;
+        /* announce, re-check, park */
+        uint32_t v = atomic_fetch_or(&c->data_wait, 1u) | 1u;
+        /* Dekker step: the announcement is ordered before the re-check below.
+         * Pairs with the fence in ep_latest_publish() / ep_latest_writer_close(). */
+        ep_fence_seq_cst();
+        if (fresh(c) || producer_gone(c) || ep_load_relaxed(&r->cancel)) {
+            /* Withdraw the announcement; if a notifier got there first the CAS fails, harmlessly. */
+            atomic_compare_exchange_strong(&c->data_wait, &v, v + 1u);
+            continue;
+        }
+        int64_t left = deadline - now;
+        struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+        ep_count(&c->consumer_parks, 1);
+        long rc = syscall(SYS_futex, &c->data_wait, FUTEX_WAIT, v, &ts, NULL, 0);
+        int interrupted = rc < 0 && errno == EINTR;
+        uint32_t seen = v;
+        atomic_compare_exchange_strong(&c->data_wait, &seen, v + 1u);
+        if (fresh(c))
+            return 0;
+        if (interrupted)
+            return -EINTR;
+    }
+}
