@@ -25,20 +25,26 @@ from edgepipe.errors import (
     LayoutVersionError,
     PeerClosedError,
     RecordTooLargeError,
+    RemoteError,
     RingBusyError,
     RingClosedError,
     RingCorruptError,
     RingError,
     RingTimeoutError,
+    ServerError,
+    SocketInUseError,
+    UnsafeSocketDirError,
 )
 from edgepipe.framing import Envelope, FrameSocket
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
+from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stage import Stage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ClockMapping",
     "EdgepipeError",
     "EdgepipeOSError",
@@ -54,6 +60,7 @@ __all__ = [
     "PeerClosedError",
     "RecordTooLargeError",
     "Recording",
+    "RemoteError",
     "Ring",
     "RingBusyError",
     "RingClosedError",
@@ -63,9 +70,15 @@ __all__ = [
     "RingStatus",
     "RingTimeoutError",
     "RingWriter",
+    "Server",
+    "ServerError",
+    "Session",
     "SharedRegion",
+    "SocketInUseError",
     "Stage",
+    "UnsafeSocketDirError",
     "WaitPolicy",
+    "default_socket_dir",
     "list_segments",
     "load_recording",
     "mapping",

@@ -15,7 +15,11 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── FrameDecodeError (ValueError)        a frame whose bytes are not the expected message
     │   ├── FrameTimeoutError (TimeoutError)     a send or recv did not finish before its timeout
     │   ├── FrameClosedError (ValueError)        this FrameSocket was closed
-    │   └── PeerClosedError (ConnectionError)    the other end closed or its process died
+    │   ├── PeerClosedError (ConnectionError)    the other end closed or its process died
+    │   └── RemoteError                          the peer answered with an edgepipe.v1.Error (.code, .code_name)
+    ├── ServerError                              the control-socket server could not start (edgepipe.server)
+    │   ├── SocketInUseError (FileExistsError)   a live server listens on that path, or it is not a socket
+    │   └── UnsafeSocketDirError (PermissionError) the socket's directory is not ours, a symlink, or too open
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
@@ -37,11 +41,15 @@ __all__ = [
     "LayoutVersionError",
     "PeerClosedError",
     "RecordTooLargeError",
+    "RemoteError",
     "RingBusyError",
     "RingClosedError",
     "RingCorruptError",
     "RingError",
     "RingTimeoutError",
+    "ServerError",
+    "SocketInUseError",
+    "UnsafeSocketDirError",
 ]
 
 
@@ -95,6 +103,33 @@ class FrameClosedError(FrameError, ValueError):
 
 class PeerClosedError(FrameError, ConnectionError):
     """The other end closed cleanly or its process died."""
+
+
+class RemoteError(FrameError):
+    """The peer sent an ``edgepipe.v1.Error`` (a refused Hello, a failed request).
+
+    Attributes:
+        code: the ``edgepipe.v1.ErrorCode`` number. code_name: its name (``"ERROR_CODE_VERSION_MISMATCH"``).
+        remote_message: the peer's text.
+    """
+
+    def __init__(self, code: int, code_name: str, remote_message: str, context: str = "") -> None:
+        super().__init__(f"{context}{': ' if context else ''}{code_name} ({code}): {remote_message}")
+        self.code = code
+        self.code_name = code_name
+        self.remote_message = remote_message
+
+
+class ServerError(EdgepipeError):
+    """The control-socket server could not set up its socket."""
+
+
+class SocketInUseError(ServerError, FileExistsError):
+    """A live server already listens on the socket path (it is not stolen), or the path is not a socket."""
+
+
+class UnsafeSocketDirError(ServerError, PermissionError):
+    """The socket's directory is a symlink, is owned by another user, or is open to other users."""
 
 
 class LayoutVersionError(EdgepipeError):

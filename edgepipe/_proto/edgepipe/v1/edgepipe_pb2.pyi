@@ -71,18 +71,20 @@ class Envelope(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., reply_to: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., attach: _Optional[_Union[Attach, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., imu_sample: _Optional[_Union[ImuSample, _Mapping]] = ..., frame_meta: _Optional[_Union[FrameMeta, _Mapping]] = ..., inference_result: _Optional[_Union[InferenceResult, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_major", "protocol_minor", "stage_name", "pid", "role")
+    __slots__ = ("protocol_major", "protocol_minor", "stage_name", "pid", "role", "subscribe")
     PROTOCOL_MAJOR_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
     STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     protocol_major: int
     protocol_minor: int
     stage_name: str
     pid: int
     role: Role
-    def __init__(self, protocol_major: _Optional[int] = ..., protocol_minor: _Optional[int] = ..., stage_name: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    subscribe: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_major: _Optional[int] = ..., protocol_minor: _Optional[int] = ..., stage_name: _Optional[str] = ..., pid: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., subscribe: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_major", "protocol_minor", "pid", "session_id")
