@@ -22,6 +22,11 @@ from edgepipe.errors import (
     FrameError,
     FrameTimeoutError,
     FrameTooLargeError,
+    ImuConfigError,
+    ImuDeviceNotFoundError,
+    ImuError,
+    ImuSourceClosedError,
+    ImuSourceError,
     LayoutVersionError,
     PeerClosedError,
     RecordTooLargeError,
@@ -36,6 +41,7 @@ from edgepipe.errors import (
     UnsafeSocketDirError,
 )
 from edgepipe.framing import Envelope, FrameSocket
+from edgepipe.imu import CsvSource, IioSource, ImuReader, ImuStage, SyntheticSource
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
@@ -46,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "ClockMapping",
+    "CsvSource",
     "EdgepipeError",
     "EdgepipeOSError",
     "Envelope",
@@ -55,6 +62,14 @@ __all__ = [
     "FrameSocket",
     "FrameTimeoutError",
     "FrameTooLargeError",
+    "IioSource",
+    "ImuConfigError",
+    "ImuDeviceNotFoundError",
+    "ImuError",
+    "ImuReader",
+    "ImuSourceClosedError",
+    "ImuSourceError",
+    "ImuStage",
     "LayoutVersionError",
     "Madgwick",
     "PeerClosedError",
@@ -76,6 +91,7 @@ __all__ = [
     "SharedRegion",
     "SocketInUseError",
     "Stage",
+    "SyntheticSource",
     "UnsafeSocketDirError",
     "WaitPolicy",
     "default_socket_dir",

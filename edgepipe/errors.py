@@ -20,6 +20,11 @@ or ``except ValueError`` catch what a user would expect.
     ├── ServerError                              the control-socket server could not start (edgepipe.server)
     │   ├── SocketInUseError (FileExistsError)   a live server listens on that path, or it is not a socket
     │   └── UnsafeSocketDirError (PermissionError) the socket's directory is not ours, a symlink, or too open
+    ├── ImuError                                 the IMU stage or one of its sources failed (edgepipe.imu)
+    │   ├── ImuConfigError (ValueError)          a rate, beta, wait mode or source argument out of range
+    │   ├── ImuSourceError (ValueError)          a source whose data cannot be used: scale, scan type, CSV
+    │   ├── ImuDeviceNotFoundError (FileNotFoundError) no such IIO device, channel or CSV file
+    │   └── ImuSourceClosedError (ConnectionError) the IIO buffer (or its FIFO stand-in) closed mid-stream
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
@@ -38,6 +43,11 @@ __all__ = [
     "FrameError",
     "FrameTimeoutError",
     "FrameTooLargeError",
+    "ImuConfigError",
+    "ImuDeviceNotFoundError",
+    "ImuError",
+    "ImuSourceClosedError",
+    "ImuSourceError",
     "LayoutVersionError",
     "PeerClosedError",
     "RecordTooLargeError",
@@ -130,6 +140,26 @@ class SocketInUseError(ServerError, FileExistsError):
 
 class UnsafeSocketDirError(ServerError, PermissionError):
     """The socket's directory is a symlink, is owned by another user, or is open to other users."""
+
+
+class ImuError(EdgepipeError):
+    """The IMU sampling stage or one of its sources failed."""
+
+
+class ImuConfigError(ImuError, ValueError):
+    """An ImuStage or source argument is out of range (rate, beta, wait mode, filter, axis)."""
+
+
+class ImuSourceError(ImuError, ValueError):
+    """A source's data cannot be used: an unreadable scale or scan type, a CSV without usable rows."""
+
+
+class ImuDeviceNotFoundError(ImuError, FileNotFoundError):
+    """No such IIO device, channel file, char device or CSV file."""
+
+
+class ImuSourceClosedError(ImuError, ConnectionError):
+    """The IIO buffered char device (or the FIFO standing in for it) closed while the loop read it."""
 
 
 class LayoutVersionError(EdgepipeError):
