@@ -47,13 +47,13 @@ class TestGeneratedCode:
         m = re.search(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", gen)
         assert m, "no ValidateProtobufRuntimeVersion call in the generated code"
         want = ".".join(m.groups())
-        deps = re.search(r"^dependencies = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+        deps = re.search(r"^dependencies = \[(.*?)\]$", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
         assert f'"protobuf>={want}"' in deps, f"pyproject dependencies need protobuf>={want}: {deps}"
 
     def test_grpcio_tools_pin_agrees(self):
         """The test extra pins the grpcio-tools the regeneration script requires."""
         pin = re.search(r'PROTOC_PACKAGE = "([^"]+)"', REGEN.read_text()).group(1)
-        test_extra = re.search(r"^test = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+        test_extra = re.search(r"^test = \[(.*?)\]$", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
         assert f'"{pin}"' in test_extra
 
     def test_readme_names_the_command(self):

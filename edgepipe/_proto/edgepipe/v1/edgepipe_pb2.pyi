@@ -223,20 +223,26 @@ class Quaternion(_message.Message):
     def __init__(self, w: _Optional[float] = ..., x: _Optional[float] = ..., y: _Optional[float] = ..., z: _Optional[float] = ...) -> None: ...
 
 class ImuSample(_message.Message):
-    __slots__ = ("stamps", "gyro", "accel", "mag", "orientation", "temperature_c")
+    __slots__ = ("stamps", "gyro", "accel", "mag", "orientation", "temperature")
     STAMPS_FIELD_NUMBER: _ClassVar[int]
     GYRO_FIELD_NUMBER: _ClassVar[int]
     ACCEL_FIELD_NUMBER: _ClassVar[int]
     MAG_FIELD_NUMBER: _ClassVar[int]
     ORIENTATION_FIELD_NUMBER: _ClassVar[int]
-    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     stamps: Stamps
     gyro: Vec3
     accel: Vec3
     mag: Vec3
     orientation: Quaternion
-    temperature_c: float
-    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., gyro: _Optional[_Union[Vec3, _Mapping]] = ..., accel: _Optional[_Union[Vec3, _Mapping]] = ..., mag: _Optional[_Union[Vec3, _Mapping]] = ..., orientation: _Optional[_Union[Quaternion, _Mapping]] = ..., temperature_c: _Optional[float] = ...) -> None: ...
+    temperature: Celsius
+    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., gyro: _Optional[_Union[Vec3, _Mapping]] = ..., accel: _Optional[_Union[Vec3, _Mapping]] = ..., mag: _Optional[_Union[Vec3, _Mapping]] = ..., orientation: _Optional[_Union[Quaternion, _Mapping]] = ..., temperature: _Optional[_Union[Celsius, _Mapping]] = ...) -> None: ...
+
+class Celsius(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    def __init__(self, value: _Optional[float] = ...) -> None: ...
 
 class FrameMeta(_message.Message):
     __slots__ = ("stamps", "frame_seq", "width", "height", "channels", "dtype", "pixel_format", "ring", "ring_offset")
