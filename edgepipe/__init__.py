@@ -15,6 +15,7 @@ b'imu 0 0 9.81'
 from edgepipe.ahrs import Madgwick, Recording, load_recording
 from edgepipe.clock import ClockMapping, mapping, monotonic_ns, now_ns, wall_ns
 from edgepipe.errors import (
+    CalibrationError,
     EdgepipeError,
     EdgepipeOSError,
     FrameClosedError,
@@ -27,8 +28,13 @@ from edgepipe.errors import (
     ImuError,
     ImuSourceClosedError,
     ImuSourceError,
+    InferenceError,
     LayoutVersionError,
+    ModelInputError,
+    ModelLoadError,
+    ModelNotFoundError,
     PeerClosedError,
+    QuantizationAccuracyError,
     RecordTooLargeError,
     RemoteError,
     RingBusyError,
@@ -39,9 +45,18 @@ from edgepipe.errors import (
     ServerError,
     SocketInUseError,
     UnsafeSocketDirError,
+    WorkerError,
 )
 from edgepipe.framing import Envelope, FrameSocket
 from edgepipe.imu import CsvSource, IioSource, ImuReader, ImuStage, SyntheticSource
+from edgepipe.inference import (
+    DBPostprocess,
+    Detection,
+    ModelSpec,
+    TextDetector,
+    bundled_model_path,
+    fit_input_hw,
+)
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
@@ -50,9 +65,12 @@ from edgepipe.stage import Stage
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationError",
     "Client",
     "ClockMapping",
     "CsvSource",
+    "DBPostprocess",
+    "Detection",
     "EdgepipeError",
     "EdgepipeOSError",
     "Envelope",
@@ -70,9 +88,15 @@ __all__ = [
     "ImuSourceClosedError",
     "ImuSourceError",
     "ImuStage",
+    "InferenceError",
     "LayoutVersionError",
     "Madgwick",
+    "ModelInputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelSpec",
     "PeerClosedError",
+    "QuantizationAccuracyError",
     "RecordTooLargeError",
     "Recording",
     "RemoteError",
@@ -92,9 +116,13 @@ __all__ = [
     "SocketInUseError",
     "Stage",
     "SyntheticSource",
+    "TextDetector",
     "UnsafeSocketDirError",
     "WaitPolicy",
+    "WorkerError",
+    "bundled_model_path",
     "default_socket_dir",
+    "fit_input_hw",
     "list_segments",
     "load_recording",
     "mapping",

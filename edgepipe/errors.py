@@ -25,6 +25,13 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── ImuSourceError (ValueError)          a source whose data cannot be used: scale, scan type, CSV
     │   ├── ImuDeviceNotFoundError (FileNotFoundError) no such IIO device, channel or CSV file
     │   └── ImuSourceClosedError (ConnectionError) the IIO buffer (or its FIFO stand-in) closed mid-stream
+    ├── InferenceError                           the inference stage or its model failed (edgepipe.inference)
+    │   ├── ModelNotFoundError (FileNotFoundError) the model file does not exist
+    │   ├── ModelLoadError (ValueError)          the file is not a model ONNX Runtime can load, or not a detector
+    │   ├── ModelInputError (ValueError)         a frame or input size the model cannot take
+    │   ├── WorkerError                          an inference worker could not start or load the model
+    │   ├── CalibrationError (ValueError)        no usable calibration frames (edgepipe.quantize)
+    │   └── QuantizationAccuracyError            the INT8 model agrees too little with FP32 (edgepipe.quantize)
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
@@ -36,6 +43,7 @@ import os
 
 # check() is left out on purpose: the handle modules share it; users see only the exceptions.
 __all__ = [
+    "CalibrationError",
     "EdgepipeError",
     "EdgepipeOSError",
     "FrameClosedError",
@@ -48,8 +56,13 @@ __all__ = [
     "ImuError",
     "ImuSourceClosedError",
     "ImuSourceError",
+    "InferenceError",
     "LayoutVersionError",
+    "ModelInputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
     "PeerClosedError",
+    "QuantizationAccuracyError",
     "RecordTooLargeError",
     "RemoteError",
     "RingBusyError",
@@ -60,6 +73,7 @@ __all__ = [
     "ServerError",
     "SocketInUseError",
     "UnsafeSocketDirError",
+    "WorkerError",
 ]
 
 
@@ -160,6 +174,34 @@ class ImuDeviceNotFoundError(ImuError, FileNotFoundError):
 
 class ImuSourceClosedError(ImuError, ConnectionError):
     """The IIO buffered char device (or the FIFO standing in for it) closed while the loop read it."""
+
+
+class InferenceError(EdgepipeError):
+    """The inference stage, its model or the quantizer failed."""
+
+
+class ModelNotFoundError(InferenceError, FileNotFoundError):
+    """The model file does not exist."""
+
+
+class ModelLoadError(InferenceError, ValueError):
+    """The file is not a model ONNX Runtime can load, or its inputs/outputs are not a [N,3,H,W] detector's."""
+
+
+class ModelInputError(InferenceError, ValueError):
+    """A frame (shape, dtype, pixel format) or an input size the model cannot take."""
+
+
+class WorkerError(InferenceError):
+    """An inference worker process could not start or load its model."""
+
+
+class CalibrationError(InferenceError, ValueError):
+    """The calibration source (video file or image folder) gave no usable frames."""
+
+
+class QuantizationAccuracyError(InferenceError):
+    """The quantized model agrees with the FP32 model less than the threshold; nothing was written."""
 
 
 class LayoutVersionError(EdgepipeError):
