@@ -32,6 +32,16 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── WorkerError                          an inference worker could not start or load the model
     │   ├── CalibrationError (ValueError)        no usable calibration frames (edgepipe.quantize)
     │   └── QuantizationAccuracyError            the INT8 model agrees too little with FP32 (edgepipe.quantize)
+    ├── ImageError                               a numpy frame record or latest slot failed (edgepipe.frames)
+    │   ├── ImageHeaderError (ValueError)        a frame header field that cannot be right (.field, .value)
+    │   ├── ImageShapeError (ValueError)         shape/dtype/pixel format not matching the slot or unsupported
+    │   ├── ImageTooLargeError (ValueError)      a frame bigger than the ring or slot allows (sizes named)
+    │   ├── ImageHeldError (BufferError)         frames kept past their `with` still hold every free slot
+    │   └── ImageReleasedError (ValueError)      Frame.array used after its `with` block
+    ├── CaptureError                             a capture source failed (edgepipe.capture)
+    │   ├── CameraNotFoundError (FileNotFoundError) no such camera device, file or image folder
+    │   ├── SourceOpenError (OSError)            the source exists but cannot be opened (busy, unreadable, refused)
+    │   └── SourceFailedError                    a source that opened failed mid-stream
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
@@ -44,6 +54,8 @@ import os
 # check() is left out on purpose: the handle modules share it; users see only the exceptions.
 __all__ = [
     "CalibrationError",
+    "CameraNotFoundError",
+    "CaptureError",
     "EdgepipeError",
     "EdgepipeOSError",
     "FrameClosedError",
@@ -51,6 +63,12 @@ __all__ = [
     "FrameError",
     "FrameTimeoutError",
     "FrameTooLargeError",
+    "ImageError",
+    "ImageHeaderError",
+    "ImageHeldError",
+    "ImageReleasedError",
+    "ImageShapeError",
+    "ImageTooLargeError",
     "ImuConfigError",
     "ImuDeviceNotFoundError",
     "ImuError",
@@ -72,6 +90,8 @@ __all__ = [
     "RingTimeoutError",
     "ServerError",
     "SocketInUseError",
+    "SourceFailedError",
+    "SourceOpenError",
     "UnsafeSocketDirError",
     "WorkerError",
 ]
@@ -202,6 +222,53 @@ class CalibrationError(InferenceError, ValueError):
 
 class QuantizationAccuracyError(InferenceError):
     """The quantized model agrees with the FP32 model less than the threshold; nothing was written."""
+
+
+class ImageError(EdgepipeError):
+    """A numpy frame record (edgepipe.frames) or latest-only slot operation failed."""
+
+
+class ImageHeaderError(ImageError, ValueError):
+    """A frame header in a ring or slot holds a field that cannot be right. ``.field`` names it and
+    ``.value`` is what was found."""
+
+    def __init__(self, message: str, field: str = "", value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class ImageShapeError(ImageError, ValueError):
+    """An array whose shape, dtype or layout does not match the claimed slot, or that frames cannot carry."""
+
+
+class ImageTooLargeError(ImageError, ValueError):
+    """A frame is bigger than the ring (or latest slot) can hold; the message gives both sizes."""
+
+
+class ImageHeldError(ImageError, BufferError):
+    """Arrays kept past their ``with`` block still pin every slot the reader could give back; drop them
+    (or keep ``frame.copy()`` instead) before reading on."""
+
+
+class ImageReleasedError(ImageError, ValueError):
+    """``Frame.array`` was used after the frame's ``with`` block released it."""
+
+
+class CaptureError(EdgepipeError):
+    """A capture source (camera, file, URL, folder, pattern) failed."""
+
+
+class CameraNotFoundError(CaptureError, FileNotFoundError):
+    """No such camera device, video file or image folder."""
+
+
+class SourceOpenError(CaptureError, OSError):
+    """The source exists but could not be opened: camera busy, file unreadable or not a video, URL refused."""
+
+
+class SourceFailedError(CaptureError):
+    """A source that opened fine stopped delivering frames before its end (a read error mid-stream)."""
 
 
 class LayoutVersionError(EdgepipeError):
