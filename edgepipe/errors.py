@@ -42,6 +42,7 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── CameraNotFoundError (FileNotFoundError) no such camera device, file or image folder
     │   ├── SourceOpenError (OSError)            the source exists but cannot be opened (busy, unreadable, refused)
     │   └── SourceFailedError                    a source that opened failed mid-stream
+    ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── LayoutVersionError                       a region of another layout version
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
@@ -56,6 +57,7 @@ __all__ = [
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",
+    "ConfigError",
     "EdgepipeError",
     "EdgepipeOSError",
     "FrameClosedError",
@@ -269,6 +271,18 @@ class SourceOpenError(CaptureError, OSError):
 
 class SourceFailedError(CaptureError):
     """A source that opened fine stopped delivering frames before its end (a read error mid-stream)."""
+
+
+class ConfigError(EdgepipeError, ValueError):
+    """A pipeline description (TOML file or Python spec) that cannot run. The message names the file, line
+    and key with the bad value; ``.path``, ``.line`` and ``.key`` hold them (None when unknown)."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.key = key
 
 
 class LayoutVersionError(EdgepipeError):

@@ -1,0 +1,284 @@
+"""Latency budgets: HDR histograms per part and end to end, the budget table, the PNG and the JSON report.
+
+A :class:`LatencyBook` lives in every sink. For each stamped record (edgepipe.pipeline.Record) it records
+the end-to-end latency and each part of it: a source stage's capture-to-publish time, the time queued in
+each ring (named after the link) and the time inside each stage (named after the stage), in HDR histograms
+(the ``hdrhistogram`` package) of nanoseconds with 3 significant digits, and counts values over budget.
+
+The supervisor merges the books of all sinks (they travel as ``edgepipe.v1.LatencyHistogram`` buckets in
+Stats messages) and keeps a time series of per-part means for the stacked plot. :func:`build_report` turns
+that into a JSON-ready dict; :func:`render_table` prints it with ``rich``, :func:`render_png` draws it with
+matplotlib (Agg), and ``edgepipe report FILE.json`` does both again later.
+
+>>> from edgepipe.pipeline import Hop, Record
+>>> book = LatencyBook(["cam", "det"], ["frames"], budgets_ns={"end_to_end": 5_000_000})
+>>> rec = Record(b"", seq=0, capture_ns=0, hops=[Hop(0, 0xFFFF, 0, 1_000_000)], link=0,
+...              receive_ns=1_500_000)
+>>> book.record(rec)
+>>> {k: h.get_max_value() for k, h in sorted(book.hists.items())}
+{'cam': 1000447, 'end_to_end': 1500159, 'frames': 500223}
+>>> book.violations
+{}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = ["LatencyBook", "build_report", "load_report", "render_png", "render_table", "write_report"]
+
+_LOW_NS, _HIGH_NS, _DIGITS = 1, 3_600_000_000_000, 3
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+E2E = "end_to_end"
+_NO_LINK = 0xFFFF
+
+
+def _hist() -> HdrHistogram:
+    return HdrHistogram(_LOW_NS, _HIGH_NS, _DIGITS)
+
+
+class LatencyBook:
+    """Histograms of one or more latency parts, with budgets and violation counts.
+
+    Args:
+        stage_names: stage names by index (the index stamped into each hop).
+        link_names: link names by index.
+        budgets_ns: part name -> budget in ns (``"end_to_end"``, a stage name, or a link name).
+    """
+
+    def __init__(self, stage_names: list[str], link_names: list[str],
+                 budgets_ns: dict[str, int] | None = None) -> None:
+        self.stage_names = list(stage_names)
+        self.link_names = list(link_names)
+        self.budgets_ns = dict(budgets_ns or {})
+        self.hists: dict[str, HdrHistogram] = {}
+        self.sums: dict[str, int] = {}
+        self.violations: dict[str, int] = {}
+        self.order: list[str] = []  # parts in the order records cross them
+
+    def _add(self, part: str, v: int) -> None:
+        h = self.hists.get(part)
+        if h is None:
+            h = self.hists[part] = _hist()
+            self.sums[part] = 0
+            self.order.append(part)
+        v = min(max(v, _LOW_NS), _HIGH_NS)
+        h.record_value(v)
+        self.sums[part] += v
+        b = self.budgets_ns.get(part)
+        if b is not None and v > b:
+            self.violations[part] = self.violations.get(part, 0) + 1
+
+    def _stage(self, i: int) -> str:
+        return self.stage_names[i] if i < len(self.stage_names) else f"stage#{i}"
+
+    def _link(self, i: int) -> str:
+        return self.link_names[i] if i < len(self.link_names) else f"link#{i}"
+
+    def record(self, rec) -> None:
+        """Split one received record's latency into its parts and record each."""
+        prev_pub = None
+        for h in rec.hops:
+            if h.link != _NO_LINK and prev_pub is not None:
+                self._add(self._link(h.link), h.receive_ns - prev_pub)
+            self._add(self._stage(h.stage), h.publish_ns - h.receive_ns)
+            prev_pub = h.publish_ns
+        if prev_pub is not None and rec.link != _NO_LINK:
+            self._add(self._link(rec.link), rec.receive_ns - prev_pub)
+        self._add(E2E, rec.receive_ns - rec.capture_ns)
+
+    def record_value(self, part: str, value_ns: int) -> None:
+        """Record one measured value of ``part`` (for stages that measure something the stamps miss)."""
+        self._add(part, value_ns)
+
+    # -- transport (edgepipe.v1.LatencyHistogram) -----------------------------------------------------
+    def to_proto(self) -> list:
+        """The histograms as ``edgepipe.v1.LatencyHistogram`` messages (one bucket per recorded HDR value)."""
+        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+
+        out = []
+        for part in self.order:
+            h = self.hists[part]
+            m = pb.LatencyHistogram(name=part, min_ns=h.get_min_value() if h.get_total_count() else 0,
+                                    max_ns=h.get_max_value(), sum_ns=self.sums[part],
+                                    budget_violations=self.violations.get(part, 0))
+            for it in h.get_recorded_iterator():
+                m.bounds_ns.append(it.value_iterated_to + 1)
+                m.counts.append(it.count_added_in_this_iter_step)
+            m.counts.append(0)
+            out.append(m)
+        return out
+
+    def merge_proto(self, msgs: Iterable) -> None:
+        """Add the histograms of LatencyHistogram messages (from another book) to this one."""
+        for m in msgs:
+            h = self.hists.get(m.name)
+            if h is None:
+                h = self.hists[m.name] = _hist()
+                self.sums[m.name] = 0
+                self.order.append(m.name)
+            for b, c in zip(m.bounds_ns, m.counts):
+                if c:
+                    h.record_value(min(max(b - 1, _LOW_NS), _HIGH_NS), c)
+            self.sums[m.name] += m.sum_ns
+            if m.budget_violations:
+                self.violations[m.name] = self.violations.get(m.name, 0) + m.budget_violations
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """part -> (count, sum_ns), for per-interval means."""
+        return {p: (self.hists[p].get_total_count(), self.sums[p]) for p in self.order}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the report
+
+
+def _ms(ns: float | None) -> float | None:
+    return None if ns is None else round(ns / 1e6, 4)
+
+
+def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
+                 series: list[dict[str, Any]] | None = None, stages: dict[str, Any] | None = None,
+                 links: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report as a JSON-ready dict: per part count, p50/p90/p99/p99.9/max/mean in ms, budget,
+    violations and whether the part met its budget at p99; plus stage and link counters, the time series
+    of per-part means, and the encoded HDR histograms (so ``edgepipe report`` can redraw it).
+
+    >>> r = build_report(LatencyBook(["a"], []))
+    >>> r["parts"], r["ok"]
+    ([], True)
+    """
+    budgets = dict(budgets_ns if budgets_ns is not None else book.budgets_ns)
+    parts = []
+    for name in sorted(book.order, key=lambda p: (p == E2E, book.order.index(p))):
+        h = book.hists[name]
+        n = h.get_total_count()
+        row: dict[str, Any] = {"part": name, "count": n}
+        for p in PERCENTILES:
+            row[f"p{p:g}_ms"] = _ms(h.get_value_at_percentile(p)) if n else None
+        row["max_ms"] = _ms(h.get_max_value()) if n else None
+        row["mean_ms"] = _ms(book.sums[name] / n) if n else None
+        b = budgets.get(name)
+        row["budget_ms"] = _ms(b)
+        row["violations"] = book.violations.get(name, 0)
+        row["within_budget"] = None if b is None or not n else h.get_value_at_percentile(99.0) <= b
+        row["hdr"] = h.encode().decode() if n else ""
+        parts.append(row)
+    drops: dict[str, int] = {}
+    for sname, st in (stages or {}).items():
+        for k, v in (st.get("counters") or {}).items():
+            if k.startswith("dropped[") and v:
+                drops[f"{sname}: {k[8:-1]}"] = v
+    return {
+        "version": 1,
+        "meta": dict(meta or {}),
+        "parts": parts,
+        "budgets_ms": {k: _ms(v) for k, v in budgets.items()},
+        "drops": drops,
+        "stages": dict(stages or {}),
+        "links": dict(links or {}),
+        "series": list(series or []),
+        "ok": all(r["within_budget"] is not False for r in parts),
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
+    """Write ``report.json`` (and ``report.png``) into ``out_dir``; returns their paths by kind."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(os.fspath(out_dir), "report.json")}
+    tmp = paths["json"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, paths["json"])
+    if png:
+        paths["png"] = render_png(report, os.path.join(os.fspath(out_dir), "report.png"))
+    return paths
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a report JSON written by :func:`write_report` (a directory means its report.json)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, "report.json")
+    with open(p) as f:
+        rep = json.load(f)
+    if not isinstance(rep, dict) or "parts" not in rep:
+        raise ValueError(f"{p} is not an edgepipe report (no 'parts')")
+    return rep
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def render_table(report: dict[str, Any], console=None) -> None:
+    """Print the budget table (p50/p90/p99/p99.9/max per part against its budget) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title="latency per part (ms, CLOCK_MONOTONIC_RAW)", title_justify="left")
+    for col in ("part", "count", "p50", "p90", "p99", "p99.9", "max", "budget", "over", ""):
+        t.add_column(col, justify="left" if col in ("part", "") else "right")
+    for r in report["parts"]:
+        ok = r["within_budget"]
+        mark = "" if ok is None else ("[green]ok[/]" if ok else "[red]OVER[/]")
+        t.add_row(r["part"], str(r["count"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]),
+                  _fmt(r["p99.9_ms"]), _fmt(r["max_ms"]), _fmt(r["budget_ms"]), str(r["violations"]), mark)
+    console.print(t)
+    if report.get("drops"):
+        console.print("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items())))
+    restarts = {k: v.get("restarts", 0) for k, v in report.get("stages", {}).items() if v.get("restarts")}
+    if restarts:
+        console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))
+
+
+def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
+    """Draw the latency distribution (percentile curves per part) and the stacked per-part means over time."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100]
+    xs = [-math.log10(1 - q / 100) if q < 100 else 5 for q in qs]
+    for r in report["parts"]:
+        if not r.get("hdr"):
+            continue
+        h = HdrHistogram.decode(r["hdr"].encode())
+        ys = [h.get_value_at_percentile(q) / 1e6 for q in qs]
+        ax1.plot(xs, ys, marker=".", label=r["part"], linewidth=2.5 if r["part"] == E2E else 1.2)
+        if r.get("budget_ms") and r["part"] == E2E:
+            ax1.axhline(r["budget_ms"], linestyle="--", color="red", linewidth=0.8, label="end-to-end budget")
+    ax1.set_xticks(xs, [f"p{q:g}" if q < 100 else "max" for q in qs], rotation=45)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("latency (ms)")
+    ax1.set_title("latency distribution per part")
+    ax1.legend(fontsize=7)
+    series = report.get("series") or []
+    parts = [r["part"] for r in report["parts"] if r["part"] != E2E]
+    if series and parts:
+        t0 = series[0]["t_s"]
+        ts = [s["t_s"] - t0 for s in series]
+        ys = [[(s["mean_ms"].get(p) or 0.0) for s in series] for p in parts]
+        ax2.stackplot(ts, ys, labels=parts)
+        e2e = [s["mean_ms"].get(E2E) for s in series]
+        ax2.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black", linewidth=1,
+                 label="end to end")
+        ax2.legend(fontsize=7, loc="upper left")
+    ax2.set_xlabel("time (s)")
+    ax2.set_ylabel("mean latency (ms)")
+    ax2.set_title("per-part breakdown over time")
+    fig.tight_layout()
+    out = os.fspath(path)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
