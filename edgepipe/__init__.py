@@ -83,6 +83,7 @@ from edgepipe.imu import CsvSource, IioSource, ImuReader, ImuStage, SyntheticSou
 from edgepipe.inference import (
     DBPostprocess,
     Detection,
+    InferenceStage,
     ModelSpec,
     TextDetector,
     bundled_model_path,
@@ -153,6 +154,7 @@ __all__ = [
     "ImuSourceError",
     "ImuStage",
     "InferenceError",
+    "InferenceStage",
     "Inlet",
     "LatencyBook",
     "LatestReader",

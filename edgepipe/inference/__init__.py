@@ -13,5 +13,14 @@ onnxruntime and OpenCV are imported only when a detector is built or a map is po
 
 from edgepipe.inference.model import ModelSpec, TextDetector, bundled_model_path, fit_input_hw
 from edgepipe.inference.postprocess import DBPostprocess, Detection
+from edgepipe.inference.stage import InferenceStage
 
-__all__ = ["DBPostprocess", "Detection", "ModelSpec", "TextDetector", "bundled_model_path", "fit_input_hw"]
+__all__ = [
+    "DBPostprocess",
+    "Detection",
+    "InferenceStage",
+    "ModelSpec",
+    "TextDetector",
+    "bundled_model_path",
+    "fit_input_hw",
+]

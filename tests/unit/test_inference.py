@@ -53,6 +53,23 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def coverage(t, boxes) -> float:
+    """Share of truth box ``t`` covered by the union of ``boxes`` (small text may split into words)."""
+    x0, y0 = int(t[0]), int(t[1])
+    grid = np.zeros((int(np.ceil(t[3])) - y0, int(np.ceil(t[2])) - x0), bool)
+    for b in boxes:
+        grid[max(0, int(b[1]) - y0) : max(0, int(np.ceil(b[3])) - y0), max(0, int(b[0]) - x0) : max(0, int(np.ceil(b[2])) - x0)] = True
+    return float(grid.mean())
+
+
+def check_boxes(boxes, truth) -> None:
+    """Every known text region is >= 70 % covered, and every box overlaps a text region."""
+    for t in truth:
+        assert coverage(t, boxes) >= 0.7, (t, boxes)
+    for b in boxes:
+        assert max(iou(b, t) for t in truth) > 0.1, (b, truth)
+
+
 @pytest.fixture(scope="module")
 def detector() -> TextDetector:
     return TextDetector()
@@ -89,9 +106,7 @@ class TestRealPhotograph:
         assert len(detector.detect(gray, "GRAY")) >= 2
         half = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
         dets = detector.detect(half)  # the detector keeps its 480x640 input and resizes into it
-        for t in truth:
-            scaled = [v / 2 for v in t]
-            assert max(iou(d[:4], scaled) for d in dets) >= 0.5
+        check_boxes([d[:4] for d in dets], [[v / 2 for v in t] for t in truth])
 
     def test_preprocess_matches_reference_and_does_not_allocate(self, detector, frame_and_truth):
         """The preallocated input equals (RGB/255 - 0.5)/0.5 in NCHW, and filling it allocates < 100 KB
@@ -226,3 +241,198 @@ def test_model_file_is_the_documented_one():
     notice = (Path(bundled_model_path()).parent / "NOTICE.md").read_text()
     assert "d2a7720d45a5" in notice
     assert TextDetector.__name__ and "4,745,517" in notice
+
+
+# ---------------------------------------------------------------------------------------------------
+# InferenceStage: worker processes fed through shared-memory rings
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from edgepipe import InferenceStage, Ring, WorkerError  # noqa: E402
+from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb  # noqa: E402
+from edgepipe.clock import now_ns  # noqa: E402
+from edgepipe.errors import RingTimeoutError  # noqa: E402
+
+frames_mod = pytest.importorskip("edgepipe.frames")
+FrameReader, FrameWriter = frames_mod.FrameReader, frames_mod.FrameWriter
+SMALL_HW = (240, 320)  # ~4x cheaper than 480x640, so the stage tests stay quick
+SMALL_INPUT = fit_input_hw(SMALL_HW)  # (256, 320): the workers resize into it
+
+
+@pytest.fixture(scope="module")
+def small_frame(frame_and_truth):
+    img, truth = frame_and_truth
+    small = cv2.resize(img, SMALL_HW[::-1], interpolation=cv2.INTER_AREA)
+    return small, [tuple(v / 2 for v in t) for t in truth]
+
+
+@contextlib.contextmanager
+def rig(workers=1, input_capacity=1 << 22, **kw):
+    """An input frame ring, an output result ring and a started InferenceStage between them."""
+    kw.setdefault("model", ModelSpec(input_hw=SMALL_INPUT))
+    kw.setdefault("max_frame_bytes", SMALL_HW[0] * SMALL_HW[1] * 3)
+    fin, fout = Ring.create(None, input_capacity), Ring.create(None, 1 << 20)
+    fw, out = FrameWriter(fin.writer()), fout.reader()
+    stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), workers=workers, **kw)
+    stage.start()
+    try:
+        deadline = time.monotonic() + 60
+        while stage.state in ("new", "opening") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield fw, out, stage
+    finally:
+        stage.stop()
+        stage.join(30)
+        fin.close()
+        fout.close()
+
+
+def collect(out, n, timeout_s=30.0, until=None):
+    """Decode up to ``n`` InferenceResult records (or until ``until()`` is true)."""
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline and not (until and until()):
+        try:
+            data = out.read(timeout_s=0.1)
+        except RingTimeoutError:
+            continue
+        assert out.last_type == 22
+        m = pb.InferenceResult()
+        m.ParseFromString(data)
+        got.append(m)
+    return got
+
+
+class TestStage:
+    def test_end_to_end_results_through_rings(self, small_frame):
+        """Frames written to a ring by this process come back from two worker processes as InferenceResult
+        records: every seq once, boxes over the known text, stamps in causal order, model id set."""
+        img, truth = small_frame
+        n = 8
+        with rig(workers=2) as (fw, out, stage):
+            assert stage.state == "running", stage.stats()
+            pids = stage.worker_pids()
+            assert len(set(pids)) == 2 and os.getpid() not in pids
+            seqs = [fw.write_frame(img, timeout_s=5, source_id=3) for _ in range(n)]
+            got = collect(out, n)
+        stats = stage.stats()
+        assert sorted(m.frame_seq for m in got) == seqs
+        assert stats["results"] == stats["dispatched"] == stats["frames_in"] == n
+        assert stats["state"] == "done" and stats["error"] is None
+        for m in got:
+            assert m.model_id.startswith("ch_PP-OCRv4_det_infer.onnx@sha256:")
+            assert m.stamps.seq == m.frame_seq and m.stamps.source == "3"
+            check_boxes([(b.x_min, b.y_min, b.x_max, b.y_max) for b in m.detections.boxes], truth)
+            s = m.stamps
+            order = [s.capture_ns, s.publish_ns[0], s.receive_ns[0], s.publish_ns[1], s.receive_ns[1],
+                     m.inference_start_ns, m.inference_end_ns, s.publish_ns[2]]
+            assert order == sorted(order) and order[0] > 0
+
+    def test_killed_worker_is_restarted_and_counted(self, small_frame):
+        """kill -9 of a busy worker: it is reported and restarted, its in-flight frames are counted lost,
+        and every other frame is still inferred (results + lost = frames sent)."""
+        img, _ = small_frame
+        n = 24
+        with rig(workers=2, input_capacity=1 << 23) as (fw, out, stage):
+            writer = threading.Thread(target=lambda: [fw.write_frame(img, timeout_s=20) for _ in range(n)])
+            writer.start()
+            got = collect(out, 3)
+            victim = stage.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            writer.join()
+
+            def settled():
+                c = stage.counters
+                return c["results"] + c["frames_lost"] >= n
+
+            got += collect(out, n, until=settled)
+            got += collect(out, n - len(got), timeout_s=0.3)
+        stats = stage.stats()
+        assert stats["worker_crashes"] == 1 and stats["worker_restarts"] == 1
+        assert stats["frames_lost"] >= 1
+        assert len(got) == stats["results"] == n - stats["frames_lost"]
+        assert f"pid {victim}" in stats["last_crash"] and "signal 9" in stats["last_crash"]
+        assert victim not in stats and victim not in [w["pid"] for w in stats["workers"]]
+        assert stats["error"] is None
+
+    def test_bad_frames_are_counted_and_skipped(self, small_frame):
+        """Frames the model cannot take (NV12, 4-channel, float) are counted and skipped; the good frames
+        around them are all inferred and the pool lives on."""
+        img, _ = small_frame
+        with rig(workers=1) as (fw, out, stage):
+            good = [fw.write_frame(img, timeout_s=5)]
+            fw.write_frame(np.zeros((SMALL_HW[0] * 3 // 2, SMALL_HW[1]), np.uint8), pixel_format="NV12", timeout_s=5)
+            good.append(fw.write_frame(img, timeout_s=5))
+            fw.write_frame(np.zeros((32, 32, 4), np.uint8), pixel_format="RAW", timeout_s=5)
+            fw.write_frame(np.zeros((32, 32, 3), np.float32), pixel_format="RGB", timeout_s=5)
+            good.append(fw.write_frame(img, timeout_s=5))
+            got = collect(out, 3)
+            stats = stage.stats()
+        assert [m.frame_seq for m in got] == good
+        assert stats["bad_frames"] == 3 and stats["frames_in"] == 6
+        assert "float32" in stats["last_bad_frame"]
+
+    def test_frames_over_budget_are_dropped_and_counted(self, small_frame):
+        """With budget_ms, frames captured longer ago than the budget are dropped and counted; fresh ones
+        are inferred."""
+        img, _ = small_frame
+        with rig(workers=1, budget_ms=500) as (fw, out, stage):
+            old = now_ns() - 2_000_000_000
+            for _ in range(3):
+                fw.write_frame(img, capture_ns=old, timeout_s=5)
+            fresh = fw.write_frame(img, timeout_s=5)
+            got = collect(out, 1)
+            stats = stage.stats()
+        assert [m.frame_seq for m in got] == [fresh]
+        assert stats["dropped_deadline"] == 3 and stats["results"] == 1
+
+    def test_worker_that_cannot_load_the_model_fails_the_stage(self, tmp_path):
+        """A model file the workers cannot load fails the stage with WorkerError naming the file and the
+        loader's reason; no worker is left running."""
+        bad = tmp_path / "corrupt.onnx"
+        bad.write_bytes(b"\x08\x07" + os.urandom(2000))
+        fin, fout = Ring.create(None, 1 << 16), Ring.create(None, 1 << 16)
+        stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), model=bad, workers=1)
+        try:
+            assert stage.run() == 1
+        finally:
+            fin.close()
+            fout.close()
+        assert isinstance(stage.error, WorkerError)
+        assert "corrupt.onnx" in str(stage.error) and "ModelLoadError" in str(stage.error)
+        assert all(p == 0 for p in stage.worker_pids())
+
+    def test_latest_slot_input(self, small_frame):
+        """A latest-only slot works as the input: the newest frame is inferred."""
+        img, truth = small_frame
+        slot = frames_mod.LatestSlot.create(None, img.nbytes)
+        fout = Ring.create(None, 1 << 20)
+        out = fout.reader()
+        stage = InferenceStage(slot.reader(), fout.writer(), model=ModelSpec(input_hw=SMALL_INPUT), workers=1,
+                               max_frame_bytes=img.nbytes)
+        try:
+            with stage:
+                w = slot.writer()
+                deadline = time.monotonic() + 30
+                while stage.state != "running" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                seq = w.write_frame(img)
+                got = collect(out, 1)
+        finally:
+            slot.close()
+            fout.close()
+        assert [m.frame_seq for m in got] == [seq]
+        check_boxes([(b.x_min, b.y_min, b.x_max, b.y_max) for b in got[0].detections.boxes], truth)
+
+    def test_bad_arguments(self, tmp_path):
+        """Bad constructor arguments are typed errors naming the value."""
+        with pytest.raises(ValueError, match="workers.*0"):
+            InferenceStage(None, None, workers=0)
+        with pytest.raises(ValueError, match="-5"):
+            InferenceStage(None, None, budget_ms=-5)
+        with pytest.raises(ModelNotFoundError, match="missing.onnx"):
+            InferenceStage(None, None, model=tmp_path / "missing.onnx")
