@@ -352,9 +352,10 @@ static void adapt_guard(struct ep_imu *L, int64_t late)
         w->max = late;
     if (++w->count < GUARD_WINDOW)
         return;
-    /* Guard = the window's p99.8 wake lateness + 20 % + 5 us, clamped: about one wake in 500 still
-     * lands after the deadline (that sample shows up as jitter), the rest spin only briefly. */
-    int64_t g = quantile_of(w->b, w->count, w->max, 0.998);
+    /* Guard = the window's p99.5 wake lateness + 20 % + 5 us, clamped: about one wake in 200 still
+     * lands after the deadline (that sample shows up as jitter), the rest spin only briefly. A higher
+     * quantile chases the VM's rare millisecond stalls and spins most of every period for them. */
+    int64_t g = quantile_of(w->b, w->count, w->max, 0.995);
     g = g + g / 5 + 5000;
     if (g < L->cfg.guard_min_ns)
         g = L->cfg.guard_min_ns;

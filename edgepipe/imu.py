@@ -706,7 +706,8 @@ class ImuStage(Stage):
         max_samples: end after this many samples (0/None: no limit).
         priority: ask for SCHED_FIFO at this priority (1..99) for the loop thread.
         cpu: pin the loop thread to this CPU.
-        guard_us: hybrid: the initial guard (then adapted between 20 us and 2 ms).
+        guard_us: hybrid: the initial guard. It then follows the p99.5 of the observed wake lateness
+            (+20 % + 5 us), between 20 us and ``guard_max_us`` or half a period, whichever is less.
         q0: initial filter attitude.
 
     Raises:
@@ -721,7 +722,8 @@ class ImuStage(Stage):
     def __init__(self, source: _Source, rate_hz: float | None = None, filter: str = "madgwick",
                  beta: float = 0.1, wait: str = "hybrid", output=None, *, name: str | None = None,
                  duration_s: float | None = None, max_samples: int | None = None, priority: int | None = None,
-                 cpu: int | None = None, guard_us: float = 150.0, q0=(1.0, 0.0, 0.0, 0.0)) -> None:
+                 cpu: int | None = None, guard_us: float = 150.0, guard_max_us: float = 2000.0,
+                 q0=(1.0, 0.0, 0.0, 0.0)) -> None:
         super().__init__(name)
         if not isinstance(source, _Source):
             raise ImuConfigError(f"source must be a SyntheticSource, CsvSource or IioSource, not {source!r}")
@@ -751,6 +753,7 @@ class ImuStage(Stage):
             raise ImuConfigError(f"cpu must be an int >= 0, got {cpu!r}")
         self.cpu = cpu
         self.guard_ns = int(_finite("guard_us", guard_us, 0.0) * 1000)
+        self.guard_max_ns = int(_finite("guard_max_us", guard_max_us, 1.0) * 1000)
         self.q0 = _vec("q0", q0, 4)
         self._loop = None
         self._cfg = None
@@ -775,6 +778,9 @@ class ImuStage(Stage):
             cfg.sched_priority = self.priority or 0
             cfg.cpu = -1 if self.cpu is None else self.cpu
             cfg.guard_ns = self.guard_ns
+            # Spinning more than half of every period buys little: cap the adapted guard there.
+            cfg.guard_min_ns = min(20_000, int(0.25e9 / rate))
+            cfg.guard_max_ns = max(cfg.guard_min_ns, min(self.guard_max_ns, int(0.5e9 / rate)))
             cfg.max_samples = self.max_samples
             out = ffi.new("struct ep_imu **")
             w = ffi.NULL if self.output is None else self.output._handle()
@@ -842,6 +848,9 @@ class ImuStage(Stage):
             "wait": self.wait if self.source.paced else "device",
             "loop_state": _STATES.get(st.state, str(st.state)),
             "achieved_rate_hz": (st.samples - 1) * 1e9 / span if st.samples > 1 and span > 0 else 0.0,
+            # deadlines served + skipped over the same RAW span: the schedule's own rate (drift check)
+            "schedule_rate_hz": ((st.ticks + st.missed - 1) * 1e9 / span
+                                 if self.source.paced and st.ticks > 1 and span > 0 else 0.0),
             "ticks": st.ticks,
             "consumer_gone": st.consumer_gone,
             "missed_events": st.missed_events,
