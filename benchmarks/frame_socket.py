@@ -17,6 +17,9 @@ seq, source), ~90 B serialized; ``--size N`` pads ``stamps.source`` to make it N
   AF_UNIX, protobuf + Python framing    like the TCP case, over a socketpair (isolates the transport)
   TCP 127.0.0.1, protobuf + Py framing  ``struct.pack('<I')`` + ``sendall``; recv the 4-byte header, then
                                         the payload; TCP_NODELAY; the connection made before the fork
+  Client.request via Server (protobuf)  edgepipe.server: the Client sends the Envelope, the Server's
+                                        imu_sample handler returns it, the reply comes back matched by
+                                        reply_to (compare with the FrameSocket protobuf row)
 Every 1024th echo is compared with what was sent (seq), so a lost or reordered message fails the case.
 
 Throughput (``--tput-size`` bytes, default 1024; producer sends for ``--seconds``, then an in-band end
@@ -27,6 +30,8 @@ if received != sent; the consumer checks the sequence number of every 256th mess
   raw AF_UNIX socketpair                the same framed bytes (4 + size) in one ``sendall`` each; the
                                         consumer ``recv_into``s a 64 KiB buffer and counts bytes
   pyzmq PUSH/PULL ipc://                one ``send``/``recv`` per message, socket file in the run's temp dir
+  Server.publish to a Client (protobuf) the same padded Envelope, published to one subscribed Client
+                                        (compare with the FrameSocket protobuf row)
 
     python benchmarks/frame_socket.py                      # everything, 5 s per case (~60 s)
     python benchmarks/frame_socket.py --seconds 1 --only FrameSocket,raw
@@ -49,6 +54,7 @@ import _common as C
 from edgepipe import PeerClosedError
 from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.framing import Envelope, FrameSocket
+from edgepipe.server import Client, Server
 
 WARM_NS = 300_000_000
 CHECK_MASK = 1023  # round trips: verify the echo and look at the clock every 1024
@@ -598,6 +604,131 @@ def zmq_tput_case(size: int, seconds: float):
 
 
 # ---------------------------------------------------------------------------------------------------
+# through the control-plane server (edgepipe.server)
+
+
+def _server_path(tag: str):
+    d = C.tmpdir() / f"srv-{tag}-{time.monotonic_ns() % 1_000_000}"
+    d.mkdir(mode=0o700)
+    return d / "ctl.sock"
+
+
+def _serve_until_client_leaves(srv, sync, timeout_s: float) -> None:
+    sync()  # the server listens
+    deadline = time.monotonic() + timeout_s
+    while not srv.counters["disconnected"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def srv_rt_case(size: int | None, seconds: float):
+    """Client.request through a Server whose imu_sample handler returns the message (an echo): the same
+    Envelope as the FrameSocket protobuf row, plus the server's dispatch, reply_to and seq handling."""
+
+    def make():
+        path = _server_path("rt")
+
+        def ping(sync):
+            sync()
+            c = Client.connect(path, stage="bench", role="stage")
+            env = imu_envelope(0, size)
+            stamps = env.imu_sample.stamps
+            samples = array("q")
+            app = samples.append
+            pc = time.perf_counter_ns
+            req = c.request
+            t_warm = pc() + WARM_NS
+            t_end = t_warm + int(seconds * 1e9)
+            warm_at = 0
+            i = 0
+            while i < MAX_MSGS:
+                t0 = pc()
+                stamps.seq = SEQ0 + i
+                x = req(env, RX_TIMEOUT_S)
+                t1 = pc()
+                app(t1 - t0)
+                i += 1
+                if not i & CHECK_MASK:
+                    if x.imu_sample != env.imu_sample:
+                        raise _mismatch(i, f"sent seq {i - 1}, echo seq {env_seq(x)}")
+                    if not warm_at and t1 > t_warm:
+                        warm_at = len(samples)
+                    if t1 > t_end:
+                        break
+            c.close()
+            out = _summary(samples, warm_at, i)
+            out["msg_bytes"] = env.ByteSize()
+            return out
+
+        def pong(sync):
+            calls = [0]
+
+            def echo(session, env):
+                calls[0] += 1
+                return env
+
+            with Server(path) as srv:
+                srv.on("imu_sample", echo)
+                _serve_until_client_leaves(srv, sync, seconds + 60)
+            return {"echoed": calls[0]}
+
+        return Sides(ping, pong)
+
+    return make
+
+
+def srv_tput_case(size: int, seconds: float):
+    """Server.publish of padded ImuSample Envelopes to one subscribed Client (serialized once, per-session
+    seq appended); a Stop ends the run."""
+
+    def make():
+        path = _server_path("tp")
+
+        def producer(sync):
+            with Server(path, send_timeout_s=RX_TIMEOUT_S) as srv:
+                sync()  # 1: listening
+                srv.wait_session("bench", timeout_s=30)
+                sync()  # 2: subscribed
+                env = imu_envelope(0, size)
+                stamps = env.imu_sample.stamps
+                pub = srv.publish
+                pc = time.perf_counter
+                t_end = pc() + seconds
+                i = 0
+                while i < MAX_MSGS:
+                    stamps.seq = SEQ0 + i
+                    if pub(env) != 1:
+                        raise AssertionError(f"message {i} reached no subscriber")
+                    i += 1
+                    if not i & 1023 and pc() > t_end:
+                        break
+                srv.publish(Envelope(stop=pb.Stop(reason="done")))
+                _serve_until_client_leaves(srv, lambda: None, 60)
+            return {"sent": i}
+
+        def consumer(sync):
+            sync()  # 1
+            c = Client.connect(path, stage="bench", subscribe=["imu_sample", "stop"])
+            rcv = c.recv
+            sync()  # 2
+            n = 0
+            t0 = time.perf_counter()
+            while n < MAX_MSGS + 1:
+                x = rcv(RX_TIMEOUT_S)
+                if x.HasField("stop"):
+                    break
+                if not n & 255 and env_seq(x) != n:
+                    raise AssertionError(f"message {n} carries seq {env_seq(x)}")
+                n += 1
+            out = _done(n, t0)
+            c.close()
+            return out
+
+        return Sides(producer, consumer)
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------------------
 # driver
 
 RT_FS_PROTO = "rt FrameSocket send/recv (protobuf)"
@@ -609,6 +740,8 @@ TP_FS_BYTES = "tput FrameSocket send_bytes/recv_bytes"
 TP_FS_PROTO = "tput FrameSocket send/recv (protobuf)"
 TP_RAW = "tput raw AF_UNIX socketpair"
 TP_ZMQ = "tput pyzmq PUSH/PULL ipc://"
+RT_SRV = "rt Client.request via Server (protobuf)"
+TP_SRV = "tput Server.publish to a Client (protobuf)"
 
 
 def build_cases(args) -> list[C.Case]:
@@ -625,6 +758,8 @@ def build_cases(args) -> list[C.Case]:
         C.Case(TP_RAW, "throughput", P, raw_tput_case(ts, sec)),
         C.Case(TP_FS_PROTO, "throughput", E, fs_tput_case(ts, sec, proto=True)),
         C.Case(TP_ZMQ, "throughput", P, zmq_tput_case(ts, sec)),
+        C.Case(RT_SRV, "round trip", E, srv_rt_case(s, sec)),
+        C.Case(TP_SRV, "throughput", E, srv_tput_case(ts, sec)),
     ]
 
 
@@ -699,6 +834,15 @@ def goals(by: dict) -> dict:
         d = fsp["p50_ns"] - raw["p50_ns"]
         print(f"  FrameSocket with protobuf (serialize + parse both ends) vs raw bytes: {d / 1000:+.2f} us "
               f"one-way p50")
+    srt, stp, ftp = by.get(RT_SRV), by.get(TP_SRV), by.get(TP_FS_PROTO)
+    if srt and fsp:
+        print(f"  through the Server (Client.request, handler echo) vs FrameSocket protobuf direct: "
+              f"{(srt['p50_ns'] - fsp['p50_ns']) / 1000:+.2f} us one-way p50 ({_us(srt['p50_ns'])} vs "
+              f"{_us(fsp['p50_ns'])} us)")
+    if stp and ftp:
+        print(f"  Server.publish to one Client vs FrameSocket protobuf one way: "
+              f"{stp['msgs_per_s'] / ftp['msgs_per_s']:.2f}x ({_rate(stp['msgs_per_s'])} vs "
+              f"{_rate(ftp['msgs_per_s'])} msg/s)")
     tcp, uds = by.get(RT_TCP_PY), by.get(RT_UDS_PY)
     if tcp and fsp:
         print(f"  TCP/UDS p99 ratio (seed document: 47/14 = 3.36x on a Pi 5), one-way: TCP Python-framed "

@@ -34,6 +34,16 @@ struct ep_frame_io {
     int32_t fds_truncated;         /* recv: the sender attached more fds than fit (the extra are closed) */
     uint8_t hdr[4];                /* recv: the EP_FRAME_HDR header bytes read so far */
     int32_t fds[16];               /* EP_FRAME_MAX_FDS (a literal: the cffi cdef needs one) */
+    /* recv read-ahead (optional): point ra at ra_cap bytes the caller owns for the life of the stream,
+     * or leave it NULL to read each frame with exactly-sized reads (two recvmsg calls per frame). */
+    uint8_t *ra;
+    uint32_t ra_cap;
+    uint32_t ra_off, ra_len;       /* unconsumed stream bytes are ra[ra_off .. ra_off + ra_len) */
+    uint64_t ra_pos;               /* stream offset of ra[ra_off]: bytes of the stream consumed so far */
+    uint64_t ra_fds_at;            /* stream offset of the frame that owns ra_fds */
+    int32_t ra_nfds;               /* fds that arrived ahead of their frame, in ra_fds[0..ra_nfds) */
+    int32_t ra_fds_truncated;
+    int32_t ra_fds[16];            /* EP_FRAME_MAX_FDS */
 };
 
 /* Send one frame of len payload bytes, with nfds (0..EP_FRAME_MAX_FDS) descriptors attached.
@@ -54,8 +64,20 @@ int ep_frame_send(int fd, struct ep_frame_io *io, const void *buf, uint32_t len,
  *   another -errno from recvmsg/poll.
  * Received fds (O_CLOEXEC) are in io->fds[0..nfds) and belong to the caller from the moment they
  * arrive, whatever the return code; a call that starts a new frame (io->done == 0) forgets them, so
- * take them first. On success io->len and the fds describe the frame just received. */
+ * take them first. On success io->len and the fds describe the frame just received.
+ *
+ * With read-ahead (io->ra set), one recvmsg takes whatever the socket holds, up to ra_cap bytes, and
+ * later calls serve frames from it, so a small frame usually costs one recvmsg or none. A payload
+ * whose rest is at least ra_cap bytes is read straight into buf. Descriptors still belong to the frame
+ * whose first byte carried them: the kernel ends a recvmsg after the message that brought fds, and an
+ * ep_frame_send with fds is one sendmsg starting at the frame's first byte, so the fds of a chunk
+ * belong to the last frame that starts in it (or to the current frame if none starts there); fds for
+ * a frame not yet reached wait in ra_fds. */
 int ep_frame_recv(int fd, struct ep_frame_io *io, void *buf, uint32_t cap, uint32_t max_len,
                   int64_t deadline_ns);
+
+/* Close the fds that arrived ahead of their frame and forget read-ahead bytes (before closing the
+ * socket; the fds of the current frame, io->fds, are the caller's and are left alone). */
+void ep_frame_recv_drop(struct ep_frame_io *io);
 
 #endif

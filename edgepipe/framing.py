@@ -50,6 +50,9 @@ MAX_FDS = lib.EP_FRAME_MAX_FDS
 _MAX_FRAME_LIMIT = 2**31 - 1  # the C calls return the payload length as an int
 _RXBUF_START = 64 * 1024  # the receive buffer starts here, grows to the largest frame, and shrinks back
 _RXBUF_KEEP = 1 << 20  # after a frame larger than this the buffer drops back to _RXBUF_START
+# C reads ahead into this many bytes, so a stream of small frames costs about one recvmsg per socket
+# buffer's worth rather than two per frame (header, then payload).
+READ_AHEAD = 64 * 1024
 
 _send = lib.ep_frame_send
 _recv = lib.ep_frame_recv
@@ -144,7 +147,7 @@ class FrameSocket:
     b'raw'
     """
 
-    __slots__ = ("_broken", "_fd", "_max_frame", "_rx", "_rx_thread", "_rxbuf", "_rxc", "_sock", "_tx",
+    __slots__ = ("_broken", "_fd", "_max_frame", "_ra", "_rx", "_rx_thread", "_rxbuf", "_rxc", "_sock", "_tx",
                  "_tx_thread")
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -159,6 +162,9 @@ class FrameSocket:
         self._fd = sock.fileno()
         self._rx = ffi.new("struct ep_frame_io *")
         self._tx = ffi.new("struct ep_frame_io *")
+        self._ra = ffi.new("uint8_t[]", READ_AHEAD)  # owned here, used by C through _rx.ra
+        self._rx.ra = self._ra
+        self._rx.ra_cap = READ_AHEAD
         self._rxbuf = bytearray(_RXBUF_START)
         self._rxc = ffi.from_buffer(self._rxbuf)
         self._broken: str | None = None  # why the stream is unusable (it is no longer at a frame boundary)
@@ -325,6 +331,7 @@ class FrameSocket:
             while self._tx_thread not in (0, me) or self._rx_thread not in (0, me):
                 time.sleep(0.0002)
         sock.close()
+        lib.ep_frame_recv_drop(self._rx)  # fds that came ahead of a frame nobody will read now
         _close_fds(_take_fds(self._rx))
 
     def __enter__(self) -> FrameSocket:

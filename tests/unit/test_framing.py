@@ -25,7 +25,7 @@ from edgepipe import (
     Ring,
 )
 from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
-from edgepipe.framing import MAX_FDS
+from edgepipe.framing import MAX_FDS, READ_AHEAD
 
 
 @pytest.fixture
@@ -580,3 +580,69 @@ class TestLifetime:
             a.close()
             b.close()
         assert _fd_count() == before
+
+
+class TestReadAhead:
+    """The C reader takes several queued frames in one recvmsg (READ_AHEAD bytes); fds still arrive with
+    the frame whose first byte carried them."""
+
+    @staticmethod
+    def _pipes(n: int) -> list[tuple[int, int]]:
+        return [os.pipe() for _ in range(n)]
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.sampled_from([0, 1, 5, 100, 4000, READ_AHEAD - 3, READ_AHEAD + 7, 200_000]),
+                              st.integers(0, 3)), min_size=1, max_size=12))
+    def test_queued_frames_keep_their_fds(self, frames):
+        """Frames of mixed sizes (around and beyond the read-ahead buffer), some with fds, all queued before
+        the reader starts: each arrives with exactly its own fds (same inodes, same order)."""
+        pipes = self._pipes(3)
+        a, b = FrameSocket.pair()
+        try:
+            sent = [(bytes([i % 251]) * size, [pipes[j][0] for j in range(nfds)]) for i, (size, nfds) in
+                    enumerate(frames)]
+
+            def send_all():
+                for payload, fds in sent:
+                    a.send_fds(fds, payload, timeout_s=10) if fds else a.send_bytes(payload, timeout_s=10)
+
+            join = _in_thread(send_all)
+            time.sleep(0.01)  # let the small ones pile up in the socket
+            for i, (payload, fds) in enumerate(sent):
+                got, got_fds = b.recv_fds(timeout_s=10)
+                try:
+                    assert got == payload, f"frame {i}: {len(got)} bytes, sent {len(payload)}"
+                    assert [os.fstat(f).st_ino for f in got_fds] == [os.fstat(f).st_ino for f in fds], f"frame {i}"
+                finally:
+                    for f in got_fds:
+                        os.close(f)
+            join()
+        finally:
+            a.close()
+            b.close()
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+
+    def test_fds_ahead_of_their_frame_are_closed_with_the_socket(self):
+        """fds that the read-ahead took for a frame nobody reads are closed by close(), not leaked."""
+        before = _fd_count()
+        r, w = os.pipe()
+        a, b = FrameSocket.pair()
+        a.send_bytes(b"one")
+        a.send_fds([r, w], b"two")
+        time.sleep(0.01)
+        assert b.recv_bytes(timeout_s=5) == b"one"
+        assert b._rx.ra_nfds == 2 and b._rx.ra_len == 4 + 3  # "two" and its fds were read ahead
+        os.close(r)
+        os.close(w)
+        a.close()
+        b.close()
+        assert _fd_count() == before
+
+    def test_burst_of_small_frames(self, raw_pair):
+        """A burst of 500 small frames written at once is received intact, frame by frame."""
+        fs, raw = raw_pair
+        raw.sendall(b"".join(_frame(struct.pack("<I", i) * (i % 7)) for i in range(500)))
+        for i in range(500):
+            assert fs.recv_bytes(timeout_s=5) == struct.pack("<I", i) * (i % 7)
