@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from typing import Any, Iterable
 
 from hdrh.histogram import HdrHistogram
@@ -60,6 +61,7 @@ class LatencyBook:
         self.sums: dict[str, int] = {}
         self.violations: dict[str, int] = {}
         self.order: list[str] = []  # parts in the order records cross them
+        self._lock = threading.Lock()  # a stage records while its control thread snapshots
 
     def _add(self, part: str, v: int) -> None:
         h = self.hists.get(part)
@@ -82,6 +84,10 @@ class LatencyBook:
 
     def record(self, rec) -> None:
         """Split one received record's latency into its parts and record each."""
+        with self._lock:
+            self._record(rec)
+
+    def _record(self, rec) -> None:
         prev_pub = None
         for h in rec.hops:
             if h.link != _NO_LINK and prev_pub is not None:
@@ -94,7 +100,8 @@ class LatencyBook:
 
     def record_value(self, part: str, value_ns: int) -> None:
         """Record one measured value of ``part`` (for stages that measure something the stamps miss)."""
-        self._add(part, value_ns)
+        with self._lock:
+            self._add(part, value_ns)
 
     # -- transport (edgepipe.v1.LatencyHistogram) -----------------------------------------------------
     def to_proto(self) -> list:
@@ -102,6 +109,10 @@ class LatencyBook:
         from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
         out = []
+        with self._lock:
+            return self._to_proto(pb, out)
+
+    def _to_proto(self, pb, out: list) -> list:
         for part in self.order:
             h = self.hists[part]
             m = pb.LatencyHistogram(name=part, min_ns=h.get_min_value() if h.get_total_count() else 0,
@@ -171,7 +182,7 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         parts.append(row)
     drops: dict[str, int] = {}
     for sname, st in (stages or {}).items():
-        for k, v in (st.get("counters") or {}).items():
+        for k, v in st.items():
             if k.startswith("dropped[") and v:
                 drops[f"{sname}: {k[8:-1]}"] = v
     return {

@@ -364,8 +364,9 @@ class Pipeline:
     def _spawn(self, c: _Child) -> None:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            cmd = [sys.executable, "-m", "edgepipe.supervisor", "--stage", c.name, "--fd", str(b.fileno()),
-                   "--parent", str(os.getpid())]
+            # -c rather than -m: edgepipe/__init__ imports this module, and runpy warns about that
+            cmd = [sys.executable, "-c", "import sys; from edgepipe.supervisor import main; sys.exit(main())",
+                   "--stage", c.name, "--fd", str(b.fileno()), "--parent", str(os.getpid())]
             c.proc = subprocess.Popen(cmd, pass_fds=[b.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             a.close()
@@ -808,6 +809,17 @@ def _child(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, lambda s, f: stage.stop())
     done = threading.Event()
+    user_open = stage.open
+
+    def open_and_report() -> None:
+        # The supervisor counts a stage as started once open() returned: say so at once, before the loop
+        # (a loop that fails on its first record is a crash to restart, not a stage that cannot start).
+        user_open()
+        st = stage.stats()
+        st["state"] = "running"
+        send(raw=json.dumps(st, default=str).encode())
+
+    stage.open = open_and_report
 
     def control() -> None:
         # Stats every interval; Stop -> stage.stop(); the supervisor hanging up -> stop too.
@@ -869,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.fd is not None:
         return _child(args)
     if not args.file:

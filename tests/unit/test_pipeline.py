@@ -1,0 +1,256 @@
+"""Pipelines of plain-Python stages across real processes: delivery, latency parts, restarts, stops, and
+what is left behind after the supervisor is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from edgepipe import (
+    CheckStage,
+    ConfigError,
+    CounterStage,
+    EdgepipeError,
+    Pipeline,
+    PipelineStage,
+    RelayStage,
+    load_report,
+    sink,
+    source,
+    transform,
+)
+
+SHM = "/dev/shm"
+
+
+def _shm() -> set[str]:
+    return set(os.listdir(SHM))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Collect(PipelineStage):
+    """A user sink: keeps every (seq, payload) and checks each payload is what the source sent, doubled."""
+
+    def __init__(self, name=None, **kw):
+        super().__init__(name, **kw)
+        self.bad = 0
+
+    def handle(self, rec):
+        if rec.payload != (rec.seq.to_bytes(8, "little") + bytes(8)) * 2:
+            self.count("bad")
+        self.count("ok")
+        if self.counters.get("last", -1) != rec.seq - 1:
+            self.count("out_of_order")
+        self.counters["last"] = rec.seq
+
+
+class Double(PipelineStage):
+    def handle(self, rec):
+        self.emit(rec.payload * 2, parent=rec)
+
+
+@source
+def letters():
+    for i in range(300):
+        yield b"abc-%d" % i
+
+
+@transform
+def upper(payload: bytes) -> bytes:
+    return payload.upper()
+
+
+@sink
+def keep(rec) -> None:
+    assert rec.payload.isupper()
+
+
+class FailOpen(PipelineStage):
+    def open(self):
+        raise OSError("camera /dev/video9 is busy")
+
+
+class TestDelivery:
+    def test_records_cross_three_processes_in_order_with_every_part_timed(self, tmp_path):
+        """5000 records go source -> user transform -> user sink in three processes: none lost, none out
+        of order, payloads transformed, and the report has a row for every stage, ring and end to end."""
+        before = _shm()
+        p = Pipeline([CounterStage("src", count=5000, rate_hz=20000, outputs={"out": "raw"}),
+                      Double("double", inputs={"in": "raw"}, outputs={"out": "doubled"}),
+                      Collect("collect", inputs={"in": "doubled"})],
+                     budgets={"end_to_end": 100, "double": 50}, stats_path=False)
+        assert p.run() == 0
+        st = p.stage_stats()
+        assert st["collect"]["ok"] == 5000
+        assert st["collect"]["last"] == 4999
+        assert "bad" not in st["collect"] and "out_of_order" not in st["collect"]
+        assert {c["pid"] for c in st.values()} != {os.getpid()}  # real processes
+        assert len({c["pid"] for c in st.values()}) == 3
+        rep = p.report()
+        parts = {r["part"]: r for r in rep["parts"]}
+        assert set(parts) == {"src", "raw", "double", "doubled", "end_to_end"}
+        assert all(r["count"] == 5000 for r in parts.values())
+        assert parts["double"]["budget_ms"] == 50 and parts["end_to_end"]["budget_ms"] == 100
+        # the parts add up to the end-to-end mean (same records, same clock)
+        total = sum(parts[k]["mean_ms"] for k in ("src", "raw", "double", "doubled"))
+        assert abs(total - parts["end_to_end"]["mean_ms"]) < 0.01 + 0.01 * total
+        paths = p.write_report(tmp_path)
+        assert os.path.getsize(paths["png"]) > 10_000
+        assert load_report(tmp_path)["parts"][-1]["part"] == "end_to_end"
+        assert _shm() == before
+
+    def test_decorated_functions_are_stages(self):
+        """@transform and @sink turn plain functions into stages of a pipeline."""
+        p = Pipeline([letters(name="src", outputs={"out": "a"}),
+                      upper(name="up", inputs={"in": "a"}, outputs={"out": "b"}),
+                      keep(name="keep", inputs={"in": "b"})], stats_path=False)
+        assert p.run() == 0
+        assert p.stage_stats()["keep"]["received"] == 300
+        assert p.stage_stats()["keep"]["state"] == "done"
+
+    def test_a_drop_link_counts_what_it_drops(self):
+        """A 'drop' link whose consumer is slow drops records instead of blocking, and says so."""
+        p = Pipeline([CounterStage("src", count=3000, size=1024, outputs={"out": "a"}),
+                      RelayStage("slow", work_us=200, inputs={"in": "a"}, outputs={"out": "b"}),
+                      CheckStage("sink", inputs={"in": "b"})],
+                     links={"a": {"capacity": 8192, "mode": "drop"}}, stats_path=False)
+        assert p.run() == 0
+        st = p.stage_stats()
+        dropped = st["src"].get("dropped[a: ring full]", 0)
+        assert dropped > 0
+        assert st["sink"]["ok"] + dropped == 3000
+        assert p.report()["drops"] == {"src: a: ring full": dropped}
+
+
+class TestFailures:
+    def test_kill_9_of_a_stage_restarts_it(self):
+        """A stage killed with SIGKILL is started again and counted; records keep flowing after it."""
+        p = Pipeline([CounterStage("src", rate_hz=2000, outputs={"out": "a"}),
+                      RelayStage("mid", inputs={"in": "a"}, outputs={"out": "b"}),
+                      CheckStage("sink", inputs={"in": "b"})], backoff_s=0.05, stats_interval_s=0.1,
+                     stats_path=False)
+        with p:
+            time.sleep(0.5)
+            victim = p.stage_stats()["mid"]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while p.stage_stats()["mid"]["restarts"] < 1 or p.stage_stats()["mid"]["state"] != "running":
+                assert time.monotonic() < deadline, p.stage_stats()["mid"]
+                time.sleep(0.05)
+            before = p.stage_stats()["sink"].get("ok", 0)
+            time.sleep(0.6)
+            assert p.stage_stats()["sink"]["ok"] > before + 100
+            assert p.stage_stats()["mid"]["pid"] != victim
+        st = p.stage_stats()
+        assert st["mid"]["restarts"] == 1 and st["mid"]["exit_codes"][0] == -signal.SIGKILL
+        assert p.wait() == 0
+
+    def test_a_stage_that_keeps_failing_stops_the_pipeline(self):
+        """A stage that fails more often than max_restarts allows ends the pipeline with status 1; its error
+        is reported and the other stages are stopped cleanly."""
+        p = Pipeline([CounterStage("src", rate_hz=5000, outputs={"out": "a"}),
+                      RelayStage("flaky", fail_after=50, inputs={"in": "a"}, outputs={"out": "b"}),
+                      CheckStage("sink", inputs={"in": "b"})], max_restarts=1, backoff_s=0.05, stats_path=False)
+        assert p.run(seconds=20) == 1
+        st = p.stage_stats()
+        assert st["flaky"]["restarts"] == 1 and st["flaky"]["state"] == "failed"
+        assert "failing after 50 records" in st["flaky"]["error"]
+        assert st["src"]["state"] == "done" and st["sink"]["state"] == "done"
+        assert st["src"]["exit_codes"] == [0] and st["sink"]["exit_codes"] == [0]
+
+    def test_a_stage_that_cannot_start_is_named_and_the_rest_stopped(self):
+        """open() raising in one stage: start() raises naming the stage and its error; no stage survives."""
+        p = Pipeline([CounterStage("src", rate_hz=100, outputs={"out": "a"}),
+                      FailOpen("cam", inputs={"in": "a"})], stats_path=False)
+        with pytest.raises(EdgepipeError, match=r"'cam' could not start: OSError: camera /dev/video9 is busy"):
+            p.start()
+        assert p.wait(10) == 1
+        assert not any(_alive(c["pid"]) for c in p.stage_stats().values() if c["pid"])
+
+    def test_bad_description_fails_before_anything_starts(self):
+        """Two consumers on one ring is a ConfigError raised by the constructor."""
+        with pytest.raises(ConfigError, match="'a' already has a consumer"):
+            Pipeline([CounterStage("src", outputs={"out": "a"}), CheckStage("s1", inputs={"in": "a"}),
+                      CheckStage("s2", inputs={"in": "a"})])
+
+
+_SUPERVISOR = textwrap.dedent("""
+    import sys
+    from edgepipe import Pipeline, CounterStage, RelayStage, CheckStage
+    p = Pipeline([CounterStage("src", rate_hz=1000, outputs={"out": "a"}),
+                  RelayStage("mid", inputs={"in": "a"}, outputs={"out": "b"}),
+                  CheckStage("sink", inputs={"in": "b"})], stats_interval_s=0.1, stats_path=sys.argv[1])
+    code = p.run()
+    p.write_report(sys.argv[2], png=False)
+    sys.exit(code)
+""")
+
+
+def _start_supervisor(tmp_path):
+    stats = tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(stats), str(tmp_path / "rep")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the supervisor did not publish stats"
+        try:
+            live = json.loads(stats.read_text())
+            if all(s["state"] == "running" for s in live["stages"].values()) and live["parts"]:
+                return proc, [s["pid"] for s in live["stages"].values()]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+
+
+class TestSupervisorProcess:
+    def test_kill_9_of_the_supervisor_leaves_no_stage_and_no_segment(self, tmp_path):
+        """SIGKILL to the supervisor: every stage process is gone within 3 s and /dev/shm is unchanged."""
+        before = _shm()
+        proc, pids = _start_supervisor(tmp_path)
+        assert all(_alive(p) for p in pids)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 3
+        while any(_alive(p) for p in pids):
+            assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
+            time.sleep(0.02)
+        assert _shm() == before
+
+    def test_sigterm_drains_and_exits_0(self, tmp_path):
+        """SIGTERM: the sources stop first, everything in flight reaches the sink, exit status 0."""
+        before = _shm()
+        proc, pids = _start_supervisor(tmp_path)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        rep = load_report(tmp_path / "rep")
+        st = rep["stages"]
+        sent = st["src"]["emitted"]
+        assert sent > 100
+        assert st["sink"]["ok"] == sent and "lost" not in st["sink"]
+        assert rep["links"]["a"]["records_read"] == rep["links"]["a"]["records_written"] == sent
+        assert rep["meta"]["stop_reason"] == "signal SIGTERM"
+        assert not any(_alive(p) for p in pids)
+        assert not (tmp_path / "stats.json").exists()
+        assert _shm() == before
