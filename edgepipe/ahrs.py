@@ -269,8 +269,9 @@ class Recording:
         name: the name ``load_recording`` takes.
         t_s: (N,) sample times, seconds from the first sample.
         gyr: (N, 3) angular rate, rad/s (converted from the file's deg/s).
-        acc: (N, 3) acceleration, g (as recorded).
-        mag: (N, 3) magnetic field, µT (as recorded).
+        acc: (N, 3) acceleration, g (NGIMU and x-IMU3 as recorded; Xsens converted from m/s^2).
+        mag: (N, 3) magnetic field in the recording's unit (NGIMU: µT; Xsens: normalised a.u.), or None
+            when the recording has none (xio3's magnetometer is logged at another rate; not bundled).
         q_ref_t_s: (M,) times of the device's own quaternions, seconds on the t_s clock.
         q_ref: (M, 4) the device's onboard AHRS output, (w, x, y, z).
     """
@@ -279,7 +280,7 @@ class Recording:
     t_s: np.ndarray
     gyr: np.ndarray
     acc: np.ndarray
-    mag: np.ndarray
+    mag: np.ndarray | None
     q_ref_t_s: np.ndarray
     q_ref: np.ndarray
 
@@ -289,30 +290,55 @@ class Recording:
         return (len(self.t_s) - 1) / (self.t_s[-1] - self.t_s[0])
 
 
-_RECORDINGS = {"ngimu": ("ngimu_sensors.csv", "ngimu_quaternion.csv")}
+_G = 9.80665  # m/s^2 per g
+
+
+def _read(name: str, **kw) -> np.ndarray:
+    with files("edgepipe").joinpath("data").joinpath("imu").joinpath(name).open("r") as fh:
+        return np.loadtxt(fh, dtype=np.float64, **kw)
+
+
+def _ngimu() -> tuple:
+    s = _read("ngimu_sensors.csv", delimiter=",", skiprows=1)
+    q = _read("ngimu_quaternion.csv", delimiter=",", skiprows=1)
+    t0 = s[0, 0]
+    return s[:, 0] - t0, np.deg2rad(s[:, 1:4]), s[:, 4:7], s[:, 7:10], q[:, 0] - t0, q[:, 1:5]
+
+
+def _xio3() -> tuple:
+    s = _read("xio3_inertial.csv", delimiter=",", skiprows=1)
+    q = _read("xio3_quaternion.csv", delimiter=",", skiprows=1)
+    t0 = s[0, 0]
+    return (s[:, 0] - t0) * 1e-6, np.deg2rad(s[:, 1:4]), s[:, 4:7], None, (q[:, 0] - t0) * 1e-6, q[:, 1:5]
+
+
+def _xsens() -> tuple:
+    # Counter, Acc_X..Z (m/s^2), Gyr_X..Z (rad/s), Mag_X..Z (a.u., normalised to the local field),
+    # Quat_w..z; tab separated with a trailing tab; 50 Hz (from the "// Sample rate" comment line).
+    s = _read("xsens_sensors.txt", comments="//", skiprows=5, usecols=range(14))
+    t = (s[:, 0] - s[0, 0]) / 50.0
+    return t, s[:, 4:7], s[:, 1:4] / _G, s[:, 7:10], t, s[:, 10:14]
+
+
+_RECORDINGS = {"ngimu": _ngimu, "xio3": _xio3, "xsens": _xsens}
 
 
 def load_recording(name: str = "ngimu") -> Recording:
-    """Load a bundled recording as float64 arrays in the units :class:`Recording` lists.
+    """Load a bundled recording as float64 arrays in the units :class:`Recording` lists (gyro rad/s,
+    accel g); ``edgepipe/data/imu/README.md`` says what each file holds and how it was converted.
+
+    >>> sorted(_RECORDINGS)
+    ['ngimu', 'xio3', 'xsens']
+    >>> r = load_recording("xio3")
+    >>> r.gyr.shape, round(r.rate_hz), r.mag is None
+    ((500, 3), 50, True)
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
     if name not in _RECORDINGS:
         raise ValueError(f"unknown recording {name!r}; bundled: {sorted(_RECORDINGS)}")
-    sensors, quats = _RECORDINGS[name]
-    root = files("edgepipe").joinpath("data").joinpath("imu")
-    with root.joinpath(sensors).open("r") as fh:
-        s = np.loadtxt(fh, delimiter=",", skiprows=1, dtype=np.float64)
-    with root.joinpath(quats).open("r") as fh:
-        q = np.loadtxt(fh, delimiter=",", skiprows=1, dtype=np.float64)
-    t0 = s[0, 0]
-    return Recording(
-        name=name,
-        t_s=s[:, 0] - t0,
-        gyr=np.ascontiguousarray(np.deg2rad(s[:, 1:4])),
-        acc=np.ascontiguousarray(s[:, 4:7]),
-        mag=np.ascontiguousarray(s[:, 7:10]),
-        q_ref_t_s=q[:, 0] - t0,
-        q_ref=np.ascontiguousarray(q[:, 1:5]),
-    )
+    t, gyr, acc, mag, qt, q = _RECORDINGS[name]()
+    c = np.ascontiguousarray
+    return Recording(name=name, t_s=c(t), gyr=c(gyr), acc=c(acc), mag=None if mag is None else c(mag),
+                     q_ref_t_s=c(qt), q_ref=c(q))
