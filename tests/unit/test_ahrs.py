@@ -69,6 +69,15 @@ class TestAgainstAhrs:
         got = Madgwick(beta=beta, rate_hz=rec.rate_hz).update_batch(rec.gyr, rec.acc)
         assert angle_deg(got, ref).max() < TOL_DEG
 
+    @pytest.mark.parametrize("name", ["xio3", "xsens"])
+    def test_other_recordings_native_rate_imu(self, name):
+        """The x-IMU3 (fast motion, ~700 deg/s) and Xsens recordings: within 0.05 deg of ahrs throughout."""
+        r = load_recording(name)
+        assert np.linalg.norm(r.gyr, axis=1).min() > 0  # see the rec fixture
+        ref = ref_run(r.gyr, r.acc, rate_hz=r.rate_hz, beta=0.1)
+        got = Madgwick(beta=0.1, rate_hz=r.rate_hz).update_batch(r.gyr, r.acc)
+        assert angle_deg(got, ref).max() < TOL_DEG
+
     def test_ngimu_upsampled_1000hz_imu(self, rec):
         """Linearly upsampled to 1000 Hz (about 10k samples), IMU quaternions stay within 0.05 deg of ahrs."""
         gyr, acc, _ = upsample(rec, 1000.0)
@@ -241,5 +250,5 @@ class TestRecording:
 
     def test_unknown_recording(self):
         """An unknown name raises ValueError listing the bundled ones."""
-        with pytest.raises(ValueError, match="ngimu"):
+        with pytest.raises(ValueError, match="'ngimu', 'xio3', 'xsens'"):
             load_recording("nope")
