@@ -22,7 +22,7 @@ the file, the line and the key (and the bad value)::
     budget_ms = 5                   # this stage's own processing
 
     [links.numbers]
-    capacity = 65536                # bytes, a power of two
+    capacity = 65536                # bytes, a power of two (latest: the largest frame's pixel bytes)
     mode = "lossless"               # lossless | drop | latest
     budget_ms = 10                  # time queued in this ring
 
@@ -273,7 +273,8 @@ def _check_table(w: _Where, keys: tuple[str, ...], table: Any, allowed: dict) ->
         t = allowed[k]
         bad = isinstance(v, bool) and t is not bool and bool not in (t if isinstance(t, tuple) else (t,))
         if bad or not isinstance(v, t):
-            raise w.err((*keys, k), f"must be a {_tname(t)}, got {type(v).__name__} {v!r}")
+            tn = _tname(t)
+            raise w.err((*keys, k), f"must be {'an' if tn[0] in 'aeiou' else 'a'} {tn}, got {type(v).__name__} {v!r}")
 
 
 def load_config(path: str | os.PathLike) -> PipelineSpec:
@@ -306,6 +307,7 @@ def parse_config(text: str, path: str = "<string>", base_dir: str | None = None)
         if k in pipe:
             setattr(spec, k, pipe[k])
     if "budget_ms" in pipe:
+        _check_budget(w, ("pipeline", "budget_ms"), pipe["budget_ms"])
         spec.budgets_ms["end_to_end"] = pipe["budget_ms"]
     stages = doc.get("stages", {})
     if not isinstance(stages, dict) or not stages:
@@ -332,6 +334,7 @@ def parse_config(text: str, path: str = "<string>", base_dir: str | None = None)
     for k, v in budgets.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise w.err(("budgets", k), f"must be a number of ms, got {type(v).__name__} {v!r}")
+        _check_budget(w, ("budgets", k), v)
         spec.budgets_ms[k.removesuffix("_ms")] = v
     validate(spec, w, base_dir=base_dir)
     return spec
@@ -409,7 +412,9 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
         if name in names or name in _RESERVED_PARTS:
             raise _fail(w, keys, f"link name {name!r} is also a stage name or reserved; latency parts need distinct names")
         cap = ln.capacity
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 4096 or cap & (cap - 1):
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0:
+            raise _fail(w, (*keys, "capacity"), f"must be a positive integer of bytes, got {cap!r}")
+        if ln.mode != "latest" and (cap < 4096 or cap & (cap - 1)):
             raise _fail(w, (*keys, "capacity"), f"must be a power of two >= 4096 bytes, got {cap!r}")
         if ln.mode not in LINK_MODES:
             raise _fail(w, (*keys, "mode"), f"must be one of {', '.join(LINK_MODES)}, got {ln.mode!r}")
@@ -422,7 +427,7 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
     for part, v in spec.budgets_ms.items():
         if part not in names and part not in spec.links and part not in _RESERVED_PARTS:
             raise _fail(w, ("budgets", part), f"budget for {part!r}, which is no stage, link or 'end_to_end'")
-        _check_budget(w, ("budgets", part) if w is None or w.line(("budgets", part)) else ("pipeline", "budget_ms"), v)
+        _check_budget(w, ("budgets", part), v)
     _check_cycles(spec, w, producers)
     return spec
 
