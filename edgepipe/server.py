@@ -318,6 +318,7 @@ class Server:
                 s.bind(self.path)
                 os.chmod(self.path, 0o666 if self._shared else 0o600)
                 s.listen(64)
+                s.setblocking(False)  # poll says when; a connection gone before accept() must not block us
                 st = os.lstat(self.path)
             except BaseException:
                 s.close()
