@@ -27,13 +27,19 @@ mark; msg/s = messages received / the consumer's time from the barrier to the la
 if received != sent; the consumer checks the sequence number of every 256th message):
   FrameSocket send_bytes/recv_bytes     one frame per message
   FrameSocket send/recv (protobuf)      an Envelope padded to the same size, parsed by the consumer
+  FrameSocket bytes, read-ahead off     the first row with the C reader's read-ahead disabled (header
+                                        and payload each take a recvmsg, as before read-ahead existed)
   raw AF_UNIX socketpair                the same framed bytes (4 + size) in one ``sendall`` each; the
                                         consumer ``recv_into``s a 64 KiB buffer and counts bytes
   pyzmq PUSH/PULL ipc://                one ``send``/``recv`` per message, socket file in the run's temp dir
   Server.publish to a Client (protobuf) the same padded Envelope, published to one subscribed Client
                                         (compare with the FrameSocket protobuf row)
 
-    python benchmarks/frame_socket.py                      # everything, 5 s per case (~60 s)
+Many clients (thread-per-session server): k = 1, 4, 16 client processes, forked by side A and so sharing
+its CPU, each loop Client.request against one Server on the other CPU (handler echo); total requests/s and
+the RTT distribution over all clients' requests. Every 64th reply is checked to be the client's own.
+
+    python benchmarks/frame_socket.py                      # everything, 5 s per case (~75 s)
     python benchmarks/frame_socket.py --seconds 1 --only FrameSocket,raw
 
 Each timing loop is written out in full (see ring_latency.py for why). Every loop is bounded in count
@@ -43,6 +49,7 @@ Each timing loop is written out in full (see ring_latency.py for why). Every loo
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import struct
 import time
@@ -404,8 +411,9 @@ def _done(n: int, t0: float) -> dict:
     return {"received": n, "elapsed_s": time.perf_counter() - t0}
 
 
-def fs_tput_case(size: int, seconds: float, proto: bool):
-    """One frame per message; an empty frame (a Stop Envelope in the protobuf case) ends the run."""
+def fs_tput_case(size: int, seconds: float, proto: bool, read_ahead: bool = True):
+    """One frame per message; an empty frame (a Stop Envelope in the protobuf case) ends the run.
+    ``read_ahead=False`` turns the C reader's read-ahead off (two recvmsg calls per frame, as before it)."""
 
     def make():
         s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -446,6 +454,8 @@ def fs_tput_case(size: int, seconds: float, proto: bool):
         def consumer(sync):
             s0.close()
             fs = FrameSocket(s1)
+            if not read_ahead:
+                fs._rx.ra_cap = 0
             sync()
             t0 = time.perf_counter()
             n = 0
@@ -728,6 +738,83 @@ def srv_tput_case(size: int, seconds: float):
     return make
 
 
+def srv_many_case(k: int, size: int | None, seconds: float):
+    """k client processes (forked by side A, so all on its CPU) each run Client.request in a loop against
+    one Server (side B, its own CPU: one thread per session); total requests/s and each client's RTT."""
+
+    def make():
+        path = _server_path(f"m{k}")
+
+        def clients(sync):
+            sync()
+            t_start = time.monotonic() + 0.3  # every client connected before the clock starts
+            pipes = []
+            for j in range(k):
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # a client: no harness machinery from here on, only os._exit
+                    code = 1
+                    try:
+                        os.close(r)
+                        c = Client.connect(path, stage=f"c{j}")
+                        env = imu_envelope(j, size)
+                        req, pc = c.request, time.perf_counter_ns
+                        samples = array("q")
+                        while time.monotonic() < t_start:
+                            time.sleep(0.001)
+                        t_end = pc() + int(seconds * 1e9)
+                        i = 0
+                        while i < MAX_MSGS:
+                            t0 = pc()
+                            x = req(env, RX_TIMEOUT_S)
+                            t1 = pc()
+                            samples.append(t1 - t0)
+                            i += 1
+                            if not i & 63:
+                                if x.imu_sample != env.imu_sample:
+                                    raise _mismatch(i, "a reply to another client's request")
+                                if t1 > t_end:
+                                    break
+                        c.close()
+                        os.write(w, samples.tobytes())
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.close(w)
+                pipes.append((pid, r))
+            rtts = array("q")
+            for pid, r in pipes:
+                with os.fdopen(r, "rb") as f:
+                    rtts.frombytes(f.read())
+                _, status = os.waitpid(pid, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise RuntimeError(f"a client process failed (status {status})")
+            out = C.percentiles(rtts, halve=False)
+            out["round_trips"] = len(rtts)
+            out["req_per_s"] = len(rtts) / seconds
+            out["clients"] = k
+            return out
+
+        def server(sync):
+            calls = [0]
+
+            def echo(session, env):
+                calls[0] += 1
+                return env
+
+            with Server(path) as srv:
+                srv.on("imu_sample", echo)
+                sync()
+                deadline = time.monotonic() + seconds + 60
+                while srv.counters["disconnected"] < k and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return {"echoed": calls[0]}
+
+        return Sides(clients, server)
+
+    return make
+
+
 # ---------------------------------------------------------------------------------------------------
 # driver
 
@@ -737,11 +824,13 @@ RT_RAW = "rt raw AF_UNIX socketpair, same bytes"
 RT_UDS_PY = "rt AF_UNIX protobuf + Python framing"
 RT_TCP_PY = "rt TCP 127.0.0.1 protobuf + Python framing"
 TP_FS_BYTES = "tput FrameSocket send_bytes/recv_bytes"
+TP_FS_NORA = "tput FrameSocket bytes, read-ahead off"
 TP_FS_PROTO = "tput FrameSocket send/recv (protobuf)"
 TP_RAW = "tput raw AF_UNIX socketpair"
 TP_ZMQ = "tput pyzmq PUSH/PULL ipc://"
 RT_SRV = "rt Client.request via Server (protobuf)"
 TP_SRV = "tput Server.publish to a Client (protobuf)"
+MANY = "clients via one Server: "
 
 
 def build_cases(args) -> list[C.Case]:
@@ -756,11 +845,12 @@ def build_cases(args) -> list[C.Case]:
         C.Case(RT_TCP_PY, "round trip", P, pyframe_rt_case(s, sec, tcp=True)),
         C.Case(TP_FS_BYTES, "throughput", E, fs_tput_case(ts, sec, proto=False)),
         C.Case(TP_RAW, "throughput", P, raw_tput_case(ts, sec)),
+        C.Case(TP_FS_NORA, "throughput", E, fs_tput_case(ts, sec, proto=False, read_ahead=False)),
         C.Case(TP_FS_PROTO, "throughput", E, fs_tput_case(ts, sec, proto=True)),
         C.Case(TP_ZMQ, "throughput", P, zmq_tput_case(ts, sec)),
         C.Case(RT_SRV, "round trip", E, srv_rt_case(s, sec)),
         C.Case(TP_SRV, "throughput", E, srv_tput_case(ts, sec)),
-    ]
+    ] + [C.Case(f"{MANY}{k}", "many clients", E, srv_many_case(k, s, sec)) for k in (1, 4, 16)]
 
 
 def measure(case: C.Case, a: dict, b: dict) -> dict:
@@ -812,6 +902,14 @@ def report(rows: list[dict]) -> dict:
                         f"{r['msgs_per_s'] / zmqt['msgs_per_s']:.2f}x" if zmqt else "n/a", f"{r['msgs']:,}",
                         f"{r['probe_before_ns']:.0f}/{r['probe_after_ns']:.0f}"
                         if r["probe_before_ns"] and r["probe_after_ns"] else "?", r["pair"]])
+    many = [r for r in rows if r["group"] == "many clients"]
+    if many:
+        print("\nmany clients, one Server (thread per session): Client.request loops from k processes on side A's "
+              "CPU, server on the other; RTT per request, us")
+        print(C.table(["clients", "requests/s (all)", "RTT p50", "RTT p99", "RTT p99.9", "requests"], [
+            [r["case"][len(MANY):], _rate(r["req_per_s"]), _us(r["p50_ns"]), _us(r["p99_ns"]), _us(r["p999_ns"]),
+             f"{r['round_trips']:,}"] if r["ok"] else [r["case"][len(MANY):], "FAILED: " + r["error"].splitlines()[0][:70]]
+            + [""] * 4 for r in many]))
     print("\none-way throughput, msg/s (every message counted)")
     print(C.table(["case", "msg/s", "vs raw AF_UNIX", "vs pyzmq", "messages", "probe ns", "pair"], tp_rows))
     return goals(by)
@@ -834,6 +932,10 @@ def goals(by: dict) -> dict:
         d = fsp["p50_ns"] - raw["p50_ns"]
         print(f"  FrameSocket with protobuf (serialize + parse both ends) vs raw bytes: {d / 1000:+.2f} us "
               f"one-way p50")
+    fra, fno = by.get(TP_FS_BYTES), by.get(TP_FS_NORA)
+    if fra and fno:
+        print(f"  receive read-ahead on vs off, FrameSocket bytes one way: {fra['msgs_per_s'] / fno['msgs_per_s']:.2f}x "
+              f"({_rate(fra['msgs_per_s'])} vs {_rate(fno['msgs_per_s'])} msg/s)")
     srt, stp, ftp = by.get(RT_SRV), by.get(TP_SRV), by.get(TP_FS_PROTO)
     if srt and fsp:
         print(f"  through the Server (Client.request, handler echo) vs FrameSocket protobuf direct: "
