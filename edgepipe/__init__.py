@@ -116,6 +116,7 @@ from edgepipe.pipeline import (
     transform,
 )
 from edgepipe.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
+from edgepipe.quantize import QuantizeReport, calibration_frames, quantize_model
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
@@ -191,6 +192,7 @@ __all__ = [
     "PipelineStage",
     "PrintStage",
     "QuantizationAccuracyError",
+    "QuantizeReport",
     "Record",
     "RecordTooLargeError",
     "Recording",
@@ -223,6 +225,7 @@ __all__ = [
     "WorkerError",
     "build_report",
     "bundled_model_path",
+    "calibration_frames",
     "default_socket_dir",
     "fit_input_hw",
     "list_segments",
@@ -234,6 +237,7 @@ __all__ = [
     "now_ns",
     "open_source",
     "parse_config",
+    "quantize_model",
     "register_stage",
     "render_png",
     "render_table",

@@ -3,6 +3,7 @@
     edgepipe ls                 every /dev/shm/edgepipe.* segment with its ring status
     edgepipe status NAME        one ring's control block
     edgepipe cleanup [-n]       unlink named rings whose every recorded process is dead
+    edgepipe quantize OUT.onnx  static INT8 text detector calibrated on real frames (edgepipe.quantize)
 
 ``cleanup`` only removes segments it can read as rings and whose creator, producer and consumer pids are all
 gone; anything else is listed and left alone.
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     cl = sub.add_parser("cleanup", help="unlink rings whose processes are all dead")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only say what would be removed")
     cl.set_defaults(func=cmd_cleanup)
+    from edgepipe.quantize import add_subcommand as add_quantize  # issue 8: `edgepipe quantize`
+
+    add_quantize(sub)
     args = p.parse_args(argv)
     return args.func(args)
 
