@@ -93,6 +93,7 @@ def _serve(frames, reply, det, pb, config) -> int:
         dets = msg.detections
         for b in boxes:
             dets.boxes.add(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max, score=b.score, label="text")
+        msg.stamps.publish_ns.append(now_ns())  # this publish onto the results ring
         reply(T_RESULT, _SEQ.pack(seq) + msg.SerializeToString())
 
 

@@ -119,12 +119,18 @@ class InferenceStage(Stage):
         micro_batch: None or 1 (batching measured slower for this model; see the module docstring).
         queue_depth: frames a worker may hold (running + queued).
         max_frame_bytes: largest frame the worker rings must carry (sizes the rings).
-        publish: optional callable given each finished ``InferenceResult`` message (e.g. a server's publish).
+        publish: an :class:`edgepipe.Server` (each result goes out as an Envelope to the UDS clients that
+            subscribed to ``inference_result``) or a callable given each finished ``InferenceResult``.
         start_timeout_s: how long open() waits for every worker to load its model.
         max_restarts: consecutive deaths of a worker before it is ready that fail the stage.
 
     Counters: frames_in, dispatched, results, dropped_deadline, bad_frames, frames_lost, worker_crashes,
-    worker_restarts, results_dropped.
+    worker_restarts, results_dropped, publish_errors.
+
+    Stamps of each result (CLOCK_MONOTONIC_RAW ns): ``capture_ns`` from the frame (its publish time if it has
+    none); ``publish_ns`` = [input ring, worker ring (dispatch), worker's results ring, output ring];
+    ``receive_ns`` = [dispatcher read, worker read, collector read]; ``inference_start_ns``/``_end_ns`` bracket
+    the session run alone (preprocessing is before it, DB post-processing after it).
 
     >>> InferenceStage(input=None, output=None, micro_batch=4)
     Traceback (most recent call last):
@@ -177,6 +183,13 @@ class InferenceStage(Stage):
         self.max_frame_bytes = max_frame_bytes
         self.start_timeout_s = start_timeout_s
         self.max_restarts = max_restarts
+        if publish is not None and not callable(publish) and hasattr(publish, "publish"):
+            server = publish  # an edgepipe.Server: results go to clients that subscribed to "inference_result"
+            from edgepipe.framing import Envelope
+
+            publish = lambda m: server.publish(Envelope(inference_result=m))  # noqa: E731
+        if publish is not None and not callable(publish):
+            raise TypeError(f"publish must be a callable or an edgepipe.Server, got {publish!r}")
         self._publish = publish
         self._lock = threading.RLock()  # slots, in-flight queues, counters
         self._cond = threading.Condition(self._lock)
@@ -186,8 +199,9 @@ class InferenceStage(Stage):
         self._fatal: WorkerError | None = None
         self.last_crash: str | None = None
         self.last_bad_frame: str | None = None
+        self.last_publish_error: str | None = None
         for k in ("frames_in", "dispatched", "results", "dropped_deadline", "bad_frames", "frames_lost",
-                  "worker_crashes", "worker_restarts", "results_dropped"):
+                  "worker_crashes", "worker_restarts", "results_dropped", "publish_errors"):
             self.counters[k] = 0
 
     # -- counters shared by the dispatcher and the collector threads ------------------------------------------
@@ -385,6 +399,7 @@ class InferenceStage(Stage):
                 return
             try:
                 payload = rr.read(timeout_s=0.1)
+                t_rx = now_ns()
                 rtype = rr.last_type
             except RingTimeoutError:
                 if proc.poll() is None:
@@ -402,7 +417,7 @@ class InferenceStage(Stage):
                     return
                 continue
             if rtype == W.T_RESULT:
-                self._on_result(slot, payload, pb)
+                self._on_result(slot, payload, pb, t_rx)
             elif rtype in (W.T_DROPPED, W.T_BAD):
                 (wseq,) = _SEQ.unpack_from(payload)
                 with self._cond:
@@ -433,7 +448,7 @@ class InferenceStage(Stage):
             self.counters["frames_lost"] += 1
         return None
 
-    def _on_result(self, slot: _Slot, payload: bytes, pb) -> None:
+    def _on_result(self, slot: _Slot, payload: bytes, pb, t_rx: int) -> None:
         (wseq,) = _SEQ.unpack_from(payload)
         with self._cond:
             e = self._settle(slot, wseq)
@@ -447,14 +462,22 @@ class InferenceStage(Stage):
         st.seq = e.seq
         st.capture_ns = e.capture_ns
         st.source = str(e.source_id)
+        # the worker stamped its receive and its publish; add the hops on either side of it, in order
         st.receive_ns.insert(0, e.recv_ns)
-        st.publish_ns.extend((e.in_publish_ns, e.dispatch_ns, now_ns()))
+        st.receive_ns.append(t_rx)
+        st.publish_ns.insert(0, e.dispatch_ns)
+        st.publish_ns.insert(0, e.in_publish_ns)
+        st.publish_ns.append(now_ns())
         data = msg.SerializeToString()
-        with self._out_lock:
+        with self._out_lock:  # one producer at a time on the output ring (and into publish)
             ok = self._output.try_write(data, RESULT_TYPE_ID)
+            if self._publish is not None:
+                try:
+                    self._publish(msg)
+                except Exception as exc:  # noqa: BLE001 - a failing subscriber must not stop the results
+                    self.last_publish_error = f"{type(exc).__name__}: {exc}"
+                    self.counters["publish_errors"] += 1
         self._count("results" if ok else "results_dropped")
-        if self._publish is not None:
-            self._publish(msg)
 
     def _worker_gone(self, slot: _Slot) -> bool:
         """The worker of ``slot`` exited. Count and restart it; True when the collector should end."""

@@ -328,8 +328,9 @@ class TestStage:
             assert m.stamps.seq == m.frame_seq and m.stamps.source == "3"
             check_boxes([(b.x_min, b.y_min, b.x_max, b.y_max) for b in m.detections.boxes], truth)
             s = m.stamps
+            assert len(s.publish_ns) == 4 and len(s.receive_ns) == 3
             order = [s.capture_ns, s.publish_ns[0], s.receive_ns[0], s.publish_ns[1], s.receive_ns[1],
-                     m.inference_start_ns, m.inference_end_ns, s.publish_ns[2]]
+                     m.inference_start_ns, m.inference_end_ns, s.publish_ns[2], s.receive_ns[2], s.publish_ns[3]]
             assert order == sorted(order) and order[0] > 0
 
     def test_killed_worker_is_restarted_and_counted(self, small_frame):
@@ -428,6 +429,24 @@ class TestStage:
         assert [m.frame_seq for m in got] == [seq]
         check_boxes([(b.x_min, b.y_min, b.x_max, b.y_max) for b in got[0].detections.boxes], truth)
 
+    def test_results_published_to_uds_subscribers(self, small_frame, tmp_path):
+        """With publish=<Server>, each result also reaches a UDS client that subscribed to inference_result,
+        as the same message that went onto the result ring."""
+        from edgepipe import Client, Server
+
+        img, _ = small_frame
+        with Server(tmp_path / "ctl.sock") as srv, Client.connect(srv.path, subscribe=["inference_result"]) as c:
+            deadline = time.monotonic() + 5
+            while not srv.sessions() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with rig(workers=1, publish=srv) as (fw, out, stage):
+                seq = fw.write_frame(img, timeout_s=5)
+                (on_ring,) = collect(out, 1)
+                env = c.recv(timeout_s=10)
+        assert env.WhichOneof("body") == "inference_result"
+        assert env.inference_result == on_ring and on_ring.frame_seq == seq
+        assert stage.stats()["publish_errors"] == 0
+
     def test_bad_arguments(self, tmp_path):
         """Bad constructor arguments are typed errors naming the value."""
         with pytest.raises(ValueError, match="workers.*0"):
@@ -436,3 +455,5 @@ class TestStage:
             InferenceStage(None, None, budget_ms=-5)
         with pytest.raises(ModelNotFoundError, match="missing.onnx"):
             InferenceStage(None, None, model=tmp_path / "missing.onnx")
+        with pytest.raises(TypeError, match="42"):
+            InferenceStage(None, None, publish=42)
