@@ -35,6 +35,7 @@ from edgepipe.config import (
     resolve_kind,
     stage_kinds,
 )
+from edgepipe.doctor import DoctorCheck, run_doctor
 from edgepipe.errors import (
     CalibrationError,
     CameraNotFoundError,
@@ -115,13 +116,14 @@ from edgepipe.pipeline import (
     source,
     transform,
 )
-from edgepipe.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.quantize import QuantizeReport, calibration_frames, quantize_model
+from edgepipe.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
 from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stage import Stage
 from edgepipe.supervisor import Pipeline, runtime_dir
+from edgepipe.top import find_pipelines, load_live, render_live, run_top
 
 __version__ = "0.1.0"
 
@@ -138,6 +140,7 @@ __all__ = [
     "CsvSource",
     "DBPostprocess",
     "Detection",
+    "DoctorCheck",
     "EdgepipeError",
     "EdgepipeOSError",
     "EndOfStream",
@@ -227,9 +230,11 @@ __all__ = [
     "bundled_model_path",
     "calibration_frames",
     "default_socket_dir",
+    "find_pipelines",
     "fit_input_hw",
     "list_segments",
     "load_config",
+    "load_live",
     "load_recording",
     "load_report",
     "mapping",
@@ -239,9 +244,12 @@ __all__ = [
     "parse_config",
     "quantize_model",
     "register_stage",
+    "render_live",
     "render_png",
     "render_table",
     "resolve_kind",
+    "run_doctor",
+    "run_top",
     "runtime_dir",
     "sample_text_images",
     "sample_video",

@@ -64,7 +64,7 @@ __all__ = ["LinkSpec", "PipelineSpec", "StageSpec", "load_config", "parse_config
 RESTART_POLICIES = ("never", "on-failure", "always")
 LINK_MODES = ("lossless", "drop", "latest")
 _RESERVED_PARTS = ("end_to_end",)
-_PATH_PARAMS = re.compile(r"(^|_)(path|file|model|video|recording|csv)$")
+_PATH_PARAMS = re.compile(r"(^|_)(path|file|model|video|csv)$")
 DATA_PREFIX = "pkg:"  # a path param "pkg:video/x.mp4" names a file shipped in edgepipe/data
 
 
@@ -132,9 +132,12 @@ def kind_available(kind: str) -> str | None:
 
 
 # Built-in kinds. The sensor, camera and inference kinds take bare ring ends as constructor arguments.
-register_stage("capture", "edgepipe.capture:CaptureStage", raw_ports=True)
-register_stage("imu", "edgepipe.imu:ImuStage", raw_ports=True)
-register_stage("inference", "edgepipe.inference:InferenceStage", raw_ports=True)
+# Ports: capture outputs = { output = LINK }; imu outputs = { output = LINK }; inference inputs = { input = LINK },
+# outputs = { output = LINK }. The factories in edgepipe.pipeline wrap the bare ends for the stage classes
+# (edgepipe.capture.CaptureStage, edgepipe.imu.ImuStage, edgepipe.inference.InferenceStage).
+register_stage("capture", "edgepipe.pipeline:_capture_kind", raw_ports=True)
+register_stage("imu", "edgepipe.pipeline:_imu_kind", raw_ports=True)
+register_stage("inference", "edgepipe.pipeline:_inference_kind", raw_ports=True)
 # Plain-Python stages for examples, tests and sinks (edgepipe.pipeline).
 register_stage("counter", "edgepipe.pipeline:CounterStage")
 register_stage("relay", "edgepipe.pipeline:RelayStage")
@@ -425,7 +428,8 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
             _check_budget(w, (*keys, "budget_ms"), ln.budget_ms)
             spec.budgets_ms.setdefault(name, ln.budget_ms)
     for part, v in spec.budgets_ms.items():
-        if part not in names and part not in spec.links and part not in _RESERVED_PARTS:
+        if part not in names and part not in spec.links and part not in _RESERVED_PARTS \
+                and part.split(".")[0] not in names:  # "<stage>.<step>": a step inside a built-in stage
             raise _fail(w, ("budgets", part), f"budget for {part!r}, which is no stage, link or 'end_to_end'")
         _check_budget(w, ("budgets", part), v)
     _check_cycles(spec, w, producers)

@@ -95,6 +95,8 @@ class Record:
     hops: list[Hop]
     link: int = _NO_LINK  # the link it was read from
     receive_ns: int = 0  # when this stage took it off the ring
+    parts: list[tuple[str, int]] | None = None  # named latency parts, for records of built-in stages
+    message: Any = None  # the decoded record of a built-in stage (InferenceResult, IMU sample row)
 
 
 def pack_record(payload: bytes, seq: int, capture_ns: int, hops: list[Hop]) -> bytes:
@@ -225,8 +227,10 @@ class Inlet:
     """
 
     def __init__(self, reader, link: str, link_index: int = 0,
-                 stopping: Callable[[], bool] | None = None) -> None:
+                 stopping: Callable[[], bool] | None = None,
+                 topology: dict[str, tuple[str, list[str]]] | None = None) -> None:
         self.end = reader
+        self.topology = topology or {}  # link -> (producer stage, that stage's input links), for naming parts
         self.link = link
         self.link_index = link_index
         self.stopping = stopping or (lambda: False)
@@ -267,9 +271,13 @@ class Inlet:
         if data is None:
             return None
         t = now_ns()
-        rec = unpack_record(data) or Record(bytes(data), 0, t, [])
+        rec = unpack_record(data)
+        if rec is None:
+            rec = _decode_builtin(data, self.end.last_type, t, self.link, self.topology)
         rec.link = self.link_index
         rec.receive_ns = t
+        if rec.parts is not None:
+            rec.parts.append((self.link, t - rec.parts.pop()[1]))  # last entry held the last publish time
         return rec
 
     def counters(self) -> dict[str, Any]:
@@ -280,6 +288,57 @@ class Inlet:
 
     def close(self) -> None:
         self.end.close()
+
+
+_RESULT_TYPE = 22  # edgepipe.inference.RESULT_TYPE_ID: a serialized edgepipe.v1.InferenceResult
+_imu_type: int | None = None
+
+
+def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record:
+    """A record of a built-in stage as a Record whose ``parts`` name each latency part. The last entry of
+    ``parts`` is a placeholder holding the record's last publish time (the caller turns it into the queueing
+    time of the link it arrived on)."""
+    global _imu_type
+    producer, inputs = topo.get(link, ("?", []))
+    if type_id == _RESULT_TYPE:
+        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+
+        m = pb.InferenceResult()
+        try:
+            m.ParseFromString(bytes(data))
+        except Exception:  # noqa: BLE001 - not a result after all: keep the bytes
+            return Record(bytes(data), 0, t, [])
+        st = m.stamps
+        cap = st.capture_ns or (st.publish_ns[0] if st.publish_ns else t)
+        parts = None
+        if len(st.publish_ns) >= 3 and len(st.receive_ns) >= 2 and m.inference_start_ns:
+            p_in, p_disp, p_out = st.publish_ns[0], st.publish_ns[1], st.publish_ns[-1]
+            r_in, r_worker = st.receive_ns[0], st.receive_ns[1]
+            frames = inputs[0] if inputs else "frames"
+            source = topo.get(frames, ("source", []))[0]
+            parts = [(source, p_in - cap), (frames, r_in - p_in), (f"{producer}.dispatch", p_disp - r_in),
+                     (f"{producer}.worker_queue", r_worker - p_disp),
+                     (f"{producer}.preprocess", m.inference_start_ns - r_worker),
+                     (f"{producer}.inference", m.inference_end_ns - m.inference_start_ns),
+                     (f"{producer}.postprocess", p_out - m.inference_end_ns), ("", p_out)]
+        return Record(bytes(data), m.frame_seq, cap, [], parts=parts, message=m)
+    if _imu_type is None:
+        try:
+            from edgepipe.imu import IMU_RECORD_TYPE
+
+            _imu_type = IMU_RECORD_TYPE
+        except ImportError:  # pragma: no cover - a broken install
+            _imu_type = -1
+    if type_id == _imu_type:
+        import numpy as np
+        from edgepipe.imu import IMU_SAMPLE_DTYPE
+
+        if len(data) == IMU_SAMPLE_DTYPE.itemsize:
+            row = np.frombuffer(bytes(data), IMU_SAMPLE_DTYPE)[0]
+            cap, pub = int(row["sample_ns"]), int(row["publish_ns"])
+            return Record(bytes(data), int(row["seq"]), cap, [], parts=[(producer, pub - cap), ("", pub)],
+                          message=row)
+    return Record(bytes(data), 0, t, [])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -602,10 +661,28 @@ class PrintStage(PipelineStage):
 
     def handle(self, rec: Record) -> None:
         n = self.counters.get("received", 0)
-        if n % self.every:
+        if (n - 1) % self.every:
             return
-        what = _describe_payload(rec.payload)
+        what = _describe_message(rec.message) if rec.message is not None else _describe_payload(rec.payload)
         print(f"[{self.name}] seq={rec.seq} e2e={(rec.receive_ns - rec.capture_ns) / 1e6:.3f} ms {what}", flush=True)
+
+
+def _describe_message(m: Any) -> str:
+    if hasattr(m, "detections"):  # an InferenceResult
+        boxes = m.detections.boxes
+        shown = " ".join(f"[{b.x_min:.0f},{b.y_min:.0f},{b.x_max:.0f},{b.y_max:.0f} {b.score:.2f}]" for b in boxes[:4])
+        return (f"frame {m.frame_seq}: {len(boxes)} text boxes {shown}{' ...' if len(boxes) > 4 else ''} "
+                f"(inference {(m.inference_end_ns - m.inference_start_ns) / 1e6:.1f} ms)")
+    try:  # an IMU sample row
+        import math
+
+        w, x, y, z = (float(v) for v in m["q"])
+        roll = math.degrees(math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y)))
+        pitch = math.degrees(math.asin(max(-1.0, min(1.0, 2 * (w * y - z * x)))))
+        yaw = math.degrees(math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+        return f"sample {int(m['seq'])}: roll {roll:7.2f} pitch {pitch:7.2f} yaw {yaw:7.2f} deg"
+    except (KeyError, ValueError, TypeError, IndexError):
+        return repr(m)[:200]
 
 
 def _describe_payload(data: bytes) -> str:
@@ -618,3 +695,38 @@ def _describe_payload(data: bytes) -> str:
     body = env.WhichOneof("body")
     msg = getattr(env, body)
     return f"{body}: {str(msg).strip().replace(chr(10), ' ')[:200]}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# built-in kinds: the sensor, camera and inference stages take their ring ends wrapped in their own reader
+# and writer types; these build them from the bare ends the supervisor hands over.
+
+
+def _capture_kind(name: str, output, source: Any = None, video: str | None = None, **params: Any):
+    from edgepipe.capture import CaptureStage
+    from edgepipe.frames import FrameWriter
+    from edgepipe.ring import RingWriter
+
+    out = FrameWriter(output) if isinstance(output, RingWriter) else output
+    src = source if source is not None else video
+    if src is None:
+        raise ValueError(f"capture stage {name!r} needs params.video (a file) or params.source")
+    return CaptureStage(src, out, name=name, **params)
+
+
+def _imu_kind(name: str, output, recording: str | None = None, csv: str | None = None, synthetic: bool = False,
+              source_params: dict[str, Any] | None = None, **params: Any):
+    from edgepipe.imu import CsvSource, ImuStage, SyntheticSource
+
+    sp = dict(source_params or {})
+    src = SyntheticSource(**sp) if synthetic else CsvSource(csv or recording or "ngimu", **sp)
+    return ImuStage(src, output=output, name=name, **params)
+
+
+def _inference_kind(name: str, input, output, **params: Any):  # noqa: A002 - the stage's own port name
+    from edgepipe.frames import FrameReader
+    from edgepipe.inference import InferenceStage
+    from edgepipe.ring import RingReader
+
+    inp = FrameReader(input) if isinstance(input, RingReader) else input
+    return InferenceStage(inp, output, name=name, **params)

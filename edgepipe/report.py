@@ -88,6 +88,11 @@ class LatencyBook:
             self._record(rec)
 
     def _record(self, rec) -> None:
+        if rec.parts is not None:  # a built-in stage's record, already split into named parts
+            for name, v in rec.parts:
+                self._add(name, v)
+            self._add(E2E, rec.receive_ns - rec.capture_ns)
+            return
         prev_pub = None
         for h in rec.hops:
             if h.link != _NO_LINK and prev_pub is not None:

@@ -46,7 +46,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -77,9 +76,9 @@ _POLL_S = 0.02
 def runtime_dir() -> str:
     """Where running supervisors publish their stats for ``edgepipe top`` (created 0700 on demand):
     ``$XDG_RUNTIME_DIR/edgepipe`` or ``/tmp/edgepipe-<uid>``."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    d = os.path.join(base, "edgepipe") if base and os.path.isdir(base) else os.path.join(
-        tempfile.gettempdir(), f"edgepipe-{os.getuid()}")
+    from edgepipe.server import default_socket_dir  # the same directory as the control sockets
+
+    d = os.fspath(default_socket_dir())
     os.makedirs(d, mode=0o700, exist_ok=True)
     return d
 
@@ -395,7 +394,7 @@ class Pipeline:
             "index": c.index, "name": c.name, "kind": spec.kind, "target": spec.target,
             "params": spec.params, "ports": ports, "stage_names": self.stage_names,
             "link_names": self.link_names, "budgets_ns": self.spec.budgets_ns(),
-            "stats_interval_s": self.spec.stats_interval_s,
+            "stats_interval_s": self.spec.stats_interval_s, "topology": self._topology(),
         }
         # Two layers: the outer one (plain data) sets up sys.path and __main__ so the inner one can be
         # unpickled (it may name classes from the user's script or test module).
@@ -404,6 +403,14 @@ class Pipeline:
             "main_path": os.path.abspath(main_path) if main_path and _defined_in_main(spec) else None,
             "body": pickle.dumps(body),
         })
+
+    def _topology(self) -> dict[str, tuple[str, list[str]]]:
+        """link -> (its producer stage, that stage's input links): sinks name latency parts with it."""
+        out = {}
+        for s in self.spec.stages:
+            for link in s.outputs.values():
+                out[link] = (s.name, list(s.inputs.values()))
+        return out
 
     def _talk(self, c: _Child, sock: FrameSocket, run: int) -> None:
         """Handshake with one child, then read its Stats / Error until it hangs up."""
@@ -729,7 +736,7 @@ def _build(boot: dict, fds: list[int]):
     book = LatencyBook(boot["stage_names"], boot["link_names"], boot["budgets_ns"]) if is_sink else None
 
     def inlets():
-        return {p: Inlet(e, ln, li) for p, (e, ln, li, m) in ends_in.items()}
+        return {p: Inlet(e, ln, li, topology=boot["topology"]) for p, (e, ln, li, m) in ends_in.items()}
 
     def outlets():
         for p, (e, ln, li, m) in ends_out.items():

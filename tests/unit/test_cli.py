@@ -1,11 +1,17 @@
-"""The edgepipe command: ls, status and cleanup of named rings."""
+"""The edgepipe command: ls, status and cleanup of named rings and stale files; run, report, top, doctor,
+demo wiring and the help text of every command."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import uuid
 
-from edgepipe import Ring
-from edgepipe.cli import main
+import pytest
+
+from edgepipe import Ring, runtime_dir
+from edgepipe.cli import build_parser, demo_spec, main
 
 SHM = "/dev/shm/edgepipe."
 
@@ -16,7 +22,7 @@ class TestCleanup:
         code = f"from edgepipe import Ring; r = Ring.create({shm_name!r}, capacity=4096); r.writer(); r.close()"
         subprocess.run([sys.executable, "-c", code], check=True)
         assert os.path.exists(SHM + shm_name)
-        assert main(["cleanup"]) == 0
+        assert main(["cleanup", "--yes"]) == 0
         assert not os.path.exists(SHM + shm_name)
         assert f"removed  {shm_name}" in capsys.readouterr().out
 
@@ -24,23 +30,60 @@ class TestCleanup:
         """A ring whose creator is this (live) process survives cleanup."""
         ring = Ring.create(shm_name, capacity=4096)
         try:
-            assert main(["cleanup"]) == 0
+            assert main(["cleanup", "--yes"]) == 0
             assert os.path.exists(SHM + shm_name)
             assert "kept" in capsys.readouterr().out
         finally:
             ring.unlink()
             ring.close()
 
-    def test_dry_run_removes_nothing(self, shm_name, capsys):
-        """cleanup -n names the dead ring but leaves it in place."""
+    @pytest.mark.parametrize("argv", [["cleanup"], ["cleanup", "--dry-run"], ["cleanup", "-n", "--yes"]])
+    def test_dry_run_removes_nothing(self, shm_name, capsys, argv):
+        """cleanup without --yes (or with -n) names the dead ring but leaves it in place."""
         code = f"from edgepipe import Ring; Ring.create({shm_name!r}, capacity=4096).close()"
         subprocess.run([sys.executable, "-c", code], check=True)
         try:
-            assert main(["cleanup", "--dry-run"]) == 0
-            assert f"would remove {shm_name}" in capsys.readouterr().out
+            assert main(argv) == 0
+            out = capsys.readouterr().out
+            assert f"would remove {shm_name}" in out and "--yes" in out
             assert os.path.exists(SHM + shm_name)
         finally:
             os.unlink(SHM + shm_name)
+
+    def test_stale_socket_and_stats_file(self, capsys):
+        """A socket nobody listens on and the stats file of a dead supervisor are listed, then removed with
+        --yes; a socket with a listener and a live supervisor's file stay."""
+        d = runtime_dir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        stale_json = os.path.join(d, f"pipeline-{int(dead.stdout)}-abc.json")
+        live_json = os.path.join(d, f"pipeline-{os.getpid()}-abc.json")
+        stale_sock = os.path.join(d, f"t-{uuid.uuid4().hex[:8]}.sock")
+        live_sock = os.path.join(d, f"t-{uuid.uuid4().hex[:8]}.sock")
+        for p in (stale_json, live_json):
+            with open(p, "w") as f:
+                f.write("{}")
+        s1 = socket.socket(socket.AF_UNIX)
+        s1.bind(stale_sock)
+        s1.close()  # bound, never listened, closed: the file stays and connect() is refused
+        s2 = socket.socket(socket.AF_UNIX)
+        s2.bind(live_sock)
+        s2.listen()
+        try:
+            assert main(["cleanup"]) == 0
+            out = capsys.readouterr().out
+            assert f"would remove {stale_sock} (socket nobody listens on)" in out
+            assert f"would remove {stale_json}" in out
+            assert live_sock not in out and live_json not in out
+            assert os.path.exists(stale_sock)
+            assert main(["cleanup", "--yes"]) == 0
+            assert not os.path.exists(stale_sock) and not os.path.exists(stale_json)
+            assert os.path.exists(live_sock) and os.path.exists(live_json)
+        finally:
+            s2.close()
+            for p in (stale_json, live_json, stale_sock, live_sock):
+                if os.path.exists(p):
+                    os.unlink(p)
 
 
 class TestListing:
@@ -59,3 +102,124 @@ class TestListing:
         """status of a name that does not exist exits 1 and names it."""
         assert main(["status", shm_name]) == 1
         assert shm_name in capsys.readouterr().err
+
+
+PIPE = """\
+[pipeline]
+name = "cli-test"
+budget_ms = 200
+
+[stages.src]
+kind = "counter"
+outputs = { out = "n" }
+params = { count = 400, rate_hz = 2000 }
+
+[stages.mid]
+kind = "relay"
+inputs = { in = "n" }
+outputs = { out = "m" }
+budget_ms = 50
+
+[stages.sink]
+kind = "check"
+inputs = { in = "m" }
+"""
+
+
+class TestRunAndReport:
+    def test_run_writes_report_and_report_reads_it(self, tmp_path, capsys):
+        """`run FILE` runs to the end of the source (exit 0), prints the budget table, writes report.json and
+        report.png; `report DIR` prints the same parts again and --check passes."""
+        f = tmp_path / "p.toml"
+        f.write_text(PIPE)
+        assert main(["run", str(f), "--report-dir", str(tmp_path / "rep"), "-q"]) == 0
+        out = capsys.readouterr().out
+        for part in ("src", "mid", "end_to_end", "report.json", "report.png", "exit status 0"):
+            assert part in out
+        rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+        assert rep["stages"]["sink"]["ok"] == 400
+        assert [r["part"] for r in rep["parts"]] == ["src", "n", "mid", "m", "end_to_end"]
+        assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000
+        assert main(["report", str(tmp_path / "rep"), "--png", str(tmp_path / "again.png")]) == 0
+        out = capsys.readouterr().out
+        assert "cli-test" in out and "end_to_end" in out
+        assert (tmp_path / "again.png").exists()
+
+    def test_bad_file_exits_2_naming_file_line_and_key(self, tmp_path, capsys):
+        """An invalid file exits 2 before anything runs; stderr names file, line, key and value."""
+        f = tmp_path / "p.toml"
+        f.write_text(PIPE.replace('kind = "relay"', 'kind = "relai"'))
+        assert main(["run", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert f"{f}:11: stages.mid.kind: unknown stage kind 'relai'" in err
+
+    def test_report_of_nothing(self, tmp_path, capsys):
+        """report on a path with no report exits 1 and says so."""
+        assert main(["report", str(tmp_path)]) == 1
+        assert "cannot read a report" in capsys.readouterr().err
+
+
+class TestTopDoctor:
+    def test_top_once_shows_a_running_pipelines_snapshot(self, tmp_path, capsys):
+        """top --once draws the stages, rings and latency parts of a snapshot file."""
+        live = {"name": "snap", "pid": os.getpid(), "uptime_s": 3.0,
+                "stages": {"src": {"state": "running", "kind": "counter", "pid": 11, "restarts": 2, "emitted": 7}},
+                "links": {"n": {"mode": "lossless", "rate_hz": 1000.0, "fill": 0.25, "records_written": 9,
+                                "records_read": 7, "dropped": 0}},
+                "parts": [{"part": "end_to_end", "count": 5, "p50_ms": 0.5, "p99_ms": 3.0, "max_ms": 4.0,
+                           "budget_ms": 2.0, "violations": 1}]}
+        f = tmp_path / f"pipeline-{os.getpid()}-1.json"
+        f.write_text(json.dumps(live))
+        assert main(["top", str(f), "--once"]) == 0
+        out = capsys.readouterr().out
+        for want in ("pipeline snap", "running", "25%", "end_to_end", "3.000", "1000"):
+            assert want in out, want
+
+    def test_doctor_reports_every_check(self, capsys):
+        """doctor prints a row per check with its status and a summary; this machine has memfd and futex."""
+        code = main(["doctor"])
+        out = capsys.readouterr().out
+        for name in ("/dev/shm", "memfd", "futex", "memlock", "rtprio", "cpus", "onnxruntime", "opencv"):
+            assert name in out
+        assert "checks:" in out and " 0 failed" in out
+        assert code == 0
+
+
+class TestHelp:
+    def test_every_command_and_option_has_help(self):
+        """Each subcommand and each of its options carries help text; exit codes are in the epilog."""
+        p = build_parser()
+        assert "exit status" in p.epilog and "2 bad usage" in p.epilog
+        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        for name, sp in sub.choices.items():
+            assert helps.get(name), f"{name} has no help"
+            for a in sp._actions:
+                if a.dest != "help":
+                    assert a.help, f"{name} {a.option_strings or a.dest} has no help"
+
+    @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["run", "--help"], ["cleanup", "--help"]])
+    def test_help_runs_as_a_program(self, argv):
+        """`python -m edgepipe ... --help` exits 0 and prints the usage."""
+        r = subprocess.run([sys.executable, "-m", "edgepipe", *argv], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: edgepipe" in r.stdout
+
+
+class TestDemoWiring:
+    def test_demo_leaves_out_stages_whose_kind_is_missing(self, monkeypatch):
+        """With the inference kind unavailable, the demo drops it and the sink behind it, names both, and
+        keeps capture (its consumer gone, a dangling output is dropped too) and the IMU branch."""
+        from edgepipe import config
+
+        monkeypatch.setitem(config._KINDS, "inference", config._Kind("edgepipe_nope:Stage", True))
+        spec, missing = demo_spec()
+        assert "edgepipe_nope:Stage" in missing["detect"]
+        assert missing["show_text"] == "its input comes from a missing stage"
+        assert [s.name for s in spec.stages] == ["imu", "show_attitude"]
+        assert "capture" in missing
+
+    def test_demo_file_is_complete_here(self):
+        """In this install every kind of the demo resolves: nothing is left out."""
+        spec, missing = demo_spec()
+        assert missing == {}
+        assert [s.name for s in spec.stages] == ["capture", "detect", "show_text", "imu", "show_attitude"]
