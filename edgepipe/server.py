@@ -200,10 +200,15 @@ class Session:
 
     def _send_published(self, data: bytes, timeout_s: float) -> None:
         with self._tx_lock:
-            self._seq += 1
+            self._seq = n = self._seq + 1
             # Concatenated protobuf messages merge and the last scalar wins: the shared serialization
-            # plus this session's seq, without serializing the message again per subscriber.
-            self._fs.send_bytes(data + Envelope(seq=self._seq).SerializeToString(), timeout_s=timeout_s)
+            # plus this session's seq (field 1, a varint), without serializing the message per subscriber.
+            tail = bytearray(b"\x08")
+            while n > 0x7F:
+                tail.append((n & 0x7F) | 0x80)
+                n >>= 7
+            tail.append(n)
+            self._fs.send_bytes(data + tail, timeout_s=timeout_s)
 
     def __repr__(self) -> str:
         role = pb.Role.Name(self.hello.role) if self.hello.role in pb.Role.values() else self.hello.role
@@ -256,6 +261,7 @@ class Server:
         self.send_timeout_s = send_timeout_s
         self._handlers: dict[str, Handler] = {}
         self._sessions: dict[int, Session] = {}
+        self._snapshot: tuple[Session, ...] = ()  # _sessions' values, replaced (under _lock) on each change
         self._pending: set[Session] = set()  # accepted, not yet welcomed (close() reaches them too)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -284,8 +290,7 @@ class Server:
 
     def sessions(self) -> list[Session]:
         """The clients that completed the handshake and are still connected."""
-        with self._lock:
-            return list(self._sessions.values())
+        return list(self._snapshot)
 
     # -- setup --------------------------------------------------------------------------------------
     def on(self, body: str, handler: Handler) -> None:
@@ -364,8 +369,8 @@ class Server:
             raise ValueError(f"publish needs an Envelope with a body, got {env!r:.80}")
         data = env.SerializeToString()
         n = 0
-        for s in self.sessions():
-            if not s.wants(body):
+        for s in self._snapshot:
+            if body not in s.subscribe and "*" not in s.subscribe:
                 continue
             try:
                 s._send_published(data, self.send_timeout_s)
@@ -532,6 +537,7 @@ class Server:
             with self._changed:
                 self._pending.discard(s)
                 self._sessions[s.id] = s
+                self._snapshot = tuple(self._sessions.values())
                 self._changed.notify_all()
             welcomed = True
             self.counters["welcomed"] += 1
@@ -559,6 +565,7 @@ class Server:
             with self._changed:
                 self._pending.discard(s)
                 self._sessions.pop(s.id, None)
+                self._snapshot = tuple(self._sessions.values())
                 self._changed.notify_all()
             if welcomed:
                 self.counters["disconnected"] += 1
