@@ -31,7 +31,9 @@ SHM = "/dev/shm"
 
 
 def _shm() -> set[str]:
-    return set(os.listdir(SHM))
+    # edgepipe's own names only: other programs on a shared machine come and go in /dev/shm meanwhile
+    # (the rings of a supervised pipeline are memfds and never appear there at all)
+    return {e for e in os.listdir(SHM) if e.startswith("edgepipe")}
 
 
 def _alive(pid: int) -> bool:
