@@ -490,6 +490,12 @@ class IioSource(_Source):
 
     Values: ``in_accel_*`` x ``in_accel_scale`` is m/s^2, ``in_anglvel_*`` x ``in_anglvel_scale`` rad/s, as
     the IIO ABI defines them. A per-axis ``in_accel_x_scale`` wins over the shared one.
+
+    On real st_lsm6dsx hardware (from the driver source; not run on a device here): every polled
+    ``*_raw`` read is a one-shot conversion (enable the sensor, sleep one to two ODR periods, read,
+    disable), so polling six channels cannot keep up with 1 kHz; use the buffered mode there. The driver
+    also registers accel and gyro as two devices with two char devices, while buffered mode reads one
+    device's scans: both sensors in one buffer need a driver (or a fake tree) that puts them in one device.
     """
 
     def __init__(self, root: str | os.PathLike = "/sys/bus/iio/devices", device: str | int = "lsm6dsox",
