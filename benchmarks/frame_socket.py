@@ -407,8 +407,9 @@ def pyframe_rt_case(size: int | None, seconds: float, tcp: bool):
 # throughput
 
 
-def _done(n: int, t0: float) -> dict:
-    return {"received": n, "elapsed_s": time.perf_counter() - t0}
+def _done(n: int, t0: float, c0: float) -> dict:
+    """The consumer's result: messages, wall time, and its own CPU time (all its threads) since c0."""
+    return {"received": n, "elapsed_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def fs_tput_case(size: int, seconds: float, proto: bool, read_ahead: bool = True):
@@ -457,7 +458,7 @@ def fs_tput_case(size: int, seconds: float, proto: bool, read_ahead: bool = True
             if not read_ahead:
                 fs._rx.ra_cap = 0
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             n = 0
             if proto:
                 rcv = fs.recv
@@ -477,7 +478,7 @@ def fs_tput_case(size: int, seconds: float, proto: bool, read_ahead: bool = True
                     if not n & 255 and int.from_bytes(x[:8], "little") != n % POOL:
                         raise AssertionError(f"message {n} carries seq {int.from_bytes(x[:8], 'little')}")
                     n += 1
-            out = _done(n, t0)
+            out = _done(n, t0, c0)
             fs.close()
             return out
 
@@ -519,7 +520,7 @@ def raw_tput_case(size: int, seconds: float):
             rin = s1.recv_into
             total = 0
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(MAX_MSGS * 2):
                 k = rin(buf)
                 if not k:
@@ -534,7 +535,7 @@ def raw_tput_case(size: int, seconds: float):
                 total += k
             if total % frame:
                 raise AssertionError(f"{total} bytes is not a whole number of {frame}-byte frames")
-            out = _done(total // frame, t0)
+            out = _done(total // frame, t0, c0)
             mv.release()
             s1.close()
             return out
@@ -589,7 +590,7 @@ def zmq_tput_case(size: int, seconds: float):
             time.sleep(0.05)  # the pipe is up before the clock starts
             sync()  # 2
             n = 0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             while n < MAX_MSGS + 1:
                 x = rcv()
                 if not x:
@@ -597,7 +598,7 @@ def zmq_tput_case(size: int, seconds: float):
                 if not n & 255 and int.from_bytes(x[:8], "little") != n % POOL:
                     raise AssertionError(f"message {n} carries seq {int.from_bytes(x[:8], 'little')}")
                 n += 1
-            out = _done(n, t0)
+            out = _done(n, t0, c0)
             s.close()
             ctx.term()
             return out
@@ -721,7 +722,7 @@ def srv_tput_case(size: int, seconds: float):
             rcv = c.recv
             sync()  # 2
             n = 0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             while n < MAX_MSGS + 1:
                 x = rcv(RX_TIMEOUT_S)
                 if x.HasField("stop"):
@@ -729,7 +730,7 @@ def srv_tput_case(size: int, seconds: float):
                 if not n & 255 and env_seq(x) != n:
                     raise AssertionError(f"message {n} carries seq {env_seq(x)}")
                 n += 1
-            out = _done(n, t0)
+            out = _done(n, t0, c0)
             c.close()
             return out
 
@@ -858,7 +859,8 @@ def measure(case: C.Case, a: dict, b: dict) -> dict:
         sent, got = a["sent"], b["received"]
         if sent != got:
             raise RuntimeError(f"lost messages: sent {sent}, received {got}")
-        return {"msgs": got, "elapsed_s": b["elapsed_s"], "msgs_per_s": got / b["elapsed_s"]}
+        return {"msgs": got, "elapsed_s": b["elapsed_s"], "msgs_per_s": got / b["elapsed_s"],
+                "cpu_ns_per_msg": 1e9 * b["cpu_s"] / max(got, 1)}
     if b["echoed"] != a["round_trips"]:
         raise RuntimeError(f"side A did {a['round_trips']} round trips, side B echoed {b['echoed']}")
     return dict(a)
@@ -895,11 +897,12 @@ def report(rows: list[dict]) -> dict:
     tp_rows = []
     for r in tp:
         if not r["ok"]:
-            tp_rows.append([r["case"], "FAILED: " + r["error"].splitlines()[0][:70]] + [""] * 5)
+            tp_rows.append([r["case"], "FAILED: " + r["error"].splitlines()[0][:70]] + [""] * 6)
             continue
         tp_rows.append([r["case"][5:], _rate(r["msgs_per_s"]),
                         f"{r['msgs_per_s'] / rawt['msgs_per_s']:.2f}x" if rawt else "n/a",
-                        f"{r['msgs_per_s'] / zmqt['msgs_per_s']:.2f}x" if zmqt else "n/a", f"{r['msgs']:,}",
+                        f"{r['msgs_per_s'] / zmqt['msgs_per_s']:.2f}x" if zmqt else "n/a",
+                        f"{r['cpu_ns_per_msg'] / 1000:.2f}", f"{r['msgs']:,}",
                         f"{r['probe_before_ns']:.0f}/{r['probe_after_ns']:.0f}"
                         if r["probe_before_ns"] and r["probe_after_ns"] else "?", r["pair"]])
     many = [r for r in rows if r["group"] == "many clients"]
@@ -910,8 +913,10 @@ def report(rows: list[dict]) -> dict:
             [r["case"][len(MANY):], _rate(r["req_per_s"]), _us(r["p50_ns"]), _us(r["p99_ns"]), _us(r["p999_ns"]),
              f"{r['round_trips']:,}"] if r["ok"] else [r["case"][len(MANY):], "FAILED: " + r["error"].splitlines()[0][:70]]
             + [""] * 4 for r in many]))
-    print("\none-way throughput, msg/s (every message counted)")
-    print(C.table(["case", "msg/s", "vs raw AF_UNIX", "vs pyzmq", "messages", "probe ns", "pair"], tp_rows))
+    print("\none-way throughput, msg/s (every message counted); consumer CPU = the receiving process's CPU time "
+          "per message (all its threads: pyzmq's I/O thread too), steadier than msg/s on a busy machine")
+    print(C.table(["case", "msg/s", "vs raw AF_UNIX", "vs pyzmq", "consumer CPU us/msg", "messages", "probe ns",
+                   "pair"], tp_rows))
     return goals(by)
 
 
@@ -935,7 +940,8 @@ def goals(by: dict) -> dict:
     fra, fno = by.get(TP_FS_BYTES), by.get(TP_FS_NORA)
     if fra and fno:
         print(f"  receive read-ahead on vs off, FrameSocket bytes one way: {fra['msgs_per_s'] / fno['msgs_per_s']:.2f}x "
-              f"({_rate(fra['msgs_per_s'])} vs {_rate(fno['msgs_per_s'])} msg/s)")
+              f"({_rate(fra['msgs_per_s'])} vs {_rate(fno['msgs_per_s'])} msg/s); consumer CPU "
+              f"{fra['cpu_ns_per_msg'] / 1000:.2f} vs {fno['cpu_ns_per_msg'] / 1000:.2f} us/msg")
     srt, stp, ftp = by.get(RT_SRV), by.get(TP_SRV), by.get(TP_FS_PROTO)
     if srt and fsp:
         print(f"  through the Server (Client.request, handler echo) vs FrameSocket protobuf direct: "
