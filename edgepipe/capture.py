@@ -154,7 +154,8 @@ class FileSource(_CvSource):
 
     def end_reason(self) -> str | None:
         # A file that stops well before the frame count its header promises was cut short or is damaged.
-        if self.frame_count and self.frames_read < self.frame_count - 1:
+        # Containers without an index only estimate the count (duration x fps), hence the 5 % margin.
+        if self.frame_count and self.frames_read < self.frame_count * 0.95 - 1:
             return (f"{self.describe} ended after {self.frames_read} of the {self.frame_count} frames its "
                     f"header announces (truncated or damaged)")
         return None
@@ -227,6 +228,7 @@ class FolderSource:
     resized into the slot). Decoding an image cannot target a buffer, so each frame costs one copy."""
 
     live = False
+    copies_per_frame = 1  # imread cannot decode into a given buffer
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None) -> None:
         self.path = os.fspath(path)
@@ -278,7 +280,7 @@ class FolderSource:
             cv2.resize(img, (arr.shape[1], arr.shape[0]), dst=arr, interpolation=cv2.INTER_AREA)
         else:
             np.copyto(arr, img)
-        return True, img  # not arr: counted as a copy
+        return True, arr  # written into arr, by one copy (copies_per_frame)
 
     def rewind(self) -> bool:
         self._next = 0
@@ -457,6 +459,7 @@ class CaptureStage(Stage):
         rgb = self.pixel_format == "RGB"
         t0 = time.monotonic_ns()
         n = 0  # frames scheduled since t0: the deadline of frame n is t0 + n * period
+        src_errors = getattr(src, "decode_errors", 0)
         while not self.stopping:
             if self.max_frames is not None and c["published"] >= self.max_frames:
                 return
@@ -466,7 +469,12 @@ class CaptureStage(Stage):
                 if time.monotonic_ns() - (t0 + n * period_ns) > period_ns:
                     c["late"] += 1
             n += 1
-            if not src.grab():
+            ok = src.grab()
+            bad = getattr(src, "decode_errors", 0)
+            if bad != src_errors:  # files the source skipped while grabbing (e.g. an undecodable image)
+                c["decode_errors"] += bad - src_errors
+                src_errors = bad
+            if not ok:
                 reason = src.end_reason()
                 if reason is not None:
                     raise SourceFailedError(reason)
@@ -481,6 +489,7 @@ class CaptureStage(Stage):
 
     def _publish(self, src, out, shape, t_cap: int, wait_s: float, rgb: bool) -> None:
         c = self.counters
+        copies = getattr(src, "copies_per_frame", 0)
         while True:
             try:
                 claim = out.claim_frame(shape, np.uint8, pixel_format=self.pixel_format, capture_ns=t_cap,
@@ -506,6 +515,8 @@ class CaptureStage(Stage):
                     if not np.shares_memory(img, arr):
                         np.copyto(arr, img)
                     c["copies"] += 1
+                elif copies:
+                    c["copies"] += copies
                 if rgb:
                     _cv2().cvtColor(arr, 4, dst=arr)  # COLOR_BGR2RGB, in place
         except _Skip:
