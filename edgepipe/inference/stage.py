@@ -162,7 +162,7 @@ class InferenceStage(Stage):
                 f"micro_batch must be None or 1 (batching measured slower per frame for this model), got {micro_batch!r}"
             )
         super().__init__(name)
-        workers = os.cpu_count() or 1 if workers is None else workers
+        workers = (os.cpu_count() or 1) if workers is None else workers
         for key, v in (("workers", workers), ("intra_op_threads", intra_op_threads), ("queue_depth", queue_depth),
                        ("max_frame_bytes", max_frame_bytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -92,6 +92,20 @@ class TestRealPhotograph:
             assert iou(best[:4], t) >= 0.6, (t, best)
             assert best.score >= 0.7
 
+    @pytest.mark.skipif(not (bundled_model_path().parents[1] / "video" / "text").is_dir(),
+                        reason="the frames data (edgepipe/data/video) is not installed")
+    def test_photographed_page_one_box_per_line(self):
+        """On the bundled photograph of a printed page (13 lines), there is one box per line, top to bottom,
+        and the three short lines (1, 11, 13) end where their text ends, the others near the right margin."""
+        page = cv2.imread(str(bundled_model_path().parents[1] / "video" / "text" / "imageTextN.png"))
+        dets = TextDetector().detect(page)  # its own input size (fitted to 257x556)
+        assert len(dets) == 13
+        mids = [(d.y_min + d.y_max) / 2 for d in dets]
+        assert mids == sorted(mids) and min(np.diff(mids)) > 12
+        short = [i for i, d in enumerate(dets) if d.x_max < 400]
+        assert short == [0, 10, 12]
+        assert all(d.x_max > 500 and d.x_min < 60 for i, d in enumerate(dets) if i not in short)
+
     def test_photo_without_text_gives_no_boxes(self, detector):
         """The same photograph without the text gives no boxes (the boxes above come from the text)."""
         img = cv2.resize(cv2.imread(str(SAMPLES / "rocket.jpg")), (640, 480), interpolation=cv2.INTER_AREA)
