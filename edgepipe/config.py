@@ -428,9 +428,10 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
             _check_budget(w, (*keys, "budget_ms"), ln.budget_ms)
             spec.budgets_ms.setdefault(name, ln.budget_ms)
     for part, v in spec.budgets_ms.items():
-        if part not in names and part not in spec.links and part not in _RESERVED_PARTS \
+        sink = part[len("end_to_end["):-1] if part.startswith("end_to_end[") and part.endswith("]") else None
+        if part not in names and part not in spec.links and part not in _RESERVED_PARTS and sink not in names \
                 and part.split(".")[0] not in names:  # "<stage>.<step>": a step inside a built-in stage
-            raise _fail(w, ("budgets", part), f"budget for {part!r}, which is no stage, link or 'end_to_end'")
+            raise _fail(w, ("budgets", part), f"budget for {part!r}, which is no stage, link, 'end_to_end' or 'end_to_end[<sink>]'")
         _check_budget(w, ("budgets", part), v)
     _check_cycles(spec, w, producers)
     return spec

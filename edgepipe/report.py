@@ -39,6 +39,14 @@ E2E = "end_to_end"
 _NO_LINK = 0xFFFF
 
 
+def budget_for(part: str, budgets: dict[str, int]) -> int | None:
+    """The budget of a part: its own, or for ``end_to_end[<sink>]`` the end-to-end one."""
+    b = budgets.get(part)
+    if b is None and part.startswith(E2E + "["):
+        b = budgets.get(E2E)
+    return b
+
+
 def _hist() -> HdrHistogram:
     return HdrHistogram(_LOW_NS, _HIGH_NS, _DIGITS)
 
@@ -53,7 +61,8 @@ class LatencyBook:
     """
 
     def __init__(self, stage_names: list[str], link_names: list[str],
-                 budgets_ns: dict[str, int] | None = None) -> None:
+                 budgets_ns: dict[str, int] | None = None, sink: str | None = None) -> None:
+        self.sink = sink  # when set, end to end is also kept as "end_to_end[<sink>]" (one per path)
         self.stage_names = list(stage_names)
         self.link_names = list(link_names)
         self.budgets_ns = dict(budgets_ns or {})
@@ -72,7 +81,7 @@ class LatencyBook:
         v = min(max(v, _LOW_NS), _HIGH_NS)
         h.record_value(v)
         self.sums[part] += v
-        b = self.budgets_ns.get(part)
+        b = budget_for(part, self.budgets_ns)
         if b is not None and v > b:
             self.violations[part] = self.violations.get(part, 0) + 1
 
@@ -91,7 +100,7 @@ class LatencyBook:
         if rec.parts is not None:  # a built-in stage's record, already split into named parts
             for name, v in rec.parts:
                 self._add(name, v)
-            self._add(E2E, rec.receive_ns - rec.capture_ns)
+            self._e2e(rec.receive_ns - rec.capture_ns)
             return
         prev_pub = None
         for h in rec.hops:
@@ -101,7 +110,12 @@ class LatencyBook:
             prev_pub = h.publish_ns
         if prev_pub is not None and rec.link != _NO_LINK:
             self._add(self._link(rec.link), rec.receive_ns - prev_pub)
-        self._add(E2E, rec.receive_ns - rec.capture_ns)
+        self._e2e(rec.receive_ns - rec.capture_ns)
+
+    def _e2e(self, v: int) -> None:
+        if self.sink is not None:
+            self._add(f"{E2E}[{self.sink}]", v)
+        self._add(E2E, v)
 
     def record_value(self, part: str, value_ns: int) -> None:
         """Record one measured value of ``part`` (for stages that measure something the stamps miss)."""
@@ -160,10 +174,12 @@ def _ms(ns: float | None) -> float | None:
 
 def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
                  series: list[dict[str, Any]] | None = None, stages: dict[str, Any] | None = None,
-                 links: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                 links: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+                 paths: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict: per part count, p50/p90/p99/p99.9/max/mean in ms, budget,
     violations and whether the part met its budget at p99; plus stage and link counters, the time series
-    of per-part means, and the encoded HDR histograms (so ``edgepipe report`` can redraw it).
+    of per-part means, the parts of each path (by sink) and the encoded HDR histograms (so ``edgepipe report``
+    can redraw it).
 
     >>> r = build_report(LatencyBook(["a"], []))
     >>> r["parts"], r["ok"]
@@ -171,7 +187,7 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
     """
     budgets = dict(budgets_ns if budgets_ns is not None else book.budgets_ns)
     parts = []
-    for name in sorted(book.order, key=lambda p: (p == E2E, book.order.index(p))):
+    for name in sorted(book.order, key=lambda p: (p == E2E, p.startswith(E2E), book.order.index(p))):
         h = book.hists[name]
         n = h.get_total_count()
         row: dict[str, Any] = {"part": name, "count": n}
@@ -179,7 +195,7 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
             row[f"p{p:g}_ms"] = _ms(h.get_value_at_percentile(p)) if n else None
         row["max_ms"] = _ms(h.get_max_value()) if n else None
         row["mean_ms"] = _ms(book.sums[name] / n) if n else None
-        b = budgets.get(name)
+        b = budget_for(name, budgets)
         row["budget_ms"] = _ms(b)
         row["violations"] = book.violations.get(name, 0)
         row["within_budget"] = None if b is None or not n else h.get_value_at_percentile(99.0) <= b
@@ -199,6 +215,7 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         "stages": dict(stages or {}),
         "links": dict(links or {}),
         "series": list(series or []),
+        "paths": dict(paths or {}),
         "ok": all(r["within_budget"] is not False for r in parts),
     }
 
@@ -263,36 +280,46 @@ def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    paths = report.get("paths") or {}
+    if not paths:
+        paths = {"all": [r["part"] for r in report["parts"] if not r["part"].startswith(E2E)]}
+    rows = max(1, len(paths))
+    fig = plt.figure(figsize=(14, max(5.0, 3.2 * rows)))
+    gs = fig.add_gridspec(rows, 2)
+    ax1 = fig.add_subplot(gs[:, 0])
     qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100]
     xs = [-math.log10(1 - q / 100) if q < 100 else 5 for q in qs]
     for r in report["parts"]:
         if not r.get("hdr"):
             continue
         h = HdrHistogram.decode(r["hdr"].encode())
-        ys = [h.get_value_at_percentile(q) / 1e6 for q in qs]
-        ax1.plot(xs, ys, marker=".", label=r["part"], linewidth=2.5 if r["part"] == E2E else 1.2)
+        ys = [max(h.get_value_at_percentile(q), 1) / 1e6 for q in qs]
+        ax1.plot(xs, ys, marker=".", label=r["part"], linewidth=2.5 if r["part"].startswith(E2E) else 1.2,
+                 linestyle="--" if r["part"].startswith(E2E + "[") else "-")
         if r.get("budget_ms") and r["part"] == E2E:
-            ax1.axhline(r["budget_ms"], linestyle="--", color="red", linewidth=0.8, label="end-to-end budget")
+            ax1.axhline(r["budget_ms"], linestyle=":", color="red", linewidth=1, label="end-to-end budget")
     ax1.set_xticks(xs, [f"p{q:g}" if q < 100 else "max" for q in qs], rotation=45)
     ax1.set_yscale("log")
     ax1.set_ylabel("latency (ms)")
     ax1.set_title("latency distribution per part")
     ax1.legend(fontsize=7)
     series = report.get("series") or []
-    parts = [r["part"] for r in report["parts"] if r["part"] != E2E]
-    if series and parts:
-        t0 = series[0]["t_s"]
-        ts = [s["t_s"] - t0 for s in series]
-        ys = [[(s["mean_ms"].get(p) or 0.0) for s in series] for p in parts]
-        ax2.stackplot(ts, ys, labels=parts)
-        e2e = [s["mean_ms"].get(E2E) for s in series]
-        ax2.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black", linewidth=1,
-                 label="end to end")
-        ax2.legend(fontsize=7, loc="upper left")
-    ax2.set_xlabel("time (s)")
-    ax2.set_ylabel("mean latency (ms)")
-    ax2.set_title("per-part breakdown over time")
+    t0 = series[0]["t_s"] if series else 0.0
+    ts = [s["t_s"] - t0 for s in series]
+    for i, (sink, parts) in enumerate(paths.items()):
+        ax = fig.add_subplot(gs[i, 1])
+        parts = [p for p in parts if not p.startswith(E2E)]
+        if series and parts:
+            ys = [[(s["mean_ms"].get(p) or 0.0) for s in series] for p in parts]
+            ax.stackplot(ts, ys, labels=parts)
+            e2e = [s["mean_ms"].get(f"{E2E}[{sink}]") for s in series]
+            ax.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black", linewidth=1,
+                    label="end to end (mean)")
+            ax.legend(fontsize=6, loc="upper left")
+        ax.set_ylabel("mean ms")
+        ax.set_title(f"where the time goes, path to {sink}", fontsize=9)
+        if i == rows - 1:
+            ax.set_xlabel("time (s)")
     fig.tight_layout()
     out = os.fspath(path)
     fig.savefig(out, dpi=90)

@@ -64,7 +64,7 @@ from edgepipe.config import (
 from edgepipe.errors import ConfigError, EdgepipeError, FrameError, FrameTimeoutError, PeerClosedError
 from edgepipe.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
 from edgepipe.pipeline import Inlet, Outlet, PipelineStage
-from edgepipe.report import E2E, LatencyBook, build_report, write_report
+from edgepipe.report import E2E, LatencyBook, budget_for, build_report, write_report
 from edgepipe.ring import Ring
 
 __all__ = ["Pipeline", "runtime_dir"]
@@ -322,8 +322,14 @@ class Pipeline:
                 "duration_s": round((self._t_end or time.monotonic()) - self._t_start, 3) if self._t_start else 0,
                 "cpus": os.cpu_count(), "status": self._status, "failure": self._failure,
                 "stop_reason": self._stop_reason or None}
+        paths = {}
+        with self._lock:
+            for c in self.children:
+                names = list(dict.fromkeys(m.name for run in c.hists for m in run))
+                if names:
+                    paths[c.name] = [n for n in names if n != E2E]
         return build_report(self.latency(), budgets_ns=self.spec.budgets_ns(), series=self._series,
-                            stages=self.stage_stats(), links=self.link_stats(), meta=meta)
+                            stages=self.stage_stats(), links=self.link_stats(), meta=meta, paths=paths)
 
     def write_report(self, out_dir: str | os.PathLike | None = None, png: bool = True) -> dict[str, str]:
         """Write report.json (and report.png) into ``out_dir`` (default: the spec's report_dir)."""
@@ -615,12 +621,12 @@ class Pipeline:
         parts = []
         for part in book.order:
             h = book.hists[part]
-            b = self.spec.budgets_ns().get(part)
+            b = budget_for(part, self.spec.budgets_ns())
             parts.append({"part": part, "count": h.get_total_count(),
                           "p50_ms": h.get_value_at_percentile(50) / 1e6, "p99_ms": h.get_value_at_percentile(99) / 1e6,
                           "max_ms": h.get_max_value() / 1e6, "budget_ms": None if b is None else b / 1e6,
                           "violations": book.violations.get(part, 0)})
-        parts.sort(key=lambda p: p["part"] == E2E)
+        parts.sort(key=lambda p: (p["part"] == E2E, p["part"].startswith(E2E)))
         return {"name": self.spec.name, "pid": os.getpid(), "wall_ns": wall_ns(),
                 "uptime_s": round(time.monotonic() - self._t_start, 1), "stages": self.stage_stats(),
                 "links": self.link_stats(), "parts": parts}
@@ -733,7 +739,7 @@ def _build(boot: dict, fds: list[int]):
     if target is None:
         target, raw = resolve_kind(boot["kind"])
     is_sink = bool(ends_in) and not ends_out
-    book = LatencyBook(boot["stage_names"], boot["link_names"], boot["budgets_ns"]) if is_sink else None
+    book = LatencyBook(boot["stage_names"], boot["link_names"], boot["budgets_ns"], sink=boot["name"]) if is_sink else None
 
     def inlets():
         return {p: Inlet(e, ln, li, topology=boot["topology"]) for p, (e, ln, li, m) in ends_in.items()}

@@ -76,6 +76,8 @@ def _check(out: str, rep: dict) -> None:
                  "imu", "samples", "end_to_end"):
         assert parts[name]["count"] > 0, name
     assert parts["end_to_end"]["count"] == parts["detections"]["count"] + parts["samples"]["count"]
+    assert parts["end_to_end[show_text]"]["count"] == parts["detections"]["count"]
+    assert rep["paths"]["show_attitude"] == ["imu", "samples", "end_to_end[show_attitude]"]
     st = rep["stages"]
     assert set(st) == {"capture", "detect", "show_text", "imu", "show_attitude"}
     assert all(s["state"] == "done" and s["restarts"] == 0 for s in st.values()), st

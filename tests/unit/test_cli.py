@@ -138,7 +138,8 @@ class TestRunAndReport:
             assert part in out
         rep = json.loads((tmp_path / "rep" / "report.json").read_text())
         assert rep["stages"]["sink"]["ok"] == 400
-        assert [r["part"] for r in rep["parts"]] == ["src", "n", "mid", "m", "end_to_end"]
+        assert [r["part"] for r in rep["parts"]] == ["src", "n", "mid", "m", "end_to_end[sink]", "end_to_end"]
+        assert rep["parts"][-2]["budget_ms"] == 200  # a path's end to end falls back to the pipeline's budget
         assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000
         assert main(["report", str(tmp_path / "rep"), "--png", str(tmp_path / "again.png")]) == 0
         out = capsys.readouterr().out
