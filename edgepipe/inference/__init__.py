@@ -13,7 +13,7 @@ onnxruntime and OpenCV are imported only when a detector is built or a map is po
 
 from edgepipe.inference.model import ModelSpec, TextDetector, bundled_model_path, fit_input_hw
 from edgepipe.inference.postprocess import DBPostprocess, Detection
-from edgepipe.inference.stage import InferenceStage
+from edgepipe.inference.stage import RESULT_TYPE_ID, InferenceStage  # noqa: F401 - RESULT_TYPE_ID: the record type
 
 __all__ = [
     "DBPostprocess",
