@@ -83,6 +83,7 @@ class _CvSource:
 
     live = True  # a live source drops frames when the output is full; a recorded one waits
     describe = "source"
+    opened = False
 
     def __init__(self) -> None:
         self.cap = None
@@ -123,6 +124,7 @@ class _CvSource:
         return f"{self.describe}: the stream stopped delivering frames after {self.frames_read}"
 
     def close(self) -> None:
+        self.opened = False
         if self.cap is not None:
             self.cap.release()
             self.cap = None
@@ -151,6 +153,7 @@ class FileSource(_CvSource):
             self.close()
             raise SourceOpenError(f"cannot open {self.path!r} as a video (not a video OpenCV's FFMPEG backend reads)")
         self._props()
+        self.opened = True
 
     def end_reason(self) -> str | None:
         # A file that stops well before the frame count its header promises was cut short or is damaged.
@@ -181,6 +184,7 @@ class StreamSource(_CvSource):
             raise SourceOpenError(f"cannot open stream {self.url!r} (refused, unreachable, timed out after "
                                   f"{self.open_timeout_s} s, or not a video stream)")
         self._props()
+        self.opened = True
 
 
 class V4l2Source(_CvSource):
@@ -221,6 +225,7 @@ class V4l2Source(_CvSource):
         if self.req_fps:
             self.cap.set(cv2.CAP_PROP_FPS, self.req_fps)
         self._props()
+        self.opened = True
 
 
 class FolderSource:
@@ -228,6 +233,7 @@ class FolderSource:
     resized into the slot). Decoding an image cannot target a buffer, so each frame costs one copy."""
 
     live = False
+    opened = False
     copies_per_frame = 1  # imread cannot decode into a given buffer
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None) -> None:
@@ -258,6 +264,7 @@ class FolderSource:
                                   f"({len(self.files)} files named like images)")
         self.shape = first.shape
         self.frame_count = len(self.files)
+        self.opened = True
 
     def grab(self) -> bool:
         cv2 = _cv2()
@@ -299,6 +306,7 @@ class PatternSource:
     with OpenCV), generated straight into the slot. ``fps`` defaults to 30; endless unless ``frames``."""
 
     live = False
+    opened = False
 
     def __init__(self, size: tuple[int, int] = (640, 480), fps: float | None = 30.0,
                  frames: int | None = None) -> None:
@@ -316,6 +324,7 @@ class PatternSource:
         h, w, _ = self.shape
         self._x = (np.arange(w, dtype=np.uint32) * 256 // w).astype(np.uint8)[None, :].repeat(h, 0)
         self._y = (np.arange(h, dtype=np.uint32) * 256 // h).astype(np.uint8)[:, None].repeat(w, 1)
+        self.opened = True
 
     def grab(self) -> bool:
         if self.frame_count is not None and self.frames_read >= self.frame_count:
@@ -442,7 +451,8 @@ class CaptureStage(Stage):
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def open(self) -> None:
-        self.source.open()
+        if not getattr(self.source, "opened", False):  # a caller may open it first to learn the frame size
+            self.source.open()
         if self.on_full is None:
             self.on_full = "drop" if getattr(self.source, "live", True) else "wait"
 
