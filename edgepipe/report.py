@@ -254,6 +254,7 @@ def _fmt(v: float | None) -> str:
 def render_table(report: dict[str, Any], console=None) -> None:
     """Print the budget table (p50/p90/p99/p99.9/max per part against its budget) with rich."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -263,11 +264,11 @@ def render_table(report: dict[str, Any], console=None) -> None:
     for r in report["parts"]:
         ok = r["within_budget"]
         mark = "" if ok is None else ("[green]ok[/]" if ok else "[red]OVER[/]")
-        t.add_row(r["part"], str(r["count"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]),
+        t.add_row(escape(r["part"]), str(r["count"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]),
                   _fmt(r["p99.9_ms"]), _fmt(r["max_ms"]), _fmt(r["budget_ms"]), str(r["violations"]), mark)
     console.print(t)
     if report.get("drops"):
-        console.print("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items())))
+        console.print(escape("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items()))))
     restarts = {k: v.get("restarts", 0) for k, v in report.get("stages", {}).items() if v.get("restarts")}
     if restarts:
         console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))

@@ -64,6 +64,7 @@ def _ms(v: float | None) -> str:
 def render_live(live: dict[str, Any]):
     """A rich renderable of one snapshot: stages, rings, latency parts."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -78,7 +79,7 @@ def render_live(live: dict[str, Any]):
         st.add_row(name, str(s.get("kind") or ""), f"[{style}]{state}[/]" if style else state, str(s.get("pid") or ""),
                    str(s.get("restarts", 0)), str(s.get("received", s.get("frames_in", ""))),
                    str(s.get("emitted", s.get("published", s.get("results", "")))), str(dropped or 0),
-                   (s.get("error") or "")[:60])
+                   escape((s.get("error") or "")[:60]))
     rt = Table(title="rings", title_justify="left")
     for c in ("link", "mode", "rate/s", "fill", "queued", "written", "dropped"):
         rt.add_column(c, justify="left" if c in ("link", "mode") else "right")
@@ -95,7 +96,7 @@ def render_live(live: dict[str, Any]):
     for p in live.get("parts", []):
         b = p.get("budget_ms")
         over = b is not None and p.get("p99_ms", 0) > b
-        lt.add_row(p["part"], str(p.get("count", 0)), _ms(p.get("p50_ms")),
+        lt.add_row(escape(p["part"]), str(p.get("count", 0)), _ms(p.get("p50_ms")),
                    f"[red]{_ms(p.get('p99_ms'))}[/]" if over else _ms(p.get("p99_ms")), _ms(p.get("max_ms")),
                    _ms(b), str(p.get("violations", 0)))
     return Group(head, st, rt, lt)
