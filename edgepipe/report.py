@@ -47,6 +47,66 @@ def budget_for(part: str, budgets: dict[str, int]) -> int | None:
     return b
 
 
+def _buckets(h: HdrHistogram) -> tuple[list[int], list[int]]:
+    """The non-empty buckets of ``h``: exclusive upper bounds and counts. Vectorised over the counts array
+    (hdrh's own iterator walks it in Python: tens of ms per histogram, with the stage's lock held)."""
+    import numpy as np
+
+    counts = np.ctypeslib.as_array(h.counts)[: h.counts_len]
+    idx = np.flatnonzero(counts).astype(np.int64)
+    bucket = (idx >> h.sub_bucket_half_count_magnitude) - 1
+    sub = (idx & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count
+    first = bucket < 0
+    sub[first] -= h.sub_bucket_half_count
+    bucket[first] = 0
+    low = sub << (bucket + h.unit_magnitude)
+    upper = low + (np.int64(1) << (bucket + h.unit_magnitude))
+    return upper.tolist(), counts[idx].astype(np.int64).tolist()
+
+
+def _add_buckets(h: HdrHistogram, bounds, counts) -> None:
+    """Record ``counts[i]`` values of ``bounds[i] - 1`` into ``h`` at once (what record_value does per value,
+    vectorised: a merge of thousands of buckets takes well under a millisecond instead of ~10 ms)."""
+    import numpy as np
+
+    n = len(bounds)
+    c = np.asarray(counts[:n], dtype=np.int64)
+    keep = c > 0
+    if not keep.any():
+        return
+    v = np.clip(np.asarray(bounds, dtype=np.int64)[keep] - 1, _LOW_NS, _HIGH_NS)
+    c = c[keep]
+    # _get_bucket_index: bit length of (v | sub_bucket_mask), exact through frexp below 2**53
+    bits = np.frexp((v | h.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bits - h.unit_magnitude - (h.sub_bucket_half_count_magnitude + 1)
+    sub = v >> (bucket + h.unit_magnitude)
+    idx = ((bucket + 1) << h.sub_bucket_half_count_magnitude) + (sub - h.sub_bucket_half_count)
+    arr = np.ctypeslib.as_array(h.counts)
+    np.add.at(arr, idx, c.astype(arr.dtype))
+    h.total_count += int(c.sum())
+    h.min_value = min(h.min_value, int(v.min()))
+    h.max_value = max(h.max_value, int(v.max()))
+
+
+def percentiles(h: HdrHistogram, qs) -> list[int]:
+    """Values at percentiles ``qs`` (as ``get_value_at_percentile`` gives them), from one cumulative sum over
+    the counts instead of a Python walk per percentile."""
+    import numpy as np
+
+    total = h.get_total_count()
+    if not total:
+        return [0 for _ in qs]
+    counts = np.ctypeslib.as_array(h.counts)[: h.counts_len]
+    cum = np.cumsum(counts)
+    out = []
+    for q in qs:
+        target = max(1, int(min(q, 100.0) / 100.0 * total + 0.5))
+        i = int(np.searchsorted(cum, target))
+        out.append(h.get_highest_equivalent_value(h.get_value_from_index(i)) if q else
+                   h.get_lowest_equivalent_value(h.get_value_from_index(i)))
+    return out
+
+
 def _hist() -> HdrHistogram:
     return HdrHistogram(_LOW_NS, _HIGH_NS, _DIGITS)
 
@@ -137,9 +197,9 @@ class LatencyBook:
             m = pb.LatencyHistogram(name=part, min_ns=h.get_min_value() if h.get_total_count() else 0,
                                     max_ns=h.get_max_value(), sum_ns=self.sums[part],
                                     budget_violations=self.violations.get(part, 0))
-            for it in h.get_recorded_iterator():
-                m.bounds_ns.append(it.value_iterated_to + 1)
-                m.counts.append(it.count_added_in_this_iter_step)
+            bounds, counts = _buckets(h)
+            m.bounds_ns.extend(bounds)
+            m.counts.extend(counts)
             m.counts.append(0)
             out.append(m)
         return out
@@ -152,9 +212,7 @@ class LatencyBook:
                 h = self.hists[m.name] = _hist()
                 self.sums[m.name] = 0
                 self.order.append(m.name)
-            for b, c in zip(m.bounds_ns, m.counts):
-                if c:
-                    h.record_value(min(max(b - 1, _LOW_NS), _HIGH_NS), c)
+            _add_buckets(h, m.bounds_ns, m.counts)
             self.sums[m.name] += m.sum_ns
             if m.budget_violations:
                 self.violations[m.name] = self.violations.get(m.name, 0) + m.budget_violations
@@ -191,14 +249,15 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         h = book.hists[name]
         n = h.get_total_count()
         row: dict[str, Any] = {"part": name, "count": n}
-        for p in PERCENTILES:
-            row[f"p{p:g}_ms"] = _ms(h.get_value_at_percentile(p)) if n else None
+        pv = percentiles(h, (*PERCENTILES, 99.0))
+        for p, v in zip(PERCENTILES, pv):
+            row[f"p{p:g}_ms"] = _ms(v) if n else None
         row["max_ms"] = _ms(h.get_max_value()) if n else None
         row["mean_ms"] = _ms(book.sums[name] / n) if n else None
         b = budget_for(name, budgets)
         row["budget_ms"] = _ms(b)
         row["violations"] = book.violations.get(name, 0)
-        row["within_budget"] = None if b is None or not n else h.get_value_at_percentile(99.0) <= b
+        row["within_budget"] = None if b is None or not n else pv[-1] <= b
         row["hdr"] = h.encode().decode() if n else ""
         parts.append(row)
     drops: dict[str, int] = {}

@@ -64,7 +64,7 @@ from edgepipe.config import (
 from edgepipe.errors import ConfigError, EdgepipeError, FrameError, FrameTimeoutError, PeerClosedError
 from edgepipe.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
 from edgepipe.pipeline import Inlet, Outlet, PipelineStage
-from edgepipe.report import E2E, LatencyBook, budget_for, build_report, write_report
+from edgepipe.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
 from edgepipe.ring import Ring
 
 __all__ = ["Pipeline", "runtime_dir"]
@@ -173,6 +173,7 @@ class Pipeline:
         self._stop_reason = ""
         self._done = threading.Event()
         self._started = threading.Event()
+        self._consumers_ready = threading.Event()
         self._start_error: BaseException | None = None
         self._status: int | None = None
         self._series: list[dict[str, Any]] = []
@@ -435,6 +436,12 @@ class Pipeline:
                     direction=pb.DIRECTION_INPUT if direction == "in" else pb.DIRECTION_OUTPUT))
                 fds.append(r.fd)
             sock.send_fds(fds, Envelope(attach=pb.Attach(rings=descs)), timeout_s=5)
+            if c.is_source:
+                # Sources get their description (and so start producing) only once every other stage is
+                # running: records must not wait in a ring for a consumer that is still importing.
+                while not self._consumers_ready.wait(0.1):
+                    if self._stop_req.is_set():
+                        break
             sock.send_bytes(boot, timeout_s=5)
             while True:
                 data = sock.recv_bytes()
@@ -464,19 +471,29 @@ class Pipeline:
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + self.spec.start_timeout_s
+        try:
+            for c in self.children:
+                if not c.is_source:
+                    self._await_one(c, deadline)
+        finally:
+            self._consumers_ready.set()
         for c in self.children:
-            while not c.ready.wait(0.05):
-                if c.proc.poll() is not None:
-                    c.thread.join(1.0)
-                    break
-                if time.monotonic() > deadline:
-                    raise EdgepipeError(f"stage {c.name!r} did not start within {self.spec.start_timeout_s} s")
-            if c.state != "running":
-                c.proc.wait(5)
+            if c.is_source:
+                self._await_one(c, deadline)
+
+    def _await_one(self, c: _Child, deadline: float) -> None:
+        while not c.ready.wait(0.05):
+            if c.proc.poll() is not None:
                 c.thread.join(1.0)
-                why = c.error or f"exited with status {c.proc.returncode} before it was running"
-                c.state = "failed"
-                raise EdgepipeError(f"stage {c.name!r} could not start: {why}")
+                break
+            if time.monotonic() > deadline:
+                raise EdgepipeError(f"stage {c.name!r} did not start within {self.spec.start_timeout_s} s")
+        if c.state != "running":
+            c.proc.wait(5)
+            c.thread.join(1.0)
+            why = c.error or f"exited with status {c.proc.returncode} before it was running"
+            c.state = "failed"
+            raise EdgepipeError(f"stage {c.name!r} could not start: {why}")
 
     def _loop(self) -> None:
         next_stats = time.monotonic()
@@ -622,8 +639,9 @@ class Pipeline:
         for part in book.order:
             h = book.hists[part]
             b = budget_for(part, self.spec.budgets_ns())
+            p50, p99 = percentiles(h, (50.0, 99.0))
             parts.append({"part": part, "count": h.get_total_count(),
-                          "p50_ms": h.get_value_at_percentile(50) / 1e6, "p99_ms": h.get_value_at_percentile(99) / 1e6,
+                          "p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6,
                           "max_ms": h.get_max_value() / 1e6, "budget_ms": None if b is None else b / 1e6,
                           "violations": book.violations.get(part, 0)})
         parts.sort(key=lambda p: (p["part"] == E2E, p["part"].startswith(E2E)))

@@ -1,0 +1,110 @@
+"""Latency books split records into parts, travel as LatencyHistogram buckets without losing precision, and
+become a report (table, JSON, PNG) that says which part is over its budget."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from edgepipe.pipeline import Hop, Record
+from edgepipe.report import (
+    LatencyBook,
+    _hist,
+    build_report,
+    load_report,
+    percentiles,
+    render_table,
+    write_report,
+)
+
+MS = 1_000_000
+
+
+def _rec(cap, hops, link, recv):
+    return Record(b"", 0, cap, [Hop(*h) for h in hops], link=link, receive_ns=recv)
+
+
+class TestBook:
+    def test_parts_add_up_to_end_to_end(self):
+        """source -> ring a -> stage -> ring b -> sink: four parts whose sum is the end-to-end latency."""
+        book = LatencyBook(["src", "mid", "sink"], ["a", "b"], sink="sink")
+        book.record(_rec(0, [(0, 0xFFFF, 0, 1 * MS), (1, 0, 3 * MS, 7 * MS)], 1, 12 * MS))
+        got = {k: h.get_max_value() for k, h in book.hists.items()}
+        assert book.order == ["src", "a", "mid", "b", "end_to_end[sink]", "end_to_end"]
+        for part, want in {"src": 1, "a": 2, "mid": 4, "b": 5, "end_to_end": 12}.items():
+            assert abs(got[part] - want * MS) <= want * MS / 1000, part  # 3 significant digits
+
+    def test_violations_counted_against_budgets(self):
+        """Values over a part's budget are counted; a path's end to end uses the end-to-end budget."""
+        book = LatencyBook(["src"], ["a"], {"a": 2 * MS, "end_to_end": 10 * MS}, sink="s")
+        for q in (1, 3, 5, 20):
+            book.record(_rec(0, [(0, 0xFFFF, 0, 0)], 0, q * MS))
+        assert book.violations == {"a": 3, "end_to_end[s]": 1, "end_to_end": 1}
+
+    def test_proto_round_trip_is_exact(self):
+        """to_proto -> merge_proto gives the same histogram: every percentile, count, min and max."""
+        book = LatencyBook([], [])
+        vals = [random.randint(1, 10**10) for _ in range(5000)] + [1, 7, 3_600_000_000_000]
+        for v in vals:
+            book.record_value("x", v)
+        other = LatencyBook([], [])
+        other.merge_proto(book.to_proto())
+        other.merge_proto(book.to_proto())  # merging twice doubles every count
+        a, b = book.hists["x"], other.hists["x"]
+        assert b.get_total_count() == 2 * a.get_total_count()
+        assert np.array_equal(2 * np.ctypeslib.as_array(a.counts), np.ctypeslib.as_array(b.counts))
+        assert (b.get_min_value(), b.get_max_value()) == (a.get_min_value(), a.get_max_value())
+        assert other.sums["x"] == 2 * sum(vals)
+
+    def test_percentiles_match_hdrhistogram(self):
+        """The vectorised percentiles equal hdrhistogram's own get_value_at_percentile."""
+        h = _hist()
+        for _ in range(3000):
+            h.record_value(int(random.lognormvariate(12, 2)) + 1)
+        qs = (0.0, 10.0, 50.0, 90.0, 99.0, 99.9, 100.0)
+        assert percentiles(h, qs) == [h.get_value_at_percentile(q) for q in qs]
+        assert percentiles(_hist(), (50.0,)) == [0]
+
+
+class TestReport:
+    def _book(self):
+        book = LatencyBook(["cam", "det"], ["frames", "out"], {"det": 5 * MS, "end_to_end": 100 * MS}, sink="det")
+        for i in range(200):
+            book.record(_rec(0, [(0, 0xFFFF, 0, MS), (1, 0, 2 * MS, (2 + 3 + i % 5) * MS)], 1, (12 + i % 5) * MS))
+        return book
+
+    def test_budget_flags_and_json_png(self, tmp_path):
+        """det's p99 (7 ms) is over its 5 ms budget, end to end is within; JSON and PNG are written and the
+        JSON reads back with the same rows."""
+        rep = build_report(self._book(), series=[{"t_s": 0.0, "mean_ms": {"det": 5.0}},
+                                                 {"t_s": 0.5, "mean_ms": {"det": 6.0}}],
+                           paths={"det": ["cam", "frames", "det", "out"]})
+        rows = {r["part"]: r for r in rep["parts"]}
+        assert rows["det"]["within_budget"] is False and rows["det"]["violations"] == 80
+        assert rows["end_to_end"]["within_budget"] is True and rows["cam"]["within_budget"] is None
+        assert rep["ok"] is False
+        assert rows["det"]["p50_ms"] == pytest.approx(5.0, rel=1e-3) and rows["det"]["max_ms"] == pytest.approx(7.0, rel=1e-3)
+        paths = write_report(rep, tmp_path)
+        assert (tmp_path / "report.png").stat().st_size > 10_000
+        back = load_report(tmp_path)
+        assert [r["part"] for r in back["parts"]] == [r["part"] for r in rep["parts"]]
+        assert json.loads(open(paths["json"]).read())["paths"] == {"det": ["cam", "frames", "det", "out"]}
+
+    def test_table_names_every_part(self):
+        """The rich table has a row per part with its budget and OVER where p99 exceeds it."""
+        con = Console(width=140, record=True)
+        render_table(build_report(self._book()), con)
+        text = con.export_text()
+        for part in ("cam", "frames", "det", "out", "end_to_end[det]", "end_to_end"):
+            assert f" {part} " in text
+        assert "OVER" in text
+
+    def test_load_report_refuses_other_json(self, tmp_path):
+        """A JSON file that is not a report is a ValueError naming the file."""
+        (tmp_path / "x.json").write_text("{}")
+        with pytest.raises(ValueError, match="x.json is not an edgepipe report"):
+            load_report(tmp_path / "x.json")
