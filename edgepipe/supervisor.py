@@ -195,6 +195,10 @@ class Pipeline:
         EdgepipeError naming the stage that could not start, after stopping the others)."""
         if self._thread is not None:
             raise RuntimeError("this Pipeline was already started; make a new one")
+        if _BOOTSTRAPPING:
+            raise RuntimeError("a stage process is importing your script to find the stages defined in it, and "
+                               "the script starts a pipeline at import: put that under "
+                               "`if __name__ == \"__main__\":`")
         self._t_start = time.monotonic()
         # One long-lived thread spawns every child: PR_SET_PDEATHSIG fires when the *thread* that forked a
         # child ends, so children must not be forked from threads that come and go.
@@ -725,14 +729,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(3)
 
 
+_BOOTSTRAPPING = False  # true while a stage process re-runs the user's script to find its classes
+
+
 def _load_main(path: str) -> None:
-    """Make classes defined in the parent's __main__ script importable here, as multiprocessing does."""
+    """Make classes defined in the parent's __main__ script importable here, as multiprocessing does: run
+    the script as module ``__mp_main__`` (its ``if __name__ == "__main__":`` block does not run) and let
+    ``__main__`` name it."""
     import runpy
     import types
 
+    global _BOOTSTRAPPING
     mod = types.ModuleType("__mp_main__")
-    mod.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    mod.__file__ = path
     sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
+    _BOOTSTRAPPING = True
+    try:
+        mod.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    finally:
+        _BOOTSTRAPPING = False
 
 
 def _build(boot: dict, fds: list[int]):

@@ -130,6 +130,28 @@ class TestDelivery:
         assert p.stage_stats()["keep"]["received"] == 300
         assert p.stage_stats()["keep"]["state"] == "done"
 
+    def test_stages_defined_in_a_script(self, tmp_path):
+        """A stage class defined in the script being run works (stage processes import the script as
+        __mp_main__); a script that starts its pipeline unguarded gets an error saying to guard it."""
+        body = textwrap.dedent("""
+            from edgepipe import CheckStage, CounterStage, Pipeline, PipelineStage
+            class Double(PipelineStage):
+                def handle(self, rec):
+                    self.emit(rec.payload * 2, parent=rec)
+            def main():
+                p = Pipeline([CounterStage("src", count=200, outputs={"out": "a"}),
+                              Double("double", inputs={"in": "a"}, outputs={"out": "b"}),
+                              CheckStage("sink", inputs={"in": "b"})], stats_path=False)
+                print("exit", p.run(), "ok", p.stage_stats()["sink"].get("ok"))
+        """)
+        guarded, unguarded = tmp_path / "guarded.py", tmp_path / "unguarded.py"
+        guarded.write_text(body + 'if __name__ == "__main__":\n    main()\n')
+        unguarded.write_text(body + "main()\n")
+        r = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=60)
+        assert "exit 0 ok 200" in r.stdout, r.stderr
+        r = subprocess.run([sys.executable, str(unguarded)], capture_output=True, text=True, timeout=60)
+        assert "exit 1" in r.stdout and 'if __name__ == "__main__":' in r.stderr
+
     def test_a_drop_link_counts_what_it_drops(self):
         """A 'drop' link whose consumer is slow drops records instead of blocking, and says so."""
         p = Pipeline([CounterStage("src", count=3000, size=1024, outputs={"out": "a"}),
