@@ -43,13 +43,16 @@ def check_shm(path: str = "/dev/shm") -> DoctorCheck:
     except OSError as e:
         return DoctorCheck("/dev/shm", "fail", f"{path}: {e.strerror}",
                      "mount a tmpfs there: mount -t tmpfs -o size=512m tmpfs /dev/shm (in Docker: --shm-size=512m)")
-    fstype = "?"
+    fstype, best = "?", ""
+    real = os.path.realpath(path)
     try:
         with open("/proc/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) > 2 and parts[1] == path:
-                    fstype = parts[2]
+                mnt = parts[1] if len(parts) > 2 else ""
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):  # the longest mount point holding the path
+                    fstype, best = parts[2], mnt
     except OSError:
         pass
     size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
