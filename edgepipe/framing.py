@@ -42,7 +42,7 @@ __all__ = ["Envelope", "FrameSocket"]
 #: The top-level message of every control-plane frame (``edgepipe.v1.Envelope``).
 Envelope = _pb.Envelope
 
-PROTOCOL_MAJOR = 1  # a peer of another major is refused at Hello (the server comes with issue 5's next part)
+PROTOCOL_MAJOR = 1  # edgepipe.server refuses a Hello of another major (Error VERSION_MISMATCH)
 PROTOCOL_MINOR = 0
 
 DEFAULT_MAX_FRAME = lib.EP_FRAME_DEFAULT_MAX
