@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import subprocess
 import tempfile
 
@@ -138,3 +139,33 @@ class TestCClient:
             os.rmdir(d)
         assert proc.returncode == 2
         assert out.splitlines() == ["error code=ERROR_CODE_VERSION_MISMATCH message=needs major 2"]
+
+    def test_reads_the_example_servers_imu_stream(self, uds_client):
+        """Against examples/control_server.py (the bundled recording through the Madgwick filter), the C
+        client prints consecutive ImuSamples with gyro, accel, mag and a unit quaternion."""
+        d = tempfile.mkdtemp(prefix="ep-c-")
+        path = os.path.join(d, "ctl.sock")
+        srv = subprocess.Popen([sys.executable, "examples/control_server.py", "--path", path, "--seconds", "1.5",
+                                "--rate-hz", "400"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            assert srv.stdout.readline().strip() == f"listening on {path}"
+            proc = _run(uds_client, path, "21")
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            srv_out, srv_err = srv.communicate(timeout=30)
+            assert srv.returncode == 0, srv_err
+        finally:
+            srv.kill()
+        lines = out.splitlines()
+        assert lines[0].startswith("welcome session=1 ")
+        samples = [ln for ln in lines[1:] if ln.startswith("imu_sample")]
+        assert len(samples) >= 19  # the rest are Stats
+        seqs = [int(ln.split(" seq=")[1].split()[0]) for ln in samples]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        for ln in samples:
+            q = [float(v) for v in ln.split(" q=(")[1].rstrip(")").split(",")]
+            assert abs(sum(v * v for v in q) - 1) < 1e-3 and " mag=(" in ln and " source=ngimu " in ln
+        assert "sessions: 1" in srv_out
+        assert not os.path.exists(path)
+        os.rmdir(d)
