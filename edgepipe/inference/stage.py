@@ -101,6 +101,8 @@ class _Slot:
         self.starts = 0
         self.failed_starts = 0  # consecutive deaths before READY
         self.fatal: str | None = None
+        self.hung = False
+        self.last_progress = 0.0  # monotonic time of the last reply, or of a dispatch to an idle worker
         self.thread: threading.Thread | None = None
 
 
@@ -123,9 +125,11 @@ class InferenceStage(Stage):
             subscribed to ``inference_result``) or a callable given each finished ``InferenceResult``.
         start_timeout_s: how long open() waits for every worker to load its model.
         max_restarts: consecutive deaths of a worker before it is ready that fail the stage.
+        hang_timeout_s: a worker holding frames that has not replied for this long is killed (and restarted
+            like a crashed one; counted in ``worker_hangs`` too).
 
     Counters: frames_in, dispatched, results, dropped_deadline, bad_frames, frames_lost, worker_crashes,
-    worker_restarts, results_dropped, publish_errors.
+    worker_hangs, worker_restarts, results_dropped, publish_errors.
 
     Stamps of each result (CLOCK_MONOTONIC_RAW ns): ``capture_ns`` from the frame (its publish time if it has
     none); ``publish_ns`` = [input ring, worker ring (dispatch), worker's results ring, output ring];
@@ -155,6 +159,7 @@ class InferenceStage(Stage):
         publish: Callable[[Any], None] | None = None,
         start_timeout_s: float = 60.0,
         max_restarts: int = 3,
+        hang_timeout_s: float = 30.0,
         name: str | None = None,
     ) -> None:
         if micro_batch not in (None, 1):
@@ -183,6 +188,9 @@ class InferenceStage(Stage):
         self.max_frame_bytes = max_frame_bytes
         self.start_timeout_s = start_timeout_s
         self.max_restarts = max_restarts
+        if not isinstance(hang_timeout_s, (int, float)) or hang_timeout_s <= 0:
+            raise ValueError(f"hang_timeout_s must be a positive number, got {hang_timeout_s!r}")
+        self.hang_timeout_s = float(hang_timeout_s)
         if publish is not None and not callable(publish) and hasattr(publish, "publish"):
             server = publish  # an edgepipe.Server: results go to clients that subscribed to "inference_result"
             from edgepipe.framing import Envelope
@@ -201,7 +209,7 @@ class InferenceStage(Stage):
         self.last_bad_frame: str | None = None
         self.last_publish_error: str | None = None
         for k in ("frames_in", "dispatched", "results", "dropped_deadline", "bad_frames", "frames_lost",
-                  "worker_crashes", "worker_restarts", "results_dropped", "publish_errors"):
+                  "worker_crashes", "worker_hangs", "worker_restarts", "results_dropped", "publish_errors"):
             self.counters[k] = 0
 
     # -- counters shared by the dispatcher and the collector threads ------------------------------------------
@@ -377,6 +385,8 @@ class InferenceStage(Stage):
                 if wseq is None:  # ring momentarily full (padding at the wrap): try again shortly
                     self._cond.wait(0.001)
                     continue
+                if not slot.inflight:
+                    slot.last_progress = time.monotonic()  # an idle worker starts its clock now
                 slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv, now_ns()))
                 self.counters["dispatched"] += 1
                 return
@@ -403,6 +413,7 @@ class InferenceStage(Stage):
                 rtype = rr.last_type
             except RingTimeoutError:
                 if proc.poll() is None:
+                    self._check_hung(slot, proc)
                     continue
                 if self._worker_gone(slot):
                     return
@@ -416,6 +427,7 @@ class InferenceStage(Stage):
                 if self._worker_gone(slot):
                     return
                 continue
+            slot.last_progress = time.monotonic()
             if rtype == W.T_RESULT:
                 self._on_result(slot, payload, pb, t_rx)
             elif rtype in (W.T_DROPPED, W.T_BAD):
@@ -437,6 +449,19 @@ class InferenceStage(Stage):
                     self._cond.notify_all()
             elif rtype == W.T_FATAL:
                 slot.fatal = payload.decode(errors="replace")
+
+    def _check_hung(self, slot: _Slot, proc: subprocess.Popen) -> None:
+        """Kill a worker that holds frames but has not replied for hang_timeout_s (a wedged session, a
+        stopped process); the crash path then counts its frames lost and restarts it."""
+        with self._lock:
+            hung = bool(slot.inflight) and time.monotonic() - slot.last_progress > self.hang_timeout_s
+        if hung:
+            slot.hung = True
+            self._count("worker_hangs")
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
 
     def _settle(self, slot: _Slot, wseq: int) -> _InFlight | None:
         """Pop the in-flight entry for worker seq ``wseq`` (lock held). Replies come in order, so it is the
@@ -489,6 +514,9 @@ class InferenceStage(Stage):
             lost = len(slot.inflight)
             slot.inflight.clear()
             how = f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
+            if slot.hung:
+                how += f" (killed by the stage: no reply for {self.hang_timeout_s:g} s)"
+                slot.hung = False
             self.last_crash = f"worker {slot.index} (pid {proc.pid if proc else 0}) died with {how}; {lost} frame(s) lost"
             self.counters["frames_lost"] += lost
             self.counters["worker_crashes"] += 1

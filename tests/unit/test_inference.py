@@ -374,6 +374,26 @@ class TestStage:
         assert victim not in stats and victim not in [w["pid"] for w in stats["workers"]]
         assert stats["error"] is None
 
+    def test_hung_worker_is_killed_and_replaced(self, small_frame):
+        """A worker that stops replying while it holds frames (here: SIGSTOP) is killed after hang_timeout_s,
+        counted, its frames counted lost, and a fresh worker infers the next frame."""
+        img, _ = small_frame
+        with rig(workers=1, hang_timeout_s=0.5) as (fw, out, stage):
+            fw.write_frame(img, timeout_s=5)
+            assert len(collect(out, 1)) == 1
+            (victim,) = stage.worker_pids()
+            os.kill(victim, signal.SIGSTOP)
+            fw.write_frame(img, timeout_s=5)
+            deadline = time.monotonic() + 20
+            while stage.counters["worker_restarts"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seq = fw.write_frame(img, timeout_s=5)
+            got = collect(out, 1)
+        stats = stage.stats()
+        assert [m.frame_seq for m in got] == [seq]
+        assert stats["worker_hangs"] == 1 and stats["worker_crashes"] == 1 and stats["frames_lost"] == 1
+        assert "no reply for 0.5 s" in stats["last_crash"] and f"pid {victim}" in stats["last_crash"]
+
     def test_bad_frames_are_counted_and_skipped(self, small_frame):
         """Frames the model cannot take (NV12, 4-channel, float) are counted and skipped; the good frames
         around them are all inferred and the pool lives on."""
