@@ -10,6 +10,10 @@ runs its handlers at once (so Ctrl-C works), and the call resumes where it stopp
 by an exception or a timeout part-way through a frame keeps that progress, and the next receive finishes
 the same frame; a send cannot be taken back, so one stopped part-way marks the stream unusable.
 
+The receiver reads ahead (up to READ_AHEAD bytes per recvmsg, kept in C), so a stream of small frames
+costs about one system call per frame or less; fds still arrive with the frame they were sent with. Bytes
+read ahead belong to this FrameSocket: once it has received, do not read the socket by other means.
+
 A FrameSocket may be used by one sending and one receiving thread at a time; ``close()`` from any thread
 (or a signal handler) wakes a blocked call, which then raises FrameClosedError.
 """
