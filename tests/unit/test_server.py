@@ -18,6 +18,7 @@ import pytest
 
 from edgepipe import (
     Envelope,
+    FrameDecodeError,
     FrameSocket,
     PeerClosedError,
     RemoteError,
@@ -390,6 +391,17 @@ class TestAttach:
             proc.kill()
         assert proc.returncode == 0, err
         assert out.split() == ["results", str(1 << 14), str(pb.DIRECTION_INPUT), str(total)]
+
+    def test_attach_without_its_fds_is_a_decode_error(self, server):
+        """An Attach that announces an fd but carries none raises FrameDecodeError naming both counts;
+        messages that arrived before it stay queued for recv()."""
+        with Client.connect(server.path, stage="y") as c:
+            s = server.wait_session("y")
+            s.send(_stats("before"))
+            s.send(Envelope(attach=pb.Attach(rings=[pb.RingDescriptor(name="r", fd_follows=True)])))
+            with pytest.raises(FrameDecodeError, match="announced 1 fds but 0 arrived"):
+                c.recv_attach(timeout_s=5)
+            assert c.recv(timeout_s=5).stats.stage_name == "before"
 
     def test_attach_checks_direction(self, server):
         with Client.connect(server.path, stage="x"), Ring.create(None, capacity=4096) as ring:
