@@ -199,7 +199,7 @@ class InferenceStage(Stage):
         if publish is not None and not callable(publish):
             raise TypeError(f"publish must be a callable or an edgepipe.Server, got {publish!r}")
         self._publish = publish
-        self._lock = threading.RLock()  # slots, in-flight queues, counters
+        self._lock = threading.Lock()  # slots, in-flight queues, counters written by more than one thread
         self._cond = threading.Condition(self._lock)
         self._out_lock = threading.Lock()
         self._slots: list[_Slot] = []
@@ -351,7 +351,7 @@ class InferenceStage(Stage):
                     break  # the source ended
                 with ctx as f:
                     t_recv = now_ns()
-                    self._count("frames_in")
+                    self.counters["frames_in"] += 1  # only this thread writes it: no lock
                     try:
                         TextDetector.check_frame(f.array, f.pixel_format)
                     except ModelInputError as e:
