@@ -91,7 +91,16 @@ from edgepipe.frames import (
     LatestWriter,
 )
 from edgepipe.framing import Envelope, FrameSocket
-from edgepipe.imu import CsvSource, IioSource, ImuReader, ImuStage, SyntheticSource
+from edgepipe.imu import (
+    IMU_RECORD_TYPE,
+    IMU_SAMPLE_DTYPE,
+    CsvSource,
+    IioSource,
+    ImuReader,
+    ImuStage,
+    SyntheticSource,
+    euler_deg,
+)
 from edgepipe.inference import (
     DBPostprocess,
     Detection,
@@ -157,6 +166,8 @@ __all__ = [
     "FrameTooLargeError",
     "FrameWriter",
     "Hop",
+    "IMU_RECORD_TYPE",
+    "IMU_SAMPLE_DTYPE",
     "IioSource",
     "ImageError",
     "ImageHeaderError",
@@ -230,6 +241,7 @@ __all__ = [
     "bundled_model_path",
     "calibration_frames",
     "default_socket_dir",
+    "euler_deg",
     "find_pipelines",
     "fit_input_hw",
     "list_segments",
