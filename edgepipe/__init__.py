@@ -132,7 +132,7 @@ from edgepipe.server import Client, Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stage import Stage
 from edgepipe.supervisor import Pipeline, runtime_dir
-from edgepipe.top import find_pipelines, load_live, render_live, run_top
+from edgepipe.top import find_pipelines, live_from_stats, load_live, render_live, run_top
 
 __version__ = "0.1.0"
 
@@ -245,6 +245,7 @@ __all__ = [
     "find_pipelines",
     "fit_input_hw",
     "list_segments",
+    "live_from_stats",
     "load_config",
     "load_live",
     "load_recording",

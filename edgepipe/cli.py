@@ -289,7 +289,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     from edgepipe.top import run_top
 
-    return run_top(args.file, interval_s=args.interval, once=args.once, console=_console())
+    return run_top(args.file, interval_s=args.interval, once=args.once, console=_console(), socket=args.socket)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", nargs="?", help="a pipeline-*.json stats file (default: the newest running pipeline)")
     t.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh every S seconds (default 1)")
     t.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    t.add_argument("--socket", metavar="PATH", help="read the pipeline's Stats from its control socket "
+                                                   "(pipeline-*.sock) instead of its snapshot file")
     t.set_defaults(func=cmd_top)
     dc = sub.add_parser("doctor", help="check this machine for what edgepipe needs and say what to fix",
                         description="Checks /dev/shm (mount, size), memlock and rtprio limits, memfd and futex, "

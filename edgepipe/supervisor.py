@@ -130,13 +130,19 @@ class Pipeline:
         report_dir: as in the TOML ``[pipeline]`` table (see edgepipe.config).
         stats_path: where to publish live stats for ``edgepipe top`` (default: in :func:`runtime_dir`;
             ``False``: nowhere).
+        control_socket: a Unix socket path where an :class:`edgepipe.server.Server` publishes Stats:
+            each stage's as it arrives, and every stats interval the pipeline's roll-up (``stage_name``
+            ``"pipeline:<name>"``: every ring's counters and every latency part's histogram). Clients
+            connect with ``Client.connect(path, role="monitor", subscribe=["stats"])``, as ``edgepipe top
+            --socket`` does. Default: next to the stats file when that is on; ``False``: no socket.
 
     Raises:
         ConfigError: the description cannot run (before anything starts).
     """
 
     def __init__(self, stages: list, links: dict | None = None, budgets: dict[str, float] | None = None, *,
-                 stats_path: str | bool | None = None, **options: Any) -> None:
+                 stats_path: str | bool | None = None, control_socket: str | bool | None = None,
+                 **options: Any) -> None:
         spec = PipelineSpec()
         for k, v in options.items():
             if not hasattr(spec, k) or k in ("stages", "links", "budgets_ms", "source"):
@@ -146,21 +152,23 @@ class Pipeline:
         for name, ln in (links or {}).items():
             spec.links[name] = ln if isinstance(ln, LinkSpec) else LinkSpec(name=name, **ln)
         spec.budgets_ms = {k.removesuffix("_ms"): v for k, v in (budgets or {}).items()}
-        self._init(validate(spec), stats_path)
+        self._init(validate(spec), stats_path, control_socket)
 
     @classmethod
-    def from_spec(cls, spec: PipelineSpec, stats_path: str | bool | None = None) -> Pipeline:
+    def from_spec(cls, spec: PipelineSpec, stats_path: str | bool | None = None,
+                  control_socket: str | bool | None = None) -> Pipeline:
         """A pipeline from a checked spec (edgepipe.config.load_config)."""
         self = cls.__new__(cls)
-        self._init(spec, stats_path)
+        self._init(spec, stats_path, control_socket)
         return self
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike, stats_path: str | bool | None = None) -> Pipeline:
+    def from_toml(cls, path: str | os.PathLike, stats_path: str | bool | None = None,
+                  control_socket: str | bool | None = None) -> Pipeline:
         """A pipeline from a TOML file (checked completely first; ConfigError names file, line and key)."""
-        return cls.from_spec(load_config(path), stats_path)
+        return cls.from_spec(load_config(path), stats_path, control_socket)
 
-    def _init(self, spec: PipelineSpec, stats_path) -> None:
+    def _init(self, spec: PipelineSpec, stats_path, control_socket=None) -> None:
         self.spec = spec
         self.stage_names = [s.name for s in spec.stages]
         self.link_names = list(spec.links)
@@ -187,6 +195,10 @@ class Pipeline:
         if stats_path is None:
             stats_path = os.path.join(runtime_dir(), f"pipeline-{os.getpid()}-{id(self):x}.json")
         self.stats_path: str | None = stats_path or None
+        if control_socket is None:
+            control_socket = self.stats_path[: -len(".json")] + ".sock" if self.stats_path else False
+        self.control_socket: str | None = control_socket or None
+        self._server = None
         self.report_paths: dict[str, str] = {}
 
     # -- public -----------------------------------------------------------------------------------------
@@ -347,6 +359,7 @@ class Pipeline:
         try:
             try:
                 self._create_rings()
+                self._start_server()
                 for c in self.children:
                     self._spawn(c)
                 self._await_ready()
@@ -360,6 +373,39 @@ class Pipeline:
         finally:
             self._teardown()
             self._done.set()
+
+    def _start_server(self) -> None:
+        if not self.control_socket:
+            return
+        from edgepipe.server import Server
+
+        try:
+            srv = Server(self.control_socket)
+            # a request for Stats gets the current roll-up back (publishing needs subscribe=["stats"])
+            srv.on("stats", lambda session, env: Envelope(stats=self._rollup()))
+            srv.start()
+        except (EdgepipeError, OSError, ValueError) as e:  # the pipeline runs without its socket
+            print(f"edgepipe: no control socket at {self.control_socket}: {e}", file=sys.stderr)
+            self.control_socket = None
+            return
+        self._server = srv
+
+    def _rollup(self) -> pb.Stats:
+        """The pipeline's Stats: every ring's counters, every latency part merged over the sinks."""
+        st = pb.Stats(stage_name=f"pipeline:{self.spec.name}", t_ns=now_ns())
+        for name, ln in self.link_stats().items():
+            st.rings.append(pb.RingCounters(name=name, records_written=ln["records_written"],
+                                            records_read=ln["records_read"], full_events=ln["full_events"],
+                                            dropped=ln["dropped"], used=ln["used"], capacity=ln["capacity"]))
+        st.latencies.extend(self.latency().to_proto())
+        return st
+
+    def _publish(self, env: Envelope) -> None:
+        if self._server is not None and not self._server.closed:
+            try:
+                self._server.publish(env)
+            except (EdgepipeError, OSError):
+                pass  # a subscriber's trouble is the server's to count, never the pipeline's
 
     def _create_rings(self) -> None:
         Latest = _latest_slot()
@@ -463,6 +509,7 @@ class Pipeline:
                 if body == "stats":
                     with self._lock:
                         c.hists[run] = list(env.stats.latencies)
+                    self._publish(env)
                 elif body == "error":
                     c.error = env.error.message
                     c.ready.set()
@@ -635,6 +682,8 @@ class Pipeline:
             self._prev_links[name] = (t, n)
         if self.stats_path:
             self._write_stats_file()
+        if self._server is not None and self._server.sessions():
+            self._publish(Envelope(stats=self._rollup()))
 
     def live(self) -> dict[str, Any]:
         """What ``edgepipe top`` shows: stages, links and per-part latency (p50/p99 vs budget)."""
@@ -649,7 +698,7 @@ class Pipeline:
                           "max_ms": h.get_max_value() / 1e6, "budget_ms": None if b is None else b / 1e6,
                           "violations": book.violations.get(part, 0)})
         parts.sort(key=lambda p: (p["part"] == E2E, p["part"].startswith(E2E)))
-        return {"name": self.spec.name, "pid": os.getpid(), "wall_ns": wall_ns(),
+        return {"name": self.spec.name, "pid": os.getpid(), "wall_ns": wall_ns(), "socket": self.control_socket,
                 "uptime_s": round(time.monotonic() - self._t_start, 1), "stages": self.stage_stats(),
                 "links": self.link_stats(), "parts": parts}
 
@@ -663,6 +712,8 @@ class Pipeline:
             pass
 
     def _teardown(self) -> None:
+        if self._server is not None:
+            self._server.close()
         for c in self.children:
             if c.proc is not None and c.proc.poll() is None:
                 _signal(c.proc, signal.SIGKILL)

@@ -5,6 +5,11 @@ parts) as ``pipeline-<pid>-<id>.json`` in :func:`edgepipe.supervisor.runtime_dir
 atomically). ``top`` finds the snapshots whose supervisor is alive and draws them with rich: per ring its
 rate, fill and drops, per stage its state, pid and restarts, per latency part p50/p99 against its budget.
 
+``top --socket PATH`` reads the same numbers the protocol way instead: it connects to the supervisor's
+control socket as a monitor, subscribes to Stats, and draws the rings and latency parts from the
+pipeline's roll-up Stats (budgets and stage states are not in Stats; any program that speaks the
+``edgepipe.v1`` protocol can do the same, see ``examples/uds_client.c``).
+
 >>> live = {"name": "p", "pid": 1, "uptime_s": 2.0, "stages": {}, "links": {}, "parts": []}
 >>> from rich.console import Console
 >>> Console(width=80).print(render_live(live))  # doctest: +ELLIPSIS
@@ -21,7 +26,7 @@ import re
 import time
 from typing import Any
 
-__all__ = ["find_pipelines", "load_live", "render_live", "run_top"]
+__all__ = ["find_pipelines", "live_from_stats", "load_live", "render_live", "run_top"]
 
 _FILE = re.compile(r"pipeline-(\d+)-[0-9a-f]+\.json$")
 
@@ -53,6 +58,47 @@ def load_live(path: str) -> dict[str, Any]:
     """Read one snapshot."""
     with open(path) as f:
         return json.load(f)
+
+
+def live_from_stats(rollup, stage_stats: dict[str, Any] | None = None, prev=None,
+                    pid: int | None = None) -> dict[str, Any]:
+    """A snapshot in :func:`render_live`'s shape from a pipeline's roll-up ``edgepipe.v1.Stats`` (and the
+    previous one, for ring rates; and the latest Stats of each stage, by name).
+
+    >>> from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+    >>> st = pb.Stats(stage_name="pipeline:p", t_ns=2_000_000_000,
+    ...               rings=[pb.RingCounters(name="a", records_written=30, records_read=20, used=64, capacity=4096)])
+    >>> old = pb.Stats(t_ns=1_000_000_000, rings=[pb.RingCounters(name="a", records_written=10)])
+    >>> live = live_from_stats(st, prev=old)
+    >>> live["links"]["a"]["rate_hz"], live["links"]["a"]["fill"]
+    (20.0, 0.015625)
+    """
+    from edgepipe.report import LatencyBook, budget_for, percentiles
+
+    links = {}
+    before = {r.name: r for r in prev.rings} if prev is not None else {}
+    dt = (rollup.t_ns - prev.t_ns) / 1e9 if prev is not None and rollup.t_ns > prev.t_ns else 0.0
+    for r in rollup.rings:
+        p = before.get(r.name)
+        links[r.name] = {"mode": "", "records_written": r.records_written, "records_read": r.records_read,
+                         "fill": r.used / r.capacity if r.capacity else 0.0, "dropped": r.dropped,
+                         "rate_hz": (r.records_written - p.records_written) / dt if p is not None and dt else 0.0}
+    book = LatencyBook([], [])
+    book.merge_proto(rollup.latencies)
+    parts = []
+    for name in book.order:
+        h = book.hists[name]
+        p50, p99 = percentiles(h, (50.0, 99.0))
+        parts.append({"part": name, "count": h.get_total_count(), "p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6,
+                      "max_ms": h.get_max_value() / 1e6, "budget_ms": budget_for(name, {}),
+                      "violations": book.violations.get(name, 0)})
+    stages = {}
+    for name, st in (stage_stats or {}).items():
+        stages[name] = {"state": "running", "kind": "", "pid": "", "restarts": "",
+                        "received": sum(r.records_read for r in st.rings if r.bytes_read) or "",
+                        "emitted": sum(r.records_written for r in st.rings if r.bytes_written) or ""}
+    return {"name": rollup.stage_name.removeprefix("pipeline:"), "pid": pid, "uptime_s": "-",
+            "stages": stages, "links": links, "parts": parts}
 
 
 def _ms(v: float | None) -> str:
@@ -102,13 +148,70 @@ def render_live(live: dict[str, Any]):
     return Group(head, st, rt, lt)
 
 
-def run_top(path: str | None = None, interval_s: float = 1.0, once: bool = False, console=None) -> int:
-    """Show a pipeline's live view (``path``: its snapshot file; default: the newest running one) until
-    Ctrl-C or until it exits. Returns 0, or 1 when no running pipeline is found."""
+def _run_socket(path: str, interval_s: float, once: bool, console) -> int:
+    from rich.live import Live
+
+    from edgepipe.errors import EdgepipeError, FrameTimeoutError, PeerClosedError
+    from edgepipe.server import Client
+
+    try:
+        client = Client.connect(path, role="monitor", stage="edgepipe top", subscribe=["stats"])
+    except (EdgepipeError, OSError) as e:
+        console.print(f"cannot connect to {path}: {e}")
+        return 1
+    stages: dict[str, Any] = {}
+    prev = last = None
+    view = None
+    try:
+        with client:
+            deadline = time.monotonic() + 10 * max(interval_s, 0.5)
+            while True:
+                try:
+                    env = client.recv(timeout_s=max(interval_s, 0.5) * 4)
+                except FrameTimeoutError:
+                    if last is None and time.monotonic() > deadline:
+                        console.print(f"no Stats from {path} yet")
+                        return 1
+                    continue
+                except PeerClosedError:
+                    console.print("the pipeline has exited")
+                    return 0
+                if env.WhichOneof("body") != "stats":
+                    continue
+                st = env.stats
+                if not st.stage_name.startswith("pipeline:"):
+                    stages[st.stage_name] = st
+                    continue
+                prev, last = last, st
+                if prev is None and not once:
+                    continue  # rates need two roll-ups
+                live = live_from_stats(last, stages, prev, pid=client.welcome.pid)
+                if once:
+                    console.print(render_live(live))
+                    return 0
+                if view is None:
+                    view = Live(render_live(live), console=console, refresh_per_second=4)
+                    view.start()
+                else:
+                    view.update(render_live(live))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def run_top(path: str | None = None, interval_s: float = 1.0, once: bool = False, console=None,
+            socket: str | None = None) -> int:
+    """Show a pipeline's live view (``path``: its snapshot file; default: the newest running one; or
+    ``socket``: its control socket) until Ctrl-C or until it exits. Returns 0, or 1 when no running pipeline
+    is found."""
     from rich.console import Console
     from rich.live import Live
 
     console = console or Console()
+    if socket is not None:
+        return _run_socket(socket, interval_s, once, console)
     if path is None:
         found = find_pipelines()
         if not found:

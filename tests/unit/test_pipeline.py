@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from rich.console import Console
 
 from edgepipe import (
     CheckStage,
@@ -22,6 +23,7 @@ from edgepipe import (
     PipelineStage,
     RelayStage,
     load_report,
+    run_top,
     sink,
     source,
     transform,
@@ -266,6 +268,11 @@ class TestSupervisorProcess:
         """SIGTERM: the sources stop first, everything in flight reaches the sink, exit status 0."""
         before = _shm()
         proc, pids = _start_supervisor(tmp_path)
+        # meanwhile the control socket publishes Stats: `edgepipe top --socket` draws rings and parts from them
+        con = Console(width=150, record=True)
+        assert run_top(socket=str(tmp_path / "stats.sock"), once=True, console=con) == 0
+        text = con.export_text()
+        assert "pipeline " in text and " a " in text and " b " in text and "end_to_end[sink]" in text
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -278,5 +285,5 @@ class TestSupervisorProcess:
         assert rep["links"]["a"]["records_read"] == rep["links"]["a"]["records_written"] == sent
         assert rep["meta"]["stop_reason"] == "signal SIGTERM"
         assert not any(_alive(p) for p in pids)
-        assert not (tmp_path / "stats.json").exists()
+        assert not (tmp_path / "stats.json").exists() and not (tmp_path / "stats.sock").exists()
         assert _shm() == before
