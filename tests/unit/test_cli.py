@@ -224,3 +224,28 @@ class TestDemoWiring:
         spec, missing = demo_spec()
         assert missing == {}
         assert [s.name for s in spec.stages] == ["capture", "detect", "show_text", "imu", "show_attitude"]
+
+
+class TestBench:
+    def test_bench_runs_each_script_and_writes_a_report(self, tmp_path, capsys):
+        """bench runs every benchmarks/*.py (not _common.py) with --seconds, keeps each output, and writes
+        README.md with a table and a plot; a failing benchmark makes the exit status 1."""
+        d = tmp_path / "benchmarks"
+        d.mkdir()
+        (d / "_common.py").write_text("")
+        (d / "fast.py").write_text("import sys; print('fast ran with', sys.argv[1:])\n")
+        (d / "broken.py").write_text("raise SystemExit(3)\n")
+        out = tmp_path / "out"
+        assert main(["bench", "--dir", str(d), "--list"]) == 0
+        assert capsys.readouterr().out.split() == ["broken.py", "fast.py"]
+        assert main(["bench", "--dir", str(d), "--out", str(out), "--seconds", "0.5"]) == 1
+        assert "fast ran with ['--seconds', '0.5']" in (out / "fast.txt").read_text()
+        readme = (out / "README.md").read_text()
+        assert "| [fast](fast.txt) | 0 |" in readme and "| [broken](broken.txt) | 3 |" in readme
+        assert (out / "bench.png").stat().st_size > 1000
+        assert main(["bench", "--dir", str(d), "--out", str(out), "--only", "fast"]) == 0
+
+    def test_bench_without_benchmarks_dir(self, tmp_path, capsys):
+        """Outside a checkout, bench says where it looked for benchmarks/ and exits 1."""
+        assert main(["bench", "--dir", str(tmp_path)]) == 1
+        assert "no benchmarks/ directory" in capsys.readouterr().err
