@@ -9,6 +9,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgepipe import Ring, now_ns
 from edgepipe._ffi import lib
@@ -21,7 +23,7 @@ from edgepipe.errors import (
     PeerClosedError,
     RingTimeoutError,
 )
-from edgepipe.frames import PIXEL_FORMATS, FrameReader, FrameWriter
+from edgepipe.frames import PIXEL_FORMATS, FrameReader, FrameWriter, LatestSlot
 
 
 @pytest.fixture
@@ -307,3 +309,27 @@ class TestCorruptHeader:
         with pytest.raises(ImageHeaderError, match="type 0x3"):
             r.read_frame(0)
         gc.collect()
+
+
+class TestProperties:
+    @settings(max_examples=60, deadline=None)
+    @given(
+        dtype=st.sampled_from(["u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8", "?"]),
+        shape=st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple),
+        seed=st.integers(0, 2**32 - 1),
+        source_id=st.integers(0, 2**64 - 1),
+        capture_ns=st.integers(-(2**63), 2**63 - 1),
+    )
+    def test_any_array_round_trips_through_ring_and_latest_slot(self, dtype, shape, seed, source_id, capture_ns):
+        """Any supported dtype and shape of 1-4 dims comes back bit-exact, with its header fields, from a
+        ring and from a latest slot, and the pixels are 64-byte aligned."""
+        rng = np.random.default_rng(seed)
+        a = rng.integers(0, 256, int(np.prod(shape)) * np.dtype(dtype).itemsize, np.uint8).view(dtype).reshape(shape)
+        with Ring.create(capacity=1 << 16) as ring, LatestSlot.create(None, 8 * 9**4) as slot:
+            for w, r in ((FrameWriter(ring.writer()), FrameReader(ring.reader())), (slot.writer(), slot.reader())):
+                w.write_frame(a, pixel_format="RAW", source_id=source_id, capture_ns=capture_ns)
+                with r.read_frame(0) as f:
+                    assert f.dtype == a.dtype and f.shape == a.shape
+                    assert f.array.tobytes() == a.tobytes()
+                    assert (f.source_id, f.capture_ns, f.seq) == (source_id, capture_ns, 1)
+                    assert f.array.ctypes.data % 64 == 0
