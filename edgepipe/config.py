@@ -112,14 +112,28 @@ def resolve_kind(kind: str) -> tuple[Any, bool]:
     k = _KINDS.get(kind)
     if k is None:
         raise ConfigError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
-    mod, _, attr = k.target.partition(":")
+    return import_target(k.target, kind), k.raw_ports
+
+
+def kind_entry(kind: str) -> tuple[str, bool]:
+    """``(target, raw_ports)`` of a registered kind (stage processes get this, not the name: a kind
+    registered at run time in the parent is unknown to a fresh interpreter)."""
+    k = _KINDS.get(kind)
+    if k is None:
+        raise ConfigError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
+    return k.target, k.raw_ports
+
+
+def import_target(target: str, kind: str = "?") -> Any:
+    """Import ``"module:attr"`` (ConfigError naming the kind and target when it cannot be)."""
+    mod, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(mod)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"stage kind {kind!r} needs {k.target}, which is not available: {e}") from None
-    return obj, k.raw_ports
+        raise ConfigError(f"stage kind {kind!r} needs {target}, which is not available: {e}") from None
+    return obj
 
 
 def kind_available(kind: str) -> str | None:

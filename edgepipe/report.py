@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from typing import Any, Iterable
 
@@ -36,6 +37,9 @@ __all__ = ["LatencyBook", "build_report", "load_report", "render_png", "render_t
 _LOW_NS, _HIGH_NS, _DIGITS = 1, 3_600_000_000_000, 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 E2E = "end_to_end"
+# counters of built-in stages that count records not delivered, with the reason in the name
+# (capture: dropped_full, dropped_shape; inference: dropped_deadline, results_dropped, frames_lost, bad_frames)
+_DROP_KEY = re.compile(r"^(dropped(_\w+)?|\w+_dropped|frames_lost|bad_frames)$")
 _NO_LINK = 0xFFFF
 
 
@@ -236,8 +240,8 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
                  paths: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict: per part count, p50/p90/p99/p99.9/max/mean in ms, budget,
     violations and whether the part met its budget at p99; plus stage and link counters, the time series
-    of per-part means, the parts of each path (by sink) and the encoded HDR histograms (so ``edgepipe report``
-    can redraw it).
+    of per-part means, the parts of each path (by sink), the drops by stage and reason, and the encoded HDR
+    histograms (so ``edgepipe report`` can redraw it).
 
     >>> r = build_report(LatencyBook(["a"], []))
     >>> r["parts"], r["ok"]
@@ -262,9 +266,14 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         parts.append(row)
     drops: dict[str, int] = {}
     for sname, st in (stages or {}).items():
+        specific = any(k.startswith(("dropped_", "dropped[")) for k in st)
         for k, v in st.items():
-            if k.startswith("dropped[") and v:
+            if not isinstance(v, int) or isinstance(v, bool) or not v:
+                continue
+            if k.startswith("dropped["):  # a Python stage's outlet: "dropped[<link>: <reason>]"
                 drops[f"{sname}: {k[8:-1]}"] = v
+            elif _DROP_KEY.match(k) and not (k == "dropped" and specific):  # a built-in stage's counters
+                drops[f"{sname}: {k}"] = v
     return {
         "version": 1,
         "meta": dict(meta or {}),

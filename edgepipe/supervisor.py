@@ -57,8 +57,9 @@ from edgepipe.config import (
     PipelineSpec,
     StageSpec,
     _latest_slot,
+    import_target,
+    kind_entry,
     load_config,
-    resolve_kind,
     validate,
 )
 from edgepipe.errors import ConfigError, EdgepipeError, FrameError, FrameTimeoutError, PeerClosedError
@@ -449,6 +450,7 @@ class Pipeline:
         main_path = getattr(main, "__file__", None)
         body = {
             "index": c.index, "name": c.name, "kind": spec.kind, "target": spec.target,
+            "kind_entry": kind_entry(spec.kind) if spec.target is None else None,
             "params": spec.params, "ports": ports, "stage_names": self.stage_names,
             "link_names": self.link_names, "budgets_ns": self.spec.budgets_ns(),
             "stats_interval_s": self.spec.stats_interval_s, "topology": self._topology(),
@@ -821,7 +823,8 @@ def _build(boot: dict, fds: list[int]):
     params = dict(boot["params"])
     raw = False
     if target is None:
-        target, raw = resolve_kind(boot["kind"])
+        tpath, raw = boot["kind_entry"]
+        target = import_target(tpath, boot["kind"])
     is_sink = bool(ends_in) and not ends_out
     book = LatencyBook(boot["stage_names"], boot["link_names"], boot["budgets_ns"], sink=boot["name"]) if is_sink else None
 

@@ -21,8 +21,13 @@ from edgepipe import (
     EdgepipeError,
     Pipeline,
     PipelineStage,
+    PeerClosedError,
     RelayStage,
+    RingTimeoutError,
+    Stage,
+    StageSpec,
     load_report,
+    register_stage,
     run_top,
     sink,
     source,
@@ -86,6 +91,47 @@ def upper(payload: bytes) -> bytes:
 @sink
 def keep(rec) -> None:
     assert rec.payload.isupper()
+
+
+class LatestSource(Stage):
+    """A raw-port stage writing 8x8 frames into a latest-only slot as fast as it can."""
+
+    def __init__(self, output, count=300, name=None):
+        super().__init__(name)
+        self.out, self.n = output, count
+
+    def loop(self):
+        import numpy as np
+
+        for i in range(self.n):
+            self.out.write_frame(np.full((8, 8), i % 256, np.uint8), pixel_format="GRAY")
+            self.count("published")
+
+
+class LatestSink(Stage):
+    """Reads the newest frame until the producer is done; counts frames and checks their seq only grows."""
+
+    def __init__(self, input, count=300, name=None):  # noqa: A002
+        super().__init__(name)
+        self.inp, self.n = input, count
+
+    def loop(self):
+        last = 0
+        while not self.stopping:
+            try:
+                with self.inp.read_frame(timeout_s=0.1) as f:
+                    assert f.seq > last, (f.seq, last)
+                    last = f.seq
+                    self.count("frames")
+            except PeerClosedError:  # the producer closed and nothing newer is left
+                break
+            except RingTimeoutError:
+                pass
+        self.counters["last_seq"] = last
+
+
+register_stage("test-latest-source", f"{__name__}:LatestSource", raw_ports=True)
+register_stage("test-latest-sink", f"{__name__}:LatestSink", raw_ports=True)
 
 
 class FailOpen(PipelineStage):
@@ -153,6 +199,19 @@ class TestDelivery:
         assert "exit 0 ok 200" in r.stdout, r.stderr
         r = subprocess.run([sys.executable, str(unguarded)], capture_output=True, text=True, timeout=60)
         assert "exit 1" in r.stdout and 'if __name__ == "__main__":' in r.stderr
+
+    def test_a_latest_link_hands_over_the_newest_frame(self):
+        """A 'latest' link is a LatestSlot passed as an fd: the consumer sees frames in increasing order, the
+        last one among them, and the link counts what was overwritten."""
+        p = Pipeline([StageSpec("src", kind="test-latest-source", outputs={"output": "frames"}),
+                      StageSpec("sink", kind="test-latest-sink", inputs={"input": "frames"})],
+                     links={"frames": {"capacity": 64, "mode": "latest"}}, stats_path=False)
+        assert p.run() == 0
+        st, ln = p.stage_stats(), p.link_stats()["frames"]
+        assert st["src"]["published"] == 300 and st["sink"]["last_seq"] == 300
+        assert 1 <= st["sink"]["frames"] <= 300
+        assert ln["records_written"] == 300 and ln["records_read"] == st["sink"]["frames"]
+        assert ln["dropped"] == ln["overwritten"] == 300 - st["sink"]["frames"]
 
     def test_a_drop_link_counts_what_it_drops(self):
         """A 'drop' link whose consumer is slow drops records instead of blocking, and says so."""

@@ -108,3 +108,14 @@ class TestReport:
         (tmp_path / "x.json").write_text("{}")
         with pytest.raises(ValueError, match="x.json is not an edgepipe report"):
             load_report(tmp_path / "x.json")
+
+
+def test_drops_named_by_stage_and_reason():
+    """Drops come from Python stages' outlets (per link and reason) and built-in stages' counters (per reason,
+    a total left out when the reasons are there)."""
+    rep = build_report(LatencyBook([], []), stages={
+        "cap": {"dropped": 5, "dropped_full": 2, "dropped_shape": 3, "published": 9},
+        "det": {"dropped_deadline": 1, "frames_lost": 2, "results_dropped": 0, "bad_frames": 1},
+        "src": {"dropped[a: ring full]": 7, "state": "done", "restarts": 0}})
+    assert rep["drops"] == {"cap: dropped_full": 2, "cap: dropped_shape": 3, "det: dropped_deadline": 1,
+                            "det: frames_lost": 2, "det: bad_frames": 1, "src: a: ring full": 7}
