@@ -461,6 +461,9 @@ static void *loop_main(void *arg)
             end_errno = rc == -ENODATA ? 0 : rc;
             break;
         }
+        /* A skip flags the next published sample (the first one after the gap). */
+        uint32_t carry = pending_flags;
+        pending_flags = 0;
         if (paced) {
             int64_t late = t_mono - deadline;
             hist_add_shared(&L->h[EP_IMU_HIST_JITTER], late);
@@ -485,6 +488,7 @@ static void *loop_main(void *arg)
         }
         if (rc == 1) {
             ADD(&L->st.read_errors, 1);
+            pending_flags |= carry;
             continue;
         }
         uint64_t n = LD(&L->st.samples) + 1;
@@ -496,6 +500,7 @@ static void *loop_main(void *arg)
             refresh_clock_stats(L);
         if (!finite_sample(r)) {
             ADD(&L->st.skipped_bad, 1);
+            pending_flags |= carry;
         } else {
             uint64_t na = L->f.no_accel;
             if (marg && (r->flags & EP_IMU_F_MAG))
@@ -509,8 +514,7 @@ static void *loop_main(void *arg)
             memcpy(r->q, L->f.q, sizeof r->q);
             for (int i = 0; i < 4; i++)
                 __atomic_store(&L->st.q[i], &r->q[i], __ATOMIC_RELAXED);
-            r->flags |= pending_flags;
-            pending_flags = 0;
+            r->flags |= carry;
             r->sample_ns = t_raw;
             if (L->out) {
                 r->seq = LD(&L->st.published);

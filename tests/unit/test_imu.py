@@ -466,11 +466,23 @@ class TestLoopAccounting:
         # deadlines are k ms after start; served + missed ones cover the run without gaps
         dl = recs["deadline_ns"]
         steps = np.round(np.diff(dl) / 1e6).astype(int)
-        assert (steps >= 1).all() and int((steps - 1).sum()) == s["missed"]
+        assert (steps >= 1).all()
+        # skips between records show as deadline steps; a skip after the last record (it was itself more
+        # than a period late) has no record after it
+        trailing = s["missed"] - int((steps - 1).sum())
+        assert trailing == 0 if recs["late_ns"][-1] < 1_000_000 else trailing >= 1
         assert ((recs["flags"][1:] & FLAG_MISSED) != 0).sum() == (steps > 1).sum()
         assert (recs["late_ns"] >= 0).all() and (recs["sample_ns"] <= recs["publish_ns"]).all()
-        assert s["jitter_us"]["count"] == s["ticks"] and s["jitter_us"]["p50"] <= s["jitter_us"]["max"]
-        assert 0 < s["cpu_percent"] < 150 and s["achieved_rate_hz"] == pytest.approx(1000, rel=0.2)
+        assert s["jitter_us"]["count"] == s["ticks"] == len(recs)
+        # the C histogram's quantiles: the bucket holding the k-th smallest jitter, reported by its upper
+        # bound (1/32 relative resolution), and the exact maximum
+        late = np.sort(recs["late_ns"])
+        assert s["jitter_us"]["max"] * 1000 == pytest.approx(late[-1], abs=0.5)
+        for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+            kth = late[math.ceil(q * len(late)) - 1]
+            got = s["jitter_us"][label] * 1000
+            assert kth - 0.5 <= got <= kth * (1 + 1 / 32) + 1, (label, kth, got)
+        assert 0 < s["cpu_percent"] < 150 and 0 < s["achieved_rate_hz"] <= s["schedule_rate_hz"] * 1.01
 
     def test_full_ring_drops_and_counts(self):
         """With nobody reading a small ring, samples beyond its room are dropped and counted; the loop
