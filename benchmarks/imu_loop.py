@@ -12,8 +12,8 @@ Cases (each --seconds long, a synthetic source, a consumer thread draining the r
 Numbers: schedule Hz = the deadline rate measured on CLOCK_MONOTONIC_RAW (a least-squares fit of each
 record's deadline against its RAW sample stamp, over the on-time samples), err ppm its error vs the asked
 rate (drift of the deadline schedule against the raw oscillator); delivered Hz = samples actually taken
-over that span (lower than the schedule by the missed deadlines); jitter = sample time - deadline on CLOCK_MONOTONIC (the loop's histogram, upper bucket
-bounds, 1/32 resolution); wake = how late clock_nanosleep returned; missed = deadlines skipped because the
+over that span (lower than the schedule by the missed deadlines); jitter = sample time - deadline on
+CLOCK_MONOTONIC (the loop's histogram, upper bucket bounds, 1/32 resolution); wake = how late clock_nanosleep returned; missed = deadlines skipped because the
 loop was more than a period late (and the worst such lateness); CPU = the loop thread's CPU time / wall time.
 
     python benchmarks/imu_loop.py                    # 10 s per case
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 
@@ -117,7 +116,8 @@ def main() -> None:
                      f"{res['cpu_pct']:.1f}", f"{res['guard_us']:.0f}", res["seq_gaps"] + res["dropped"]])
         print(C.table(HEAD, rows[-1:]).splitlines()[-1], flush=True)
 
-    HEAD = ["case", "samples", "delivered Hz", "schedule Hz", "err ppm", "jit p50 us", "p99", "p99.9", "max", "wake p50",
+    HEAD = ["case", "samples", "delivered Hz", "schedule Hz", "err ppm", "jit p50 us", "p99", "p99.9", "max",
+            "wake p50",
             "wake p99", "missed/ev", "miss max us", "CPU %", "guard us", "lost"]
     print(C.table(HEAD, []))
     for load in ("idle", "busy"):
@@ -158,7 +158,8 @@ def main() -> None:
         if not name.startswith("1000Hz"):
             continue
         limit = 5.0 if "hybrid" in name else 100.0
-        goals.line(f"{name} rate", abs(res["rate_err_ppm"]) < 100, f"{res['rate_hz']:.4f} Hz ({res['rate_err_ppm']:+.1f} ppm)")
+        goals.line(f"{name} rate", abs(res["rate_err_ppm"]) < 100,
+                   f"{res['rate_hz']:.4f} Hz ({res['rate_err_ppm']:+.1f} ppm)")
         goals.line(f"{name} jitter p99", res["jit"]["p99"] <= limit,
                    f"{res['jit']['p99']:.2f} us (limit {limit:g}); p99.9 {res['jit']['p999']:.1f}, "
                    f"max {res['jit']['max']:.0f} us, missed {res['missed']} in {res['missed_events']} events")

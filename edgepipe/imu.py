@@ -935,8 +935,9 @@ class ImuReader:
         n = self._read()
         if n == 0 and timeout_s != 0 and self.reader.wait(timeout_s):
             n = self._read()
-        if n and (np.any(self._lens[:n] != IMU_SAMPLE_DTYPE.itemsize) or np.any(self._types[:n] != IMU_RECORD_TYPE)):
-            bad = int(np.flatnonzero((self._lens[:n] != IMU_SAMPLE_DTYPE.itemsize) | (self._types[:n] != IMU_RECORD_TYPE))[0])
+        wrong = (self._lens[:n] != IMU_SAMPLE_DTYPE.itemsize) | (self._types[:n] != IMU_RECORD_TYPE)
+        if wrong.any():
+            bad = int(np.flatnonzero(wrong)[0])
             raise ImuSourceError(
                 f"ring record of {int(self._lens[bad])} bytes, type {int(self._types[bad]):#x} is not an ImuSample "
                 f"({IMU_SAMPLE_DTYPE.itemsize} bytes, type {IMU_RECORD_TYPE:#x})"

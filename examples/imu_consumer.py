@@ -35,8 +35,8 @@ def consumer(fd: int) -> int:
             expect = int(seq[-1]) + 1
             for i in np.flatnonzero(seq % every == 0):
                 w, x, y, z = batch["q"][i]
-                print(f"[consumer pid {os.getpid()}] seq {int(seq[i]):6d}  q = ({w:+.4f}, {x:+.4f}, {y:+.4f}, {z:+.4f})",
-                      flush=True)
+                print(f"[consumer pid {os.getpid()}] seq {int(seq[i]):6d}  "
+                      f"q = ({w:+.4f}, {x:+.4f}, {y:+.4f}, {z:+.4f})", flush=True)
             lat.append(batch["publish_ns"] - batch["sample_ns"])
             n += len(batch)
     except PeerClosedError:
@@ -61,7 +61,8 @@ def producer(args) -> int:
         writer.close()  # the consumer sees the producer gone once it has drained the ring
         s = stage.stats()
         print(f"[producer] {s['samples']} samples, published {s['published']}, dropped {s['dropped']}, "
-              f"missed deadlines {s['missed']}, jitter p99 {s['jitter_us']['p99']:.2f} us, CPU {s['cpu_percent']:.1f} %")
+              f"missed deadlines {s['missed']}, jitter p99 {s['jitter_us']['p99']:.2f} us, "
+              f"CPU {s['cpu_percent']:.1f} %")
         crc = child.wait(timeout=30)
     return rc or crc
 

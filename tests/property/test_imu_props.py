@@ -81,7 +81,8 @@ def build_tree(root: Path, types, names, order, ts):
             (se / f"{name}_type").write_text("le:s16/16>>0\n")
         else:
             be, signed, bits, storage, shift = types[names.index(name)]
-            (se / f"{name}_type").write_text(f"{'be' if be else 'le'}:{'s' if signed else 'u'}{bits}/{storage}>>{shift}\n")
+            text = f"{'be' if be else 'le'}:{'s' if signed else 'u'}{bits}/{storage}>>{shift}"
+            (se / f"{name}_type").write_text(text + "\n")
     (se / "in_timestamp_en").write_text("1\n" if ts else "0\n")
     (se / "in_timestamp_index").write_text("99\n")
     (se / "in_timestamp_type").write_text("le:s64/64>>0\n")

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import struct
-import threading
 import time
 import warnings
 
@@ -28,7 +27,6 @@ from edgepipe.imu import (
     FLAG_MISSED,
     FLAG_RAW,
     G,
-    IMU_RECORD_TYPE,
     IMU_SAMPLE_DTYPE,
     CsvSource,
     IioSource,
