@@ -183,6 +183,7 @@ class Pipeline:
         self._done = threading.Event()
         self._started = threading.Event()
         self._consumers_ready = threading.Event()
+        self._abort = False  # the start failed: stop everything at once
         self._start_error: BaseException | None = None
         self._status: int | None = None
         self._series: list[dict[str, Any]] = []
@@ -367,6 +368,12 @@ class Pipeline:
             except BaseException as e:  # noqa: BLE001 - handed to start()
                 self._start_error = e if isinstance(e, EdgepipeError) else EdgepipeError(f"pipeline start failed: {e!r}")
                 self._failure = str(self._start_error)
+                # Nothing ran yet, so there is nothing to drain: every stage gets Stop at once, and the ends
+                # of the stage that failed are closed so its neighbours see end of stream.
+                self._abort = True
+                for c in self.children:
+                    if c.state == "failed":
+                        self._close_ends(c)
                 self._stop_req.set()
             finally:
                 self._started.set()
@@ -558,7 +565,7 @@ class Pipeline:
                 if stopping_since is None:
                     stopping_since = now
                     for c in self.children:
-                        if c.is_source:
+                        if c.is_source or self._abort:
                             self._send_stop(c, self._stop_reason or "stop requested")
                 self._escalate(now - stopping_since)
             if now >= next_stats:
@@ -891,7 +898,13 @@ def _child(args: argparse.Namespace) -> int:
     sock.recv(timeout_s=30)  # Welcome
     data, fds = sock.recv_fds(timeout_s=30)
     FrameSocket.decode(data)  # the Attach; its fds come in the order of the bootstrap's ports
-    outer = pickle.loads(sock.recv_bytes(timeout_s=30))  # noqa: S301 - our own parent's bytes
+    while True:
+        data = sock.recv_bytes(timeout_s=30)
+        if data[:1] == b"\x80":  # a pickle: the stage's description
+            break
+        if FrameSocket.decode(data).WhichOneof("body") == "stop":  # stopped before it was described
+            return 0
+    outer = pickle.loads(data)  # noqa: S301 - our own parent's bytes
     for p in reversed(outer["sys_path"]):
         if p not in sys.path:
             sys.path.insert(0, p)
