@@ -3,9 +3,11 @@ demo wiring and the help text of every command."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -145,6 +147,31 @@ class TestRunAndReport:
         out = capsys.readouterr().out
         assert "cli-test" in out and "end_to_end" in out
         assert (tmp_path / "again.png").exists()
+
+    def test_ctrl_c_drains_and_exits_0(self, tmp_path):
+        """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops `edgepipe run` in order:
+        exit 0, every record the source sent reached the sink, and the report is written."""
+        f = tmp_path / "p.toml"
+        f.write_text(PIPE.replace("count = 400, rate_hz = 2000", "rate_hz = 1000"))
+        proc = subprocess.Popen([sys.executable, "-m", "edgepipe", "run", str(f), "--report-dir", str(tmp_path / "r"),
+                                 "--no-png"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            out = ""
+            while "e2e p50" not in out:  # the first progress line with records at the sink
+                assert time.monotonic() < deadline and proc.poll() is None
+                out += proc.stdout.readline()
+            os.killpg(proc.pid, signal.SIGINT)
+            rest, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 0, err
+        rep = json.loads((tmp_path / "r" / "report.json").read_text())
+        assert rep["meta"]["stop_reason"] == "signal SIGINT"
+        assert rep["stages"]["sink"]["ok"] == rep["stages"]["src"]["emitted"] > 0
+        assert all(s["exit_codes"] == [0] for s in rep["stages"].values())
 
     def test_bad_file_exits_2_naming_file_line_and_key(self, tmp_path, capsys):
         """An invalid file exits 2 before anything runs; stderr names file, line, key and value."""
