@@ -18,7 +18,7 @@ starts with), since the counters of a stage have no place in Stats.
 Stopping: stop() sends Stop to the sources only. Each source returns from its loop and closes its
 outputs; a consumer drains what is queued, sees end of stream, and closes its own outputs, and so on to the
 sinks, so every record in flight is delivered. Whatever has not finished after ``drain_timeout_s`` gets
-Stop, then SIGTERM, then SIGKILL.
+Stop, a second later SIGTERM, and a second after that SIGKILL (and the run counts as failed).
 
 Restarts: a stage that exits non-zero (or is killed) after it was running is started again with
 exponential backoff, under its policy (never / on-failure / always) and at most ``max_restarts`` times.
@@ -612,8 +612,12 @@ class Pipeline:
                               (f" (after {c.restarts} restarts)" if c.restarts else ""), failed=True)
             else:
                 c.state = "done"
-                if crashed:
+                if crashed:  # while stopping: it did not finish cleanly (killed after the drain timeout?)
                     self._close_ends(c)
+                    why = c.error or (f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}")
+                    c.state = "failed"
+                    c.error = c.error or why
+                    self._failure = self._failure or f"stage {c.name!r} did not stop cleanly: {why}"
 
     def _give_up(self, c: _Child, why: str, failed: bool) -> None:
         """A stage that will not run again: close its ring ends so its neighbours see end of stream."""
@@ -653,9 +657,9 @@ class Pipeline:
                 continue
             if waited >= drain:
                 self._send_stop(c, "drain timeout")
-            if waited >= drain + 2.0:
+            if waited >= drain + 1.0:
                 _signal(c.proc, signal.SIGTERM)
-            if waited >= drain + 4.0:
+            if waited >= drain + 2.0:
                 _signal(c.proc, signal.SIGKILL)
 
     def _tick(self) -> None:

@@ -19,6 +19,7 @@ from edgepipe import (
     ConfigError,
     CounterStage,
     EdgepipeError,
+    EndOfStream,
     Pipeline,
     PipelineStage,
     PeerClosedError,
@@ -132,6 +133,20 @@ class LatestSink(Stage):
 
 register_stage("test-latest-source", f"{__name__}:LatestSource", raw_ports=True)
 register_stage("test-latest-sink", f"{__name__}:LatestSink", raw_ports=True)
+
+
+class Stubborn(PipelineStage):
+    """A sink that never looks at ``stopping`` and ignores SIGTERM."""
+
+    def loop(self):
+        import signal as sig
+
+        sig.signal(sig.SIGTERM, sig.SIG_IGN)
+        while True:
+            try:
+                self.receive(timeout_s=0.1)
+            except EndOfStream:
+                time.sleep(0.1)
 
 
 class FailOpen(PipelineStage):
@@ -272,6 +287,17 @@ class TestFailures:
             p.start()
         assert p.wait(10) == 1
         assert not any(_alive(c["pid"]) for c in p.stage_stats().values() if c["pid"])
+
+    def test_a_stage_that_will_not_stop_is_killed_and_the_run_fails(self):
+        """After the drain timeout a stage that ignores Stop and SIGTERM gets SIGKILL; the run exits 1."""
+        p = Pipeline([CounterStage("src", rate_hz=100, outputs={"out": "a"}), Stubborn("stuck", inputs={"in": "a"})],
+                     drain_timeout_s=0.3, stats_path=False)
+        t0 = time.monotonic()
+        assert p.run(seconds=0.5) == 1
+        assert time.monotonic() - t0 < 15
+        st = p.stage_stats()
+        assert st["stuck"]["exit_codes"] == [-signal.SIGKILL] and st["src"]["exit_codes"] == [0]
+        assert "'stuck' did not stop cleanly: killed by signal 9" in p.report()["meta"]["failure"]
 
     def test_bad_description_fails_before_anything_starts(self):
         """Two consumers on one ring is a ConfigError raised by the constructor."""
