@@ -32,8 +32,6 @@ import numpy as np
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     CameraNotFoundError,
-    ImageShapeError,
-    PeerClosedError,
     RingTimeoutError,
     SourceFailedError,
     SourceOpenError,
@@ -531,8 +529,6 @@ class CaptureStage(Stage):
                     _cv2().cvtColor(arr, 4, dst=arr)  # COLOR_BGR2RGB, in place
         except _Skip:
             return
-        except PeerClosedError:
-            raise
         c["published"] += 1
         t = now_ns()
         if self._t_last:

@@ -576,10 +576,15 @@ class FrameReader:
         tns = _timeout_ns(timeout_s)
         r = self._r
         view = r.try_peek()
+        if view is None and tns != 0:
+            deadline = None if tns < 0 else time.monotonic_ns() + tns
+            while view is None:
+                left = None if deadline is None else max(0, deadline - time.monotonic_ns()) / 1e9
+                if left == 0 or not r.wait(left):
+                    break
+                view = r.try_peek()  # None only if the producer published padding alone: wait again
         if view is None:
-            if tns == 0 or not r.wait(None if tns < 0 else tns / 1e9):
-                raise RingTimeoutError(f"no frame arrived within timeout_s={timeout_s}")
-            view = r.try_peek()
+            raise RingTimeoutError(f"no frame arrived within timeout_s={timeout_s}")
         return self._wrap(view)
 
     def frames(self, timeout_s: float | None = None):
@@ -952,7 +957,10 @@ class LatestWriter(_WriterBase):
         if h is None:
             return
         lib.ep_latest_writer_close(h)
-        self._buf.release()
+        try:
+            self._buf.release()
+        except BufferError:
+            pass  # an array from a claim outlived its block: the pages stay mapped until it dies
         self._slot._forget(self)
 
     def __repr__(self) -> str:
