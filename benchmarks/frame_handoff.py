@@ -167,7 +167,8 @@ def latest_case(seconds: float, slow_ms: float):
                 n += 1
                 time.sleep(slow_ms / 1e3)
             s = slot.status()
-            return _result(n, t0, lat, {"call": call, "published": s.published, "overwritten": s.overwritten})
+            return _result(n, t0, lat, {"call": call, "published": s.published, "overwritten": s.overwritten,
+                                        "late_wakeups": s.late_wakeups, "parks": s.consumer_parks})
 
         return Sides(producer, consumer, slot.close)
 
@@ -598,7 +599,8 @@ def measure(case: C.Case, a: dict, b: dict) -> dict:
     out.update({f"lat_{k}": v for k, v in p.items()})
     if "call" in b:
         out.update({f"call_{k}": v for k, v in C.percentiles(b["call"], halve=False).items()})
-        out.update(published=b["published"], overwritten=b["overwritten"])
+        out.update(published=b["published"], overwritten=b["overwritten"], late_wakeups=b["late_wakeups"],
+                   parks=b["parks"])
     return out
 
 
@@ -625,7 +627,8 @@ def report(rows: list[dict]) -> dict:
         if r["ok"] and "call_p50_ns" in r:
             print(f"  {r['case']}: published {r['published']:,}, overwritten {r['overwritten']:,}, delivered "
                   f"{r['frames']:,}; read_frame call p50 {r['call_p50_ns'] / 1e3:.1f} us p99 "
-                  f"{r['call_p99_ns'] / 1e3:.1f} us")
+                  f"{r['call_p99_ns'] / 1e3:.1f} us; consumer parks {r['parks']:,}, lost wakeups "
+                  f"{r['late_wakeups']}")
     g = C.Goals("goals")
     for mode in ("hot", "cold", "fill"):
         e = next((r for r in rows if r["ok"] and r["edgepipe"] and r["group"] == mode), None)

@@ -72,6 +72,7 @@ struct ep_latest_ctl {
     /* line pair 3: the consumer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t delivered;
     _Atomic uint64_t consumer_parks;
+    _Atomic uint64_t late_wakeups;      /* a park timed out with no wake although a frame was fresh */
     _Atomic uint32_t cons_mask;
     /* line pair 4: the consumer's eventcount */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
@@ -169,6 +170,7 @@ int ep_latest_status(const void *base, struct ep_latest_status *out)
     out->delivered = ep_load_relaxed(&c->delivered);
     out->overwritten = ep_load_relaxed(&c->overwritten);
     out->consumer_parks = ep_load_relaxed(&c->consumer_parks);
+    out->late_wakeups = ep_load_relaxed(&c->late_wakeups);
     out->creator_pid = c->creator_pid;
     uint64_t p = ep_load_acquire(&c->prod_owner), q = ep_load_acquire(&c->cons_owner);
     out->producer_pid = owner_pid(p);
@@ -454,10 +456,15 @@ int ep_latest_wait(struct ep_latest_reader *r, int64_t timeout_ns)
         ep_count(&c->consumer_parks, 1);
         long rc = syscall(SYS_futex, &c->data_wait, FUTEX_WAIT, v, &ts, NULL, 0);
         int interrupted = rc < 0 && errno == EINTR;
+        int timed_out = rc < 0 && errno == ETIMEDOUT;
+        /* Withdraw the announcement; the CAS fails only if the producer bumped the word (a wake). */
         uint32_t seen = v;
-        atomic_compare_exchange_strong(&c->data_wait, &seen, v + 1u);
-        if (fresh(c))
+        int notified = !atomic_compare_exchange_strong(&c->data_wait, &seen, v + 1u);
+        if (fresh(c)) {
+            if (timed_out && !notified)
+                ep_count(&c->late_wakeups, 1);  /* a frame came and nobody woke us: a lost wakeup */
             return 0;
+        }
         if (interrupted)
             return -EINTR;
     }

@@ -23,6 +23,7 @@ struct ep_latest_status {
     uint64_t delivered;          /* frames the consumer took */
     uint64_t overwritten;        /* frames replaced before the consumer took them */
     uint64_t consumer_parks;     /* futex waits the consumer entered */
+    uint64_t late_wakeups;       /* parks that timed out unwoken although a frame was fresh (must stay 0) */
     int32_t creator_pid, producer_pid, consumer_pid;
     uint32_t producer_closed, consumer_closed;
 };

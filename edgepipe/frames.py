@@ -674,8 +674,8 @@ class LatestStatus:
     """A snapshot of a latest slot's control block (readable from any process that maps it)."""
 
     __slots__ = ("consumer_closed", "consumer_parks", "consumer_pid", "creator_pid", "delivered", "fresh",
-                 "max_frame_bytes", "nbuf", "overwritten", "producer_closed", "producer_pid", "published",
-                 "region_size", "slot_size", "version")
+                 "late_wakeups", "max_frame_bytes", "nbuf", "overwritten", "producer_closed", "producer_pid",
+                 "published", "region_size", "slot_size", "version")
 
     def __init__(self, out) -> None:
         for k in self.__slots__:

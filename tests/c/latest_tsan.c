@@ -167,10 +167,15 @@ int main(int argc, char **argv)
     pthread_join(c, NULL);
     struct ep_latest_status s;
     ep_latest_status(base, &s);
-    printf("published %llu delivered %llu overwritten %llu parks %llu kept-checks %llu (nbuf %u)\n",
-           (unsigned long long)s.published, (unsigned long long)s.delivered,
+    printf("published %llu delivered %llu overwritten %llu parks %llu late-wakeups %llu kept-checks %llu "
+           "(nbuf %u)\n", (unsigned long long)s.published, (unsigned long long)s.delivered,
            (unsigned long long)s.overwritten, (unsigned long long)s.consumer_parks,
-           (unsigned long long)kept_checks, nbuf);
+           (unsigned long long)s.late_wakeups, (unsigned long long)kept_checks, nbuf);
+    if (s.late_wakeups) {
+        fprintf(stderr, "lost wakeups: %llu parks timed out with a fresh frame\n",
+                (unsigned long long)s.late_wakeups);
+        return 1;
+    }
     if (s.published != n_frames || s.delivered != delivered_seen ||
         s.delivered + s.overwritten != s.published || delivered_seen < 2) {
         fprintf(stderr, "counters do not add up\n");
