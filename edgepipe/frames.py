@@ -413,6 +413,18 @@ class _FrameClaim:
     def array(self) -> np.ndarray:
         return self._arr
 
+    def copy_from(self, src) -> None:
+        """Copy ``src`` into the claimed slot, refusing (ImageShapeError, naming both) an array whose shape
+        or dtype differs from the claim instead of letting numpy broadcast or cast it."""
+        arr = self._arr
+        if arr is None:
+            raise ImageShapeError("this claim was already published or abandoned")
+        src = _as_array(src)
+        if src.shape != arr.shape or src.dtype != arr.dtype:
+            raise ImageShapeError(f"array of shape {src.shape} {src.dtype} does not match the claimed slot "
+                                  f"{arr.shape} {arr.dtype}")
+        np.copyto(arr, src, casting="no")
+
     def __enter__(self) -> np.ndarray:
         return self._arr
 

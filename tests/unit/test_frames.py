@@ -249,6 +249,25 @@ class TestBadInput:
                 arr[:] = np.zeros((5, 4, 3), np.uint8)
         assert r.try_read_frame() is None
 
+    def test_copy_from_refuses_a_mismatched_array(self, pair):
+        """claim.copy_from raises ImageShapeError naming both layouts for a wrong shape or dtype; the
+        claim is abandoned and nothing is published."""
+        _, w, r = pair
+        c = w.claim_frame((4, 4, 3))
+        with pytest.raises(ImageShapeError, match=r"\(5, 4, 3\) uint8 does not match the claimed slot \(4, 4, 3\)"):
+            with c:
+                c.copy_from(np.zeros((5, 4, 3), np.uint8))
+        c = w.claim_frame((4, 4, 3))
+        with pytest.raises(ImageShapeError, match="float32"):
+            with c:
+                c.copy_from(np.zeros((4, 4, 3), np.float32))
+        assert r.try_read_frame() is None
+        c = w.claim_frame((4, 4, 3))
+        with c:
+            c.copy_from(np.full((4, 4, 3), 6, np.uint8))
+        with r.read_frame(0) as f:
+            assert int(f.array.sum()) == 6 * 48
+
     def test_pixel_formats_constant(self):
         """PIXEL_FORMATS lists the names in the order of the C codes."""
         assert PIXEL_FORMATS == ("BGR", "RGB", "GRAY", "NV12", "I420", "RAW")
