@@ -44,6 +44,21 @@ def _ref_tilt(t_s: float, rec) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, 1 - 2 * (x * x + y * y)))))
 
 
+def _reference_boxes() -> dict[str, list[tuple[int, int, int, int]]]:
+    """The bundled detector's boxes on each bundled page, computed here, in this process."""
+    import cv2
+
+    from edgepipe import TextDetector
+
+    det = TextDetector()
+    d = os.path.join(os.path.dirname(os.path.abspath(__import__("edgepipe").__file__)), "data", "video", "text")
+    out = {}
+    for name in sorted(os.listdir(d)):
+        boxes = det.detect(cv2.imread(os.path.join(d, name)))
+        out[name] = [(round(b.x_min), round(b.y_min), round(b.x_max), round(b.y_max)) for b in boxes]
+    return out
+
+
 def _run_demo(tmp_path, seconds: float):
     before = _shm()
     r = subprocess.run([sys.executable, "-m", "edgepipe", "demo", "--seconds", str(seconds), "--report-dir",
@@ -54,15 +69,19 @@ def _run_demo(tmp_path, seconds: float):
 
 
 def _check(out: str, rep: dict) -> None:
-    # detections: boxes on the page, inside the frame, confident
+    # detections: boxes on the page, inside the frame, confident, and the very boxes the detector finds
+    # on that page in this process (so the frames crossed capture -> ring -> workers -> ring intact)
     texts = TEXT_LINE.findall(out)
     assert texts, out[-2000:]
+    refs = _reference_boxes()
     for _, n, boxes in texts:
         assert int(n) >= 5
-        for x0, y0, x1, y1, score in BOX.findall(boxes):
-            x0, y0, x1, y1 = map(int, (x0, y0, x1, y1))
+        got = [tuple(map(int, b[:4])) for b in BOX.findall(boxes)]
+        for (x0, y0, x1, y1), (*_, score) in zip(got, BOX.findall(boxes)):
             assert 0 <= x0 < x1 <= PAGE_W and 0 <= y0 < y1 <= PAGE_H and x1 - x0 > 100
             assert float(score) > 0.5
+        assert any(int(n) == len(ref) and all(max(abs(a - b) for a, b in zip(g, r)) <= 2 for g, r in zip(got, ref))
+                   for ref in refs.values()), (got, refs)
     # attitude: tilt within a few degrees of the device's own fusion (README of edgepipe/data/imu: a median of
     # 3.5 degrees over the recording); the resampled replay runs at 1000 Hz, so seq / 1000 is the time in s
     rec = load_recording("ngimu")
