@@ -170,6 +170,13 @@ class Pipeline:
         return cls.from_spec(load_config(path), stats_path, control_socket)
 
     def _init(self, spec: PipelineSpec, stats_path, control_socket=None) -> None:
+        for st in spec.stages:
+            # each stage travels to its process pickled: refuse what cannot travel now, not at start
+            try:
+                pickle.dumps((st.target, st.params))
+            except Exception as e:  # noqa: BLE001 - pickling raises many types
+                raise ConfigError(f"stages.{st.name}: cannot be sent to its process (its arguments must pickle): "
+                                  f"{type(e).__name__}: {e}", key=f"stages.{st.name}") from None
         self.spec = spec
         self.stage_names = [s.name for s in spec.stages]
         self.link_names = list(spec.links)

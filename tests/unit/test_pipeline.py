@@ -149,6 +149,12 @@ class Stubborn(PipelineStage):
                 time.sleep(0.1)
 
 
+class Holder(PipelineStage):
+    def __init__(self, name=None, thing=None, **kw):
+        super().__init__(name, **kw)
+        self.thing = thing
+
+
 class FailOpen(PipelineStage):
     def open(self):
         raise OSError("camera /dev/video9 is busy")
@@ -298,6 +304,11 @@ class TestFailures:
         st = p.stage_stats()
         assert st["stuck"]["exit_codes"] == [-signal.SIGKILL] and st["src"]["exit_codes"] == [0]
         assert "'stuck' did not stop cleanly: killed by signal 9" in p.report()["meta"]["failure"]
+
+    def test_a_stage_whose_arguments_do_not_pickle_is_refused(self):
+        """A stage built with an argument that cannot be sent to its process is a ConfigError naming it."""
+        with pytest.raises(ConfigError, match=r"stages\.src: cannot be sent to its process"):
+            Pipeline([Holder("src", thing=lambda: 1, outputs={"out": "a"}), CheckStage("s", inputs={"in": "a"})])
 
     def test_bad_description_fails_before_anything_starts(self):
         """Two consumers on one ring is a ConfigError raised by the constructor."""
