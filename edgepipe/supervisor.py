@@ -531,8 +531,9 @@ class Pipeline:
                     c.ready.set()
         except PeerClosedError:
             pass
-        except (FrameError, OSError, pickle.PickleError) as e:
-            c.error = c.error or f"control socket: {e}"
+        except Exception as e:  # noqa: BLE001 - whatever broke, the child must not wait for us
+            c.error = c.error or f"control socket: {type(e).__name__}: {e}"
+            sock.close()  # the child sees the supervisor hang up and exits
         finally:
             c.ready.set()
 
