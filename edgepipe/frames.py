@@ -109,6 +109,11 @@ _DTYPE_CODE = {dt: code for code, dt in _DTYPES.items()}
 if sys.byteorder != "little":  # pragma: no cover - the header says little-endian
     raise ImportError("edgepipe.frames needs a little-endian machine")
 
+_ring_claim = lib.ep_ring_claim
+_ring_commit = lib.ep_ring_commit
+_ring_abort = lib.ep_ring_abort
+_ring_peek = lib.ep_ring_peek
+_ring_release = lib.ep_ring_release
 _EAGAIN = -errno.EAGAIN
 _EPIPE = -errno.EPIPE
 _ETIMEDOUT = -errno.ETIMEDOUT
@@ -450,14 +455,17 @@ class FrameWriter(_WriterBase):
     """Frame producer over a :class:`~edgepipe.ring.RingWriter`: lossless, one frame = one ring record.
 
     ``max_frame_bytes`` (pixel bytes) is the ring's max_payload minus the header and alignment slack.
+    The per-frame path calls the ring's C functions directly on the RingWriter's handle (a few
+    microseconds a frame); waiting for room, closing and errors go through the RingWriter itself.
     """
 
-    __slots__ = ("_seq", "_w", "frames_written", "max_frame_bytes")
+    __slots__ = ("_data", "_seq", "_w", "frames_written", "max_frame_bytes")
 
     def __init__(self, writer: RingWriter) -> None:
         if not isinstance(writer, RingWriter):
             raise TypeError(f"FrameWriter wraps a RingWriter, not {type(writer).__name__}")
         self._w = writer
+        self._data = writer._data  # the ring's data area; it starts page-aligned in every process
         self.max_frame_bytes: int = max(0, writer.max_payload - HDR_SIZE - (ALIGN - 8))
         # seq continues from the ring's record count, so a producer that reopens the ring keeps counting
         self._seq = writer._ring.status().records_written
@@ -477,29 +485,50 @@ class FrameWriter(_WriterBase):
         )
 
     def _claim(self, lay: _Layout, capture_ns: int, source_id: int, timeout_s) -> _FrameClaim:
-        claim = self._w.claim(lay.nbytes + HDR_SIZE + ALIGN - 8, REC_TYPE, timeout_s)
-        view = claim.view
-        addr = int(ffi.cast("uintptr_t", ffi.from_buffer(view)))
-        doff = HDR_SIZE + (-(addr + HDR_SIZE)) % ALIGN
+        size = lay.nbytes + HDR_SIZE + ALIGN - 8
+        tns = _timeout_ns(timeout_s)
+        w = self._w
+        h = w._h
+        if h is None:
+            raise w._closed_error()
+        off = _ring_claim(h, size)
+        if off < 0:
+            if off == _EAGAIN and tns != 0:
+                rc = w._block(lib.ep_ring_writer_wait, (size,), tns)
+                if rc < 0:
+                    raise w._error(rc, None, timeout_s, size)
+                off = _ring_claim(w._handle(), size)
+            if off == _EAGAIN:
+                raise RingTimeoutError(f"no room for a {size}-byte frame record (timeout_s={timeout_s})")
+            if off < 0:
+                raise w._error(off, None, timeout_s, size)
+        doff = HDR_SIZE + (-(off + HDR_SIZE)) % ALIGN  # pixel address = data area (page-aligned) + off + doff
         try:
-            arr = np.ndarray(lay.shape, lay.dtype, buffer=view, offset=doff)
+            arr = np.ndarray(lay.shape, lay.dtype, buffer=self._data, offset=off + doff)
         except BaseException:
-            claim.abort()
+            _ring_abort(h)
             raise
-        return _FrameClaim(self, lay, arr, (claim, doff), capture_ns, source_id)
+        return _FrameClaim(self, lay, arr, (off, doff), capture_ns, source_id)
 
     def _publish(self, ctx, lay: _Layout, capture_ns: int, source_id: int) -> int:
-        claim, doff = ctx
+        off, doff = ctx
         seq = self._seq + 1
-        _pack_hdr(claim.view, 0, MAGIC, VERSION, lay.code, lay.ndim, lay.fmt_code, doff, lay.nbytes, seq,
+        h = self._w._h
+        if h is None:
+            raise self._w._closed_error()
+        _pack_hdr(self._data, off, MAGIC, VERSION, lay.code, lay.ndim, lay.fmt_code, doff, lay.nbytes, seq,
                   capture_ns, now_ns(), source_id, *lay.shape4, *lay.strides4, 0)
-        claim.commit(doff + lay.nbytes)
+        rc = _ring_commit(h, doff + lay.nbytes, REC_TYPE)
+        if rc < 0:
+            raise self._w._error(rc, None)
         self._seq = seq
         self.frames_written += 1
         return seq
 
     def _abort(self, ctx) -> None:
-        ctx[0].abort()
+        h = self._w._h
+        if h is not None:
+            _ring_abort(h)
 
     def close(self) -> None:
         """Close the ring's producer end (the reader drains what is queued)."""
@@ -540,15 +569,18 @@ class FrameReader:
 
     ``with reader.read_frame() as frame:`` gives a :class:`Frame` whose ``array`` is a read-only view
     of the record in the ring; the record is released when the block ends (see the lifetime rule in the
-    module docstring).
+    module docstring). Like FrameWriter, the per-frame path calls the ring's C functions directly on the
+    RingReader's handle; waiting and errors go through the RingReader.
     """
 
-    __slots__ = ("_held", "_open", "_r", "corrupt", "frames_read")
+    __slots__ = ("_held", "_io", "_open", "_r", "_ro", "corrupt", "frames_read")
 
     def __init__(self, reader: RingReader) -> None:
         if not isinstance(reader, RingReader):
             raise TypeError(f"FrameReader wraps a RingReader, not {type(reader).__name__}")
         self._r = reader
+        self._io = reader._io
+        self._ro = reader._data.toreadonly()  # frames are built over this read-only view of the data area
         self._held: tuple | None = None  # (weakref to its array, seq) of a frame kept past its block
         self._open = False
         self.frames_read = 0
@@ -564,6 +596,15 @@ class FrameReader:
         self._reap(collect=False)
         return None if self._held is None else self._held[1]
 
+    def _peek(self) -> int:
+        h = self._r._h
+        if h is None:
+            raise self._r._closed_error()
+        n = _ring_peek(h)
+        if n < 0 and n != _EAGAIN:
+            raise self._r._error(n)
+        return n
+
     def try_read_frame(self) -> _FrameRead | None:
         """The next frame as a context manager, or None at once if the ring is empty. Never blocks.
 
@@ -573,10 +614,10 @@ class FrameReader:
             PeerClosedError: empty and the producer is gone.
         """
         self._ready()
-        view = self._r.try_peek()
-        if view is None:
+        n = self._peek()
+        if n < 0:
             return None
-        return self._wrap(view)
+        return self._wrap(n)
 
     def read_frame(self, timeout_s: float | None = None) -> _FrameRead:
         """``with reader.read_frame(timeout_s) as frame:`` waits up to ``timeout_s`` (None: forever).
@@ -586,18 +627,17 @@ class FrameReader:
         """
         self._ready()
         tns = _timeout_ns(timeout_s)
-        r = self._r
-        view = r.try_peek()
-        if view is None and tns != 0:
+        n = self._peek()
+        if n < 0 and tns != 0:
             deadline = None if tns < 0 else time.monotonic_ns() + tns
-            while view is None:
+            while n < 0:
                 left = None if deadline is None else max(0, deadline - time.monotonic_ns()) / 1e9
-                if left == 0 or not r.wait(left):
+                if left == 0 or not self._r.wait(left):
                     break
-                view = r.try_peek()  # None only if the producer published padding alone: wait again
-        if view is None:
+                n = self._peek()  # empty again only if the producer published padding alone: wait again
+        if n < 0:
             raise RingTimeoutError(f"no frame arrived within timeout_s={timeout_s}")
-        return self._wrap(view)
+        return self._wrap(n)
 
     def frames(self, timeout_s: float | None = None):
         """Iterate ``with``-blocks' worth of frames until the producer closes: ``for f in r.frames():``
@@ -632,33 +672,39 @@ class FrameReader:
             if not _free(ref):
                 return
         self._held = None
-        self._r.release()
+        self._release()
 
-    def _wrap(self, view: memoryview) -> _FrameRead:
-        r = self._r
-        if r.last_type != REC_TYPE:
-            t = r.last_type
-            r.release()
-            self.corrupt += 1
-            raise ImageHeaderError(f"ring record of type {t:#x} is not a frame (frame records have type "
-                                   f"{REC_TYPE:#x}); skipped", "record type", t)
-        n = len(view)
+    def _release(self) -> None:
+        h = self._r._h
+        if h is not None:
+            _ring_release(h)
+
+    def _wrap(self, n: int) -> _FrameRead:
+        io = self._io
+        off, t = io.off, io.type
         try:
+            if t != REC_TYPE:
+                raise ImageHeaderError(f"ring record of type {t:#x} is not a frame (frame records have type "
+                                       f"{REC_TYPE:#x}); skipped", "record type", t)
             if n < HDR_SIZE:
                 raise _bad("record length", n, f"shorter than the {HDR_SIZE}-byte header", "ring")
-            frame, ref = _new_frame(view, 0, n, "ring")
+            fields = _unpack_hdr(self._ro, off)
+            p, doff = _parse(fields, n, "ring")
         except ImageHeaderError:
-            r.release()
+            self._release()
             self.corrupt += 1
             raise
+        flat = np.frombuffer(self._ro, p.dtype, p.nbytes // p.dtype.itemsize, off + doff)
+        arr = flat.reshape(p.shape) if len(p.shape) > 1 else flat
+        frame = Frame(arr, fields[7], fields[8], fields[9], p.fmt, fields[10])
         self._open = True
-        return _FrameRead(self, frame, ref, None)
+        return _FrameRead(self, frame, weakref.ref(flat), None)
 
     def _done(self, ref: weakref.ref, token, seq: int) -> None:
         self._open = False
         self.frames_read += 1
         if _free(ref):
-            self._r.release()
+            self._release()
         else:
             self._held = (ref, seq)
 
@@ -667,6 +713,10 @@ class FrameReader:
         if self._held is not None:
             self._reap(collect=False)
         self._r.close()
+        try:
+            self._ro.release()
+        except BufferError:
+            pass  # a kept array still uses it; the pages stay mapped until it dies
 
     def __enter__(self) -> FrameReader:
         return self
