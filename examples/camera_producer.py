@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         chan = edgepipe.Ring.create(args.name, capacity=capacity)
         writer = edgepipe.FrameWriter(chan.writer())
     stage = CaptureStage(src, writer, fps=args.fps, loop=not args.once, realtime=not args.fast,
-                         on_full="drop", name="camera")
+                         name="camera")  # recorded sources wait for room, live ones drop
     consumer = None
     if args.both:
         here = Path(__file__).parent
