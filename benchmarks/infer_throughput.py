@@ -335,7 +335,7 @@ def main() -> None:
         print(C.table(["hop", "us"], [[k, f"{v:.1f}"] for k, v in ov["hops_us"].items()]))
     if "batch" in res and "error" not in res["batch"]:
         print("\nmicro-batching, ms per frame at 1 thread: " +
-              ", ".join(f"batch {b}: {v:.1f}" for b, v in res["batch"].items()))
+              ", ".join(f"batch {b}: {v:.1f}" for b, v in res["batch"].items() if isinstance(b, int)))
     q = res.get("int8", {})
     if "fp32_ms" in q:
         print("\nFP32 vs static INT8 (QDQ, per-channel), p50 ms")

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
         from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
         from edgepipe.inference.model import ModelSpec, TextDetector
 
-        det = TextDetector(ModelSpec.from_json(config["spec"]), intra_op_threads=config["intra_op_threads"])
+        det = TextDetector(ModelSpec.from_json(config["spec"]), intra_op_threads=config["intra_op_threads"],
+                           spin=config.get("spin", False))
         if config.get("warm_hw"):
             import numpy as np
 

@@ -108,6 +108,8 @@ class TextDetector:
         intra_op_threads: ORT intra-op threads (``inter_op`` is always 1).
         input_hw: model input size (H, W), multiples of 32. Default: the model's fixed size, or fitted to the
             first frame (:func:`fit_input_hw`) and kept from then on.
+        spin: let ORT's intra-op threads spin while idle (faster on an otherwise idle machine with
+            ``intra_op_threads`` > 1, much slower when other processes want the same cores).
 
     Raises:
         ModelNotFoundError: the file does not exist.
@@ -120,7 +122,8 @@ class TextDetector:
     """
 
     def __init__(
-        self, model: ModelSpec | str | os.PathLike | None = None, *, intra_op_threads: int = 1, input_hw=None
+        self, model: ModelSpec | str | os.PathLike | None = None, *, intra_op_threads: int = 1, input_hw=None,
+        spin: bool = False,
     ) -> None:
         spec = ModelSpec.coerce(model)
         if input_hw is not None:
@@ -135,6 +138,10 @@ class TextDetector:
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # ORT's intra-op threads spin between parallel sections by default. Beside other processes on the same
+        # cores (the other workers, the pipeline) that made 2-thread runs 2-3x slower here (53-60 ms without
+        # spinning, 97-164 ms with it, machine busy), so it is off unless asked for.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf classes

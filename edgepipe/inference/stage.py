@@ -116,6 +116,7 @@ class InferenceStage(Stage):
         model: path of a .onnx detector, a :class:`~edgepipe.inference.ModelSpec`, or None for the bundled one.
         workers: worker processes (default ``os.cpu_count()``).
         intra_op_threads: ORT threads per worker.
+        intra_op_spinning: let those threads spin while idle (see :class:`~edgepipe.inference.TextDetector`).
         budget_ms: frames older than this (from their capture stamp, else their publish stamp) when the
             dispatcher or a worker gets to them are dropped and counted in ``dropped_deadline``.
         micro_batch: None or 1 (batching measured slower for this model; see the module docstring).
@@ -152,6 +153,7 @@ class InferenceStage(Stage):
         *,
         workers: int | None = None,
         intra_op_threads: int = 1,
+        intra_op_spinning: bool = False,
         budget_ms: float | None = None,
         micro_batch: int | None = None,
         queue_depth: int = 2,
@@ -183,6 +185,7 @@ class InferenceStage(Stage):
         self._output = output
         self.workers = workers
         self.intra_op_threads = intra_op_threads
+        self.intra_op_spinning = bool(intra_op_spinning)
         self.budget_ns = int(budget_ms * 1e6) if budget_ms else 0
         self.queue_depth = queue_depth
         self.max_frame_bytes = max_frame_bytes
@@ -229,6 +232,7 @@ class InferenceStage(Stage):
         cfg = {
             "spec": self.spec.to_json(),
             "intra_op_threads": self.intra_op_threads,
+            "spin": self.intra_op_spinning,
             "budget_ns": self.budget_ns,
             "warm_hw": list(self.spec.input_hw) if self.spec.input_hw else None,
         }
