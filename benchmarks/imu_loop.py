@@ -18,6 +18,7 @@ loop was more than a period late (and the worst such lateness); CPU = the loop t
 
     python benchmarks/imu_loop.py                    # 10 s per case
     python benchmarks/imu_loop.py --seconds 60 --only 1000Hz
+    python benchmarks/imu_loop.py --seconds 10 --priority 50   # SCHED_FIFO loop thread, if permitted
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ def busy_loop(cpu: int) -> None:  # runs in a forked child until killed
         x += 1
 
 
-def run_case(rate_hz: float, wait: str, seconds: float, cpu: int | None, keep_records: bool = False) -> dict:
+def run_case(rate_hz: float, wait: str, seconds: float, cpu: int | None, keep_records: bool = False,
+             priority: int | None = None) -> dict:
     with Ring.create(capacity=1 << 22) as ring:
         w, r = ring.writer(), ring.reader()
         stage = ImuStage(SyntheticSource(rate_rad_s=(0.2, -0.1, 0.5), rate_hz=rate_hz), rate_hz=rate_hz,
-                         wait=wait, output=w, duration_s=seconds, cpu=cpu)
+                         wait=wait, output=w, duration_s=seconds, cpu=cpu, priority=priority)
         reader = ImuReader(r, 1024)
         got = {"n": 0, "gaps": 0, "last": -1, "spans": [], "dl": [], "ts": [], "late": []}
         done = threading.Event()
@@ -98,6 +100,8 @@ def main() -> None:
         p.add_argument("--pin-loop", action="store_true",
                        help="pin the loop thread to the first of --cpus (default: let it float; on a shared "
                             "2-vCPU VM a pinned thread cannot escape a neighbour's load)")
+        p.add_argument("--priority", type=int, default=None,
+                       help="run the loop thread SCHED_FIFO at this priority (1..99) if the system allows")
 
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=10.0, size_default=None, extra=extra)
     env = C.print_header("IMU sampling loop: jitter, rate, CPU (edgepipe.imu.ImuStage)", args)
@@ -114,11 +118,15 @@ def main() -> None:
                      f"{wk['p50']:.1f}", f"{wk['p99']:.1f}",
                      f"{res['missed']}/{res['missed_events']}", f"{res['missed_max_us']:.0f}",
                      f"{res['cpu_pct']:.1f}", f"{res['guard_us']:.0f}", res["seq_gaps"] + res["dropped"]])
+        if res["rt"]:
+            print("  rt:", "; ".join(res["rt"].values()))
         print(C.table(HEAD, rows[-1:]).splitlines()[-1], flush=True)
 
     HEAD = ["case", "samples", "delivered Hz", "schedule Hz", "err ppm", "jit p50 us", "p99", "p99.9", "max",
             "wake p50",
             "wake p99", "missed/ev", "miss max us", "CPU %", "guard us", "lost"]
+    if args.priority:
+        print(f"loop thread: SCHED_FIFO priority {args.priority} requested")
     print(C.table(HEAD, []))
     for load in ("idle", "busy"):
         for wait in ("sleep", "hybrid"):
@@ -130,7 +138,7 @@ def main() -> None:
                 busy = C._MP.Process(target=busy_loop, args=(cpu_other,), daemon=True)
                 busy.start()
             try:
-                record(name, run_case(1000.0, wait, args.seconds, cpu_loop))
+                record(name, run_case(1000.0, wait, args.seconds, cpu_loop, priority=args.priority))
             finally:
                 if busy is not None:
                     busy.kill()
@@ -138,7 +146,7 @@ def main() -> None:
     for wait in ("sleep", "hybrid"):
         name = f"4000Hz-{wait}"
         if C.selected(name, args.only):
-            record(name, run_case(4000.0, wait, min(args.seconds, 10.0), cpu_loop))
+            record(name, run_case(4000.0, wait, min(args.seconds, 10.0), cpu_loop, priority=args.priority))
 
     if C.selected("work", args.only):
         res = run_case(4000.0, "sleep", min(args.seconds, 5.0), cpu_loop, keep_records=True)
