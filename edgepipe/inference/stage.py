@@ -52,6 +52,7 @@ from typing import Any, Callable
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     EdgepipeError,
+    ImageHeaderError,
     ModelInputError,
     PeerClosedError,
     RingClosedError,
@@ -283,7 +284,7 @@ class InferenceStage(Stage):
                 slot.thread.start()
             deadline = time.monotonic() + self.start_timeout_s
             with self._cond:
-                while not all(s.ready for s in self._slots):
+                while not all(s.ready for s in self._slots) and not self.stopping:
                     if self._fatal is not None:
                         raise self._fatal
                     left = deadline - time.monotonic()
@@ -353,6 +354,10 @@ class InferenceStage(Stage):
                     continue
                 except PeerClosedError:
                     break  # the source ended
+                except ImageHeaderError as e:  # a record that is not a frame: the reader skipped it
+                    self.last_bad_frame = str(e)
+                    self._count("bad_frames")
+                    continue
                 with ctx as f:
                     t_recv = now_ns()
                     self.counters["frames_in"] += 1  # only this thread writes it: no lock

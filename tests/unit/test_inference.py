@@ -286,18 +286,20 @@ def small_frame(frame_and_truth):
 
 @contextlib.contextmanager
 def rig(workers=1, input_capacity=1 << 22, **kw):
-    """An input frame ring, an output result ring and a started InferenceStage between them."""
+    """An input frame ring, an output result ring and a started InferenceStage between them; yields the frame
+    writer, the result reader, the stage and the raw RingWriter under the frame writer."""
     kw.setdefault("model", ModelSpec(input_hw=SMALL_INPUT))
     kw.setdefault("max_frame_bytes", SMALL_HW[0] * SMALL_HW[1] * 3)
     fin, fout = Ring.create(None, input_capacity), Ring.create(None, 1 << 20)
-    fw, out = FrameWriter(fin.writer()), fout.reader()
+    raw = fin.writer()
+    fw, out = FrameWriter(raw), fout.reader()
     stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), workers=workers, **kw)
     stage.start()
     try:
         deadline = time.monotonic() + 60
         while stage.state in ("new", "opening") and time.monotonic() < deadline:
             time.sleep(0.02)
-        yield fw, out, stage
+        yield fw, out, stage, raw
     finally:
         stage.stop()
         stage.join(30)
@@ -327,7 +329,7 @@ class TestStage:
         records: every seq once, boxes over the known text, stamps in causal order, model id set."""
         img, truth = small_frame
         n = 8
-        with rig(workers=2) as (fw, out, stage):
+        with rig(workers=2) as (fw, out, stage, _):
             assert stage.state == "running", stage.stats()
             pids = stage.worker_pids()
             assert len(set(pids)) == 2 and os.getpid() not in pids
@@ -352,7 +354,7 @@ class TestStage:
         and every other frame is still inferred (results + lost = frames sent)."""
         img, _ = small_frame
         n = 24
-        with rig(workers=2, input_capacity=1 << 23) as (fw, out, stage):
+        with rig(workers=2, input_capacity=1 << 23) as (fw, out, stage, _):
             writer = threading.Thread(target=lambda: [fw.write_frame(img, timeout_s=20) for _ in range(n)])
             writer.start()
             got = collect(out, 3)
@@ -378,7 +380,7 @@ class TestStage:
         """A worker that stops replying while it holds frames (here: SIGSTOP) is killed after hang_timeout_s,
         counted, its frames counted lost, and a fresh worker infers the next frame."""
         img, _ = small_frame
-        with rig(workers=1, hang_timeout_s=0.5) as (fw, out, stage):
+        with rig(workers=1, hang_timeout_s=0.5) as (fw, out, stage, _):
             fw.write_frame(img, timeout_s=5)
             assert len(collect(out, 1)) == 1
             (victim,) = stage.worker_pids()
@@ -395,10 +397,11 @@ class TestStage:
         assert "no reply for 0.5 s" in stats["last_crash"] and f"pid {victim}" in stats["last_crash"]
 
     def test_bad_frames_are_counted_and_skipped(self, small_frame):
-        """Frames the model cannot take (NV12, 4-channel, float) are counted and skipped; the good frames
-        around them are all inferred and the pool lives on."""
+        """Frames the model cannot take (NV12, 4-channel, float) and a ring record that is no frame at all are
+        counted and skipped; the good frames around them are all inferred and the pool lives on."""
         img, _ = small_frame
-        with rig(workers=1) as (fw, out, stage):
+        with rig(workers=1) as (fw, out, stage, raw):
+            raw.write(b"not a frame record", 7)  # a foreign record on the frame ring
             good = [fw.write_frame(img, timeout_s=5)]
             fw.write_frame(np.zeros((SMALL_HW[0] * 3 // 2, SMALL_HW[1]), np.uint8), pixel_format="NV12", timeout_s=5)
             good.append(fw.write_frame(img, timeout_s=5))
@@ -408,14 +411,14 @@ class TestStage:
             got = collect(out, 3)
         stats = stage.stats()
         assert [m.frame_seq for m in got] == good
-        assert stats["bad_frames"] == 3 and stats["frames_in"] == 6
+        assert stats["bad_frames"] == 4 and stats["frames_in"] == 6
         assert "float32" in stats["last_bad_frame"]
 
     def test_frames_over_budget_are_dropped_and_counted(self, small_frame):
         """With budget_ms, frames captured longer ago than the budget are dropped and counted; fresh ones
         are inferred."""
         img, _ = small_frame
-        with rig(workers=1, budget_ms=3000) as (fw, out, stage):
+        with rig(workers=1, budget_ms=3000) as (fw, out, stage, _):
             old = now_ns() - 20_000_000_000
             for _ in range(3):
                 fw.write_frame(img, capture_ns=old, timeout_s=5)
@@ -473,7 +476,7 @@ class TestStage:
             deadline = time.monotonic() + 5
             while not srv.sessions() and time.monotonic() < deadline:
                 time.sleep(0.01)
-            with rig(workers=1, publish=srv) as (fw, out, stage):
+            with rig(workers=1, publish=srv) as (fw, out, stage, _):
                 seq = fw.write_frame(img, timeout_s=5)
                 (on_ring,) = collect(out, 1)
                 env = c.recv(timeout_s=10)
