@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -64,6 +65,8 @@ from edgepipe.inference.model import ModelSpec, TextDetector
 from edgepipe.stage import Stage
 
 __all__ = ["InferenceStage"]
+
+_log = logging.getLogger("edgepipe.inference")
 
 #: Record type id of InferenceResult records on the output ring (the Envelope field number of inference_result).
 RESULT_TYPE_ID = 22
@@ -529,6 +532,7 @@ class InferenceStage(Stage):
             self.last_crash = f"worker {slot.index} (pid {proc.pid if proc else 0}) died with {how}; {lost} frame(s) lost"
             self.counters["frames_lost"] += lost
             self.counters["worker_crashes"] += 1
+            _log.warning("stage %r: %s", self.name, self.last_crash)
             if not slot.ready:
                 slot.failed_starts += 1
             self._teardown(slot)
@@ -546,6 +550,7 @@ class InferenceStage(Stage):
                 self._cond.notify_all()
                 return True
             self.counters["worker_restarts"] += 1
+            _log.info("stage %r: worker %d restarted as pid %d", self.name, slot.index, slot.proc.pid)
             self._cond.notify_all()
             return False
 
