@@ -349,7 +349,7 @@ class TestStage:
                      m.inference_start_ns, m.inference_end_ns, s.publish_ns[2], s.receive_ns[2], s.publish_ns[3]]
             assert order == sorted(order) and order[0] > 0
 
-    def test_killed_worker_is_restarted_and_counted(self, small_frame):
+    def test_killed_worker_is_restarted_and_counted(self, small_frame, caplog):
         """kill -9 of a busy worker: it is reported and restarted, its in-flight frames are counted lost,
         and every other frame is still inferred (results + lost = frames sent)."""
         img, _ = small_frame
@@ -373,6 +373,7 @@ class TestStage:
         assert stats["frames_lost"] >= 1
         assert len(got) == stats["results"] == n - stats["frames_lost"]
         assert f"pid {victim}" in stats["last_crash"] and "signal 9" in stats["last_crash"]
+        assert any(r.levelname == "WARNING" and f"pid {victim}" in r.getMessage() for r in caplog.records)
         assert victim not in stats and victim not in [w["pid"] for w in stats["workers"]]
         assert stats["error"] is None
 
