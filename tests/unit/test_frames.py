@@ -344,7 +344,7 @@ class TestProperties:
         ring and from a latest slot, and the pixels are 64-byte aligned."""
         rng = np.random.default_rng(seed)
         a = rng.integers(0, 256, int(np.prod(shape)) * np.dtype(dtype).itemsize, np.uint8).view(dtype).reshape(shape)
-        with Ring.create(capacity=1 << 16) as ring, LatestSlot.create(None, 8 * 9**4) as slot:
+        with Ring.create(capacity=1 << 18) as ring, LatestSlot.create(None, 8 * 9**4) as slot:
             for w, r in ((FrameWriter(ring.writer()), FrameReader(ring.reader())), (slot.writer(), slot.reader())):
                 w.write_frame(a, pixel_format="RAW", source_id=source_id, capture_ns=capture_ns)
                 with r.read_frame(0) as f:
