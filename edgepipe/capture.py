@@ -184,6 +184,13 @@ class StreamSource(_CvSource):
         self._props()
         self.opened = True
 
+    def end_reason(self) -> str | None:
+        # A live stream has no end: stopping is a failure. A video file served over HTTP announces its
+        # frame count and ends cleanly once it has delivered (about) that many.
+        if self.frame_count and self.frames_read >= self.frame_count * 0.95 - 1:
+            return None
+        return f"{self.describe}: the stream stopped delivering frames after {self.frames_read}"
+
 
 class V4l2Source(_CvSource):
     """A V4L2 camera (``/dev/videoN`` or index N) with a requested size, fps and FOURCC (e.g. ``"MJPG"``)."""
