@@ -213,46 +213,76 @@ class TestOtherSources:
         assert time.monotonic() - t0 < 0.5
 
 
+def _serve_clip(tmp_path, frames: int = 20, keep: float = 1.0):
+    """Write ``frames`` frames of the bundled clip as an MJPG AVI (it streams without seeking), keep the
+    first ``keep`` share of its bytes, and serve tmp_path over HTTP. Returns (server, url, clip path)."""
+    import functools
+    import http.server
+    import threading
+
+    clip = tmp_path / "clip.avi"
+    cap = cv2.VideoCapture(str(sample_video()), cv2.CAP_FFMPEG)
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (768, 576))
+    for _ in range(frames):
+        vw.write(cap.read()[1])
+    vw.release()
+    cap.release()
+    if keep < 1.0:
+        data = clip.read_bytes()
+        clip.write_bytes(data[: int(len(data) * keep)])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/clip.avi", clip
+
+
+def _play(stage, r) -> list:
+    stage.start()
+    got = []
+    while stage.join(0) is None:
+        got += _drain(r)
+        time.sleep(0.005)
+    got += _drain(r)
+    stage.join(5)
+    return got
+
+
 class TestStream:
     def test_http_stream_decodes_into_the_ring(self, ring_pair, tmp_path):
-        """20 frames of the bundled clip (as MJPG AVI, which streams without seeking) served over HTTP by a
-        local server play through the stream source (FFMPEG's network path) into the ring, identical to
-        decoding the same file locally, and end cleanly at the announced frame count."""
-        import functools
-        import http.server
-        import threading
-
-        clip = tmp_path / "clip.avi"
-        cap = cv2.VideoCapture(str(sample_video()), cv2.CAP_FFMPEG)
-        vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (768, 576))
-        for _ in range(20):
-            vw.write(cap.read()[1])
-        vw.release()
-        cap.release()
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-        handler.log_message = lambda *a, **k: None
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        """20 frames of the bundled clip served over HTTP by a local server play through the stream source
+        (FFMPEG's network path) into the ring, identical to decoding the same file locally, and end
+        cleanly at the announced frame count."""
+        w, r = ring_pair
+        srv, url, clip = _serve_clip(tmp_path)
         try:
-            w, r = ring_pair
-            stage = CaptureStage(f"http://127.0.0.1:{srv.server_address[1]}/clip.avi", w, realtime=False,
-                                 on_full="wait")
-            stage.start()
-            got = []
-            while stage.join(0) is None:
-                got += _drain(r)
-                time.sleep(0.005)
-            got += _drain(r)
-            assert stage.join(5) == 0, stage.stats()
+            stage = CaptureStage(url, w, realtime=False, on_full="wait")
+            got = _play(stage, r)
         finally:
             srv.shutdown()
             srv.server_close()
         s = stage.stats()
+        assert s["state"] == "done", s
         assert s["published"] == len(got) == 20 and s["end_of_stream"] == 1 and s["copies"] == 0
         ref = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
         ok, first = ref.read()
         ref.release()
         assert ok and np.array_equal(got[0][3], first)
+
+    def test_http_stream_that_breaks_off_fails_and_keeps_published_frames(self, ring_pair, tmp_path):
+        """A stream that stops half way (the server has only part of the file) ends the stage with exit
+        status 1 and SourceFailedError in its stats; the frames published before stay readable."""
+        w, r = ring_pair
+        srv, url, _ = _serve_clip(tmp_path, keep=0.5)
+        try:
+            stage = CaptureStage(url, w, realtime=False, on_full="wait")
+            got = _play(stage, r)
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        s = stage.stats()
+        assert s["state"] == "failed" and s["error"].startswith("SourceFailedError"), s
+        assert 3 <= len(got) == s["published"] < 20
 
 
 class TestUnavailable:
