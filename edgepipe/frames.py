@@ -33,7 +33,6 @@ from __future__ import annotations
 import errno
 import gc
 import math
-import os
 import struct
 import sys
 import time
@@ -58,8 +57,8 @@ from edgepipe.errors import (
     RingTimeoutError,
     check,
 )
-from edgepipe.ring import RingReader, RingWriter, _timeout_ns
-from edgepipe.shm import SharedRegion, _EmptySegment, validate_name
+from edgepipe.ring import RingReader, RingWriter, _Segment, _timeout_ns
+from edgepipe.shm import SharedRegion
 
 __all__ = [
     "PIXEL_FORMATS",
@@ -754,7 +753,7 @@ class LatestStatus:
                 f"overwritten={self.overwritten} fresh={self.fresh}>")
 
 
-class LatestSlot:
+class LatestSlot(_Segment):
     """A latest-only frame slot in shared memory: one producer that never waits, one consumer that always
     gets the newest frame (a lock-free triple buffer, ``csrc/ep_latest.c``). Frames the consumer is too
     slow for are overwritten and counted.
@@ -772,7 +771,9 @@ class LatestSlot:
     (3, 1, 2)
     """
 
-    __slots__ = ("_handles", "_region")
+    __slots__ = ()
+    _KIND = "latest slot"
+    _MEMFD_LABEL = "edgepipe-latest"
 
     def __init__(self, region: SharedRegion) -> None:
         """Wrap a region that already holds a latest slot (use create/attach/from_fd)."""
@@ -797,57 +798,20 @@ class LatestSlot:
         if not isinstance(buffers, int) or not lib.EP_LATEST_MIN_BUFS <= buffers <= lib.EP_LATEST_MAX_BUFS:
             raise ValueError(f"buffers must be an int in {lib.EP_LATEST_MIN_BUFS}..{lib.EP_LATEST_MAX_BUFS}, "
                              f"got {buffers!r}")
-        size = lib.ep_latest_region_size(max_frame_bytes, buffers)
-        if name is None:
-            region = SharedRegion.anonymous(size, "edgepipe-latest")
-        else:
-            region = SharedRegion.create(validate_name(name), size)
-        try:
-            check(lib.ep_latest_init(region.address, region.size, max_frame_bytes, buffers),
-                  f"max_frame_bytes {max_frame_bytes}, buffers {buffers}")
-        except BaseException:
-            region.unlink()
-            region.close()
-            raise
-        return cls(region)
+        return cls._create_region(
+            name, lib.ep_latest_region_size(max_frame_bytes, buffers),
+            lambda r: check(lib.ep_latest_init(r.address, r.size, max_frame_bytes, buffers),
+                            f"max_frame_bytes {max_frame_bytes}, buffers {buffers}"))
 
     @classmethod
     def attach(cls, name: str, wait_s: float = 0.0) -> LatestSlot:
         """Attach a named slot, waiting up to ``wait_s`` for its creator."""
-        validate_name(name)
-        tns = _timeout_ns(wait_s)
-        deadline = time.monotonic() + (tns / 1e9 if tns >= 0 else 1e12)
-        while True:
-            try:
-                region = SharedRegion.attach(name)
-            except (FileNotFoundError, _EmptySegment):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.002)
-                continue
-            try:
-                return cls(region)
-            except RingCorruptError:
-                region.close()
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.002)
-            except BaseException:
-                region.close()
-                raise
+        return cls._attach_named(name, wait_s)
 
     @classmethod
     def from_fd(cls, fd: int) -> LatestSlot:
         """Attach a slot from a segment fd (inherited, or received over SCM_RIGHTS)."""
-        try:
-            region = SharedRegion.from_fd(fd)
-        except _EmptySegment:
-            raise RingCorruptError(f"fd {fd} is an empty file (0 bytes): not a latest slot") from None
-        try:
-            return cls(region)
-        except BaseException:
-            region.close()
-            raise
+        return cls._from_segment_fd(fd)
 
     def writer(self) -> LatestWriter:
         """Open the producer end in this process (RingBusyError if a live process holds it)."""
@@ -860,22 +824,6 @@ class LatestSlot:
         r = LatestReader(self, spin_ns)
         self._handles.append(r)
         return r
-
-    @property
-    def region(self) -> SharedRegion:
-        return self._region
-
-    @property
-    def name(self) -> str | None:
-        return self._region.name
-
-    @property
-    def fd(self) -> int:
-        return self._region.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._region.closed
 
     @property
     def max_frame_bytes(self) -> int:
@@ -894,32 +842,6 @@ class LatestSlot:
     def stats(self) -> dict[str, Any]:
         """status() as a dict."""
         return self.status().as_dict()
-
-    def unlink(self) -> None:
-        """Remove a named slot's name (attached processes keep working). Idempotent; no-op for memfd."""
-        self._region.unlink()
-
-    def close(self) -> None:
-        """Close every end opened through this slot, then unmap (arrays still alive keep their pages)."""
-        for h in list(self._handles):
-            h.close()
-        self._handles.clear()
-        self._region.close()
-
-    def _forget(self, h) -> None:
-        try:
-            self._handles.remove(h)
-        except ValueError:
-            pass
-
-    def __enter__(self) -> LatestSlot:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self._region.closed and self._region.name is not None and \
-                self.status().creator_pid == os.getpid():
-            self.unlink()
-        self.close()
 
     def __repr__(self) -> str:
         if self.closed:

@@ -202,10 +202,126 @@ _STATUS_FIELDS = [f.name for f in fields(RingStatus)]
 
 
 # ---------------------------------------------------------------------------------------------------
+# what a ring and a latest slot (edgepipe.frames) share: a SharedRegion, the ends opened through it,
+# and how the region is created, attached by name (waiting for its creator) or taken from an fd
+
+
+class _Segment:
+    __slots__ = ("_handles", "_region")
+    _KIND: str = "segment"  # for messages: "ring", "latest slot"
+    _MEMFD_LABEL: str = "edgepipe"
+    _EMPTY_IS_CORRUPT: bool = False  # attach: an empty segment at the deadline -> RingCorruptError
+
+    @classmethod
+    def _create_region(cls, name: str | None, size: int, init):
+        """Create the region (named, or a memfd for None), lay it out with ``init(region)``, wrap it."""
+        if name is None:
+            region = SharedRegion.anonymous(size, cls._MEMFD_LABEL)
+        else:
+            region = SharedRegion.create(validate_name(name), size)
+        try:
+            init(region)
+        except BaseException:
+            region.unlink()
+            region.close()
+            raise
+        return cls(region)
+
+    @classmethod
+    def _attach_named(cls, name: str, wait_s: float):
+        validate_name(name)
+        wait_ns = _timeout_ns(wait_s)
+        deadline = time.monotonic() + (wait_ns / 1e9 if wait_ns >= 0 else 1e12)
+        while True:
+            try:
+                region = SharedRegion.attach(name)
+            except (FileNotFoundError, _EmptySegment) as e:
+                # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
+                if time.monotonic() >= deadline:
+                    if cls._EMPTY_IS_CORRUPT and isinstance(e, _EmptySegment):
+                        raise RingCorruptError(
+                            f"segment {name!r} is empty (0 bytes): not a {cls._KIND}") from None
+                    raise
+                time.sleep(0.002)
+                continue
+            try:
+                return cls(region)
+            except RingCorruptError:
+                region.close()
+                # A creator between shm_open and its init call looks exactly like this: retry.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+            except BaseException:
+                region.close()
+                raise
+
+    @classmethod
+    def _from_segment_fd(cls, fd: int):
+        try:
+            region = SharedRegion.from_fd(fd)
+        except _EmptySegment:
+            raise RingCorruptError(f"fd {fd} is an empty file (0 bytes): not a {cls._KIND}") from None
+        try:
+            return cls(region)
+        except BaseException:
+            region.close()
+            raise
+
+    @property
+    def region(self) -> SharedRegion:
+        return self._region
+
+    @property
+    def name(self) -> str | None:
+        return self._region.name
+
+    @property
+    def fd(self) -> int:
+        return self._region.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._region.closed
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def unlink(self) -> None:
+        """Remove a named segment's name (attached processes keep working). Idempotent; no-op for memfd."""
+        self._region.unlink()
+
+    def close(self) -> None:
+        """Close every end opened through this object, then unmap (arrays still alive keep their pages).
+        Safe to call twice. Does not unlink."""
+        for h in list(self._handles):
+            h.close()
+        self._handles.clear()
+        self._region.close()
+
+    def _forget(self, handle) -> None:
+        try:
+            self._handles.remove(handle)
+        except ValueError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # The creator of a named segment removes its name on the way out of a `with`.
+        self.unlink() if self._created_here() else None
+        self.close()
+
+    def _created_here(self) -> bool:
+        if self._region.closed or self._region.name is None:
+            return False
+        return self.status().creator_pid == os.getpid()
+
+
+# ---------------------------------------------------------------------------------------------------
 # the ring
 
 
-class Ring:
+class Ring(_Segment):
     """A shared-memory SPSC ring: one producer process, one consumer process.
 
     >>> with Ring.create(capacity=4096) as ring:
@@ -216,7 +332,10 @@ class Ring:
     b'hello'
     """
 
-    __slots__ = ("_handles", "_region")
+    __slots__ = ()
+    _KIND = "ring"
+    _MEMFD_LABEL = "edgepipe-ring"
+    _EMPTY_IS_CORRUPT = True
 
     def __init__(self, region: SharedRegion) -> None:
         """Wrap a region that already holds a ring (use create/attach/from_fd rather than this)."""
@@ -237,60 +356,19 @@ class Ring:
             ValueError: bad capacity or name. FileExistsError: the name is taken.
         """
         _check_capacity(capacity)
-        size = lib.ep_ring_region_size(capacity)
-        if name is None:
-            region = SharedRegion.anonymous(size, "edgepipe-ring")
-        else:
-            region = SharedRegion.create(validate_name(name), size)
-        try:
-            check(lib.ep_ring_init(region.address, region.size, capacity), f"capacity {capacity}")
-        except BaseException:
-            region.unlink()
-            region.close()
-            raise
-        return cls(region)
+        return cls._create_region(
+            name, lib.ep_ring_region_size(capacity),
+            lambda r: check(lib.ep_ring_init(r.address, r.size, capacity), f"capacity {capacity}"))
 
     @classmethod
     def attach(cls, name: str, wait_s: float = 0.0) -> Ring:
         """Attach a named ring, waiting up to ``wait_s`` for its creator to create and initialise it."""
-        validate_name(name)
-        wait_ns = _timeout_ns(wait_s)
-        deadline = time.monotonic() + (wait_ns / 1e9 if wait_ns >= 0 else 1e12)
-        while True:
-            try:
-                region = SharedRegion.attach(name)
-            except (FileNotFoundError, _EmptySegment) as e:
-                # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
-                if time.monotonic() >= deadline:
-                    if isinstance(e, _EmptySegment):
-                        raise RingCorruptError(f"segment {name!r} is empty (0 bytes): not a ring") from None
-                    raise
-                time.sleep(0.002)
-                continue
-            try:
-                return cls(region)
-            except RingCorruptError:
-                region.close()
-                # A creator between shm_open and ep_ring_init looks exactly like this: retry.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.002)
-            except BaseException:
-                region.close()
-                raise
+        return cls._attach_named(name, wait_s)
 
     @classmethod
     def from_fd(cls, fd: int) -> Ring:
         """Attach a ring from a segment fd (inherited, or received over SCM_RIGHTS)."""
-        try:
-            region = SharedRegion.from_fd(fd)
-        except _EmptySegment:
-            raise RingCorruptError(f"fd {fd} is an empty file (0 bytes): not a ring") from None
-        try:
-            return cls(region)
-        except BaseException:
-            region.close()
-            raise
+        return cls._from_segment_fd(fd)
 
     # -- ends ---------------------------------------------------------------------------------------
     def writer(self, wait: WaitPolicy | str | None = None) -> RingWriter:
@@ -307,28 +385,12 @@ class Ring:
 
     # -- facts --------------------------------------------------------------------------------------
     @property
-    def region(self) -> SharedRegion:
-        return self._region
-
-    @property
-    def name(self) -> str | None:
-        return self._region.name
-
-    @property
-    def fd(self) -> int:
-        return self._region.fd
-
-    @property
     def capacity(self) -> int:
         return self.status().capacity
 
     @property
     def max_payload(self) -> int:
         return self.status().capacity // 2 - lib.EP_REC_HDR
-
-    @property
-    def closed(self) -> bool:
-        return self._region.closed
 
     def status(self) -> RingStatus:
         """Read the control block: positions, counters, and each end's pid and heartbeat."""
@@ -341,37 +403,6 @@ class Ring:
             raise RingClosedError(f"ring {self.name or 'memfd'!r} is closed") from None
         check(lib.ep_ring_status(buf, out), "reading ring status")
         return RingStatus(**{k: getattr(out, k) for k in _STATUS_FIELDS})
-
-    # -- lifetime -----------------------------------------------------------------------------------
-    def unlink(self) -> None:
-        """Remove a named ring's name (attached processes keep working). Idempotent; no-op for memfd."""
-        self._region.unlink()
-
-    def close(self) -> None:
-        """Close every end opened through this ring, then unmap. Safe to call twice. Does not unlink."""
-        for h in list(self._handles):
-            h.close()
-        self._handles.clear()
-        self._region.close()
-
-    def _forget(self, handle) -> None:
-        try:
-            self._handles.remove(handle)
-        except ValueError:
-            pass
-
-    def __enter__(self) -> Ring:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        # The creator of a named ring removes its name on the way out of a `with`.
-        self.unlink() if self._created_here() else None
-        self.close()
-
-    def _created_here(self) -> bool:
-        if self._region.closed or self._region.name is None:
-            return False
-        return self.status().creator_pid == os.getpid()
 
     def __repr__(self) -> str:
         if self.closed:
