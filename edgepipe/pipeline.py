@@ -321,6 +321,12 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
                      (f"{producer}.preprocess", m.inference_start_ns - r_worker),
                      (f"{producer}.inference", m.inference_end_ns - m.inference_start_ns),
                      (f"{producer}.postprocess", p_out - m.inference_end_ns), ("", p_out)]
+            if len(st.publish_ns) >= 4:
+                # publish_ns = [input ring, worker ring, worker's results ring, output ring]: split the
+                # worker's post-processing from the trip back through the collector
+                p_res = st.publish_ns[2]
+                parts[-2:] = [(f"{producer}.postprocess", p_res - m.inference_end_ns),
+                              (f"{producer}.return", p_out - p_res), ("", p_out)]
         return Record(bytes(data), m.frame_seq, cap, [], parts=parts, message=m)
     if _imu_type is None:
         try:
