@@ -68,6 +68,45 @@ def _fill(dst: np.ndarray, base: np.ndarray, k: int) -> None:
     np.add(base, np.uint8(k & 255), out=dst)
 
 
+def _put_pixels(pix: np.ndarray, srcs: list[np.ndarray], mode: str, i: int) -> None:
+    """Frame ``i``'s pixels into ``pix``: a cheap per-frame change of one source ("fill"), or a copy of
+    the next prepared source (the copy into the message, as write_frame does)."""
+    if mode == "fill":
+        _fill(pix, srcs[0], i)
+    else:
+        np.copyto(pix, srcs[i % len(srcs)])
+
+
+def _stamp(hdr, i: int) -> None:
+    """Frame ``i``'s header: its seq (from 1) and the publish stamp."""
+    hdr[0] = i + 1
+    hdr[1] = now_ns()
+
+
+def _received(lat: array, n: int, seq: int, stamp: int, pix: np.ndarray) -> None:
+    """The consumer's work on frame ``n``: latency from its stamp, read every pixel row, check its seq."""
+    lat.append(now_ns() - stamp)
+    touch(pix)
+    if seq != n + 1:
+        raise AssertionError(f"frame {n}: seq {seq}")
+
+
+def _send_framed(mode: str, seconds: float, sync, send) -> int:
+    """Producer of the byte-stream peers: each frame's pixels and header into one private framed buffer,
+    then ``send(buf)``, for ``seconds``. Returns the frames sent."""
+    buf, srcs, pix = _framed(sources(mode))
+    hdr = buf[:16].view(np.int64)
+    sync()
+    i = 0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        _put_pixels(pix, srcs, mode, i)
+        _stamp(hdr, i)
+        send(buf)
+        i += 1
+    return i
+
+
 def _result(n: int, t0: float, lat: array, extra: dict | None = None) -> dict:
     out = {"received": n, "elapsed_s": time.perf_counter() - t0, "lat": lat}
     if extra:
@@ -115,10 +154,7 @@ def edgepipe_case(mode: str, seconds: float, slow_ms: float = 0.0):
                 except PeerClosedError:
                     break
                 with ctx as f:
-                    lat.append(now_ns() - f.publish_ns)
-                    touch(f.array)
-                    if f.seq != n + 1:
-                        raise AssertionError(f"frame {n}: seq {f.seq}")
+                    _received(lat, n, f.seq, f.publish_ns, f.array)
                 n += 1
                 if slow_ms:
                     time.sleep(slow_ms / 1e3)
@@ -208,16 +244,11 @@ def shm_sem_case(mode: str, seconds: float):
             sync()
             t_end = time.perf_counter() + seconds
             i = 0
-            k = len(srcs)
             while time.perf_counter() < t_end:
                 free.acquire()
                 s = i % nslots
-                if mode == "fill":
-                    _fill(pix[s], srcs[0], i)
-                else:
-                    np.copyto(pix[s], srcs[i % k])
-                hdrs[s][0] = i + 1
-                hdrs[s][1] = now_ns()
+                _put_pixels(pix[s], srcs, mode, i)
+                _stamp(hdrs[s], i)
                 full.release()
                 i += 1
             free.acquire()
@@ -240,10 +271,7 @@ def shm_sem_case(mode: str, seconds: float):
                 seq = int(hdrs[s][0])
                 if seq == -1:
                     break
-                lat.append(now_ns() - int(hdrs[s][1]))
-                touch(pix[s])
-                if seq != n + 1:
-                    raise AssertionError(f"frame {n}: seq {seq}")
+                _received(lat, n, seq, int(hdrs[s][1]), pix[s])
                 free.release()
                 n += 1
             out = _result(n, t0, lat)
@@ -300,18 +328,12 @@ def iceoryx2_case(mode: str, seconds: float):
             sync()  # 1: the service exists
             sync()  # 2: the subscriber is connected
             i = 0
-            k = len(srcs)
             t_end = time.perf_counter() + seconds
             while time.perf_counter() < t_end:
                 s = pub.loan_uninit()
                 ptr = s.payload_ptr
-                if mode == "fill":
-                    _fill(pixels(ptr), srcs[0], i)
-                else:
-                    np.copyto(pixels(ptr), srcs[i % k])
-                hdr = (ctypes.c_int64 * 2).from_address(ptr)
-                hdr[0] = i + 1
-                hdr[1] = now_ns()
+                _put_pixels(pixels(ptr), srcs, mode, i)
+                _stamp((ctypes.c_int64 * 2).from_address(ptr), i)
                 s.assume_init().send()
                 i += 1
             flag[0] = 1
@@ -338,10 +360,7 @@ def iceoryx2_case(mode: str, seconds: float):
                         continue
                 ptr = x.payload_ptr
                 hdr = (ctypes.c_int64 * 2).from_address(ptr)
-                lat.append(now_ns() - hdr[1])
-                touch(pixels(ptr))
-                if hdr[0] != n + 1:
-                    raise AssertionError(f"frame {n}: seq {hdr[0]}")
+                _received(lat, n, hdr[0], hdr[1], pixels(ptr))
                 n += 1
                 x = None
             out = _result(n, t0, lat)
@@ -377,22 +396,8 @@ def pipe_case(mode: str, seconds: float):
         rx, tx = multiprocessing.get_context("fork").Pipe(duplex=False)
 
         def producer(sync):
-            buf, srcs, pix = _framed(sources(mode))
-            hdr = buf[:16].view(np.int64)
             rx.close()
-            sync()
-            i = 0
-            k = len(srcs)
-            t_end = time.perf_counter() + seconds
-            while time.perf_counter() < t_end:
-                if mode == "fill":
-                    _fill(pix, srcs[0], i)
-                else:
-                    np.copyto(pix, srcs[i % k])  # the copy into the message, as write_frame does
-                hdr[0] = i + 1
-                hdr[1] = now_ns()
-                tx.send_bytes(buf)
-                i += 1
+            i = _send_framed(mode, seconds, sync, tx.send_bytes)
             tx.send_bytes(b"")
             tx.close()
             return {"sent": i}
@@ -410,10 +415,7 @@ def pipe_case(mode: str, seconds: float):
                 got = rx.recv_bytes_into(buf)
                 if got == 0:
                     break
-                lat.append(now_ns() - int(hdr[1]))
-                touch(pix)
-                if hdr[0] != n + 1:
-                    raise AssertionError(f"frame {n}: seq {hdr[0]}")
+                _received(lat, n, int(hdr[0]), int(hdr[1]), pix)
                 n += 1
             return _result(n, t0, lat)
 
@@ -452,21 +454,14 @@ def zmq_case(mode: str, seconds: float):
             bufs = [np.empty(16 + NBYTES, np.uint8) for _ in range(3)]
             trackers = [None] * 3
             i = 0
-            k = len(srcs)
             t_end = time.perf_counter() + seconds
             while time.perf_counter() < t_end:
                 j = i % 3
                 if trackers[j] is not None:
                     trackers[j].wait()
                 buf = bufs[j]
-                pix = buf[16:].reshape(SHAPE)
-                if mode == "fill":
-                    _fill(pix, srcs[0], i)
-                else:
-                    np.copyto(pix, srcs[i % k])
-                hdr = buf[:16].view(np.int64)
-                hdr[0] = i + 1
-                hdr[1] = now_ns()
+                _put_pixels(buf[16:].reshape(SHAPE), srcs, mode, i)
+                _stamp(buf[:16].view(np.int64), i)
                 trackers[j] = s.send(buf, copy=False, track=True)
                 i += 1
             s.send(b"")
@@ -491,10 +486,7 @@ def zmq_case(mode: str, seconds: float):
                 if len(b) == 0:
                     break
                 hdr = np.frombuffer(b, np.int64, 2)
-                lat.append(now_ns() - int(hdr[1]))
-                touch(np.frombuffer(b, np.uint8, NBYTES, 16).reshape(SHAPE))
-                if hdr[0] != n + 1:
-                    raise AssertionError(f"frame {n}: seq {hdr[0]}")
+                _received(lat, n, int(hdr[0]), int(hdr[1]), np.frombuffer(b, np.uint8, NBYTES, 16).reshape(SHAPE))
                 n += 1
             out = _result(n, t0, lat)
             s.close()
@@ -523,21 +515,7 @@ def faster_fifo_case(mode: str, seconds: float):
         q = faster_fifo.Queue(max_size_bytes=2 * (NBYTES + 4096))
 
         def producer(sync):
-            buf, srcs, pix = _framed(sources(mode))
-            hdr = buf[:16].view(np.int64)
-            sync()
-            i = 0
-            k = len(srcs)
-            t_end = time.perf_counter() + seconds
-            while time.perf_counter() < t_end:
-                if mode == "fill":
-                    _fill(pix, srcs[0], i)
-                else:
-                    np.copyto(pix, srcs[i % k])
-                hdr[0] = i + 1
-                hdr[1] = now_ns()
-                q.put(buf, timeout=30)
-                i += 1
+            i = _send_framed(mode, seconds, sync, lambda buf: q.put(buf, timeout=30))
             q.put(None, timeout=30)
             return {"sent": i}
 
@@ -551,10 +529,7 @@ def faster_fifo_case(mode: str, seconds: float):
                 if buf is None:
                     break
                 hdr = buf[:16].view(np.int64)
-                lat.append(now_ns() - int(hdr[1]))
-                touch(buf[16:].reshape(SHAPE))
-                if hdr[0] != n + 1:
-                    raise AssertionError(f"frame {n}: seq {hdr[0]}")
+                _received(lat, n, int(hdr[0]), int(hdr[1]), buf[16:].reshape(SHAPE))
                 n += 1
             return _result(n, t0, lat)
 
