@@ -960,7 +960,7 @@ class LatestReader:
     def __init__(self, slot: LatestSlot, spin_ns: int = 25_000) -> None:
         self._slot = slot
         self._h = _open_latest_end(lib.ep_latest_reader_open, slot, "reader")
-        self._inflight = False
+        self._inflight = 0  # read calls in progress (see try_read_frame)
         check(lib.ep_latest_reader_set_spin(self._h, spin_ns), f"spin_ns {spin_ns}")
         self._buf = slot.region.buffer()
         self._slot_size = slot.status().slot_size
@@ -1015,6 +1015,15 @@ class LatestReader:
             PeerClosedError: nothing new and the producer closed or died.
             ImageHeldError: kept arrays pin every buffer the reader could give back.
         """
+        # _inflight spans every C call on the handle, so a close() from another thread waits instead of
+        # freeing the reader under a running call (cffi releases the GIL during each call).
+        self._inflight += 1
+        try:
+            return self._try_read_frame()
+        finally:
+            self._inflight -= 1
+
+    def _try_read_frame(self) -> _FrameRead | None:
         h = self._handle()
         idx = lib.ep_latest_try_take(h, self._give(h))
         if idx >= 0:
@@ -1030,6 +1039,13 @@ class LatestReader:
         Raises:
             RingTimeoutError: nothing new in time; plus everything try_read_frame raises.
         """
+        self._inflight += 1  # see try_read_frame
+        try:
+            return self._read_frame(timeout_s)
+        finally:
+            self._inflight -= 1
+
+    def _read_frame(self, timeout_s: float | None) -> _FrameRead:
         h = self._handle()
         give = self._give(h)
         idx = lib.ep_latest_try_take(h, give)
@@ -1041,11 +1057,7 @@ class LatestReader:
         deadline = -1 if tns < 0 else time.monotonic_ns() + tns
         while True:
             left = _SLICE_NS if deadline < 0 else min(_SLICE_NS, max(0, deadline - time.monotonic_ns()))
-            self._inflight = True
-            try:
-                rc = lib.ep_latest_wait(self._handle(), left)
-            finally:
-                self._inflight = False
+            rc = lib.ep_latest_wait(self._handle(), left)
             if rc == 0 or rc == _EPIPE:
                 idx = lib.ep_latest_try_take(self._handle(), give)
                 if idx >= 0:
@@ -1104,14 +1116,17 @@ class LatestReader:
 
     def close(self) -> None:
         """Close the consumer end. Arrays still alive keep their pages mapped."""
-        h = self._h
+        # _h goes first, then _inflight is read (the reads do the opposite): under the GIL either a read
+        # sees _h None and raises RingClosedError, or we see it in flight, cancel its wait and let its C
+        # call return before the handle is freed. (A close from the reading thread itself, e.g. a signal
+        # handler interrupting a read, would wait forever here: close from another thread or after the read.)
+        h, self._h = self._h, None
         if h is None:
             return
         if self._inflight:
             lib.ep_latest_reader_cancel(h)
             while self._inflight:
                 time.sleep(0.0002)
-        self._h = None
         lib.ep_latest_reader_close(h)
         self._slot._forget(self)
 

@@ -351,3 +351,62 @@ def _torn_frame_run(seconds: float, shape) -> None:
 def test_latest_slot_torn_frame_stress():
     """The torn-frame run for 20 s with frames of 1 MB (stress marker)."""
     _torn_frame_run(seconds=20.0, shape=(1024, 1024))
+
+
+class _LibSpy:
+    """Stands in for edgepipe.frames.lib: records C calls on a reader handle that overlap
+    ep_latest_reader_close (which frees the handle) and holds try_take open for a while."""
+
+    def __init__(self, real):
+        self._real = real
+        self.in_take = threading.Event()
+        self.closing = threading.Event()
+        self.busy = 0
+        self.overlaps = 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def ep_latest_try_take(self, h, give):
+        self.busy += 1
+        self.in_take.set()
+        self.closing.wait(0.5)  # a racing close() would free h now
+        try:
+            return self._real.ep_latest_try_take(h, give)
+        finally:
+            self.busy -= 1
+
+    def ep_latest_reader_close(self, h):
+        self.closing.set()
+        self.overlaps += self.busy
+        return self._real.ep_latest_reader_close(h)
+
+
+class TestCloseWhileReading:
+    @pytest.mark.parametrize("blocking", [True, False])
+    def test_close_never_frees_the_handle_under_a_running_call(self, slot, monkeypatch, blocking):
+        """close() from another thread while read_frame/try_read_frame is inside a C call waits for that
+        call before it frees the reader (no use after free); the read then returns or raises RingClosedError."""
+        import edgepipe.frames as frames
+
+        spy = _LibSpy(frames.lib)
+        monkeypatch.setattr(frames, "lib", spy)
+        w, r = slot.writer(), slot.reader()
+        w.write_frame(_frame(1))
+        out = []
+
+        def read():
+            try:
+                ctx = r.read_frame(timeout_s=1) if blocking else r.try_read_frame()
+                with ctx as f:
+                    out.append(f.seq)
+            except RingClosedError:
+                out.append("closed")
+
+        t = threading.Thread(target=read)
+        t.start()
+        assert spy.in_take.wait(5)
+        r.close()
+        t.join(5)
+        assert spy.overlaps == 0
+        assert out in ([1], ["closed"]) and r.closed
