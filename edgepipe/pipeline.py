@@ -482,27 +482,32 @@ class PipelineStage(Stage):
             for _ in range(len(live)):
                 inlet = live[self._rr % len(live)]
                 self._rr += 1
-                try:
-                    rec = inlet.receive(0)
-                except EndOfStream:
-                    live = [i for i in live if not i.ended]
-                    if not live:
-                        raise
-                    continue
-                if rec is not None:
+                rec = _receive_or_drop(inlet, 0, live)
+                if rec is not None and rec is not _ENDED:
                     return rec
             # nothing queued anywhere: wait a short while on one input, then look at all again
-            try:
-                rec = live[self._rr % len(live)].receive(0.002)
-            except EndOfStream:
-                live = [i for i in live if not i.ended]
-                if not live:
-                    raise
+            rec = _receive_or_drop(live[self._rr % len(live)], 0.002, live)
+            if rec is _ENDED:
                 continue
             if rec is not None:
                 return rec
             if (deadline is not None and time.monotonic() >= deadline) or (deadline is None and self.stopping):
                 return None
+
+
+_ENDED = object()
+
+
+def _receive_or_drop(inlet, timeout_s: float, live: list):
+    """``inlet.receive(timeout_s)``. If the inlet has ended, every ended inlet leaves ``live`` (in place) and
+    the answer is ``_ENDED``; EndOfStream once none is left."""
+    try:
+        return inlet.receive(timeout_s)
+    except EndOfStream:
+        live[:] = [i for i in live if not i.ended]
+        if not live:
+            raise
+        return _ENDED
 
 
 def _rebuild(cls, args, kwargs):
