@@ -45,6 +45,7 @@ import errno
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -762,6 +763,10 @@ class ImuStage(Stage):
         self.guard_max_ns = int(_finite("guard_max_us", guard_max_us, 1.0) * 1000)
         self.q0 = _vec("q0", q0, 4)
         self._loop = None
+        # Held by close() around ep_imu_destroy and by stats()/quaternion() from other threads around their C
+        # calls on the loop: cffi releases the GIL in each call, so without it a supervisor's stats() could
+        # run on a loop that close() just freed.
+        self._loop_lock = threading.Lock()
         self._cfg = None
         self._final: dict[str, Any] | None = None
         self.rate_hz: float | None = self._rate_arg
@@ -820,9 +825,10 @@ class ImuStage(Stage):
             raise self._failure(st)
 
     def close(self) -> None:
-        if self._loop is not None:
-            lib.ep_imu_destroy(self._loop)
-            self._loop = None
+        with self._loop_lock:
+            if self._loop is not None:
+                lib.ep_imu_destroy(self._loop)
+                self._loop = None
         self.source.close()
 
     # -- stats
@@ -873,14 +879,16 @@ class ImuStage(Stage):
         }
 
     def extra_stats(self) -> dict[str, Any]:
-        if self._loop is not None and self._final is None:
-            return self._extra(self._c_stats())
+        with self._loop_lock:
+            if self._loop is not None and self._final is None:
+                return self._extra(self._c_stats())
         return dict(self._final or {})
 
     def quaternion(self) -> tuple[float, float, float, float]:
         """The filter's attitude after the latest sample (w, x, y, z)."""
-        if self._loop is not None:
-            return tuple(self._c_stats().q)
+        with self._loop_lock:
+            if self._loop is not None:
+                return tuple(self._c_stats().q)
         return tuple((self._final or {}).get("q", self.q0))
 
     def _report_rt(self) -> None:

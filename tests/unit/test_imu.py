@@ -517,3 +517,71 @@ class TestLoopAccounting:
         assert st.stats()["samples"] == 20
 
 
+
+
+# ---------------------------------------------------------------------------------------------------
+class _ImuLibSpy:
+    """Stands in for edgepipe.imu.lib: counts calls on the loop handle still running when ep_imu_destroy
+    frees it, and holds the first ep_imu_quantile of the armed thread open for a while."""
+
+    def __init__(self, real):
+        import threading
+
+        self._real = real
+        self.armed = None
+        self.in_call = threading.Event()
+        self.destroying = threading.Event()
+        self.busy = 0
+        self.overlaps = 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def ep_imu_quantile(self, loop, which, q, out):
+        import threading
+
+        self.busy += 1
+        try:
+            if threading.get_ident() == self.armed:
+                self.armed = None
+                self.in_call.set()
+                self.destroying.wait(0.5)  # a racing close() would free the loop now
+            return self._real.ep_imu_quantile(loop, which, q, out)
+        finally:
+            self.busy -= 1
+
+    def ep_imu_destroy(self, loop):
+        self.destroying.set()
+        self.overlaps += self.busy
+        return self._real.ep_imu_destroy(loop)
+
+
+class TestStatsWhileClosing:
+    def test_stats_from_another_thread_never_overlap_destroy(self, monkeypatch):
+        """stats() from a supervisor thread racing the stage's own close() never runs a C call on a freed
+        loop: close waits for it, and stats then reports the final numbers."""
+        import threading
+
+        import edgepipe.imu as imu
+
+        spy = _ImuLibSpy(imu.lib)
+        monkeypatch.setattr(imu, "lib", spy)
+        st = ImuStage(SyntheticSource(), rate_hz=500, wait="sleep")
+        st.start()
+        t_end = time.monotonic() + 5
+        while "loop_state" not in st.stats() and time.monotonic() < t_end:
+            time.sleep(0.005)
+        got = []
+
+        def poll():
+            spy.armed = threading.get_ident()
+            got.append(st.stats())
+
+        t = threading.Thread(target=poll)
+        t.start()
+        assert spy.in_call.wait(5)
+        st.stop()
+        assert st.join(5) == 0
+        t.join(5)
+        assert spy.overlaps == 0
+        assert got and got[0]["kind"] == "imu"
