@@ -51,13 +51,12 @@ from edgepipe.errors import (
     ImageTooLargeError,
     LayoutVersionError,
     PeerClosedError,
-    RingBusyError,
     RingClosedError,
     RingCorruptError,
     RingTimeoutError,
     check,
 )
-from edgepipe.ring import RingReader, RingWriter, _Segment, _timeout_ns
+from edgepipe.ring import RingReader, RingWriter, _Segment, _open_end, _timeout_ns
 from edgepipe.shm import SharedRegion
 
 __all__ = [
@@ -774,6 +773,8 @@ class LatestSlot(_Segment):
     __slots__ = ()
     _KIND = "latest slot"
     _MEMFD_LABEL = "edgepipe-latest"
+    _C_PREFIX = "ep_latest"
+    _OPEN_CONTEXT = "opening the {what} of latest slot {where!r}"
 
     def __init__(self, region: SharedRegion) -> None:
         """Wrap a region that already holds a latest slot (use create/attach/from_fd)."""
@@ -870,17 +871,6 @@ def _check_latest(region: SharedRegion) -> None:
                            f"bytes but is {region.size} bytes (truncated?)")
 
 
-def _open_latest_end(opener, slot: LatestSlot, what: str):
-    out = ffi.new(f"struct ep_latest_{what} **")
-    rc = opener(slot.region.address, slot.region.size, out)
-    if rc == -errno.EBUSY:
-        s = slot.status()
-        pid = s.producer_pid if what == "writer" else s.consumer_pid
-        raise RingBusyError(f"latest slot {slot.name or 'memfd'!r} already has a live {what} (pid {pid})")
-    check(rc, f"opening the {what} of latest slot {slot.name or 'memfd'!r}")
-    return out[0]
-
-
 class LatestWriter(_WriterBase):
     """Producer end of a :class:`LatestSlot`: the same claim_frame / write_frame API as FrameWriter, but it
     never waits: publishing replaces a frame the consumer has not taken yet (counted as overwritten)."""
@@ -889,7 +879,7 @@ class LatestWriter(_WriterBase):
 
     def __init__(self, slot: LatestSlot) -> None:
         self._slot = slot
-        self._h = _open_latest_end(lib.ep_latest_writer_open, slot, "writer")
+        self._h = _open_end(lib.ep_latest_writer_open, slot, "writer")
         self._buf = slot.region.buffer()
         s = slot.status()
         self.max_frame_bytes: int = s.max_frame_bytes
@@ -959,7 +949,7 @@ class LatestReader:
 
     def __init__(self, slot: LatestSlot, spin_ns: int = 25_000) -> None:
         self._slot = slot
-        self._h = _open_latest_end(lib.ep_latest_reader_open, slot, "reader")
+        self._h = _open_end(lib.ep_latest_reader_open, slot, "reader")
         self._inflight = 0  # read calls in progress (see try_read_frame)
         check(lib.ep_latest_reader_set_spin(self._h, spin_ns), f"spin_ns {spin_ns}")
         self._buf = slot.region.buffer()

@@ -211,6 +211,8 @@ class _Segment:
     _KIND: str = "segment"  # for messages: "ring", "latest slot"
     _MEMFD_LABEL: str = "edgepipe"
     _EMPTY_IS_CORRUPT: bool = False  # attach: an empty segment at the deadline -> RingCorruptError
+    _C_PREFIX: str = "ep_ring"  # the ends are struct <prefix>_writer / <prefix>_reader
+    _OPEN_CONTEXT: str = "opening the {what} of {where!r}"  # the error message when opening an end fails
 
     @classmethod
     def _create_region(cls, name: str | None, size: int, init):
@@ -535,14 +537,16 @@ class _HandleBase:
         self.close()
 
 
-def _open_end(opener, ring: Ring, what: str):
-    out = ffi.new(f"struct ep_ring_{what} **")
-    rc = opener(ring.region.address, ring.region.size, out)
+def _open_end(opener, seg: _Segment, what: str):
+    """Open the ``what`` ("writer" or "reader") end of a ring or latest slot with its C ``opener``."""
+    out = ffi.new(f"struct {seg._C_PREFIX}_{what} **")
+    rc = opener(seg.region.address, seg.region.size, out)
+    where = seg.name or "memfd"
     if rc == -errno.EBUSY:
-        s = ring.status()
+        s = seg.status()
         pid = s.producer_pid if what == "writer" else s.consumer_pid
-        raise RingBusyError(f"ring {ring.name or 'memfd'!r} already has a live {what} (pid {pid})")
-    check(rc, f"opening the {what} of {ring.name or 'memfd'!r}")
+        raise RingBusyError(f"{seg._KIND} {where!r} already has a live {what} (pid {pid})")
+    check(rc, seg._OPEN_CONTEXT.format(what=what, where=where))
     return out[0]
 
 
