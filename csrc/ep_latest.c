@@ -82,16 +82,22 @@ struct ep_latest_ctl {
 };
 _Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
 
+/* Each end copies nbuf and slot_size when it opens (after ep_latest_check validated them against the
+ * region size) and uses only its copies: a peer that scribbles on the control block later can then make
+ * an index fail the bounds check, never move an offset outside the region. */
 struct ep_latest_writer {
     struct ep_latest_ctl *ctl;
     uint32_t idx;                       /* the buffer we fill */
     int32_t pid;
+    uint32_t nbuf;                      /* validated copies, see above */
+    uint64_t slot_size;
 };
 
 struct ep_latest_reader {
     struct ep_latest_ctl *ctl;
     uint32_t mask;                      /* buffers we own */
     int32_t pid;
+    uint32_t nbuf;                      /* validated copy (see struct ep_latest_writer) */
     int64_t spin_ns;
     _Atomic int cancel;
 };
@@ -180,6 +186,14 @@ int ep_latest_status(const void *base, struct ep_latest_status *out)
     return 0;
 }
 
+/* The copies an end keeps: nbuf buffers of slot_size bytes fit the region (no overflow: both bounded). */
+static int geometry_ok(uint32_t nbuf, uint64_t slot_size, uint64_t region_size)
+{
+    return nbuf >= EP_LATEST_MIN_BUFS && nbuf <= EP_LATEST_MAX_BUFS && slot_size >= EP_IMAGE_HDR_SIZE &&
+           slot_size <= ep_latest_slot_size(EP_LATEST_MAX_FRAME) &&
+           EP_LATEST_CTL_SIZE + nbuf * slot_size <= region_size;
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* presence */
 
@@ -237,6 +251,12 @@ int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_wri
     if (!w)
         return -ENOMEM;
     w->ctl = base;
+    w->nbuf = w->ctl->nbuf;
+    w->slot_size = w->ctl->slot_size;
+    if (!geometry_ok(w->nbuf, w->slot_size, region_size)) {   /* re-check the copies themselves */
+        free(w);
+        return -EBADMSG;
+    }
     rc = end_open(&w->ctl->prod_owner, &w->pid);
     if (rc) {
         free(w);
@@ -244,7 +264,7 @@ int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_wri
     }
     /* A previous producer may have left its buffer index here; the index is ours now. */
     w->idx = ep_load_relaxed(&w->ctl->prod_idx);
-    if (w->idx >= w->ctl->nbuf) {
+    if (w->idx >= w->nbuf) {
         end_close(&w->ctl->prod_owner, w->pid);
         free(w);
         return -EBADMSG;
@@ -272,7 +292,7 @@ int64_t ep_latest_writer_slot(struct ep_latest_writer *w)
 {
     if (!w)
         return -EBADF;
-    return (int64_t)(EP_LATEST_CTL_SIZE + (uint64_t)w->idx * w->ctl->slot_size);
+    return (int64_t)(EP_LATEST_CTL_SIZE + (uint64_t)w->idx * w->slot_size);
 }
 
 /* Make the filled buffer the newest frame and take back a free one. Returns 1 if a frame the
@@ -288,7 +308,7 @@ int ep_latest_publish(struct ep_latest_writer *w)
      * Pairs with the release half of that same exchange. */
     uint32_t old = atomic_exchange_explicit(&c->middle, w->idx | EP_FRESH, memory_order_acq_rel);
     uint32_t idx = old & EP_IDX;
-    if (__builtin_expect(idx >= c->nbuf, 0))
+    if (__builtin_expect(idx >= w->nbuf, 0))
         return -EBADMSG;                /* someone scribbled on the control block */
     w->idx = idx;
     ep_store_relaxed(&c->prod_idx, idx);
@@ -319,6 +339,11 @@ int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_rea
     if (!r)
         return -ENOMEM;
     r->ctl = base;
+    r->nbuf = r->ctl->nbuf;
+    if (!geometry_ok(r->nbuf, r->ctl->slot_size, region_size)) {   /* re-check the copy itself */
+        free(r);
+        return -EBADMSG;
+    }
     rc = end_open(&r->ctl->cons_owner, &r->pid);
     if (rc) {
         free(r);
@@ -326,7 +351,7 @@ int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_rea
     }
     r->mask = ep_load_relaxed(&r->ctl->cons_mask);
     r->spin_ns = DEFAULT_SPIN_NS;
-    if (r->mask == 0 || (r->mask >> r->ctl->nbuf)) {
+    if (r->mask == 0 || (r->mask >> r->nbuf)) {
         end_close(&r->ctl->cons_owner, r->pid);
         free(r);
         return -EBADMSG;
@@ -378,7 +403,7 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
     if (__builtin_expect(!r, 0))
         return -EBADF;
     struct ep_latest_ctl *c = r->ctl;
-    if (give >= c->nbuf || !(r->mask & (1u << give)))
+    if (give >= r->nbuf || !(r->mask & (1u << give)))
         return -EINVAL;
     if (!(ep_load_relaxed(&c->middle) & EP_FRESH)) {
         if (producer_gone(c)) {
@@ -396,7 +421,7 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
      * the acquire half of that same exchange. */
     uint32_t old = atomic_exchange_explicit(&c->middle, give, memory_order_acq_rel);
     uint32_t idx = old & EP_IDX;
-    if (__builtin_expect(idx >= c->nbuf || !(old & EP_FRESH), 0))
+    if (__builtin_expect(idx >= r->nbuf || !(old & EP_FRESH), 0))
         return -EBADMSG;
     r->mask = (r->mask & ~(1u << give)) | (1u << idx);
     ep_store_relaxed(&c->cons_mask, r->mask);

@@ -410,3 +410,24 @@ class TestCloseWhileReading:
         t.join(5)
         assert spy.overlaps == 0
         assert out in ([1], ["closed"]) and r.closed
+
+
+class TestControlBlockScribbledAfterOpen:
+    # offsets in struct ep_latest_ctl (csrc/ep_latest.c): slot_size 16, nbuf 32, the exchange word 128
+    @pytest.mark.parametrize("end", ["writer", "reader"])
+    def test_grown_buffer_count_is_caught_not_followed(self, slot, end):
+        """A peer that raises nbuf/slot_size in the control block after both ends opened, and puts an
+        index past the real buffers in the exchange word, gets RingCorruptError: each end keeps the
+        geometry it validated at open and never computes an offset outside the region."""
+        w, r = slot.writer(), slot.reader()
+        buf = slot.region.buffer()
+        struct.pack_into("<Q", buf, 16, 1 << 30)
+        struct.pack_into("<I", buf, 32, 15)
+        struct.pack_into("<I", buf, 128, 14 | (0x10 if end == "reader" else 0))
+        with pytest.raises(RingCorruptError):
+            if end == "writer":
+                for _ in range(2):  # publish takes index 14 back; the next claim would use it
+                    w.write_frame(_frame(1))
+            else:
+                r.read_frame(0)
+        buf.release()
