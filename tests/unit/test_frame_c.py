@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-CSRC = ROOT / "csrc"
+from _cbuild import CSRC, build, sources
+
 FLAGS = ["-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
          "-fno-omit-frame-pointer", "-pthread", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}"]
 
@@ -19,11 +18,7 @@ def test_frame_reader_and_writer_under_asan_and_ubsan(tmp_path):
     """Three seeds of 600 frames (0-300 KB, 0-3 fds each) x 4 read-ahead sizes arrive intact with their own
     fds, some of those fds having been read ahead of their frame, and 3000 random byte streams end exactly as
     the wire-format model says, all with no sanitizer report."""
-    exe = tmp_path / "frame_asan"
-    cc = os.environ.get("CC", "gcc")
-    r = subprocess.run([cc, *FLAGS, str(ROOT / "tests" / "c" / "frame_asan.c"), str(CSRC / "ep_frame.c"), "-o",
-                        str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0, f"building frame_asan failed:\n{r.stderr}"
+    exe = build(tmp_path, "frame_asan", FLAGS, sources("frame_asan.c", "ep_frame.c"))
     for seed in (1, 2, 3):
         run = subprocess.run([str(exe), str(seed), "600", "3000"], capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"))
