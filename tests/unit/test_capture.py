@@ -248,19 +248,26 @@ def _play(stage, r) -> list:
     return got
 
 
+def _play_http(ring_pair, tmp_path, **serve):
+    """Serve the clip over HTTP (``_serve_clip(**serve)``) and play it through a CaptureStage into the ring.
+    Returns the finished stage, the frames read and the clip's path."""
+    w, r = ring_pair
+    srv, url, clip = _serve_clip(tmp_path, **serve)
+    try:
+        stage = CaptureStage(url, w, realtime=False, on_full="wait")
+        got = _play(stage, r)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return stage, got, clip
+
+
 class TestStream:
     def test_http_stream_decodes_into_the_ring(self, ring_pair, tmp_path):
         """20 frames of the bundled clip served over HTTP by a local server play through the stream source
         (FFMPEG's network path) into the ring, identical to decoding the same file locally, and end
         cleanly at the announced frame count."""
-        w, r = ring_pair
-        srv, url, clip = _serve_clip(tmp_path)
-        try:
-            stage = CaptureStage(url, w, realtime=False, on_full="wait")
-            got = _play(stage, r)
-        finally:
-            srv.shutdown()
-            srv.server_close()
+        stage, got, clip = _play_http(ring_pair, tmp_path)
         s = stage.stats()
         assert s["state"] == "done", s
         assert s["published"] == len(got) == 20 and s["end_of_stream"] == 1 and s["copies"] == 0
@@ -272,14 +279,7 @@ class TestStream:
     def test_http_stream_that_breaks_off_fails_and_keeps_published_frames(self, ring_pair, tmp_path):
         """A stream that stops half way (the server has only part of the file) ends the stage with exit
         status 1 and SourceFailedError in its stats; the frames published before stay readable."""
-        w, r = ring_pair
-        srv, url, _ = _serve_clip(tmp_path, keep=0.5)
-        try:
-            stage = CaptureStage(url, w, realtime=False, on_full="wait")
-            got = _play(stage, r)
-        finally:
-            srv.shutdown()
-            srv.server_close()
+        stage, got, _ = _play_http(ring_pair, tmp_path, keep=0.5)
         s = stage.stats()
         assert s["state"] == "failed" and s["error"].startswith("SourceFailedError"), s
         assert 3 <= len(got) == s["published"] < 20
