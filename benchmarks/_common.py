@@ -29,6 +29,7 @@ import traceback
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 NEAR_FAR_SPLIT_NS = 100.0  # one-way transfer below this: the near core pair; above: the far pair
@@ -321,6 +322,34 @@ class Case:
     make: object
     note: str = ""
     result: dict = field(default_factory=dict)
+
+
+class Sides(NamedTuple):
+    """What a case's ``make()`` returns."""
+
+    a: object  # the first process's side: pinger or producer
+    b: object  # the second: ponger or consumer
+    cleanup: object = None  # parent, after both sides finished
+    after_start: object = None  # parent, right after forking (close the parent's copies of fds)
+
+
+class EchoMismatch(AssertionError):
+    """A round-trip benchmark's echo differs from what was sent."""
+
+
+def rtt_summary(samples: array, warm_at: int, n: int) -> dict:
+    """percentiles() of the round-trip samples after warm-up (all if ``warm_at`` is 0), and the count."""
+    out = percentiles(samples[warm_at:] if warm_at else samples)
+    out["round_trips"] = n
+    return out
+
+
+def unlink_quietly(path: Path) -> None:
+    """Remove a socket file a case made; gone already is fine."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def run_cases(cases: list[Case], args, probe: Probe, measure) -> list[dict]:

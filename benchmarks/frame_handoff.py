@@ -32,7 +32,6 @@ import ctypes
 import mmap
 import time
 from array import array
-from typing import NamedTuple
 
 import _common as C
 import numpy as np
@@ -44,13 +43,6 @@ SHAPE = (H, W, 3)
 NBYTES = H * W * 3
 RING_CAPACITY = 1 << 24  # max payload 8 MB: two 6.2 MB frames in flight
 SLOW_MS = 5.0
-
-
-class Sides(NamedTuple):
-    a: object
-    b: object
-    cleanup: object = None
-    after_start: object = None
 
 
 def sources(mode: str) -> list[np.ndarray]:
@@ -160,7 +152,7 @@ def edgepipe_case(mode: str, seconds: float, slow_ms: float = 0.0):
                     time.sleep(slow_ms / 1e3)
             return _result(n, t0, lat)
 
-        return Sides(producer, consumer, ring.close)
+        return C.Sides(producer, consumer, ring.close)
 
     return make
 
@@ -206,7 +198,7 @@ def latest_case(seconds: float, slow_ms: float):
             return _result(n, t0, lat, {"call": call, "published": s.published, "overwritten": s.overwritten,
                                         "late_wakeups": s.late_wakeups, "parks": s.consumer_parks})
 
-        return Sides(producer, consumer, slot.close)
+        return C.Sides(producer, consumer, slot.close)
 
     return make
 
@@ -286,7 +278,7 @@ def shm_sem_case(mode: str, seconds: float):
             shm.close()
             shm.unlink()
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -372,7 +364,7 @@ def iceoryx2_case(mode: str, seconds: float):
             flag.close()
             C.iox2_cleanup(prefix, root)
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -423,7 +415,7 @@ def pipe_case(mode: str, seconds: float):
             rx.close()
             tx.close()
 
-        return Sides(producer, consumer, None, after_start)
+        return C.Sides(producer, consumer, None, after_start)
 
     return make
 
@@ -494,12 +486,9 @@ def zmq_case(mode: str, seconds: float):
             return out
 
         def cleanup():
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            C.unlink_quietly(path)
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -533,7 +522,7 @@ def faster_fifo_case(mode: str, seconds: float):
                 n += 1
             return _result(n, t0, lat)
 
-        return Sides(producer, consumer)
+        return C.Sides(producer, consumer)
 
     return make
 

@@ -54,7 +54,6 @@ import socket
 import struct
 import time
 from array import array
-from typing import NamedTuple
 
 import _common as C
 
@@ -71,17 +70,6 @@ SEQ0 = 1 << 35  # stamps.seq = SEQ0 + i: a 6-byte varint for any i < 2**41, so t
 POOL = 4096
 HDR = struct.Struct("<I")
 FRAMING_GOAL_NS = 2000
-
-
-class Sides(NamedTuple):
-    a: object
-    b: object
-    cleanup: object = None
-    after_start: object = None
-
-
-class EchoMismatch(AssertionError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,14 +109,8 @@ def env_pool(size: int | None) -> list[bytes]:
     return [imu_envelope(i, size).SerializeToString() for i in range(POOL)]
 
 
-def _mismatch(i: int, what: str) -> EchoMismatch:
-    return EchoMismatch(f"round trip {i}: {what}")
-
-
-def _summary(samples: array, warm_at: int, n: int) -> dict:
-    out = C.percentiles(samples[warm_at:] if warm_at else samples)
-    out["round_trips"] = n
-    return out
+def _mismatch(i: int, what: str) -> C.EchoMismatch:
+    return C.EchoMismatch(f"round trip {i}: {what}")
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -213,7 +195,7 @@ def fs_rt_case(size: int | None, seconds: float, proto: bool):
                         if t1 > t_end:
                             break
             fs.close()
-            out = _summary(samples, warm_at, i)
+            out = C.rtt_summary(samples, warm_at, i)
             out["msg_bytes"] = env.ByteSize() if proto else len(pool[0])
             return out
 
@@ -238,7 +220,7 @@ def fs_rt_case(size: int | None, seconds: float, proto: bool):
             fs.close()
             return {"echoed": n}
 
-        return Sides(ping, pong, None, _pair_after_start(s0, s1))
+        return C.Sides(ping, pong, None, _pair_after_start(s0, s1))
 
     return make
 
@@ -281,7 +263,7 @@ def raw_rt_case(size: int | None, seconds: float):
                     if t1 > t_end:
                         break
             s0.close()
-            out = _summary(samples, warm_at, i)
+            out = C.rtt_summary(samples, warm_at, i)
             out["msg_bytes"] = n - HDR.size
             return out
 
@@ -303,7 +285,7 @@ def raw_rt_case(size: int | None, seconds: float):
             s1.close()
             return {"echoed": k}
 
-        return Sides(ping, pong, None, _pair_after_start(s0, s1))
+        return C.Sides(ping, pong, None, _pair_after_start(s0, s1))
 
     return make
 
@@ -370,7 +352,7 @@ def pyframe_rt_case(size: int | None, seconds: float, tcp: bool):
                     if t1 > t_end:
                         break
             s0.close()
-            out = _summary(samples, warm_at, i)
+            out = C.rtt_summary(samples, warm_at, i)
             out["msg_bytes"] = env.ByteSize()
             return out
 
@@ -398,7 +380,7 @@ def pyframe_rt_case(size: int | None, seconds: float, tcp: bool):
             s1.close()
             return {"echoed": k}
 
-        return Sides(ping, pong, None, _pair_after_start(s0, s1))
+        return C.Sides(ping, pong, None, _pair_after_start(s0, s1))
 
     return make
 
@@ -482,7 +464,7 @@ def fs_tput_case(size: int, seconds: float, proto: bool, read_ahead: bool = True
             fs.close()
             return out
 
-        return Sides(producer, consumer, None, _pair_after_start(s0, s1))
+        return C.Sides(producer, consumer, None, _pair_after_start(s0, s1))
 
     return make
 
@@ -540,7 +522,7 @@ def raw_tput_case(size: int, seconds: float):
             s1.close()
             return out
 
-        return Sides(producer, consumer, None, _pair_after_start(s0, s1))
+        return C.Sides(producer, consumer, None, _pair_after_start(s0, s1))
 
     return make
 
@@ -604,12 +586,9 @@ def zmq_tput_case(size: int, seconds: float):
             return out
 
         def cleanup():
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            C.unlink_quietly(path)
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -666,7 +645,7 @@ def srv_rt_case(size: int | None, seconds: float):
                     if t1 > t_end:
                         break
             c.close()
-            out = _summary(samples, warm_at, i)
+            out = C.rtt_summary(samples, warm_at, i)
             out["msg_bytes"] = env.ByteSize()
             return out
 
@@ -682,7 +661,7 @@ def srv_rt_case(size: int | None, seconds: float):
                 _serve_until_client_leaves(srv, sync, seconds + 60)
             return {"echoed": calls[0]}
 
-        return Sides(ping, pong)
+        return C.Sides(ping, pong)
 
     return make
 
@@ -734,7 +713,7 @@ def srv_tput_case(size: int, seconds: float):
             c.close()
             return out
 
-        return Sides(producer, consumer)
+        return C.Sides(producer, consumer)
 
     return make
 
@@ -811,7 +790,7 @@ def srv_many_case(k: int, size: int | None, seconds: float):
                     time.sleep(0.01)
             return {"echoed": calls[0]}
 
-        return Sides(clients, server)
+        return C.Sides(clients, server)
 
     return make
 

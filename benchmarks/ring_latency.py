@@ -36,7 +36,6 @@ import socket
 import time
 from array import array
 from queue import Empty
-from typing import NamedTuple
 
 import _common as C
 
@@ -48,25 +47,8 @@ CHECK_MASK = 1023  # verify the echo and look at the clock every 1024 round trip
 IDLE_S = 2.0
 
 
-class Sides(NamedTuple):
-    a: object  # pinger: returns the latency summary
-    b: object  # ponger: echoes until told to stop
-    cleanup: object = None  # parent, after both sides finished
-    after_start: object = None  # parent, right after forking (close the parent's copies of fds)
-
-
-class EchoMismatch(AssertionError):
-    pass
-
-
-def _summary(samples: array, warm_at: int, n: int) -> dict:
-    out = C.percentiles(samples[warm_at:] if warm_at else samples)
-    out["round_trips"] = n
-    return out
-
-
-def _mismatch(i: int, sent, got) -> EchoMismatch:
-    return EchoMismatch(f"round trip {i}: sent seq {bytes(sent[:8]).hex()}, echo {bytes(got[:8]).hex()}")
+def _mismatch(i: int, sent, got) -> C.EchoMismatch:
+    return C.EchoMismatch(f"round trip {i}: sent seq {bytes(sent[:8]).hex()}, echo {bytes(got[:8]).hex()}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,7 +113,7 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
             s_ab, s_ba = g_ab.status(), g_ba.status()
             w.close()  # the ponger's next read raises PeerClosedError
             r.close()
-            out = _summary(samples, warm_at, i)
+            out = C.rtt_summary(samples, warm_at, i)
             out["parks_per_rt"] = (s_ab.consumer_parks + s_ba.consumer_parks) / max(1, i)
             return out
 
@@ -160,7 +142,7 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
             ab.close()
             ba.close()
 
-        return Sides(ping, pong, cleanup)
+        return C.Sides(ping, pong, cleanup)
 
     return make
 
@@ -201,7 +183,7 @@ def idle_reader_case(seconds: float, wait: str):
                     "wall_s": wall, "consumer_parks": st.consumer_parks,
                     "vol_ctx_switches": ru1.ru_nvcsw - ru0.ru_nvcsw}
 
-        return Sides(writer_side, reader_side, ring.close)
+        return C.Sides(writer_side, reader_side, ring.close)
 
     return make
 
@@ -289,7 +271,7 @@ def shm_case(size: int, seconds: float, blocking: bool):
                             break
                 q_out[0] = STOP
             del q_out, p_out, q_in, p_in
-            return _summary(samples, warm_at, i)
+            return C.rtt_summary(samples, warm_at, i)
 
         def pong(sync):
             q_in, p_in, q_out, p_out = views()
@@ -323,7 +305,7 @@ def shm_case(size: int, seconds: float, blocking: bool):
             for s in sems:
                 s.close()
 
-        return Sides(ping, pong, cleanup)
+        return C.Sides(ping, pong, cleanup)
 
     return make
 
@@ -391,7 +373,7 @@ def socket_case(size: int, seconds: float, blocking: bool):
                     if t1 > t_end:
                         break
             s0.close()
-            return _summary(samples, warm_at, i)
+            return C.rtt_summary(samples, warm_at, i)
 
         def pong(sync):
             s0.close()
@@ -420,7 +402,7 @@ def socket_case(size: int, seconds: float, blocking: bool):
             s0.close()
             s1.close()
 
-        return Sides(ping, pong, None, after_start)
+        return C.Sides(ping, pong, None, after_start)
 
     return make
 
@@ -463,7 +445,7 @@ def pipe_case(size: int, seconds: float):
                     if t1 > t_end:
                         break
             c0.close()
-            return _summary(samples, warm_at, i)
+            return C.rtt_summary(samples, warm_at, i)
 
         def pong(sync):
             c0.close()
@@ -481,7 +463,7 @@ def pipe_case(size: int, seconds: float):
             c0.close()
             c1.close()
 
-        return Sides(ping, pong, None, after_start)
+        return C.Sides(ping, pong, None, after_start)
 
     return make
 
@@ -538,7 +520,7 @@ def faster_fifo_case(size: int, seconds: float, blocking: bool):
                     if t1 > t_end:
                         break
             put(b"")
-            return _summary(samples, warm_at, i)
+            return C.rtt_summary(samples, warm_at, i)
 
         def pong(sync):
             get, get_nowait = qab.get, qab.get_nowait
@@ -559,7 +541,7 @@ def faster_fifo_case(size: int, seconds: float, blocking: bool):
                 put(x)
             return {}
 
-        return Sides(ping, pong)
+        return C.Sides(ping, pong)
 
     return make
 
@@ -637,7 +619,7 @@ def iceoryx2_case(size: int, seconds: float):
             sync()  # 3: the ponger has seen the flag; ports can go
             sub.delete()
             pub.delete()
-            return _summary(samples, warm_at, i)
+            return C.rtt_summary(samples, warm_at, i)
 
         def pong(sync):
             sync()  # 1: the pinger created both services
@@ -664,7 +646,7 @@ def iceoryx2_case(size: int, seconds: float):
             flag.close()
             C.iox2_cleanup(prefix, root)
 
-        return Sides(ping, pong, cleanup)
+        return C.Sides(ping, pong, cleanup)
 
     return make
 

@@ -30,7 +30,6 @@ import ctypes
 import mmap
 import socket
 import time
-from typing import NamedTuple
 
 import _common as C
 
@@ -39,13 +38,6 @@ from edgepipe import PeerClosedError, Ring
 BATCH = 256
 POOL = 4096  # message i carries sequence number i % POOL
 RING_CAPACITY = 1 << 20
-
-
-class Sides(NamedTuple):
-    a: object  # producer
-    b: object  # consumer
-    cleanup: object = None
-    after_start: object = None
 
 
 class SeqError(AssertionError):
@@ -179,7 +171,7 @@ def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
             r.close()
             return out
 
-        return Sides(producer, consumer, ring.close)
+        return C.Sides(producer, consumer, ring.close)
 
     return make
 
@@ -260,7 +252,7 @@ def shm_sem_case(size: int, seconds: float):
             free.close()
             full.close()
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -327,7 +319,7 @@ def shm_spin_case(size: int, seconds: float):
             del q, pay
             return _done(n, t0)
 
-        return Sides(producer, consumer, shm.close)
+        return C.Sides(producer, consumer, shm.close)
 
     return make
 
@@ -399,7 +391,7 @@ def socket_case(size: int, seconds: float, batch: bool):
             s0.close()
             s1.close()
 
-        return Sides(producer, consumer, None, after_start)
+        return C.Sides(producer, consumer, None, after_start)
 
     return make
 
@@ -446,7 +438,7 @@ def pipe_case(size: int, seconds: float):
             c0.close()
             c1.close()
 
-        return Sides(producer, consumer, None, after_start)
+        return C.Sides(producer, consumer, None, after_start)
 
     return make
 
@@ -499,7 +491,7 @@ def faster_fifo_case(size: int, seconds: float):
                 n += len(got)
             return _done(n, t0)
 
-        return Sides(producer, consumer)
+        return C.Sides(producer, consumer)
 
     return make
 
@@ -586,7 +578,7 @@ def iceoryx2_case(size: int, seconds: float):
             flag.close()
             C.iox2_cleanup(prefix, root)
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
@@ -655,12 +647,9 @@ def zmq_case(size: int, seconds: float):
             return out
 
         def cleanup():
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            C.unlink_quietly(path)
 
-        return Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, cleanup)
 
     return make
 
