@@ -11,12 +11,17 @@
  *                                                   pixels are 64-byte aligned in every process)
  *
  * Ownership invariant: every buffer index belongs to exactly one of
- *   - the producer (prod_idx): it alone writes that buffer;
- *   - the exchange word `middle` (bits 0..3; bit EP_FRESH says "published and not yet taken");
- *   - the consumer (cons_mask, one bit per buffer): it alone reads those buffers.
- * Buffers move only through one atomic exchange of `middle`, by either side:
- *   publish: old = xchg(middle, prod | FRESH); prod = old & IDX          (the producer gets a free buffer)
- *   take:    old = xchg(middle, give);         mask = mask - give + old   (only when FRESH is set)
+ *   - the producer (bits 8..11 of the state word `middle`): it alone writes that buffer;
+ *   - the exchange slot (bits 0..3; bit EP_FRESH says "published and not yet taken");
+ *   - the consumer (bits 16..23, one bit per buffer): it alone reads those buffers.
+ * All three live in the one word, and buffers move only through one compare-and-swap of it, by either side:
+ *   publish: slot = prod | FRESH; prod = old slot                  (the producer gets a free buffer)
+ *   take:    slot = give;         mask = mask - give + old slot     (only when FRESH is set)
+ * so a process killed at any instant (kill -9 inside publish or take) leaves a consistent partition for
+ * the next producer or consumer to open (layout version 1 kept the producer's index and the consumer's
+ * mask in separate words, stored after the exchange: a kill between the two gave one buffer to both
+ * ends). Each CAS loop is lock-free: the producer's fails at most once per take, the consumer's only
+ * when a publish landed in between, and FRESH stays set for its retry.
  * The consumer is the only side that clears FRESH, so once it sees FRESH the exchange it makes returns a
  * fresh buffer (possibly a newer one than it saw). With nbuf = 3 this is the classic triple buffer; a
  * consumer with more than one buffer may keep a frame (an array that outlived its `with`) while it takes
@@ -50,6 +55,10 @@ _Static_assert(EP_IMAGE_HDR_SIZE % EP_IMAGE_ALIGN == 0, "pixels after the header
 
 #define EP_FRESH 0x10u
 #define EP_IDX 0x0Fu
+#define PROD_SHIFT 8                /* the producer's buffer index in the state word */
+#define CONS_SHIFT 16               /* the consumer's buffer mask in the state word */
+#define PROD_OF(st) (((st) >> PROD_SHIFT) & EP_IDX)
+#define CONS_OF(st) (((st) >> CONS_SHIFT) & 0xFFu)
 #define DEFAULT_SPIN_NS 25000
 
 enum { END_NONE = 0, END_OPEN = 2, END_CLOSED = 3 };
@@ -63,17 +72,16 @@ struct ep_latest_ctl {
     uint64_t region_size;
     uint32_t nbuf;
     int32_t creator_pid;
-    /* line pair 1: the exchange word, touched by both sides once per frame */
+    /* line pair 1: the state word (exchange slot, FRESH, producer index, consumer mask), touched by both
+     * sides once per frame */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t middle;
     /* line pair 2: the producer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t published;
     _Atomic uint64_t overwritten;
-    _Atomic uint32_t prod_idx;
     /* line pair 3: the consumer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t delivered;
     _Atomic uint64_t consumer_parks;
     _Atomic uint64_t late_wakeups;      /* a park timed out with no wake although a frame was fresh */
-    _Atomic uint32_t cons_mask;
     /* line pair 4: the consumer's eventcount */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
     /* line pair 5: presence, (pid << 32) | END_* */
@@ -133,11 +141,9 @@ int ep_latest_init(void *base, uint64_t region_size, uint64_t max_frame_bytes, u
     c->region_size = region_size;
     c->nbuf = nbuf;
     c->creator_pid = (int32_t)getpid();
-    /* The producer starts with buffer 0, the exchange word holds buffer 1 (nothing fresh), and the
+    /* The producer starts with buffer 0, the exchange slot holds buffer 1 (nothing fresh), and the
      * consumer owns the rest. */
-    ep_store_relaxed(&c->prod_idx, 0u);
-    ep_store_relaxed(&c->middle, 1u);
-    ep_store_relaxed(&c->cons_mask, ((1u << nbuf) - 1u) & ~3u);
+    ep_store_relaxed(&c->middle, 1u | (0u << PROD_SHIFT) | ((((1u << nbuf) - 1u) & ~3u) << CONS_SHIFT));
     /* Release: every field above is visible before the magic that says "initialised".
      * Pairs with the acquire of magic in ep_latest_check(). */
     ep_store_release(&c->magic, EP_LATEST_MAGIC);
@@ -192,6 +198,16 @@ static int geometry_ok(uint32_t nbuf, uint64_t slot_size, uint64_t region_size)
     return nbuf >= EP_LATEST_MIN_BUFS && nbuf <= EP_LATEST_MAX_BUFS && slot_size >= EP_IMAGE_HDR_SIZE &&
            slot_size <= ep_latest_slot_size(EP_LATEST_MAX_FRAME) &&
            EP_LATEST_CTL_SIZE + nbuf * slot_size <= region_size;
+}
+
+/* The state word splits the nbuf buffers into producer, exchange slot and consumer with nothing left over. */
+static int partition_ok(uint32_t st, uint32_t nbuf)
+{
+    uint32_t slot = st & EP_IDX, prod = PROD_OF(st), cons = CONS_OF(st);
+    if (slot >= nbuf || prod >= nbuf || slot == prod || (cons & ((1u << slot) | (1u << prod))))
+        return 0;
+    return ((1u << slot) | (1u << prod) | cons) == (1u << nbuf) - 1u &&
+           (st & ~(EP_IDX | EP_FRESH | (EP_IDX << PROD_SHIFT) | (0xFFu << CONS_SHIFT))) == 0;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -262,9 +278,12 @@ int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_wri
         free(w);
         return rc;
     }
-    /* A previous producer may have left its buffer index here; the index is ours now. */
-    w->idx = ep_load_relaxed(&w->ctl->prod_idx);
-    if (w->idx >= w->nbuf) {
+    /* A previous producer (maybe killed mid-publish) left its buffer index in the state word; it is
+     * ours now. Acquire: pairs with the CAS of the state word in ep_latest_try_take() (a consumer's
+     * reads of buffers it gave back are done). */
+    uint32_t st = ep_load_acquire(&w->ctl->middle);
+    w->idx = PROD_OF(st);
+    if (!partition_ok(st, w->nbuf)) {
         end_close(&w->ctl->prod_owner, w->pid);
         free(w);
         return -EBADMSG;
@@ -302,16 +321,22 @@ int ep_latest_publish(struct ep_latest_writer *w)
     if (!w)
         return -EBADF;
     struct ep_latest_ctl *c = w->ctl;
-    /* Release: the header and pixels we wrote into buffer idx are visible before the index is.
-     * Pairs with the acquire half of the exchange in ep_latest_try_take().
-     * Acquire: the consumer's reads of the buffer it gave back (old) are done before we write it.
-     * Pairs with the release half of that same exchange. */
-    uint32_t old = atomic_exchange_explicit(&c->middle, w->idx | EP_FRESH, memory_order_acq_rel);
-    uint32_t idx = old & EP_IDX;
-    if (__builtin_expect(idx >= w->nbuf, 0))
-        return -EBADMSG;                /* someone scribbled on the control block */
+    /* Release (CAS success): the header and pixels we wrote into buffer idx are visible before the
+     * index is. Pairs with the acquire half of the CAS in ep_latest_try_take().
+     * Acquire (CAS success): the consumer's reads of the buffer it gave back (the old slot) are done
+     * before we write it. Pairs with the release half of that same CAS.
+     * The relaxed load and the relaxed failure order only feed the next attempt. */
+    uint32_t old = ep_load_relaxed(&c->middle), idx;
+    for (;;) {
+        idx = old & EP_IDX;
+        if (__builtin_expect(idx >= w->nbuf || PROD_OF(old) != w->idx, 0))
+            return -EBADMSG;            /* someone scribbled on the control block */
+        uint32_t nw = (old & (0xFFu << CONS_SHIFT)) | (idx << PROD_SHIFT) | w->idx | EP_FRESH;
+        if (atomic_compare_exchange_weak_explicit(&c->middle, &old, nw, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            break;
+    }
     w->idx = idx;
-    ep_store_relaxed(&c->prod_idx, idx);
     ep_count(&c->published, 1);
     int overwrote = (old & EP_FRESH) != 0;
     if (overwrote)
@@ -349,9 +374,13 @@ int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_rea
         free(r);
         return rc;
     }
-    r->mask = ep_load_relaxed(&r->ctl->cons_mask);
+    /* A previous consumer (maybe killed mid-take) left its mask in the state word; those buffers are
+     * ours now. Acquire: pairs with the CAS of the state word in ep_latest_publish() (frames in them
+     * are complete). */
+    uint32_t st = ep_load_acquire(&r->ctl->middle);
+    r->mask = CONS_OF(st);
     r->spin_ns = DEFAULT_SPIN_NS;
-    if (r->mask == 0 || (r->mask >> r->nbuf)) {
+    if (r->mask == 0 || !partition_ok(st, r->nbuf)) {
         end_close(&r->ctl->cons_owner, r->pid);
         free(r);
         return -EBADMSG;
@@ -414,17 +443,25 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
             return -EAGAIN;
         }
     }
-    /* Only we clear FRESH, so this exchange returns a fresh buffer.
-     * Acquire: the producer's writes to that buffer are visible to us. Pairs with the release half
-     * of the exchange in ep_latest_publish().
-     * Release: our reads of `give` are done before the producer may take and rewrite it. Pairs with
-     * the acquire half of that same exchange. */
-    uint32_t old = atomic_exchange_explicit(&c->middle, give, memory_order_acq_rel);
-    uint32_t idx = old & EP_IDX;
-    if (__builtin_expect(idx >= r->nbuf || !(old & EP_FRESH), 0))
-        return -EBADMSG;
-    r->mask = (r->mask & ~(1u << give)) | (1u << idx);
-    ep_store_relaxed(&c->cons_mask, r->mask);
+    /* Only we clear FRESH, so the CAS that succeeds takes a fresh buffer (maybe newer than the one
+     * we first saw: a publish in between only makes the CAS retry).
+     * Acquire (CAS success): the producer's writes to that buffer are visible to us. Pairs with the
+     * release half of the CAS in ep_latest_publish().
+     * Release (CAS success): our reads of `give` are done before the producer may take and rewrite
+     * it. Pairs with the acquire half of that same CAS.
+     * The relaxed load and the relaxed failure order only feed the next attempt. */
+    uint32_t old = ep_load_relaxed(&c->middle), idx, mask;
+    for (;;) {
+        idx = old & EP_IDX;
+        if (__builtin_expect(idx >= r->nbuf || !(old & EP_FRESH) || CONS_OF(old) != r->mask, 0))
+            return -EBADMSG;
+        mask = (r->mask & ~(1u << give)) | (1u << idx);
+        uint32_t nw = (mask << CONS_SHIFT) | (old & (EP_IDX << PROD_SHIFT)) | give;
+        if (atomic_compare_exchange_weak_explicit(&c->middle, &old, nw, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            break;
+    }
+    r->mask = mask;
     ep_count(&c->delivered, 1);
     return (int)idx;
 }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #define EP_LATEST_MAGIC 0x544C5045u   /* "EPLT" */
-#define EP_LATEST_VERSION 1u
+#define EP_LATEST_VERSION 2u           /* 2: one state word holds every buffer's owner */
 #define EP_LATEST_CTL_SIZE 4096u      /* buffers start one page into the region */
 #define EP_LATEST_MIN_BUFS 3u
 #define EP_LATEST_MAX_BUFS 8u

@@ -431,3 +431,36 @@ class TestControlBlockScribbledAfterOpen:
             else:
                 r.read_frame(0)
         buf.release()
+
+
+class TestProducerKilledMidPublish:
+    def test_sigkill_during_publish_never_hands_one_buffer_to_both_ends(self, slot):
+        """A producer process SIGKILLed at random points of a tight publish loop (so now and then between
+        the exchange and its own bookkeeping) leaves a slot whose next producer never writes into the
+        buffer the consumer is reading: a frame held by the reader keeps its bytes while more are published."""
+        import signal
+
+        r = slot.reader()
+        for round_ in range(150):
+            before = slot.status().published
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                try:
+                    h = slot.writer()._h
+                    while True:
+                        lib.ep_latest_publish(h)
+                finally:
+                    os._exit(0)
+            t_end = time.monotonic() + 5
+            while slot.status().published < before + 200 + 37 * (round_ % 7) and time.monotonic() < t_end:
+                pass
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            w = slot.writer()
+            w.write_frame(_frame(1))
+            with r.read_frame(0) as f:
+                seq = f.seq
+                w.write_frame(_frame(2))
+                w.write_frame(_frame(3))
+                assert f.seq == seq and int(f.array.max()) == int(f.array.min()) == 1, f"round {round_}"
+            w.close()
