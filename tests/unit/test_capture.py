@@ -36,6 +36,18 @@ def _drain(r: FrameReader) -> list:
     return out
 
 
+def _play(stage, r) -> list:
+    """Start the stage and drain the ring until it has finished; every frame read, in order."""
+    stage.start()
+    got = []
+    while stage.join(0) is None:
+        got += _drain(r)
+        time.sleep(0.005)
+    got += _drain(r)
+    stage.join(5)
+    return got
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -50,12 +62,7 @@ class TestFileSource:
         bit-identical to an independent decode, stamped capture <= publish, end of stream reported."""
         w, r = ring_pair
         stage = CaptureStage(sample_video(), w, realtime=False)
-        stage.start()
-        frames = []
-        while stage.join(0) is None:
-            frames += _drain(r)
-            time.sleep(0.005)
-        frames += _drain(r)
+        frames = _play(stage, r)
         assert stage.join(5) == 0
         s = stage.stats()
         assert (s["grabbed"], s["published"], s["dropped"], s["copies"], s["end_of_stream"]) == (100, 100, 0, 0, 1)
@@ -235,17 +242,6 @@ def _serve_clip(tmp_path, frames: int = 20, keep: float = 1.0):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/clip.avi", clip
-
-
-def _play(stage, r) -> list:
-    stage.start()
-    got = []
-    while stage.join(0) is None:
-        got += _drain(r)
-        time.sleep(0.005)
-    got += _drain(r)
-    stage.join(5)
-    return got
 
 
 def _play_http(ring_pair, tmp_path, **serve):
