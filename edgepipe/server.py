@@ -57,7 +57,7 @@ from edgepipe.errors import (
     SocketInUseError,
     UnsafeSocketDirError,
 )
-from edgepipe.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
+from edgepipe.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket, _close_fds
 
 __all__ = ["Client", "Server", "Session", "default_socket_dir"]
 
@@ -712,16 +712,16 @@ class Client:
             try:
                 env = FrameSocket.decode(data)
             except FrameDecodeError:
-                _close(fds)
+                _close_fds(fds)
                 raise
             if env.WhichOneof("body") != "attach":
-                _close(fds)
+                _close_fds(fds)
                 self._pending.append(env)
                 continue
             rings = list(env.attach.rings)
             want = sum(1 for d in rings if d.fd_follows)
             if want != len(fds):
-                _close(fds)
+                _close_fds(fds)
                 raise FrameDecodeError(f"an Attach announced {want} fds but {len(fds)} arrived")
             it = iter(fds)
             return [(d, next(it) if d.fd_follows else None) for d in rings]
@@ -737,11 +737,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self._path!r} session={self.session_id}{' closed' if self.closed else ''}>"
-
-
-def _close(fds: list[int]) -> None:
-    for f in fds:
-        try:
-            os.close(f)
-        except OSError:
-            pass
