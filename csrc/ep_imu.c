@@ -562,7 +562,9 @@ int ep_imu_create(const struct ep_imu_config *cfg, struct ep_ring_writer *out, s
             return -EINVAL;
         for (int i = 0; i < EP_IMU_NCH; i++) {
             uint32_t b = c->ch_bytes[i];
-            if (b && (b > 8 || c->ch_off[i] + b > c->scan_size || c->ch_bits[i] == 0 || c->ch_bits[i] > 64 ||
+            /* 64-bit sum: a 32-bit ch_off + b could wrap below scan_size and pass */
+            if (b && (b > 8 || (uint64_t)c->ch_off[i] + b > c->scan_size || c->ch_bits[i] == 0 ||
+                      c->ch_bits[i] > 64 ||
                       c->ch_shift[i] >= 64))
                 return -EINVAL;
         }

@@ -440,6 +440,25 @@ class TestConfigErrors:
         with pytest.raises(ImuConfigError, match="priority"):
             ImuStage(SyntheticSource(), priority=100)
 
+    @pytest.mark.parametrize("off", [0xFFFFFFFF, 0xFFFFFFFE, 15])
+    def test_c_layout_check_does_not_wrap(self, off):
+        """ep_imu_create refuses a chardev channel whose offset + size passes the scan end, also when the
+        32-bit sum wraps around (it would read far outside the scan buffer)."""
+        import errno
+
+        from edgepipe._ffi import ffi, lib
+
+        cfg = ffi.new("struct ep_imu_config *")
+        cfg.wait_mode, cfg.source, cfg.dt_s = lib.EP_IMU_WAIT_DEVICE, lib.EP_IMU_SRC_CHARDEV, 0.01
+        cfg.fd = [0] + [-1] * 9
+        cfg.scan_size = 16
+        cfg.ch_off[0], cfg.ch_bytes[0], cfg.ch_bits[0] = off, 2, 16
+        out = ffi.new("struct ep_imu **")
+        rc = lib.ep_imu_create(cfg, ffi.NULL, out)
+        if rc == 0:
+            lib.ep_imu_destroy(out[0])
+        assert rc == -errno.EINVAL
+
     def test_too_small_ring(self):
         """A ring whose max payload is below 192 bytes is refused up front."""
         with Ring.create(capacity=256) as r:
