@@ -210,7 +210,6 @@ class _Segment:
     __slots__ = ("_handles", "_region")
     _KIND: str = "segment"  # for messages: "ring", "latest slot"
     _MEMFD_LABEL: str = "edgepipe"
-    _EMPTY_IS_CORRUPT: bool = False  # attach: an empty segment at the deadline -> RingCorruptError
     _C_PREFIX: str = "ep_ring"  # the ends are struct <prefix>_writer / <prefix>_reader
     _OPEN_CONTEXT: str = "opening the {what} of {where!r}"  # the error message when opening an end fails
 
@@ -240,7 +239,7 @@ class _Segment:
             except (FileNotFoundError, _EmptySegment) as e:
                 # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
                 if time.monotonic() >= deadline:
-                    if cls._EMPTY_IS_CORRUPT and isinstance(e, _EmptySegment):
+                    if isinstance(e, _EmptySegment):
                         raise RingCorruptError(
                             f"segment {name!r} is empty (0 bytes): not a {cls._KIND}") from None
                     raise
@@ -337,7 +336,6 @@ class Ring(_Segment):
     __slots__ = ()
     _KIND = "ring"
     _MEMFD_LABEL = "edgepipe-ring"
-    _EMPTY_IS_CORRUPT = True
 
     def __init__(self, region: SharedRegion) -> None:
         """Wrap a region that already holds a ring (use create/attach/from_fd rather than this)."""

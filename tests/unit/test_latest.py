@@ -236,6 +236,16 @@ class TestAttach:
             other.close()
         assert not os.path.exists(f"/dev/shm/edgepipe.{shm_name}")
 
+    def test_empty_segment_is_corrupt_like_a_ring(self, shm_name):
+        """A zero-length segment under the slot's name raises RingCorruptError naming it, as Ring.attach does."""
+        path = f"/dev/shm/edgepipe.{shm_name}"
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        try:
+            with pytest.raises(RingCorruptError, match=shm_name):
+                LatestSlot.attach(shm_name)
+        finally:
+            os.unlink(path)
+
 
 # ---------------------------------------------------------------------------------------------------
 # two processes
