@@ -17,7 +17,7 @@ import argparse
 import time
 
 from edgepipe import Envelope, Server, now_ns
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe import messages as pb
 from edgepipe.ahrs import Madgwick, load_recording
 
 G = 9.80665

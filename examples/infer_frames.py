@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from edgepipe import InferenceStage, ModelSpec, Ring, RingTimeoutError
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe import messages as pb
 from edgepipe.capture import CaptureStage, sample_text_images
 from edgepipe.frames import FrameReader, FrameWriter
 
