@@ -50,6 +50,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from edgepipe._child import python_argv
 from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.clock import now_ns, wall_ns
 from edgepipe.config import (
@@ -435,9 +436,10 @@ class Pipeline:
     def _spawn(self, c: _Child) -> None:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # -c rather than -m: edgepipe/__init__ imports this module, and runpy warns about that
-            cmd = [sys.executable, "-c", "import sys; from edgepipe.supervisor import main; sys.exit(main())",
-                   "--stage", c.name, "--fd", str(b.fileno()), "--parent", str(os.getpid())]
+            # -c rather than -m: edgepipe/__init__ imports this module, and runpy warns about that;
+            # python_argv: the child imports this very edgepipe, never a checkout in the cwd
+            cmd = python_argv("from edgepipe.supervisor import main; sys.exit(main())",
+                              "--stage", c.name, "--fd", str(b.fileno()), "--parent", str(os.getpid()))
             c.proc = subprocess.Popen(cmd, pass_fds=[b.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             a.close()

@@ -43,13 +43,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgepipe._child import python_argv
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     EdgepipeError,
@@ -240,15 +240,13 @@ class InferenceStage(Stage):
             "budget_ns": self.budget_ns,
             "warm_hw": list(self.spec.input_hw) if self.spec.input_hw else None,
         }
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[2])  # the same edgepipe the stage runs, installed or not
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
+            # python_argv: the worker imports this very edgepipe (installed or not), never a checkout in the cwd
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgepipe.inference._worker", str(frames.fd), str(results.fd), json.dumps(cfg)],
+                python_argv("from edgepipe.inference._worker import main; sys.exit(main(sys.argv[1:]))",
+                            str(frames.fd), str(results.fd), json.dumps(cfg)),
                 pass_fds=(frames.fd, results.fd),
                 stdin=subprocess.DEVNULL,
-                env=env,
             )
         except OSError as e:
             frames.close()
