@@ -561,6 +561,15 @@ class _FrameRead:
         del f
         self._owner._done(self._ref, self._token, seq)
 
+    def __del__(self) -> None:
+        # read_frame() called without `with` (or the block never entered): give the slot back when this
+        # object goes, instead of leaving the reader "inside a block" for ever
+        if getattr(self, "_frame", None) is not None:
+            try:
+                self.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - a closed reader at interpreter exit: nothing to give back
+                pass
+
 
 class FrameReader:
     """Frame consumer over a :class:`~edgepipe.ring.RingReader`.
@@ -650,7 +659,9 @@ class FrameReader:
 
     def _ready(self) -> None:
         if self._open:
-            raise ImageHeldError("read_frame inside another frame's with block: a ring hands out one frame at a time")
+            raise ImageHeldError("the previous frame is still open (read_frame inside its with block, or its "
+                                 "read_frame() result is still referenced without a with): a ring hands out one "
+                                 "frame at a time")
         if self._held is not None:
             self._reap(collect=True)
             if self._held is not None:

@@ -352,3 +352,39 @@ class TestProperties:
                     assert f.array.tobytes() == a.tobytes()
                     assert (f.source_id, f.capture_ns, f.seq) == (source_id, capture_ns, 1)
                     assert f.array.ctypes.data % 64 == 0
+
+
+class TestReadWithoutWith:
+    def test_ring_read_frame_dropped_unentered_gives_the_frame_back(self):
+        """A read_frame() result dropped without a with block releases its frame; the next read continues."""
+        with Ring.create(capacity=1 << 16) as ring:
+            w, r = FrameWriter(ring.writer()), FrameReader(ring.reader())
+            for i in range(3):
+                w.write_frame(np.full((4, 4), i, np.uint8), pixel_format="GRAY")
+            r.read_frame(0)  # never entered
+            with r.read_frame(0) as f:
+                assert (f.seq, int(f.array[0, 0])) == (2, 1)
+            assert r.frames_read == 2
+
+    def test_ring_read_frame_kept_unentered_names_the_cause(self):
+        """While an unentered read_frame() result is still referenced, the next read says why it must wait."""
+        with Ring.create(capacity=1 << 16) as ring:
+            w, r = FrameWriter(ring.writer()), FrameReader(ring.reader())
+            for i in range(2):
+                w.write_frame(np.full((4, 4), i, np.uint8), pixel_format="GRAY")
+            ctx = r.read_frame(0)
+            with pytest.raises(ImageHeldError, match="without a with"):
+                r.read_frame(0)
+            del ctx
+            with r.read_frame(0) as f:
+                assert f.seq == 2
+
+    def test_latest_read_frame_dropped_unentered_gives_the_buffer_back(self):
+        """On a latest slot, a dropped unentered read gives its buffer back and the newest frame reads."""
+        with LatestSlot.create(None, 1024) as s:
+            w, r = s.writer(), s.reader()
+            w.write_frame(np.ones((4, 4), np.uint8), pixel_format="GRAY")
+            r.read_frame(0)
+            w.write_frame(np.full((4, 4), 2, np.uint8), pixel_format="GRAY")
+            with r.read_frame(0) as f:
+                assert (f.seq, int(f.array[0, 0])) == (2, 2)
