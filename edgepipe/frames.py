@@ -886,11 +886,12 @@ class LatestWriter(_WriterBase):
     """Producer end of a :class:`LatestSlot`: the same claim_frame / write_frame API as FrameWriter, but it
     never waits: publishing replaces a frame the consumer has not taken yet (counted as overwritten)."""
 
-    __slots__ = ("_buf", "_h", "_seq", "_slot", "frames_written", "max_frame_bytes", "overwritten")
+    __slots__ = ("_buf", "_h", "_inflight", "_seq", "_slot", "frames_written", "max_frame_bytes", "overwritten")
 
     def __init__(self, slot: LatestSlot) -> None:
         self._slot = slot
         self._h = _open_end(lib.ep_latest_writer_open, slot, "writer")
+        self._inflight = 0  # C calls in progress on _h (see close)
         self._buf = slot.region.buffer()
         s = slot.status()
         self.max_frame_bytes: int = s.max_frame_bytes
@@ -914,7 +915,11 @@ class LatestWriter(_WriterBase):
         h = self._h
         if h is None:
             raise RingClosedError(f"LatestWriter on {self._slot.name or 'memfd'!r} is closed")
-        off = lib.ep_latest_writer_slot(h)
+        self._inflight += 1  # see close
+        try:
+            off = lib.ep_latest_writer_slot(h)
+        finally:
+            self._inflight -= 1
         arr = np.ndarray(lay.shape, lay.dtype, buffer=self._buf, offset=off + HDR_SIZE)
         return _FrameClaim(self, lay, arr, off, capture_ns, source_id)
 
@@ -925,7 +930,11 @@ class LatestWriter(_WriterBase):
         seq = self._seq + 1
         _pack_hdr(self._buf, off, MAGIC, VERSION, lay.code, lay.ndim, lay.fmt_code, HDR_SIZE, lay.nbytes, seq,
                   capture_ns, now_ns(), source_id, *lay.shape4, *lay.strides4, 0)
-        rc = lib.ep_latest_publish(h)
+        self._inflight += 1  # see close
+        try:
+            rc = lib.ep_latest_publish(h)
+        finally:
+            self._inflight -= 1
         if rc < 0:
             check(rc, "publishing to the latest slot")
         self.overwritten += rc
@@ -938,9 +947,13 @@ class LatestWriter(_WriterBase):
 
     def close(self) -> None:
         """Close the producer end: the consumer takes what is fresh, then gets PeerClosedError."""
+        # As in LatestReader.close: _h goes first, then a C call still running on another thread (cffi
+        # releases the GIL; a publish never waits, so this is short) returns before the handle is freed.
         h, self._h = self._h, None
         if h is None:
             return
+        while self._inflight:
+            time.sleep(0.0002)
         lib.ep_latest_writer_close(h)
         try:
             self._buf.release()

@@ -422,6 +422,56 @@ class TestCloseWhileReading:
         assert out in ([1], ["closed"]) and r.closed
 
 
+class _WriterSpy:
+    """Stands in for edgepipe.frames.lib on the writer side: holds ep_latest_publish open for a while and
+    counts publishes still running when ep_latest_writer_close (which frees the handle) is called."""
+
+    def __init__(self, real):
+        self._real = real
+        self.in_publish = threading.Event()
+        self.closing = threading.Event()
+        self.busy = 0
+        self.overlaps = 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def ep_latest_publish(self, h):
+        self.busy += 1
+        self.in_publish.set()
+        self.closing.wait(0.5)  # a racing close() would free h now
+        try:
+            return self._real.ep_latest_publish(h)
+        finally:
+            self.busy -= 1
+
+    def ep_latest_writer_close(self, h):
+        self.closing.set()
+        self.overlaps += self.busy
+        return self._real.ep_latest_writer_close(h)
+
+
+class TestCloseWhileWriting:
+    def test_close_never_frees_the_writer_under_a_running_publish(self, slot, monkeypatch):
+        """close() from another thread while write_frame is inside ep_latest_publish waits for that call
+        before it frees the writer; the frame is published and the reader gets it."""
+        import edgepipe.frames as frames
+
+        spy = _WriterSpy(frames.lib)
+        monkeypatch.setattr(frames, "lib", spy)
+        w, r = slot.writer(), slot.reader()
+        out = []
+        t = threading.Thread(target=lambda: out.append(w.write_frame(_frame(7))))
+        t.start()
+        assert spy.in_publish.wait(5)
+        w.close()
+        t.join(5)
+        assert spy.overlaps == 0
+        assert out == [1] and w.closed
+        with r.read_frame(0) as f:
+            assert f.seq == 1
+
+
 class TestControlBlockScribbledAfterOpen:
     # offsets in struct ep_latest_ctl (csrc/ep_latest.c): slot_size 16, nbuf 32, the exchange word 128
     @pytest.mark.parametrize("end", ["writer", "reader"])
