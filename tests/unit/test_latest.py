@@ -363,33 +363,38 @@ def test_latest_slot_torn_frame_stress():
     _torn_frame_run(seconds=20.0, shape=(1024, 1024))
 
 
-class _LibSpy:
-    """Stands in for edgepipe.frames.lib: records C calls on a reader handle that overlap
-    ep_latest_reader_close (which frees the handle) and holds try_take open for a while."""
+class _CloseSpy:
+    """Stands in for edgepipe.frames.lib: holds the C call ``held`` open for a while (a racing close would
+    free the handle then) and counts such calls still running when ``close`` (which frees it) is called."""
 
-    def __init__(self, real):
+    def __init__(self, real, held: str, close: str):
         self._real = real
-        self.in_take = threading.Event()
+        self._held, self._close = held, close
+        self.in_call = threading.Event()
         self.closing = threading.Event()
         self.busy = 0
         self.overlaps = 0
 
     def __getattr__(self, name):
+        if name == self._held:
+            return self._held_call
+        if name == self._close:
+            return self._close_call
         return getattr(self._real, name)
 
-    def ep_latest_try_take(self, h, give):
+    def _held_call(self, *args):
         self.busy += 1
-        self.in_take.set()
-        self.closing.wait(0.5)  # a racing close() would free h now
+        self.in_call.set()
+        self.closing.wait(0.5)
         try:
-            return self._real.ep_latest_try_take(h, give)
+            return getattr(self._real, self._held)(*args)
         finally:
             self.busy -= 1
 
-    def ep_latest_reader_close(self, h):
+    def _close_call(self, h):
         self.closing.set()
         self.overlaps += self.busy
-        return self._real.ep_latest_reader_close(h)
+        return getattr(self._real, self._close)(h)
 
 
 class TestCloseWhileReading:
@@ -399,7 +404,7 @@ class TestCloseWhileReading:
         call before it frees the reader (no use after free); the read then returns or raises RingClosedError."""
         import edgepipe.frames as frames
 
-        spy = _LibSpy(frames.lib)
+        spy = _CloseSpy(frames.lib, "ep_latest_try_take", "ep_latest_reader_close")
         monkeypatch.setattr(frames, "lib", spy)
         w, r = slot.writer(), slot.reader()
         w.write_frame(_frame(1))
@@ -415,40 +420,11 @@ class TestCloseWhileReading:
 
         t = threading.Thread(target=read)
         t.start()
-        assert spy.in_take.wait(5)
+        assert spy.in_call.wait(5)
         r.close()
         t.join(5)
         assert spy.overlaps == 0
         assert out in ([1], ["closed"]) and r.closed
-
-
-class _WriterSpy:
-    """Stands in for edgepipe.frames.lib on the writer side: holds ep_latest_publish open for a while and
-    counts publishes still running when ep_latest_writer_close (which frees the handle) is called."""
-
-    def __init__(self, real):
-        self._real = real
-        self.in_publish = threading.Event()
-        self.closing = threading.Event()
-        self.busy = 0
-        self.overlaps = 0
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def ep_latest_publish(self, h):
-        self.busy += 1
-        self.in_publish.set()
-        self.closing.wait(0.5)  # a racing close() would free h now
-        try:
-            return self._real.ep_latest_publish(h)
-        finally:
-            self.busy -= 1
-
-    def ep_latest_writer_close(self, h):
-        self.closing.set()
-        self.overlaps += self.busy
-        return self._real.ep_latest_writer_close(h)
 
 
 class TestCloseWhileWriting:
@@ -457,13 +433,13 @@ class TestCloseWhileWriting:
         before it frees the writer; the frame is published and the reader gets it."""
         import edgepipe.frames as frames
 
-        spy = _WriterSpy(frames.lib)
+        spy = _CloseSpy(frames.lib, "ep_latest_publish", "ep_latest_writer_close")
         monkeypatch.setattr(frames, "lib", spy)
         w, r = slot.writer(), slot.reader()
         out = []
         t = threading.Thread(target=lambda: out.append(w.write_frame(_frame(7))))
         t.start()
-        assert spy.in_publish.wait(5)
+        assert spy.in_call.wait(5)
         w.close()
         t.join(5)
         assert spy.overlaps == 0
