@@ -72,7 +72,9 @@ def _serve(frames, reply, det, pb, config) -> int:
             return 0
         try:
             t_recv = now_ns()
-            seq, capture_ns = f.seq, f.capture_ns
+            # f.publish_ns: the dispatcher's stamp in the frame header, taken after its copy and before its
+            # commit, so it never follows our receive (a stamp taken after try_write returned could)
+            seq, capture_ns, dispatched_ns = f.seq, f.capture_ns, f.publish_ns
             if budget_ns and capture_ns and t_recv - capture_ns > budget_ns:
                 reply(T_DROPPED, _SEQ.pack(seq) + f"age {(t_recv - capture_ns) / 1e6:.1f} ms".encode())
                 continue
@@ -94,6 +96,7 @@ def _serve(frames, reply, det, pb, config) -> int:
         dets = msg.detections
         for b in boxes:
             dets.boxes.add(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max, score=b.score, label="text")
+        msg.stamps.publish_ns.append(dispatched_ns)  # the dispatcher's publish onto our frame ring
         msg.stamps.publish_ns.append(now_ns())  # this publish onto the results ring
         reply(T_RESULT, _SEQ.pack(seq) + msg.SerializeToString())
 

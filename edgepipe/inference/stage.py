@@ -86,7 +86,6 @@ class _InFlight:
     source_id: int
     in_publish_ns: int
     recv_ns: int
-    dispatch_ns: int
 
 
 class _Slot:
@@ -397,7 +396,7 @@ class InferenceStage(Stage):
                     continue
                 if not slot.inflight:
                     slot.last_progress = time.monotonic()  # an idle worker starts its clock now
-                slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv, now_ns()))
+                slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv))
                 self.counters["dispatched"] += 1
                 return
 
@@ -497,10 +496,10 @@ class InferenceStage(Stage):
         st.seq = e.seq
         st.capture_ns = e.capture_ns
         st.source = str(e.source_id)
-        # the worker stamped its receive and its publish; add the hops on either side of it, in order
+        # the worker stamped its receive, the dispatch publish (from its frame's header) and its own publish;
+        # add the hops on either side of it, in order
         st.receive_ns.insert(0, e.recv_ns)
         st.receive_ns.append(t_rx)
-        st.publish_ns.insert(0, e.dispatch_ns)
         st.publish_ns.insert(0, e.in_publish_ns)
         st.publish_ns.append(now_ns())
         data = msg.SerializeToString()
