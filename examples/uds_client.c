@@ -132,6 +132,11 @@ static int print_envelope(const Edgepipe__V1__Envelope *env)
         for (size_t i = 0; i < st->n_rings; i++)
             printf(" [%s written=%" PRIu64 " read=%" PRIu64 "]", st->rings[i]->name,
                    st->rings[i]->records_written, st->rings[i]->records_read);
+        for (size_t i = 0; i < st->n_stages; i++)  /* the supervisor's roll-up only */
+            printf(" {%s %s pid=%d restarts=%u}", st->stages[i]->name, st->stages[i]->state,
+                   st->stages[i]->pid, st->stages[i]->restarts);
+        for (size_t i = 0; i < st->n_budgets; i++)
+            printf(" budget[%s]=%" PRIu64 "ns", st->budgets[i]->part, st->budgets[i]->budget_ns);
         printf("\n");
         return 0;
     }

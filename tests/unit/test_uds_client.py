@@ -67,6 +67,9 @@ class TestCClient:
             msgs = [
                 Envelope(stats=pb.Stats(stage_name="imu", t_ns=99, rings=[
                     pb.RingCounters(name="samples", records_written=1000, records_read=998)])),
+                Envelope(stats=pb.Stats(stage_name="pipeline:p", t_ns=100,
+                                        stages=[pb.StageState(name="imu", state="backoff", pid=4321, restarts=2)],
+                                        budgets=[pb.LatencyBudget(part="end_to_end", budget_ns=5_000_000)])),
                 Envelope(imu_sample=pb.ImuSample(
                     stamps=stamps, gyro=pb.Vec3(x=0.01, y=-0.02, z=0.5), accel=pb.Vec3(z=9.81),
                     orientation=pb.Quaternion(w=1.0), temperature=pb.Celsius(value=36.5))),
@@ -90,6 +93,7 @@ class TestCClient:
         assert out.splitlines() == [
             f"welcome session={s.id} server_pid={os.getpid()} protocol=1.0",
             "stats stage=imu t_ns=99 rings=1 [samples written=1000 read=998]",
+            "stats stage=pipeline:p t_ns=100 rings=0 {imu backoff pid=4321 restarts=2} budget[end_to_end]=5000000ns",
             "imu_sample source=imu0 seq=41 capture_ns=123456789 gyro=(0.010,-0.020,0.500) "
             "accel=(0.000,0.000,9.810) q=(1.0000,0.0000,0.0000,0.0000) temperature_c=36.5",
             "imu_sample source=imu0 seq=42 capture_ns=0 gyro=(0.000,0.000,0.000) accel=(0.000,0.000,0.000)",

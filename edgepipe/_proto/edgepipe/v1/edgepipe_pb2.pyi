@@ -119,7 +119,7 @@ class Attach(_message.Message):
     def __init__(self, rings: _Optional[_Iterable[_Union[RingDescriptor, _Mapping]]] = ...) -> None: ...
 
 class RingCounters(_message.Message):
-    __slots__ = ("name", "records_written", "records_read", "bytes_written", "bytes_read", "full_events", "dropped", "used", "capacity")
+    __slots__ = ("name", "records_written", "records_read", "bytes_written", "bytes_read", "full_events", "dropped", "used", "capacity", "mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RECORDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     RECORDS_READ_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class RingCounters(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     records_written: int
     records_read: int
@@ -138,7 +139,8 @@ class RingCounters(_message.Message):
     dropped: int
     used: int
     capacity: int
-    def __init__(self, name: _Optional[str] = ..., records_written: _Optional[int] = ..., records_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., full_events: _Optional[int] = ..., dropped: _Optional[int] = ..., used: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., records_written: _Optional[int] = ..., records_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., full_events: _Optional[int] = ..., dropped: _Optional[int] = ..., used: _Optional[int] = ..., capacity: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class LatencyHistogram(_message.Message):
     __slots__ = ("name", "bounds_ns", "counts", "min_ns", "max_ns", "sum_ns", "budget_violations")
@@ -159,16 +161,50 @@ class LatencyHistogram(_message.Message):
     def __init__(self, name: _Optional[str] = ..., bounds_ns: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., min_ns: _Optional[int] = ..., max_ns: _Optional[int] = ..., sum_ns: _Optional[int] = ..., budget_violations: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("stage_name", "t_ns", "rings", "latencies")
+    __slots__ = ("stage_name", "t_ns", "rings", "latencies", "stages", "budgets")
     STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     T_NS_FIELD_NUMBER: _ClassVar[int]
     RINGS_FIELD_NUMBER: _ClassVar[int]
     LATENCIES_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     stage_name: str
     t_ns: int
     rings: _containers.RepeatedCompositeFieldContainer[RingCounters]
     latencies: _containers.RepeatedCompositeFieldContainer[LatencyHistogram]
-    def __init__(self, stage_name: _Optional[str] = ..., t_ns: _Optional[int] = ..., rings: _Optional[_Iterable[_Union[RingCounters, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[LatencyHistogram, _Mapping]]] = ...) -> None: ...
+    stages: _containers.RepeatedCompositeFieldContainer[StageState]
+    budgets: _containers.RepeatedCompositeFieldContainer[LatencyBudget]
+    def __init__(self, stage_name: _Optional[str] = ..., t_ns: _Optional[int] = ..., rings: _Optional[_Iterable[_Union[RingCounters, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[LatencyHistogram, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageState, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[LatencyBudget, _Mapping]]] = ...) -> None: ...
+
+class StageState(_message.Message):
+    __slots__ = ("name", "kind", "state", "pid", "restarts", "error", "received", "emitted", "dropped")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    EMITTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    state: str
+    pid: int
+    restarts: int
+    error: str
+    received: int
+    emitted: int
+    dropped: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., error: _Optional[str] = ..., received: _Optional[int] = ..., emitted: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class LatencyBudget(_message.Message):
+    __slots__ = ("part", "budget_ns")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_NS_FIELD_NUMBER: _ClassVar[int]
+    part: str
+    budget_ns: int
+    def __init__(self, part: _Optional[str] = ..., budget_ns: _Optional[int] = ...) -> None: ...
 
 class Stop(_message.Message):
     __slots__ = ("reason", "grace_ns")
