@@ -134,7 +134,8 @@ class Pipeline:
             ``False``: nowhere).
         control_socket: a Unix socket path where an :class:`edgepipe.server.Server` publishes Stats:
             each stage's as it arrives, and every stats interval the pipeline's roll-up (``stage_name``
-            ``"pipeline:<name>"``: every ring's counters and every latency part's histogram). Clients
+            ``"pipeline:<name>"``: every stage's state, pid and restarts, every ring's counters, every latency
+            part's histogram and the budgets). Clients
             connect with ``Client.connect(path, role="monitor", subscribe=["stats"])``, as ``edgepipe top
             --socket`` does. Default: next to the stats file when that is on; ``False``: no socket.
 
@@ -412,8 +413,17 @@ class Pipeline:
         for name, ln in self.link_stats().items():
             st.rings.append(pb.RingCounters(name=name, records_written=ln["records_written"],
                                             records_read=ln["records_read"], full_events=ln["full_events"],
-                                            dropped=ln["dropped"], used=ln["used"], capacity=ln["capacity"]))
+                                            dropped=ln["dropped"], used=ln["used"], capacity=ln["capacity"],
+                                            mode=ln["mode"]))
         st.latencies.extend(self.latency().to_proto())
+        from edgepipe.top import stage_counts  # top imports this module lazily: no cycle
+
+        for name, d in self.stage_stats().items():
+            received, emitted, dropped = stage_counts(d)
+            st.stages.append(pb.StageState(name=name, kind=d.get("kind") or "", state=d["state"], pid=d["pid"] or 0,
+                                           restarts=d["restarts"], error=d.get("error") or "",
+                                           received=received or 0, emitted=emitted or 0, dropped=dropped))
+        st.budgets.extend(pb.LatencyBudget(part=k, budget_ns=v) for k, v in self.spec.budgets_ns().items())
         return st
 
     def _publish(self, env: Envelope) -> None:

@@ -6,9 +6,9 @@ atomically). ``top`` finds the snapshots whose supervisor is alive and draws the
 rate, fill and drops, per stage its state, pid and restarts, per latency part p50/p99 against its budget.
 
 ``top --socket PATH`` reads the same numbers the protocol way instead: it connects to the supervisor's
-control socket as a monitor, subscribes to Stats, and draws the rings and latency parts from the
-pipeline's roll-up Stats (budgets and stage states are not in Stats; any program that speaks the
-``edgepipe.v1`` protocol can do the same, see ``examples/uds_client.c``).
+control socket as a monitor, subscribes to Stats, and draws the same tables from the pipeline's roll-up
+Stats: its ``stages`` (state, pid, restarts, counters), ``rings``, ``latencies`` and ``budgets``. Any
+program that speaks the ``edgepipe.v1`` protocol can do the same, see ``examples/uds_client.c``.
 
 >>> live = {"name": "p", "pid": 1, "uptime_s": 2.0, "stages": {}, "links": {}, "parts": []}
 >>> from rich.console import Console
@@ -60,10 +60,24 @@ def load_live(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def stage_counts(s: dict[str, Any]) -> tuple[Any, Any, int]:
+    """A stage's (received, emitted, dropped) from its stats dict, whatever its counters are called
+    (received/frames_in, emitted/published/results, dropped or dropped[<link>: ...]); "" when absent.
+    The supervisor fills ``StageState`` with the same numbers.
+
+    >>> stage_counts({"received": 3, "emitted": 2, "dropped[a: full]": 1})
+    (3, 2, 1)
+    """
+    dropped = s.get("dropped", 0) or sum(v for k, v in s.items() if k.startswith("dropped[") and isinstance(v, int))
+    return (s.get("received", s.get("frames_in", "")), s.get("emitted", s.get("published", s.get("results", ""))),
+            dropped or 0)
+
+
 def live_from_stats(rollup, stage_stats: dict[str, Any] | None = None, prev=None,
                     pid: int | None = None) -> dict[str, Any]:
     """A snapshot in :func:`render_live`'s shape from a pipeline's roll-up ``edgepipe.v1.Stats`` (and the
-    previous one, for ring rates; and the latest Stats of each stage, by name).
+    previous one, for ring rates; and the latest Stats of each stage, by name, used for a stage the roll-up's
+    ``stages`` does not list, as an older supervisor's roll-up lists none).
 
     >>> from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
     >>> st = pb.Stats(stage_name="pipeline:p", t_ns=2_000_000_000,
@@ -72,28 +86,38 @@ def live_from_stats(rollup, stage_stats: dict[str, Any] | None = None, prev=None
     >>> live = live_from_stats(st, prev=old)
     >>> live["links"]["a"]["rate_hz"], live["links"]["a"]["fill"]
     (20.0, 0.015625)
+    >>> st.stages.extend([pb.StageState(name="sink", kind="check", state="failed", pid=7, restarts=2, error="x")])
+    >>> live_from_stats(st)["stages"]["sink"]["restarts"]
+    2
     """
-    from edgepipe.report import LatencyBook, budget_for, percentiles
+    from edgepipe.report import E2E, LatencyBook, budget_for, percentiles
 
     links = {}
     before = {r.name: r for r in prev.rings} if prev is not None else {}
     dt = (rollup.t_ns - prev.t_ns) / 1e9 if prev is not None and rollup.t_ns > prev.t_ns else 0.0
     for r in rollup.rings:
         p = before.get(r.name)
-        links[r.name] = {"mode": "", "records_written": r.records_written, "records_read": r.records_read,
+        links[r.name] = {"mode": r.mode, "records_written": r.records_written, "records_read": r.records_read,
                          "fill": r.used / r.capacity if r.capacity else 0.0, "dropped": r.dropped,
                          "rate_hz": (r.records_written - p.records_written) / dt if p is not None and dt else 0.0}
-    book = LatencyBook([], [])
+    budgets = {b.part: b.budget_ns for b in rollup.budgets}
+    book = LatencyBook([], [], budgets)
     book.merge_proto(rollup.latencies)
     parts = []
     for name in book.order:
         h = book.hists[name]
         p50, p99 = percentiles(h, (50.0, 99.0))
+        b = budget_for(name, budgets)
         parts.append({"part": name, "count": h.get_total_count(), "p50_ms": p50 / 1e6, "p99_ms": p99 / 1e6,
-                      "max_ms": h.get_max_value() / 1e6, "budget_ms": budget_for(name, {}),
+                      "max_ms": h.get_max_value() / 1e6, "budget_ms": None if b is None else b / 1e6,
                       "violations": book.violations.get(name, 0)})
-    stages = {}
+    parts.sort(key=lambda p: (p["part"] == E2E, p["part"].startswith(E2E)))  # as Pipeline.live() orders them
+    stages = {s.name: {"state": s.state, "kind": s.kind, "pid": s.pid or "", "restarts": s.restarts,
+                       "error": s.error, "received": s.received, "emitted": s.emitted, "dropped": s.dropped}
+              for s in rollup.stages}
     for name, st in (stage_stats or {}).items():
+        if name in stages:
+            continue
         stages[name] = {"state": "running", "kind": "", "pid": "", "restarts": "",
                         "received": sum(r.records_read for r in st.rings if r.bytes_read) or "",
                         "emitted": sum(r.records_written for r in st.rings if r.bytes_written) or ""}
@@ -119,12 +143,11 @@ def render_live(live: dict[str, Any]):
     for c in ("stage", "kind", "state", "pid", "restarts", "received", "emitted", "dropped", "error"):
         st.add_column(c, justify="left" if c in ("stage", "kind", "state", "error") else "right")
     for name, s in live.get("stages", {}).items():
-        dropped = s.get("dropped", 0) or sum(v for k, v in s.items() if k.startswith("dropped[") and isinstance(v, int))
+        received, emitted, dropped = stage_counts(s)
         state = s.get("state", "?")
         style = {"running": "green", "failed": "red", "backoff": "yellow"}.get(state, "")
         st.add_row(name, str(s.get("kind") or ""), f"[{style}]{state}[/]" if style else state, str(s.get("pid") or ""),
-                   str(s.get("restarts", 0)), str(s.get("received", s.get("frames_in", ""))),
-                   str(s.get("emitted", s.get("published", s.get("results", "")))), str(dropped or 0),
+                   str(s.get("restarts", 0)), str(received), str(emitted), str(dropped),
                    escape((s.get("error") or "")[:60]))
     rt = Table(title="rings", title_justify="left")
     for c in ("link", "mode", "rate/s", "fill", "queued", "written", "dropped"):

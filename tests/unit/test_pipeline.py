@@ -322,7 +322,8 @@ _SUPERVISOR = textwrap.dedent("""
     from edgepipe import Pipeline, CounterStage, RelayStage, CheckStage
     p = Pipeline([CounterStage("src", rate_hz=1000, outputs={"out": "a"}),
                   RelayStage("mid", inputs={"in": "a"}, outputs={"out": "b"}),
-                  CheckStage("sink", inputs={"in": "b"})], stats_interval_s=0.1, stats_path=sys.argv[1])
+                  CheckStage("sink", inputs={"in": "b"})], stats_interval_s=0.1, stats_path=sys.argv[1],
+                 budgets={"end_to_end": 250, "mid": 40})
     code = p.run()
     p.write_report(sys.argv[2], png=False)
     sys.exit(code)
@@ -346,6 +347,15 @@ def _start_supervisor(tmp_path):
         time.sleep(0.05)
 
 
+def _table_rows(text: str, title: str, next_title: str | None) -> dict[str, list[str]]:
+    """The rows of one of `top`'s tables in a recorded console's text: first cell -> the other cells."""
+    lines = text.splitlines()
+    start = lines.index(next(ln for ln in lines if ln.strip() == title))
+    end = next((i for i in range(start, len(lines)) if lines[i].strip() == next_title), len(lines))
+    return {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+            for ln in lines[start:end] if ln.count("│") > 3}
+
+
 class TestSupervisorProcess:
     def test_kill_9_of_the_supervisor_leaves_no_stage_and_no_segment(self, tmp_path):
         """SIGKILL to the supervisor: every stage process is gone within 3 s and /dev/shm is unchanged."""
@@ -364,11 +374,30 @@ class TestSupervisorProcess:
         """SIGTERM: the sources stop first, everything in flight reaches the sink, exit status 0."""
         before = _shm()
         proc, pids = _start_supervisor(tmp_path)
-        # meanwhile the control socket publishes Stats: `edgepipe top --socket` draws rings and parts from them
+        # meanwhile the control socket publishes Stats: `edgepipe top --socket` draws the same tables from them
+        # as from the stats file: stage state, pid and restarts, rings, and latency parts against their budgets
         con = Console(width=150, record=True)
         assert run_top(socket=str(tmp_path / "stats.sock"), once=True, console=con) == 0
         text = con.export_text()
         assert "pipeline " in text and " a " in text and " b " in text and "end_to_end[sink]" in text
+        stages, parts = _table_rows(text, "stages", "rings"), _table_rows(text, "latency (ms)", None)
+        for name, pid in zip(("src", "mid", "sink"), pids):
+            kind, state, shown_pid, restarts = stages[name][:4]
+            assert (state, shown_pid, restarts) == ("running", str(pid), "0"), stages[name]
+        assert (stages["src"][0], stages["sink"][0]) == ("counter", "check")
+        assert int(stages["src"][5]) > 0 and int(stages["sink"][4]) > 0  # emitted, received
+        # the budget column: end_to_end's covers end_to_end[sink], a stage's own part has its own, others none
+        assert (parts["end_to_end[sink]"][4], parts["mid"][4], parts["a"][4]) == ("250.0", "40.0", "-"), parts
+        file_con = Console(width=150, record=True)
+        assert run_top(str(tmp_path / "stats.json"), once=True, console=file_con) == 0
+        def heads(t):  # the column names of every table
+            return [ln.replace("┃", " ").split() for ln in t.splitlines() if ln.startswith("┃")]
+
+        file_text = file_con.export_text()
+        assert len(heads(text)) == 3 and heads(text) == heads(file_text)
+        assert _table_rows(file_text, "latency (ms)", None)["mid"][4] == "40.0"
+        modes = [_table_rows(t, "rings", "latency (ms)")["a"][0] for t in (text, file_text)]
+        assert modes == ["lossless", "lossless"]
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
