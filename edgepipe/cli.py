@@ -322,24 +322,50 @@ def _bench_dir(given: str | None) -> str | None:
     return None
 
 
+def _bench_flags(path: str) -> tuple[bool, bool]:
+    """(takes --seconds, takes --json) for one benchmark script, read from its source: a script built on
+    _common.parse_args takes both; one with its own argparse takes what it declares; one without argparse
+    gets --seconds (it may read sys.argv itself) and no --json."""
+    try:
+        with open(path) as f:
+            src = f.read()
+    except OSError:
+        return True, False
+    if "C.parse_args(" in src or "_common.parse_args(" in src:
+        return True, True
+    if "ArgumentParser(" in src:
+        return bool(re.search(r"""['"]--seconds['"]""", src)), bool(re.search(r"""['"]--json['"]""", src))
+    return True, False
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     d = _bench_dir(args.dir)
     if d is None:
         print("edgepipe bench: no benchmarks/ directory found (run it from a source checkout, or pass --dir)",
               file=sys.stderr)
         return 1
-    scripts = sorted(p for p in glob.glob(os.path.join(d, "*.py")) if not os.path.basename(p).startswith("_"))
+    # _*.py are helpers; test_*.py are pytest-benchmark files (run them with pytest)
+    scripts = sorted(p for p in glob.glob(os.path.join(d, "*.py"))
+                     if not os.path.basename(p).startswith(("_", "test_")))
     if args.only:
         scripts = [p for p in scripts if any(o in os.path.basename(p) for o in args.only)]
     if args.list:
         for p in scripts:
             print(os.path.basename(p))
         return 0
+    from edgepipe import _benchreport as br
+
     os.makedirs(args.out, exist_ok=True)
     rows = []
+    summaries = []
     for p in scripts:
         name = os.path.basename(p)[:-3]
-        cmd = [sys.executable, p, "--seconds", str(args.seconds)]
+        takes_seconds, takes_json = _bench_flags(p)
+        jpath = os.path.abspath(os.path.join(args.out, f"{name}.json"))
+        if takes_json and os.path.exists(jpath):
+            os.unlink(jpath)  # a stale file from an earlier run must not pass for this run's numbers
+        cmd = [sys.executable, p] + (["--seconds", str(args.seconds)] if takes_seconds else []) + \
+              (["--json", jpath] if takes_json else [])
         print(f"bench: {' '.join(cmd[1:])}", flush=True)
         t0 = time.monotonic()
         try:
@@ -352,12 +378,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f.write(out)
         rows.append((name, code, dt))
         print(f"bench: {name}: exit {code} in {dt:.1f} s", flush=True)
+        if takes_json:
+            s = br.load(name, jpath)
+        else:
+            s = br.Script(name, error="no --json option: numbers only in its output file")
+        if s.error and code != 0:
+            s.error += f" (exit {code})"
+        if br.plot(s, os.path.join(args.out, f"{name}.png")):
+            print(f"bench: {name}: plot {name}.png", flush=True)
+        summaries.append(s)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(br.markdown(summaries))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(br.as_json(summaries), f, indent=1)
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(f"# edgepipe bench\n\n`edgepipe bench --seconds {args.seconds}`; one file per benchmark holds its "
-                f"full output (machine, numbers, goals).\n\n| benchmark | exit | wall s |\n|---|--:|--:|\n")
+                f"full output (machine, numbers, goals), one .json its numbers.\n\n"
+                f"| benchmark | exit | wall s |\n|---|--:|--:|\n")
         for name, code, dt in rows:
             f.write(f"| [{name}]({name}.txt) | {code} | {dt:.1f} |\n")
-        f.write("\n![wall time per benchmark](bench.png)\n")
+        f.write("\n![wall time per benchmark](bench.png)\n\n")
+        f.write(br.markdown(summaries))
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -369,7 +410,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "bench.png"), dpi=90)
     plt.close(fig)
-    print(f"bench: report in {os.path.join(args.out, 'README.md')}")
+    console = _console()
+    for t in br.rich_tables(summaries):
+        console.print(t)
+    print(f"bench: report in {os.path.join(args.out, 'README.md')} (summary.md, summary.json, one PNG per benchmark)")
     return 0 if all(r[1] == 0 for r in rows) else 1
 
 
@@ -428,9 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "video backends. Exit 1 if a check failed.")
     dc.set_defaults(func=cmd_doctor)
     b = sub.add_parser("bench", help="run the benchmark scripts and write a report",
-                       description="Run every benchmarks/*.py (from a source checkout) with --seconds, keep each "
-                                   "one's output, and write README.md with a plot into --out.")
-    b.add_argument("--seconds", type=float, default=2.0, help="passed to each benchmark (default 2)")
+                       description="Run every benchmarks/*.py (from a source checkout; not _*.py or the pytest "
+                                   "file test_*.py) with --seconds and --json, keep each one's output and JSON, and "
+                                   "write into --out: README.md (exit codes, wall times, and a summary of every "
+                                   "case's headline number and every PASS/FAIL goal line), summary.md, "
+                                   "summary.json, and a bar chart per benchmark (NAME.png). The summary is also "
+                                   "printed. A script without --json, or whose JSON cannot be read, is listed as such.")
+    b.add_argument("--seconds", type=float, default=2.0, help="passed to each benchmark that takes it (default 2)")
     b.add_argument("--out", default="edgepipe-bench", help="report directory (default ./edgepipe-bench)")
     b.add_argument("--only", action="append", metavar="NAME", help="only benchmarks whose file name contains NAME (repeatable)")
     b.add_argument("--dir", help="the benchmarks directory (default: ./benchmarks, or the source checkout's)")
