@@ -44,18 +44,22 @@ def _ref_tilt(t_s: float, rec) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, 1 - 2 * (x * x + y * y)))))
 
 
-def _reference_boxes() -> dict[str, list[tuple[int, int, int, int]]]:
-    """The bundled detector's boxes on each bundled page, computed here, in this process."""
+def _reference_boxes() -> dict[tuple[str, tuple[int, int]], list[tuple[int, int, int, int]]]:
+    """The bundled detector's boxes on each bundled page, computed here, in this process, for every input size
+    a worker can have: a detector fixes its input size from the first frame it sees (`fit_input_hw`) and
+    resizes later frames to it, and which page reaches each demo worker first depends on timing."""
     import cv2
 
-    from edgepipe import TextDetector
+    from edgepipe import TextDetector, fit_input_hw
 
-    det = TextDetector()
     d = os.path.join(os.path.dirname(os.path.abspath(__import__("edgepipe").__file__)), "data", "video", "text")
+    pages = {name: cv2.imread(os.path.join(d, name)) for name in sorted(os.listdir(d))}
     out = {}
-    for name in sorted(os.listdir(d)):
-        boxes = det.detect(cv2.imread(os.path.join(d, name)))
-        out[name] = [(round(b.x_min), round(b.y_min), round(b.x_max), round(b.y_max)) for b in boxes]
+    for hw in sorted({fit_input_hw(img.shape[:2]) for img in pages.values()}):
+        det = TextDetector(input_hw=hw)
+        for name, img in pages.items():
+            boxes = det.detect(img)
+            out[name, hw] = [(round(b.x_min), round(b.y_min), round(b.x_max), round(b.y_max)) for b in boxes]
     return out
 
 
