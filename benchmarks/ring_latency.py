@@ -687,6 +687,9 @@ def fmt_ns(v) -> str:
 
 def report(rows: list[dict]) -> dict:
     lat = [r for r in rows if r["group"] in ("busy-poll", "blocking")]
+    for r in lat:  # a case that completed no round trip (a very short run on a loaded machine) has no p50
+        if r["ok"] and not r.get("n"):
+            r["ok"], r["error"] = False, "no round trip completed in the measured time (use more --seconds)"
     best = {}
     for g in ("busy-poll", "blocking"):
         peers = [r for r in lat if r["ok"] and r["group"] == g and not r["edgepipe"]]
