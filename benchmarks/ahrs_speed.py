@@ -100,13 +100,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--n1", type=int, default=20_000, help="callgrind: samples in the first run")
     p.add_argument("--n2", type=int, default=120_000, help="callgrind: samples in the second run")
     p.add_argument("--no-callgrind", action="store_true", help="skip the callgrind counts")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
     a = p.parse_args()
     if a.samples < 1000 or a.ref_samples < 10 or a.repeats < 1 or not 0 < a.n1 < a.n2:
         p.error(f"need samples >= 1000, ref-samples >= 10, repeats >= 1, 0 < n1 < n2; got {vars(a)}")
     return a
 
 
-def header(args) -> None:
+def header(args) -> dict:
     env = C.environment()
     for dist in ("ahrs", "imufusion"):
         env[dist] = C._version(dist)
@@ -119,6 +120,7 @@ def header(args) -> None:
         print(f"  {k:<13} {v}")
     print(f"  {'argv':<13} {' '.join(sys.argv)}")
     print(flush=True)
+    return env
 
 
 def inputs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +172,7 @@ def callgrind_ir(exe: Path, mode: str, n: int) -> int:
 
 def main() -> None:
     args = parse()
-    header(args)
+    env = header(args)
     n = args.samples
     gyr, acc, mag = inputs(n)
     rows = []
@@ -255,6 +257,11 @@ def main() -> None:
 
     print(C.table(["case", "ns/update", "net ns", "what"], rows))
     print()
+    # for --json (and `edgepipe bench`): one row per case, ns per update as the headline (update_ns)
+    C.write_json(args.json, env, args, [
+        {"case": r[0], "edgepipe": not r[0].startswith(("ahrs", "imufusion")), "update_ns": float(r[1]),
+         **({"net_update_ns": float(r[2])} if r[2] else {}), "what": r[3]}
+        for r in rows if r[1] != "n/a"])
 
     if exe and not args.no_callgrind and shutil.which("valgrind"):
         cg = []

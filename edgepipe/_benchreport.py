@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 # the headline number of a row, in order of preference; lower is better for every key ending in _ns / _us
 # / .p99 / median / min, higher for rates
 HEADLINE_KEYS = ("p50_ns", "msgs_per_s", "fps", "frames_per_s", "jit.p99", "rate_hz", "cpu_ns_per_sample",
-                 "cpu_pct", "median", "min")
+                 "update_ns", "cpu_pct", "median", "min")
 # the second number shown beside the headline, when the row holds it
 EXTRA_KEYS = {"p50_ns": "p99_ns", "jit.p99": "jit.p999", "median": "min"}
 # bookkeeping fields that are never a headline

@@ -62,6 +62,19 @@ class TestSummary:
         assert by["dead"].value is None and by["dead"].error == "skipped: not installed"
         assert [(g.verdict, g.name, g.round) for g in s.goals] == [("FAIL", "rate", "")]
 
+    def test_ahrs_speed_json_has_ns_per_update(self, tmp_path):
+        """ahrs_speed.py's own --json gives one case per filter call, ns per update as the headline, the
+        reference filters marked as peers."""
+        out = tmp_path / "ahrs_speed.json"
+        r = subprocess.run([sys.executable, str(BENCH / "ahrs_speed.py"), "--samples", "2000", "--ref-samples", "20",
+                            "--repeats", "1", "--no-callgrind", "--json", str(out)],
+                           capture_output=True, text=True, timeout=120, cwd=BENCH.parent)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        cases = {c.case: c for c in br.summarize("ahrs_speed", json.loads(out.read_text())).cases}
+        assert cases["batch imu"].metric == "update_ns" and cases["batch imu"].edgepipe
+        assert 0 < cases["batch imu"].value < cases["per-sample imu"].value
+        assert not cases["ahrs imu"].edgepipe and cases["ahrs imu"].value > cases["per-sample imu"].value
+
     def test_rows_outside_rows_are_found(self):
         """A script with its own tables (callgrind_pair: rows [] plus "native") still gets a summary."""
         s = br.summarize("cg", {"rows": [], "native": [{"kind": "ring", "mode": "stream", "min": 5.0, "median": 6.0}]})
@@ -80,10 +93,11 @@ class TestSummary:
 
 class TestBenchCommand:
     def test_flags_read_from_the_real_scripts(self):
-        """Scripts on _common.parse_args get --seconds and --json; ahrs_speed (own argparse) gets neither."""
+        """Scripts on _common.parse_args get --seconds and --json; ahrs_speed (own argparse) gets only the
+        --json it declares, not --seconds."""
         assert _bench_flags(str(BENCH / "ring_latency.py")) == (True, True)
         assert _bench_flags(str(BENCH / "imu_loop.py")) == (True, True)
-        assert _bench_flags(str(BENCH / "ahrs_speed.py")) == (False, False)
+        assert _bench_flags(str(BENCH / "ahrs_speed.py")) == (False, True)
 
     def test_bench_passes_json_and_summarizes(self, tmp_path, capsys):
         """bench hands --json PATH to a parse_args-style script, plots its cases and prints the goal lines; a
