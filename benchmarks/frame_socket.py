@@ -17,7 +17,7 @@ seq, source), ~90 B serialized; ``--size N`` pads ``stamps.source`` to make it N
   AF_UNIX, protobuf + Python framing    like the TCP case, over a socketpair (isolates the transport)
   TCP 127.0.0.1, protobuf + Py framing  ``struct.pack('<I')`` + ``sendall``; recv the 4-byte header, then
                                         the payload; TCP_NODELAY; the connection made before the fork
-  Client.request via Server (protobuf)  edgepipe.server: the Client sends the Envelope, the Server's
+  Client.request via Server (protobuf)  edgepipe.control.server: the Client sends the Envelope, the Server's
                                         imu_sample handler returns it, the reply comes back matched by
                                         reply_to (compare with the FrameSocket protobuf row)
 Every 1024th echo is compared with what was sent (seq), so a lost or reordered message fails the case.
@@ -58,9 +58,9 @@ from array import array
 import _common as C
 
 from edgepipe import PeerClosedError
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
-from edgepipe.framing import Envelope, FrameSocket
-from edgepipe.server import Client, Server
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.control.framing import Envelope, FrameSocket
+from edgepipe.control.server import Client, Server
 
 WARM_NS = 300_000_000
 CHECK_MASK = 1023  # round trips: verify the echo and look at the clock every 1024
@@ -594,7 +594,7 @@ def zmq_tput_case(size: int, seconds: float):
 
 
 # ---------------------------------------------------------------------------------------------------
-# through the control-plane server (edgepipe.server)
+# through the control-plane server (edgepipe.control.server)
 
 
 def _server_path(tag: str):

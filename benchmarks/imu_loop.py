@@ -1,4 +1,4 @@
-"""The IMU sampling loop (csrc/ep_imu.c through edgepipe.imu.ImuStage): rate error, jitter, missed deadlines
+"""The IMU sampling loop (csrc/ep_imu.c through edgepipe.stages.imu.ImuStage): rate error, jitter, missed deadlines
 and CPU per wait mode, with the other core idle and busy; and the sustained maximum rate.
 
 Cases (each --seconds long, a synthetic source, a consumer thread draining the ring as ImuReader batches):
@@ -31,7 +31,7 @@ import numpy as np
 import _common as C
 
 from edgepipe import Ring
-from edgepipe.imu import ImuReader, ImuStage, SyntheticSource
+from edgepipe.stages.imu import ImuReader, ImuStage, SyntheticSource
 
 
 def busy_loop(cpu: int) -> None:  # runs in a forked child until killed
@@ -104,7 +104,7 @@ def main() -> None:
                        help="run the loop thread SCHED_FIFO at this priority (1..99) if the system allows")
 
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=10.0, size_default=None, extra=extra)
-    env = C.print_header("IMU sampling loop: jitter, rate, CPU (edgepipe.imu.ImuStage)", args)
+    env = C.print_header("IMU sampling loop: jitter, rate, CPU (edgepipe.stages.imu.ImuStage)", args)
     cpu_loop = args.cpus[0] if args.pin_loop else None
     cpu_other = args.cpus[1]
     rows, results = [], {}

@@ -20,7 +20,7 @@ Cases:
                           its own TextDetector of t threads, frames pickled to them (apply_async, 2 per worker
                           outstanding), boxes pickled back
   batch <b>               one session, 1 thread, batch of b frames: ms per frame (is micro-batching worth it?)
-  int8                    edgepipe.quantize on the bundled real frames: FP32 vs static INT8 latency at 1 and 2
+  int8                    edgepipe.stages.inference.quantize on the bundled real frames: FP32 vs static INT8 latency at 1 and 2
                           threads and mask IoU on the held-out text page
 
     python benchmarks/infer_throughput.py                       # ~5 s per case, ~1.5 minutes
@@ -41,7 +41,7 @@ import numpy as np
 import _common as C
 
 from edgepipe import InferenceStage, ModelSpec, Ring, RingTimeoutError, TextDetector, bundled_model_path
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.frames import FrameReader, FrameWriter
 
 HW = (480, 640)
@@ -254,7 +254,7 @@ def case_batch(frame, seconds: float) -> dict:
 
 
 def case_int8(runs: int) -> dict:
-    from edgepipe.quantize import quantize_model
+    from edgepipe.stages.inference.quantize import quantize_model
 
     with tempfile.TemporaryDirectory() as d:
         r = quantize_model(os.path.join(d, "det_int8.onnx"), input_hw=HW, runs=runs, log=None)

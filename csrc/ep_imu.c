@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 _Static_assert(sizeof ((struct ep_imu_config *)0)->fd == EP_IMU_NCH * sizeof(int32_t), "fd[]");
-_Static_assert(sizeof(struct ep_imu_sample) == 192, "the record layout edgepipe.imu mirrors");
+_Static_assert(sizeof(struct ep_imu_sample) == 192, "the record layout edgepipe.stages.imu mirrors");
 
 #define CHUNK_NS 20000000LL        /* longest uninterrupted sleep or device poll: the stop latency */
 #define GUARD_WINDOW 512           /* hybrid: wakes per guard re-estimate */

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import edgepipe
-from edgepipe.capture import CaptureStage, open_source, sample_video
+from edgepipe.stages.capture import CaptureStage, open_source, sample_video
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from edgepipe import PeerClosedError, Ring
-from edgepipe.imu import CsvSource, ImuReader, ImuStage, SyntheticSource
+from edgepipe.stages.imu import CsvSource, ImuReader, ImuStage, SyntheticSource
 
 
 def consumer(fd: int) -> int:

@@ -1,5 +1,5 @@
 """Print attitude (roll, pitch, yaw) live from the bundled NGIMU recording, replayed through the C sampling
-loop (edgepipe.imu.ImuStage) into a ring and read back as numpy batches.
+loop (edgepipe.stages.imu.ImuStage) into a ring and read back as numpy batches.
 
     python examples/imu_to_stdout.py                  # 5 s, the recording resampled to 1000 Hz, looping
     python examples/imu_to_stdout.py --seconds 12 --wait sleep --print-hz 5
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from edgepipe import Ring
-from edgepipe.imu import CsvSource, ImuReader, ImuStage, euler_deg
+from edgepipe.stages.imu import CsvSource, ImuReader, ImuStage, euler_deg
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgepipe import InferenceStage, ModelSpec, Ring, RingTimeoutError
 from edgepipe import messages as pb
-from edgepipe.capture import CaptureStage, sample_text_images
+from edgepipe.stages.capture import CaptureStage, sample_text_images
 from edgepipe.frames import FrameReader, FrameWriter
 
 

@@ -1,6 +1,6 @@
-"""Regenerate edgepipe/_proto/ from proto/ with grpcio-tools' bundled protoc.
+"""Regenerate src/edgepipe/control/_proto/ from proto/ with grpcio-tools' bundled protoc.
 
-    python tools/regen_proto.py            # rewrite edgepipe/_proto/edgepipe/v1/*_pb2.py(i) in place
+    python tools/regen_proto.py            # rewrite src/edgepipe/control/_proto/edgepipe/v1/*_pb2.py(i) in place
     python tools/regen_proto.py --out DIR  # write into DIR instead (tests/unit/test_proto.py does this)
 
 The protoc version is pinned (PROTOC_PACKAGE below) because its output, including the minimum protobuf
@@ -9,7 +9,7 @@ so the checked-in files only change when a schema does. Bump it together with py
 the protobuf>= line in [project].dependencies.
 
 The .proto files import nothing from each other today. If one ever does, protoc will emit
-``from edgepipe.v1 import x_pb2``, which must become ``from edgepipe._proto.edgepipe.v1 import x_pb2``:
+``from edgepipe.v1 import x_pb2``, which must become ``from edgepipe.control._proto.edgepipe.v1 import x_pb2``:
 add that rewrite here.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
-OUT_ROOT = ROOT / "edgepipe" / "_proto"
+OUT_ROOT = ROOT / "src" / "edgepipe" / "control" / "_proto"
 PROTOC_PACKAGE = "grpcio-tools==1.85.1"
 COMMAND = "python tools/regen_proto.py"
 
@@ -40,7 +40,7 @@ def check_protoc() -> None:
         have = None
     if have != want:
         sys.exit(
-            f"regenerating edgepipe/_proto needs {PROTOC_PACKAGE} (found {have or 'none'}): "
+            f"regenerating src/edgepipe/control/_proto needs {PROTOC_PACKAGE} (found {have or 'none'}): "
             f"pip install '{PROTOC_PACKAGE}'"
         )
 
@@ -57,7 +57,7 @@ def generate(out: Path) -> list[Path]:
         sys.exit(f"protoc failed: {' '.join(args)}")
     generated = sorted(p for p in out.rglob("*_pb2.py*"))
     for d in {p.parent for p in generated} | {out / "edgepipe"}:
-        # protoc writes no packages; the wheel needs them (setuptools finds edgepipe._proto.* by these).
+        # protoc writes no packages; the wheel needs them (setuptools finds edgepipe.control._proto.* by these).
         while d != out.parent and d.is_relative_to(out):
             (d / "__init__.py").touch()
             d = d.parent

@@ -86,7 +86,7 @@ def _check(out: str, rep: dict) -> None:
             assert float(score) > 0.5
         assert any(int(n) == len(ref) and all(max(abs(a - b) for a, b in zip(g, r)) <= 2 for g, r in zip(got, ref))
                    for ref in refs.values()), (got, refs)
-    # attitude: tilt within a few degrees of the device's own fusion (README of edgepipe/data/imu: a median of
+    # attitude: tilt within a few degrees of the device's own fusion (README of src/edgepipe/data/imu: a median of
     # 3.5 degrees over the recording); the resampled replay runs at 1000 Hz, so seq / 1000 is the time in s
     rec = load_recording("ngimu")
     diffs = [abs(_tilt_deg(float(r), float(p)) - _ref_tilt(int(s) / 1000.0, rec))

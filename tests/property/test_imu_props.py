@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgepipe import Ring
-from edgepipe.imu import ImuReader, ImuStage, IioSource
+from edgepipe.stages.imu import ImuReader, ImuStage, IioSource
 
 CHANNELS = ["in_accel_x", "in_accel_y", "in_accel_z", "in_anglvel_x", "in_anglvel_y", "in_anglvel_z"]
 

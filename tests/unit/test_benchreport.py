@@ -1,4 +1,4 @@
-"""The summary `edgepipe bench` writes from the benchmarks' --json files (edgepipe/_benchreport.py)."""
+"""The summary `edgepipe bench` writes from the benchmarks' --json files (src/edgepipe/cli/bench.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe import _benchreport as br
-from edgepipe.cli import _bench_flags, main
+from edgepipe.cli import bench as br
+from edgepipe.cli.main import _bench_flags, main
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CASES = ["edgepipe read() spin", "edgepipe read() park"]

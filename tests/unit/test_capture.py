@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgepipe import Ring
-from edgepipe.capture import CaptureStage, FileSource, PatternSource, open_source, sample_text_images, sample_video
+from edgepipe.stages.capture import CaptureStage, FileSource, PatternSource, open_source, sample_text_images, sample_video
 from edgepipe.errors import CameraNotFoundError, SourceFailedError, SourceOpenError
 from edgepipe.frames import FrameReader, FrameWriter, LatestSlot
 

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from edgepipe import Ring, runtime_dir
-from edgepipe.cli import build_parser, demo_spec, main
+from edgepipe.cli.main import build_parser, demo_spec, main
 
 SHM = "/dev/shm/edgepipe."
 
@@ -237,7 +237,7 @@ class TestDemoWiring:
     def test_demo_leaves_out_stages_whose_kind_is_missing(self, monkeypatch):
         """With the inference kind unavailable, the demo drops it and the sink behind it, names both, and
         keeps capture (its consumer gone, a dangling output is dropped too) and the IMU branch."""
-        from edgepipe import config
+        from edgepipe.pipeline import config
 
         monkeypatch.setitem(config._KINDS, "inference", config._Kind("edgepipe_nope:Stage", True))
         spec, missing = demo_spec()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgepipe import ConfigError, load_config, parse_config, register_stage, resolve_kind, stage_kinds
-from edgepipe.config import validate
+from edgepipe.pipeline.config import validate
 
 GOOD = """\
 [pipeline]
@@ -120,7 +120,7 @@ class TestKinds:
         assert stage_kinds()["test-missing"] == "edgepipe_no_such_module:Thing"
         with pytest.raises(ConfigError, match="edgepipe_no_such_module:Thing, which is not available"):
             resolve_kind("test-missing")
-        register_stage("test-counter", "edgepipe.pipeline:CounterStage")
+        register_stage("test-counter", "edgepipe.pipeline.api:CounterStage")
         cls, raw = resolve_kind("test-counter")
         assert cls.__name__ == "CounterStage" and raw is False
 

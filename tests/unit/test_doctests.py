@@ -10,7 +10,7 @@ import edgepipe
 
 # Every public module, found rather than listed: a new module needs at least one pycon example.
 # errors (a tree in prose) and cli (an entry point, tested in test_cli) are the exceptions.
-NO_EXAMPLES = {"edgepipe.errors", "edgepipe.cli", "edgepipe.__main__"}
+NO_EXAMPLES = {"edgepipe.errors", "edgepipe.cli.main", "edgepipe.__main__"}
 MODULES = [edgepipe] + [
     importlib.import_module(m.name)
     for m in sorted(pkgutil.walk_packages(edgepipe.__path__, "edgepipe."), key=lambda m: m.name)

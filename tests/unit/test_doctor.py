@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import resource
 
-from edgepipe import doctor
-from edgepipe.doctor import DoctorCheck, run_doctor
+from edgepipe.cli import doctor
+from edgepipe.cli.doctor import DoctorCheck, run_doctor
 
 
 class TestChecks:

@@ -1,4 +1,4 @@
-"""edgepipe.framing: length-prefixed frames over AF_UNIX stream sockets (csrc/ep_frame.c) and FrameSocket."""
+"""edgepipe.control.framing: length-prefixed frames over AF_UNIX stream sockets (csrc/ep_frame.c) and FrameSocket."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from edgepipe import (
     PeerClosedError,
     Ring,
 )
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
-from edgepipe.framing import MAX_FDS, READ_AHEAD
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.control.framing import MAX_FDS, READ_AHEAD
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""edgepipe.imu: the C sampling loop, its sources (synthetic, CSV replay, IIO sysfs and buffered char device
+"""edgepipe.stages.imu: the C sampling loop, its sources (synthetic, CSV replay, IIO sysfs and buffered char device
 through a fake tree and a FIFO), ImuStage's errors and stats, and the reader side."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from edgepipe.errors import (
     ImuSourceClosedError,
     ImuSourceError,
 )
-from edgepipe.imu import (
+from edgepipe.stages.imu import (
     FLAG_DEVICE_TS,
     FLAG_MISSED,
     FLAG_RAW,
@@ -540,7 +540,7 @@ class TestLoopAccounting:
 
 # ---------------------------------------------------------------------------------------------------
 class _ImuLibSpy:
-    """Stands in for edgepipe.imu.lib: counts calls on the loop handle still running when ep_imu_destroy
+    """Stands in for edgepipe.stages.imu.lib: counts calls on the loop handle still running when ep_imu_destroy
     frees it, and holds the first ep_imu_quantile of the armed thread open for a while."""
 
     def __init__(self, real):
@@ -581,7 +581,7 @@ class TestStatsWhileClosing:
         loop: close waits for it, and stats then reports the final numbers."""
         import threading
 
-        import edgepipe.imu as imu
+        import edgepipe.stages.imu as imu
 
         spy = _ImuLibSpy(imu.lib)
         monkeypatch.setattr(imu, "lib", spy)

@@ -1,4 +1,4 @@
-"""edgepipe.inference: the bundled text detector on a real photograph, DB post-processing on synthetic maps,
+"""edgepipe.stages.inference: the bundled text detector on a real photograph, DB post-processing on synthetic maps,
 typed errors for bad models and frames, and the multiprocess InferenceStage (crash, bad frame, deadline,
 end to end through frame rings with InferenceResult messages decoded)."""
 
@@ -93,7 +93,7 @@ class TestRealPhotograph:
             assert best.score >= 0.7
 
     @pytest.mark.skipif(not (bundled_model_path().parents[1] / "video" / "text").is_dir(),
-                        reason="the frames data (edgepipe/data/video) is not installed")
+                        reason="the frames data (src/edgepipe/data/video) is not installed")
     def test_photographed_page_one_box_per_line(self):
         """On the bundled photograph of a printed page (13 lines), there is one box per line, top to bottom,
         and the three short lines (1, 11, 13) end where their text ends, the others near the right margin."""
@@ -267,7 +267,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 from edgepipe import InferenceStage, Ring, WorkerError  # noqa: E402
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb  # noqa: E402
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb  # noqa: E402
 from edgepipe.clock import now_ns  # noqa: E402
 from edgepipe.errors import RingTimeoutError  # noqa: E402
 

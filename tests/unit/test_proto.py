@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REGEN = ROOT / "tools" / "regen_proto.py"
-CHECKED_IN = ROOT / "edgepipe" / "_proto"
+CHECKED_IN = ROOT / "src" / "edgepipe" / "control" / "_proto"
 COMMAND = "python tools/regen_proto.py"
 
 
@@ -37,7 +37,7 @@ class TestGeneratedCode:
         fresh, have = _files(out), _files(CHECKED_IN)
         stale = sorted(k for k in fresh.keys() | have.keys() if fresh.get(k) != have.get(k))
         assert not stale, (
-            f"edgepipe/_proto is stale ({', '.join(stale)} differ from proto/): regenerate it with\n"
+            f"src/edgepipe/control/_proto is stale ({', '.join(stale)} differ from proto/): regenerate it with\n"
             f"    {COMMAND}\nfrom the repository root, then commit the result"
         )
 
@@ -64,7 +64,7 @@ class TestGeneratedCode:
 class TestSchema:
     def test_every_body_round_trips(self):
         """Each Envelope body serializes and parses back equal, and WhichOneof names it."""
-        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
         stamps = pb.Stamps(capture_ns=1, publish_ns=[2, 3], receive_ns=[4], seq=5, source="imu0")
         bodies = {
@@ -95,14 +95,14 @@ class TestSchema:
 
     def test_optional_mag_has_presence(self):
         """A 6-axis sample has no mag; a zero mag is still present."""
-        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
         assert not pb.ImuSample(gyro=pb.Vec3()).HasField("mag")
         assert pb.ImuSample.FromString(pb.ImuSample(mag=pb.Vec3()).SerializeToString()).HasField("mag")
 
     def test_every_data_message_carries_stamps(self):
         """ImuSample, FrameMeta and InferenceResult each have a Stamps field numbered 1."""
-        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
         for cls in (pb.ImuSample, pb.FrameMeta, pb.InferenceResult):
             f = cls.DESCRIPTOR.fields_by_name["stamps"]
@@ -110,6 +110,6 @@ class TestSchema:
 
     def test_package_is_edgepipe_v1(self):
         """The schema's package is edgepipe.v1."""
-        from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
         assert pb.DESCRIPTOR.package == "edgepipe.v1"

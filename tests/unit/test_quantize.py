@@ -1,4 +1,4 @@
-"""edgepipe.quantize and ``edgepipe quantize``: calibration sources, static INT8 that still finds the text,
+"""edgepipe.stages.inference.quantize and ``edgepipe quantize``: calibration sources, static INT8 that still finds the text,
 refusal below the accuracy threshold, dynamic INT8 only with a warning, typed errors for bad sources."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime.quantization")
 
 from edgepipe import CalibrationError, QuantizationAccuracyError, TextDetector, bundled_model_path  # noqa: E402
-from edgepipe.cli import main as cli_main  # noqa: E402
-from edgepipe.quantize import calibration_frames, quantize_model  # noqa: E402
+from edgepipe.cli.main import main as cli_main  # noqa: E402
+from edgepipe.stages.inference.quantize import calibration_frames, quantize_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_inference import coverage, iou, text_frame  # noqa: E402
@@ -43,7 +43,7 @@ class TestCalibrationSources:
         frames = calibration_frames(SAMPLES)
         assert len(frames) == 4 and all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames)
 
-    @pytest.mark.skipif(not VIDEO.exists(), reason="the bundled frames data (edgepipe/data/video) is not installed")
+    @pytest.mark.skipif(not VIDEO.exists(), reason="the bundled frames data (src/edgepipe/data/video) is not installed")
     def test_video_spread_over_its_length(self):
         """A video gives max_frames frames spread over its length (not the first few)."""
         frames = calibration_frames(VIDEO, max_frames=5)

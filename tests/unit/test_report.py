@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from edgepipe.pipeline import Hop, Record
-from edgepipe.report import (
+from edgepipe.pipeline.api import Hop, Record
+from edgepipe.pipeline.report import (
     LatencyBook,
     _hist,
     build_report,

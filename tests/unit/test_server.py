@@ -1,4 +1,4 @@
-"""edgepipe.server: the control-plane Server (handshake, peer credentials, socket files, many clients,
+"""edgepipe.control.server: the control-plane Server (handshake, peer credentials, socket files, many clients,
 publish, fd passing) and its Client."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from edgepipe import (
     SocketInUseError,
     UnsafeSocketDirError,
 )
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
-from edgepipe.server import Client, Server, default_socket_dir
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.control.server import Client, Server, default_socket_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -362,7 +362,7 @@ class TestAttach:
         child = textwrap.dedent("""
             import struct, sys
             from edgepipe import Ring
-            from edgepipe.server import Client
+            from edgepipe.control.server import Client
             with Client.connect(sys.argv[1], stage="sink", role="stage") as c:
                 [(desc, fd)] = c.recv_attach(timeout_s=10)
                 with Ring.from_fd(fd) as ring:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from edgepipe.stage import Stage
+from edgepipe.stages.base import Stage
 
 
 class Recorder(Stage):

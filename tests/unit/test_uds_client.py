@@ -18,7 +18,7 @@ import tempfile
 import pytest
 
 from edgepipe import Envelope, Server
-from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INSTALL_HINT = "apt-get install -y protobuf-c-compiler libprotobuf-c-dev (see .ci/run)"

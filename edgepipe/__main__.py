@@ -1,7 +1,0 @@
-"""``python -m edgepipe``: the same as the ``edgepipe`` command."""
-
-import sys
-
-from edgepipe.cli import main
-
-sys.exit(main())

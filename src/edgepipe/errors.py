@@ -1,0 +1,325 @@
+"""The edgepipe exception tree. Where a builtin fits, a class inherits from it too, so ``except TimeoutError``
+or ``except ValueError`` catch what a user would expect.
+
+::
+
+    EdgepipeError
+    ├── RingError
+    │   ├── RingTimeoutError (TimeoutError)      a timed wait expired
+    │   ├── RecordTooLargeError (ValueError)     payload over the ring's max_payload
+    │   ├── RingCorruptError                     a header or region that cannot be a ring record/region
+    │   ├── RingBusyError                        the end is already held by a live process
+    │   └── RingClosedError (ValueError)         this handle was closed
+    ├── FrameError                               a framed-socket failure (edgepipe.control.framing)
+    │   ├── FrameTooLargeError (ValueError)      a frame over the socket's max_frame
+    │   ├── FrameDecodeError (ValueError)        a frame whose bytes are not the expected message
+    │   ├── FrameTimeoutError (TimeoutError)     a send or recv did not finish before its timeout
+    │   ├── FrameClosedError (ValueError)        this FrameSocket was closed
+    │   ├── PeerClosedError (ConnectionError)    the other end closed or its process died
+    │   └── RemoteError                          the peer answered with an edgepipe.v1.Error (.code, .code_name)
+    ├── ServerError                              the control-socket server could not start (edgepipe.control.server)
+    │   ├── SocketInUseError (FileExistsError)   a live server listens on that path, or it is not a socket
+    │   └── UnsafeSocketDirError (PermissionError) the socket's directory is not ours, a symlink, or too open
+    ├── ImuError                                 the IMU stage or one of its sources failed (edgepipe.stages.imu)
+    │   ├── ImuConfigError (ValueError)          a rate, beta, wait mode or source argument out of range
+    │   ├── ImuSourceError (ValueError)          a source whose data cannot be used: scale, scan type, CSV
+    │   ├── ImuDeviceNotFoundError (FileNotFoundError) no such IIO device, channel or CSV file
+    │   └── ImuSourceClosedError (ConnectionError) the IIO buffer (or its FIFO stand-in) closed mid-stream
+    ├── InferenceError                           the inference stage or its model failed (edgepipe.stages.inference)
+    │   ├── ModelNotFoundError (FileNotFoundError) the model file does not exist
+    │   ├── ModelLoadError (ValueError)          the file is not a model ONNX Runtime can load, or not a detector
+    │   ├── ModelInputError (ValueError)         a frame or input size the model cannot take
+    │   ├── WorkerError                          an inference worker could not start or load the model
+    │   ├── CalibrationError (ValueError)        no usable calibration frames (edgepipe.stages.inference.quantize)
+    │   └── QuantizationAccuracyError            the INT8 model agrees too little with FP32 (edgepipe.stages.inference.quantize)
+    ├── ImageError                               a numpy frame record or latest slot failed (edgepipe.frames)
+    │   ├── ImageHeaderError (ValueError)        a frame header field that cannot be right (.field, .value)
+    │   ├── ImageShapeError (ValueError)         shape/dtype/pixel format not matching the slot or unsupported
+    │   ├── ImageTooLargeError (ValueError)      a frame bigger than the ring or slot allows (sizes named)
+    │   ├── ImageHeldError (BufferError)         frames kept past their `with` still hold every free slot
+    │   └── ImageReleasedError (ValueError)      Frame.array used after its `with` block
+    ├── CaptureError                             a capture source failed (edgepipe.stages.capture)
+    │   ├── CameraNotFoundError (FileNotFoundError) no such camera device, file or image folder
+    │   ├── SourceOpenError (OSError)            the source exists but cannot be opened (busy, unreadable, refused)
+    │   └── SourceFailedError                    a source that opened failed mid-stream
+    ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
+    ├── LayoutVersionError                       a region of another layout version
+    └── EdgepipeOSError (OSError)                any other -errno, with .errno set
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+# check() is left out on purpose: the handle modules share it; users see only the exceptions.
+__all__ = [
+    "CalibrationError",
+    "CameraNotFoundError",
+    "CaptureError",
+    "ConfigError",
+    "EdgepipeError",
+    "EdgepipeOSError",
+    "FrameClosedError",
+    "FrameDecodeError",
+    "FrameError",
+    "FrameTimeoutError",
+    "FrameTooLargeError",
+    "ImageError",
+    "ImageHeaderError",
+    "ImageHeldError",
+    "ImageReleasedError",
+    "ImageShapeError",
+    "ImageTooLargeError",
+    "ImuConfigError",
+    "ImuDeviceNotFoundError",
+    "ImuError",
+    "ImuSourceClosedError",
+    "ImuSourceError",
+    "InferenceError",
+    "LayoutVersionError",
+    "ModelInputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "PeerClosedError",
+    "QuantizationAccuracyError",
+    "RecordTooLargeError",
+    "RemoteError",
+    "RingBusyError",
+    "RingClosedError",
+    "RingCorruptError",
+    "RingError",
+    "RingTimeoutError",
+    "ServerError",
+    "SocketInUseError",
+    "SourceFailedError",
+    "SourceOpenError",
+    "UnsafeSocketDirError",
+    "WorkerError",
+]
+
+
+class EdgepipeError(Exception):
+    """Base of every error edgepipe raises."""
+
+
+class RingError(EdgepipeError):
+    """A ring operation failed."""
+
+
+class RingTimeoutError(RingError, TimeoutError):
+    """A blocking ring call did not complete before its timeout."""
+
+
+class RecordTooLargeError(RingError, ValueError):
+    """A record is larger than the ring's maximum payload (capacity/2 - 8 bytes)."""
+
+
+class RingCorruptError(RingError):
+    """The region is not a ring, is truncated, or holds a record header that cannot be right."""
+
+
+class RingBusyError(RingError):
+    """The producer or consumer end of a ring is already held by a live process."""
+
+
+class RingClosedError(RingError, ValueError):
+    """The handle was closed; like I/O on a closed file, this is a ValueError."""
+
+
+class FrameError(EdgepipeError):
+    """A framing or peer-level failure."""
+
+
+class FrameTooLargeError(FrameError, ValueError):
+    """A frame is larger than the configured maximum."""
+
+
+class FrameDecodeError(FrameError, ValueError):
+    """A complete frame arrived, but its bytes do not parse as the expected protobuf message."""
+
+
+class FrameTimeoutError(FrameError, TimeoutError):
+    """A FrameSocket send or recv did not complete before its timeout."""
+
+
+class FrameClosedError(FrameError, ValueError):
+    """The FrameSocket was closed; like I/O on a closed file, this is a ValueError."""
+
+
+class PeerClosedError(FrameError, ConnectionError):
+    """The other end closed cleanly or its process died."""
+
+
+class RemoteError(FrameError):
+    """The peer sent an ``edgepipe.v1.Error`` (a refused Hello, a failed request).
+
+    Attributes:
+        code: the ``edgepipe.v1.ErrorCode`` number. code_name: its name (``"ERROR_CODE_VERSION_MISMATCH"``).
+        remote_message: the peer's text.
+    """
+
+    def __init__(self, code: int, code_name: str, remote_message: str, context: str = "") -> None:
+        super().__init__(f"{context}{': ' if context else ''}{code_name} ({code}): {remote_message}")
+        self.code = code
+        self.code_name = code_name
+        self.remote_message = remote_message
+
+
+class ServerError(EdgepipeError):
+    """The control-socket server could not set up its socket."""
+
+
+class SocketInUseError(ServerError, FileExistsError):
+    """A live server already listens on the socket path (it is not stolen), or the path is not a socket."""
+
+
+class UnsafeSocketDirError(ServerError, PermissionError):
+    """The socket's directory is a symlink, is owned by another user, or is open to other users."""
+
+
+class ImuError(EdgepipeError):
+    """The IMU sampling stage or one of its sources failed."""
+
+
+class ImuConfigError(ImuError, ValueError):
+    """An ImuStage or source argument is out of range (rate, beta, wait mode, filter, axis)."""
+
+
+class ImuSourceError(ImuError, ValueError):
+    """A source's data cannot be used: an unreadable scale or scan type, a CSV without usable rows."""
+
+
+class ImuDeviceNotFoundError(ImuError, FileNotFoundError):
+    """No such IIO device, channel file, char device or CSV file."""
+
+
+class ImuSourceClosedError(ImuError, ConnectionError):
+    """The IIO buffered char device (or the FIFO standing in for it) closed while the loop read it."""
+
+
+class InferenceError(EdgepipeError):
+    """The inference stage, its model or the quantizer failed."""
+
+
+class ModelNotFoundError(InferenceError, FileNotFoundError):
+    """The model file does not exist."""
+
+
+class ModelLoadError(InferenceError, ValueError):
+    """The file is not a model ONNX Runtime can load, or its inputs/outputs are not a [N,3,H,W] detector's."""
+
+
+class ModelInputError(InferenceError, ValueError):
+    """A frame (shape, dtype, pixel format) or an input size the model cannot take."""
+
+
+class WorkerError(InferenceError):
+    """An inference worker process could not start or load its model."""
+
+
+class CalibrationError(InferenceError, ValueError):
+    """The calibration source (video file or image folder) gave no usable frames."""
+
+
+class QuantizationAccuracyError(InferenceError):
+    """The quantized model agrees with the FP32 model less than the threshold; nothing was written."""
+
+
+class ImageError(EdgepipeError):
+    """A numpy frame record (edgepipe.frames) or latest-only slot operation failed."""
+
+
+class ImageHeaderError(ImageError, ValueError):
+    """A frame header in a ring or slot holds a field that cannot be right. ``.field`` names it and
+    ``.value`` is what was found."""
+
+    def __init__(self, message: str, field: str = "", value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class ImageShapeError(ImageError, ValueError):
+    """An array whose shape, dtype or layout does not match the claimed slot, or that frames cannot carry."""
+
+
+class ImageTooLargeError(ImageError, ValueError):
+    """A frame is bigger than the ring (or latest slot) can hold; the message gives both sizes."""
+
+
+class ImageHeldError(ImageError, BufferError):
+    """Arrays kept past their ``with`` block still pin every slot the reader could give back; drop them
+    (or keep ``frame.copy()`` instead) before reading on."""
+
+
+class ImageReleasedError(ImageError, ValueError):
+    """``Frame.array`` was used after the frame's ``with`` block released it."""
+
+
+class CaptureError(EdgepipeError):
+    """A capture source (camera, file, URL, folder, pattern) failed."""
+
+
+class CameraNotFoundError(CaptureError, FileNotFoundError):
+    """No such camera device, video file or image folder."""
+
+
+class SourceOpenError(CaptureError, OSError):
+    """The source exists but could not be opened: camera busy, file unreadable or not a video, URL refused."""
+
+
+class SourceFailedError(CaptureError):
+    """A source that opened fine stopped delivering frames before its end (a read error mid-stream)."""
+
+
+class ConfigError(EdgepipeError, ValueError):
+    """A pipeline description (TOML file or Python spec) that cannot run. The message names the file, line
+    and key with the bad value; ``.path``, ``.line`` and ``.key`` hold them (None when unknown)."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.key = key
+
+
+class LayoutVersionError(EdgepipeError):
+    """The shared region was laid out by another, incompatible version of edgepipe."""
+
+
+class EdgepipeOSError(EdgepipeError, OSError):
+    """Any other operating-system error from the C core; ``.errno`` is set."""
+
+
+_BY_ERRNO = {
+    errno.EMSGSIZE: RecordTooLargeError,
+    errno.EBADMSG: RingCorruptError,
+    errno.EPIPE: PeerClosedError,
+    errno.EPROTO: LayoutVersionError,
+    errno.ETIMEDOUT: RingTimeoutError,
+    errno.EBUSY: RingBusyError,
+}
+
+
+def check(rc: int, what: str = "") -> int:
+    """Pass a success value through; raise the matching EdgepipeError for ``-errno``.
+
+    Args:
+        rc: a C return code: ``>= 0`` success, ``-errno`` failure.
+        what: context for the message, e.g. the segment name or the bad value.
+
+    Raises:
+        EdgepipeError: the subclass for the errno, or EdgepipeOSError.
+    """
+    if rc >= 0:
+        return rc
+    code = -rc
+    msg = os.strerror(code) + (f": {what}" if what else "")
+    cls = _BY_ERRNO.get(code)
+    if cls is None:
+        raise EdgepipeOSError(code, msg)
+    err = cls(msg)
+    err.errno = code  # type: ignore[attr-defined]
+    raise err
