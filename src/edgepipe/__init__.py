@@ -36,6 +36,7 @@ from edgepipe.pipeline.config import (
     stage_kinds,
 )
 from edgepipe.cli.doctor import DoctorCheck, run_doctor
+from edgepipe.imu_loop import ImuLoop, ImuLoopConfig
 from edgepipe.errors import (
     CalibrationError,
     CameraNotFoundError,
@@ -61,6 +62,7 @@ from edgepipe.errors import (
     ImuSourceError,
     InferenceError,
     LayoutVersionError,
+    MissingExtraError,
     ModelInputError,
     ModelLoadError,
     ModelNotFoundError,
@@ -98,6 +100,7 @@ from edgepipe.stages.imu import (
     CsvSource,
     IioSource,
     ImuReader,
+    ImuSource,
     ImuStage,
     SyntheticSource,
     euler_deg,
@@ -179,7 +182,10 @@ __all__ = [
     "ImuConfigError",
     "ImuDeviceNotFoundError",
     "ImuError",
+    "ImuLoop",
+    "ImuLoopConfig",
     "ImuReader",
+    "ImuSource",
     "ImuSourceClosedError",
     "ImuSourceError",
     "ImuStage",
@@ -194,6 +200,7 @@ __all__ = [
     "LayoutVersionError",
     "LinkSpec",
     "Madgwick",
+    "MissingExtraError",
     "ModelInputError",
     "ModelLoadError",
     "ModelNotFoundError",

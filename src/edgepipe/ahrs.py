@@ -320,14 +320,14 @@ def _xsens() -> tuple:
     return t, s[:, 4:7], s[:, 1:4] / _G, s[:, 7:10], t, s[:, 10:14]
 
 
-_RECORDINGS = {"ngimu": _ngimu, "xio3": _xio3, "xsens": _xsens}
+RECORDINGS = {"ngimu": _ngimu, "xio3": _xio3, "xsens": _xsens}
 
 
 def load_recording(name: str = "ngimu") -> Recording:
     """Load a bundled recording as float64 arrays in the units :class:`Recording` lists (gyro rad/s,
     accel g); ``edgepipe/data/imu/README.md`` says what each file holds and how it was converted.
 
-    >>> sorted(_RECORDINGS)
+    >>> sorted(RECORDINGS)
     ['ngimu', 'xio3', 'xsens']
     >>> r = load_recording("xio3")
     >>> r.gyr.shape, round(r.rate_hz), r.mag is None
@@ -336,9 +336,9 @@ def load_recording(name: str = "ngimu") -> Recording:
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
-    if name not in _RECORDINGS:
-        raise ValueError(f"unknown recording {name!r}; bundled: {sorted(_RECORDINGS)}")
-    t, gyr, acc, mag, qt, q = _RECORDINGS[name]()
+    if name not in RECORDINGS:
+        raise ValueError(f"unknown recording {name!r}; bundled: {sorted(RECORDINGS)}")
+    t, gyr, acc, mag, qt, q = RECORDINGS[name]()
     c = np.ascontiguousarray
     return Recording(name=name, t_s=c(t), gyr=c(gyr), acc=c(acc), mag=None if mag is None else c(mag),
                      q_ref_t_s=c(qt), q_ref=c(q))

@@ -44,6 +44,7 @@ or ``except ValueError`` catch what a user would expect.
     │   └── SourceFailedError                    a source that opened failed mid-stream
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── LayoutVersionError                       a region of another layout version
+    ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set
 """
 
@@ -78,6 +79,7 @@ __all__ = [
     "ImuSourceError",
     "InferenceError",
     "LayoutVersionError",
+    "MissingExtraError",
     "ModelInputError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -287,6 +289,15 @@ class ConfigError(EdgepipeError, ValueError):
 
 class LayoutVersionError(EdgepipeError):
     """The shared region was laid out by another, incompatible version of edgepipe."""
+
+
+class MissingExtraError(EdgepipeError, ImportError):
+    """A part of edgepipe needs an optional dependency that is not installed. The message names the
+    ``pip install "edgepipe[...]"`` to run; ``.extra`` is that extra's name (None for a plain package)."""
+
+    def __init__(self, message: str, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class EdgepipeOSError(EdgepipeError, OSError):

@@ -24,6 +24,7 @@ from edgepipe.errors import (
     PeerClosedError,
     RecordTooLargeError,
     RingBusyError,
+    RingError,
     RingClosedError,
     RingCorruptError,
     RingTimeoutError,
@@ -292,7 +293,15 @@ class _Segment:
 
     def close(self) -> None:
         """Close every end opened through this object, then unmap (arrays still alive keep their pages).
-        Safe to call twice. Does not unlink."""
+        Safe to call twice. Does not unlink.
+
+        Raises:
+            RingBusyError: a writer of this ring is leased to a C loop (``ImuLoop``) that still writes
+                through it; nothing is closed. Close the loop first.
+        """
+        for h in self._handles:
+            if getattr(h, "_lease", None) is not None:
+                raise h._closed_error()
         for h in list(self._handles):
             h.close()
         self._handles.clear()
@@ -552,14 +561,31 @@ def _open_end(opener, seg: _Segment, what: str):
 # producer
 
 
+class WriterLease:
+    """A RingWriter lent to a C loop: ``pointer`` is the C end the loop writes through, ``release()`` gives
+    the end back to Python (call it only after the loop is destroyed)."""
+
+    __slots__ = ("_writer", "owner", "pointer")
+
+    def __init__(self, writer: RingWriter, pointer, owner: object) -> None:
+        self._writer, self.pointer, self.owner = writer, pointer, owner
+
+    def release(self) -> None:
+        """Return the end to its writer. Idempotent."""
+        w, self._writer = self._writer, None
+        if w is not None:
+            w._end_lease(self)
+
+
 class RingWriter(_HandleBase):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_inflight", "_h", "_max_payload", "_ring")
+    __slots__ = ("_data", "_inflight", "_h", "_lease", "_max_payload", "_ring")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
+        self._lease = None
         self._h = _open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
         off = lib.EP_RING_DATA_OFF
@@ -573,7 +599,39 @@ class RingWriter(_HandleBase):
 
     @property
     def closed(self) -> bool:
-        return self._h is None
+        return self._h is None and self._lease is None
+
+    @property
+    def leased(self) -> bool:
+        """True while a C loop (``edgepipe.imu_loop.ImuLoop``) writes through this end."""
+        return self._lease is not None
+
+    def lease(self, owner: object) -> WriterLease:
+        """Lend this end to a C loop that writes through its pointer on its own thread.
+
+        Until the lease is released, every Python call on this end (writes, claim, set_wait, close, and
+        ``Ring.close()``) raises RingBusyError naming ``owner``, so Python can neither write as a second
+        producer nor free the end under the loop. The owner releases the lease after destroying the loop.
+
+        Raises:
+            RingBusyError: already leased. RingClosedError: the end is closed.
+        """
+        h = self._handle()
+        lease = WriterLease(self, h, owner)
+        self._lease, self._h = lease, None
+        return lease
+
+    def _end_lease(self, lease: WriterLease) -> None:
+        if self._lease is lease:
+            self._h, self._lease = lease.pointer, None
+
+    def _closed_error(self) -> RingError:
+        if self._lease is not None:
+            return RingBusyError(
+                f"RingWriter on {self._ring.name or 'memfd'!r} is leased to {self._lease.owner!r}, which writes "
+                f"through it from C: close that first"
+            )
+        return super()._closed_error()
 
     def set_wait(self, wait: WaitPolicy | str) -> None:
         """Change how blocking writes wait (see WaitPolicy)."""
@@ -803,7 +861,13 @@ class RingWriter(_HandleBase):
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the producer end: the reader drains what is queued, then gets PeerClosedError."""
+        """Close the producer end: the reader drains what is queued, then gets PeerClosedError.
+
+        Raises:
+            RingBusyError: the end is leased to a C loop (see :meth:`lease`); it stays open.
+        """
+        if self._lease is not None:
+            raise self._closed_error()
         self._close(lib.ep_ring_writer_cancel, lib.ep_ring_writer_close)
 
     def _check_size(self, size: object) -> None:

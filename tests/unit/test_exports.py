@@ -85,3 +85,41 @@ class TestVersion:
     def test_version_matches_metadata(self):
         """edgepipe.__version__ matches the installed distribution's version."""
         assert edgepipe.__version__ == importlib.metadata.version("edgepipe")
+
+
+class TestExtras:
+    """The core install is small: the optional dependencies load only where used, and a missing one is a
+    typed error naming the extra to install."""
+
+    def test_import_edgepipe_loads_no_extra(self):
+        """A fresh interpreter's `import edgepipe` (and its CLI parser) imports no OpenCV, ONNX Runtime,
+        onnx or matplotlib."""
+        import subprocess
+        import sys
+
+        code = ("import sys, edgepipe; from edgepipe.cli.main import build_parser; build_parser(); "
+                "print(sorted(m for m in ('cv2', 'onnxruntime', 'onnx', 'matplotlib') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.strip() == "[]"
+
+    @pytest.mark.parametrize("module, extra, use", [
+        ("cv2", "vision", "from edgepipe import CaptureStage, Ring, FrameWriter, sample_video; "
+                          "r = Ring.create(capacity=1 << 24); "
+                          "s = CaptureStage(sample_video(), FrameWriter(r.writer())); s.open()"),
+        ("onnxruntime", "inference", "from edgepipe import TextDetector; TextDetector()"),
+        ("matplotlib", "report", "from edgepipe import render_png; render_png({}, '/tmp/x.png')"),
+    ])
+    def test_missing_extra_names_the_install_command(self, module, extra, use):
+        """With the module made unimportable, using the part that needs it raises MissingExtraError naming
+        `pip install "edgepipe[<extra>]"` (an ImportError, so existing handlers still catch it)."""
+        import subprocess
+        import sys
+
+        code = (f"import sys; sys.modules[{module!r}] = None\n"
+                f"from edgepipe import MissingExtraError\n"
+                f"try:\n    {use}\nexcept MissingExtraError as e:\n"
+                f"    print('MISSING', e.extra, isinstance(e, ImportError), e)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.startswith(f"MISSING {extra} True"), r.stdout
+        assert f'pip install "edgepipe[{extra}]"' in r.stdout

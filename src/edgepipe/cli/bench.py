@@ -25,6 +25,8 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
+from edgepipe._extras import pyplot
+
 __all__: list[str] = []  # the CLI's own helpers (`edgepipe bench`), not API
 
 # the headline number of a row, in order of preference; lower is better for every key ending in _ns / _us
@@ -233,10 +235,7 @@ def plot(s: Script, path: str) -> bool:
     cases = [c for c in s.cases if c.value is not None]
     if not cases:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot("drawing the report's PNG")
 
     metrics = list(dict.fromkeys(c.metric for c in cases))
     sizes = [sum(c.metric == m for c in cases) for m in metrics]

@@ -37,6 +37,7 @@ from edgepipe.errors import ConfigError, EdgepipeError
 from edgepipe._data import data_path
 from edgepipe.cli._segments import alive, describe, ring_pids, segment_status
 from edgepipe.shm import SharedRegion, list_segments
+from edgepipe._extras import pyplot
 
 __all__ = ["main"]
 
@@ -153,6 +154,8 @@ def _run_pipeline(pipe, args, console, title: str) -> int:
     for k, v in failed.items():
         console.print(f"[red]stage {k} failed[/]: {v.get('error')}", highlight=False)
     console.print(f"report: {paths['json']}" + (f"  plot: {paths['png']}" if "png" in paths else ""), highlight=False)
+    if "png_skipped" in paths:
+        console.print(f"no plot: {paths['png_skipped']}", highlight=False)
     console.print(f"exit status {code}" + (f" ({pipe._failure})" if pipe._failure else ""), highlight=False)
     return code
 
@@ -358,10 +361,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f.write(f"| [{name}]({name}.txt) | {code} | {dt:.1f} |\n")
         f.write("\n![wall time per benchmark](bench.png)\n\n")
         f.write(br.markdown(summaries))
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot("drawing the report's PNG")
 
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
     ax.barh([r[0] for r in rows], [r[2] for r in rows], color=["tab:green" if r[1] == 0 else "tab:red" for r in rows])

@@ -39,7 +39,8 @@ from edgepipe.errors import (
     PeerClosedError,
     check,
 )
-from edgepipe.ring import _timeout_ns
+from edgepipe._args import timeout_ns
+from edgepipe._os import close_fds
 
 __all__ = ["Envelope", "FrameSocket"]
 
@@ -75,7 +76,7 @@ def _deadline(timeout_s: float | None) -> int:
     """Absolute CLOCK_MONOTONIC deadline in ns for C, or -1 for none."""
     if timeout_s is None:
         return -1
-    tns = _timeout_ns(timeout_s)
+    tns = timeout_ns(timeout_s)
     return -1 if tns < 0 else _mono_ns() + tns
 
 
@@ -121,14 +122,6 @@ def _take_fds(io) -> list[int]:
     fds = [io.fds[i] for i in range(io.nfds)]
     io.nfds = 0
     return fds
-
-
-def _close_fds(fds: list[int]) -> None:
-    for f in fds:
-        try:
-            os.close(f)
-        except OSError:
-            pass
 
 
 class FrameSocket:
@@ -192,7 +185,7 @@ class FrameSocket:
             FileNotFoundError: nothing at ``path``. ConnectionRefusedError: nobody listens there.
             FrameTimeoutError: the connection did not complete within ``timeout_s``.
         """
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(None if tns < 0 else tns / 1e9)
@@ -260,7 +253,7 @@ class FrameSocket:
                 by the next recv). FrameTooLargeError: the frame is over ``max_frame``.
         """
         data, fds = self._recv(timeout_s)
-        _close_fds(fds)
+        close_fds(fds)
         return self.decode(data, message_type)
 
     @staticmethod
@@ -292,7 +285,7 @@ class FrameSocket:
         """Receive one frame's payload. File descriptors that came with it are closed (use recv_fds).
         Raises as :meth:`recv`, less FrameDecodeError."""
         data, fds = self._recv(timeout_s)
-        _close_fds(fds)
+        close_fds(fds)
         return data
 
     def send_fds(self, fds, payload=b"", timeout_s: float | None = None) -> None:
@@ -336,7 +329,7 @@ class FrameSocket:
                 time.sleep(0.0002)
         sock.close()
         lib.ep_frame_recv_drop(self._rx)  # fds that came ahead of a frame nobody will read now
-        _close_fds(_take_fds(self._rx))
+        close_fds(_take_fds(self._rx))
 
     def __enter__(self) -> FrameSocket:
         return self
@@ -449,7 +442,7 @@ class FrameSocket:
             fds = _take_fds(io)  # also clears io.nfds, so close() cannot close fds the caller now owns
             if truncated:
                 io.fds_truncated = 0
-                _close_fds(fds)
+                close_fds(fds)
                 raise FrameError(f"the peer attached more than {MAX_FDS} file descriptors to a frame of "
                                  f"{rc} bytes; frame and descriptors dropped")
             return data, fds
@@ -462,7 +455,7 @@ class FrameSocket:
         if rc == _ETIMEDOUT:
             got = f"; {io.done} bytes of a frame arrived, the next recv resumes it" if io.done else ""
             return FrameTimeoutError(f"no frame within {timeout_s} s{got}")
-        _close_fds(_take_fds(io))
+        close_fds(_take_fds(io))
         if rc == _EMSGSIZE:
             self._broken = (f"an incoming frame of {io.len} bytes was over max_frame ({self._max_frame} bytes); "
                             f"the stream is no longer at a frame boundary: close this FrameSocket")

@@ -57,7 +57,8 @@ from edgepipe.errors import (
     SocketInUseError,
     UnsafeSocketDirError,
 )
-from edgepipe.control.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket, _close_fds
+from edgepipe._os import close_fds
+from edgepipe.control.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
 
 __all__ = ["Client", "Server", "Session", "default_socket_dir"]
 
@@ -712,16 +713,16 @@ class Client:
             try:
                 env = FrameSocket.decode(data)
             except FrameDecodeError:
-                _close_fds(fds)
+                close_fds(fds)
                 raise
             if env.WhichOneof("body") != "attach":
-                _close_fds(fds)
+                close_fds(fds)
                 self._pending.append(env)
                 continue
             rings = list(env.attach.rings)
             want = sum(1 for d in rings if d.fd_follows)
             if want != len(fds):
-                _close_fds(fds)
+                close_fds(fds)
                 raise FrameDecodeError(f"an Attach announced {want} fds but {len(fds)} arrived")
             it = iter(fds)
             return [(d, next(it) if d.fd_follows else None) for d in rings]

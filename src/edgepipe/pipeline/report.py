@@ -32,6 +32,9 @@ from typing import Any, Iterable
 
 from hdrh.histogram import HdrHistogram
 
+from edgepipe._extras import pyplot
+from edgepipe.errors import MissingExtraError
+
 __all__ = ["LatencyBook", "build_report", "load_report", "render_png", "render_table", "write_report"]
 
 _LOW_NS, _HIGH_NS, _DIGITS = 1, 3_600_000_000_000, 3
@@ -289,7 +292,10 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
-    """Write ``report.json`` (and ``report.png``) into ``out_dir``; returns their paths by kind."""
+    """Write ``report.json`` (and ``report.png``) into ``out_dir``; returns their paths by kind.
+
+    Without matplotlib (the ``report`` extra) the PNG is left out and ``"png_skipped"`` says why and what to
+    install: a run's numbers never depend on the plotting library."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(os.fspath(out_dir), "report.json")}
     tmp = paths["json"] + ".tmp"
@@ -297,7 +303,10 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, png: bool =
         json.dump(report, f, indent=1)
     os.replace(tmp, paths["json"])
     if png:
-        paths["png"] = render_png(report, os.path.join(os.fspath(out_dir), "report.png"))
+        try:
+            paths["png"] = render_png(report, os.path.join(os.fspath(out_dir), "report.png"))
+        except MissingExtraError as e:
+            paths["png_skipped"] = str(e)
     return paths
 
 
@@ -344,10 +353,7 @@ def render_table(report: dict[str, Any], console=None) -> None:
 
 def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
     """Draw the latency distribution (percentile curves per part) and the stacked per-part means over time."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot("drawing the report's PNG")
 
     paths = report.get("paths") or {}
     if not paths:

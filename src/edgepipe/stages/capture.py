@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe._data import data_path
+from edgepipe._extras import require
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     CameraNotFoundError,
@@ -68,9 +69,7 @@ def sample_text_images() -> list[Path]:
 
 
 def _cv2():
-    import cv2  # noqa: PLC0415 - lazy on purpose: cv2 takes ~100 ms to import
-
-    return cv2
+    return require("cv2", "CaptureStage")  # lazy on purpose: cv2 takes ~100 ms to import
 
 
 # ---------------------------------------------------------------------------------------------------

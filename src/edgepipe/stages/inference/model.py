@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe._data import data_path
+from edgepipe._extras import require
 from edgepipe.errors import ModelInputError, ModelLoadError, ModelNotFoundError
 from edgepipe.stages.inference.postprocess import DBPostprocess, Detection
 
@@ -39,9 +40,7 @@ def bundled_model_path() -> Path:
 
 
 def _ort():
-    import onnxruntime  # lazy: importing it costs ~150 ms
-
-    return onnxruntime
+    return require("onnxruntime", "the ONNX text detector")  # lazy: importing it costs ~150 ms
 
 
 def fit_input_hw(frame_hw: tuple[int, int], max_side: int = 960) -> tuple[int, int]:
@@ -266,6 +265,4 @@ class TextDetector:
 
 
 def _cv2():
-    import cv2
-
-    return cv2
+    return require("cv2", "resizing frames for the detector")

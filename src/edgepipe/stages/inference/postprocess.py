@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edgepipe._extras import require
+
 __all__ = ["DBPostprocess", "Detection"]
 
 
@@ -36,9 +38,7 @@ class Detection(NamedTuple):
 
 
 def _cv2():
-    import cv2  # lazy: `import edgepipe` stays fast
-
-    return cv2
+    return require("cv2", "the detector's box post-processing")  # lazy: `import edgepipe` stays fast
 
 
 class DBPostprocess:

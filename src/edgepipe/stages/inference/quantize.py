@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe._data import DATA_DIR
+from edgepipe._extras import require
 from edgepipe.errors import CalibrationError, ModelLoadError, QuantizationAccuracyError
 
 __all__ = ["QuantizeReport", "calibration_frames", "quantize_model"]
@@ -47,9 +48,7 @@ _VIDEO_EXT = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
 def _cv2():
-    import cv2
-
-    return cv2
+    return require("cv2", "reading calibration frames")
 
 
 def default_sources() -> tuple[list[Path], list[Path]]:
@@ -152,8 +151,8 @@ class QuantizeReport:
 
 
 def _fix_and_upgrade(src: Path, dst: Path, input_hw: tuple[int, int]) -> None:
-    import onnx
-    from onnx import version_converter
+    onnx = require("onnx", "quantization")
+    version_converter = require("onnx.version_converter", "quantization")
 
     try:
         m = onnx.load(str(src))
@@ -266,6 +265,7 @@ def quantize_model(
         calib = [f for i, f in enumerate(frames) if (i + 1) % held_out_every] or frames
     say(f"{len(calib)} real frames for calibration, {len(held)} held out for the accuracy check")
 
+    require("onnxruntime.quantization", "quantization")
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
