@@ -13,7 +13,9 @@ or ``except ValueError`` catch what a user would expect.
     ├── FrameError                               a framed-socket failure (edgepipe.framing)
     │   ├── FrameTooLargeError (ValueError)      a frame over the socket's max_frame
     │   ├── FrameDecodeError (ValueError)        a frame whose bytes are not the expected message
+    │   │   └── UnknownBodyError                 an Envelope with no body this schema knows (.envelope)
     │   ├── FrameTimeoutError (TimeoutError)     a send or recv did not finish before its timeout
+    │   │   └── FrameStalledError                a frame that began did not complete within frame_timeout_s
     │   ├── FrameClosedError (ValueError)        this FrameSocket was closed
     │   ├── PeerClosedError (ConnectionError)    the other end closed or its process died
     │   └── RemoteError                          the peer answered with an edgepipe.v1.Error (.code, .code_name)
@@ -90,6 +92,7 @@ __all__ = [
     "FrameClosedError",
     "FrameDecodeError",
     "FrameError",
+    "FrameStalledError",
     "FrameTimeoutError",
     "FrameTooLargeError",
     "ImageError",
@@ -121,6 +124,7 @@ __all__ = [
     "SocketInUseError",
     "SourceFailedError",
     "SourceOpenError",
+    "UnknownBodyError",
     "UnsafeSocketDirError",
     "UntrustedSegmentError",
     "WorkerError",
@@ -167,8 +171,23 @@ class FrameDecodeError(FrameError, ValueError):
     """A complete frame arrived, but its bytes do not parse as the expected protobuf message."""
 
 
+class UnknownBodyError(FrameDecodeError):
+    """A frame parsed as an ``edgepipe.v1.Envelope`` but holds no body this schema knows: a newer minor's
+    message (its body is among the unknown fields). ``.envelope`` is the parsed Envelope, so its ``seq``
+    can be echoed in a reply; the stream is still at a frame boundary."""
+
+    def __init__(self, message: str, envelope=None) -> None:
+        super().__init__(message)
+        self.envelope = envelope
+
+
 class FrameTimeoutError(FrameError, TimeoutError):
     """A FrameSocket send or recv did not complete before its timeout."""
+
+
+class FrameStalledError(FrameTimeoutError):
+    """A frame whose first bytes arrived did not complete within the FrameSocket's ``frame_timeout_s``: the
+    peer announced a frame and stopped sending. The receive side is unusable afterwards."""
 
 
 class FrameClosedError(FrameError, ValueError):
