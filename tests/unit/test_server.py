@@ -27,6 +27,7 @@ from edgepipe import (
     UnsafeSocketDirError,
 )
 from edgepipe._proto.edgepipe.v1 import edgepipe_pb2 as pb
+from edgepipe.framing import PROTOCOL_MINOR
 from edgepipe.server import Client, Server, default_socket_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,7 +87,7 @@ class TestHandshake:
         with pytest.raises(RemoteError) as ei:
             Client.connect(server.path, protocol_major=2)
         assert ei.value.code == pb.ERROR_CODE_VERSION_MISMATCH
-        assert "ERROR_CODE_VERSION_MISMATCH" in str(ei.value) and "protocol 2.0" in str(ei.value)
+        assert "ERROR_CODE_VERSION_MISMATCH" in str(ei.value) and f"protocol 2.{PROTOCOL_MINOR}" in str(ei.value)
         with _raw_hello(server.path, major=7) as fs:
             env = fs.recv(timeout_s=5)
             assert env.error.code == pb.ERROR_CODE_VERSION_MISMATCH and env.reply_to == 1
@@ -124,6 +125,36 @@ class TestHandshake:
         """Subscribing to a name that is not an Envelope body is refused, naming it."""
         with pytest.raises(RemoteError, match="resultz"):
             Client.connect(server.path, subscribe=["stats", "resultz"])
+
+    def test_subscriptions_are_limited_to_published_bodies(self, server):
+        """A subscription to a body that is never published (hello, attach, error, welcome) is refused with
+        BAD_MESSAGE, one to a name this server does not know with UNSUPPORTED; both name the bad name."""
+        for name in ("hello", "attach", "error", "welcome"):
+            with pytest.raises(RemoteError, match=f"'{name}'") as ei:
+                Client.connect(server.path, subscribe=["stats", name])
+            assert ei.value.code == pb.ERROR_CODE_BAD_MESSAGE
+        with pytest.raises(RemoteError, match="'resultz'") as ei:
+            Client.connect(server.path, subscribe=["resultz"])
+        assert ei.value.code == pb.ERROR_CODE_UNSUPPORTED
+        for name in ("stats", "stop", "imu_sample", "frame_meta", "inference_result", "*"):
+            Client.connect(server.path, subscribe=[name]).close()
+
+    def test_refusals_carry_a_seq_and_echo_the_request(self, server):
+        """An Error refusing a message has a seq of its own and reply_to naming the refused message's seq."""
+        with _raw_hello(server.path, major=7) as fs:
+            env = fs.recv(timeout_s=5)
+            assert env.error.code == pb.ERROR_CODE_VERSION_MISMATCH
+            assert env.reply_to == 1 and env.seq >= 1
+        with FrameSocket.connect(server.path, timeout_s=5) as fs:
+            fs.send(Envelope(seq=9, stop=pb.Stop()))
+            env = fs.recv(timeout_s=5)
+            assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE
+            assert env.reply_to == 9 and env.seq >= 1
+        with FrameSocket.connect(server.path, timeout_s=5) as fs:
+            fs.send_bytes(Envelope(seq=4).SerializeToString() + bytes([0xFA, 0x06, 0x00]))  # unknown body
+            env = fs.recv(timeout_s=5)
+            assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE and "must be a Hello" in env.error.message
+            assert env.reply_to == 4 and env.seq >= 1
 
     def test_bad_client_arguments(self, server):
         """Client.connect and Server check their arguments and name the bad value."""
@@ -268,28 +299,58 @@ class TestManyClients:
         assert server.counters["welcomed"] == 9
 
     def test_bad_frames_get_an_error_and_do_not_disturb_others(self, server):
-        """Garbage, a frame over max_frame and an Envelope with no known body each end only their own
-        connection (with Error BAD_MESSAGE naming the problem where the stream allows an answer)."""
+        """Garbage and a frame over max_frame each end only their own connection, with Error BAD_MESSAGE
+        naming the problem; another client goes on."""
         with Client.connect(server.path, stage="good") as good:
-            for bad, expect in [(b"\xff\xff\xff\xff\xff", "is not a edgepipe.v1.Envelope"),
-                                (bytes([0xF8, 0x06, 0x01]), "no body this schema knows")]:
-                with _raw_hello(server.path) as fs:
-                    assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
-                    fs.send_bytes(bad)
-                    env = fs.recv(timeout_s=5)
-                    assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE and expect in env.error.message
-                    with pytest.raises(PeerClosedError):
-                        fs.recv(timeout_s=5)
+            with _raw_hello(server.path) as fs:
+                assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
+                fs.send_bytes(b"\xff\xff\xff\xff\xff")
+                env = fs.recv(timeout_s=5)
+                assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE
+                assert "is not a edgepipe.v1.Envelope" in env.error.message
+                with pytest.raises(PeerClosedError):
+                    fs.recv(timeout_s=5)
             with _raw_hello(server.path) as fs:
                 assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
                 raw = socket.socket(fileno=os.dup(fs.fileno()))
                 raw.sendall(struct.pack("<I", server.max_frame + 1))
                 raw.close()
+                env = fs.recv(timeout_s=5)
+                assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE and "over max_frame" in env.error.message
                 with pytest.raises(PeerClosedError):
                     fs.recv(timeout_s=5)
             assert "over max_frame" in str(server.recent_errors[-1])
-            assert server.counters["bad_frames"] == 3
+            assert server.counters["bad_frames"] == 2
             assert good.request(_stats("ok"), timeout_s=5).stats.stage_name == "ok!"
+
+    def test_frame_over_max_frame_gets_its_error(self, server):
+        """A welcomed client announcing a frame over max_frame is sent Error BAD_MESSAGE naming the size and
+        the limit (with its own seq) before the connection closes (it used to get a bare EOF)."""
+        with _raw_hello(server.path) as fs:
+            assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
+            raw = socket.socket(fileno=os.dup(fs.fileno()))
+            raw.sendall(struct.pack("<I", server.max_frame + 1) + b"x" * 1000)
+            raw.close()
+            env = fs.recv(timeout_s=5)
+            assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE and env.seq > 1
+            assert str(server.max_frame + 1) in env.error.message and str(server.max_frame) in env.error.message
+            with pytest.raises(PeerClosedError):
+                fs.recv(timeout_s=5)
+
+    def test_unknown_body_gets_unsupported_and_the_session_goes_on(self, server):
+        """A newer minor's body (an Envelope field this schema does not know, here 111) is answered with
+        Error UNSUPPORTED echoing its seq, and the same connection keeps being served (the compatibility
+        rule in edgepipe.proto); it used to be BAD_MESSAGE and a disconnect."""
+        with _raw_hello(server.path) as fs:
+            assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
+            fs.send_bytes(Envelope(seq=5).SerializeToString() + bytes([0xFA, 0x06, 0x02, 0x08, 0x01]))
+            env = fs.recv(timeout_s=5)
+            assert env.error.code == pb.ERROR_CODE_UNSUPPORTED and env.reply_to == 5 and env.seq > 1
+            assert "seq 5" in env.error.message
+            fs.send(Envelope(seq=6, stats=pb.Stats(stage_name="after")))
+            reply = fs.recv(timeout_s=5)
+            assert reply.reply_to == 6 and reply.stats.stage_name == "after!"
+        assert server.counters["unsupported"] == 1 and server.counters["bad_frames"] == 0
 
     def test_unknown_field_beside_a_known_body_is_kept(self, server):
         """A newer client's extra Envelope field (number 99) does not stop the message being served."""
@@ -308,8 +369,9 @@ class TestManyClients:
 
         server.on("stop", boom)
         with Client.connect(server.path) as c:
-            with pytest.raises(RemoteError, match="ERROR_CODE_NOT_FOUND.*'imu_sample'"):
+            with pytest.raises(RemoteError, match="ERROR_CODE_NOT_FOUND.*'imu_sample'") as ei:
                 c.request(Envelope(imu_sample=pb.ImuSample()), timeout_s=5)
+            assert ei.value.code == pb.ERROR_CODE_NOT_FOUND
             with pytest.raises(RemoteError, match="RuntimeError: bad stop 42") as ei:
                 c.request(Envelope(stop=pb.Stop()), timeout_s=5)
             assert ei.value.code == pb.ERROR_CODE_INTERNAL
