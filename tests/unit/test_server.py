@@ -204,6 +204,64 @@ class TestPeerCredentials:
             assert srv.counters["welcomed"] == 1 and srv.counters["refused_uid"] == 0
 
 
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
+    def test_allowed_uid_reaches_a_socket_in_a_directory_the_server_made(self, sock_dir):
+        """With allowed_uids the server creates its missing directory 0711, so the allowed user (a child
+        that setuid/setgid 65534) connects and is welcomed; a uid not allowed still gets PERMISSION."""
+        nobody = 65534
+        os.chmod(sock_dir, 0o755)  # stands in for /tmp: every user may pass
+        path = os.path.join(sock_dir, "made", "ctl.sock")
+        try:
+            with Server(path, allowed_uids=[nobody]) as srv:
+                assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o711
+                assert self._child_connect_as(path, nobody) == 10
+                assert srv.counters["welcomed"] == 1
+            with Server(path, allowed_uids=[12345]) as srv:
+                assert self._child_connect_as(path, nobody) == 20
+        finally:
+            os.rmdir(os.path.dirname(path))
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
+    def test_default_path_with_allowed_uids_is_reachable(self):
+        """Server(name=..., allowed_uids=[u]) puts its socket in /tmp/edgepipe-<uid>-shared (0711), which
+        user u can reach: a child running as u connects and is welcomed."""
+        nobody = 65534
+        name = f"t-{os.getpid()}-{time.monotonic_ns()}"
+        with Server(name=name, allowed_uids=[nobody]) as srv:
+            assert os.path.dirname(srv.path) == str(default_socket_dir(shared=True))
+            assert stat.S_IMODE(os.stat(os.path.dirname(srv.path)).st_mode) == 0o711
+            assert self._child_connect_as(srv.path, nobody) == 10
+        assert not os.path.exists(srv.path)
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
+    def test_refused_uid_always_reads_its_error(self, sock_dir):
+        """A refused uid's client reads Error PERMISSION every time, even when the server refuses (without
+        reading) before the Hello goes out: 20 tries in one child, none may end in EPIPE."""
+        os.chmod(sock_dir, 0o711)
+        path = os.path.join(sock_dir, "ctl.sock")
+        with Server(path, allowed_uids=[12345]) as srv:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    failures = 0
+                    for _ in range(20):
+                        try:
+                            Client.connect(path, timeout_s=10).close()
+                        except RemoteError as e:
+                            failures += e.code != pb.ERROR_CODE_PERMISSION
+                        except Exception:  # noqa: BLE001 (EPIPE before the fix)
+                            failures += 1
+                    code = min(failures, 100)
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert srv.counters["refused_uid"] == 20
+
+
 class TestSocketFiles:
     def test_stale_socket_is_replaced(self, sock_dir):
         """A socket file left by a dead server (connect refused) is replaced; close() unlinks ours."""
@@ -378,6 +436,77 @@ class TestManyClients:
             assert c.request(_stats("alive"), timeout_s=5).stats.stage_name == "alive!"
 
 
+class TestResourceBounds:
+    def test_pre_hello_frame_is_capped(self, sock_dir):
+        """Before its Hello a connection may not announce a frame over pre_hello_max_frame: it gets Error
+        BAD_MESSAGE naming the limit at once (not after hello_timeout_s), so no 16 MiB buffer is pinned."""
+        with Server(os.path.join(sock_dir, "s.sock"), hello_timeout_s=60) as srv:
+            with FrameSocket.connect(srv.path, timeout_s=5) as fs:
+                raw = socket.socket(fileno=os.dup(fs.fileno()))
+                raw.sendall(struct.pack("<I", (1 << 20) + 1) + b"x" * 100)
+                raw.close()
+                env = fs.recv(timeout_s=10)
+                assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE
+                assert f"pre_hello_max_frame = {srv.pre_hello_max_frame}" in env.error.message
+                assert str((1 << 20) + 1) in env.error.message
+                with pytest.raises(PeerClosedError):
+                    fs.recv(timeout_s=10)
+            assert srv.counters["refused_hello"] == 1
+
+    def test_stalled_frame_is_dropped_after_frame_timeout(self, sock_dir):
+        """A welcomed client that starts a frame and stalls one part-way gets Error BAD_MESSAGE naming how
+        much arrived once frame_timeout_s has passed, and is disconnected; an idle client is left alone."""
+        with Server(os.path.join(sock_dir, "s.sock"), frame_timeout_s=0.3) as srv, \
+                Client.connect(srv.path, stage="idle") as idle:
+            with _raw_hello(srv.path) as fs:
+                assert fs.recv(timeout_s=5).WhichOneof("body") == "welcome"
+                raw = socket.socket(fileno=os.dup(fs.fileno()))
+                raw.sendall(struct.pack("<I", 1000) + b"\x0a" * 10)
+                raw.close()
+                env = fs.recv(timeout_s=30)
+                assert env.error.code == pb.ERROR_CODE_BAD_MESSAGE
+                assert "10 of 1000 payload bytes" in env.error.message and "0.3 s" in env.error.message
+                with pytest.raises(PeerClosedError):
+                    fs.recv(timeout_s=10)
+            assert srv.counters["stalled_frames"] == 1
+            time.sleep(0.5)  # longer than frame_timeout_s between frames is fine
+            with pytest.raises(RemoteError, match="NOT_FOUND"):  # no handler here: the session answers
+                idle.request(_stats("idle"), timeout_s=5)
+
+    def test_connections_are_capped(self, sock_dir):
+        """With max_clients=2, a third connection (welcomed or not, they all count) gets Error BUSY naming
+        the limit; once one leaves, the next client is served."""
+        with Server(os.path.join(sock_dir, "s.sock"), max_clients=2) as srv:
+            a = Client.connect(srv.path, stage="a")
+            silent = FrameSocket.connect(srv.path, timeout_s=5)  # connected, no Hello yet: it counts
+            _wait_for(lambda: srv.counters["accepted"] == 2)
+            with pytest.raises(RemoteError, match="limit of 2 connections") as ei:
+                Client.connect(srv.path, stage="c", timeout_s=5)
+            assert ei.value.code == pb.ERROR_CODE_BUSY
+            assert srv.counters["refused_busy"] == 1
+            silent.close()
+            a.close()
+            deadline = time.monotonic() + 10
+            while True:  # the server notices the two closes in its own time
+                try:
+                    with Client.connect(srv.path, stage="d", timeout_s=5) as d:
+                        assert d.welcome.pid == os.getpid()
+                    break
+                except RemoteError as e:
+                    assert e.code == pb.ERROR_CODE_BUSY and time.monotonic() < deadline
+                    time.sleep(0.05)
+
+    def test_bad_bounds_are_named(self, sock_dir):
+        """The new Server knobs check their values and name the bad one."""
+        path = os.path.join(sock_dir, "s.sock")
+        with pytest.raises(ValueError, match="max_clients must be >= 1, got 0"):
+            Server(path, max_clients=0)
+        with pytest.raises(ValueError, match="frame_timeout_s.*-1"):
+            Server(path, frame_timeout_s=-1)
+        with pytest.raises(TypeError, match="'big'"):
+            Server(path, pre_hello_max_frame="big")
+
+
 class TestPublish:
     def test_subscribers_get_what_they_asked_for(self, server):
         """publish() reaches exactly the sessions that subscribed to the body name (or "*"), with
@@ -397,6 +526,49 @@ class TestPublish:
                 c.recv(timeout_s=0.05)
             assert server.counters["published"] == 3
 
+    def test_stalled_subscribers_cost_only_themselves(self, sock_dir):
+        """With three subscribers that never read and one that does, 20 publications of 60 kB return in
+        well under one send_timeout_s in total (they used to wait send_timeout_s per stalled subscriber), the
+        healthy subscriber gets every message, and the stalled ones are dropped."""
+        with Server(os.path.join(sock_dir, "p.sock"), send_timeout_s=2.0) as srv:
+            stalled = [Client.connect(srv.path, stage=f"stalled{k}", subscribe=["stats"]) for k in range(3)]
+            healthy = Client.connect(srv.path, stage="healthy", subscribe=["stats"])
+            try:
+                _wait_for(lambda: len(srv.sessions()) == 4)
+                spent = 0.0
+                for i in range(20):
+                    t0 = time.monotonic()
+                    srv.publish(_stats(f"{i:02d}" + "x" * 60000))
+                    spent += time.monotonic() - t0
+                assert spent < 1.0, f"20 publish() calls took {spent:.2f} s with send_timeout_s 2"
+                got = [healthy.recv(timeout_s=10).stats.stage_name[:2] for _ in range(20)]
+                assert got == [f"{i:02d}" for i in range(20)]
+                _wait_for(lambda: srv.counters["dropped_subscribers"] == 3, timeout_s=30)
+                assert [s.stage_name for s in srv.sessions()] == ["healthy"]
+            finally:
+                for c in [*stalled, healthy]:
+                    c.close()
+
+    def test_subscriber_beyond_its_queue_is_dropped(self, sock_dir):
+        """A subscriber that falls more than publish_queue_bytes behind is dropped at once, long before its
+        send timeout, with an error naming the bound."""
+        with Server(os.path.join(sock_dir, "q.sock"), send_timeout_s=60, publish_queue_bytes=256 << 10) as srv, \
+                Client.connect(srv.path, subscribe=["stats"]):
+            _wait_for(lambda: len(srv.sessions()) == 1)
+            for _ in range(200):
+                srv.publish(_stats("x" * 60000))
+                if srv.counters["dropped_subscribers"]:
+                    break
+            assert srv.counters["dropped_subscribers"] == 1 and srv.sessions() == []
+            assert "publish_queue_bytes 262144" in str(srv.recent_errors[-1])
+
+    def test_publish_refuses_bodies_never_published(self, server):
+        """publish() takes only bodies a client can subscribe to, naming the bad one."""
+        with pytest.raises(ValueError, match="'welcome'"):
+            server.publish(Envelope(welcome=pb.Welcome()))
+        with pytest.raises(ValueError, match="None"):
+            server.publish(Envelope())
+
     def test_stalled_subscriber_is_dropped(self, server):
         """A subscriber that never reads is disconnected once a send blocks past send_timeout_s; the
         other subscriber gets every message."""
@@ -411,6 +583,7 @@ class TestPublish:
                 got += 1
                 if server.counters["dropped_subscribers"]:
                     break
+                time.sleep(0.01)  # publish no longer waits: give the send timeout (0.5 s) a chance too
             assert server.counters["dropped_subscribers"] == 1
             assert len(server.sessions()) == 1 and server.sessions()[0].id == fast.session_id
             assert slow.session_id != fast.session_id and got < 100
