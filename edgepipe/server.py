@@ -221,7 +221,7 @@ class Session:
         hello: the client's Hello (``stage_name``, ``role``, ``subscribe``, protocol version).
     """
 
-    __slots__ = ("_dropped", "_fs", "_out_cv", "_outbox", "_outbox_bytes", "_sender", "_seq", "_server",
+    __slots__ = ("_dropped", "_fs", "_out_busy", "_out_cv", "_outbox", "_outbox_bytes", "_sender", "_seq", "_server",
                  "_thread", "_tx_lock", "gid", "hello", "id", "pid", "subscribe", "uid")
 
     def __init__(self, server: Server, fs: FrameSocket, sid: int, cred: tuple[int, int, int]) -> None:
@@ -239,6 +239,7 @@ class Session:
         self._outbox_bytes = 0
         self._out_cv = threading.Condition(threading.Lock())
         self._sender: threading.Thread | None = None
+        self._out_busy = False  # the sender thread is sending one it took off the queue
         self._dropped = False
 
     @property
@@ -311,11 +312,25 @@ class Session:
                     return
                 data = self._outbox.popleft()
                 self._outbox_bytes -= len(data) + _QUEUED_OVERHEAD
+                self._out_busy = True
             try:
                 self._send_published(data, server.send_timeout_s)
             except FrameError as e:
                 server._drop_subscriber(self, e)
                 return
+            finally:
+                with self._out_cv:
+                    self._out_busy = False
+                    self._out_cv.notify_all()
+
+    def _flush(self, deadline: float) -> None:
+        """Wait (until ``deadline``, time.monotonic) for the sender thread to send what is queued."""
+        with self._out_cv:
+            while (self._outbox or self._out_busy) and not self._fs.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._out_cv.wait(left)
 
     def _send(self, env: Envelope, fds, timeout_s: float | None) -> None:
         t = self._server.send_timeout_s if timeout_s is None else timeout_s
@@ -584,7 +599,9 @@ class Server:
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, disconnect every client, unlink the socket (if it is still ours). Safe twice."""
+        """Stop accepting, give each subscriber's queue up to ``timeout_s`` to go out (a stalled subscriber
+        is dropped after ``send_timeout_s`` as usual), disconnect every client, unlink the socket (if it is
+        still ours). Safe twice."""
         if self._closing:
             return
         self._closing = True
@@ -599,11 +616,13 @@ class Server:
                     os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        deadline = time.monotonic() + timeout_s
+        for s in self._snapshot:
+            s._flush(deadline)  # what publish() accepted before close() is delivered, as when it sent inline
         with self._lock:
             sessions = list(self._sessions.values()) + list(self._pending)
         for s in sessions:
             s.close()
-        deadline = time.monotonic() + timeout_s
         for s in sessions:
             for t in (s._thread, s._sender):
                 if t is not None and t is not threading.current_thread():
@@ -695,7 +714,8 @@ class Server:
             pass
         s._fs.close(linger_s=_REFUSE_LINGER_S)
 
-    def _handshake(self, s: Session) -> bool:
+    def _handshake(self, s: Session) -> Envelope | None:
+        """Check the peer and its Hello: the Welcome to send, or None after refusing."""
         if s.uid not in self._allowed:
             self._refuse(s, "refused_uid", pb.ERROR_CODE_PERMISSION,
                          f"uid {s.uid} (pid {s.pid}) may not use {self.path!r}; allowed uids: "
@@ -748,23 +768,26 @@ class Server:
         s.hello = h
         s.subscribe = frozenset(h.subscribe)
         s._fs.max_frame = self.max_frame  # welcomed: full-size frames from now on
-        s.send(Envelope(reply_to=env.seq, welcome=pb.Welcome(
-            protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(), session_id=s.id)))
-        return True
+        return Envelope(reply_to=env.seq, welcome=pb.Welcome(
+            protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(), session_id=s.id))
 
     def _serve(self, s: Session) -> None:
         welcomed = False
         try:
-            if self._closing or not self._handshake(s):
+            welcome = None if self._closing else self._handshake(s)
+            if welcome is None:
                 return
+            # Registered and counted before the Welcome leaves: a client holding its Welcome is already in
+            # sessions() and in counters["welcomed"]. Publications queued meanwhile wait for the sender
+            # thread, which starts after the Welcome is sent, so they still arrive after it.
             with self._changed:
                 self._pending.discard(s)
                 self._sessions[s.id] = s
                 self._snapshot = tuple(self._sessions.values())
+                self.counters["welcomed"] += 1
                 self._changed.notify_all()
             welcomed = True
-            with self._lock:
-                self.counters["welcomed"] += 1
+            s.send(welcome)
             if s.subscribe:
                 s._sender = threading.Thread(target=s._sender_loop, daemon=True,
                                              name=f"edgepipe-publish {s.id} pid {s.pid}")
