@@ -60,7 +60,8 @@ import _common as C
 from edgepipe import PeerClosedError
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.control.framing import Envelope, FrameSocket
-from edgepipe.control.server import Client, Server
+from edgepipe.control.client import Client
+from edgepipe.control.server import Server
 
 WARM_NS = 300_000_000
 CHECK_MASK = 1023  # round trips: verify the echo and look at the clock every 1024

@@ -42,11 +42,26 @@ from edgepipe.errors import (
     CameraNotFoundError,
     CaptureError,
     ConfigError,
+    EdgepipeBlockingIOError,
+    EdgepipeBrokenPipeError,
+    EdgepipeChildProcessError,
+    EdgepipeConnectionAbortedError,
+    EdgepipeConnectionRefusedError,
+    EdgepipeConnectionResetError,
     EdgepipeError,
+    EdgepipeFileExistsError,
+    EdgepipeFileNotFoundError,
+    EdgepipeInterruptedError,
+    EdgepipeIsADirectoryError,
+    EdgepipeNotADirectoryError,
     EdgepipeOSError,
+    EdgepipePermissionError,
+    EdgepipeProcessLookupError,
+    EdgepipeTimeoutError,
     FrameClosedError,
     FrameDecodeError,
     FrameError,
+    FrameStalledError,
     FrameTimeoutError,
     FrameTooLargeError,
     ImageError,
@@ -79,7 +94,9 @@ from edgepipe.errors import (
     SocketInUseError,
     SourceFailedError,
     SourceOpenError,
+    UnknownBodyError,
     UnsafeSocketDirError,
+    UntrustedSegmentError,
     WorkerError,
 )
 from edgepipe.frames import (
@@ -132,7 +149,8 @@ from edgepipe.pipeline.api import (
 from edgepipe.stages.inference.quantize import QuantizeReport, calibration_frames, quantize_model
 from edgepipe.pipeline.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
-from edgepipe.control.server import Client, Server, Session, default_socket_dir
+from edgepipe.control.client import Client
+from edgepipe.control.server import Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
@@ -154,8 +172,22 @@ __all__ = [
     "DBPostprocess",
     "Detection",
     "DoctorCheck",
+    "EdgepipeBlockingIOError",
+    "EdgepipeBrokenPipeError",
+    "EdgepipeChildProcessError",
+    "EdgepipeConnectionAbortedError",
+    "EdgepipeConnectionRefusedError",
+    "EdgepipeConnectionResetError",
     "EdgepipeError",
+    "EdgepipeFileExistsError",
+    "EdgepipeFileNotFoundError",
+    "EdgepipeInterruptedError",
+    "EdgepipeIsADirectoryError",
+    "EdgepipeNotADirectoryError",
     "EdgepipeOSError",
+    "EdgepipePermissionError",
+    "EdgepipeProcessLookupError",
+    "EdgepipeTimeoutError",
     "EndOfStream",
     "Envelope",
     "FileSource",
@@ -166,6 +198,7 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "FrameSocket",
+    "FrameStalledError",
     "FrameTimeoutError",
     "FrameTooLargeError",
     "FrameWriter",
@@ -241,7 +274,9 @@ __all__ = [
     "StreamSource",
     "SyntheticSource",
     "TextDetector",
+    "UnknownBodyError",
     "UnsafeSocketDirError",
+    "UntrustedSegmentError",
     "V4l2Source",
     "WaitPolicy",
     "WorkerError",

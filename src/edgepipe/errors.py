@@ -13,7 +13,9 @@ or ``except ValueError`` catch what a user would expect.
     ├── FrameError                               a framed-socket failure (edgepipe.control.framing)
     │   ├── FrameTooLargeError (ValueError)      a frame over the socket's max_frame
     │   ├── FrameDecodeError (ValueError)        a frame whose bytes are not the expected message
+    │   │   └── UnknownBodyError                 an Envelope with no body this schema knows (.envelope)
     │   ├── FrameTimeoutError (TimeoutError)     a send or recv did not finish before its timeout
+    │   │   └── FrameStalledError                a frame that began did not complete within frame_timeout_s
     │   ├── FrameClosedError (ValueError)        this FrameSocket was closed
     │   ├── PeerClosedError (ConnectionError)    the other end closed or its process died
     │   └── RemoteError                          the peer answered with an edgepipe.v1.Error (.code, .code_name)
@@ -45,7 +47,20 @@ or ``except ValueError`` catch what a user would expect.
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── LayoutVersionError                       a region of another layout version
     ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
-    └── EdgepipeOSError (OSError)                any other -errno, with .errno set
+    └── EdgepipeOSError (OSError)                any other -errno, with .errno set; built with an errno that
+        │                                        Python maps to an OSError subclass, it becomes the matching
+        │                                        Edgepipe<Builtin> below (as OSError(errno, msg) does)
+        ├── EdgepipePermissionError (PermissionError)       EACCES, EPERM
+        │   └── UntrustedSegmentError                        a named segment another user owns, or open
+        │                                                    to other users (.owner_uid, .mode)
+        ├── EdgepipeFileNotFoundError (FileNotFoundError)   ENOENT
+        ├── EdgepipeFileExistsError (FileExistsError)       EEXIST
+        ├── EdgepipeBlockingIOError (BlockingIOError)       EAGAIN, EALREADY, EINPROGRESS
+        ├── EdgepipeBrokenPipeError (BrokenPipeError)       EPIPE, ESHUTDOWN (check() gives PeerClosedError)
+        ├── EdgepipeConnectionAbortedError, EdgepipeConnectionRefusedError, EdgepipeConnectionResetError
+        ├── EdgepipeChildProcessError, EdgepipeProcessLookupError, EdgepipeInterruptedError
+        ├── EdgepipeIsADirectoryError, EdgepipeNotADirectoryError
+        └── EdgepipeTimeoutError (TimeoutError)             ETIMEDOUT (check() gives RingTimeoutError)
 """
 
 from __future__ import annotations
@@ -59,11 +74,26 @@ __all__ = [
     "CameraNotFoundError",
     "CaptureError",
     "ConfigError",
+    "EdgepipeBlockingIOError",
+    "EdgepipeBrokenPipeError",
+    "EdgepipeChildProcessError",
+    "EdgepipeConnectionAbortedError",
+    "EdgepipeConnectionRefusedError",
+    "EdgepipeConnectionResetError",
     "EdgepipeError",
+    "EdgepipeFileExistsError",
+    "EdgepipeFileNotFoundError",
+    "EdgepipeInterruptedError",
+    "EdgepipeIsADirectoryError",
+    "EdgepipeNotADirectoryError",
     "EdgepipeOSError",
+    "EdgepipePermissionError",
+    "EdgepipeProcessLookupError",
+    "EdgepipeTimeoutError",
     "FrameClosedError",
     "FrameDecodeError",
     "FrameError",
+    "FrameStalledError",
     "FrameTimeoutError",
     "FrameTooLargeError",
     "ImageError",
@@ -96,7 +126,9 @@ __all__ = [
     "SocketInUseError",
     "SourceFailedError",
     "SourceOpenError",
+    "UnknownBodyError",
     "UnsafeSocketDirError",
+    "UntrustedSegmentError",
     "WorkerError",
 ]
 
@@ -141,8 +173,23 @@ class FrameDecodeError(FrameError, ValueError):
     """A complete frame arrived, but its bytes do not parse as the expected protobuf message."""
 
 
+class UnknownBodyError(FrameDecodeError):
+    """A frame parsed as an ``edgepipe.v1.Envelope`` but holds no body this schema knows: a newer minor's
+    message (its body is among the unknown fields). ``.envelope`` is the parsed Envelope, so its ``seq``
+    can be echoed in a reply; the stream is still at a frame boundary."""
+
+    def __init__(self, message: str, envelope=None) -> None:
+        super().__init__(message)
+        self.envelope = envelope
+
+
 class FrameTimeoutError(FrameError, TimeoutError):
     """A FrameSocket send or recv did not complete before its timeout."""
+
+
+class FrameStalledError(FrameTimeoutError):
+    """A frame whose first bytes arrived did not complete within the FrameSocket's ``frame_timeout_s``: the
+    peer announced a frame and stopped sending. The receive side is unusable afterwards."""
 
 
 class FrameClosedError(FrameError, ValueError):
@@ -301,7 +348,123 @@ class MissingExtraError(EdgepipeError, ImportError):
 
 
 class EdgepipeOSError(EdgepipeError, OSError):
-    """Any other operating-system error from the C core; ``.errno`` is set."""
+    """Any other operating-system error from the C core; ``.errno`` is set.
+
+    Like ``OSError(errno, msg)``, ``EdgepipeOSError(errno, msg[, filename])`` returns the subclass that also
+    inherits the builtin Python picks for that errno (EACCES/EPERM: :class:`EdgepipePermissionError`, a
+    ``PermissionError``; ENOENT: :class:`EdgepipeFileNotFoundError`; ...), so ``except PermissionError``
+    catches an edgepipe EACCES wherever it is raised. Errnos with no builtin (EINVAL, ENOMEM) stay
+    EdgepipeOSError.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is EdgepipeOSError and len(args) >= 2 and isinstance(args[0], int):
+            cls = _os_error_class(args[0])
+        return super().__new__(cls, *args, **kwargs)
+
+
+class EdgepipePermissionError(EdgepipeOSError, PermissionError):
+    """EACCES or EPERM from the operating system."""
+
+
+class EdgepipeFileNotFoundError(EdgepipeOSError, FileNotFoundError):
+    """ENOENT: no such segment, file or socket."""
+
+
+class EdgepipeFileExistsError(EdgepipeOSError, FileExistsError):
+    """EEXIST: a segment or file of that name already exists."""
+
+
+class EdgepipeBlockingIOError(EdgepipeOSError, BlockingIOError):
+    """EAGAIN, EALREADY or EINPROGRESS where a call could not wait."""
+
+
+class EdgepipeBrokenPipeError(EdgepipeOSError, BrokenPipeError):
+    """EPIPE or ESHUTDOWN built directly (``check()`` turns EPIPE into PeerClosedError)."""
+
+
+class EdgepipeConnectionAbortedError(EdgepipeOSError, ConnectionAbortedError):
+    """ECONNABORTED."""
+
+
+class EdgepipeConnectionRefusedError(EdgepipeOSError, ConnectionRefusedError):
+    """ECONNREFUSED: nobody listens there."""
+
+
+class EdgepipeConnectionResetError(EdgepipeOSError, ConnectionResetError):
+    """ECONNRESET."""
+
+
+class EdgepipeChildProcessError(EdgepipeOSError, ChildProcessError):
+    """ECHILD."""
+
+
+class EdgepipeProcessLookupError(EdgepipeOSError, ProcessLookupError):
+    """ESRCH: no such process."""
+
+
+class EdgepipeInterruptedError(EdgepipeOSError, InterruptedError):
+    """EINTR that reached the caller."""
+
+
+class EdgepipeIsADirectoryError(EdgepipeOSError, IsADirectoryError):
+    """EISDIR."""
+
+
+class EdgepipeNotADirectoryError(EdgepipeOSError, NotADirectoryError):
+    """ENOTDIR."""
+
+
+class EdgepipeTimeoutError(EdgepipeOSError, TimeoutError):
+    """ETIMEDOUT built directly (``check()`` turns it into RingTimeoutError)."""
+
+
+class UntrustedSegmentError(EdgepipePermissionError):
+    """A named segment that another user owns (and ``allow_uids`` does not list), or whose mode lets other
+    users open it: a local user could have created it first under a well-known name and fed us its records.
+
+    Attributes:
+        owner_uid: the segment's owner (fstat). mode: its permission bits. ``.errno`` is EACCES and
+        ``.filename`` the segment's path.
+    """
+
+    # EdgepipeOSError defines __new__, so OSError parses its arguments there (and its __init__ does nothing):
+    # hand it the (errno, message, filename) it expects.
+    def __new__(cls, message: str, filename: str | None = None, owner_uid: int = -1, mode: int = 0):
+        return super().__new__(cls, errno.EACCES, message, filename)
+
+    def __init__(self, message: str, filename: str | None = None, owner_uid: int = -1, mode: int = 0) -> None:
+        super().__init__(errno.EACCES, message, filename)
+        self.owner_uid = owner_uid
+        self.mode = mode
+
+    def __reduce__(self):
+        return type(self), (self.strerror, self.filename, self.owner_uid, self.mode)
+
+
+# The builtin OSError subclass Python picks for an errno -> ours. EdgepipeOSError.__new__ asks Python which
+# builtin an errno gets (type(OSError(code, ""))), so the mapping is exactly the interpreter's.
+_OS_BY_BUILTIN: dict[type, type] = {
+    PermissionError: EdgepipePermissionError,
+    FileNotFoundError: EdgepipeFileNotFoundError,
+    FileExistsError: EdgepipeFileExistsError,
+    BlockingIOError: EdgepipeBlockingIOError,
+    BrokenPipeError: EdgepipeBrokenPipeError,
+    ConnectionAbortedError: EdgepipeConnectionAbortedError,
+    ConnectionRefusedError: EdgepipeConnectionRefusedError,
+    ConnectionResetError: EdgepipeConnectionResetError,
+    ChildProcessError: EdgepipeChildProcessError,
+    ProcessLookupError: EdgepipeProcessLookupError,
+    InterruptedError: EdgepipeInterruptedError,
+    IsADirectoryError: EdgepipeIsADirectoryError,
+    NotADirectoryError: EdgepipeNotADirectoryError,
+    TimeoutError: EdgepipeTimeoutError,
+}
+
+
+def _os_error_class(code: int) -> type:
+    """The EdgepipeOSError subclass for ``code``: the one that also inherits Python's builtin for it."""
+    return _OS_BY_BUILTIN.get(type(OSError(code, "")), EdgepipeOSError)
 
 
 _BY_ERRNO = {

@@ -37,6 +37,7 @@ import struct
 import sys
 import time
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -816,9 +817,10 @@ class LatestSlot(_Segment):
                             f"max_frame_bytes {max_frame_bytes}, buffers {buffers}"))
 
     @classmethod
-    def attach(cls, name: str, wait_s: float = 0.0) -> LatestSlot:
-        """Attach a named slot, waiting up to ``wait_s`` for its creator."""
-        return cls._attach_named(name, wait_s)
+    def attach(cls, name: str, wait_s: float = 0.0, *, allow_uids: Iterable[int] = ()) -> LatestSlot:
+        """Attach a named slot, waiting up to ``wait_s`` for its creator. Owner checks and ``allow_uids``
+        as ``Ring.attach``."""
+        return cls._attach_named(name, wait_s, allow_uids)
 
     @classmethod
     def from_fd(cls, fd: int) -> LatestSlot:

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from edgepipe._ffi import ffi, lib
@@ -230,13 +231,13 @@ class _Segment:
         return cls(region)
 
     @classmethod
-    def _attach_named(cls, name: str, wait_s: float):
+    def _attach_named(cls, name: str, wait_s: float, allow_uids: Iterable[int] = ()):
         validate_name(name)
         wait_ns = _timeout_ns(wait_s)
         deadline = time.monotonic() + (wait_ns / 1e9 if wait_ns >= 0 else 1e12)
         while True:
             try:
-                region = SharedRegion.attach(name)
+                region = SharedRegion.attach(name, allow_uids=allow_uids)
             except (FileNotFoundError, _EmptySegment) as e:
                 # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
                 if time.monotonic() >= deadline:
@@ -370,9 +371,13 @@ class Ring(_Segment):
             lambda r: check(lib.ep_ring_init(r.address, r.size, capacity), f"capacity {capacity}"))
 
     @classmethod
-    def attach(cls, name: str, wait_s: float = 0.0) -> Ring:
-        """Attach a named ring, waiting up to ``wait_s`` for its creator to create and initialise it."""
-        return cls._attach_named(name, wait_s)
+    def attach(cls, name: str, wait_s: float = 0.0, *, allow_uids: Iterable[int] = ()) -> Ring:
+        """Attach a named ring, waiting up to ``wait_s`` for its creator to create and initialise it.
+
+        The segment must be ours and mode 0600, or owned by a uid in ``allow_uids`` (see
+        ``SharedRegion.attach``); otherwise UntrustedSegmentError (a PermissionError) names its owner and mode.
+        """
+        return cls._attach_named(name, wait_s, allow_uids)
 
     @classmethod
     def from_fd(cls, fd: int) -> Ring:

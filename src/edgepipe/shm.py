@@ -1,6 +1,11 @@
 """SharedRegion: one mapped shared-memory segment, named (POSIX ``/dev/shm/edgepipe.<name>``) or anonymous
 (``memfd``). Knows nothing about rings; ``edgepipe.ring`` lays records out inside it.
 
+Attaching a named segment checks who made it (``fstat`` of the opened fd, so there is no window between
+the check and the use): a name in /dev/shm is a public namespace, and a local user could create
+``edgepipe.<name>`` first (mode 0666) and feed a consumer its own records. Only segments we own and that no
+other user can open are attached, unless ``allow_uids`` names the owners trusted to share one.
+
 Lifetime is explicit: ``close()`` closes the fd and unmaps; ``unlink()`` removes the name. Nothing is
 released by ``__del__``.
 
@@ -16,9 +21,11 @@ import errno
 import mmap
 import os
 import re
+import stat
+from collections.abc import Iterable
 
 from edgepipe._ffi import ffi, lib
-from edgepipe.errors import EdgepipeOSError, RingClosedError, check
+from edgepipe.errors import EdgepipeOSError, RingClosedError, UntrustedSegmentError, check
 
 __all__ = ["SharedRegion", "list_segments", "validate_name"]
 
@@ -49,6 +56,38 @@ def _check_size(size: object) -> int:
     if size <= 0 or size > _MAX_SIZE:
         raise ValueError(f"size must be in 1..{_MAX_SIZE} bytes, got {size}")
     return size
+
+
+def _check_uids(allow_uids: object) -> frozenset[int]:
+    if isinstance(allow_uids, (str, bytes)) or not hasattr(allow_uids, "__iter__"):
+        raise TypeError(f"allow_uids must be an iterable of uids, not {type(allow_uids).__name__}: {allow_uids!r}")
+    out = set()
+    for u in allow_uids:
+        if not isinstance(u, int) or isinstance(u, bool) or u < 0:
+            raise ValueError(f"allow_uids must hold uids (ints >= 0), got {u!r}")
+        out.add(u)
+    return frozenset(out)
+
+
+def _check_owner(fd: int, name: str, allow: frozenset[int]) -> None:
+    """Refuse (UntrustedSegmentError) a segment owned by a uid that is neither ours nor in ``allow``, one that
+    others may open when nobody else is allowed (any group/other bit), and a world-writable one always."""
+    st = os.fstat(fd)
+    me = os.geteuid()
+    owner, mode = st.st_uid, stat.S_IMODE(st.st_mode)
+    path = SHM_DIR + "/" + PREFIX + name
+    if owner != me and owner not in allow:
+        raise UntrustedSegmentError(
+            f"segment {name!r} belongs to uid {owner} (mode {mode:04o}), not to us (uid {me}): another user "
+            f"may have created it to feed us records; pass allow_uids=[{owner}] if that user is trusted",
+            path, owner, mode)
+    too_open = mode & (0o002 if allow else 0o077)
+    if too_open:
+        who = "any user may write it" if mode & 0o002 else "other users may open it"
+        hint = "" if mode & 0o002 else "; pass allow_uids=[...] if it is shared with other users on purpose"
+        raise UntrustedSegmentError(
+            f"segment {name!r} of uid {owner} has mode {mode:04o}: {who}, so its records cannot be trusted{hint}",
+            path, owner, mode)
 
 
 class _EmptySegment(EdgepipeOSError):
@@ -87,7 +126,8 @@ class SharedRegion:
         _check_size(size)
         fd = lib.ep_shm_create(name.encode(), size)
         if fd == -errno.EEXIST:
-            raise FileExistsError(errno.EEXIST, f"shared memory segment {name!r} already exists", SHM_DIR + "/" + PREFIX + name)
+            raise EdgepipeOSError(errno.EEXIST, f"shared memory segment {name!r} already exists",
+                                  SHM_DIR + "/" + PREFIX + name)
         check(fd, f"creating segment {name!r} of {size} bytes")
         try:
             return cls(fd, size, name, owner=True)
@@ -96,13 +136,33 @@ class SharedRegion:
             raise
 
     @classmethod
-    def attach(cls, name: str) -> SharedRegion:
-        """Map an existing named segment at its full size."""
+    def attach(cls, name: str, *, allow_uids: Iterable[int] = ()) -> SharedRegion:
+        """Map an existing named segment at its full size, if we can trust who made it.
+
+        Args:
+            allow_uids: owners trusted besides ourselves. Without it the segment must be ours and mode
+                0600 (no group/other bits); with it, an owner it lists is accepted too, and group/other
+                read access (how another user's segment is opened at all) is fine, but never a segment
+                any user may write.
+
+        Raises:
+            UntrustedSegmentError (a PermissionError): another user owns it, or its mode is too open; the
+                message names the owner uid and the mode.
+            EdgepipeFileNotFoundError (a FileNotFoundError): no such segment.
+            EdgepipePermissionError (a PermissionError): we may not open it (EACCES).
+        """
         validate_name(name)
+        allow = _check_uids(allow_uids)
         fd = lib.ep_shm_open(name.encode())
         if fd == -errno.ENOENT:
-            raise FileNotFoundError(errno.ENOENT, f"no shared memory segment named {name!r}", SHM_DIR + "/" + PREFIX + name)
+            raise EdgepipeOSError(errno.ENOENT, f"no shared memory segment named {name!r}",
+                                  SHM_DIR + "/" + PREFIX + name)
         check(fd, f"opening segment {name!r}")
+        try:
+            _check_owner(fd, name, allow)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls._from_owned_fd(fd, name)
 
     @classmethod

@@ -34,7 +34,8 @@ with atheris.instrument_imports(include=["edgepipe"]):
     from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
     from edgepipe.errors import FrameDecodeError, FrameTooLargeError, PeerClosedError
     from edgepipe.control.framing import Envelope, FrameSocket
-    from edgepipe.control.server import Client, Server
+    from edgepipe.control.client import Client
+    from edgepipe.control.server import Server
 
 MAX_FRAME = 2048  # small, so the fuzzer reaches the over-maximum path easily
 HDR = struct.Struct("<I")

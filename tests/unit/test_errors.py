@@ -20,8 +20,25 @@ MAPPED = {
     errno.EBUSY: (E.RingBusyError, None),
 }
 
-# errnos with no class of their own: they become EdgepipeOSError.
-UNMAPPED = [errno.EAGAIN, errno.EINVAL, errno.ENOMEM, errno.ENOENT, errno.EACCES, errno.ENOBUFS, 4095]
+# errnos with no class of their own and no builtin OSError subclass: they stay EdgepipeOSError.
+UNMAPPED = [errno.EINVAL, errno.ENOMEM, errno.ENOBUFS, errno.ENOSPC, 4095]
+
+# errnos Python gives a builtin OSError subclass: check() raises the EdgepipeOSError subclass that is also it.
+BUILTIN = {
+    errno.EACCES: (E.EdgepipePermissionError, PermissionError),
+    errno.EPERM: (E.EdgepipePermissionError, PermissionError),
+    errno.ENOENT: (E.EdgepipeFileNotFoundError, FileNotFoundError),
+    errno.EEXIST: (E.EdgepipeFileExistsError, FileExistsError),
+    errno.EAGAIN: (E.EdgepipeBlockingIOError, BlockingIOError),
+    errno.ECONNREFUSED: (E.EdgepipeConnectionRefusedError, ConnectionRefusedError),
+    errno.ECONNRESET: (E.EdgepipeConnectionResetError, ConnectionResetError),
+    errno.ESRCH: (E.EdgepipeProcessLookupError, ProcessLookupError),
+    errno.EINTR: (E.EdgepipeInterruptedError, InterruptedError),
+    errno.ENOTDIR: (E.EdgepipeNotADirectoryError, NotADirectoryError),
+    errno.EISDIR: (E.EdgepipeIsADirectoryError, IsADirectoryError),
+    errno.ECHILD: (E.EdgepipeChildProcessError, ChildProcessError),
+    errno.ECONNABORTED: (E.EdgepipeConnectionAbortedError, ConnectionAbortedError),
+}
 
 
 class TestCheckSuccess:
@@ -72,11 +89,51 @@ class TestCheckUnmapped:
         assert isinstance(ei.value, E.EdgepipeError)
         assert "what" in str(ei.value)
 
-    def test_enoent_is_not_file_not_found(self):
-        """EdgepipeOSError stays itself for ENOENT (OSError's constructor does not swap in a subclass)."""
-        with pytest.raises(E.EdgepipeOSError) as ei:
-            check(-errno.ENOENT)
-        assert type(ei.value) is E.EdgepipeOSError
+
+
+class TestOSErrorBuiltins:
+    @pytest.mark.parametrize("code", sorted(BUILTIN), ids=lambda c: errno.errorcode.get(c, str(c)))
+    def test_check_raises_the_builtin_too(self, code):
+        """check(-errno) for an errno Python maps to an OSError subclass raises an EdgepipeOSError that is
+        also that builtin, with .errno and the context kept."""
+        cls, builtin = BUILTIN[code]
+        with pytest.raises(builtin) as ei:
+            check(-code, "segment 'cam0'")
+        assert type(ei.value) is cls
+        assert isinstance(ei.value, E.EdgepipeOSError) and ei.value.errno == code
+        assert "segment 'cam0'" in str(ei.value)
+
+    def test_except_permission_error_catches_eacces(self):
+        """``except PermissionError`` catches EACCES from the C core (it used to slip past as a bare OSError)."""
+        try:
+            check(-errno.EACCES, "opening segment 'x'")
+        except PermissionError as e:
+            assert e.errno == errno.EACCES
+        else:
+            pytest.fail("no exception")
+
+    @pytest.mark.parametrize("code", sorted(BUILTIN), ids=lambda c: errno.errorcode.get(c, str(c)))
+    def test_constructor_picks_the_subclass(self, code):
+        """EdgepipeOSError(errno, msg, filename) returns the matching subclass, as OSError(errno, msg) does,
+        so code that builds one directly is covered too; it pickles to the same class."""
+        import pickle
+
+        cls, builtin = BUILTIN[code]
+        e = E.EdgepipeOSError(code, "msg", "/dev/shm/edgepipe.x")
+        assert type(e) is cls and isinstance(e, builtin)
+        assert (e.errno, e.strerror, e.filename) == (code, "msg", "/dev/shm/edgepipe.x")
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is cls and back.errno == code
+
+    def test_untrusted_segment_error_is_a_permission_error(self):
+        """UntrustedSegmentError is a PermissionError with errno EACCES, the owner and mode, and pickles."""
+        import pickle
+
+        e = E.UntrustedSegmentError("segment 'x' belongs to uid 65534", "/dev/shm/edgepipe.x", 65534, 0o666)
+        assert isinstance(e, PermissionError) and isinstance(e, E.EdgepipeOSError)
+        assert (e.errno, e.owner_uid, e.mode) == (errno.EACCES, 65534, 0o666)
+        back = pickle.loads(pickle.dumps(e))
+        assert (type(back), back.owner_uid, back.mode, str(back)) == (type(e), 65534, 0o666, str(e))
 
 
 class TestTree:

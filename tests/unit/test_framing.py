@@ -19,10 +19,12 @@ from edgepipe import (
     FrameDecodeError,
     FrameError,
     FrameSocket,
+    FrameStalledError,
     FrameTimeoutError,
     FrameTooLargeError,
     PeerClosedError,
     Ring,
+    UnknownBodyError,
 )
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.control.framing import MAX_FDS, READ_AHEAD
@@ -288,6 +290,31 @@ class TestBadInput:
         with pytest.raises(FrameError, match="close this FrameSocket"):
             fs.recv_bytes(timeout_s=5)
 
+    def test_over_maximum_leaves_the_send_side_usable(self, raw_pair):
+        """After an incoming frame over max_frame only the receive side is refused: a send (the Error that
+        explains the refusal) still goes out whole."""
+        fs, raw = raw_pair
+        fs.max_frame = 1000
+        raw.sendall(struct.pack("<I", 1001))
+        with pytest.raises(FrameTooLargeError):
+            fs.recv_bytes(timeout_s=5)
+        fs.send_bytes(b"refused: too large", timeout_s=5)
+        assert raw.recv(64) == _frame(b"refused: too large")
+        with pytest.raises(FrameError, match="close this FrameSocket"):
+            fs.recv_bytes(timeout_s=5)
+
+    def test_unknown_body_is_reported_with_the_envelope(self, raw_pair):
+        """An Envelope whose body this schema does not know (a newer minor's, here field 111) raises
+        UnknownBodyError, a FrameDecodeError holding the parsed Envelope (its seq), and the stream goes on."""
+        fs, raw = raw_pair
+        newer = Envelope(seq=7).SerializeToString() + bytes([0xFA, 0x06, 0x02, 0x08, 0x01])  # field 111, LEN
+        raw.sendall(_frame(newer) + _frame(Envelope(seq=8, stop=pb.Stop()).SerializeToString()))
+        with pytest.raises(UnknownBodyError) as ei:
+            fs.recv(timeout_s=5)
+        assert isinstance(ei.value, FrameDecodeError) and ei.value.envelope.seq == 7
+        assert "seq 7" in str(ei.value)
+        assert fs.recv(timeout_s=5).seq == 8
+
     def test_huge_length_is_refused_before_any_allocation(self, raw_pair):
         """A length of 4 GiB - 1 is refused at once, not allocated."""
         fs, raw = raw_pair
@@ -371,6 +398,41 @@ class TestTimeouts:
             fs.recv_bytes(timeout_s=0.05)
         raw.sendall(wire[6:])
         assert fs.recv_bytes(timeout_s=5) == b"abcdef"
+
+    def test_stalled_frame_hits_frame_timeout(self, raw_pair):
+        """With frame_timeout_s set, a frame that began and stalls short of its end raises FrameStalledError
+        naming how much arrived, long before the caller's own (10 s) timeout; the receive side is refused."""
+        fs, raw = raw_pair
+        fs.frame_timeout_s = 0.2
+        raw.sendall(struct.pack("<I", 1000) + b"x" * 10)
+        with pytest.raises(FrameStalledError, match="10 of 1000 payload bytes") as ei:
+            fs.recv_bytes(timeout_s=10)
+        assert isinstance(ei.value, FrameTimeoutError)
+        with pytest.raises(FrameError, match="close this FrameSocket"):
+            fs.recv_bytes(timeout_s=5)
+
+    def test_frame_timeout_does_not_limit_idle_waits(self, raw_pair):
+        """frame_timeout_s starts when a frame's first byte arrives: waiting longer than it for a frame to
+        begin is a plain timeout (or no timeout at all), and a frame sent afterwards is received."""
+        fs, raw = raw_pair
+        fs.frame_timeout_s = 0.05
+        with pytest.raises(FrameTimeoutError) as ei:
+            fs.recv_bytes(timeout_s=0.3)
+        assert not isinstance(ei.value, FrameStalledError)
+        join = _in_thread(fs.recv_bytes)  # no timeout: waits past frame_timeout_s for the frame to start
+        time.sleep(0.2)
+        raw.sendall(_frame(b"late but whole"))
+        assert join() == b"late but whole"
+
+    def test_bad_frame_timeout_is_named(self, pair):
+        """frame_timeout_s must be a positive number or None; the bad value is named."""
+        a, _ = pair
+        with pytest.raises(ValueError, match="-1"):
+            a.frame_timeout_s = -1
+        with pytest.raises(TypeError, match="'soon'"):
+            a.frame_timeout_s = "soon"
+        a.frame_timeout_s = None
+        assert a.frame_timeout_s is None
 
     def test_send_times_out_when_peer_does_not_read(self, pair):
         """A send that cannot finish because the peer does not read raises FrameTimeoutError naming how far
@@ -508,6 +570,23 @@ class TestFdPassing:
 
 
 class TestLifetime:
+    def test_close_with_linger_lets_a_sending_peer_read_our_last_frame(self, raw_pair):
+        """close(linger_s) half-closes and drains what the peer still sends, so a peer that writes after our
+        last frame can still send (no EPIPE) and reads that frame, then a clean EOF rather than a reset."""
+        fs, raw = raw_pair
+        fs.send_bytes(b"refused", timeout_s=5)
+        raw.sendall(b"an unread hello")  # unread by fs: a plain close() would reset the connection
+        join = _in_thread(fs.close, 5.0)
+        got = b""
+        while len(got) < 11:
+            got += raw.recv(64)
+        assert got == _frame(b"refused")
+        raw.sendall(b"more after the refusal")  # still accepted: fs is draining, not gone
+        assert raw.recv(64) == b""  # our side ended cleanly
+        raw.close()
+        join()
+        assert fs.closed
+
     def test_close_twice_and_use_after_close(self, pair):
         """close() is idempotent; every call afterwards raises FrameClosedError, a ValueError."""
         a, b = pair

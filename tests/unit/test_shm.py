@@ -5,6 +5,7 @@ Named segments use the ``shm_name`` fixture and are unlinked inside the test; ev
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import stat
@@ -338,3 +339,130 @@ class TestSizes:
             assert len(region.buffer()) == size
         finally:
             region.close()
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+
+
+def _as_nobody(fn, *args) -> int:
+    """Fork a child that drops to uid/gid 65534 and runs ``fn(*args)``; return its exit code
+    (fn's return value, 1 for an unexpected exception)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = fn(*args)
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _squat_ring(name: str, mode: int) -> int:
+    """As another user: create ring ``name``, write one record, set ``mode`` (as a squatter would)."""
+    from edgepipe import Ring
+
+    ring = Ring.create(name, capacity=4096)
+    ring.writer().try_write(b"squatted")
+    os.fchmod(ring.region.fd, mode)
+    ring.close()
+    return 0
+
+
+def _squat_slot(name: str) -> int:
+    from edgepipe import LatestSlot
+
+    LatestSlot.create(name, 1024).close()
+    return 0
+
+
+@needs_root
+class TestAttachPermissions:
+    def test_eacces_is_caught_as_permission_error(self, named, shm_name):
+        """Another user attaching our 0600 segment gets a real EACCES that ``except PermissionError`` catches,
+        as an EdgepipeOSError with errno EACCES naming the segment."""
+
+        def attach(name):
+            try:
+                SharedRegion.attach(name)
+            except PermissionError as e:
+                ok = isinstance(e, EdgepipeOSError) and e.errno == errno.EACCES and name in str(e)
+                return 10 if ok else 2
+            return 3
+
+        assert _as_nobody(attach, shm_name) == 10
+
+
+@needs_root
+class TestAttachOwner:
+    def test_foreign_squatted_ring_is_refused(self, shm_name):
+        """A ring another uid created first (mode 0666) is refused with UntrustedSegmentError (a
+        PermissionError) naming the owner uid and the mode; none of its records is read."""
+        from edgepipe import Ring, UntrustedSegmentError
+
+        try:
+            assert _as_nobody(_squat_ring, shm_name, 0o666) == 0
+            with pytest.raises(PermissionError, match=f"uid {NOBODY}.*0666") as ei:
+                Ring.attach(shm_name)
+            assert isinstance(ei.value, UntrustedSegmentError)
+            assert (ei.value.owner_uid, ei.value.mode) == (NOBODY, 0o666)
+            # Trusting the owner is not enough while any user may write the segment.
+            with pytest.raises(UntrustedSegmentError, match="any user may write"):
+                Ring.attach(shm_name, allow_uids=[NOBODY])
+        finally:
+            os.unlink(_path(shm_name))
+
+    def test_allow_uids_accepts_a_listed_owner(self, shm_name):
+        """With allow_uids naming the owner, another user's group-shared ring is attached and read."""
+        from edgepipe import Ring, UntrustedSegmentError
+
+        try:
+            assert _as_nobody(_squat_ring, shm_name, 0o660) == 0
+            with pytest.raises(UntrustedSegmentError, match=f"belongs to uid {NOBODY}"):
+                Ring.attach(shm_name, allow_uids=[12345])
+            with Ring.attach(shm_name, allow_uids=[NOBODY]) as ring:
+                assert ring.reader().try_read() == b"squatted"
+        finally:
+            os.unlink(_path(shm_name))
+
+    def test_latest_slot_attach_checks_the_owner(self, shm_name):
+        """LatestSlot.attach refuses another user's slot and accepts it with allow_uids."""
+        from edgepipe import LatestSlot, UntrustedSegmentError
+
+        try:
+            assert _as_nobody(_squat_slot, shm_name) == 0
+            with pytest.raises(UntrustedSegmentError, match=f"uid {NOBODY}"):
+                LatestSlot.attach(shm_name)
+            LatestSlot.attach(shm_name, allow_uids=[NOBODY]).close()
+        finally:
+            os.unlink(_path(shm_name))
+
+
+class TestAttachMode:
+    def test_own_segment_open_to_others_is_refused(self, named, shm_name):
+        """Our own segment with group/other bits is refused naming its mode, accepted with allow_uids only
+        while nobody else may write it."""
+        from edgepipe import UntrustedSegmentError
+
+        os.chmod(_path(shm_name), 0o644)
+        with pytest.raises(UntrustedSegmentError, match="mode 0644"):
+            SharedRegion.attach(shm_name)
+        SharedRegion.attach(shm_name, allow_uids=[NOBODY]).close()
+        os.chmod(_path(shm_name), 0o666)
+        with pytest.raises(UntrustedSegmentError, match="mode 0666"):
+            SharedRegion.attach(shm_name, allow_uids=[NOBODY])
+
+    def test_bad_allow_uids_are_named(self, named, shm_name):
+        """allow_uids must hold uids: a negative one or a string is refused naming it."""
+        with pytest.raises(ValueError, match="-1"):
+            SharedRegion.attach(shm_name, allow_uids=[-1])
+        with pytest.raises(TypeError, match="'65534'"):
+            SharedRegion.attach(shm_name, allow_uids="65534")

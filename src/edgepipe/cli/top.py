@@ -155,7 +155,7 @@ def _run_socket(path: str, interval_s: float, once: bool, console) -> int:
     from rich.live import Live
 
     from edgepipe.errors import EdgepipeError, FrameTimeoutError, PeerClosedError
-    from edgepipe.control.server import Client
+    from edgepipe.control.client import Client
 
     try:
         client = Client.connect(path, role="monitor", stage="edgepipe top", subscribe=["stats"])

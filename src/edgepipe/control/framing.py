@@ -4,11 +4,21 @@ The wire format and all socket I/O live in ``csrc/ep_frame.c``: a u32 little-end
 file descriptors ride on a frame as SCM_RIGHTS. This module checks arguments, turns C return codes into
 typed errors, and parses frames as ``edgepipe.v1`` messages (``proto/edgepipe/v1/``).
 
+One piece: the send and receive halves share one socket, its lock, its partial-frame state and its
+timeouts; split, each half would reach into the other's private state.
+
 Waiting happens in C (``ppoll`` with an absolute CLOCK_MONOTONIC deadline) with the GIL released. A signal
 interrupts the wait: C returns ``-EINTR`` with the frame's progress kept in a ``struct ep_frame_io``, Python
 runs its handlers at once (so Ctrl-C works), and the call resumes where it stopped. A receive interrupted
 by an exception or a timeout part-way through a frame keeps that progress, and the next receive finishes
-the same frame; a send cannot be taken back, so one stopped part-way marks the stream unusable.
+the same frame; a send cannot be taken back, so one stopped part-way marks the stream unusable for sending.
+The two directions break apart: an incoming frame over max_frame leaves the receive side unusable but the
+send side at a frame boundary, so a server can still send the typed Error that explains the refusal.
+
+``frame_timeout_s`` bounds how long a frame may take once its first byte has arrived, whatever the caller's
+own timeout: a peer that announces a large frame and stalls short of its end gets FrameStalledError and a
+refused receive side, rather than pinning the receive buffer for ever. Waiting for a frame to start is not
+limited by it (an idle peer is fine).
 
 The receiver reads ahead (up to READ_AHEAD bytes per recvmsg, kept in C), so a stream of small frames
 costs about one system call per frame or less; fds still arrive with the frame they were sent with. Bytes
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import threading
 import time
@@ -34,9 +45,11 @@ from edgepipe.errors import (
     FrameClosedError,
     FrameDecodeError,
     FrameError,
+    FrameStalledError,
     FrameTimeoutError,
     FrameTooLargeError,
     PeerClosedError,
+    UnknownBodyError,
     check,
 )
 from edgepipe._args import timeout_ns
@@ -48,7 +61,7 @@ __all__ = ["Envelope", "FrameSocket"]
 Envelope = _pb.Envelope
 
 PROTOCOL_MAJOR = 1  # edgepipe.control.server refuses a Hello of another major (Error VERSION_MISMATCH)
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1  # 1: ErrorCode UNSUPPORTED and BUSY, and the compatibility rule in edgepipe.proto
 
 DEFAULT_MAX_FRAME = lib.EP_FRAME_DEFAULT_MAX
 MAX_FDS = lib.EP_FRAME_MAX_FDS
@@ -70,6 +83,7 @@ _EMSGSIZE = -errno.EMSGSIZE
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EPIPE = -errno.EPIPE
 _mono_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux: the clock ep_frame.c's deadlines use
+_LINGER_DRAIN_MAX = 1 << 20  # close(linger_s=...) discards at most this much of what the peer still sends
 
 
 def _deadline(timeout_s: float | None) -> int:
@@ -86,6 +100,18 @@ def _check_max_frame(max_frame: object) -> int:
     if not 0 <= max_frame <= _MAX_FRAME_LIMIT:
         raise ValueError(f"max_frame must be in 0..{_MAX_FRAME_LIMIT} bytes, got {max_frame}")
     return max_frame
+
+
+def _check_frame_timeout(frame_timeout_s: object) -> int | None:
+    """frame_timeout_s in ns (None stays None); a positive number of seconds."""
+    if frame_timeout_s is None:
+        return None
+    if not isinstance(frame_timeout_s, (int, float)) or isinstance(frame_timeout_s, bool):
+        raise TypeError(f"frame_timeout_s must be a number or None, not {type(frame_timeout_s).__name__}: "
+                        f"{frame_timeout_s!r}")
+    if not 0 < frame_timeout_s < 1e9:
+        raise ValueError(f"frame_timeout_s must be > 0 seconds (or None), got {frame_timeout_s!r}")
+    return int(frame_timeout_s * 1e9)
 
 
 def _fd_list(fds: object) -> list[int]:
@@ -131,6 +157,8 @@ class FrameSocket:
         sock: a connected ``socket.socket`` of family AF_UNIX and type SOCK_STREAM; the FrameSocket owns
             it from now on (``close()`` closes it).
         max_frame: the largest payload, in bytes, this end sends or accepts (default 16 MiB).
+        frame_timeout_s: once a frame's first byte has arrived, the whole frame must arrive within this
+            (FrameStalledError otherwise); None (default) for no limit. Settable later.
 
     >>> from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
     >>> a, b = FrameSocket.pair()
@@ -144,10 +172,11 @@ class FrameSocket:
     b'raw'
     """
 
-    __slots__ = ("_broken", "_fd", "_max_frame", "_ra", "_rx", "_rx_thread", "_rxbuf", "_rxc", "_sock", "_tx",
-                 "_tx_thread")
+    __slots__ = ("_fd", "_frame_timeout_ns", "_max_frame", "_ra", "_rx", "_rx_broken", "_rx_started", "_rx_thread",
+                 "_rxbuf", "_rxc", "_sock", "_tx", "_tx_broken", "_tx_thread")
 
-    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME,
+                 frame_timeout_s: float | None = None) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}: {sock!r:.60}")
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
@@ -155,6 +184,8 @@ class FrameSocket:
         if sock.fileno() < 0:
             raise ValueError(f"sock is closed: {sock!r}")
         self._max_frame = _check_max_frame(max_frame)
+        self._frame_timeout_ns = _check_frame_timeout(frame_timeout_s)
+        self._rx_started = 0  # CLOCK_MONOTONIC ns when the frame being received was first seen, 0 if none
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._rx = ffi.new("struct ep_frame_io *")
@@ -164,7 +195,9 @@ class FrameSocket:
         self._rx.ra_cap = READ_AHEAD
         self._rxbuf = bytearray(_RXBUF_START)
         self._rxc = ffi.from_buffer(self._rxbuf)
-        self._broken: str | None = None  # why the stream is unusable (it is no longer at a frame boundary)
+        # Why a direction is unusable (it is no longer at a frame boundary), or None.
+        self._rx_broken: str | None = None
+        self._tx_broken: str | None = None
         # The thread inside a send / recv C call, 0 when none: close() waits for them to leave C.
         self._tx_thread = 0
         self._rx_thread = 0
@@ -223,6 +256,15 @@ class FrameSocket:
         self._max_frame = _check_max_frame(value)
 
     @property
+    def frame_timeout_s(self) -> float | None:
+        """How long a frame may take once its first byte arrived (None: no limit)."""
+        return None if self._frame_timeout_ns is None else self._frame_timeout_ns / 1e9
+
+    @frame_timeout_s.setter
+    def frame_timeout_s(self, value: float | None) -> None:
+        self._frame_timeout_ns = _check_frame_timeout(value)
+
+    @property
     def closed(self) -> bool:
         return self._sock is None
 
@@ -247,10 +289,13 @@ class FrameSocket:
         """Receive one frame and parse it as ``message_type`` (default :data:`Envelope`).
 
         Raises:
-            FrameDecodeError: the bytes are not that message (or an Envelope with no body this schema knows).
+            FrameDecodeError: the bytes are not that message. UnknownBodyError (a FrameDecodeError): an
+                Envelope with no body this schema knows (a newer peer's message; ``.envelope`` holds it,
+                ``seq`` included); the stream is still at a frame boundary.
             PeerClosedError: the peer closed; ``.at_boundary`` is False if it closed mid-frame.
             FrameTimeoutError: no complete frame within ``timeout_s`` (a partly received frame is resumed
-                by the next recv). FrameTooLargeError: the frame is over ``max_frame``.
+                by the next recv). FrameStalledError: a frame that started did not complete within
+                ``frame_timeout_s``. FrameTooLargeError: the frame is over ``max_frame``.
         """
         data, fds = self._recv(timeout_s)
         close_fds(fds)
@@ -270,10 +315,12 @@ class FrameSocket:
                 f"it starts {bytes(data[:16]).hex(' ') or '(empty)'}"
             ) from None
         if cls is Envelope and msg.WhichOneof("body") is None:
-            raise FrameDecodeError(
-                f"a frame of {len(data)} bytes holds an edgepipe.v1.Envelope with no body this schema knows "
-                f"(a newer peer's message, or not an Envelope); it starts {bytes(data[:16]).hex(' ') or '(empty)'}"
-            )
+            # A newer minor's body lands in the unknown fields (WhichOneof says None): the frame parsed,
+            # so the caller may answer it (echoing msg.seq) and go on.
+            raise UnknownBodyError(
+                f"a frame of {len(data)} bytes holds an edgepipe.v1.Envelope (seq {msg.seq}) with no body this "
+                f"schema knows (a newer peer's message, or not an Envelope); it starts "
+                f"{bytes(data[:16]).hex(' ') or '(empty)'}", msg)
         return msg
 
     # -- raw payloads --------------------------------------------------------------------------------
@@ -307,15 +354,25 @@ class FrameSocket:
         return self._recv(timeout_s)
 
     # -- lifetime -----------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         """Close the socket. Safe to call twice, and from another thread or a signal handler while a call
-        is blocked: that call wakes and raises FrameClosedError."""
+        is blocked: that call wakes and raises FrameClosedError.
+
+        Args:
+            linger_s: first end our side of the stream (the peer reads what we sent, then a clean EOF) and
+                read and discard what the peer still sends, for up to ``linger_s`` seconds (and 1 MiB), or
+                until it closes. Closing with the peer's bytes unread makes the kernel reset the connection,
+                and a peer that is still sending (a Hello, say) would then get EPIPE instead of reading our
+                last frame, typically an Error explaining why we close. Use it from the receiving thread.
+        """
+        if linger_s > 0 and self._sock is not None:
+            self._linger(linger_s)
         sock = self._sock
         if sock is None:
             return
         self._sock = None
         self._fd = -1
-        self._broken = None  # a closed socket reports that it is closed
+        self._rx_broken = self._tx_broken = None  # a closed socket reports that it is closed
         me = threading.get_ident()
         if self._tx_thread not in (0, me) or self._rx_thread not in (0, me):
             # shutdown wakes a ppoll blocked in another thread; wait for it to leave C before the fd number
@@ -340,18 +397,64 @@ class FrameSocket:
     def __repr__(self) -> str:
         if self._sock is None:
             return "<FrameSocket closed>"
-        return f"<FrameSocket fd={self._fd} max_frame={self._max_frame}{' broken' if self._broken else ''}>"
+        broken = (" rx-broken" if self._rx_broken else "") + (" tx-broken" if self._tx_broken else "")
+        return f"<FrameSocket fd={self._fd} max_frame={self._max_frame}{broken}>"
 
     # -- internals ----------------------------------------------------------------------------------
     def _closed_error(self) -> FrameClosedError:
         return FrameClosedError("FrameSocket is closed")
 
+    def _linger(self, linger_s: float) -> None:
+        """close(linger_s) before the close: half-close, then drain until EOF, the deadline or the cap.
+        The receive slot is held meanwhile, so a close() from another thread wakes us (shutdown) and waits."""
+        sock = self._sock
+        self._rx_thread = _get_ident()
+        try:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+            lib.ep_frame_recv_drop(self._rx)  # read-ahead bytes are of no use now
+            close_fds(_take_fds(self._rx))
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            deadline = time.monotonic() + linger_s
+            drained = 0
+            while drained < _LINGER_DRAIN_MAX and self._sock is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    return
+                try:
+                    chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return  # the peer closed too
+                drained += len(chunk)
+        finally:
+            self._rx_thread = 0
+
+    def _wait_frame_start(self, deadline: int) -> None:
+        """With frame_timeout_s set and nothing of a frame received: wait (GIL released, in poll) until
+        bytes arrive or ``deadline`` passes, so the frame timer starts when the frame does."""
+        io = self._rx
+        if io.done or io.ra_len:
+            return
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        if deadline < 0:
+            poller.poll()
+        else:
+            poller.poll(max(0, (deadline - _mono_ns() + 999_999) // 1_000_000))
+
     # The two hot paths are written out in full: each Python-level step costs about as much as a syscall
     # at these message sizes. The thread slot is set before _fd is read and close() clears _fd before it
     # reads the slots, so one of the two always sees the other.
     def _send(self, data, fds: list[int], timeout_s, what: str) -> None:
-        if self._broken is not None:
-            raise FrameError(self._broken)
+        if self._tx_broken is not None:
+            raise FrameError(self._tx_broken)
         try:
             buf = _from_buffer(data)
         except TypeError:
@@ -388,9 +491,9 @@ class FrameSocket:
         if done:
             io.done = 0
             if self._sock is not None:
-                self._broken = (
+                self._tx_broken = (
                     f"a send stopped after {done} of {n + lib.EP_FRAME_HDR} bytes of a frame, so the "
-                    f"stream is no longer at a frame boundary: close this FrameSocket"
+                    f"outgoing stream is no longer at a frame boundary: close this FrameSocket"
                 )
         return done
 
@@ -409,15 +512,28 @@ class FrameSocket:
         return AssertionError(f"unexpected return code {rc}")  # pragma: no cover
 
     def _recv(self, timeout_s) -> tuple[bytes, list[int]]:
-        if self._broken is not None:
-            raise FrameError(self._broken)
+        if self._rx_broken is not None:
+            raise FrameError(self._rx_broken)
         deadline = -1 if timeout_s is None else _deadline(timeout_s)
         io = self._rx
+        frame_deadline = -1
         self._rx_thread = _get_ident()
         try:
             fd = self._fd
             if fd < 0:
                 raise self._closed_error()
+            if self._frame_timeout_ns is not None:
+                if not self._rx_started:
+                    self._wait_frame_start(deadline)
+                    fd = self._fd
+                    if fd < 0:
+                        raise self._closed_error()
+                    if io.done or io.ra_len or deadline < 0 or _mono_ns() < deadline:
+                        self._rx_started = _mono_ns()  # bytes are there (or EOF): the frame has begun
+                if self._rx_started:
+                    frame_deadline = self._rx_started + self._frame_timeout_ns
+                    if deadline < 0 or frame_deadline < deadline:
+                        deadline = frame_deadline
             rc = _recv(fd, io, self._rxc, len(self._rxbuf), self._max_frame, deadline)
             while rc == _EINTR or rc == _ENOBUFS:
                 if rc == _ENOBUFS:
@@ -432,6 +548,7 @@ class FrameSocket:
             self._rx_thread = 0
         if rc >= 0:
             # C has set io.done back to 0 for the next frame.
+            self._rx_started = 0
             data = _unpack(self._rxc, rc)
             if rc > _RXBUF_KEEP:
                 self._rxbuf = bytearray(_RXBUF_START)
@@ -446,20 +563,29 @@ class FrameSocket:
                 raise FrameError(f"the peer attached more than {MAX_FDS} file descriptors to a frame of "
                                  f"{rc} bytes; frame and descriptors dropped")
             return data, fds
-        raise self._recv_error(rc, timeout_s)
+        raise self._recv_error(rc, timeout_s, frame_deadline)
 
-    def _recv_error(self, rc: int, timeout_s) -> Exception:
+    def _recv_error(self, rc: int, timeout_s, frame_deadline: int = -1) -> Exception:
         io = self._rx
         if self._sock is None:
             return self._closed_error()
         if rc == _ETIMEDOUT:
+            if frame_deadline >= 0 and _mono_ns() >= frame_deadline:
+                got = (f"{io.done} of {lib.EP_FRAME_HDR} header bytes" if io.done < lib.EP_FRAME_HDR
+                       else f"{io.done - lib.EP_FRAME_HDR} of {io.len} payload bytes")
+                self._rx_broken = (f"a frame stalled: {got} arrived, and the rest did not within "
+                                   f"frame_timeout_s ({self.frame_timeout_s} s); close this FrameSocket")
+                self._rx_started = 0
+                close_fds(_take_fds(io))
+                return FrameStalledError(self._rx_broken)
             got = f"; {io.done} bytes of a frame arrived, the next recv resumes it" if io.done else ""
             return FrameTimeoutError(f"no frame within {timeout_s} s{got}")
+        self._rx_started = 0
         close_fds(_take_fds(io))
         if rc == _EMSGSIZE:
-            self._broken = (f"an incoming frame of {io.len} bytes was over max_frame ({self._max_frame} bytes); "
-                            f"the stream is no longer at a frame boundary: close this FrameSocket")
-            return FrameTooLargeError(self._broken)
+            self._rx_broken = (f"an incoming frame of {io.len} bytes was over max_frame ({self._max_frame} bytes); "
+                               f"the stream is no longer at a frame boundary: close this FrameSocket")
+            return FrameTooLargeError(self._rx_broken)
         if rc == _EPIPE:
             if io.eof == lib.EP_FRAME_EOF_CLEAN:
                 err = PeerClosedError("the peer closed the connection (at a frame boundary)")

@@ -1,17 +1,35 @@
-"""The control-plane server and client: ``edgepipe.v1`` Envelopes in FrameSocket frames over a Unix socket.
+"""The control-plane server: ``edgepipe.v1`` Envelopes in FrameSocket frames over a Unix socket.
 
 A supervisor runs a :class:`Server`; stages, monitors and programs in other languages connect with a
 :class:`Client` (or any protobuf library plus the 4-byte length framing, see ``examples/uds_client.c``).
 
 Handshake: the client's first frame is a Hello carrying its protocol version, stage name, pid, role and the
 body names it wants published to it. The server answers Welcome, or an Error (VERSION_MISMATCH for another
-major, PERMISSION for a uid it does not allow, BAD_MESSAGE for anything else) and closes the connection.
+major, PERMISSION for a uid it does not allow, BUSY when it is at ``max_clients``, UNSUPPORTED for a
+subscription it does not know, BAD_MESSAGE for anything else) and closes the connection. Every Error that
+answers a message echoes its seq in ``reply_to``; a refusing server half-closes and drains for a moment
+before it closes, so a client still sending its Hello reads the Error instead of getting EPIPE.
+
+After the handshake, the compatibility rule of ``proto/edgepipe/v1/edgepipe.proto`` holds: a body this
+server does not know (a newer minor's) gets Error UNSUPPORTED, a known body without a handler NOT_FOUND,
+both echoing the request's seq, and the connection stays up.
 
 Security: the socket lives in a directory that is ours, not a symlink, and mode 0700
 (``$XDG_RUNTIME_DIR/edgepipe``, else ``/tmp/edgepipe-<uid>``); each peer's uid comes from ``SO_PEERCRED``
 and only our own uid (plus ``allowed_uids``) is served. Allowing other users needs a directory they can
-search: with ``allowed_uids`` the directory may be 0711/0755 (still ours, never group/other-writable) and
-the socket file is 0666, so ``SO_PEERCRED`` is what keeps strangers out.
+search: with ``allowed_uids`` naming another uid the server creates its directory 0711 (others may enter
+it but not list or write it; an existing one may be 0711/0755, still ours and never group/other-writable),
+and the default directory is then a dedicated ``/tmp/edgepipe-<uid>-shared`` (``$XDG_RUNTIME_DIR`` is
+0700 by specification, so no other user could reach a socket under it). The socket file is then 0666, so
+``SO_PEERCRED`` is what keeps strangers out. A directory on the way that an allowed uid cannot search is
+logged as a warning (ACLs may still let it through).
+
+Resource bounds (a client that stalls must not pin the server's memory): before its Hello a connection may
+send frames of ``pre_hello_max_frame`` bytes only (the Hello is small; ``max_frame`` applies once it is
+welcomed); a frame that has begun must complete within ``frame_timeout_s`` (idle clients are fine); at most
+``max_clients`` connections, welcomed or not, are open at once, and the next is refused with Error BUSY.
+So a server holds at most about ``max_clients`` x (``pre_hello_max_frame`` + 128 KiB) for strangers, and a
+stalled frame of a welcomed client for at most ``frame_timeout_s``.
 
 Concurrency: one accept thread and one thread per session. FrameSocket waits in C with the GIL released and
 resumes partly received frames, so a session thread is a plain receive loop, and a client that stalls or
@@ -20,13 +38,20 @@ a thread each is cheap at that scale. Measured (benchmarks/frame_socket.py, 2 vC
 the server costs a few us more than FrameSocket alone, and 4-16 client processes saturate one core of
 server Python at ~40-50 k requests/s, where a selectors loop would hit the same one-core ceiling without
 the isolation (it would have to buffer every client's partial frames itself).
-Handlers run in the session's thread. ``publish`` sends from the caller's thread with ``send_timeout_s``:
-a subscriber that cannot take a message within it is disconnected rather than stalling the pipeline.
+Handlers run in the session's thread. ``publish`` never waits for a subscriber: it serializes the message
+once and appends it to each subscriber's bounded queue, and a sender thread per subscriber (started for
+sessions that subscribed to anything) sends from there with ``send_timeout_s``. A subscriber whose send takes
+longer, or whose queue would pass ``publish_queue_bytes``, is dropped, so a slow subscriber costs only
+itself: K stalled subscribers no longer stall every publication by K x send_timeout_s.
 
 Socket files: an existing socket at the path is probed with connect(). Refused means a dead server left it:
 it is replaced. Accepted means a live server: :class:`~edgepipe.errors.SocketInUseError` naming the path,
 and nothing is touched. The check and bind happen under ``flock`` on the directory, so two servers starting
 at once cannot both "replace" the file. ``close()`` unlinks the socket only if it is still the one we bound.
+
+One piece: a Session lives and dies with its Server (registration, publish queues, counters and shutdown
+order are the server's), so both stay in this module; the socket directory rules are in ``_sockdir`` and
+the client in ``client``.
 """
 
 from __future__ import annotations
@@ -50,23 +75,30 @@ from edgepipe.errors import (
     FrameClosedError,
     FrameDecodeError,
     FrameError,
+    FrameStalledError,
     FrameTimeoutError,
     FrameTooLargeError,
     PeerClosedError,
     RemoteError,
     SocketInUseError,
-    UnsafeSocketDirError,
+    UnknownBodyError,
 )
 from edgepipe._os import close_fds
+from edgepipe.control._sockdir import default_socket_dir, secure_dir, unreachable_for
 from edgepipe.control.framing import DEFAULT_MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
 
-__all__ = ["Client", "Server", "Session", "default_socket_dir"]
+__all__ = ["Server", "Session", "default_socket_dir"]
 
 log = logging.getLogger("edgepipe.control.server")
 
 #: Envelope body names (the ``body`` oneof), e.g. "hello", "stats", "inference_result".
 BODIES = frozenset(f.name for f in Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
-_ROLES = {n[len("ROLE_"):].lower(): v for n, v in pb.Role.items() if v}
+#: The bodies a server publishes and a Hello may subscribe to (besides "*"): the handshake's own messages,
+#: Attach (one session's fds) and Error (an answer) are never published.
+PUBLISHABLE = BODIES - {"hello", "welcome", "attach", "error"}
+DEFAULT_PRE_HELLO_MAX_FRAME = 64 * 1024
+_REFUSE_LINGER_S = 1.0  # after a refusal, how long the server drains what the client still sends
+_QUEUED_OVERHEAD = 64  # bytes counted per queued publication besides its payload (deque slot, tail)
 _DIRECTIONS = {"input": pb.DIRECTION_INPUT, "output": pb.DIRECTION_OUTPUT}
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL
@@ -75,35 +107,20 @@ _PROBE_TIMEOUT_S = 1.0
 Handler = Callable[["Session", Envelope], "Envelope | None"]
 
 
-def default_socket_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/edgepipe`` when XDG_RUNTIME_DIR names a directory, else ``/tmp/edgepipe-<uid>``."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        return Path(xdg) / "edgepipe"
-    return Path("/tmp") / f"edgepipe-{os.geteuid()}"
+def _check_size_arg(name: str, value: object, lo: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be int, not {type(value).__name__}: {value!r}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return value
 
 
-def _secure_dir(path: Path, shared: bool) -> None:
-    """Create ``path`` (mode 0700) if missing; then insist it is a real directory of ours that no other
-    user can write to, and (unless ``shared``) that no other user can enter."""
-    try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)  # mkdir's mode went through the umask
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UnsafeSocketDirError(f"socket directory {str(path)!r} is a symlink; refusing to follow it")
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeSocketDirError(f"socket directory {str(path)!r} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise UnsafeSocketDirError(
-            f"socket directory {str(path)!r} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})")
-    mode = stat.S_IMODE(st.st_mode)
-    too_open = mode & (0o022 if shared else 0o077)
-    if too_open:
-        want = "not writable by group or others" if shared else "mode 0700"
-        raise UnsafeSocketDirError(f"socket directory {str(path)!r} has mode {mode:04o}; it must be {want}")
+def _check_seconds_arg(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}: {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return float(value)
 
 
 def _peercred(sock: socket.socket) -> tuple[int, int, int]:
@@ -114,15 +131,6 @@ def _error(code: int, message: str, reply_to: int = 0) -> Envelope:
     return Envelope(reply_to=reply_to, error=pb.Error(code=code, message=message))
 
 
-def _remote_error(env: Envelope, context: str) -> RemoteError:
-    code = env.error.code
-    try:
-        name = pb.ErrorCode.Name(code)
-    except ValueError:
-        name = f"ERROR_CODE_{code}"
-    return RemoteError(code, name, env.error.message, context)
-
-
 class Session:
     """One connected client, as the server sees it. Created by the server; handlers receive it.
 
@@ -131,8 +139,8 @@ class Session:
         hello: the client's Hello (``stage_name``, ``role``, ``subscribe``, protocol version).
     """
 
-    __slots__ = ("_fs", "_seq", "_server", "_thread", "_tx_lock", "gid", "hello", "id", "pid",
-                 "subscribe", "uid")
+    __slots__ = ("_dropped", "_fs", "_out_busy", "_out_cv", "_outbox", "_outbox_bytes", "_sender", "_seq", "_server",
+                 "_thread", "_tx_lock", "gid", "hello", "id", "pid", "subscribe", "uid")
 
     def __init__(self, server: Server, fs: FrameSocket, sid: int, cred: tuple[int, int, int]) -> None:
         self._server = server
@@ -144,6 +152,13 @@ class Session:
         self._seq = 0
         self._tx_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Published messages waiting for this subscriber's sender thread, and the bytes they count.
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_bytes = 0
+        self._out_cv = threading.Condition(threading.Lock())
+        self._sender: threading.Thread | None = None
+        self._out_busy = False  # the sender thread is sending one it took off the queue
+        self._dropped = False
 
     @property
     def stage_name(self) -> str:
@@ -184,8 +199,56 @@ class Session:
         self._send(Envelope(attach=pb.Attach(rings=[desc])), (ring.fd,), timeout_s)
 
     def close(self) -> None:
-        """Disconnect this client (its session thread ends). Safe to call twice."""
+        """Disconnect this client (its session and sender threads end). Safe to call twice."""
         self._fs.close()
+        with self._out_cv:
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            self._out_cv.notify_all()
+
+    def _enqueue(self, data: bytes, limit: int) -> bool | None:
+        """Queue a publication for the sender thread: True if queued, None if the session is closed,
+        False if it would take the queue past ``limit`` bytes (the subscriber has fallen too far behind)."""
+        cost = len(data) + _QUEUED_OVERHEAD
+        with self._out_cv:
+            if self._fs.closed:
+                return None
+            if self._outbox and self._outbox_bytes + cost > limit:
+                return False
+            self._outbox.append(data)
+            self._outbox_bytes += cost
+            self._out_cv.notify()
+        return True
+
+    def _sender_loop(self) -> None:
+        server = self._server
+        while True:
+            with self._out_cv:
+                while not self._outbox and not self._fs.closed:
+                    self._out_cv.wait()
+                if self._fs.closed:
+                    return
+                data = self._outbox.popleft()
+                self._outbox_bytes -= len(data) + _QUEUED_OVERHEAD
+                self._out_busy = True
+            try:
+                self._send_published(data, server.send_timeout_s)
+            except FrameError as e:
+                server._drop_subscriber(self, e)
+                return
+            finally:
+                with self._out_cv:
+                    self._out_busy = False
+                    self._out_cv.notify_all()
+
+    def _flush(self, deadline: float) -> None:
+        """Wait (until ``deadline``, time.monotonic) for the sender thread to send what is queued."""
+        with self._out_cv:
+            while (self._outbox or self._out_busy) and not self._fs.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._out_cv.wait(left)
 
     def _send(self, env: Envelope, fds, timeout_s: float | None) -> None:
         t = self._server.send_timeout_s if timeout_s is None else timeout_s
@@ -224,16 +287,31 @@ class Server:
     """Accepts control-plane clients on a Unix socket; dispatches their messages to handlers.
 
     Args:
-        path: the socket path; default ``default_socket_dir() / f"{name}.sock"``. Its directory is created
-            (0700) if missing and must be ours (see the module docstring).
+        path: the socket path; default ``default_socket_dir() / f"{name}.sock"`` (with ``allowed_uids``
+            naming another uid: ``default_socket_dir(shared=True)``). Its directory is created if missing
+            (0700; 0711 with other allowed uids, so they can reach the socket) and must be ours (see the
+            module docstring).
         name: socket file name stem when ``path`` is not given.
         allowed_uids: uids served besides our own (checked with SO_PEERCRED); others get an Error
             (PERMISSION) and a closed socket.
-        max_frame: the largest frame accepted from a client, in bytes.
+        max_frame: the largest frame accepted from a welcomed client, in bytes (default 16 MiB).
+        pre_hello_max_frame: the largest frame accepted before the Hello (default 64 KiB): a stranger that
+            announces a bigger one gets Error BAD_MESSAGE, so it cannot make us allocate ``max_frame``.
+        frame_timeout_s: once a frame's first byte has arrived, the rest must arrive within this (default
+            10 s), or the client gets Error BAD_MESSAGE and is dropped; waiting between frames is free.
+        max_clients: the most connections open at once, welcomed or still handshaking (default 64); the
+            next one gets Error BUSY and is closed.
         hello_timeout_s: a client that sends no Hello within this is dropped.
         send_timeout_s: how long a send to one client may block before that client is dropped.
+        publish_queue_bytes: how far (payload bytes plus 64 per message) a subscriber may fall behind
+            ``publish`` before it is dropped (default 4 MiB); a single larger message is still queued alone.
+
+    Memory a server can be made to hold: about ``max_clients`` x (``pre_hello_max_frame`` + 128 KiB) from
+    clients that never say Hello, for at most ``hello_timeout_s``; a welcomed client's partial frame of up to
+    ``max_frame`` for at most ``frame_timeout_s``; ``publish_queue_bytes`` per subscriber.
 
     >>> import tempfile, os
+    >>> from edgepipe.control.client import Client
     >>> d = tempfile.mkdtemp()
     >>> with Server(os.path.join(d, "ctl.sock")) as srv:
     ...     srv.on("stats", lambda session, env: Envelope(stop=pb.Stop(reason="enough")))
@@ -244,15 +322,9 @@ class Server:
 
     def __init__(self, path: str | os.PathLike | None = None, *, name: str = "control",
                  allowed_uids: Iterable[int] = (), max_frame: int = DEFAULT_MAX_FRAME,
-                 hello_timeout_s: float = 5.0, send_timeout_s: float = 1.0) -> None:
-        if path is None:
-            if not name or "/" in name:
-                raise ValueError(f"name must be a non-empty file name stem without '/', got {name!r}")
-            path = default_socket_dir() / f"{name}.sock"
-        self._path = Path(os.path.abspath(os.fspath(path)))
-        if len(os.fsencode(self._path)) > _SUN_PATH_MAX:
-            raise ValueError(f"socket path is {len(os.fsencode(self._path))} bytes, over the "
-                             f"{_SUN_PATH_MAX}-byte AF_UNIX limit: {str(self._path)!r}")
+                 pre_hello_max_frame: int = DEFAULT_PRE_HELLO_MAX_FRAME, frame_timeout_s: float = 10.0,
+                 max_clients: int = 64, hello_timeout_s: float = 5.0, send_timeout_s: float = 1.0,
+                 publish_queue_bytes: int = 4 << 20) -> None:
         uids = set()
         for u in allowed_uids:
             if not isinstance(u, int) or isinstance(u, bool) or u < 0:
@@ -260,9 +332,21 @@ class Server:
             uids.add(u)
         self._allowed = frozenset(uids | {os.geteuid()})
         self._shared = bool(uids - {os.geteuid()})
-        self.max_frame = max_frame
+        if path is None:
+            if not name or "/" in name:
+                raise ValueError(f"name must be a non-empty file name stem without '/', got {name!r}")
+            path = default_socket_dir(self._shared) / f"{name}.sock"
+        self._path = Path(os.path.abspath(os.fspath(path)))
+        if len(os.fsencode(self._path)) > _SUN_PATH_MAX:
+            raise ValueError(f"socket path is {len(os.fsencode(self._path))} bytes, over the "
+                             f"{_SUN_PATH_MAX}-byte AF_UNIX limit: {str(self._path)!r}")
+        self.max_frame = _check_size_arg("max_frame", max_frame, 0)
+        self.pre_hello_max_frame = _check_size_arg("pre_hello_max_frame", pre_hello_max_frame, 0)
+        self.frame_timeout_s = _check_seconds_arg("frame_timeout_s", frame_timeout_s)
+        self.max_clients = _check_size_arg("max_clients", max_clients, 1)
         self.hello_timeout_s = hello_timeout_s
         self.send_timeout_s = send_timeout_s
+        self.publish_queue_bytes = _check_size_arg("publish_queue_bytes", publish_queue_bytes, 0)
         self._handlers: dict[str, Handler] = {}
         self._sessions: dict[int, Session] = {}
         self._snapshot: tuple[Session, ...] = ()  # _sessions' values, replaced (under _lock) on each change
@@ -275,11 +359,13 @@ class Server:
         self._wake_r = self._wake_w = -1
         self._accept_thread: threading.Thread | None = None
         self._closing = False
-        #: Plain int counters: accepted, welcomed, refused_uid, refused_version, refused_hello, bad_frames,
-        #: vanished_mid_frame, disconnected, handler_errors, published, dropped_subscribers.
+        #: Plain int counters: accepted, welcomed, refused_uid, refused_version, refused_hello, refused_busy,
+        #: bad_frames, stalled_frames, unsupported, vanished_mid_frame, disconnected, handler_errors,
+        #: published, dropped_subscribers.
         self.counters: dict[str, int] = dict.fromkeys(
-            ("accepted", "welcomed", "refused_uid", "refused_version", "refused_hello", "bad_frames",
-             "vanished_mid_frame", "disconnected", "handler_errors", "published", "dropped_subscribers"), 0)
+            ("accepted", "welcomed", "refused_uid", "refused_version", "refused_hello", "refused_busy",
+             "bad_frames", "stalled_frames", "unsupported", "vanished_mid_frame", "disconnected",
+             "handler_errors", "published", "dropped_subscribers"), 0)
         #: The last few errors sessions ended with (or handlers raised), newest last, for logs and tests.
         self.recent_errors: collections.deque[Exception] = collections.deque(maxlen=32)
 
@@ -317,7 +403,10 @@ class Server:
         """
         if self._listener is not None or self._closing:
             raise RuntimeError(f"server on {self.path!r} was already started")
-        _secure_dir(self._path.parent, self._shared)
+        secure_dir(self._path.parent, self._shared)
+        if self._shared:
+            for why in unreachable_for(self._path.parent, self._allowed - {os.geteuid()}):
+                log.warning("allowed_uids may not reach %s: %s", self.path, why)
         dfd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(dfd, fcntl.LOCK_EX)  # another server starting in this directory waits here
@@ -365,27 +454,49 @@ class Server:
 
     # -- sending ------------------------------------------------------------------------------------
     def publish(self, env: Envelope) -> int:
-        """Send ``env`` to every session that subscribed to its body name (Hello.subscribe). The message is
-        serialized once. A subscriber that cannot take it within ``send_timeout_s``, or is gone, is
-        disconnected. Returns how many sessions it was sent to."""
+        """Queue ``env`` for every session that subscribed to its body name (Hello.subscribe); never waits
+        for a subscriber. The message is serialized once; each subscriber's sender thread sends it with
+        ``send_timeout_s``. A subscriber that cannot take it in time, or that has fallen more than
+        ``publish_queue_bytes`` behind, is disconnected (``counters["dropped_subscribers"]``).
+        Returns how many sessions it was queued for.
+
+        Raises:
+            ValueError: ``env`` has no body, or one that is never published (hello, welcome, attach, error).
+        """
         body = env.WhichOneof("body")
-        if body is None:
-            raise ValueError(f"publish needs an Envelope with a body, got {env!r:.80}")
+        if body not in PUBLISHABLE:
+            raise ValueError(f"publish needs an Envelope with one of the bodies {sorted(PUBLISHABLE)}, "
+                             f"got {body!r}: {env!r:.80}")
         data = env.SerializeToString()
         n = 0
         for s in self._snapshot:
             if body not in s.subscribe and "*" not in s.subscribe:
                 continue
-            try:
-                s._send_published(data, self.send_timeout_s)
+            queued = s._enqueue(data, self.publish_queue_bytes)
+            if queued:
                 n += 1
-            except FrameError as e:
-                self.counters["dropped_subscribers"] += 1
-                self.recent_errors.append(e)
-                log.warning("dropping subscriber %r: %s", s, e)
-                s.close()
-        self.counters["published"] += n
+            elif queued is False:
+                self._drop_subscriber(s, FrameTimeoutError(
+                    f"subscriber {s!r} fell {s._outbox_bytes} bytes behind (publish_queue_bytes "
+                    f"{self.publish_queue_bytes}); a message of {len(data)} bytes did not fit"))
+        with self._lock:
+            self.counters["published"] += n
         return n
+
+    def _drop_subscriber(self, s: Session, err: Exception) -> None:
+        """Disconnect a subscriber that cannot keep up. The session leaves sessions() before the counter
+        moves, so whoever sees the count also sees it gone."""
+        with self._changed:
+            if s._dropped or s.closed:
+                return  # closed already (by the server, the client, or another drop)
+            s._dropped = True
+            self._sessions.pop(s.id, None)
+            self._snapshot = tuple(self._sessions.values())
+            self._changed.notify_all()
+            self.counters["dropped_subscribers"] += 1
+        self.recent_errors.append(err)
+        log.warning("dropping subscriber %r: %s", s, err)
+        s.close()
 
     def wait_session(self, stage_name: str | None = None, timeout_s: float = 5.0) -> Session:
         """Wait for a client (with this stage name, if given) to complete its handshake.
@@ -407,7 +518,9 @@ class Server:
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, disconnect every client, unlink the socket (if it is still ours). Safe twice."""
+        """Stop accepting, give each subscriber's queue up to ``timeout_s`` to go out (a stalled subscriber
+        is dropped after ``send_timeout_s`` as usual), disconnect every client, unlink the socket (if it is
+        still ours). Safe twice."""
         if self._closing:
             return
         self._closing = True
@@ -422,14 +535,17 @@ class Server:
                     os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        deadline = time.monotonic() + timeout_s
+        for s in self._snapshot:
+            s._flush(deadline)  # what publish() accepted before close() is delivered, as when it sent inline
         with self._lock:
             sessions = list(self._sessions.values()) + list(self._pending)
         for s in sessions:
             s.close()
-        deadline = time.monotonic() + timeout_s
         for s in sessions:
-            if s._thread is not None and s._thread is not threading.current_thread():
-                s._thread.join(max(0.0, deadline - time.monotonic()))
+            for t in (s._thread, s._sender):
+                if t is not None and t is not threading.current_thread():
+                    t.join(max(0.0, deadline - time.monotonic()))
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -477,25 +593,48 @@ class Server:
 
     def _start_session(self, conn: socket.socket) -> None:
         cred = _peercred(conn)
-        fs = FrameSocket(conn, self.max_frame)
+        # Until the Hello, frames are capped at pre_hello_max_frame: a stranger cannot make us allocate more.
+        fs = FrameSocket(conn, self.pre_hello_max_frame, frame_timeout_s=self.frame_timeout_s)
         with self._lock:
-            self._next_id += 1
-            s = Session(self, fs, self._next_id, cred)
-            self._pending.add(s)
-        self.counters["accepted"] += 1
+            self.counters["accepted"] += 1
+            busy = len(self._pending) + len(self._sessions) >= self.max_clients
+            if not busy:
+                self._next_id += 1
+                s = Session(self, fs, self._next_id, cred)
+                self._pending.add(s)
+        if busy:
+            # Refused here, in the accept thread: a fresh socket's buffer always takes one small frame, and
+            # no thread is spent on it (no linger either; Client.connect reads the Error even after EPIPE).
+            with self._lock:
+                self.counters["refused_busy"] += 1
+            msg = (f"the server at {self.path!r} is at its limit of {self.max_clients} connections "
+                   f"(max_clients); refusing pid {cred[0]} (uid {cred[1]})")
+            log.warning("%s", msg)
+            try:
+                fs.send(Envelope(seq=1, error=pb.Error(code=pb.ERROR_CODE_BUSY, message=msg)), timeout_s=0.1)
+            except FrameError:
+                pass
+            fs.close()
+            return
         s._thread = threading.Thread(target=self._serve, args=(s,), daemon=True,
                                      name=f"edgepipe-session {s.id} pid {s.pid}")
         s._thread.start()
 
     def _refuse(self, s: Session, counter: str, code: int, message: str, reply_to: int = 0) -> None:
-        self.counters[counter] += 1
+        """Send the Error (its own seq, ``reply_to`` the refused message's), then close: half-close and
+        drain briefly first, so a client still sending (its Hello, the rest of a frame) reads the Error
+        instead of a reset or EPIPE."""
+        with self._lock:
+            self.counters[counter] += 1
         log.warning("refusing %r: %s", s, message)
         try:
-            s._fs.send(_error(code, message, reply_to), timeout_s=min(self.send_timeout_s, 1.0))
+            s._send(_error(code, message, reply_to), (), min(self.send_timeout_s, 1.0))
         except FrameError:
             pass
+        s._fs.close(linger_s=_REFUSE_LINGER_S)
 
-    def _handshake(self, s: Session) -> bool:
+    def _handshake(self, s: Session) -> Envelope | None:
+        """Check the peer and its Hello: the Welcome to send, or None after refusing."""
         if s.uid not in self._allowed:
             self._refuse(s, "refused_uid", pb.ERROR_CODE_PERMISSION,
                          f"uid {s.uid} (pid {s.pid}) may not use {self.path!r}; allowed uids: "
@@ -503,9 +642,22 @@ class Server:
             return False
         try:
             env = s._fs.recv(timeout_s=self.hello_timeout_s)
+        except FrameStalledError as e:
+            self._refuse(s, "refused_hello", pb.ERROR_CODE_BAD_MESSAGE, f"no complete Hello: {e}")
+            return False
         except FrameTimeoutError:
             self._refuse(s, "refused_hello", pb.ERROR_CODE_BAD_MESSAGE,
                          f"no Hello within {self.hello_timeout_s} s of connecting")
+            return False
+        except UnknownBodyError as e:
+            self._refuse(s, "refused_hello", pb.ERROR_CODE_BAD_MESSAGE,
+                         f"the first message must be a Hello, got a body this server does not know: {e}",
+                         e.envelope.seq)
+            return False
+        except FrameTooLargeError as e:
+            self._refuse(s, "refused_hello", pb.ERROR_CODE_BAD_MESSAGE,
+                         f"{e} (before its Hello a client may send frames of up to pre_hello_max_frame = "
+                         f"{self.pre_hello_max_frame} bytes)")
             return False
         body = env.WhichOneof("body")
         if body != "hello":
@@ -523,33 +675,60 @@ class Server:
                          f"Hello says pid {h.pid} but the socket's peer is pid {s.pid} (SO_PEERCRED)", env.seq)
             return False
         unknown = sorted(set(h.subscribe) - BODIES - {"*"})
-        if unknown:
-            self._refuse(s, "refused_hello", pb.ERROR_CODE_BAD_MESSAGE,
-                         f"cannot subscribe to {unknown}: not Envelope bodies ({sorted(BODIES)})", env.seq)
+        unpublished = sorted(set(h.subscribe) & (BODIES - PUBLISHABLE))
+        if unknown or unpublished:
+            bad = unknown or unpublished
+            code = pb.ERROR_CODE_UNSUPPORTED if unknown else pb.ERROR_CODE_BAD_MESSAGE
+            what = "bodies this server does not know" if unknown else "bodies that are never published"
+            self._refuse(s, "refused_hello", code,
+                         f"cannot subscribe to {bad}: {what}; subscribe to some of {sorted(PUBLISHABLE)} or '*' "
+                         f"(protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR})", env.seq)
             return False
         s.hello = h
         s.subscribe = frozenset(h.subscribe)
-        s.send(Envelope(reply_to=env.seq, welcome=pb.Welcome(
-            protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(), session_id=s.id)))
-        return True
+        s._fs.max_frame = self.max_frame  # welcomed: full-size frames from now on
+        return Envelope(reply_to=env.seq, welcome=pb.Welcome(
+            protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(), session_id=s.id))
 
     def _serve(self, s: Session) -> None:
         welcomed = False
         try:
-            if self._closing or not self._handshake(s):
+            welcome = None if self._closing else self._handshake(s)
+            if welcome is None:
                 return
+            # Registered and counted before the Welcome leaves: a client holding its Welcome is already in
+            # sessions() and in counters["welcomed"]. Publications queued meanwhile wait for the sender
+            # thread, which starts after the Welcome is sent, so they still arrive after it.
             with self._changed:
                 self._pending.discard(s)
                 self._sessions[s.id] = s
                 self._snapshot = tuple(self._sessions.values())
+                self.counters["welcomed"] += 1
                 self._changed.notify_all()
             welcomed = True
-            self.counters["welcomed"] += 1
+            s.send(welcome)
+            if s.subscribe:
+                s._sender = threading.Thread(target=s._sender_loop, daemon=True,
+                                             name=f"edgepipe-publish {s.id} pid {s.pid}")
+                s._sender.start()
             while True:
-                env = s._fs.recv()
+                try:
+                    env = s._fs.recv()
+                except UnknownBodyError as e:
+                    # The compatibility rule (edgepipe.proto): a newer minor's body is answered, not fatal.
+                    with self._lock:
+                        self.counters["unsupported"] += 1
+                    s.send(_error(pb.ERROR_CODE_UNSUPPORTED,
+                                  f"this server speaks protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR} and does not "
+                                  f"know the body of message seq {e.envelope.seq} (a newer minor's?)",
+                                  e.envelope.seq))
+                    continue
                 self._dispatch(s, env)
         except FrameClosedError:
             pass  # we closed it: server shutdown, Session.close(), a dropped subscriber
+        except FrameStalledError as e:
+            self.recent_errors.append(e)
+            self._refuse(s, "stalled_frames", pb.ERROR_CODE_BAD_MESSAGE, str(e))
         except PeerClosedError as e:
             if not e.at_boundary:
                 self.counters["vanished_mid_frame"] += 1
@@ -594,147 +773,3 @@ class Server:
             if not reply.reply_to:
                 reply.reply_to = env.seq
             s.send(reply)
-
-
-class Client:
-    """A control-plane client: connects, says Hello, and receives the server's messages.
-
-    Use :meth:`connect`; ``welcome`` holds the server's Welcome (``session_id``, ``pid``).
-    """
-
-    __slots__ = ("_fs", "_path", "_pending", "_seq", "welcome")
-
-    def __init__(self, fs: FrameSocket, welcome: pb.Welcome, path: str) -> None:
-        self._fs = fs
-        self.welcome = welcome
-        self._path = path
-        self._seq = 1  # the Hello was seq 1
-        self._pending: collections.deque = collections.deque()
-
-    @classmethod
-    def connect(cls, path: str | os.PathLike | None = None, *, stage: str = "", role: str | int = "client",
-                subscribe: Iterable[str] = (), timeout_s: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME,
-                protocol_major: int = PROTOCOL_MAJOR) -> Client:
-        """Connect to a server (default socket: ``default_socket_dir() / "control.sock"``) and handshake.
-
-        Args:
-            stage: the stage name to announce. role: "supervisor", "stage", "monitor" or "client".
-            subscribe: body names to have published to this client ("stats", "inference_result", "*").
-            protocol_major: the version announced (only tests want another than ours).
-
-        Raises:
-            RemoteError: the server refused the Hello (``.code_name`` says why).
-            FileNotFoundError / ConnectionRefusedError: no server there. FrameTimeoutError: no answer in time.
-        """
-        r = _ROLES.get(role, role) if isinstance(role, str) else role
-        if r not in pb.Role.values() or not r:
-            raise ValueError(f"role must be one of {sorted(_ROLES)}, got {role!r}")
-        subs = list(subscribe) if not isinstance(subscribe, str) else [subscribe]
-        if path is None:
-            path = default_socket_dir() / "control.sock"
-        path = os.fspath(path)
-        fs = FrameSocket.connect(path, timeout_s=timeout_s, max_frame=max_frame)
-        try:
-            fs.send(Envelope(seq=1, hello=pb.Hello(
-                protocol_major=protocol_major, protocol_minor=PROTOCOL_MINOR, stage_name=stage,
-                pid=os.getpid(), role=r, subscribe=subs)), timeout_s=timeout_s)
-            try:
-                env = fs.recv(timeout_s=timeout_s)
-            except PeerClosedError as e:
-                raise PeerClosedError(f"the server at {path!r} closed the connection during the handshake "
-                                      f"({e})") from None
-            body = env.WhichOneof("body")
-            if body == "error":
-                raise _remote_error(env, f"the server at {path!r} refused the Hello")
-            if body != "welcome":
-                raise FrameDecodeError(f"the server at {path!r} answered the Hello with {body!r}, not a Welcome")
-            return cls(fs, env.welcome, path)
-        except BaseException:
-            fs.close()
-            raise
-
-    @property
-    def session_id(self) -> int:
-        return self.welcome.session_id
-
-    @property
-    def closed(self) -> bool:
-        return self._fs.closed
-
-    def fileno(self) -> int:
-        return self._fs.fileno()
-
-    def send(self, env: Envelope, timeout_s: float | None = None) -> int:
-        """Send an Envelope; returns the ``seq`` it was given."""
-        self._seq += 1
-        env.seq = self._seq
-        self._fs.send(env, timeout_s=timeout_s)
-        return self._seq
-
-    def recv(self, timeout_s: float | None = None) -> Envelope:
-        """The next message from the server (published ones included).
-
-        Raises:
-            RemoteError: the server sent an Error. FrameTimeoutError, PeerClosedError, FrameDecodeError:
-                as FrameSocket.recv.
-        """
-        env = self._pending.popleft() if self._pending else self._fs.recv(timeout_s=timeout_s)
-        if env.WhichOneof("body") == "error":
-            raise _remote_error(env, f"the server at {self._path!r} sent an error")
-        return env
-
-    def request(self, env: Envelope, timeout_s: float = 5.0) -> Envelope:
-        """Send ``env`` and wait for the reply to it; messages that arrive meanwhile stay queued for recv().
-
-        Raises:
-            RemoteError: the server answered with an Error. FrameTimeoutError: no reply within ``timeout_s``.
-        """
-        seq = self.send(env, timeout_s=timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            reply = self._fs.recv(timeout_s=max(0.0, deadline - time.monotonic()))
-            if reply.reply_to == seq or (reply.WhichOneof("body") == "error" and not reply.reply_to):
-                if reply.WhichOneof("body") == "error":
-                    raise _remote_error(reply, f"request {env.WhichOneof('body')!r} (seq {seq}) failed")
-                return reply
-            self._pending.append(reply)
-
-    def recv_attach(self, timeout_s: float | None = None) -> list[tuple[pb.RingDescriptor, int | None]]:
-        """Wait for an Attach and return its rings with their fds (``None`` where ``fd_follows`` is false).
-        The fds are ours: pass them to ``Ring.from_fd`` and close them. Other messages stay queued.
-
-        Raises:
-            FrameDecodeError: the Attach carried a different number of fds than it announced (they are closed).
-        """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            data, fds = self._fs.recv_fds(timeout_s=left)
-            try:
-                env = FrameSocket.decode(data)
-            except FrameDecodeError:
-                close_fds(fds)
-                raise
-            if env.WhichOneof("body") != "attach":
-                close_fds(fds)
-                self._pending.append(env)
-                continue
-            rings = list(env.attach.rings)
-            want = sum(1 for d in rings if d.fd_follows)
-            if want != len(fds):
-                close_fds(fds)
-                raise FrameDecodeError(f"an Attach announced {want} fds but {len(fds)} arrived")
-            it = iter(fds)
-            return [(d, next(it) if d.fd_follows else None) for d in rings]
-
-    def close(self) -> None:
-        self._fs.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Client {self._path!r} session={self.session_id}{' closed' if self.closed else ''}>"

@@ -29,6 +29,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_PERMISSION: _ClassVar[ErrorCode]
     ERROR_CODE_NOT_FOUND: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_UNSUPPORTED: _ClassVar[ErrorCode]
+    ERROR_CODE_BUSY: _ClassVar[ErrorCode]
 ROLE_UNSPECIFIED: Role
 ROLE_SUPERVISOR: Role
 ROLE_STAGE: Role
@@ -43,6 +45,8 @@ ERROR_CODE_BAD_MESSAGE: ErrorCode
 ERROR_CODE_PERMISSION: ErrorCode
 ERROR_CODE_NOT_FOUND: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_UNSUPPORTED: ErrorCode
+ERROR_CODE_BUSY: ErrorCode
 
 class Envelope(_message.Message):
     __slots__ = ("seq", "reply_to", "hello", "welcome", "attach", "stats", "stop", "error", "imu_sample", "frame_meta", "inference_result")
