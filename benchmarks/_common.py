@@ -105,16 +105,16 @@ def _version(dist: str) -> str:
 
 
 def _git_state() -> str:
-    """The checkout the numbers came from: commit, and whether csrc/ or edgepipe/ had local edits."""
+    """The checkout the numbers came from: commit, and whether csrc/ or src/edgepipe/ had local edits."""
     root = HERE.parent
     try:
         head = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %cs"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "csrc", "edgepipe"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "csrc", "src/edgepipe"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return f"{head or 'unknown'}{' + uncommitted edits in csrc/ or edgepipe/' if dirty else ''}"
+    return f"{head or 'unknown'}{' + uncommitted edits in csrc/ or src/edgepipe/' if dirty else ''}"
 
 
 def environment() -> dict:

@@ -12,6 +12,8 @@ CLOCK_MONOTONIC_RAW nanosecond clock for every stamp.
 b'imu 0 0 9.81'
 """
 
+import sys
+
 from edgepipe.ahrs import Madgwick, Recording, load_recording
 from edgepipe.stages.capture import (
     CaptureStage,
@@ -155,6 +157,9 @@ from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.cli.top import find_pipelines, live_from_stats, load_live, render_live, run_top
+
+# `import edgepipe.messages` keeps working (the module lives in the control layer since the src/ layout)
+sys.modules.setdefault(__name__ + ".messages", messages)
 
 __version__ = "0.1.0"
 
