@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -114,7 +113,7 @@ class RingDescriptor(_message.Message):
     direction: Direction
     record_types: _containers.RepeatedScalarFieldContainer[int]
     fd_follows: bool
-    def __init__(self, name: _Optional[str] = ..., capacity: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., record_types: _Optional[_Iterable[int]] = ..., fd_follows: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., capacity: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., record_types: _Optional[_Iterable[int]] = ..., fd_follows: bool = ...) -> None: ...
 
 class Attach(_message.Message):
     __slots__ = ("rings",)
