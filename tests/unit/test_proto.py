@@ -27,10 +27,28 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
+def _ensure_protoc() -> None:
+    """Install the pinned protoc into build/protoc/ once (from PyPI, no dependencies), so `pytest` on a fresh
+    checkout needs no extra step; a lock keeps two concurrent suites from installing over each other."""
+    import fcntl
+
+    (ROOT / "build").mkdir(exist_ok=True)
+    with open(ROOT / "build" / ".protoc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        check = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'tools'); import regen_proto as r; "
+                                "sys.exit(0 if r.protoc_path() else 1)"], cwd=ROOT, capture_output=True, timeout=60)
+        if check.returncode != 0:
+            r = subprocess.run([sys.executable, str(REGEN), "--install-protoc"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=300)
+            if r.returncode != 0:
+                pytest.fail(f"could not install the pinned protoc:\n{r.stderr.strip()}")
+
+
 class TestGeneratedCode:
     def test_checked_in_code_matches_the_schema(self, tmp_path):
         """Regenerating from proto/ reproduces edgepipe/_proto/ byte for byte; otherwise the failure
         prints the command that regenerates it (and the install hint when grpcio-tools is missing)."""
+        _ensure_protoc()
         out = tmp_path / "_proto"
         r = subprocess.run([sys.executable, str(REGEN), "--out", str(out)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
