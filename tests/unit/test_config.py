@@ -120,7 +120,7 @@ class TestKinds:
         assert stage_kinds()["test-missing"] == "edgepipe_no_such_module:Thing"
         with pytest.raises(ConfigError, match="edgepipe_no_such_module:Thing, which is not available"):
             resolve_kind("test-missing")
-        register_stage("test-counter", "edgepipe.pipeline.api:CounterStage")
+        register_stage("test-counter", "edgepipe.testing:CounterStage")
         cls, raw = resolve_kind("test-counter")
         assert cls.__name__ == "CounterStage" and raw is False
 
