@@ -84,17 +84,23 @@ class CheckStage(PipelineStage):
     """A sink that checks sequence numbers per source: counts records (``ok``), gaps (``lost``) and records
     out of order; stops after ``count`` records if given. A record marked redelivered (see
     edgepipe.pipeline.api) whose number it has seen is counted as ``redelivered`` and dropped, so ``ok``
-    counts every record once; ``duplicates`` counts unmarked repeats (which a lossless link never makes)."""
+    counts every record once; ``duplicates`` counts unmarked repeats (which a lossless link never makes).
+    With ``verify`` it also checks that each payload starts with its sequence number as CounterStage writes
+    it, counting ``corrupt`` records."""
 
     kind = "check"
 
-    def __init__(self, name: str | None = None, *, count: int = 0, **kw: Any) -> None:
+    def __init__(self, name: str | None = None, *, count: int = 0, verify: bool = False, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.n = count
+        self.verify = verify
         self.last: dict[int, int] = {}
 
     def handle(self, rec: Record) -> None:
         src = rec.hops[0].stage if rec.hops else -1
+        if self.verify and rec.payload[:8] != rec.seq.to_bytes(8, "little"):
+            self.count("corrupt")
+            return
         last = self.last.get(src)
         if last is not None:
             if rec.seq > last + 1:

@@ -367,15 +367,20 @@ class Pipeline:
                      "overwritten": s.overwritten}
             d["fill"] = d["used"] / d["capacity"] if d["capacity"] else 0.0
             d["rate_hz"] = self._link_rates.get(name, 0.0)
-            d["dropped"] = d.get("overwritten", 0) + self._drops_on(name)
+            if ln.mode == "drop":
+                # a full ring counts its refusals itself (exact across crashes of either end); the producer
+                # counts only what it dropped for other reasons (its consumer restarting)
+                d["dropped"] = d["full_events"] + self._drops_on(name, but="ring full")
+            else:
+                d["dropped"] = d.get("overwritten", 0) + self._drops_on(name)
             out[name] = d
         return out
 
-    def _drops_on(self, link: str) -> int:
+    def _drops_on(self, link: str, but: str | None = None) -> int:
         n = 0
         for c in self.children:
             for k, v in (c.stats or {}).items():
-                if k.startswith(f"dropped[{link}: "):
+                if k.startswith(f"dropped[{link}: ") and k != f"dropped[{link}: {but}]" and isinstance(v, int):
                     n += v
         return n
 
