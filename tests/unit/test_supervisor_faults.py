@@ -228,26 +228,31 @@ class TestNeighbourDeath:
             _assert_exact(p, n)
 
     @pytest.mark.e2e
-    def test_kill_9_of_the_demo_capture_restarts_it(self, tmp_path):
-        """The demo's capture stage killed once is restarted; the inference stage waits for it instead of
-        taking its death for the end of the stream, and the run ends 0."""
+    @pytest.mark.parametrize("victim", ["capture", "detect", "show_text", "imu", "show_attitude"])
+    def test_kill_9_of_a_demo_stage_restarts_it(self, victim):
+        """Any stage of the demo killed once is restarted alone: its neighbours wait for it instead of taking
+        its death for the end of the stream (the inference stage used to, and the demo ended 1), records
+        flow again on both branches, and the run ends 0."""
         from edgepipe._data import data_path
 
         p = Pipeline.from_toml(data_path("demo.toml"), stats_path=False)
-        p.spec.report_dir = str(tmp_path)
-        p.start()
-        try:
-            _until(lambda: p.stage_stats()["show_text"].get("received", 0) > 3, "detections flowing", 120)
-            _kill(p, "capture")
-            _until(lambda: _running_again(p, "capture", 1), "capture restarted", 120)
-            before = p.stage_stats()["show_text"].get("received", 0)
-            _until(lambda: p.stage_stats()["show_text"].get("received", 0) > before + 3, "detections after", 120)
-        finally:
+        sinks = ("show_text", "show_attitude")
+
+        def received():
+            st = p.stage_stats()
+            return [st[s].get("received", 0) for s in sinks]
+
+        with _started(p):
+            _until(lambda: all(n > 3 for n in received()), "records on both branches", 120)
+            _kill(p, victim)
+            _until(lambda: _running_again(p, victim, 1), f"{victim} restarted", 120)
+            before = received()
+            _until(lambda: all(a > b + 3 for a, b in zip(received(), before)), "records after the restart", 120)
             p.stop("test over")
         assert p.wait() == 0, p.stage_stats()
         st = p.stage_stats()
-        assert st["capture"]["restarts"] == 1 and st["detect"]["restarts"] == 0
-        assert st["detect"]["exit_codes"] == [0]
+        assert st[victim]["restarts"] == 1 and st[victim]["exit_codes"][0] == -signal.SIGKILL
+        assert all(s["restarts"] == 0 and s["exit_codes"] == [0] for n, s in st.items() if n != victim), st
 
 
 _SLOW_HDRH = textwrap.dedent("""
@@ -391,7 +396,8 @@ class TestDelivery:
         sink, link = p.stage_stats()["sink"], p.link_stats()["a"]
         assert link["dropped"] > 0
         assert sink["ok"] + link["dropped"] == n, (sink, link)
-        assert sink.get("lost", 0) == link["dropped"] and sink.get("duplicates", 0) == 0
+        # the gaps the sink saw are among them (a drop at the very end of the run leaves no gap to see)
+        assert sink.get("lost", 0) <= link["dropped"] and sink.get("duplicates", 0) == 0
 
 
 def _campaign(n: int, kills: int, seed: int) -> dict:

@@ -63,7 +63,7 @@ from edgepipe.pipeline import host
 from edgepipe.pipeline.api import PipelineStage
 from edgepipe.pipeline.config import LinkSpec, PipelineSpec, StageSpec, kind_entry, latest_slot, load_config, validate
 from edgepipe.pipeline.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
-from edgepipe.pipeline.stats import stage_counts, stats_from_state
+from edgepipe.pipeline.stats import stage_state, stats_from_state
 from edgepipe.pipeline.values import check_plain, to_params, to_value
 from edgepipe.ring import Ring
 
@@ -458,10 +458,10 @@ class Pipeline:
         st.latencies.extend(self.latency().to_proto())
 
         for name, d in self.stage_stats().items():
-            received, emitted, dropped = stage_counts(d)
-            st.stages.append(pb.StageState(name=name, kind=d.get("kind") or "", state=d["state"], pid=d["pid"] or 0,
-                                           restarts=d["restarts"], error=d.get("error") or "",
-                                           received=received or 0, emitted=emitted or 0, dropped=dropped))
+            own = {k: v for k, v in d.items() if k not in ("pid", "restarts", "exit_codes")}
+            state = stage_state(name, own)
+            state.pid, state.restarts = d["pid"] or 0, d["restarts"]
+            st.stages.append(state)
         st.budgets.extend(pb.LatencyBudget(part=k, budget_ns=v) for k, v in self.spec.budgets_ns().items())
         return st
 
