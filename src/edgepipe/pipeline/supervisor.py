@@ -33,6 +33,10 @@ stream), so queued records are not lost (see edgepipe.pipeline.api for what each
 A stage that fails for good has its ring ends closed by the supervisor (its neighbours see end of
 stream) and the pipeline stops in order and fails.
 
+(Over 600 lines on purpose: it is one object, the supervisor's state machine, whose threads share the
+children's state under one lock; the stage side lives in host.py, what crosses the socket in values.py and
+stats.py.)
+
 >>> from edgepipe.testing import CheckStage, CounterStage
 >>> p = Pipeline([CounterStage("src", count=100, outputs={"out": "n"}),
 ...               CheckStage("sink", inputs={"in": "n"})], budgets={"end_to_end": 1000})
