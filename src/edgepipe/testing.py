@@ -116,6 +116,13 @@ class CheckStage(PipelineStage):
             self.stop()
 
 
+    def extra_stats(self) -> dict[str, Any]:
+        out = super().extra_stats()
+        if len(self.last) == 1:  # one source: the last sequence number (ok == last_seq + 1 when none is lost)
+            out["last_seq"] = next(iter(self.last.values()))
+        return out
+
+
 class PrintStage(PipelineStage):
     """A sink that prints one line per record (at most ``every``-th, default all): the source's sequence
     number, end-to-end latency, and the payload decoded as an edgepipe.v1 Envelope when it is one."""

@@ -400,38 +400,33 @@ class TestDelivery:
         assert sink.get("lost", 0) <= link["dropped"] and sink.get("duplicates", 0) == 0
 
 
-def _campaign(n: int, kills: int, seed: int) -> dict:
-    """Records 0..n-1 through src -> r1 -> r2 -> sink while random non-sink stages get SIGKILL at random
-    times; returns the figures."""
+def _campaign(rate_hz: float, kills: int, seed: int) -> dict:
+    """Sequence-numbered records through src -> r1 -> r2 -> sink while the other stages get SIGKILL in a
+    random order (each about as often) at random times, then an ordered stop; returns the figures. The sink is
+    not killed: its counts are what is checked, and they live in its process."""
     rng = random.Random(seed)
+    victims = (["src", "r1", "r2"] * kills)[:kills]
+    rng.shuffle(victims)
     before = _shm()
-    p = Pipeline([CounterStage("src", count=n, rate_hz=5000, outputs={"out": "a"}),
+    p = Pipeline([CounterStage("src", rate_hz=rate_hz, outputs={"out": "a"}),
                   RelayStage("r1", inputs={"in": "a"}, outputs={"out": "b"}),
                   RelayStage("r2", inputs={"in": "b"}, outputs={"out": "c"}),
                   CheckStage("sink", verify=True, inputs={"in": "c"})],
                  max_restarts=1000, backoff_s=0.02, stats_interval_s=0.1, stats_path=False)
     done = []
     with _started(p):
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.05, 0.6))
-            victim = rng.choice(["src", "r1", "r2"])
-            st = p.stage_stats()[victim]
-            if p.stage_stats()["src"]["state"] == "done":
-                break  # the source finished: nothing left to interrupt
-            if st["state"] != "running":
-                continue
-            try:
-                os.kill(st["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            _until(lambda v=victim, r=st["restarts"]: _running_again(p, v, r + 1) or p.stage_stats()[v]["state"]
-                   == "done", f"{victim} back")
+        for victim in victims:
+            time.sleep(rng.uniform(0.05, 0.5))
+            r = _kill(p, victim)
+            _until(lambda v=victim, r=r: _running_again(p, v, r + 1), f"{victim} back")
             done.append(victim)
+        time.sleep(0.3)
+        p.stop("campaign over")
     status = p.wait()
     st, links = p.stage_stats(), p.link_stats()
     sink = st["sink"]
     return {"status": status, "kills": len(done), "by_stage": {s: done.count(s) for s in ("src", "r1", "r2")},
-            "n": n, "ok": sink.get("ok", 0), "lost": sink.get("lost", 0), "duplicates": sink.get("duplicates", 0),
+            "n": sink.get("last_seq", -1) + 1, "ok": sink.get("ok", 0), "lost": sink.get("lost", 0), "duplicates": sink.get("duplicates", 0),
             "out_of_order": sink.get("out_of_order", 0), "corrupt": sink.get("corrupt", 0), "redelivered": sink.get("redelivered", 0),
             "restarts": {s: st[s]["restarts"] for s in st},
             "link_c": (links["c"]["records_written"], links["c"]["records_read"]),
@@ -440,7 +435,7 @@ def _campaign(n: int, kills: int, seed: int) -> dict:
 
 def _check_campaign(f: dict) -> None:
     print("campaign:", json.dumps(f))
-    assert f["status"] == 0, f
+    assert f["status"] == 0 and f["n"] > 1000, f
     assert f["ok"] == f["n"] and f["lost"] == f["duplicates"] == f["out_of_order"] == f["corrupt"] == 0, f
     assert f["link_c"][0] == f["link_c"][1] == f["n"] + f["redelivered"], f
     assert sum(f["restarts"].values()) == f["kills"], f
@@ -449,11 +444,12 @@ def _check_campaign(f: dict) -> None:
 
 class TestKillCampaign:
     def test_random_kill_9s_lose_and_corrupt_nothing(self):
-        """Eight SIGKILLs of random stages at random times during 30,000 records: exit 0, none lost, none
-        corrupt or out of order, every repeat marked, nothing left in /dev/shm."""
-        _check_campaign(_campaign(30000, 8, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "1"))))
+        """Twelve SIGKILLs of random stages at random times while records flow at 3 kHz: exit 0, every record
+        from 0 to the last reaches the sink once (none lost, corrupt or out of order; repeats only marked), the
+        rings agree, nothing is left in /dev/shm."""
+        _check_campaign(_campaign(3000, 12, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "1"))))
 
     @pytest.mark.stress
     def test_a_long_random_kill_9_campaign(self):
-        """Sixty SIGKILLs over 150,000 records, same checks."""
-        _check_campaign(_campaign(150000, 60, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "7"))))
+        """Sixty SIGKILLs, same checks."""
+        _check_campaign(_campaign(3000, 60, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "7"))))
