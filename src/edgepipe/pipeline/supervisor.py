@@ -33,6 +33,14 @@ stream), so queued records are not lost (see edgepipe.pipeline.api for what each
 A stage that fails for good has its ring ends closed by the supervisor (its neighbours see end of
 stream) and the pipeline stops in order and fails.
 
+Why neighbours learn of a death from the ring and not from this supervisor: the ring's owner word tells a
+*closed* end (an explicit store by its owner, ordered after everything it published) from a *dead* one (its
+pid gone, checked with a pidfd and the process start time), and a stage reads it in the same place and at
+the same moment as its data. A "peer restarting" message on the control socket would race with the data
+(a consumer could see the end of the ring before the message) and would not help a stage outside a
+supervised pipeline. So a stage never ends on a dead neighbour, and this supervisor closes the ends of a
+stage it gives up on, which its neighbours then see as the end of the stream.
+
 (Over 600 lines on purpose: it is one object, the supervisor's state machine, whose threads share the
 children's state under one lock; the stage side lives in host.py, what crosses the socket in values.py and
 stats.py.)
