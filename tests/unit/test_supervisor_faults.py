@@ -353,6 +353,33 @@ class TestRestartWindow:
 
 
 class TestDelivery:
+    def test_a_held_record_stays_in_the_ring_and_a_restart_marks_the_first_one(self):
+        """An Inlet keeps the record it handed out in the ring until the next receive; a second Inlet (a
+        restarted stage) gets that record again, marked redelivered, and so does what it emits from it."""
+        from edgepipe import Inlet, Outlet, Ring
+
+        with Ring.create(capacity=4096) as a, Ring.create(capacity=4096) as b:
+            src = Outlet(a.writer(), "a")
+            for i in range(3):
+                src.emit(b"x%d" % i)
+            first = Inlet(a.reader(), "a")
+            assert first.receive(timeout_s=1).payload == b"x0"
+            assert first.receive(timeout_s=1).payload == b"x1"  # x0 released now, x1 held
+            assert a.status().records_read == 1
+            first.end.close()  # the ring end goes away without the Inlet releasing x1, as in a crash
+            again = Inlet(a.reader(), "a", mark_first=True)
+            rec = again.receive(timeout_s=1)
+            assert (rec.payload, rec.redelivered) == (b"x1", True)
+            out = Outlet(b.writer(), "b", stage_index=1)
+            out.emit(rec.payload, parent=rec)
+            nxt = again.receive(timeout_s=1)
+            assert (nxt.payload, nxt.redelivered) == (b"x2", False)
+            out.emit(nxt.payload, parent=nxt)
+            down = Inlet(b.reader(), "b")
+            assert [down.receive(timeout_s=1).redelivered for _ in range(2)] == [True, False]
+            again.close()
+            down.close()
+
     def test_a_relay_that_fails_three_times_loses_nothing(self):
         """A relay that raises on every 1000th record of its process (three crashes in 3,000 records) loses
         none of them: the record it failed on is still in its input ring for the next process."""
