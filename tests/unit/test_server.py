@@ -28,6 +28,7 @@ from edgepipe import (
 )
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.control.server import Client, Server, default_socket_dir
+from edgepipe.control.framing import PROTOCOL_MINOR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -86,7 +87,7 @@ class TestHandshake:
         with pytest.raises(RemoteError) as ei:
             Client.connect(server.path, protocol_major=2)
         assert ei.value.code == pb.ERROR_CODE_VERSION_MISMATCH
-        assert "ERROR_CODE_VERSION_MISMATCH" in str(ei.value) and "protocol 2.0" in str(ei.value)
+        assert "ERROR_CODE_VERSION_MISMATCH" in str(ei.value) and f"protocol 2.{PROTOCOL_MINOR}" in str(ei.value)
         with _raw_hello(server.path, major=7) as fs:
             env = fs.recv(timeout_s=5)
             assert env.error.code == pb.ERROR_CODE_VERSION_MISMATCH and env.reply_to == 1
