@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -36,7 +37,11 @@ PIPELINE_DIR = SRC / "edgepipe" / "pipeline"
 
 
 def _shm() -> set[str]:
-    return {e for e in os.listdir("/dev/shm") if e.startswith("edgepipe")}
+    # edgepipe's own names, less the per-test names other test runs on this shared machine create meanwhile
+    # (conftest's shm_name: edgepipe.t-<their pid>-...); a supervised pipeline's rings are memfds and never
+    # appear here at all
+    others = re.compile(rf"^edgepipe\.t-(?!{os.getpid()}-)\d+-")
+    return {e for e in os.listdir("/dev/shm") if e.startswith("edgepipe") and not others.match(e)}
 
 
 def _alive(pid: int) -> bool:
@@ -471,10 +476,10 @@ def _check_campaign(f: dict) -> None:
 
 class TestKillCampaign:
     def test_random_kill_9s_lose_and_corrupt_nothing(self):
-        """Twelve SIGKILLs of random stages at random times while records flow at 3 kHz: exit 0, every record
+        """Ten SIGKILLs of random stages at random times while records flow at 3 kHz: exit 0, every record
         from 0 to the last reaches the sink once (none lost, corrupt or out of order; repeats only marked), the
         rings agree, nothing is left in /dev/shm."""
-        _check_campaign(_campaign(3000, 12, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "1"))))
+        _check_campaign(_campaign(3000, 10, seed=int(os.environ.get("EDGEPIPE_CAMPAIGN_SEED", "1"))))
 
     @pytest.mark.stress
     def test_a_long_random_kill_9_campaign(self):
