@@ -134,20 +134,17 @@ from edgepipe.stages.inference import (
     fit_input_hw,
 )
 from edgepipe.pipeline.api import (
-    CheckStage,
-    CounterStage,
     EndOfStream,
     Hop,
     Inlet,
     Outlet,
     PipelineStage,
-    PrintStage,
     Record,
-    RelayStage,
     sink,
     source,
     transform,
 )
+from edgepipe.testing import CheckStage, CounterStage, PrintStage, RelayStage
 from edgepipe.stages.inference.quantize import QuantizeReport, calibration_frames, quantize_model
 from edgepipe.pipeline.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy

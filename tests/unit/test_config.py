@@ -60,6 +60,7 @@ BAD = [
     ("capacity", "capacity = 65536", "capacity = 1000", 20, "links.a.capacity", "power of two >= 4096 bytes, got 1000"),
     ("mode", 'mode = "lossless"', 'mode = "lossy"', 21, "links.a.mode", "got 'lossy'"),
     ("restart", 'name = "t"', 'name = "t"\nrestart = "sometimes"', 3, "pipeline.restart", "got 'sometimes'"),
+    ("restart-window", 'name = "t"', 'name = "t"\nrestart_window_s = 0', 3, "pipeline.restart_window_s", "> 0, got 0"),
     ("budget-table", "[links.a]", "[budgets]\nmid = 0\n\n[links.a]", 20, "budgets.mid", "got 0"),
     ("budget-unknown-part", "[links.a]", "[budgets]\nnobody = 3\n\n[links.a]", 20, "budgets.nobody",
      "'nobody', which is no stage"),
@@ -107,6 +108,14 @@ class TestGood:
         path.write_text(GOOD.replace("params = { count = 10 }", 'params = { count = 10, video = "clip.mp4" }'))
         assert load_config(path).stages[0].params["video"] == str(tmp_path / "clip.mp4")
 
+    def test_restart_window(self, tmp_path):
+        """restart_window_s defaults to 60 s and a file may set it; max_restarts counts within it."""
+        path = tmp_path / "pipe.toml"
+        path.write_text(GOOD)
+        assert load_config(path).restart_window_s == 60.0
+        path.write_text(GOOD.replace('name = "t"', 'name = "t"\nrestart_window_s = 3600'))
+        assert load_config(path).restart_window_s == 3600
+
     def test_missing_file(self, tmp_path):
         """A file that is not there is a ConfigError naming it."""
         with pytest.raises(ConfigError, match="nothere.toml: cannot read"):
@@ -120,7 +129,7 @@ class TestKinds:
         assert stage_kinds()["test-missing"] == "edgepipe_no_such_module:Thing"
         with pytest.raises(ConfigError, match="edgepipe_no_such_module:Thing, which is not available"):
             resolve_kind("test-missing")
-        register_stage("test-counter", "edgepipe.pipeline.api:CounterStage")
+        register_stage("test-counter", "edgepipe.testing:CounterStage")
         cls, raw = resolve_kind("test-counter")
         assert cls.__name__ == "CounterStage" and raw is False
 

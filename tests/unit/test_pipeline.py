@@ -305,8 +305,9 @@ class TestFailures:
         assert st["stuck"]["exit_codes"] == [-signal.SIGKILL] and st["src"]["exit_codes"] == [0]
         assert "'stuck' did not stop cleanly: killed by signal 9" in p.report()["meta"]["failure"]
 
-    def test_a_stage_whose_arguments_do_not_pickle_is_refused(self):
-        """A stage built with an argument that cannot be sent to its process is a ConfigError naming it."""
+    def test_a_stage_whose_arguments_are_not_plain_values_is_refused(self):
+        """A stage built with an argument that cannot be sent to its process (not a plain value) is a
+        ConfigError naming it."""
         with pytest.raises(ConfigError, match=r"stages\.src: cannot be sent to its process"):
             Pipeline([Holder("src", thing=lambda: 1, outputs={"out": "a"}), CheckStage("s", inputs={"in": "a"})])
 

@@ -118,6 +118,15 @@ class TestSchema:
                                        mag=pb.Vec3(x=30.0), orientation=pb.Quaternion(w=1.0)),
             "frame_meta": pb.FrameMeta(stamps=stamps, frame_seq=3, width=640, height=480, channels=3,
                                        dtype="uint8", pixel_format="BGR", ring="frames"),
+            "stage_spec": pb.StageSpec(
+                name="mid", index=1, target="edgepipe.testing:RelayStage", construct=pb.CONSTRUCT_INSTANCE,
+                args=[pb.Value(string_value="mid")],
+                params=[pb.Param(key="work_us", value=pb.Value(double_value=2.5)),
+                        pb.Param(key="tags", value=pb.Value(list_value=pb.ValueList(items=[pb.Value(int_value=-3)]))),
+                        pb.Param(key="inputs", value=pb.Value(map_value=pb.ValueMap(entries=[
+                            pb.Param(key="in", value=pb.Value(string_value="a"))])))],
+                ports=[pb.Port(name="in", direction=pb.DIRECTION_INPUT, link="a", link_index=0, mode="lossless")],
+                topology=[pb.LinkTopology(link="a", producer="src")], attempt=2),
             "inference_result": pb.InferenceResult(
                 stamps=stamps, model_id="yolo-n@1", frame_seq=3,
                 detections=pb.Detections(boxes=[pb.Box(x_max=10, y_max=10, score=0.9, class_id=1)])),

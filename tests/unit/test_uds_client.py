@@ -19,7 +19,7 @@ import pytest
 
 from edgepipe import Envelope, Server
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
-from edgepipe.control.framing import PROTOCOL_MINOR
+from edgepipe.control.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INSTALL_HINT = "apt-get install -y protobuf-c-compiler libprotobuf-c-dev (see .ci/run)"
@@ -92,7 +92,7 @@ class TestCClient:
             proc.kill()
         assert proc.returncode == 0, err
         assert out.splitlines() == [
-            f"welcome session={s.id} server_pid={os.getpid()} protocol=1.{PROTOCOL_MINOR}",
+            f"welcome session={s.id} server_pid={os.getpid()} protocol={PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             "stats stage=imu t_ns=99 rings=1 [samples written=1000 read=998]",
             "stats stage=pipeline:p t_ns=100 rings=0 {imu backoff pid=4321 restarts=2} budget[end_to_end]=5000000ns",
             "imu_sample source=imu0 seq=41 capture_ns=123456789 gyro=(0.010,-0.020,0.500) "

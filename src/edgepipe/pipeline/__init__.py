@@ -1,8 +1,11 @@
 """Pipelines: stages wired into processes by rings, supervised, measured against latency budgets.
 
-``api`` (the user-stage API: PipelineStage, Inlet/Outlet, decorators), ``config`` (TOML and kinds),
-``supervisor`` (the parent), ``report`` (latency books and reports). Imports stages and everything below them,
-never the CLI.
+``api`` (the user-stage API: PipelineStage, Inlet/Outlet, decorators, the delivery guarantee), ``wire`` (the
+stamped record format), ``config`` (TOML and the kinds registry), ``kinds`` (the built-in kinds' factories),
+``supervisor`` (the parent), ``host`` (the stage process), ``values`` and ``stats`` (what crosses the control
+socket: plain values and stage counters as protobuf), ``report`` (latency books and reports). Imports stages
+and everything below them, never the CLI, and never edgepipe.testing (whose stages the kinds registry names
+by import path only).
 
 >>> from edgepipe.pipeline.config import parse_config
 >>> spec = parse_config('''

@@ -2,16 +2,34 @@
 
 :class:`Pipeline` is the supervisor's Python face. It takes stages (``PipelineStage`` instances, or
 :class:`~edgepipe.pipeline.config.StageSpec` for registered kinds such as ``"capture"``), creates one memfd ring per
-link, starts each stage as its own process (``python -m edgepipe.pipeline.supervisor``), hands it its ring fds over a
+link, starts each stage as its own process (edgepipe.pipeline.host), hands it its ring fds over a
 control socket, restarts crashed stages, and on stop() (or Ctrl-C / SIGTERM in run()) stops the sources
 first and lets every record already in flight drain through to the sinks.
 
 User stages subclass :class:`PipelineStage` and talk to their rings through :class:`Outlet` (``emit``) and
-:class:`Inlet` (``receive``). Every record carries a small fixed stamp header (see ``_HDR``/``_HOP``): the
+:class:`Inlet` (``receive``). Every record carries a small fixed stamp header (edgepipe.pipeline.wire): the
 source's sequence number and capture time, and for each stage it crossed, the CLOCK_MONOTONIC_RAW time it
 was received and published. A sink (a stage with inputs and no outputs) splits each record's end-to-end
 latency into parts: ``<source stage>`` (capture to publish), ``<link>`` (time queued in that ring) and
 ``<stage>`` (time inside that stage), and records them in HDR histograms (edgepipe.pipeline.report.LatencyBook).
+
+Delivery across crashes. A stage that dies (kill -9, an exception) is restarted; its neighbours wait for
+it (a ring end whose process *died* is taken over by the new process; only an end that was *closed* in
+order ends the stream). What a crash costs depends on the link's mode:
+
+- ``lossless``: no record is lost. A stage holds each input record in the ring (peeked, not released)
+  until it has handled it, so a record that a crash interrupts is still queued for the restarted
+  process. That process may handle it a second time (if the crashed one had already passed it on), so
+  the first record it takes from each input carries ``Record.redelivered`` (FLAG_REDELIVERED in the
+  header), and so does everything emitted from it; a restarted source that resumes its numbering marks
+  its first record too. A sink that must count exactly drops a marked record whose sequence number it
+  has already seen (CheckStage does): at least once on the wire, exactly once at such a sink.
+- ``drop``: a record that finds the ring full is dropped and counted in the ring itself
+  (``full_events``, so the count survives a crash of either end); one written while the consumer is
+  restarting is dropped and counted by the producer (``dropped[<link>: consumer restarting]``).
+- ``latest``: the slot counts what it overwrote; a frame is only ever the newest one.
+
+A sink's own counters live in its process: a sink that is restarted starts counting again.
 
 In one process, for tests and notebooks, the same stages run on threads over plain rings:
 
@@ -36,93 +54,31 @@ True
 from __future__ import annotations
 
 import functools
-import struct
-import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from edgepipe.clock import now_ns
 from edgepipe.errors import PeerClosedError, RingTimeoutError
+from edgepipe.pipeline.wire import FLAG_REDELIVERED, NO_LINK, Hop, Record, pack_record, unpack_record
 from edgepipe.stages.base import Stage
 
 __all__ = [
-    "CheckStage",
-    "CounterStage",
     "EndOfStream",
     "Hop",
     "Inlet",
     "Outlet",
     "PipelineStage",
-    "PrintStage",
     "Record",
-    "RelayStage",
     "sink",
     "source",
     "transform",
 ]
 
-# One stamp header per record: magic, hop count, seq, capture time (CLOCK_MONOTONIC_RAW ns).
-_HDR = struct.Struct("<4sHHQq")
-_HOP = struct.Struct("<HHIqq")  # stage index, input link index (0xFFFF: source), reserved, receive ns, publish ns
-_MAGIC = b"EPS1"
-_NO_LINK = 0xFFFF
-MAX_HOPS = 32
 _WAIT_SLICE_S = 0.05  # blocking ring calls return this often so a stage sees stop() promptly
 
 
 class EndOfStream(Exception):
     """Every input of a stage has ended: its producers finished and the rings are drained."""
-
-
-@dataclass(frozen=True)
-class Hop:
-    """One stage a record went through: which stage, on which link it arrived, when in and when out."""
-
-    stage: int
-    link: int
-    receive_ns: int
-    publish_ns: int
-
-
-@dataclass
-class Record:
-    """A record read from a stamped ring: the payload plus its stamps."""
-
-    payload: bytes
-    seq: int
-    capture_ns: int
-    hops: list[Hop]
-    link: int = _NO_LINK  # the link it was read from
-    receive_ns: int = 0  # when this stage took it off the ring
-    parts: list[tuple[str, int]] | None = None  # named latency parts, for records of built-in stages
-    message: Any = None  # the decoded record of a built-in stage (InferenceResult, IMU sample row)
-
-
-def pack_record(payload: bytes, seq: int, capture_ns: int, hops: list[Hop]) -> bytes:
-    """The wire form of a stamped record (header, hops, payload)."""
-    if len(hops) > MAX_HOPS:
-        raise ValueError(f"a record may cross at most {MAX_HOPS} stages, this one has {len(hops)} hops")
-    parts = [_HDR.pack(_MAGIC, len(hops), 0, seq, capture_ns)]
-    parts += [_HOP.pack(h.stage, h.link, 0, h.receive_ns, h.publish_ns) for h in hops]
-    parts.append(payload)
-    return b"".join(parts)
-
-
-def unpack_record(data: bytes | memoryview) -> Record | None:
-    """Parse a stamped record; None if ``data`` does not start with the stamp header."""
-    if len(data) < _HDR.size:
-        return None
-    magic, nhops, _, seq, cap = _HDR.unpack_from(data, 0)
-    if magic != _MAGIC or len(data) < _HDR.size + nhops * _HOP.size:
-        return None
-    hops = []
-    off = _HDR.size
-    for _ in range(nhops):
-        st, ln, _r, rn, pn = _HOP.unpack_from(data, off)
-        hops.append(Hop(st, ln, rn, pn))
-        off += _HOP.size
-    return Record(bytes(data[off:]), seq, cap, hops)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,10 +94,13 @@ class Outlet:
         mode: ``"lossless"`` waits for room (checking ``stopping``), ``"drop"`` drops a record that does
             not fit and counts it.
         link_index: the link's index in the pipeline (unused by the producer, kept for stats).
+        mark_first: mark the first source record (one emitted without a parent) as possibly redelivered:
+            a restarted source that resumes its numbering may repeat the last record of its predecessor.
     """
 
     def __init__(self, writer, link: str, stage_index: int = 0, mode: str = "lossless",
-                 link_index: int = 0, stopping: Callable[[], bool] | None = None) -> None:
+                 link_index: int = 0, stopping: Callable[[], bool] | None = None, *,
+                 mark_first: bool = False) -> None:
         if mode not in ("lossless", "drop"):
             raise ValueError(f"Outlet mode must be 'lossless' or 'drop', got {mode!r}")
         self.end = writer
@@ -154,25 +113,37 @@ class Outlet:
         self.written = 0
         self.bytes_written = 0
         self.dropped: dict[str, int] = {}
+        self.mark_first = mark_first
 
     def emit(self, payload: bytes, *, parent: Record | None = None, seq: int | None = None,
              capture_ns: int | None = None) -> bool:
         """Publish ``payload``. With ``parent`` (a record this stage received) the stamps carry on and this
-        stage's hop is added; without one this is a source record: ``seq`` (default: a counter) and
-        ``capture_ns`` (default: now) start its stamps. Returns False if it was dropped."""
+        stage's hop is added (and its redelivery mark); without one this is a source record: ``seq``
+        (default: a counter) and ``capture_ns`` (default: now) start its stamps. Returns False if it was
+        dropped."""
         t = now_ns()
+        flags = 0
         if parent is None:
             s = self.seq if seq is None else seq
             self.seq = s + 1
             cap = t if capture_ns is None else capture_ns
-            hops = [Hop(self.stage_index, _NO_LINK, cap, t)]
+            hops = [Hop(self.stage_index, NO_LINK, cap, t)]
+            if self.mark_first:
+                self.mark_first = False
+                flags = FLAG_REDELIVERED
         else:
             s, cap = parent.seq, parent.capture_ns
             hops = [*parent.hops, Hop(self.stage_index, parent.link, parent.receive_ns, t)]
-        return self.write_raw(pack_record(payload, s, cap, hops))
+            if parent.redelivered:
+                flags = FLAG_REDELIVERED
+        return self.write_raw(pack_record(payload, s, cap, hops, flags))
 
     def write_raw(self, data: bytes) -> bool:
-        """Publish bytes as they are (no stamps). Same waiting and dropping rules as :meth:`emit`."""
+        """Publish bytes as they are (no stamps). Same waiting and dropping rules as :meth:`emit`.
+
+        A consumer that died (the supervisor restarts it) is waited for on a lossless link; on a drop link
+        the record is dropped and counted (``consumer restarting``). One that closed ends the stream
+        (:class:`EndOfStream`)."""
         w = self.end
         if self.mode == "drop":
             try:
@@ -180,7 +151,8 @@ class Outlet:
             except PeerClosedError:
                 if not self._consumer_gone():
                     raise EndOfStream(f"the consumer of {self.link!r} closed") from None
-                ok = False
+                self.dropped["consumer restarting"] = self.dropped.get("consumer restarting", 0) + 1
+                return False
             if not ok:
                 self.dropped["ring full"] = self.dropped.get("ring full", 0) + 1
                 return False
@@ -197,19 +169,27 @@ class Outlet:
                     if not self._consumer_gone():
                         self.dropped["consumer closed"] = self.dropped.get("consumer closed", 0) + 1
                         raise EndOfStream(f"the consumer of {self.link!r} closed") from None
+                    if self.stopping():
+                        self.dropped["stopped while consumer restarting"] = \
+                            self.dropped.get("stopped while consumer restarting", 0) + 1
+                        return False
         self.written += 1
         self.bytes_written += len(data)
         return True
 
     def _consumer_gone(self) -> bool:
         """The consumer died (a restart may follow: wait a little and say retry) or closed (False)."""
-        if self.end._ring.status().consumer_closed:
+        if self.status().consumer_closed:
             return False
         time.sleep(0.005)
         return True
 
+    def status(self):
+        """The ring's status (edgepipe.ring.RingStatus): its shared counters outlive any one process."""
+        return self.end._ring.status()
+
     def counters(self) -> dict[str, Any]:
-        s = self.end._ring.status()
+        s = self.status()
         return {"name": self.link, "records_written": s.records_written, "records_read": s.records_read,
                 "bytes_written": self.bytes_written, "full_events": s.full_events,
                 "dropped": sum(self.dropped.values()), "used": s.used, "capacity": s.capacity}
@@ -224,11 +204,17 @@ class Inlet:
 
     A producer that died (and may be restarted) is waited for; one that closed cleanly ends the stream
     once the ring is drained (:class:`EndOfStream`).
+
+    A record stays in the ring (peeked, not yet released) until the stage is done with it: the next
+    :meth:`receive` (or :meth:`release`, or a clean :meth:`close`) gives it back. A stage that crashes
+    while handling a record leaves it in the ring, and its restarted process takes it again; with
+    ``mark_first`` (set for a restarted stage) the first record taken is marked ``redelivered``, since
+    the crashed process may have handled (and passed on) it before it died.
     """
 
     def __init__(self, reader, link: str, link_index: int = 0,
                  stopping: Callable[[], bool] | None = None,
-                 topology: dict[str, tuple[str, list[str]]] | None = None) -> None:
+                 topology: dict[str, tuple[str, list[str]]] | None = None, *, mark_first: bool = False) -> None:
         self.end = reader
         self.topology = topology or {}  # link -> (producer stage, that stage's input links), for naming parts
         self.link = link
@@ -237,25 +223,36 @@ class Inlet:
         self.ended = False
         self.read = 0
         self.bytes_read = 0
+        self.mark_first = mark_first
+        self._held = False
 
     def receive_raw(self, timeout_s: float | None = None) -> bytes | None:
         """The next record's bytes, or None if none arrived within ``timeout_s`` (None: until stopping).
+        Releases the record taken before.
 
         Raises:
             EndOfStream: the producer closed and everything it wrote has been read.
         """
+        self.release()
         if self.ended:
             raise EndOfStream(self.link)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        end = self.end
         while True:
-            left = _WAIT_SLICE_S if deadline is None else max(0.0, min(_WAIT_SLICE_S, deadline - time.monotonic()))
             try:
-                data = self.end.read(timeout_s=left)
-                self.read += 1
-                self.bytes_read += len(data)
-                return data
-            except RingTimeoutError:
-                pass
+                view = end.try_peek()
+                if view is None:
+                    left = _WAIT_SLICE_S if deadline is None else max(0.0, min(_WAIT_SLICE_S,
+                                                                               deadline - time.monotonic()))
+                    if left > 0 and end.wait(left):
+                        view = end.try_peek()
+                if view is not None:
+                    data = bytes(view)
+                    view.release()
+                    self._held = True
+                    self.read += 1
+                    self.bytes_read += len(data)
+                    return data
             except PeerClosedError:
                 if self.end._ring.status().producer_closed:
                     self.ended = True
@@ -263,6 +260,12 @@ class Inlet:
                 time.sleep(0.005)  # died: a restarted producer takes the end over
             if (deadline is not None and time.monotonic() >= deadline) or (deadline is None and self.stopping()):
                 return None
+
+    def release(self) -> None:
+        """Give back the record taken last (the stage is done with it); nothing if none is held."""
+        if self._held:
+            self._held = False
+            self.end.release()
 
     def receive(self, timeout_s: float | None = None) -> Record | None:
         """The next stamped record (receive time set), or None on timeout. Unstamped bytes come back as a
@@ -276,6 +279,9 @@ class Inlet:
             rec = _decode_builtin(data, self.end.last_type, t, self.link, self.topology)
         rec.link = self.link_index
         rec.receive_ns = t
+        if self.mark_first:
+            self.mark_first = False
+            rec.redelivered = True
         if rec.parts is not None:
             rec.parts.append((self.link, t - rec.parts.pop()[1]))  # last entry held the last publish time
         return rec
@@ -287,6 +293,9 @@ class Inlet:
                 "used": s.used, "capacity": s.capacity}
 
     def close(self) -> None:
+        """Close the consumer end cleanly (the record taken last counts as handled)."""
+        if not self.end.closed:
+            self.release()
         self.end.close()
 
 
@@ -356,7 +365,10 @@ class PipelineStage(Stage):
     :meth:`loop` feeds it) or :meth:`loop` itself (sources: emit until ``stopping``).
 
     Constructor arguments are remembered, so a stage built in the parent is rebuilt with the same arguments
-    in its own process (they must pickle). ``inputs`` / ``outputs`` map port names to link names; in the
+    in its own process: the class travels by import path (``module:qualname``; a class in the script being
+    run is found as multiprocessing finds it) and the arguments as plain values (strings, numbers,
+    booleans, None, lists and dicts of them, paths), never pickled. Anything else is a ConfigError when
+    the Pipeline is made. ``inputs`` / ``outputs`` map port names to link names; in the
     running stage, ``self.inputs`` / ``self.outputs`` map the same port names to :class:`Inlet` /
     :class:`Outlet` objects.
 
@@ -399,11 +411,15 @@ class PipelineStage(Stage):
         self.inputs: dict[str, Inlet] = {}
         self.outputs: dict[str, Outlet] = {}
         self.latency = None  # a LatencyBook when this stage is a sink (set by attach)
+        self.attempt = 0  # 0 in the stage's first process, n in its n-th restart (set by the stage process)
         self._rr = 0
 
-    def __reduce__(self):
+    def rebuild_args(self) -> tuple[Any, tuple, dict[str, Any], str]:
+        """How a stage process rebuilds this stage: ``(target, args, kwargs, function_role)``; the target
+        (a class, or for a function stage the function) is called with the arguments this stage was made
+        with. function_role is "" for a class."""
         args, kwargs = self._init_args
-        return (_rebuild, (type(self), args, kwargs))
+        return type(self), tuple(args), dict(kwargs), ""
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self, inputs: dict[str, Inlet], outputs: dict[str, Outlet], latency=None) -> None:
@@ -426,7 +442,10 @@ class PipelineStage(Stage):
         """The next record from input ``port`` (or from any input, round robin, when None).
 
         Returns None on timeout or when stopping. Raises :class:`EndOfStream` once every input has ended.
+        The record received before is given back to its ring first (see :class:`Inlet`): at most one
+        record is held at a time, so a crash redelivers at most that one.
         """
+        self._release_inputs()
         if port is not None or len(self.inputs) == 1:
             inlet = self._one(self.inputs, port, "input")
             rec = inlet.receive(timeout_s)
@@ -454,6 +473,11 @@ class PipelineStage(Stage):
                 return
             if rec is not None:
                 self.handle(rec)
+                self._release_inputs()
+
+    def _release_inputs(self) -> None:
+        for inlet in self.inputs.values():
+            inlet.release()
 
     def extra_stats(self) -> dict[str, Any]:
         drops: dict[str, int] = {}
@@ -510,10 +534,6 @@ def _receive_or_drop(inlet, timeout_s: float, live: list):
         return _ENDED
 
 
-def _rebuild(cls, args, kwargs):
-    return cls(*args, **kwargs)
-
-
 class _FnStage(PipelineStage):
     """A stage made from a plain function by :func:`source`, :func:`transform` or :func:`sink`."""
 
@@ -523,11 +543,12 @@ class _FnStage(PipelineStage):
         self.fn = fn
         self.role = role
 
-    def __reduce__(self):
-        # the module attribute is the factory, not fn itself: rebuild through the factory's name
+    def rebuild_args(self) -> tuple[Any, tuple, dict[str, Any], str]:
+        # the function itself is the target (its module attribute is the factory; the stage process
+        # unwraps it through __wrapped__); the role and the factory's keywords are the arguments
         args, kwargs = self._init_args
-        fn = args[0] if args else kwargs["fn"]
-        return (_rebuild_fn, (fn.__module__, fn.__qualname__, args[1:], {k: v for k, v in kwargs.items() if k != "fn"}))
+        rest = {k: v for k, v in kwargs.items() if k not in ("fn", "role")}
+        return self.fn, (), rest, self.role
 
     def loop(self) -> None:
         if self.role == "source":
@@ -561,13 +582,9 @@ def sink(fn: Callable[[Record], None] | None = None, **kw: Any):
     return _fn_factory("sink", fn, kw)
 
 
-def _rebuild_fn(module: str, qualname: str, args: tuple, kwargs: dict) -> _FnStage:
-    import importlib
-
-    obj: Any = sys.modules.get(module) or importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return _FnStage(getattr(obj, "__wrapped__", obj), *args, **kwargs)
+def function_stage(fn: Callable, role: str, **kw: Any) -> PipelineStage:
+    """The stage :func:`source`, :func:`transform` or :func:`sink` (``role``) make from ``fn``."""
+    return _FnStage(fn, role, **kw)
 
 
 def _fn_factory(role, fn, kw):
@@ -581,163 +598,3 @@ def _fn_factory(role, fn, kw):
     return wrap(fn) if fn is not None else wrap
 
 
-# ---------------------------------------------------------------------------------------------------
-# plain-Python stages shipped with edgepipe (kinds "counter", "relay", "check", "print")
-
-
-class CounterStage(PipelineStage):
-    """A source: ``count`` records (0: until stopped) of ``size`` bytes holding their sequence number, at
-    ``rate_hz`` (0: as fast as the ring takes them)."""
-
-    kind = "counter"
-
-    def __init__(self, name: str | None = None, *, count: int = 0, rate_hz: float = 0.0, size: int = 16,
-                 **kw: Any) -> None:
-        super().__init__(name, **kw)
-        if count < 0 or rate_hz < 0 or size < 8:
-            raise ValueError(f"counter needs count >= 0, rate_hz >= 0, size >= 8; got {count}, {rate_hz}, {size}")
-        self.n, self.rate_hz, self.size = count, rate_hz, size
-
-    def loop(self) -> None:
-        period = 1.0 / self.rate_hz if self.rate_hz else 0.0
-        t_next = time.monotonic()
-        i = 0
-        pad = bytes(self.size - 8)
-        while not self.stopping and (self.n == 0 or i < self.n):
-            if period:
-                delay = t_next - time.monotonic()
-                if delay > 0:
-                    time.sleep(min(delay, 0.1))
-                    continue
-                t_next += period
-            self.emit(i.to_bytes(8, "little") + pad, seq=i)
-            i += 1
-
-
-class RelayStage(PipelineStage):
-    """Passes every record on, after ``work_us`` of busy work (to stand in for processing); with
-    ``fail_after`` > 0 it raises after that many records (for restart tests)."""
-
-    kind = "relay"
-
-    def __init__(self, name: str | None = None, *, work_us: float = 0.0, fail_after: int = 0, **kw: Any) -> None:
-        super().__init__(name, **kw)
-        self.work_ns = int(work_us * 1000)
-        self.fail_after = fail_after
-
-    def handle(self, rec: Record) -> None:
-        if self.work_ns:
-            end = time.perf_counter_ns() + self.work_ns
-            while time.perf_counter_ns() < end:
-                pass
-        if self.fail_after and self.counters.get("received", 0) >= self.fail_after:
-            raise RuntimeError(f"{self.name}: failing after {self.fail_after} records, as configured")
-        super().handle(rec)
-
-
-class CheckStage(PipelineStage):
-    """A sink that checks sequence numbers per source: counts records, gaps (lost records) and records out
-    of order; stops after ``count`` records if given."""
-
-    kind = "check"
-
-    def __init__(self, name: str | None = None, *, count: int = 0, **kw: Any) -> None:
-        super().__init__(name, **kw)
-        self.n = count
-        self.last: dict[int, int] = {}
-
-    def handle(self, rec: Record) -> None:
-        src = rec.hops[0].stage if rec.hops else -1
-        last = self.last.get(src)
-        if last is not None:
-            if rec.seq > last + 1:
-                self.count("lost", rec.seq - last - 1)
-            elif rec.seq <= last:
-                self.count("out_of_order")
-        self.last[src] = rec.seq
-        self.count("ok")
-        if self.n and self.counters["ok"] >= self.n:
-            self.stop()
-
-
-class PrintStage(PipelineStage):
-    """A sink that prints one line per record (at most ``every``-th, default all): the source's sequence
-    number, end-to-end latency, and the payload decoded as an edgepipe.v1 Envelope when it is one."""
-
-    kind = "print"
-
-    def __init__(self, name: str | None = None, *, every: int = 1, **kw: Any) -> None:
-        super().__init__(name, **kw)
-        self.every = max(1, int(every))
-
-    def handle(self, rec: Record) -> None:
-        n = self.counters.get("received", 0)
-        if (n - 1) % self.every:
-            return
-        what = _describe_message(rec.message) if rec.message is not None else _describe_payload(rec.payload)
-        print(f"[{self.name}] seq={rec.seq} e2e={(rec.receive_ns - rec.capture_ns) / 1e6:.3f} ms {what}", flush=True)
-
-
-def _describe_message(m: Any) -> str:
-    if hasattr(m, "detections"):  # an InferenceResult
-        boxes = m.detections.boxes
-        shown = " ".join(f"[{b.x_min:.0f},{b.y_min:.0f},{b.x_max:.0f},{b.y_max:.0f} {b.score:.2f}]" for b in boxes[:4])
-        return (f"frame {m.frame_seq}: {len(boxes)} text boxes {shown}{' ...' if len(boxes) > 4 else ''} "
-                f"(inference {(m.inference_end_ns - m.inference_start_ns) / 1e6:.1f} ms)")
-    try:  # an IMU sample row
-        import math
-
-        w, x, y, z = (float(v) for v in m["q"])
-        roll = math.degrees(math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y)))
-        pitch = math.degrees(math.asin(max(-1.0, min(1.0, 2 * (w * y - z * x)))))
-        yaw = math.degrees(math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-        return f"sample {int(m['seq'])}: roll {roll:7.2f} pitch {pitch:7.2f} yaw {yaw:7.2f} deg"
-    except (KeyError, ValueError, TypeError, IndexError):
-        return repr(m)[:200]
-
-
-def _describe_payload(data: bytes) -> str:
-    try:
-        from edgepipe.control.framing import FrameSocket
-
-        env = FrameSocket.decode(data)
-    except Exception:  # noqa: BLE001 - not an Envelope: describe the bytes
-        return f"{len(data)} bytes"
-    body = env.WhichOneof("body")
-    msg = getattr(env, body)
-    return f"{body}: {str(msg).strip().replace(chr(10), ' ')[:200]}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# built-in kinds: the sensor, camera and inference stages take their ring ends wrapped in their own reader
-# and writer types; these build them from the bare ends the supervisor hands over.
-
-
-def _capture_kind(name: str, output, source: Any = None, video: str | None = None, **params: Any):
-    from edgepipe.stages.capture import CaptureStage
-    from edgepipe.frames import FrameWriter
-    from edgepipe.ring import RingWriter
-
-    out = FrameWriter(output) if isinstance(output, RingWriter) else output
-    src = source if source is not None else video
-    if src is None:
-        raise ValueError(f"capture stage {name!r} needs params.video (a file) or params.source")
-    return CaptureStage(src, out, name=name, **params)
-
-
-def _imu_kind(name: str, output, recording: str | None = None, csv: str | None = None, synthetic: bool = False,
-              source_params: dict[str, Any] | None = None, **params: Any):
-    from edgepipe.stages.imu import CsvSource, ImuStage, SyntheticSource
-
-    sp = dict(source_params or {})
-    src = SyntheticSource(**sp) if synthetic else CsvSource(csv or recording or "ngimu", **sp)
-    return ImuStage(src, output=output, name=name, **params)
-
-
-def _inference_kind(name: str, input, output, **params: Any):  # noqa: A002 - the stage's own port name
-    from edgepipe.frames import FrameReader
-    from edgepipe.stages.inference import InferenceStage
-    from edgepipe.ring import RingReader
-
-    inp = FrameReader(input) if isinstance(input, RingReader) else input
-    return InferenceStage(inp, output, name=name, **params)

@@ -8,7 +8,8 @@ the file, the line and the key (and the bad value)::
     [pipeline]
     name = "example"
     restart = "on-failure"          # never | on-failure | always
-    max_restarts = 3
+    max_restarts = 3                # within restart_window_s: a stage that ran that long without
+    restart_window_s = 60           # crashing starts counting (and backing off) from zero again
     budget_ms = 50                  # end to end
 
     [stages.src]
@@ -148,16 +149,17 @@ def kind_available(kind: str) -> str | None:
 
 # Built-in kinds. The sensor, camera and inference kinds take bare ring ends as constructor arguments.
 # Ports: capture outputs = { output = LINK }; imu outputs = { output = LINK }; inference inputs = { input = LINK },
-# outputs = { output = LINK }. The factories in edgepipe.pipeline.api wrap the bare ends for the stage classes
+# outputs = { output = LINK }. The factories in edgepipe.pipeline.kinds wrap the bare ends for the stage classes
 # (edgepipe.stages.capture.CaptureStage, edgepipe.stages.imu.ImuStage, edgepipe.stages.inference.InferenceStage).
-register_stage("capture", "edgepipe.pipeline.api:_capture_kind", raw_ports=True)
-register_stage("imu", "edgepipe.pipeline.api:_imu_kind", raw_ports=True)
-register_stage("inference", "edgepipe.pipeline.api:_inference_kind", raw_ports=True)
-# Plain-Python stages for examples, tests and sinks (edgepipe.pipeline.api).
-register_stage("counter", "edgepipe.pipeline.api:CounterStage")
-register_stage("relay", "edgepipe.pipeline.api:RelayStage")
-register_stage("check", "edgepipe.pipeline.api:CheckStage")
-register_stage("print", "edgepipe.pipeline.api:PrintStage")
+register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True)
+register_stage("imu", "edgepipe.pipeline.kinds:imu_kind", raw_ports=True)
+register_stage("inference", "edgepipe.pipeline.kinds:inference_kind", raw_ports=True)
+# Plain-Python stages for examples, tests and sinks (edgepipe.testing, which sits above this package: named
+# here by import path only).
+register_stage("counter", "edgepipe.testing:CounterStage")
+register_stage("relay", "edgepipe.testing:RelayStage")
+register_stage("check", "edgepipe.testing:CheckStage")
+register_stage("print", "edgepipe.testing:PrintStage")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,6 +208,7 @@ class PipelineSpec:
     budgets_ms: dict[str, float] = field(default_factory=dict)
     restart: str = "on-failure"
     max_restarts: int = 3
+    restart_window_s: float = 60.0  # restarts count (and back off) within this window only
     backoff_s: float = 0.2
     stats_interval_s: float = 0.5
     drain_timeout_s: float = 5.0
@@ -267,7 +270,8 @@ class _Where:
                            line=line, key=key)
 
 
-_PIPELINE_KEYS = {"name": str, "restart": str, "max_restarts": int, "backoff_s": (int, float),
+_PIPELINE_KEYS = {"name": str, "restart": str, "max_restarts": int, "restart_window_s": (int, float),
+                  "backoff_s": (int, float),
                   "stats_interval_s": (int, float), "drain_timeout_s": (int, float),
                   "start_timeout_s": (int, float), "budget_ms": (int, float), "report_dir": str}
 _STAGE_KEYS = {"kind": str, "inputs": dict, "outputs": dict, "params": dict, "budget_ms": (int, float),
@@ -320,7 +324,7 @@ def parse_config(text: str, path: str = "<string>", base_dir: str | None = None)
     pipe = doc.get("pipeline", {})
     _check_table(w, ("pipeline",), pipe, _PIPELINE_KEYS)
     spec = PipelineSpec(source=path)
-    for k in ("name", "restart", "max_restarts", "backoff_s", "stats_interval_s", "drain_timeout_s",
+    for k in ("name", "restart", "max_restarts", "restart_window_s", "backoff_s", "stats_interval_s", "drain_timeout_s",
               "start_timeout_s", "report_dir"):
         if k in pipe:
             setattr(spec, k, pipe[k])
@@ -371,7 +375,7 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
         raise _fail(w, ("pipeline", "restart"), f"must be one of {', '.join(RESTART_POLICIES)}, got {spec.restart!r}")
     if spec.max_restarts < 0:
         raise _fail(w, ("pipeline", "max_restarts"), f"must be >= 0, got {spec.max_restarts!r}")
-    for k in ("backoff_s", "stats_interval_s", "drain_timeout_s", "start_timeout_s"):
+    for k in ("restart_window_s", "backoff_s", "stats_interval_s", "drain_timeout_s", "start_timeout_s"):
         v = getattr(spec, k)
         if not v > 0:
             raise _fail(w, ("pipeline", k), f"must be > 0, got {v!r}")
@@ -436,7 +440,7 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
             raise _fail(w, (*keys, "capacity"), f"must be a power of two >= 4096 bytes, got {cap!r}")
         if ln.mode not in LINK_MODES:
             raise _fail(w, (*keys, "mode"), f"must be one of {', '.join(LINK_MODES)}, got {ln.mode!r}")
-        if ln.mode == "latest" and _latest_slot() is None:
+        if ln.mode == "latest" and latest_slot() is None:
             raise _fail(w, (*keys, "mode"), "'latest' needs edgepipe.frames.LatestSlot, which is not available in "
                                             "this install; use 'drop' (a full ring drops the new record)")
         if ln.budget_ms is not None:
@@ -477,7 +481,7 @@ def resolve_path(value: str, base_dir: str | None = None) -> str:
     return os.path.abspath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(value)))
 
 
-def _latest_slot():
+def latest_slot():
     try:
         from edgepipe.frames import LatestSlot  # type: ignore[attr-defined]
     except ImportError:

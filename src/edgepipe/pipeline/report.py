@@ -10,7 +10,7 @@ Stats messages) and keeps a time series of per-part means for the stacked plot. 
 that into a JSON-ready dict; :func:`render_table` prints it with ``rich``, :func:`render_png` draws it with
 matplotlib (Agg), and ``edgepipe report FILE.json`` does both again later.
 
->>> from edgepipe.pipeline.api import Hop, Record
+>>> from edgepipe.pipeline.wire import Hop, Record
 >>> book = LatencyBook(["cam", "det"], ["frames"], budgets_ns={"end_to_end": 5_000_000})
 >>> rec = Record(b"", seq=0, capture_ns=0, hops=[Hop(0, 0xFFFF, 0, 1_000_000)], link=0,
 ...              receive_ns=1_500_000)

@@ -1,19 +1,23 @@
 """The supervisor: :class:`Pipeline` creates the rings, runs every stage as a process, restarts crashed
-stages, stops in order, and reports latency against budgets. Also the stage process's entry point
-(``python -m edgepipe.pipeline.supervisor --stage NAME --fd N --parent PID``; users never type it).
+stages, stops in order, and reports latency against budgets. The stage process's side is
+edgepipe.pipeline.host.
 
-Processes. Each stage is ``python -m edgepipe.pipeline.supervisor`` started with one end of a socketpair (fork+exec
-through subprocess: a clean interpreter, no inherited threads or locks; about 0.2-0.3 s each on this
-machine, started in parallel). The child first asks the kernel to SIGKILL it when its parent dies
-(PR_SET_PDEATHSIG) and then checks that its parent is still the supervisor, so a kill -9 of the supervisor
-leaves no stage behind; the rings are memfds, so it leaves nothing in /dev/shm either.
+Processes. Each stage is ``python -c <edgepipe.pipeline.host.ENTRY>`` started with one end of a socketpair
+(fork+exec through subprocess: a clean interpreter, no inherited threads or locks; about 0.2-0.3 s each on
+this machine, started in parallel). Its first statements, before any import of edgepipe, ask the kernel to
+SIGKILL it when its parent dies (PR_SET_PDEATHSIG) and check that its parent is still the supervisor, so a
+kill -9 of the supervisor leaves no stage behind, even during start-up; the rings are memfds, so it leaves
+nothing in /dev/shm either. A supervisor that starts removes the stats files and sockets that supervisors
+killed earlier left in :func:`runtime_dir` (those whose pid is no longer alive).
 
-Control socket (edgepipe.control.framing.FrameSocket, one per stage). Frames are ``edgepipe.v1.Envelope``:
-child -> Hello; supervisor -> Welcome, then Attach with the ring fds (SCM_RIGHTS), then one raw frame with
-the pickled stage description. The child answers with Stats (ring counters and latency histograms)
-every ``stats_interval_s`` and before it exits, an Error if the stage failed, and receives Stop. Next to
-each Stats goes a frame holding ``Stage.stats()`` as JSON (it starts with ``{``, a byte no Envelope
-starts with), since the counters of a stage have no place in Stats.
+Control socket (edgepipe.control.framing.FrameSocket, one per stage), ``edgepipe.v1.Envelope`` frames only:
+child -> Hello; supervisor -> Welcome, then Attach with the ring fds (SCM_RIGHTS), then StageSpec: the
+stage's target by import path (``module:qualname``), its parameters as a tree of plain Values, its ports,
+budgets and topology. Nothing is pickled either way: a stage given as a Python object is sent as its class
+path and the plain arguments it was built with, and anything that is not plain is a ConfigError when the
+Pipeline is made. The child answers with Stats (ring counters, latency histograms and a StageState whose
+``counters`` hold ``Stage.stats()``) every ``stats_interval_s`` and before it exits, an Error if the stage
+failed, and receives Stop.
 
 Stopping: stop() sends Stop to the sources only. Each source returns from its loop and closes its
 outputs; a consumer drains what is queued, sees end of stream, and closes its own outputs, and so on to the
@@ -21,12 +25,26 @@ sinks, so every record in flight is delivered. Whatever has not finished after `
 Stop, a second later SIGTERM, and a second after that SIGKILL (and the run counts as failed).
 
 Restarts: a stage that exits non-zero (or is killed) after it was running is started again with
-exponential backoff, under its policy (never / on-failure / always) and at most ``max_restarts`` times.
-Its rings stay where they are: its neighbours wait for the new process (a ring end held by a dead process
-can be taken over), so queued records are not lost. A stage that fails for good has its ring ends
-closed by the supervisor (its neighbours see end of stream) and the pipeline stops in order and fails.
+exponential backoff, under its policy (never / on-failure / always) and at most ``max_restarts`` times
+within any ``restart_window_s`` (restarts older than the window no longer count, nor raise the backoff: a
+stage that crashes once an hour runs forever). Its rings stay where they are: its neighbours wait for the
+new process (a ring end held by a dead process can be taken over; only a closed end is the end of a
+stream), so queued records are not lost (see edgepipe.pipeline.api for what each link mode guarantees).
+A stage that fails for good has its ring ends closed by the supervisor (its neighbours see end of
+stream) and the pipeline stops in order and fails.
 
->>> from edgepipe.pipeline.api import CheckStage, CounterStage
+Why neighbours learn of a death from the ring and not from this supervisor: the ring's owner word tells a
+*closed* end (an explicit store by its owner, ordered after everything it published) from a *dead* one (its
+pid gone, checked with a pidfd and the process start time), and a stage reads it in the same place and at
+the same moment as its data. A "peer restarting" message on the control socket would race with the data
+(a consumer could see the end of the ring before the message) and would not help a stage outside a
+supervised pipeline. So a stage never ends on a dead neighbour, and this supervisor closes the ends of a
+stage it gives up on, which its neighbours then see as the end of the stream.
+
+One piece: it is one object, the supervisor's state machine, whose threads share the children's state
+under one lock; the stage side lives in host.py, what crosses the socket in values.py and stats.py.
+
+>>> from edgepipe.testing import CheckStage, CounterStage
 >>> p = Pipeline([CounterStage("src", count=100, outputs={"out": "n"}),
 ...               CheckStage("sink", inputs={"in": "n"})], budgets={"end_to_end": 1000})
 >>> p.run()
@@ -37,11 +55,9 @@ closed by the supervisor (its neighbours see end of stream) and the pipeline sto
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import json
 import os
-import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -50,29 +66,22 @@ import threading
 import time
 from typing import Any, Callable
 
-from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.clock import now_ns, wall_ns
-from edgepipe.pipeline.config import (
-    LinkSpec,
-    PipelineSpec,
-    StageSpec,
-    _latest_slot,
-    import_target,
-    kind_entry,
-    load_config,
-    validate,
-)
-from edgepipe.errors import ConfigError, EdgepipeError, FrameError, FrameTimeoutError, PeerClosedError
+from edgepipe.control import messages as pb
 from edgepipe.control.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, FrameSocket
-from edgepipe.pipeline.api import Inlet, Outlet, PipelineStage
-from edgepipe.pipeline.stats import stage_counts
+from edgepipe.errors import ConfigError, EdgepipeError, FrameError, PeerClosedError
+from edgepipe.pipeline import host
+from edgepipe.pipeline.api import PipelineStage
+from edgepipe.pipeline.config import LinkSpec, PipelineSpec, StageSpec, kind_entry, latest_slot, load_config, validate
 from edgepipe.pipeline.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
+from edgepipe.pipeline.stats import stage_state, stats_from_state
+from edgepipe.pipeline.values import check_plain, to_params, to_value
 from edgepipe.ring import Ring
 
 __all__ = ["Pipeline", "runtime_dir"]
 
-_PR_SET_PDEATHSIG = 1
 _POLL_S = 0.02
+_RUNTIME_FILE = re.compile(r"^pipeline-(\d+)-[0-9a-f]+\.(json|json\.tmp|sock)$")
 
 
 def runtime_dir() -> str:
@@ -85,6 +94,43 @@ def runtime_dir() -> str:
     return d
 
 
+def remove_stale_runtime_files(directory: str | None = None) -> list[str]:
+    """Remove the stats files and control sockets (``pipeline-<pid>-<id>.json|.sock``) of supervisors that
+    are no longer alive (killed with kill -9: nobody removed them). Returns the paths removed. A pid that
+    is alive is left alone, whoever it is now (a reused pid only delays the cleanup to the next start)."""
+    d = directory or runtime_dir()
+    removed = []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return removed
+    for name in names:
+        m = _RUNTIME_FILE.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(d, name)
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------------
 # parent side
 
@@ -92,9 +138,11 @@ def runtime_dir() -> str:
 class _Child:
     """The supervisor's view of one stage: its spec, process, control socket and latest stats."""
 
-    def __init__(self, index: int, spec: StageSpec, restart: str, max_restarts: int) -> None:
+    def __init__(self, index: int, spec: StageSpec, restart: str, max_restarts: int,
+                 launch: pb.StageSpec) -> None:
         self.index = index
         self.spec = spec
+        self.launch = launch  # what its process is told (StageSpec), less the attempt number
         self.name = spec.name
         self.restart = spec.restart or restart
         self.max_restarts = spec.max_restarts if spec.max_restarts is not None else max_restarts
@@ -105,6 +153,7 @@ class _Child:
         self.ready = threading.Event()  # the current run reached "running" (or failed first)
         self.ever_ran = False
         self.restarts = 0
+        self.recent_crashes: list[float] = []  # monotonic times of restarts within the restart window
         self.restart_at = 0.0
         self.exit_codes: list[int] = []
         self.error: str | None = None
@@ -128,8 +177,8 @@ class Pipeline:
             defaults (1 MiB lossless rings).
         budgets: latency budgets in ms by part: ``"end_to_end"``, a stage name (its own processing) or a
             link name (time queued in it).
-        name, restart, max_restarts, backoff_s, stats_interval_s, drain_timeout_s, start_timeout_s,
-        report_dir: as in the TOML ``[pipeline]`` table (see edgepipe.pipeline.config).
+        name, restart, max_restarts, restart_window_s, backoff_s, stats_interval_s, drain_timeout_s,
+        start_timeout_s, report_dir: as in the TOML ``[pipeline]`` table (see edgepipe.pipeline.config).
         stats_path: where to publish live stats for ``edgepipe top`` (default: in :func:`runtime_dir`;
             ``False``: nowhere).
         control_socket: a Unix socket path where an :class:`edgepipe.control.server.Server` publishes Stats:
@@ -140,7 +189,8 @@ class Pipeline:
             --socket`` does. Default: next to the stats file when that is on; ``False``: no socket.
 
     Raises:
-        ConfigError: the description cannot run (before anything starts).
+        ConfigError: the description cannot run (before anything starts), including a stage argument that
+            is not a plain value (a stage process gets its arguments as data, never as a pickle).
     """
 
     def __init__(self, stages: list, links: dict | None = None, budgets: dict[str, float] | None = None, *,
@@ -172,17 +222,12 @@ class Pipeline:
         return cls.from_spec(load_config(path), stats_path, control_socket)
 
     def _init(self, spec: PipelineSpec, stats_path, control_socket=None) -> None:
-        for st in spec.stages:
-            # each stage travels to its process pickled: refuse what cannot travel now, not at start
-            try:
-                pickle.dumps((st.target, st.params))
-            except Exception as e:  # noqa: BLE001 - pickling raises many types
-                raise ConfigError(f"stages.{st.name}: cannot be sent to its process (its arguments must pickle): "
-                                  f"{type(e).__name__}: {e}", key=f"stages.{st.name}") from None
         self.spec = spec
         self.stage_names = [s.name for s in spec.stages]
         self.link_names = list(spec.links)
-        self.children = [_Child(i, s, spec.restart, spec.max_restarts) for i, s in enumerate(spec.stages)]
+        # every stage's StageSpec is made now: what cannot travel to a process is refused before anything starts
+        self.children = [_Child(i, s, spec.restart, spec.max_restarts, self._launch_spec(i, s))
+                         for i, s in enumerate(spec.stages)]
         self._by_name = {c.name: c for c in self.children}
         self._rings: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -218,11 +263,12 @@ class Pipeline:
         EdgepipeError naming the stage that could not start, after stopping the others)."""
         if self._thread is not None:
             raise RuntimeError("this Pipeline was already started; make a new one")
-        if _BOOTSTRAPPING:
+        if host.bootstrapping():
             raise RuntimeError("a stage process is importing your script to find the stages defined in it, and "
                                "the script starts a pipeline at import: put that under "
                                "`if __name__ == \"__main__\":`")
         self._t_start = time.monotonic()
+        remove_stale_runtime_files(os.path.dirname(self.stats_path) if self.stats_path else None)
         # One long-lived thread spawns every child: PR_SET_PDEATHSIG fires when the *thread* that forked a
         # child ends, so children must not be forked from threads that come and go.
         self._thread = threading.Thread(target=self._supervise, name="edgepipe-supervisor", daemon=True)
@@ -332,15 +378,20 @@ class Pipeline:
                      "overwritten": s.overwritten}
             d["fill"] = d["used"] / d["capacity"] if d["capacity"] else 0.0
             d["rate_hz"] = self._link_rates.get(name, 0.0)
-            d["dropped"] = d.get("overwritten", 0) + self._drops_on(name)
+            if ln.mode == "drop":
+                # a full ring counts its refusals itself (exact across crashes of either end); the producer
+                # counts only what it dropped for other reasons (its consumer restarting)
+                d["dropped"] = d["full_events"] + self._drops_on(name, but="ring full")
+            else:
+                d["dropped"] = d.get("overwritten", 0) + self._drops_on(name)
             out[name] = d
         return out
 
-    def _drops_on(self, link: str) -> int:
+    def _drops_on(self, link: str, but: str | None = None) -> int:
         n = 0
         for c in self.children:
             for k, v in (c.stats or {}).items():
-                if k.startswith(f"dropped[{link}: "):
+                if k.startswith(f"dropped[{link}: ") and k != f"dropped[{link}: {but}]" and isinstance(v, int):
                     n += v
         return n
 
@@ -418,10 +469,10 @@ class Pipeline:
         st.latencies.extend(self.latency().to_proto())
 
         for name, d in self.stage_stats().items():
-            received, emitted, dropped = stage_counts(d)
-            st.stages.append(pb.StageState(name=name, kind=d.get("kind") or "", state=d["state"], pid=d["pid"] or 0,
-                                           restarts=d["restarts"], error=d.get("error") or "",
-                                           received=received or 0, emitted=emitted or 0, dropped=dropped))
+            own = {k: v for k, v in d.items() if k not in ("pid", "restarts", "exit_codes")}
+            state = stage_state(name, own)
+            state.pid, state.restarts = d["pid"] or 0, d["restarts"]
+            st.stages.append(state)
         st.budgets.extend(pb.LatencyBudget(part=k, budget_ns=v) for k, v in self.spec.budgets_ns().items())
         return st
 
@@ -433,7 +484,7 @@ class Pipeline:
                 pass  # a subscriber's trouble is the server's to count, never the pipeline's
 
     def _create_rings(self) -> None:
-        Latest = _latest_slot()
+        Latest = latest_slot()
         for name, ln in self.spec.links.items():
             if ln.mode == "latest":
                 if Latest is None:
@@ -445,9 +496,10 @@ class Pipeline:
     def _spawn(self, c: _Child) -> None:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # -c rather than -m: edgepipe/__init__ imports this module, and runpy warns about that;
-            cmd = [sys.executable, "-c", "import sys; from edgepipe.pipeline.supervisor import main; sys.exit(main())",
-                   "--stage", c.name, "--fd", str(b.fileno()), "--parent", str(os.getpid())]
+            # -c rather than -m: the first lines die with us before anything heavy is imported (and
+            # edgepipe/__init__ imports the host module, which runpy would warn about)
+            cmd = [sys.executable, "-c", host.ENTRY, "--stage", c.name, "--fd", str(b.fileno()),
+                   "--parent", str(os.getpid())]
             c.proc = subprocess.Popen(cmd, pass_fds=[b.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             a.close()
@@ -464,28 +516,53 @@ class Pipeline:
                                     name=f"edgepipe-ctl-{c.name}", daemon=True)
         c.thread.start()
 
-    def _bootstrap(self, c: _Child) -> bytes:
-        spec = c.spec
-        ports = {}
-        for direction, mapping in (("in", spec.inputs), ("out", spec.outputs)):
+    def _launch_spec(self, index: int, spec: StageSpec) -> pb.StageSpec:
+        """The StageSpec a stage's process gets: all plain data (ConfigError naming the stage, the key and
+        the type of anything that is not)."""
+        key = f"stages.{spec.name}"
+        out = pb.StageSpec(name=spec.name, index=index, kind=spec.kind or "",
+                           stage_names=self.stage_names, link_names=self.link_names,
+                           stats_interval_ns=int(self.spec.stats_interval_s * 1e9))
+        for direction, mapping in ((pb.Direction.DIRECTION_INPUT, spec.inputs), (pb.Direction.DIRECTION_OUTPUT, spec.outputs)):
             for port, link in mapping.items():
-                ports[port] = (direction, link, self.link_names.index(link), self.spec.links[link].mode)
-        main = sys.modules.get("__main__")
-        main_path = getattr(main, "__file__", None)
-        body = {
-            "index": c.index, "name": c.name, "kind": spec.kind, "target": spec.target,
-            "kind_entry": kind_entry(spec.kind) if spec.target is None else None,
-            "params": spec.params, "ports": ports, "stage_names": self.stage_names,
-            "link_names": self.link_names, "budgets_ns": self.spec.budgets_ns(),
-            "stats_interval_s": self.spec.stats_interval_s, "topology": self._topology(),
-        }
-        # Two layers: the outer one (plain data) sets up sys.path and __main__ so the inner one can be
-        # unpickled (it may name classes from the user's script or test module).
-        return pickle.dumps({
-            "ports": ports, "sys_path": [p for p in sys.path if p],
-            "main_path": os.path.abspath(main_path) if main_path and _defined_in_main(spec) else None,
-            "body": pickle.dumps(body),
-        })
+                out.ports.add(name=port, direction=direction, link=link, link_index=self.link_names.index(link),
+                              mode=self.spec.links[link].mode)
+        out.budgets.extend(pb.LatencyBudget(part=k, budget_ns=v) for k, v in self.spec.budgets_ns().items())
+        for link, (producer, inputs) in self._topology().items():
+            out.topology.add(link=link, producer=producer, producer_inputs=inputs)
+        t = spec.target
+        args: tuple = ()
+        params = dict(spec.params)
+        if t is None:
+            path, raw = kind_entry(spec.kind)
+            out.construct = pb.Construct.CONSTRUCT_RAW if raw else pb.Construct.CONSTRUCT_TARGET
+            obj = None
+        elif isinstance(t, PipelineStage):
+            obj, args, params, role = t.rebuild_args()
+            out.construct = pb.Construct.CONSTRUCT_FUNCTION if role else pb.Construct.CONSTRUCT_INSTANCE
+            out.function_role = role
+            path = _import_path(obj, key)
+        else:
+            obj = t
+            out.construct = pb.Construct.CONSTRUCT_TARGET
+            path = _import_path(obj, key)
+        for what, value in (("args", list(args)), ("params", params)):
+            bad = check_plain(value, what)
+            if bad:
+                raise ConfigError(f"{key}: cannot be sent to its process: {bad}, not a plain value (a stage's "
+                                  f"arguments travel as data: strings, numbers, booleans, None, paths, lists and "
+                                  f"tables of them; code is named by import path)", key=key)
+        out.target = path
+        out.args.extend(to_value(a) for a in args)
+        out.params.extend(to_params(params))
+        if path.startswith("__main__:"):
+            main_path = getattr(sys.modules.get("__main__"), "__file__", None)
+            if not main_path:
+                raise ConfigError(f"{key}: {path} is defined in an interactive session; a stage process can only "
+                                  f"import it from a file (put it in a module or a script)", key=key)
+            out.main_path = os.path.abspath(main_path)
+        out.sys_path.extend(p for p in sys.path if p)
+        return out
 
     def _topology(self) -> dict[str, tuple[str, list[str]]]:
         """link -> (its producer stage, that stage's input links): sinks name latency parts with it."""
@@ -503,14 +580,14 @@ class Pipeline:
                 raise FrameError(f"stage {c.name!r} sent {env.WhichOneof('body')} before hello")
             sock.send(Envelope(reply_to=env.seq, welcome=pb.Welcome(
                 protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR, pid=os.getpid(), session_id=c.index)))
-            boot = self._bootstrap(c)
+            launch = pb.StageSpec()
+            launch.CopyFrom(c.launch)
+            launch.attempt = c.restarts
             descs, fds = [], []
-            for port, (direction, link, _, mode) in pickle.loads(boot)["ports"].items():
-                r = self._rings[link]
-                descs.append(pb.RingDescriptor(
-                    name=link, capacity=self.spec.links[link].capacity, fd_follows=True,
-                    direction=pb.DIRECTION_INPUT if direction == "in" else pb.DIRECTION_OUTPUT))
-                fds.append(r.fd)
+            for port in launch.ports:
+                descs.append(pb.RingDescriptor(name=port.link, capacity=self.spec.links[port.link].capacity,
+                                               fd_follows=True, direction=port.direction))
+                fds.append(self._rings[port.link].fd)
             sock.send_fds(fds, Envelope(attach=pb.Attach(rings=descs)), timeout_s=5)
             if c.is_source:
                 # Sources get their description (and so start producing) only once every other stage is
@@ -518,23 +595,20 @@ class Pipeline:
                 while not self._consumers_ready.wait(0.1):
                     if self._stop_req.is_set():
                         break
-            sock.send_bytes(boot, timeout_s=5)
+            sock.send(Envelope(stage_spec=launch), timeout_s=5)
             while True:
-                data = sock.recv_bytes()
-                if data[:1] == b"{":
-                    st = json.loads(data)
+                env = sock.recv()
+                body = env.WhichOneof("body")
+                if body == "stats":
+                    own = [s for s in env.stats.stages if s.name == c.name]
                     with self._lock:
-                        c.stats = st
-                    if st.get("state") in ("running", "closing", "done") and not c.ready.is_set():
+                        c.hists[run] = list(env.stats.latencies)
+                        if own:
+                            c.stats = stats_from_state(own[0])
+                    if own and own[0].state in ("running", "closing", "done") and not c.ready.is_set():
                         c.ever_ran = True
                         c.state = "running"
                         c.ready.set()
-                    continue
-                env = FrameSocket.decode(data)
-                body = env.WhichOneof("body")
-                if body == "stats":
-                    with self._lock:
-                        c.hists[run] = list(env.stats.latencies)
                     self._publish(env)
                 elif body == "error":
                     c.error = env.error.message
@@ -615,19 +689,26 @@ class Pipeline:
             c.exit_codes.append(rc)
             crashed = rc != 0
             again = (c.restart == "always" or (crashed and c.restart == "on-failure"))
-            if again and c.ever_ran and not self._stop_req.is_set() and c.restarts < c.max_restarts:
-                delay = min(5.0, self.spec.backoff_s * (2 ** c.restarts))
+            # only the restarts of the last restart_window_s count: a stage that crashes now and then is
+            # restarted forever, one that crashes in a burst is given up
+            c.recent_crashes = [t for t in c.recent_crashes if now - t < self.spec.restart_window_s]
+            recent = len(c.recent_crashes)
+            if again and c.ever_ran and not self._stop_req.is_set() and recent < c.max_restarts:
+                delay = min(5.0, self.spec.backoff_s * (2 ** recent))
                 c.state = "backoff"
                 c.restart_at = now + delay
+                c.recent_crashes.append(now)
                 why = c.error or (f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}")
                 print(f"edgepipe: stage {c.name!r} {('crashed: ' + why) if crashed else 'ended'}; "
-                      f"restart {c.restarts + 1}/{c.max_restarts} in {delay:.2f} s", file=sys.stderr)
+                      f"restart {recent + 1}/{c.max_restarts} (within {self.spec.restart_window_s:g} s) "
+                      f"in {delay:.2f} s", file=sys.stderr)
                 c.error = None
                 continue
             if crashed and not self._stop_req.is_set():
                 why = c.error or (f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}")
                 self._give_up(c, f"stage {c.name!r} failed: {why}" +
-                              (f" (after {c.restarts} restarts)" if c.restarts else ""), failed=True)
+                              (f" (after {recent} restarts within {self.spec.restart_window_s:g} s)" if recent else ""),
+                              failed=True)
             else:
                 c.state = "done"
                 if crashed:  # while stopping: it did not finish cleanly (killed after the drain timeout?)
@@ -776,14 +857,24 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _defined_in_main(spec: StageSpec) -> bool:
-    t = spec.target
-    if t is None:
-        return False
-    mod = getattr(t, "__module__", None) or getattr(type(t), "__module__", None)
-    if isinstance(t, PipelineStage) and getattr(t, "fn", None) is not None:
-        mod = t.fn.__module__
-    return mod == "__main__"
+def _import_path(obj: Any, key: str) -> str:
+    """``module:qualname`` of a class or function, checked to import back to the same object (ConfigError
+    naming the stage otherwise: a lambda, a class made inside a function, a name that was rebound)."""
+    mod = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", None)
+    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
+        raise ConfigError(f"{key}: cannot be sent to its process: {obj!r:.80} has no importable name (a stage "
+                          f"process imports its class or function by module:qualname; define it at the top "
+                          f"level of a module or script)", key=key)
+    found: Any = sys.modules.get(mod)
+    for part in qual.split("."):
+        found = getattr(found, part, None)
+    if getattr(found, "__wrapped__", None) is obj:  # a @source/@transform/@sink: the module holds the factory
+        found = obj
+    if found is not obj:
+        raise ConfigError(f"{key}: cannot be sent to its process: {mod}:{qual} does not name {obj!r:.80} "
+                          f"(a stage process imports it by that name)", key=key)
+    return f"{mod}:{qual}"
 
 
 def _stage_spec(s: Any) -> StageSpec:
@@ -795,232 +886,3 @@ def _stage_spec(s: Any) -> StageSpec:
     if isinstance(s, dict):
         return StageSpec(**s)
     raise TypeError(f"a pipeline stage must be a PipelineStage, a StageSpec or a dict, not {type(s).__name__}: {s!r:.80}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# child side
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - Linux always has prctl
-        pass
-    if os.getppid() != parent:  # the parent died before prctl: nobody will reap us
-        os._exit(3)
-
-
-_BOOTSTRAPPING = False  # true while a stage process re-runs the user's script to find its classes
-
-
-def _load_main(path: str) -> None:
-    """Make classes defined in the parent's __main__ script importable here, as multiprocessing does: run
-    the script as module ``__mp_main__`` (its ``if __name__ == "__main__":`` block does not run) and let
-    ``__main__`` name it."""
-    import runpy
-    import types
-
-    global _BOOTSTRAPPING
-    mod = types.ModuleType("__mp_main__")
-    mod.__file__ = path
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
-    _BOOTSTRAPPING = True
-    try:
-        mod.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
-    finally:
-        _BOOTSTRAPPING = False
-
-
-def _build(boot: dict, fds: list[int]):
-    """Attach the rings, make the ring ends and the stage."""
-    ports = boot["ports"]
-    rings, ends_in, ends_out = [], {}, {}
-    for (port, (direction, link, link_index, mode)), fd in zip(ports.items(), fds):
-        if mode == "latest":
-            Latest = _latest_slot()
-            r = Latest.from_fd(fd)
-        else:
-            r = Ring.from_fd(fd)
-        os.close(fd)
-        rings.append(r)
-        if direction == "in":
-            ends_in[port] = (r.reader(), link, link_index, mode)
-        else:
-            ends_out[port] = (r.writer(), link, link_index, mode)
-    target = boot["target"]
-    params = dict(boot["params"])
-    raw = False
-    if target is None:
-        tpath, raw = boot["kind_entry"]
-        target = import_target(tpath, boot["kind"])
-    is_sink = bool(ends_in) and not ends_out
-    book = LatencyBook(boot["stage_names"], boot["link_names"], boot["budgets_ns"], sink=boot["name"]) if is_sink else None
-
-    def inlets():
-        return {p: Inlet(e, ln, li, topology=boot["topology"]) for p, (e, ln, li, m) in ends_in.items()}
-
-    def outlets():
-        for p, (e, ln, li, m) in ends_out.items():
-            if m == "latest":
-                raise ConfigError(f"stage {boot['name']!r}: link {ln!r} is latest-only (numpy frames); only "
-                                  f"frame stages (capture, inference) can use it")
-        return {p: Outlet(e, ln, boot["index"], "drop" if m == "drop" else "lossless", li)
-                for p, (e, ln, li, m) in ends_out.items()}
-
-    if isinstance(target, PipelineStage):
-        stage = target
-        stage.attach(inlets(), outlets(), book)
-    elif raw:
-        kw = {p: e for p, (e, *_rest) in {**ends_in, **ends_out}.items()}
-        stage = target(name=boot["name"], **params, **kw)
-    elif isinstance(target, type) and issubclass(target, PipelineStage):
-        inputs = {p: ln for p, (e, ln, li, m) in ends_in.items()}
-        outputs = {p: ln for p, (e, ln, li, m) in ends_out.items()}
-        stage = target(name=boot["name"], inputs=inputs, outputs=outputs, **params)
-        stage.attach(inlets(), outlets(), book)
-    else:
-        stage = target(name=boot["name"], **params, **inlets(), **outlets())
-    stage.name = boot["name"]
-    return stage, rings, {**ends_in, **ends_out}
-
-
-def _stats_msg(stage, ends: dict) -> Envelope:
-    st = pb.Stats(stage_name=stage.name, t_ns=now_ns())
-    for port_ends in (getattr(stage, "inputs", {}), getattr(stage, "outputs", {})):
-        for end in port_ends.values():
-            try:
-                c = end.counters()
-            except EdgepipeError:
-                continue
-            st.rings.append(pb.RingCounters(**{k: v for k, v in c.items() if k in (
-                "name", "records_written", "records_read", "bytes_written", "bytes_read", "full_events",
-                "dropped", "used", "capacity")}))
-    book = getattr(stage, "latency", None)
-    if book is not None:
-        st.latencies.extend(book.to_proto())
-    return Envelope(stats=st)
-
-
-def _child(args: argparse.Namespace) -> int:
-    _die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    sock = FrameSocket.from_fd(args.fd)
-    send_lock = threading.Lock()
-
-    def send(msg=None, raw=None) -> None:
-        with send_lock:
-            if msg is not None:
-                sock.send(msg, timeout_s=5)
-            if raw is not None:
-                sock.send_bytes(raw, timeout_s=5)
-
-    send(Envelope(seq=1, hello=pb.Hello(protocol_major=PROTOCOL_MAJOR, protocol_minor=PROTOCOL_MINOR,
-                                         stage_name=args.stage, pid=os.getpid(), role=pb.ROLE_STAGE)))
-    sock.recv(timeout_s=30)  # Welcome
-    data, fds = sock.recv_fds(timeout_s=30)
-    FrameSocket.decode(data)  # the Attach; its fds come in the order of the bootstrap's ports
-    while True:
-        data = sock.recv_bytes(timeout_s=30)
-        if data[:1] == b"\x80":  # a pickle: the stage's description
-            break
-        if FrameSocket.decode(data).WhichOneof("body") == "stop":  # stopped before it was described
-            return 0
-    outer = pickle.loads(data)  # noqa: S301 - our own parent's bytes
-    for p in reversed(outer["sys_path"]):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    try:
-        if outer["main_path"]:
-            _load_main(outer["main_path"])
-        boot = pickle.loads(outer["body"])  # noqa: S301
-        stage, rings, ends = _build(boot, fds)
-    except BaseException as e:  # noqa: BLE001 - reported to the supervisor
-        send(Envelope(error=pb.Error(code=pb.ERROR_CODE_INTERNAL, message=f"{type(e).__name__}: {e}")))
-        return 2
-
-    def stats_json() -> bytes:
-        return json.dumps(stage.stats(), default=str).encode()
-
-    signal.signal(signal.SIGTERM, lambda s, f: stage.stop())
-    done = threading.Event()
-    user_open = stage.open
-
-    def open_and_report() -> None:
-        # The supervisor counts a stage as started once open() returned: say so at once, before the loop
-        # (a loop that fails on its first record is a crash to restart, not a stage that cannot start).
-        user_open()
-        st = stage.stats()
-        st["state"] = "running"
-        send(raw=json.dumps(st, default=str).encode())
-
-    stage.open = open_and_report
-
-    def control() -> None:
-        # Stats every interval; Stop -> stage.stop(); the supervisor hanging up -> stop too.
-        reported_running = False
-        while not done.is_set():
-            try:
-                env = sock.recv(timeout_s=boot["stats_interval_s"] if reported_running else 0.01)
-                if env.WhichOneof("body") == "stop":
-                    stage.stop()
-                continue
-            except FrameTimeoutError:
-                pass
-            except (FrameError, OSError):
-                stage.stop()  # the supervisor hung up
-                return
-            if stage.state in ("new", "opening"):
-                continue
-            try:
-                send(_stats_msg(stage, ends), stats_json())
-                reported_running = True
-            except (FrameError, OSError):
-                stage.stop()
-                return
-
-    ctl = threading.Thread(target=control, name="edgepipe-stage-control", daemon=True)
-    ctl.start()
-    status = stage.run()
-    done.set()
-    ctl.join(2.0)
-    try:
-        send(_stats_msg(stage, ends), stats_json())
-        if status != 0:
-            err = stage.error
-            send(Envelope(error=pb.Error(code=pb.ERROR_CODE_INTERNAL,
-                                         message=f"{type(err).__name__}: {err}" if err else "stage failed")))
-    except (FrameError, OSError):
-        pass
-    if status != 0:
-        # Leave the ring ends held by this (dying) process: its neighbours wait for a restart instead of
-        # taking "closed" for the end of the stream.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    for port_ends in (getattr(stage, "outputs", {}), getattr(stage, "inputs", {})):
-        for end in port_ends.values():
-            end.close()
-    for e, *_rest in ends.values():
-        e.close()
-    for r in rings:
-        r.close()
-    sock.close()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgepipe.pipeline.supervisor",
-                                description="(internal) one stage process of a supervised pipeline.")
-    p.add_argument("--stage", help=argparse.SUPPRESS)
-    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--parent", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.fd is not None:
-        return _child(args)
-    p.error("this is the entry point of a pipeline's stage processes; run a pipeline file with `edgepipe run FILE`")
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

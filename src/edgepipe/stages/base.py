@@ -30,7 +30,33 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-__all__ = ["Stage"]
+__all__ = ["Stage"]  # also producer_closed / consumer_closed, shared by the stages, not public API
+
+def _segment(end):
+    """The ring or latest slot behind a reader or writer (or a frame reader/writer over one)."""
+    for attr in ("_ring", "_slot"):
+        seg = getattr(end, attr, None)
+        if seg is not None:
+            return seg
+    for attr in ("_r", "_w"):  # FrameReader / FrameWriter wrap a RingReader / RingWriter
+        inner = getattr(end, attr, None)
+        if inner is not None:
+            return _segment(inner)
+    raise TypeError(f"not a ring or latest-slot end: {type(end).__name__}")
+
+
+def producer_closed(reader) -> bool:
+    """After a PeerClosedError on ``reader``: True if its producer closed the ring in order (the end of the
+    stream), False if the producer died. A supervised producer that died is restarted and takes its end
+    over, so a stage treats that as a pause, never as the end of its input."""
+    return bool(_segment(reader).status().producer_closed)
+
+
+def consumer_closed(writer) -> bool:
+    """After a PeerClosedError on ``writer``: True if its consumer closed in order, False if it died (and
+    will be restarted: wait for it, or drop and count, but do not end)."""
+    return bool(_segment(writer).status().consumer_closed)
+
 
 # state names, in the order a stage goes through them
 _STATES = ("new", "opening", "running", "closing", "done", "failed")

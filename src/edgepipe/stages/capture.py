@@ -34,12 +34,13 @@ from edgepipe._extras import require
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     CameraNotFoundError,
+    PeerClosedError,
     RingTimeoutError,
     SourceFailedError,
     SourceOpenError,
 )
 from edgepipe.frames import FrameWriter, LatestWriter
-from edgepipe.stages.base import Stage
+from edgepipe.stages.base import Stage, consumer_closed
 
 __all__ = [
     "CaptureStage",
@@ -515,6 +516,16 @@ class CaptureStage(Stage):
                     continue  # on_full="wait": look at `stopping` every 100 ms, then wait again
                 c["dropped"] += 1
                 c["dropped_full"] += 1
+                return
+            except PeerClosedError:
+                if consumer_closed(out):
+                    raise
+                # the consumer died and a supervisor restarts it: wait for it (on_full="wait") or drop
+                if wait_s and not self.stopping:
+                    time.sleep(0.01)
+                    continue
+                c["dropped"] += 1
+                c["dropped_consumer_restarting"] = c.get("dropped_consumer_restarting", 0) + 1
                 return
         try:
             with claim as arr:

@@ -62,7 +62,7 @@ from edgepipe.errors import (
 )
 import edgepipe.stages.inference._wire as W
 from edgepipe.stages.inference.model import ModelSpec, TextDetector
-from edgepipe.stages.base import Stage
+from edgepipe.stages.base import Stage, producer_closed
 
 __all__ = ["InferenceStage"]
 
@@ -353,7 +353,10 @@ class InferenceStage(Stage):
                 except RingTimeoutError:
                     continue
                 except PeerClosedError:
-                    break  # the source ended
+                    if producer_closed(inp):
+                        break  # the source ended
+                    time.sleep(0.005)  # the source died: a restarted one takes its end over
+                    continue
                 except ImageHeaderError as e:  # a record that is not a frame: the reader skipped it
                     self.last_bad_frame = str(e)
                     self._count("bad_frames")

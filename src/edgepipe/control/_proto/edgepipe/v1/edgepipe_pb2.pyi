@@ -20,6 +20,14 @@ class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIRECTION_INPUT: _ClassVar[Direction]
     DIRECTION_OUTPUT: _ClassVar[Direction]
 
+class Construct(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSTRUCT_UNSPECIFIED: _ClassVar[Construct]
+    CONSTRUCT_TARGET: _ClassVar[Construct]
+    CONSTRUCT_RAW: _ClassVar[Construct]
+    CONSTRUCT_INSTANCE: _ClassVar[Construct]
+    CONSTRUCT_FUNCTION: _ClassVar[Construct]
+
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
@@ -38,6 +46,11 @@ ROLE_CLIENT: Role
 DIRECTION_UNSPECIFIED: Direction
 DIRECTION_INPUT: Direction
 DIRECTION_OUTPUT: Direction
+CONSTRUCT_UNSPECIFIED: Construct
+CONSTRUCT_TARGET: Construct
+CONSTRUCT_RAW: Construct
+CONSTRUCT_INSTANCE: Construct
+CONSTRUCT_FUNCTION: Construct
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_VERSION_MISMATCH: ErrorCode
 ERROR_CODE_BAD_MESSAGE: ErrorCode
@@ -48,7 +61,7 @@ ERROR_CODE_UNSUPPORTED: ErrorCode
 ERROR_CODE_BUSY: ErrorCode
 
 class Envelope(_message.Message):
-    __slots__ = ("seq", "reply_to", "hello", "welcome", "attach", "stats", "stop", "error", "imu_sample", "frame_meta", "inference_result")
+    __slots__ = ("seq", "reply_to", "hello", "welcome", "attach", "stats", "stop", "error", "stage_spec", "imu_sample", "frame_meta", "inference_result")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +70,7 @@ class Envelope(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SPEC_FIELD_NUMBER: _ClassVar[int]
     IMU_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     FRAME_META_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -68,10 +82,11 @@ class Envelope(_message.Message):
     stats: Stats
     stop: Stop
     error: Error
+    stage_spec: StageSpec
     imu_sample: ImuSample
     frame_meta: FrameMeta
     inference_result: InferenceResult
-    def __init__(self, seq: _Optional[int] = ..., reply_to: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., attach: _Optional[_Union[Attach, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., imu_sample: _Optional[_Union[ImuSample, _Mapping]] = ..., frame_meta: _Optional[_Union[FrameMeta, _Mapping]] = ..., inference_result: _Optional[_Union[InferenceResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., reply_to: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., attach: _Optional[_Union[Attach, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stage_spec: _Optional[_Union[StageSpec, _Mapping]] = ..., imu_sample: _Optional[_Union[ImuSample, _Mapping]] = ..., frame_meta: _Optional[_Union[FrameMeta, _Mapping]] = ..., inference_result: _Optional[_Union[InferenceResult, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_major", "protocol_minor", "stage_name", "pid", "role", "subscribe")
@@ -180,7 +195,7 @@ class Stats(_message.Message):
     def __init__(self, stage_name: _Optional[str] = ..., t_ns: _Optional[int] = ..., rings: _Optional[_Iterable[_Union[RingCounters, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[LatencyHistogram, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageState, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[LatencyBudget, _Mapping]]] = ...) -> None: ...
 
 class StageState(_message.Message):
-    __slots__ = ("name", "kind", "state", "pid", "restarts", "error", "received", "emitted", "dropped")
+    __slots__ = ("name", "kind", "state", "pid", "restarts", "error", "received", "emitted", "dropped", "counters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +205,7 @@ class StageState(_message.Message):
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     EMITTED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     state: str
@@ -199,7 +215,8 @@ class StageState(_message.Message):
     received: int
     emitted: int
     dropped: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., error: _Optional[str] = ..., received: _Optional[int] = ..., emitted: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    counters: _containers.RepeatedCompositeFieldContainer[Param]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., error: _Optional[str] = ..., received: _Optional[int] = ..., emitted: _Optional[int] = ..., dropped: _Optional[int] = ..., counters: _Optional[_Iterable[_Union[Param, _Mapping]]] = ...) -> None: ...
 
 class LatencyBudget(_message.Message):
     __slots__ = ("part", "budget_ns")
@@ -208,6 +225,104 @@ class LatencyBudget(_message.Message):
     part: str
     budget_ns: int
     def __init__(self, part: _Optional[str] = ..., budget_ns: _Optional[int] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("int_value", "double_value", "string_value", "bool_value", "list_value", "map_value")
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    int_value: int
+    double_value: float
+    string_value: str
+    bool_value: bool
+    list_value: ValueList
+    map_value: ValueMap
+    def __init__(self, int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., bool_value: bool = ..., list_value: _Optional[_Union[ValueList, _Mapping]] = ..., map_value: _Optional[_Union[ValueMap, _Mapping]] = ...) -> None: ...
+
+class ValueList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, items: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class ValueMap(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Param]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Param, _Mapping]]] = ...) -> None: ...
+
+class Param(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: Value
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class Port(_message.Message):
+    __slots__ = ("name", "direction", "link", "link_index", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    LINK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    direction: Direction
+    link: str
+    link_index: int
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., link: _Optional[str] = ..., link_index: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class LinkTopology(_message.Message):
+    __slots__ = ("link", "producer", "producer_inputs")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    producer: str
+    producer_inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, link: _Optional[str] = ..., producer: _Optional[str] = ..., producer_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StageSpec(_message.Message):
+    __slots__ = ("name", "index", "kind", "target", "construct", "args", "params", "function_role", "ports", "stage_names", "link_names", "budgets", "topology", "stats_interval_ns", "main_path", "sys_path", "attempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONSTRUCT_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ROLE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    LINK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    STATS_INTERVAL_NS_FIELD_NUMBER: _ClassVar[int]
+    MAIN_PATH_FIELD_NUMBER: _ClassVar[int]
+    SYS_PATH_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: int
+    kind: str
+    target: str
+    construct: Construct
+    args: _containers.RepeatedCompositeFieldContainer[Value]
+    params: _containers.RepeatedCompositeFieldContainer[Param]
+    function_role: str
+    ports: _containers.RepeatedCompositeFieldContainer[Port]
+    stage_names: _containers.RepeatedScalarFieldContainer[str]
+    link_names: _containers.RepeatedScalarFieldContainer[str]
+    budgets: _containers.RepeatedCompositeFieldContainer[LatencyBudget]
+    topology: _containers.RepeatedCompositeFieldContainer[LinkTopology]
+    stats_interval_ns: int
+    main_path: str
+    sys_path: _containers.RepeatedScalarFieldContainer[str]
+    attempt: int
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[str] = ..., target: _Optional[str] = ..., construct: _Optional[_Union[Construct, str]] = ..., args: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[Param, _Mapping]]] = ..., function_role: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., stage_names: _Optional[_Iterable[str]] = ..., link_names: _Optional[_Iterable[str]] = ..., budgets: _Optional[_Iterable[_Union[LatencyBudget, _Mapping]]] = ..., topology: _Optional[_Iterable[_Union[LinkTopology, _Mapping]]] = ..., stats_interval_ns: _Optional[int] = ..., main_path: _Optional[str] = ..., sys_path: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Stop(_message.Message):
     __slots__ = ("reason", "grace_ns")
