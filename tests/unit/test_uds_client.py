@@ -1,8 +1,9 @@
 """examples/uds_client.c: a C client built from proto/ alone with protobuf-c talks to a live edgepipe Server.
 
 The test generates the C code with protoc-c into a temporary directory, compiles it with the example, and
-runs it against a server started here. `.ci/run` installs protobuf-c-compiler and libprotobuf-c-dev, so this
-never skips in CI; locally: ``apt-get install protobuf-c-compiler libprotobuf-c-dev``.
+runs it against a server started here. Without protoc-c or the protobuf-c headers the tests skip naming the
+apt package (``require_system`` in tests/conftest.py); under CI=true that is a failure, since `.ci/run`
+installs protobuf-c-compiler and libprotobuf-c-dev.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ INSTALL_HINT = "apt-get install -y protobuf-c-compiler libprotobuf-c-dev (see .c
 
 
 @pytest.fixture(scope="module")
-def uds_client(tmp_path_factory):
+def uds_client(tmp_path_factory, require_system):
     """Path of the compiled example client."""
+    require_system("protoc-c", "protobuf-c-compiler")
+    require_system("protobuf-c/protobuf-c.h", "libprotobuf-c-dev")
     protoc_c = shutil.which("protoc-c")
-    assert protoc_c, f"protoc-c not found: {INSTALL_HINT}"
     out = tmp_path_factory.mktemp("uds_client")
     gen = out / "gen"
     gen.mkdir()
