@@ -339,9 +339,7 @@ def rig(workers=1, input_capacity=1 << 22, **kw):
     stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), workers=workers, **kw)
     stage.start()
     try:
-        deadline = time.monotonic() + 60
-        while stage.state in ("new", "opening") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        stage.wait_ready(60)
         yield fw, out, stage, raw
     finally:
         stage.stop()
@@ -393,6 +391,43 @@ class TestStage:
             order = [s.capture_ns, s.publish_ns[0], s.receive_ns[0], s.publish_ns[1], s.receive_ns[1],
                      m.inference_start_ns, m.inference_end_ns, s.publish_ns[2], s.receive_ns[2], s.publish_ns[3]]
             assert order == sorted(order) and order[0] > 0
+
+    def test_wait_ready_then_the_first_frame_is_inferred_within_budget(self, small_frame, small_reference):
+        """start() returns while the workers load the model; wait_ready() returns once all of them have, so
+        a single frame written right after it meets a tight budget_ms instead of expiring in the queue."""
+        img, _ = small_frame
+        fin, fout = Ring.create(None, 1 << 22), Ring.create(None, 1 << 20)
+        stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), model=ModelSpec(input_hw=SMALL_INPUT),
+                               workers=2, max_frame_bytes=img.nbytes, budget_ms=2000)
+        try:
+            stage.start()
+            assert stage.wait_ready(60) is True
+            assert stage.state == "running" and all(stage.worker_pids())
+            seq = FrameWriter(fin.writer()).write_frame(img, timeout_s=5)
+            got = collect(fout.reader(), 1)
+        finally:
+            stage.stop()
+            stage.join(30)
+            fin.close()
+            fout.close()
+        assert [m.frame_seq for m in got] == [seq] and stage.counters["dropped_deadline"] == 0
+        assert_same_detections(got[0], small_reference)
+
+    def test_wait_ready_raises_the_workers_load_error(self, tmp_path):
+        """A model no worker can load makes wait_ready() raise the stage's WorkerError naming the file."""
+        bad = tmp_path / "corrupt.onnx"
+        bad.write_bytes(b"\x08\x07" + os.urandom(2000))
+        fin, fout = Ring.create(None, 1 << 16), Ring.create(None, 1 << 16)
+        stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), model=bad, workers=1)
+        try:
+            stage.start()
+            with pytest.raises(WorkerError, match="corrupt.onnx"):
+                stage.wait_ready(60)
+        finally:
+            stage.stop()
+            stage.join(30)
+            fin.close()
+            fout.close()
 
     def test_killed_worker_is_restarted_and_counted(self, small_frame, caplog):
         """kill -9 of a busy worker: it is reported and restarted, its in-flight frames are counted lost,
