@@ -391,6 +391,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = _console()
     for t in br.rich_tables(summaries):
         console.print(t)
+    missing = br.missing_peers(summaries)
+    if missing:
+        print(f"bench: peers missing (not installed, so not measured; goals against them are SKIPPED): "
+              f"{', '.join(f'{p} ({b})' for b, p in missing)}; install them with {br.BENCH_INSTALL}")
     print(f"bench: report in {os.path.join(args.out, 'README.md')} (summary.md, summary.json, one PNG per benchmark)")
     return 0 if all(r[1] == 0 for r in rows) else 1
 
