@@ -38,29 +38,35 @@ def main() -> None:
         t_end = time.monotonic() + args.seconds
         next_stats = time.monotonic() + 1.0
         i = published = 0
-        while time.monotonic() < t_end:
-            k = i % len(rec.t_s)
-            gyr, acc = rec.gyr[k], rec.acc[k]
-            mag = rec.mag[k] if rec.mag is not None else None
-            w, x, y, z = ahrs.update(gyr, acc, mag)
-            t = now_ns()
-            msg = pb.ImuSample(stamps=pb.Stamps(capture_ns=t, publish_ns=[t], seq=i, source="ngimu"),
-                               gyro=pb.Vec3(x=gyr[0], y=gyr[1], z=gyr[2]),
-                               accel=pb.Vec3(x=acc[0] * G, y=acc[1] * G, z=acc[2] * G),
-                               orientation=pb.Quaternion(w=w, x=x, y=y, z=z))
-            if mag is not None:
-                msg.mag.CopyFrom(pb.Vec3(x=mag[0], y=mag[1], z=mag[2]))
-            published += srv.publish(Envelope(imu_sample=msg)) > 0
-            i += 1
-            if time.monotonic() >= next_stats:
-                next_stats += 1.0
-                srv.publish(Envelope(stats=pb.Stats(stage_name="imu-replay", t_ns=now_ns(), rings=[
-                    pb.RingCounters(name="imu_sample", records_written=i, records_read=published)])))
-            time.sleep(max(0.0, period_ns / 1e9 - 0.0001))
+        try:
+            while time.monotonic() < t_end:
+                k = i % len(rec.t_s)
+                gyr, acc = rec.gyr[k], rec.acc[k]
+                mag = rec.mag[k] if rec.mag is not None else None
+                w, x, y, z = ahrs.update(gyr, acc, mag)
+                t = now_ns()
+                msg = pb.ImuSample(stamps=pb.Stamps(capture_ns=t, publish_ns=[t], seq=i, source="ngimu"),
+                                   gyro=pb.Vec3(x=gyr[0], y=gyr[1], z=gyr[2]),
+                                   accel=pb.Vec3(x=acc[0] * G, y=acc[1] * G, z=acc[2] * G),
+                                   orientation=pb.Quaternion(w=w, x=x, y=y, z=z))
+                if mag is not None:
+                    msg.mag.CopyFrom(pb.Vec3(x=mag[0], y=mag[1], z=mag[2]))
+                published += srv.publish(Envelope(imu_sample=msg)) > 0
+                i += 1
+                if time.monotonic() >= next_stats:
+                    next_stats += 1.0
+                    srv.publish(Envelope(stats=pb.Stats(stage_name="imu-replay", t_ns=now_ns(), rings=[
+                        pb.RingCounters(name="imu_sample", records_written=i, records_read=published)])))
+                time.sleep(max(0.0, period_ns / 1e9 - 0.0001))
+        except KeyboardInterrupt:  # Ctrl-C: stop early, and still say Stop to the clients
+            print("stopped (Ctrl-C)", flush=True)
         srv.publish(Envelope(stop=pb.Stop(reason=f"published {i} samples")))
         print(f"published {i} samples, {published} of them to at least one client; "
               f"sessions: {srv.counters['welcomed']}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C while starting or closing
+        pass

@@ -236,6 +236,39 @@ class TestOtherSources:
         assert stage.join(5) == 0 and stage.error is None
         assert len(got) == stage.counters["published"] == 200
 
+    def test_consumer_that_comes_and_goes(self, shm_name):
+        """on_consumer_closed='drop': a reader that closes does not end the stage; frames are dropped and
+        counted while nobody reads, and a reader attached later gets new frames. The default fails."""
+        from edgepipe.errors import PeerClosedError
+
+        with Ring.create(shm_name, capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            stage = CaptureStage("pattern:32x32", w, fps=200, loop=True, on_consumer_closed="drop")
+            r = FrameReader(ring.reader())
+            stage.start()
+            with r.read_frame(timeout_s=10):
+                pass
+            r.close()
+            deadline = time.monotonic() + 30
+            while stage.counters["dropped_no_consumer"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stage.counters["dropped_no_consumer"] >= 3 and stage.state == "running"
+            published = stage.counters["published"]
+            r2 = FrameReader(Ring.attach(shm_name).reader())
+            seqs = []
+            while len(seqs) < 30:  # what was queued before, then frames published after the new attach
+                with r2.read_frame(timeout_s=10) as f:
+                    seqs.append(f.seq)
+            stage.stop()
+            assert stage.join(10) == 0 and stage.error is None
+            assert stage.counters["published"] > published and seqs == sorted(seqs)
+            r2.close()
+        with Ring.create(capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            ring.reader().close()
+            stage = CaptureStage("pattern:32x32", w, realtime=False)
+            assert stage.run() == 1 and isinstance(stage.error, PeerClosedError)
+
     def test_stop_ends_a_paced_endless_source_promptly(self, ring_pair):
         """stop() ends an endless realtime source within a couple of 100 ms slices."""
         w, _ = ring_pair
@@ -351,6 +384,8 @@ class TestUnavailable:
             CaptureStage(0, w, fourcc="MJPEG")
         with pytest.raises(TypeError, match="list"):
             CaptureStage("pattern", [])
+        with pytest.raises(ValueError, match="'sometimes'"):
+            CaptureStage("pattern", w, on_consumer_closed="sometimes")
         for bad in (0, -2, "10", True):
             with pytest.raises(ValueError, match=f"stall_timeout_s.*{bad!r}"):
                 CaptureStage("pattern", w, stall_timeout_s=bad)

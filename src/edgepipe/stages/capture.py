@@ -35,6 +35,7 @@ from edgepipe.clock import now_ns
 from edgepipe.errors import (
     CameraNotFoundError,
     OutputStalledError,
+    PeerClosedError,
     RingTimeoutError,
     SourceFailedError,
     SourceOpenError,
@@ -418,9 +419,13 @@ class CaptureStage(Stage):
             taking a frame before the stage fails with :class:`~edgepipe.errors.OutputStalledError` naming
             the ring (no reader ever attached, or it stopped reading), instead of waiting forever. Default
             60 s, longer than a consumer that loads a model takes to start; ``None`` waits forever.
+        on_consumer_closed: "fail" (default: the stage fails with PeerClosedError, as in a pipeline) or "drop":
+            while the ring's consumer is closed or gone, frames are dropped and counted in
+            ``dropped_no_consumer``, and they flow again once a new consumer attaches the (named) ring, so a
+            viewer can come and go.
 
-    Counters: ``grabbed``, ``published``, ``dropped`` (total) with ``dropped_full`` and ``dropped_shape``
-    by reason, ``decode_errors``, ``copies`` (frames not decoded in place), ``late`` (deadlines missed by
+    Counters: ``grabbed``, ``published``, ``dropped`` (total) with ``dropped_full``, ``dropped_shape`` and
+    ``dropped_no_consumer`` by reason, ``decode_errors``, ``copies`` (frames not decoded in place), ``late`` (deadlines missed by
     more than a frame period), ``loops``, ``end_of_stream`` (1 once a finite source ended). A source that
     fails mid-stream makes ``run()`` return 1 with the reason in ``stats()["error"]``; frames published
     before stay readable.
@@ -432,7 +437,8 @@ class CaptureStage(Stage):
                  loop: bool = False, realtime: bool = True, size: tuple[int, int] | None = None,
                  fourcc: str | None = None, pixel_format: str = "BGR", source_id: int = 0,
                  on_full: str | None = None, max_frames: int | None = None, open_timeout_s: float = 5.0,
-                 stall_timeout_s: float | None = 60.0, name: str | None = None) -> None:
+                 stall_timeout_s: float | None = 60.0, on_consumer_closed: str = "fail",
+                 name: str | None = None) -> None:
         super().__init__(name)
         if not isinstance(output, (FrameWriter, LatestWriter)):
             raise TypeError(f"output must be a FrameWriter or LatestWriter, not {type(output).__name__}")
@@ -445,6 +451,8 @@ class CaptureStage(Stage):
         if stall_timeout_s is not None and (isinstance(stall_timeout_s, bool) or not isinstance(
                 stall_timeout_s, (int, float)) or not stall_timeout_s > 0):
             raise ValueError(f"stall_timeout_s must be a number > 0 or None, got {stall_timeout_s!r}")
+        if on_consumer_closed not in ("fail", "drop"):
+            raise ValueError(f"on_consumer_closed must be 'fail' or 'drop', got {on_consumer_closed!r}")
         if pixel_format not in ("BGR", "RGB"):
             raise ValueError(f"capture publishes BGR (OpenCV's order) or RGB, got pixel_format {pixel_format!r}")
         self.source = open_source(source, size=size, fps=fps, fourcc=fourcc, open_timeout_s=open_timeout_s)
@@ -457,8 +465,9 @@ class CaptureStage(Stage):
         self.on_full = on_full
         self.max_frames = max_frames
         self.stall_timeout_s = stall_timeout_s
-        for k in ("grabbed", "published", "dropped", "dropped_full", "dropped_shape", "decode_errors",
-                  "copies", "late", "loops", "end_of_stream"):
+        self.on_consumer_closed = on_consumer_closed
+        for k in ("grabbed", "published", "dropped", "dropped_full", "dropped_shape", "dropped_no_consumer",
+                  "decode_errors", "copies", "late", "loops", "end_of_stream"):
             self.counters[k] = 0
         self._t_first = self._t_last = 0
         self._intervals_ns: list[int] = []
@@ -520,6 +529,12 @@ class CaptureStage(Stage):
                 claim = out.claim_frame(shape, np.uint8, pixel_format=self.pixel_format, capture_ns=t_cap,
                                         source_id=self.source_id, timeout_s=wait_s)
                 break
+            except PeerClosedError:
+                if self.on_consumer_closed != "drop":
+                    raise
+                c["dropped"] += 1
+                c["dropped_no_consumer"] += 1
+                return
             except RingTimeoutError:
                 if wait_s and not self.stopping:
                     # on_full="wait": look at `stopping` every 100 ms, then wait again. Every frame record has
