@@ -4,8 +4,9 @@ It replays the bundled NGIMU recording through the Madgwick filter at its own ra
 sample as an ImuSample (stamps, gyro, accel, mag, quaternion) to every client subscribed to
 "imu_sample" (or "*"), plus a Stats message each second; after --seconds it publishes a Stop and closes.
 
-    python examples/control_server.py --seconds 30 &
+    python examples/control_server.py --seconds 30 &    # prints the socket path it listens on
     ./uds_client "$XDG_RUNTIME_DIR/edgepipe/control.sock"        # examples/uds_client.c, built as it says
+                                                                  # (no XDG_RUNTIME_DIR: /tmp/edgepipe-$UID/)
     python -c "from edgepipe import Client; c = Client.connect(subscribe=['*']); print(c.recv(5))"
 
 --path puts the socket elsewhere (its directory must be ours and mode 0700).
@@ -25,7 +26,8 @@ G = 9.80665
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--path", default=None, help="socket path (default: $XDG_RUNTIME_DIR/edgepipe/control.sock)")
+    ap.add_argument("--path", default=None, help="socket path (default: $XDG_RUNTIME_DIR/edgepipe/control.sock, "
+                                                 "or /tmp/edgepipe-$UID/control.sock without XDG_RUNTIME_DIR)")
     ap.add_argument("--seconds", type=float, default=10.0, help="publish for this long, then Stop")
     ap.add_argument("--rate-hz", type=float, default=100.0, help="samples published per second")
     args = ap.parse_args()
