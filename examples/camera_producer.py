@@ -81,7 +81,10 @@ def run(args, src, chan, writer, kind: str) -> int:
         here = Path(__file__).parent
         cmd = [sys.executable, str(here / "frame_consumer.py"), "--name", args.name]
         consumer = subprocess.Popen(cmd + (["--latest"] if args.latest else []))
-    signal.signal(signal.SIGTERM, lambda *_: stage.stop())
+    # Ctrl-C and SIGTERM only ask the stage to stop; the loop below then sees it end. (A KeyboardInterrupt
+    # raised inside Thread.join can leave the join returning before the thread has ended.)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stage.stop())
     print(f"camera_producer: {src.describe} {w}x{h} -> {kind} {args.name!r} (Ctrl-C stops)", flush=True)
     stage.start()
     t_end = None if args.seconds is None else time.monotonic() + args.seconds
@@ -94,7 +97,8 @@ def run(args, src, chan, writer, kind: str) -> int:
                 stage.stop()
     except KeyboardInterrupt:
         stage.stop()
-    status = stage.join()
+    while (status := stage.join(1.0)) is None:
+        pass
     writer.close()  # the consumer drains, then sees the producer gone
     if consumer is not None:
         try:
