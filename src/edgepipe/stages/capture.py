@@ -11,6 +11,9 @@ ever hands back a different array than the slot it was given, the frame is copie
 Sources are resolved by :func:`open_source`; any object with ``open()``, ``grab()``, ``retrieve(arr)``,
 ``close()`` and ``shape`` works too. OpenCV is imported lazily, so ``import edgepipe`` stays fast.
 
+One piece: the sources and the stage share the grab/retrieve-into-the-slot protocol, and the stage's
+output rules (wait or drop when full, the stall bound, a consumer that comes and goes) are about that loop.
+
 >>> from edgepipe.frames import LatestSlot
 >>> with LatestSlot.create(None, max_frame_bytes=64 * 48 * 3) as slot:
 ...     stage = CaptureStage("pattern", slot.writer(), size=(64, 48), max_frames=5, realtime=False)
