@@ -513,9 +513,21 @@ def report_leaks(before: set[str]) -> None:
         print(f"WARNING: left in /dev/shm by this run: {left}")
 
 
+BENCH_INSTALL = 'pip install ".[bench]"'  # the peers the benchmarks compare against
+
+
+def peers_not_run(rows: list[dict], group: str | None = None) -> list[str]:
+    """The peer cases (of ``group``, or of any group) in ``rows`` that produced no numbers: skipped because
+    their library is not installed, or failed. A goal against "the best peer" is judged only when every peer
+    it names ran; otherwise a weaker stand-in would pass for the best."""
+    return [r["case"] + (" (not installed)" if str(r.get("error", "")).startswith("skipped:") else " (failed)")
+            for r in rows if not r["edgepipe"] and not r["ok"] and (group is None or r["group"] == group)]
+
+
 class Goals(dict):
     """Goal verdicts of one round, printed as they are decided: ``goals.line(name, ok, detail)`` with ok
-    True, False or None (not decidable: a case is missing)."""
+    True, False or None (not decidable: a case is missing); ``goals.skip(name, peers)`` for a goal whose
+    named peers did not run (SKIPPED, never judged against whichever peer happened to be there)."""
 
     def __init__(self, title: str = "goals") -> None:
         super().__init__()
@@ -525,6 +537,11 @@ class Goals(dict):
         self[name] = {"pass": ok, "detail": detail}
         verdict = "?" if ok is None else ("PASS" if ok else "FAIL")
         print(f"  {verdict:<4} {name}: {detail}")
+
+    def skip(self, name: str, peers: list[str]) -> None:
+        detail = f"peer missing: {', '.join(peers)}; install the peers with {BENCH_INSTALL}"
+        self[name] = {"pass": None, "skipped": True, "detail": detail}
+        print(f"  SKIPPED {name}: {detail}")
 
 
 def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -> None:

@@ -258,10 +258,13 @@ def main() -> None:
     print(C.table(["case", "ns/update", "net ns", "what"], rows))
     print()
     # for --json (and `edgepipe bench`): one row per case, ns per update as the headline (update_ns)
+    # a peer that is not installed is a row too (ok False, "skipped: ..."), so the summary can say so
     C.write_json(args.json, env, args, [
         {"case": r[0], "edgepipe": not r[0].startswith(("ahrs", "imufusion")), "update_ns": float(r[1]),
          **({"net_update_ns": float(r[2])} if r[2] else {}), "what": r[3]}
-        for r in rows if r[1] != "n/a"])
+        if r[1] != "n/a" else
+        {"case": r[0], "edgepipe": False, "ok": False, "error": f"skipped: not installed ({r[3]})"}
+        for r in rows])
 
     if exe and not args.no_callgrind and shutil.which("valgrind"):
         cg = []

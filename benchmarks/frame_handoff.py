@@ -597,7 +597,10 @@ def report(rows: list[dict]) -> dict:
     for mode in ("hot", "cold", "fill"):
         e = next((r for r in rows if r["ok"] and r["edgepipe"] and r["group"] == mode), None)
         bg = best.get(mode)
-        if e and bg:
+        missing = C.peers_not_run(rows, mode)
+        if missing:
+            g.skip(f"{mode}: >= 1.25x the best peer", missing)
+        elif e and bg:
             ratio = e["fps"] / bg["fps"]
             g.line(f"{mode}: >= 1.25x the best peer", ratio >= 1.25,
                    f"{e['fps']:,.0f} vs {bg['fps']:,.0f} fps ({bg['case']}) = {ratio:.2f}x "

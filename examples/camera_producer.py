@@ -10,7 +10,9 @@
     python examples/camera_producer.py --source rtsp://camera.local/stream
 
 The segment is named (``/dev/shm/edgepipe.<name>``) so a consumer started by hand can attach it; the
-producer unlinks it on exit. Frames are decoded straight into the ring slot (no copy) and each carries its
+producer unlinks it on exit. A viewer can come and go: while no consumer has the ring open (it exited, or
+none attached yet and the ring is full), the producer keeps running and drops frames (counted in
+``dropped_no_consumer`` / ``dropped_full``); the next viewer attaches the same ring. Ctrl-C stops it. Frames are decoded straight into the ring slot (no copy) and each carries its
 capture stamp, so the consumer can print the capture-to-read latency.
 """
 
@@ -59,15 +61,30 @@ def main(argv=None) -> int:
         capacity = 1 << max(20, (8 * (frame_bytes + 256)).bit_length())  # room for about 8 frames
         chan = edgepipe.Ring.create(args.name, capacity=capacity)
         writer = edgepipe.FrameWriter(chan.writer())
+    try:
+        return run(args, src, chan, writer, kind=("latest slot" if args.latest else
+                                                  f"ring of {chan.status().capacity >> 20} MB"))
+    finally:  # also on a second Ctrl-C: the named segment never outlives us
+        src.close()
+        chan.unlink()
+        chan.close()
+
+
+def run(args, src, chan, writer, kind: str) -> int:
+    h, w, _ = src.shape
+    # A viewer may come and go: never fail because nobody reads (stall_timeout_s=None, on_consumer_closed).
+    # Recorded sources wait for room while a viewer reads; live ones drop.
     stage = CaptureStage(src, writer, fps=args.fps, loop=not args.once, realtime=not args.fast,
-                         name="camera")  # recorded sources wait for room, live ones drop
+                         stall_timeout_s=None, on_consumer_closed="drop", name="camera")
     consumer = None
     if args.both:
         here = Path(__file__).parent
         cmd = [sys.executable, str(here / "frame_consumer.py"), "--name", args.name]
         consumer = subprocess.Popen(cmd + (["--latest"] if args.latest else []))
-    signal.signal(signal.SIGTERM, lambda *_: stage.stop())
-    kind = "latest slot" if args.latest else f"ring of {chan.status().capacity >> 20} MB"
+    # Ctrl-C and SIGTERM only ask the stage to stop; the loop below then sees it end. (A KeyboardInterrupt
+    # raised inside Thread.join can leave the join returning before the thread has ended.)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stage.stop())
     print(f"camera_producer: {src.describe} {w}x{h} -> {kind} {args.name!r} (Ctrl-C stops)", flush=True)
     stage.start()
     t_end = None if args.seconds is None else time.monotonic() + args.seconds
@@ -80,19 +97,20 @@ def main(argv=None) -> int:
                 stage.stop()
     except KeyboardInterrupt:
         stage.stop()
-    status = stage.join()
+    while (status := stage.join(1.0)) is None:
+        pass
     writer.close()  # the consumer drains, then sees the producer gone
     if consumer is not None:
         try:
             consumer.wait(10)
         except subprocess.TimeoutExpired:
             consumer.terminate()
-    src.close()
-    chan.unlink()
-    chan.close()
     print(f"camera_producer: {stage.stats()}")
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while setting up or shutting down: no traceback, nothing left behind
+        sys.exit(0)

@@ -6,7 +6,8 @@
 
 Each frame is a read-only numpy array over shared memory: no copy. Once a second it prints frames per
 second, the capture-to-read latency (stamps from CLOCK_MONOTONIC_RAW, the same clock in both processes)
-and the mean brightness of the last frame. Ends when the producer closes.
+and the mean brightness of the last frame. Ends when the producer closes, or on Ctrl-C: the viewer closes its
+end and goes, the producer keeps running, and a viewer started later attaches the same ring.
 """
 
 from __future__ import annotations
@@ -34,25 +35,32 @@ def main(argv=None) -> int:
         reader = edgepipe.FrameReader(chan.reader())
     print(f"frame_consumer: attached {args.name!r}", flush=True)
     n, lat_ms, t_report, last_seq, skipped = 0, [], time.monotonic() + 1.0, 0, 0
-    for f in reader.frames():
-        lat_ms.append((edgepipe.now_ns() - f.capture_ns) / 1e6)
-        mean = float(f.array[::8, ::8].mean())  # touch the frame: a strided mean
-        skipped += max(0, f.seq - last_seq - 1)
-        last_seq = f.seq
-        n += 1
-        if args.slow_ms:
-            time.sleep(args.slow_ms / 1e3)
-        if time.monotonic() >= t_report:
-            lat = np.asarray(lat_ms)
-            print(f"  {n} frames/s  seq {f.seq}  {f.shape} {f.pixel_format}  capture->read p50 "
-                  f"{np.percentile(lat, 50):.2f} ms max {lat.max():.2f} ms  skipped {skipped}  mean {mean:.1f}",
-                  flush=True)
-            n, lat_ms, t_report = 0, [], time.monotonic() + 1.0
-    print("frame_consumer: producer closed; done", flush=True)
-    reader.close()
-    chan.close()
+    try:
+        for f in reader.frames():
+            lat_ms.append((edgepipe.now_ns() - f.capture_ns) / 1e6)
+            mean = float(f.array[::8, ::8].mean())  # touch the frame: a strided mean
+            skipped += max(0, f.seq - last_seq - 1) if last_seq else 0
+            last_seq = f.seq
+            n += 1
+            if args.slow_ms:
+                time.sleep(args.slow_ms / 1e3)
+            if time.monotonic() >= t_report:
+                lat = np.asarray(lat_ms)
+                print(f"  {n} frames/s  seq {f.seq}  {f.shape} {f.pixel_format}  capture->read p50 "
+                      f"{np.percentile(lat, 50):.2f} ms max {lat.max():.2f} ms  skipped {skipped}  mean {mean:.1f}",
+                      flush=True)
+                n, lat_ms, t_report = 0, [], time.monotonic() + 1.0
+        print("frame_consumer: producer closed; done", flush=True)
+    except KeyboardInterrupt:
+        print("frame_consumer: stopped (Ctrl-C); the producer goes on", flush=True)
+    finally:
+        reader.close()  # marks our end closed: the producer drops frames until a viewer attaches again
+        chan.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the frames loop (e.g. while waiting for the producer)
+        sys.exit(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,6 +22,8 @@ from edgepipe.stages.imu import CsvSource, ImuReader, ImuStage, SyntheticSource
 
 
 def consumer(fd: int) -> int:
+    # Ctrl-C in a terminal reaches both processes; the producer decides when the stream ends (it closes its end)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ring = Ring.from_fd(fd)
     reader = ImuReader(ring.reader(), max_batch=256)
     n, gaps, expect, every = 0, 0, 0, 500
@@ -57,7 +60,7 @@ def producer(args) -> int:
         child = subprocess.Popen([sys.executable, __file__, "--consumer-fd", str(ring.fd)], pass_fds=(ring.fd,))
         writer = ring.writer()
         stage = ImuStage(src, rate_hz=args.rate_hz, wait=args.wait, output=writer, duration_s=args.seconds)
-        rc = stage.run()
+        rc = stage.run()  # Ctrl-C stops it like --seconds running out (Stage.run)
         writer.close()  # the consumer sees the producer gone once it has drained the ring
         s = stage.stats()
         print(f"[producer] {s['samples']} samples, published {s['published']}, dropped {s['dropped']}, "
@@ -81,4 +84,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C while starting or closing
+        raise SystemExit(0) from None

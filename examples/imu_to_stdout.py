@@ -29,20 +29,26 @@ def main() -> int:
         reader = ImuReader(ring.reader(), max_batch=512)
         print(f"{src.describe()} at {a.rate_hz:g} Hz, wait={a.wait}, for {a.seconds:g} s")
         print(f"{'t (s)':>7} {'roll':>8} {'pitch':>8} {'yaw':>8}   {'seq':>7}")
-        stage.start()
         next_print = 0
         period_ns = int(1e9 / a.print_hz)
-        while True:
-            batch = reader.read(timeout_s=0.1)
-            if len(batch):
-                last = batch[-1]
-                if last["device_ns"] >= next_print:
-                    roll, pitch, yaw = euler_deg(last["q"])
-                    print(f"{last['device_ns'] / 1e9:7.2f} {roll:+8.1f} {pitch:+8.1f} {yaw:+8.1f}   {last['seq']:7d}",
-                          flush=True)
-                    next_print = int(last["device_ns"]) + period_ns
-            elif stage.join(0) is not None:
-                break
+        try:
+            stage.start()
+            while True:
+                batch = reader.read(timeout_s=0.1)
+                if len(batch):
+                    last = batch[-1]
+                    if last["device_ns"] >= next_print:
+                        roll, pitch, yaw = euler_deg(last["q"])
+                        print(f"{last['device_ns'] / 1e9:7.2f} {roll:+8.1f} {pitch:+8.1f} {yaw:+8.1f}   "
+                              f"{last['seq']:7d}", flush=True)
+                        next_print = int(last["device_ns"]) + period_ns
+                elif stage.join(0) is not None:
+                    break
+        except KeyboardInterrupt:  # Ctrl-C: stop the loop, then report as usual
+            print("stopped (Ctrl-C)", flush=True)
+        finally:
+            stage.stop()
+            stage.join()  # the loop has let go of the ring's writer: the ring can close
         s = stage.stats()
     j = s["jitter_us"]
     print(f"done: {s['samples']} samples ({s['achieved_rate_hz']:.2f} Hz delivered), published {s['published']}, "
@@ -55,4 +61,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C while starting or closing
+        raise SystemExit(0) from None

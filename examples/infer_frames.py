@@ -43,39 +43,54 @@ def main() -> int:
                            workers=args.workers, intra_op_threads=args.threads, budget_ms=args.budget_ms)
     out = results.reader()
     print(f"source {source}: {args.workers} worker(s) x {args.threads} thread(s)")
-    got = 0
+    got = [0]  # results printed (a list, so a Ctrl-C part-way still counts them)
+    t0 = time.monotonic()
     with infer:
-        while infer.state in ("new", "opening"):  # workers load the model first; then frames start flowing
-            time.sleep(0.02)
-        t0 = time.monotonic()
-        capture.start()
-        while got + infer.counters["dropped_deadline"] + infer.counters["bad_frames"] < args.frames:
-            if infer.state == "failed" or time.monotonic() - t0 > 120:
-                break
-            try:
-                data = out.read(timeout_s=0.5)
-            except RingTimeoutError:
-                continue
-            r = pb.InferenceResult.FromString(data)
-            got += 1
-            ms = (r.inference_end_ns - r.inference_start_ns) / 1e6
-            e2e = (r.stamps.publish_ns[-1] - r.stamps.capture_ns) / 1e6
-            boxes = sorted(r.detections.boxes, key=lambda b: (b.y_min, b.x_min))
-            print(f"frame {r.frame_seq:4d}: {len(boxes):2d} text boxes  model {ms:5.1f} ms  capture->result {e2e:6.1f} ms")
-            for b in boxes[:3]:
-                print(f"    ({b.x_min:6.1f}, {b.y_min:6.1f}) - ({b.x_max:6.1f}, {b.y_max:6.1f})  score {b.score:.2f}")
-        capture.stop()
-        capture.join()
+        try:
+            infer.wait_ready(timeout_s=120)  # workers load the model first; then frames start flowing
+            t0 = time.monotonic()
+            capture.start()
+            print_results(out, infer, args.frames, t0, got)
+        except KeyboardInterrupt:  # Ctrl-C: stop capture, let the stages close, report what came back
+            print("stopped (Ctrl-C)", flush=True)
+        except Exception as e:  # noqa: BLE001 - e.g. no worker could load the model: reported below
+            print(f"inference stage not ready: {e}", file=sys.stderr)
+        if capture.state != "new":
+            capture.stop()
+            capture.join()
     s = infer.stats()
-    print(f"{got} results in {time.monotonic() - t0:.1f} s; " + ", ".join(
+    print(f"{got[0]} results in {time.monotonic() - t0:.1f} s; " + ", ".join(
         f"{k} {s[k]}" for k in ("frames_in", "dispatched", "dropped_deadline", "bad_frames", "frames_lost",
                                 "worker_crashes")))
     if s["error"]:
         print(f"inference stage failed: {s['error']}", file=sys.stderr)
     frames.close()
     results.close()
-    return 0 if got and not s["error"] else 1
+    return 0 if got[0] and not s["error"] else 1
+
+
+def print_results(out, infer, frames: int, t0: float, got: list[int]) -> None:
+    """Read InferenceResults and print each one's boxes until ``frames`` are accounted for."""
+    while got[0] + infer.counters["dropped_deadline"] + infer.counters["bad_frames"] < frames:
+        if infer.state == "failed" or time.monotonic() - t0 > 120:
+            break
+        try:
+            data = out.read(timeout_s=0.5)
+        except RingTimeoutError:
+            continue
+        r = pb.InferenceResult.FromString(data)
+        got[0] += 1
+        ms = (r.inference_end_ns - r.inference_start_ns) / 1e6
+        e2e = (r.stamps.publish_ns[-1] - r.stamps.capture_ns) / 1e6
+        boxes = sorted(r.detections.boxes, key=lambda b: (b.y_min, b.x_min))
+        print(f"frame {r.frame_seq:4d}: {len(boxes):2d} text boxes  model {ms:5.1f} ms  capture->result {e2e:6.1f} ms",
+              flush=True)
+        for b in boxes[:3]:
+            print(f"    ({b.x_min:6.1f}, {b.y_min:6.1f}) - ({b.x_max:6.1f}, {b.y_max:6.1f})  score {b.score:.2f}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while starting or closing
+        sys.exit(0)

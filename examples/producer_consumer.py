@@ -6,12 +6,15 @@ reports the handoff latency.
     python examples/producer_consumer.py --wait park     # the consumer sleeps instead of spinning
 
 The ring is an anonymous memfd: the producer creates it and hands the fd to the consumer process it starts
-(``pass_fds``), so nothing is named in /dev/shm and nothing can leak, even on kill -9.
+(``pass_fds``), so nothing is named in /dev/shm and nothing can leak, even on kill -9. The producer prints
+its progress once a second; Ctrl-C stops it early, and the consumer still checks everything that was sent
+(the producer's last record, type 2, says how many).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import struct
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import edgepipe
 
 RECORD = struct.Struct("<QqQ")  # seq, producer stamp (CLOCK_MONOTONIC_RAW ns), checksum of the body
 BODY = 40  # bytes of fake sensor payload after the header: 64 B records in all
+T_DATA, T_END = 1, 2  # record types: a stamped record; the end (u64: how many were sent)
 
 
 def body_for(seq: int) -> bytes:
@@ -45,15 +49,25 @@ def produce(args: argparse.Namespace) -> int:
     period_ns = int(1e9 / args.rate_hz) if args.rate_hz else 0
     next_ns = edgepipe.monotonic_ns()
     t0 = time.perf_counter()
+    next_report = t0 + 1.0
+    sent = 0
     try:
-        for seq in range(args.count):
-            if period_ns:
-                next_ns += period_ns
-                while edgepipe.monotonic_ns() < next_ns:
-                    time.sleep(0)
-            body = body_for(seq)
-            writer.write(RECORD.pack(seq, edgepipe.now_ns(), zlib.crc32(body)) + body,
-                         timeout_s=5.0)
+        try:
+            for seq in range(args.count):
+                if period_ns:
+                    next_ns += period_ns
+                    while edgepipe.monotonic_ns() < next_ns:
+                        time.sleep(0)
+                body = body_for(seq)
+                writer.write(RECORD.pack(seq, edgepipe.now_ns(), zlib.crc32(body)) + body, T_DATA, timeout_s=5.0)
+                sent += 1
+                if not seq & 255 and time.perf_counter() >= next_report:  # progress, once a second
+                    next_report += 1.0
+                    print(f"producer: sent {sent:,} of {args.count:,} records "
+                          f"({sent / (time.perf_counter() - t0):,.0f} records/s)", flush=True)
+        except KeyboardInterrupt:
+            print(f"producer: stopped (Ctrl-C) after {sent:,} records", flush=True)
+        writer.write(sent.to_bytes(8, "little"), T_END, timeout_s=5.0)
         writer.close()  # the consumer drains what is queued, then sees PeerClosedError
         elapsed = time.perf_counter() - t0
         rc = consumer.wait(timeout=30)
@@ -61,21 +75,27 @@ def produce(args: argparse.Namespace) -> int:
         if consumer.poll() is None:
             consumer.kill()
         ring.close()
-    print(f"producer: {args.count} records in {elapsed:.3f} s ({args.count / elapsed:,.0f} records/s)")
+    print(f"producer: {sent} records in {elapsed:.3f} s ({sent / elapsed:,.0f} records/s)")
     return rc
 
 
 def consume(args: argparse.Namespace) -> int:
+    # Ctrl-C in a terminal reaches both processes; the producer decides when the stream ends (its T_END record)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ring = edgepipe.Ring.from_fd(args.fd)
     reader = ring.reader(wait=args.wait)
     lat = np.empty(args.count, dtype=np.int64)
     n = bad = 0
+    expected = args.count
     while True:
         try:
             rec = reader.read(timeout_s=10.0)
         except edgepipe.PeerClosedError:
             break
         now = edgepipe.now_ns()
+        if reader.last_type == T_END:
+            expected = int.from_bytes(rec, "little")
+            continue
         seq, stamp, csum = RECORD.unpack_from(rec)
         body = rec[RECORD.size:]
         if seq != n or body != body_for(seq) or csum != zlib.crc32(body):
@@ -86,11 +106,11 @@ def consume(args: argparse.Namespace) -> int:
     ring.close()
     lat_us = lat[:n] / 1e3
     p50, p99, p999 = np.percentile(lat_us, [50, 99, 99.9]) if n else (0, 0, 0)
-    print(f"consumer: {n} records, {bad} bad, {args.count - n} lost")
+    print(f"consumer: {n} records, {bad} bad, {expected - n} lost")
     print(f"handoff latency (us): p50 {p50:.2f}  p99 {p99:.2f}  p99.9 {p999:.2f}  (includes queueing)")
     print(f"ring: parks={st.consumer_parks} wakes={st.producer_wakes} full_events={st.full_events} "
           f"late_wakeups={st.late_wakeups}")
-    return 0 if n == args.count and bad == 0 else 1
+    return 0 if n == expected and bad == 0 else 1
 
 
 def main() -> int:
@@ -105,4 +125,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the stream started
+        sys.exit(0)

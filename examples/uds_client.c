@@ -9,11 +9,15 @@
  * Wire format (see proto/README.md): each message is one frame, a u32 little-endian length and then
  * that many bytes of a serialized edgepipe.v1.Envelope.
  *
- * Build (Debian: apt-get install protobuf-c-compiler libprotobuf-c-dev):
+ * Build, from the repository root (Debian: apt-get install protobuf-c-compiler libprotobuf-c-dev):
+ *     mkdir -p gen
  *     protoc-c --c_out=gen -Iproto proto/edgepipe/v1/edgepipe.proto
- *     cc -O2 -Wall -Igen examples/uds_client.c gen/edgepipe/v1/edgepipe.pb-c.c -lprotobuf-c -o uds_client
- * Run:
- *     ./uds_client "$XDG_RUNTIME_DIR/edgepipe/control.sock" [COUNT]
+ *     cc -std=gnu11 -O2 -Wall -Igen examples/uds_client.c gen/edgepipe/v1/edgepipe.pb-c.c -lprotobuf-c -o uds_client
+ * Run, against a server on the default socket (e.g. python examples/control_server.py): the socket is in
+ * $XDG_RUNTIME_DIR/edgepipe/ when XDG_RUNTIME_DIR names a directory, else in /tmp/edgepipe-$UID/
+ * (edgepipe.control.server.default_socket_dir):
+ *     if [ -d "${XDG_RUNTIME_DIR:-}" ]; then dir="$XDG_RUNTIME_DIR/edgepipe"; else dir="/tmp/edgepipe-$(id -u)"; fi
+ *     ./uds_client "$dir/control.sock" [COUNT]
  *
  * Exit status: 0 after Stop, end of stream or COUNT messages; 2 if the server sent an Error (printed);
  * 1 on any other failure (printed to stderr).

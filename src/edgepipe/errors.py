@@ -6,6 +6,7 @@ or ``except ValueError`` catch what a user would expect.
     EdgepipeError
     ├── RingError
     │   ├── RingTimeoutError (TimeoutError)      a timed wait expired
+    │   │   └── OutputStalledError               a lossless output stayed full: its consumer never read
     │   ├── RecordTooLargeError (ValueError)     payload over the ring's max_payload
     │   ├── RingCorruptError                     a header or region that cannot be a ring record/region
     │   ├── RingBusyError                        the end is already held by a live process
@@ -113,6 +114,7 @@ __all__ = [
     "ModelInputError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OutputStalledError",
     "PeerClosedError",
     "QuantizationAccuracyError",
     "RecordTooLargeError",
@@ -143,6 +145,11 @@ class RingError(EdgepipeError):
 
 class RingTimeoutError(RingError, TimeoutError):
     """A blocking ring call did not complete before its timeout."""
+
+
+class OutputStalledError(RingTimeoutError):
+    """A stage waited ``stall_timeout_s`` on a full lossless output ring without its consumer taking a record
+    (no reader attached, or the reader stopped reading); the message names the stage and the ring."""
 
 
 class RecordTooLargeError(RingError, ValueError):

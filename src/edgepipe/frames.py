@@ -474,6 +474,11 @@ class FrameWriter(_WriterBase):
     def closed(self) -> bool:
         return self._w.closed
 
+    @property
+    def ring_name(self) -> str:
+        """The ring's shm name, or ``"memfd"`` for an anonymous ring (for messages naming the ring)."""
+        return self._w._ring.name or "memfd"
+
     def _too_large(self, lay: _Layout) -> ImageTooLargeError:
         need = lay.nbytes + HDR_SIZE + ALIGN - 8
         cap = 1 << max(6, (2 * need + 16 - 1).bit_length())

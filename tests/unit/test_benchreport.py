@@ -70,10 +70,17 @@ class TestSummary:
                             "--repeats", "1", "--no-callgrind", "--json", str(out)],
                            capture_output=True, text=True, timeout=120, cwd=BENCH.parent)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        cases = {c.case: c for c in br.summarize("ahrs_speed", json.loads(out.read_text())).cases}
+        summary = br.summarize("ahrs_speed", json.loads(out.read_text()))
+        cases = {c.case: c for c in summary.cases}
         assert cases["batch imu"].metric == "update_ns" and cases["batch imu"].edgepipe
         assert 0 < cases["batch imu"].value < cases["per-sample imu"].value
         assert not cases["ahrs imu"].edgepipe and cases["ahrs imu"].value > cases["per-sample imu"].value
+        # a peer that is not installed here is a row the summary names, not a silent gap
+        import importlib.util
+
+        have_imufusion = importlib.util.find_spec("imufusion") is not None
+        assert ("imufusion imu" in summary.missing_peers) == (not have_imufusion)
+        assert "imufusion imu" in cases
 
     def test_rows_outside_rows_are_found(self):
         """A script with its own tables (callgrind_pair: rows [] plus "native") still gets a summary."""
@@ -131,3 +138,77 @@ class TestBenchCommand:
         assert "| good | **edgepipe ring** |  | p50_ns | 300 | p99_ns 500 |" in readme
         assert "| good |  | PASS | fast enough | 300 ns |" in readme
         assert (out / "summary.md").read_text() in readme
+
+
+def _bench_module(name: str):
+    """Import benchmarks/<name>.py (it imports _common from its own directory)."""
+    import importlib
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def _row(case, group, edgepipe, ok=True, **nums):
+    r = {"case": case, "group": group, "edgepipe": edgepipe, "round": 1, "ok": ok, "pair": "near"}
+    if not ok:
+        r["error"] = f"skipped: {case} not importable: No module named {case!r}"
+    r.update(nums)
+    return r
+
+
+class TestPeersMissing:
+    def test_summary_names_missing_peers_and_how_to_install_them(self):
+        """A peer row skipped as not installed is listed by name with `pip install ".[bench]"` in the report,
+        and a goal the script marked skipped is SKIPPED, not PASS or ?."""
+        doc = {"rows": [_row("edgepipe read() spin", "busy-poll", True, p50_ns=300.0),
+                        _row("iceoryx2 busy-poll", "busy-poll", False, ok=False),
+                        _row("socketpair spin", "busy-poll", False, p50_ns=5000.0)],
+               "goals": {"1": {"busy-poll p50 <= 0.6x best peer busy-poll p50": {
+                   "pass": None, "skipped": True, "detail": "peer missing: iceoryx2 busy-poll (not installed)"}}}}
+        s = br.summarize("ring_latency", doc)
+        assert s.missing_peers == ["iceoryx2 busy-poll"]
+        assert [(g.verdict, g.name) for g in s.goals] == [("SKIPPED", "busy-poll p50 <= 0.6x best peer busy-poll p50")]
+        md = br.markdown([s])
+        assert "## Peers missing" in md and "- iceoryx2 busy-poll (ring_latency)" in md
+        assert 'pip install ".[bench]"' in md and "| SKIPPED |" in md
+        _, goal_table = br.rich_tables([s])
+        assert goal_table.row_count == 1
+
+    def test_a_failed_edgepipe_case_is_not_a_missing_peer(self):
+        """Only peers count as missing; an edgepipe case that was skipped is a failed case, not a peer."""
+        s = br.summarize("x", {"rows": [_row("edgepipe a", "g", True, ok=False), _row("peer b", "g", False, p50_ns=1.0)]})
+        assert s.missing_peers == [] and br.missing_peers([s]) == []
+
+    def test_ring_latency_goal_is_skipped_not_passed_against_a_weaker_peer(self, capsys):
+        """With iceoryx2 not installed, the busy-poll goal is not judged against the slower peer that ran
+        (which it would beat): SKIPPED naming iceoryx2 and the install command."""
+        rl = _bench_module("ring_latency")
+        rows = [_row("edgepipe read() spin", "busy-poll", True, p50_ns=300.0, n=1000),
+                _row("iceoryx2 busy-poll", "busy-poll", False, ok=False),
+                _row("shared_memory spin", "busy-poll", False, p50_ns=5000.0, n=1000)]
+        g = rl.goals(rows, {"busy-poll": rows[2]})["busy-poll p50 <= 0.6x best peer busy-poll p50"]
+        assert g["pass"] is None and g["skipped"] is True
+        assert "iceoryx2 busy-poll (not installed)" in g["detail"] and 'pip install ".[bench]"' in g["detail"]
+        assert "SKIPPED busy-poll p50" in capsys.readouterr().out
+        # every peer there: judged as before
+        rows[1] = _row("iceoryx2 busy-poll", "busy-poll", False, p50_ns=1500.0, n=1000)
+        g = rl.goals(rows, {"busy-poll": rows[1]})["busy-poll p50 <= 0.6x best peer busy-poll p50"]
+        assert g["pass"] is True and "skipped" not in g
+
+    def test_frame_handoff_and_ring_throughput_goals_skip_too(self):
+        """The other goals against "the best peer" (frame hand-off per workload, one record per call) are
+        SKIPPED when a peer of theirs did not run, even though edgepipe beats the peers that did."""
+        pytest.importorskip("numpy")
+        fh = _bench_module("frame_handoff")
+        rows = [_row("edgepipe ring", "hot", True, fps=8000.0, lat_p50_ns=1e5, lat_p99_ns=2e5, frames=10),
+                _row("iceoryx2 loan", "hot", False, ok=False),
+                _row("mp.Pipe", "hot", False, fps=500.0, lat_p50_ns=1e6, lat_p99_ns=2e6, frames=10)]
+        g = fh.report(rows)["hot: >= 1.25x the best peer"]
+        assert g["pass"] is None and g.get("skipped") and "iceoryx2 loan" in g["detail"]
+        rt = _bench_module("ring_throughput")
+        rows = [_row("edgepipe try_write/try_read loop", "per-call", True, msgs_per_s=5e6),
+                _row("posix_ipc + shared_memory", "per-call", False, ok=False),
+                _row("mp.Queue", "per-call", False, msgs_per_s=1e5)]
+        g = rt.goals(rows, rows[2], {"per-call": rows[2]})["one record per call >= 3x the best peer"]
+        assert g["pass"] is None and g.get("skipped") and "posix_ipc + shared_memory (not installed)" in g["detail"]

@@ -15,7 +15,7 @@ import pytest
 
 from edgepipe import Ring
 from edgepipe.stages.capture import CaptureStage, FileSource, PatternSource, open_source, sample_text_images, sample_video
-from edgepipe.errors import CameraNotFoundError, SourceFailedError, SourceOpenError
+from edgepipe.errors import CameraNotFoundError, OutputStalledError, RingTimeoutError, SourceFailedError, SourceOpenError
 from edgepipe.frames import FrameReader, FrameWriter, LatestSlot
 
 CLIP_SHAPE = (576, 768, 3)
@@ -208,6 +208,67 @@ class TestOtherSources:
             assert c["dropped_full"] > 0 and c["dropped"] == c["dropped_full"]
             assert c["grabbed"] == c["published"] + c["dropped"]
 
+    def test_recorded_source_with_no_reader_fails_after_stall_timeout(self):
+        """on_full='wait' into a lossless ring nobody reads: instead of waiting forever, run() returns 1 after
+        stall_timeout_s with OutputStalledError (a RingTimeoutError) naming the stage and the ring."""
+        name = f"t-stall-{os.getpid()}"
+        with Ring.create(name, capacity=1 << 16) as ring:
+            ring.unlink()
+            stage = CaptureStage("pattern:64x48", FrameWriter(ring.writer()), realtime=False, on_full="wait",
+                                 stall_timeout_s=0.3, name="cam0")
+            t0 = time.monotonic()
+            assert stage.run() == 1
+            waited = time.monotonic() - t0
+        assert isinstance(stage.error, OutputStalledError) and isinstance(stage.error, RingTimeoutError)
+        assert f"'cam0': its output ring {name!r} has been full" in str(stage.error)
+        assert "stall_timeout_s=0.3" in str(stage.error)
+        assert waited >= 0.3
+        assert stage.counters["published"] > 0 and stage.counters["dropped"] == 0
+
+    def test_a_consumer_that_keeps_reading_is_no_stall(self):
+        """A reader that takes frames as they come keeps a small stall_timeout_s from firing: every frame
+        published and read, exit 0."""
+        with Ring.create(capacity=1 << 16) as ring:  # room for ~3 frames of 64x48x3
+            w, r = FrameWriter(ring.writer()), FrameReader(ring.reader())
+            stage = CaptureStage("pattern:64x48", w, realtime=False, on_full="wait", max_frames=200,
+                                 stall_timeout_s=5)
+            got = _play(stage, r)
+        assert stage.join(5) == 0 and stage.error is None
+        assert len(got) == stage.counters["published"] == 200
+
+    def test_consumer_that_comes_and_goes(self, shm_name):
+        """on_consumer_closed='drop': a reader that closes does not end the stage; frames are dropped and
+        counted while nobody reads, and a reader attached later gets new frames. The default fails."""
+        from edgepipe.errors import PeerClosedError
+
+        with Ring.create(shm_name, capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            stage = CaptureStage("pattern:32x32", w, fps=200, loop=True, on_consumer_closed="drop")
+            r = FrameReader(ring.reader())
+            stage.start()
+            with r.read_frame(timeout_s=10):
+                pass
+            r.close()
+            deadline = time.monotonic() + 30
+            while stage.counters["dropped_no_consumer"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stage.counters["dropped_no_consumer"] >= 3 and stage.state == "running"
+            published = stage.counters["published"]
+            r2 = FrameReader(Ring.attach(shm_name).reader())
+            seqs = []
+            while len(seqs) < 30:  # what was queued before, then frames published after the new attach
+                with r2.read_frame(timeout_s=10) as f:
+                    seqs.append(f.seq)
+            stage.stop()
+            assert stage.join(10) == 0 and stage.error is None
+            assert stage.counters["published"] > published and seqs == sorted(seqs)
+            r2.close()
+        with Ring.create(capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            ring.reader().close()
+            stage = CaptureStage("pattern:32x32", w, realtime=False)
+            assert stage.run() == 1 and isinstance(stage.error, PeerClosedError)
+
     def test_stop_ends_a_paced_endless_source_promptly(self, ring_pair):
         """stop() ends an endless realtime source within a couple of 100 ms slices."""
         w, _ = ring_pair
@@ -323,3 +384,8 @@ class TestUnavailable:
             CaptureStage(0, w, fourcc="MJPEG")
         with pytest.raises(TypeError, match="list"):
             CaptureStage("pattern", [])
+        with pytest.raises(ValueError, match="'sometimes'"):
+            CaptureStage("pattern", w, on_consumer_closed="sometimes")
+        for bad in (0, -2, "10", True):
+            with pytest.raises(ValueError, match=f"stall_timeout_s.*{bad!r}"):
+                CaptureStage("pattern", w, stall_timeout_s=bad)

@@ -105,6 +105,24 @@ class TestListing:
         assert main(["status", shm_name]) == 1
         assert shm_name in capsys.readouterr().err
 
+    @pytest.mark.parametrize("bad", ["../etc", ".hidden", "a/b", ""])
+    def test_status_of_a_name_that_cannot_be_a_segment_is_a_usage_error(self, bad):
+        """A name no segment can have is a one-line usage error naming it (exit 2), not a traceback."""
+        r = subprocess.run([sys.executable, "-m", "edgepipe", "status", bad], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and f"bad segment name {bad!r}" in r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("edgepipe status: error: argument name:")
+
+    def test_ls_lists_each_live_pid_once(self, shm_name, capsys):
+        """A ring whose creator is also its producer and consumer (this process) shows that pid once."""
+        with Ring.create(shm_name, capacity=8192) as ring:
+            w, r = ring.writer(), ring.reader()
+            assert main(["ls"]) == 0
+            line = next(ln for ln in capsys.readouterr().out.splitlines() if shm_name in ln)
+            w.close()
+            r.close()
+        assert line.endswith(f"live pids [{os.getpid()}]"), line
+
 
 PIPE = """\
 [pipeline]
@@ -225,6 +243,24 @@ class TestHelp:
             for a in sp._actions:
                 if a.dest != "help":
                     assert a.help, f"{name} {a.option_strings or a.dest} has no help"
+
+    def test_every_command_has_a_description(self):
+        """`edgepipe COMMAND --help` says more than the usage line: every subcommand has a description."""
+        p = build_parser()
+        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+        for name, sp in sub.choices.items():
+            assert sp.description and len(sp.description) > 40, f"{name} has no description"
+
+    @pytest.mark.parametrize("argv", [["demo", "--seconds", "0"], ["run", "x.toml", "--seconds", "-1"],
+                                      ["bench", "--seconds", "0"], ["bench", "--seconds", "nan"],
+                                      ["top", "--interval", "-2"], ["demo", "--seconds", "soon"]])
+    def test_durations_must_be_positive(self, argv, capsys):
+        """--seconds (and the other durations) of 0, a negative, NaN or not a number is a usage error
+        naming the value (exit 2), never "run forever"."""
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert repr(argv[-1]) in capsys.readouterr().err
 
     @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["run", "--help"], ["cleanup", "--help"]])
     def test_help_runs_as_a_program(self, argv):

@@ -14,10 +14,11 @@ FLAGS = ["-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined", "-fno-saniti
          "-fno-omit-frame-pointer", "-pthread", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}"]
 
 
-def test_frame_reader_and_writer_under_asan_and_ubsan(tmp_path):
+def test_frame_reader_and_writer_under_asan_and_ubsan(tmp_path, require_system):
     """Three seeds of 600 frames (0-300 KB, 0-3 fds each) x 4 read-ahead sizes arrive intact with their own
     fds, some of those fds having been read ahead of their frame, and 3000 random byte streams end exactly as
     the wire-format model says, all with no sanitizer report."""
+    require_system("-fsanitize=address,undefined", "libasan8 libubsan1")  # the sanitizer runtimes
     exe = build(tmp_path, "frame_asan", FLAGS, sources("frame_asan.c", "ep_frame.c"))
     for seed in (1, 2, 3):
         run = subprocess.run([str(exe), str(seed), "600", "3000"], capture_output=True, text=True, timeout=120,

@@ -14,9 +14,10 @@ SOURCES = sources("imu_tsan.c", "ep_imu.c", "ep_ahrs.c", "ep_ring.c", "ep_shm.c"
 
 class TestImuLoopHarness:
     @pytest.mark.timeout(240)
-    def test_loop_thread_under_threadsanitizer(self, tmp_path):
+    def test_loop_thread_under_threadsanitizer(self, tmp_path, require_system):
         """Start, run, read stats from another thread, stop and destroy the loop under TSan: no report,
         every published record received in order."""
+        require_system("-fsanitize=thread", "libtsan2")  # the TSan runtime
         exe = build(tmp_path, "imu_tsan", TSAN_FLAGS, SOURCES, libs=("-lm",))
         r = run_tsan(exe, options="halt_on_error=0 second_deadlock_stack=1", timeout=150)
         print(r.stdout)

@@ -22,9 +22,10 @@ WATCHDOG_S = 120
 class TestLatestHarness:
     @pytest.mark.parametrize("nbuf", [3, 4])
     @pytest.mark.timeout(WATCHDOG_S + 120)
-    def test_two_threads_under_threadsanitizer(self, tmp_path, nbuf):
+    def test_two_threads_under_threadsanitizer(self, tmp_path, require_system, nbuf):
         """Producer and consumer threads trade 100k frames with no data race reported, no torn or
         reordered frame, and counters that add up (3 buffers, and 4 with a kept frame)."""
+        require_system("-fsanitize=thread", "libtsan2")  # the TSan runtime
         exe = build(tmp_path, "latest_tsan", TSAN_FLAGS, SOURCES)
         r = run_tsan(exe, 100_000, nbuf, WATCHDOG_S, options="halt_on_error=0 history_size=4",
                      timeout=WATCHDOG_S + 60)

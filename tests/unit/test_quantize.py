@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 from edgepipe import CalibrationError, QuantizationAccuracyError, TextDetector, bundled_model_path  # noqa: E402
 from edgepipe.cli.main import main as cli_main  # noqa: E402
-from edgepipe.stages.inference.quantize import calibration_frames, quantize_model  # noqa: E402
+from edgepipe.stages.inference.quantize import calibration_frames, default_sources, quantize_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_inference import coverage, iou, text_frame  # noqa: E402
@@ -70,6 +70,36 @@ class TestCalibrationSources:
         notvideo.write_bytes(b"\x00" * 64)
         with pytest.raises(CalibrationError, match="clip.mp4"):
             calibration_frames(notvideo)
+
+
+class TestHeldOut:
+    @pytest.mark.skipif(not TEXT_PAGES.is_dir(), reason="the bundled frames data (src/edgepipe/data/video) is not installed")
+    def test_default_holds_out_more_than_one_frame_never_calibrated_on(self):
+        """The default sources hold out two real frames (the upright text page and a photo without text),
+        and neither is among the calibration sources (the samples folder is listed photo by photo)."""
+        calib, held = default_sources()
+        assert [p.name for p in held] == ["imageTextN.png", "rocket.jpg"]
+        assert len(calibration_frames(held)) == 2
+        files = {p.resolve() for p in calib if p.is_file()}
+        assert all(p.is_file() for p in calib) and not files & {p.resolve() for p in held}
+        assert {"astronaut.jpg", "imageTextR.png", "vtest_100.mp4"} <= {p.name for p in calib}
+
+    def test_split_calibration_holds_out_at_least_two_and_says_how_many(self, tmp_path):
+        """Without held_out, 6 frames split every 4th would hold out one; at least two are held out, never
+        calibrated on, and the log line and the report say how many."""
+        lines: list[str] = []
+        r = quantize_model(tmp_path / "q.onnx", CALIBRATION, input_hw=SMALL, threads=(1,), runs=1, min_iou=0.01,
+                           log=lines.append)
+        assert r.held_out_frames == 2 and r.calibration_frames == 4
+        assert "4 real frames for calibration, 2 held out for the accuracy check" in lines[0]
+        assert any("held-out frames 2" in ln for ln in lines)
+
+    def test_too_few_frames_to_hold_out_two(self, tmp_path):
+        """Two frames and no held_out cannot give a calibration frame and two held-out ones: CalibrationError
+        naming the count, before any quantization."""
+        with pytest.raises(CalibrationError, match="2 frame"):
+            quantize_model(tmp_path / "q.onnx", TEXT_PAGES, input_hw=SMALL, log=None)
+        assert not (tmp_path / "q.onnx").exists()
 
 
 class TestQuantize:

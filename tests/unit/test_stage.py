@@ -131,6 +131,55 @@ class TestStopping:
             Recorder("x").join()
 
 
+class SlowOpen(Recorder):
+    """open() waits for ``gate`` (set by the test), as an InferenceStage waits for its workers' models."""
+
+    def __init__(self, gate, **kw):
+        super().__init__(**kw)
+        self.gate = gate
+
+    def open(self):
+        self.gate.wait(10)
+        super().open()
+
+
+class TestWaitReady:
+    def test_returns_only_after_open(self):
+        """wait_ready() times out while open() is still running (naming the stage and its state) and
+        returns True once it has finished, with the loop running."""
+        gate = threading.Event()
+        s = SlowOpen(gate, name="slow")
+        s.start()
+        try:
+            with pytest.raises(TimeoutError, match=r"'slow' not ready within 0.05 s \(state 'opening'\)"):
+                s.wait_ready(0.05)
+            gate.set()
+            assert s.wait_ready(10) is True
+            assert s.calls[:2] == ["open", "loop"]
+        finally:
+            gate.set()
+            s.stop()
+            s.join(5)
+
+    def test_failed_open_raises_the_stages_error(self):
+        """A stage whose open() fails makes wait_ready() raise that error, not wait out the timeout."""
+        s = Recorder("cam", fail_in="open")
+        s.start()
+        with pytest.raises(OSError, match="/dev/fake0"):
+            s.wait_ready(10)
+        assert s.join(5) == 1
+
+    def test_finished_stage_does_not_block(self):
+        """A stage that already ran to its end answers wait_ready(0) at once: True, its open() succeeded;
+        a negative timeout is a ValueError naming it."""
+        s = Recorder("quick", limit=0)
+        s.start()
+        assert s.join(5) == 0
+        assert s.wait_ready(0) is True  # open() succeeded, the loop ran and ended
+        with pytest.raises(ValueError, match="-1"):
+            s.wait_ready(-1)
+
+
 class TestNamesAndStats:
     def test_default_name_is_kind(self):
         """Without a name, a stage is named after its kind."""

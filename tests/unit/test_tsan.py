@@ -30,9 +30,10 @@ def _args(records: int) -> tuple:
 
 class TestRingHarness:
     @pytest.mark.timeout(WATCHDOG_S + 120)
-    def test_two_threads_under_threadsanitizer_race_free_and_lossless(self, tmp_path):
+    def test_two_threads_under_threadsanitizer_race_free_and_lossless(self, tmp_path, require_system):
         """Two threads trade millions of records through every ring API and wait policy under TSan with no
         data race reported and none lost, reordered or corrupt."""
+        require_system("-fsanitize=thread", "libtsan2")  # the TSan runtime
         exe = build(tmp_path, "ring_tsan", TSAN_FLAGS, SOURCES)
         r = run_tsan(exe, *_args(TSAN_RECORDS), options="halt_on_error=0 second_deadlock_stack=1 history_size=4",
                      timeout=WATCHDOG_S + 60)

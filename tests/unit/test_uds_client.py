@@ -1,8 +1,9 @@
 """examples/uds_client.c: a C client built from proto/ alone with protobuf-c talks to a live edgepipe Server.
 
 The test generates the C code with protoc-c into a temporary directory, compiles it with the example, and
-runs it against a server started here. `.ci/run` installs protobuf-c-compiler and libprotobuf-c-dev, so this
-never skips in CI; locally: ``apt-get install protobuf-c-compiler libprotobuf-c-dev``.
+runs it against a server started here. Without protoc-c or the protobuf-c headers the tests skip naming the
+apt package (``require_system`` in tests/conftest.py); under CI=true that is a failure, since `.ci/run`
+installs protobuf-c-compiler and libprotobuf-c-dev.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ INSTALL_HINT = "apt-get install -y protobuf-c-compiler libprotobuf-c-dev (see .c
 
 
 @pytest.fixture(scope="module")
-def uds_client(tmp_path_factory):
+def uds_client(tmp_path_factory, require_system):
     """Path of the compiled example client."""
+    require_system("protoc-c", "protobuf-c-compiler")
+    require_system("protobuf-c/protobuf-c.h", "libprotobuf-c-dev")
     protoc_c = shutil.which("protoc-c")
-    assert protoc_c, f"protoc-c not found: {INSTALL_HINT}"
     out = tmp_path_factory.mktemp("uds_client")
     gen = out / "gen"
     gen.mkdir()
@@ -174,3 +176,50 @@ class TestCClient:
         assert "sessions: 1" in srv_out
         assert not os.path.exists(path)
         os.rmdir(d)
+
+
+def _header_commands(section: str) -> list[str]:
+    """The shell lines under ``section`` ("Build" or "Run") in examples/uds_client.c's header comment."""
+    head = open(os.path.join(ROOT, "examples", "uds_client.c")).read().split("*/", 1)[0]
+    lines = [ln.strip()[1:].rstrip() for ln in head.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.strip().startswith(section))
+    out = []
+    for ln in lines[start + 1:]:
+        if not ln.startswith("     "):  # commands are indented under their section; prose ends them
+            if out:
+                break
+            continue
+        out.append(ln.strip())
+    return out
+
+
+class TestHeaderSteps:
+    def test_build_and_run_steps_work_as_written(self, require_system, tmp_path):
+        """The header's Build lines, run verbatim by a shell in a copy of the checkout's proto/ and
+        examples/ (so gen/ is made there), build the client; its Run lines, with XDG_RUNTIME_DIR unset, find
+        the socket examples/control_server.py listens on by default, and the client prints the stream."""
+        require_system("protoc-c", "protobuf-c-compiler")
+        require_system("protobuf-c/protobuf-c.h", "libprotobuf-c-dev")
+        build, run = _header_commands("Build"), _header_commands("Run")
+        assert build[0] == "mkdir -p gen" and len(run) == 2
+        shutil.copytree(os.path.join(ROOT, "proto"), tmp_path / "proto")
+        shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+        r = subprocess.run(["bash", "-euc", "\n".join(build)], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0 and (tmp_path / "uds_client").exists(), r.stderr
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        sock_dir = f"/tmp/edgepipe-{os.geteuid()}"
+        if os.path.exists(os.path.join(sock_dir, "control.sock")):
+            pytest.skip(f"a server already listens on {sock_dir}/control.sock")
+        srv = subprocess.Popen([sys.executable, "examples/control_server.py", "--seconds", "20", "--rate-hz", "200"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout.readline().strip() == f"listening on {sock_dir}/control.sock"
+            script = "\n".join(run).replace("[COUNT]", "5")
+            r = subprocess.run(["bash", "-euc", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=60)
+        finally:
+            srv.send_signal(2)
+            srv.communicate(timeout=30)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("welcome session=") and len(lines) == 6

@@ -37,7 +37,8 @@ def segment_status(name: str) -> RingStatus | str:
 
 
 def ring_pids(s: RingStatus) -> list[int]:
-    return [p for p in (s.creator_pid, s.producer_pid, s.consumer_pid) if p > 0]
+    """The distinct pids recorded in a ring (creator, producer, consumer), in that order."""
+    return list(dict.fromkeys(p for p in (s.creator_pid, s.producer_pid, s.consumer_pid) if p > 0))
 
 
 def describe(name: str, s: RingStatus | str) -> str:

@@ -7,6 +7,10 @@ Each case gets one *headline* number: the first of :data:`HEADLINE_KEYS` its row
 flattened as ``outer.inner``), else its first other numeric field. A file that cannot be read or holds no
 rows is kept as a :class:`Script` with ``error`` set, so the report lists it instead of crashing.
 
+A peer case whose row says ``"skipped: ..."`` (its library is not installed) is listed in
+``Script.missing_peers``, and the report says how to install the peers (:data:`BENCH_INSTALL`). A goal the
+script marked ``"skipped"`` (a peer it names did not run) is SKIPPED, never PASS against a weaker stand-in.
+
 >>> s = summarize("demo", {"rows": [{"case": "edgepipe x", "edgepipe": True, "p50_ns": 300.0, "p99_ns": 400},
 ...                                 {"case": "peer y", "edgepipe": False, "p50_ns": 900.0}],
 ...                        "goals": {"1": {"p50 <= 1 us": {"pass": True, "detail": "300 ns"}}}})
@@ -16,6 +20,13 @@ rows is kept as a :class:`Script` with ``error`` set, so the report lists it ins
 [('PASS', 'p50 <= 1 us')]
 >>> summarize("bad", "not json").error
 'no rows: the JSON is not an object'
+>>> s = summarize("lat", {"rows": [{"case": "edgepipe spin", "edgepipe": True, "p50_ns": 300.0},
+...                                {"case": "iceoryx2", "edgepipe": False, "ok": False,
+...                                 "error": "skipped: iceoryx2 not importable: No module named 'iceoryx2'"}],
+...                       "goals": {"p50 <= 0.6x best peer": {"pass": None, "skipped": True,
+...                                                           "detail": "peer missing: iceoryx2 (not installed)"}}})
+>>> s.missing_peers, [(g.verdict, g.name) for g in s.goals]
+(['iceoryx2'], [('SKIPPED', 'p50 <= 0.6x best peer')])
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from dataclasses import dataclass, field
 from edgepipe._extras import pyplot
 
 __all__: list[str] = []  # the CLI's own helpers (`edgepipe bench`), not API
+
+BENCH_INSTALL = 'pip install ".[bench]"'  # from the checkout: the peer libraries the benchmarks compare against
 
 # the headline number of a row, in order of preference; lower is better for every key ending in _ns / _us
 # / .p99 / median / min, higher for rates
@@ -56,7 +69,7 @@ class Case:
 @dataclass
 class Goal:
     name: str
-    verdict: str  # PASS / FAIL / ?
+    verdict: str  # PASS / FAIL / SKIPPED (a peer it names did not run) / ? (a case is missing)
     detail: str
     round: str = ""
 
@@ -67,6 +80,12 @@ class Script:
     cases: list[Case] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
     error: str = ""  # why there is no summary (unreadable / missing JSON)
+    missing_peers: list[str] = field(default_factory=list)  # peer cases skipped: library not installed
+
+
+def missing_peers(scripts: list[Script]) -> list[tuple[str, str]]:
+    """(benchmark, peer case) for every peer that did not run because it is not installed."""
+    return [(s.name, p) for s in scripts for p in s.missing_peers]
 
 
 def _flat(row: dict) -> dict:
@@ -123,8 +142,8 @@ def _goals(raw) -> list[Goal]:
         for name, g in gs.items():
             if isinstance(g, dict):
                 p = g.get("pass")
-                out.append(Goal(str(name), "?" if p is None else ("PASS" if p else "FAIL"), str(g.get("detail", "")),
-                                str(rnd) if len(raw) > 1 else ""))
+                verdict = "SKIPPED" if g.get("skipped") else "?" if p is None else ("PASS" if p else "FAIL")
+                out.append(Goal(str(name), verdict, str(g.get("detail", "")), str(rnd) if len(raw) > 1 else ""))
     return out
 
 
@@ -147,6 +166,8 @@ def summarize(name: str, doc) -> Script:
         if not good:
             c.error = str(first.get("error", "no numeric field")).splitlines()[0][:120] if first.get("error") else \
                 "no numeric field"
+            if not c.edgepipe and c.error.startswith("skipped:"):
+                s.missing_peers.append(case)
         else:
             c.metric = _metric(good[0])
             vals = [r[c.metric] for r in good if _num(r.get(c.metric))]
@@ -193,7 +214,7 @@ def rich_tables(scripts: list[Script]):
     g = Table(title="goals", title_justify="left")
     for col in ("benchmark", "round", "verdict", "goal", "detail"):
         g.add_column(col, overflow="fold")
-    style = {"PASS": "green", "FAIL": "red", "?": "yellow"}
+    style = {"PASS": "green", "FAIL": "red", "SKIPPED": "yellow", "?": "yellow"}
     for s in scripts:
         for x in s.goals:
             g.add_row(s.name, x.round, f"[{style[x.verdict]}]{x.verdict}[/]", x.name, x.detail)
@@ -213,6 +234,12 @@ def markdown(scripts: list[Script]) -> str:
             case = f"**{esc(c.case)}**" if c.edgepipe else esc(c.case)
             out.append(f"| {s.name} | {case} | {esc(c.group)} | {c.metric} | "
                        f"{fmt(c.value) if not c.error else 'failed: ' + esc(c.error)} | {c.extra} |")
+    missing = missing_peers(scripts)
+    if missing:
+        out += ["", "## Peers missing", "",
+                f"Not installed, so not measured (goals against them are SKIPPED): install them with "
+                f"`{BENCH_INSTALL}` from the checkout.", ""]
+        out += [f"- {esc(p)} ({b})" for b, p in missing]
     out += ["", "## Goals", "", "| benchmark | round | verdict | goal | detail |", "|---|---|---|---|---|"]
     for s in scripts:
         for g in s.goals:

@@ -36,10 +36,29 @@ import time
 from edgepipe.errors import ConfigError, EdgepipeError
 from edgepipe._data import data_path
 from edgepipe.cli._segments import alive, describe, ring_pids, segment_status
-from edgepipe.shm import SharedRegion, list_segments
+from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe._extras import pyplot
 
 __all__ = ["main"]
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of a duration: a finite number of seconds > 0 (0 and negatives are usage errors)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return v
+
+
+def segment_name(text: str) -> str:
+    """argparse type of a segment name (the part after /dev/shm/edgepipe.): a bad one is a usage error."""
+    try:
+        return validate_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -372,12 +391,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = _console()
     for t in br.rich_tables(summaries):
         console.print(t)
+    missing = br.missing_peers(summaries)
+    if missing:
+        print(f"bench: peers missing (not installed, so not measured; goals against them are SKIPPED): "
+              f"{', '.join(f'{p} ({b})' for b, p in missing)}; install them with {br.BENCH_INSTALL}")
     print(f"bench: report in {os.path.join(args.out, 'README.md')} (summary.md, summary.json, one PNG per benchmark)")
     return 0 if all(r[1] == 0 for r in rows) else 1
 
 
 def _add_run_options(sp) -> None:
-    sp.add_argument("--seconds", type=float, default=None, metavar="N",
+    sp.add_argument("--seconds", type=positive_seconds, default=None, metavar="N",
                     help="stop (in order, draining what is in flight) after N seconds; default: run until the "
                          "sources end or Ctrl-C")
     sp.add_argument("--report-dir", metavar="DIR",
@@ -420,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per ring rate, fill and drops, per stage state and restarts, per latency part "
                                    "p50/p99 against budget, refreshed from the supervisor's published stats.")
     t.add_argument("file", nargs="?", help="a pipeline-*.json stats file (default: the newest running pipeline)")
-    t.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh every S seconds (default 1)")
+    t.add_argument("--interval", type=positive_seconds, default=1.0, metavar="S", help="refresh every S seconds (default 1)")
     t.add_argument("--once", action="store_true", help="print one snapshot and exit")
     t.add_argument("--socket", metavar="PATH", help="read the pipeline's Stats from its control socket "
                                                    "(pipeline-*.sock) instead of its snapshot file")
@@ -437,16 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "case's headline number and every PASS/FAIL goal line), summary.md, "
                                    "summary.json, and a bar chart per benchmark (NAME.png). The summary is also "
                                    "printed. A script without --json, or whose JSON cannot be read, is listed as such.")
-    b.add_argument("--seconds", type=float, default=2.0, help="passed to each benchmark that takes it (default 2)")
+    b.add_argument("--seconds", type=positive_seconds, default=2.0, help="passed to each benchmark that takes it (default 2)")
     b.add_argument("--out", default="edgepipe-bench", help="report directory (default ./edgepipe-bench)")
     b.add_argument("--only", action="append", metavar="NAME", help="only benchmarks whose file name contains NAME (repeatable)")
     b.add_argument("--dir", help="the benchmarks directory (default: ./benchmarks, or the source checkout's)")
-    b.add_argument("--timeout", type=float, default=600, help="seconds before a benchmark is killed (default 600)")
+    b.add_argument("--timeout", type=positive_seconds, default=600, help="seconds before a benchmark is killed (default 600)")
     b.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     b.set_defaults(func=cmd_bench)
-    sub.add_parser("ls", help="list edgepipe segments in /dev/shm with their ring status").set_defaults(func=cmd_ls)
-    st = sub.add_parser("status", help="show one named ring's control block")
-    st.add_argument("name", help="segment name (without the edgepipe. prefix)")
+    sub.add_parser("ls", help="list edgepipe segments in /dev/shm with their ring status",
+                   description="List every named edgepipe segment (/dev/shm/edgepipe.*) with its ring status: "
+                               "capacity, bytes used, records queued, producer and consumer pids (and whether "
+                               "each end closed), and which of its processes are still alive. Anonymous (memfd) "
+                               "rings of pipelines have no name and are not listed.").set_defaults(func=cmd_ls)
+    st = sub.add_parser("status", help="show one named ring's control block",
+                        description="Print every field of one named ring's control block (/dev/shm/edgepipe.NAME): "
+                                    "capacity, positions, record counts, pids, heartbeats, wait counters. Exit 1 if "
+                                    "there is no such segment or it is not a ring, 2 for a name that cannot be one.")
+    st.add_argument("name", type=segment_name, help="segment name (without the edgepipe. prefix)")
     st.set_defaults(func=cmd_status)
     cl = sub.add_parser("cleanup", help="remove stale rings, sockets and stats files (dry run unless --yes)",
                         description="List named rings whose every process is dead, control sockets nobody "

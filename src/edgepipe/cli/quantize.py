@@ -19,13 +19,18 @@ __all__: list[str] = []  # a subcommand, not API
 
 def add_subcommand(sub) -> None:
     """Register ``edgepipe quantize`` on an argparse subparsers object (called by edgepipe.cli.main)."""
-    p = sub.add_parser("quantize", help="static INT8 quantization of the text detector, calibrated on real frames")
+    p = sub.add_parser("quantize", help="static INT8 quantization of the text detector, calibrated on real frames",
+                       description="Quantize the text detector to static INT8 (QDQ, per-channel weights), calibrated "
+                                   "on real frames, then compare it with FP32 on held-out frames (never calibrated "
+                                   "on; the count is printed) and write it only if the mask IoU reaches --min-iou. "
+                                   "Prints FP32 vs INT8 latency at 1 and 2 threads.")
     p.add_argument("output", help="where to write the INT8 .onnx")
     p.add_argument("--model", help="FP32 .onnx detector (default: the bundled PP-OCRv4 one)")
     p.add_argument("--calibration", action="append",
                    help="video file, image file or image folder (repeatable; default: the bundled real frames)")
     p.add_argument("--held-out", action="append",
-                   help="frames for the accuracy check only (repeatable; default: every 4th calibration frame)")
+                   help="frames for the accuracy check only (repeatable; default: the bundled upright text page "
+                        "and a photo without text, or with --calibration every 4th of its frames, at least 2)")
     p.add_argument("--input-size", default="480x640", help="fixed HxW of the INT8 model (default 480x640)")
     p.add_argument("--frames", type=int, default=24, help="frames read for calibration + held-out (default 24)")
     p.add_argument("--min-iou", type=float, default=0.85, help="mask IoU vs FP32 required to write (default 0.85)")

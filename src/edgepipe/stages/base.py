@@ -12,6 +12,8 @@ Lifecycle::
 
 ``stop()`` only sets a flag, so it is safe from another thread and from a signal handler; ``loop()`` must
 look at ``stopping`` at least every 100 ms (blocking calls with a timeout of at most 0.1 s do that).
+``wait_ready()`` blocks a caller of ``start()`` until ``open()`` is done (an InferenceStage's workers have
+loaded the model), so the first input is not raced against the setup.
 
 >>> class Count(Stage):
 ...     kind = "count"
@@ -75,6 +77,8 @@ class Stage:
         self.error: BaseException | None = None
         self._state = "new"
         self._stop = threading.Event()
+        self._settled = threading.Event()  # set once open() returned (state running) or the run ended
+        self._opened = False
         self._thread: threading.Thread | None = None
         self._status: int | None = None
 
@@ -123,6 +127,8 @@ class Stage:
             self.open()
             opened = True
             self._state = "running"
+            self._opened = True
+            self._settled.set()
             self.loop()
         except KeyboardInterrupt:
             self._stop.set()
@@ -138,7 +144,27 @@ class Stage:
                         self.error = exc
         self._state = "failed" if self.error is not None else "done"
         self._status = 1 if self.error is not None else 0
+        self._settled.set()
         return self._status
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until :meth:`open` has finished and the loop runs (or the run already ended cleanly).
+
+        Returns:
+            True once open() succeeded (the loop runs, or ran); False if the run ended before open() finished
+            without an error (Ctrl-C during open()).
+
+        Raises:
+            TimeoutError: still opening after ``timeout_s`` seconds (the stage keeps going).
+            Exception: the stage's own error (:attr:`error`) if open() or loop() failed.
+        """
+        if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or timeout_s < 0):
+            raise ValueError(f"timeout_s must be a number >= 0 or None, got {timeout_s!r}")
+        if not self._settled.wait(timeout_s):
+            raise TimeoutError(f"stage {self.name!r} not ready within {timeout_s} s (state {self._state!r})")
+        if self.error is not None:
+            raise self.error
+        return self._opened
 
     def start(self) -> None:
         """Run the stage in a background thread (for in-process use and tests)."""

@@ -11,6 +11,9 @@ ever hands back a different array than the slot it was given, the frame is copie
 Sources are resolved by :func:`open_source`; any object with ``open()``, ``grab()``, ``retrieve(arr)``,
 ``close()`` and ``shape`` works too. OpenCV is imported lazily, so ``import edgepipe`` stays fast.
 
+One piece: the sources and the stage share the grab/retrieve-into-the-slot protocol, and the stage's
+output rules (wait or drop when full, the stall bound, a consumer that comes and goes) are about that loop.
+
 >>> from edgepipe.frames import LatestSlot
 >>> with LatestSlot.create(None, max_frame_bytes=64 * 48 * 3) as slot:
 ...     stage = CaptureStage("pattern", slot.writer(), size=(64, 48), max_frames=5, realtime=False)
@@ -34,6 +37,7 @@ from edgepipe._extras import require
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     CameraNotFoundError,
+    OutputStalledError,
     PeerClosedError,
     RingTimeoutError,
     SourceFailedError,
@@ -414,9 +418,17 @@ class CaptureStage(Stage):
         on_full: "drop" (skip the frame, count it) or "wait" when the ring is full; default "drop" for
             live sources (cameras, streams: they cannot wait) and "wait" for recorded ones.
         max_frames: stop after publishing this many frames.
+        stall_timeout_s: with on_full="wait", how long a full lossless ring may go without its consumer
+            taking a frame before the stage fails with :class:`~edgepipe.errors.OutputStalledError` naming
+            the ring (no reader ever attached, or it stopped reading), instead of waiting forever. Default
+            60 s, longer than a consumer that loads a model takes to start; ``None`` waits forever.
+        on_consumer_closed: "fail" (default: the stage fails with PeerClosedError, as in a pipeline) or "drop":
+            while the ring's consumer is closed or gone, frames are dropped and counted in
+            ``dropped_no_consumer``, and they flow again once a new consumer attaches the (named) ring, so a
+            viewer can come and go.
 
-    Counters: ``grabbed``, ``published``, ``dropped`` (total) with ``dropped_full`` and ``dropped_shape``
-    by reason, ``decode_errors``, ``copies`` (frames not decoded in place), ``late`` (deadlines missed by
+    Counters: ``grabbed``, ``published``, ``dropped`` (total) with ``dropped_full``, ``dropped_shape`` and
+    ``dropped_no_consumer`` by reason, ``decode_errors``, ``copies`` (frames not decoded in place), ``late`` (deadlines missed by
     more than a frame period), ``loops``, ``end_of_stream`` (1 once a finite source ended). A source that
     fails mid-stream makes ``run()`` return 1 with the reason in ``stats()["error"]``; frames published
     before stay readable.
@@ -428,6 +440,7 @@ class CaptureStage(Stage):
                  loop: bool = False, realtime: bool = True, size: tuple[int, int] | None = None,
                  fourcc: str | None = None, pixel_format: str = "BGR", source_id: int = 0,
                  on_full: str | None = None, max_frames: int | None = None, open_timeout_s: float = 5.0,
+                 stall_timeout_s: float | None = 60.0, on_consumer_closed: str = "fail",
                  name: str | None = None) -> None:
         super().__init__(name)
         if not isinstance(output, (FrameWriter, LatestWriter)):
@@ -438,6 +451,11 @@ class CaptureStage(Stage):
             raise ValueError(f"on_full must be 'drop', 'wait' or None, got {on_full!r}")
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 0):
             raise ValueError(f"max_frames must be an int >= 0, got {max_frames!r}")
+        if stall_timeout_s is not None and (isinstance(stall_timeout_s, bool) or not isinstance(
+                stall_timeout_s, (int, float)) or not stall_timeout_s > 0):
+            raise ValueError(f"stall_timeout_s must be a number > 0 or None, got {stall_timeout_s!r}")
+        if on_consumer_closed not in ("fail", "drop"):
+            raise ValueError(f"on_consumer_closed must be 'fail' or 'drop', got {on_consumer_closed!r}")
         if pixel_format not in ("BGR", "RGB"):
             raise ValueError(f"capture publishes BGR (OpenCV's order) or RGB, got pixel_format {pixel_format!r}")
         self.source = open_source(source, size=size, fps=fps, fourcc=fourcc, open_timeout_s=open_timeout_s)
@@ -449,8 +467,10 @@ class CaptureStage(Stage):
         self.source_id = source_id
         self.on_full = on_full
         self.max_frames = max_frames
-        for k in ("grabbed", "published", "dropped", "dropped_full", "dropped_shape", "decode_errors",
-                  "copies", "late", "loops", "end_of_stream"):
+        self.stall_timeout_s = stall_timeout_s
+        self.on_consumer_closed = on_consumer_closed
+        for k in ("grabbed", "published", "dropped", "dropped_full", "dropped_shape", "dropped_no_consumer",
+                  "decode_errors", "copies", "late", "loops", "end_of_stream"):
             self.counters[k] = 0
         self._t_first = self._t_last = 0
         self._intervals_ns: list[int] = []
@@ -506,14 +526,32 @@ class CaptureStage(Stage):
     def _publish(self, src, out, shape, t_cap: int, wait_s: float, rgb: bool) -> None:
         c = self.counters
         copies = getattr(src, "copies_per_frame", 0)
+        full_since = None
         while True:
             try:
                 claim = out.claim_frame(shape, np.uint8, pixel_format=self.pixel_format, capture_ns=t_cap,
                                         source_id=self.source_id, timeout_s=wait_s)
                 break
+            except PeerClosedError:
+                if self.on_consumer_closed != "drop":
+                    raise
+                c["dropped"] += 1
+                c["dropped_no_consumer"] += 1
+                return
             except RingTimeoutError:
                 if wait_s and not self.stopping:
-                    continue  # on_full="wait": look at `stopping` every 100 ms, then wait again
+                    # on_full="wait": look at `stopping` every 100 ms, then wait again. Every frame record has
+                    # this shape, so one frame taken by the consumer makes room: a wait this long means the
+                    # consumer took nothing in that time.
+                    now = time.monotonic()
+                    full_since = now - wait_s if full_since is None else full_since
+                    if self.stall_timeout_s is not None and now - full_since >= self.stall_timeout_s:
+                        raise OutputStalledError(
+                            f"capture stage {self.name!r}: its output ring {out.ring_name!r} has been full for "
+                            f"{now - full_since:.1f} s with no frame taken by a consumer (no reader attached, "
+                            f"or it stopped reading); stall_timeout_s={self.stall_timeout_s}"
+                        ) from None
+                    continue
                 c["dropped"] += 1
                 c["dropped_full"] += 1
                 return

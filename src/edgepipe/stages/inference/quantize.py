@@ -51,14 +51,21 @@ def _cv2():
     return require("cv2", "reading calibration frames")
 
 
+# Held out of the default calibration: the upright text page (INT8 must find the same lines as FP32) and a photo
+# with no text (INT8 must not find text where FP32 finds none).
+DEFAULT_HELD_OUT = ("video/text/imageTextN.png", "models/samples/rocket.jpg")
+
+
 def default_sources() -> tuple[list[Path], list[Path]]:
-    """The bundled real frames as (calibration, held-out) sources: the sample photographs, the bundled camera
-    video and the rotated text page calibrate (video last, so it only fills up ``max_frames``); the upright text page is held out (when the frames data is
-    installed; otherwise the folders are split every ``held_out_every`` frames)."""
+    """The bundled real frames as (calibration, held-out) sources: the sample photographs, the rotated text
+    page and the bundled camera video calibrate (video last, so it only fills up ``max_frames``); the upright
+    text page and one photo without text (:data:`DEFAULT_HELD_OUT`) are held out, never calibrated on. Without
+    the frames data the held-out list may be short; quantize_model then splits the calibration frames."""
     pkg = DATA_DIR
-    calib = [p for p in (pkg / "models" / "samples", pkg / "video" / "text" / "imageTextR.png",
-                         pkg / "video" / "vtest_100.mp4") if p.exists()]
-    held = [p for p in (pkg / "video" / "text" / "imageTextN.png",) if p.exists()]
+    held = [pkg / p for p in DEFAULT_HELD_OUT if (pkg / p).exists()]
+    photos = sorted(p for p in (pkg / "models" / "samples").glob("*") if p.suffix.lower() in _IMAGE_EXT)
+    calib = [p for p in (*photos, pkg / "video" / "text" / "imageTextR.png", pkg / "video" / "vtest_100.mp4")
+             if p.exists() and p not in held]
     return calib, held
 
 
@@ -230,7 +237,7 @@ def quantize_model(
         output: path of the INT8 .onnx to write (only written when accuracy passes).
         calibration: video file, image file, image folder, or a list of them; default the bundled real frames.
         held_out: frames for the accuracy check only (same kinds of source); default every ``held_out_every``-th
-            calibration frame (and for the default calibration, the bundled upright text page).
+            calibration frame, at least two (and for the default calibration, :data:`DEFAULT_HELD_OUT`).
         input_hw: the fixed input size of the INT8 model (multiples of 32).
         max_frames: frames read from the calibration sources.
         held_out_every: every n-th frame is held out for the accuracy check, never calibrated on.
@@ -256,14 +263,26 @@ def quantize_model(
         raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")
     if calibration is None:
         calibration, default_held = default_sources()
-        held_out = held_out if held_out is not None else (default_held or None)
+        held_out = held_out if held_out is not None else (default_held if len(default_held) >= 2 else None)
     frames = calibration_frames(calibration, max_frames)
     if held_out is not None:
         calib, held = frames, calibration_frames(held_out, max_frames)
     else:
-        held = frames[held_out_every - 1 :: held_out_every] or frames[:1]
-        calib = [f for i, f in enumerate(frames) if (i + 1) % held_out_every] or frames
-    say(f"{len(calib)} real frames for calibration, {len(held)} held out for the accuracy check")
+        # every n-th frame, and at least two: one frame is too few to judge a model by
+        idx = list(range(held_out_every - 1, len(frames), held_out_every))
+        for i in range(len(frames) - 1, -1, -1):  # too few: the last frames too
+            if len(idx) >= 2:
+                break
+            if i not in idx:
+                idx.append(i)
+        if len(frames) - len(idx) < 1:
+            raise CalibrationError(
+                f"{len(frames)} frame(s) from {calibration!r}: need at least 3 (calibration, and 2 held out for the "
+                f"accuracy check), or give held_out frames"
+            )
+        held = [frames[i] for i in idx]
+        calib = [f for i, f in enumerate(frames) if i not in idx]
+    say(f"{len(calib)} real frames for calibration, {len(held)} held out for the accuracy check (never calibrated on)")
 
     require("onnxruntime.quantization", "quantization")
     from onnxruntime.quantization import (

@@ -241,8 +241,11 @@ class InferenceStage(Stage):
         }
         try:
             proc = subprocess.Popen(
+                # SIGINT ignored: a terminal's Ctrl-C reaches the whole process group, but a worker belongs to
+                # its stage, which ends it (closing its frame ring, then SIGTERM) once it has stopped.
                 [sys.executable, "-c",
-                 "import sys; from edgepipe.stages.inference._worker import main; sys.exit(main(sys.argv[1:]))",
+                 "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+                 "from edgepipe.stages.inference._worker import main; sys.exit(main(sys.argv[1:]))",
                  str(frames.fd), str(results.fd), json.dumps(cfg)],
                 pass_fds=(frames.fd, results.fd),
                 stdin=subprocess.DEVNULL,
