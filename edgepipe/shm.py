@@ -18,7 +18,7 @@ import os
 import re
 
 from edgepipe._ffi import ffi, lib
-from edgepipe.errors import EdgepipeOSError, RingClosedError, check
+from edgepipe.errors import EdgepipeOSError, RingClosedError, RingCorruptError, RingNoMemoryError, check
 
 __all__ = ["SharedRegion", "list_segments", "validate_name"]
 
@@ -49,6 +49,15 @@ def _check_size(size: object) -> int:
     if size <= 0 or size > _MAX_SIZE:
         raise ValueError(f"size must be in 1..{_MAX_SIZE} bytes, got {size}")
     return size
+
+
+def _check_backed(rc: int, size: int, what: str) -> None:
+    """A create that could not reserve the segment's memory (ep_shm.c fallocates it) names the size."""
+    if rc in (-errno.ENOMEM, -errno.ENOSPC):
+        err = RingNoMemoryError(f"cannot back {what} of {size} bytes ({size / 2**30:.3g} GiB): "
+                                f"{os.strerror(-rc)}")
+        err.errno = -rc  # type: ignore[attr-defined]
+        raise err
 
 
 class _EmptySegment(EdgepipeOSError):
@@ -88,6 +97,7 @@ class SharedRegion:
         fd = lib.ep_shm_create(name.encode(), size)
         if fd == -errno.EEXIST:
             raise FileExistsError(errno.EEXIST, f"shared memory segment {name!r} already exists", SHM_DIR + "/" + PREFIX + name)
+        _check_backed(fd, size, f"segment {name!r}")
         check(fd, f"creating segment {name!r} of {size} bytes")
         try:
             return cls(fd, size, name, owner=True)
@@ -109,7 +119,9 @@ class SharedRegion:
     def anonymous(cls, size: int, label: str = "edgepipe") -> SharedRegion:
         """Create an unnamed ``memfd`` segment; share it by passing ``fd`` to a child (inherit or SCM_RIGHTS)."""
         _check_size(size)
-        fd = check(lib.ep_memfd_create(label.encode(), size), f"memfd of {size} bytes")
+        fd = lib.ep_memfd_create(label.encode(), size)
+        _check_backed(fd, size, "memfd")
+        fd = check(fd, f"memfd of {size} bytes")
         return cls(fd, size, None, owner=True)
 
     @classmethod
@@ -140,6 +152,11 @@ class SharedRegion:
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def created(self) -> bool:
+        """True if this object created the segment (not attached to it)."""
+        return self._owner
 
     @property
     def fd(self) -> int:
@@ -183,6 +200,18 @@ class SharedRegion:
             pass  # views are still alive: the pages stay mapped until the last one is gone
         self._mmap = None
         os.close(self._fd)
+
+    def check_size(self) -> None:
+        """Raise RingCorruptError if the segment is now shorter than the mapping (another process
+        truncated it: touching the missing pages would kill this process with SIGBUS)."""
+        self._check_open()
+        try:
+            now = os.fstat(self._fd).st_size
+        except OSError:
+            return
+        if now < self._size:
+            raise RingCorruptError(f"segment {self._name or 'memfd'!r} was truncated to {now} bytes under its "
+                                   f"{self._size}-byte mapping (by another process)")
 
     def _check_open(self) -> None:
         if self._addr is None:
