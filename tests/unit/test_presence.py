@@ -171,7 +171,10 @@ class TestLatestSlotLiveness:
             assert os.read(rd, 1) == b"k"
             off = owner_offset(slot.region, pid)
             reap(pid)
-            sleeper = subprocess.Popen(["sleep", "60"])  # live, and started after the producer
+            # Live, and started after the producer: start times are in clock ticks (10 ms at USER_HZ 100),
+            # so let a few pass; a real reused pid comes after a whole cycle of pids, much later.
+            time.sleep(0.05)
+            sleeper = subprocess.Popen(["sleep", "60"])
             mv = slot.region.buffer()
             struct.pack_into("<I", mv, off + 4, sleeper.pid)  # the owner's pid, now someone else's
             mv.release()
