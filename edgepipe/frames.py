@@ -56,7 +56,7 @@ from edgepipe.errors import (
     RingTimeoutError,
     check,
 )
-from edgepipe.ring import RingReader, RingWriter, _Segment, _open_end, _timeout_ns
+from edgepipe.ring import RingReader, RingWriter, _Segment, _open_end, _timeout_ns, _truncation
 from edgepipe.shm import SharedRegion
 
 __all__ = [
@@ -1129,7 +1129,8 @@ class LatestReader:
         if rc == -errno.ECANCELED or rc == -errno.EBADF:
             return RingClosedError(f"LatestReader on {name!r} is closed")
         if rc == -errno.EBADMSG:
-            return RingCorruptError(f"latest slot {name!r}: the exchange word holds a buffer index out of range")
+            return _truncation(self._slot) or RingCorruptError(
+                f"latest slot {name!r}: the exchange word holds a buffer index out of range")
         try:
             check(rc)
         except Exception as e:  # noqa: BLE001 - returned, not swallowed
