@@ -99,7 +99,7 @@ struct ep_latest_writer {
     int32_t pid;
     uint32_t nbuf;                      /* validated copies, see above */
     uint64_t slot_size;
-    struct ep_peer peer;                /* only for the segment's truncation check */
+    struct ep_peer peer;                /* only for the segment's truncation checks */
 };
 
 struct ep_latest_reader {
@@ -238,7 +238,7 @@ int ep_latest_writer_open(void *base, uint64_t region_size, int fd, struct ep_la
     struct ep_latest_writer *w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
-    rc = ep_peer_init(&w->peer, fd, region_size);
+    rc = ep_peer_init(&w->peer, base, fd, region_size);
     if (rc) {
         free(w);
         return rc;
@@ -296,6 +296,8 @@ int ep_latest_publish(struct ep_latest_writer *w)
 {
     if (!w)
         return -EBADF;
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;                /* the frame was written over a truncated segment: publish nothing */
     struct ep_latest_ctl *c = w->ctl;
     /* Release (CAS success): the header and pixels we wrote into buffer idx are visible before the
      * index is. Pairs with the acquire half of the CAS in ep_latest_try_take().
@@ -337,7 +339,7 @@ int ep_latest_reader_open(void *base, uint64_t region_size, int fd, struct ep_la
     struct ep_latest_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return -ENOMEM;
-    rc = ep_peer_init(&r->peer, fd, region_size);
+    rc = ep_peer_init(&r->peer, base, fd, region_size);
     if (rc) {
         free(r);
         return rc;
@@ -414,6 +416,8 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
     struct ep_latest_ctl *c = r->ctl;
     if (give >= r->nbuf || !(r->mask & (1u << give)))
         return -EINVAL;
+    if (ep_peer_bus_hit(&r->peer))
+        return -EBADMSG;                /* the segment was truncated under a frame we read */
     if (!(ep_load_relaxed(&c->middle) & EP_FRESH)) {
         int rc = producer_gone(r);
         if (!rc)

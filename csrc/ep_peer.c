@@ -20,8 +20,21 @@
  *
  * The segment: an end that keeps its own dup of the segment's fd checks on its slow paths (open, the peer
  * checks of waits and polls) that nobody truncated the segment under the mapping; the first process that
- * notices reports -EBADMSG instead of dying of SIGBUS on its next access. A truncation racing a copy
- * between two checks can't be caught this way (see ep_ring.c).
+ * notices reports -EBADMSG instead of dying of SIGBUS on its next access.
+ *
+ * The SIGBUS guard covers the hot paths. A truncation can land between two checks, and then the next
+ * memcpy into or out of the ring touches a page that no longer exists: SIGBUS (BUS_ADRERR). Wrapping
+ * every copy in sigsetjmp would cost a signal-mask syscall per call; instead, a process-wide SA_SIGINFO
+ * handler (installed once, at the first open of a segment that can be truncated, i.e. one not sealed
+ * against shrinking: named segments, not our memfds) looks the fault address up in a lock-free registry
+ * of guarded mappings. If it falls inside one, the handler maps anonymous zero pages over the rest of that
+ * mapping (MAP_FIXED: the file's pages are gone anyway), sets the mapping's `hit` word and returns, so
+ * the faulting instruction completes on the zero pages. The hot paths pay one relaxed load of `hit` per
+ * call (ep_peer_bus_hit) before publishing or returning data, and turn it into -EBADMSG; nothing zeroed
+ * is ever published or handed out by the C calls. (A zero-copy view Python already holds - a peek or
+ * claim - reads zeros until its next C call reports the error.) A fault outside every guarded mapping is
+ * passed on to the handler that was installed before ours (faulthandler, or the default action). A
+ * handler installed after ours (e.g. faulthandler enabled later) runs first and decides.
  */
 #define _GNU_SOURCE
 #include "ep_peer.h"
@@ -34,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -115,6 +129,112 @@ static int foreign_ns(uint64_t ns)
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* the SIGBUS guard (see the file comment) */
+
+#define GUARD_SLOTS 256
+
+static struct {
+    _Atomic int used;                   /* claimed by an open end (CAS 0 -> 1) */
+    _Atomic uintptr_t start, end;       /* the guarded mapping; start == 0 while not armed */
+    _Atomic int hit;                    /* a fault inside it was absorbed */
+} guard[GUARD_SLOTS];
+static _Atomic int guard_installed;     /* 0 no, 1 installing, 2 installed */
+static struct sigaction guard_prev;     /* written once, before the handler is installed */
+static _Atomic int guard_never_hit;     /* stays 0: where bus_hit points for unguarded mappings */
+
+static void guard_handler(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    if (si->si_code == BUS_ADRERR) {
+        for (int i = 0; i < GUARD_SLOTS; i++) {
+            uintptr_t s = ep_load_acquire(&guard[i].start), e = ep_load_acquire(&guard[i].end);
+            if (!s || a < s || a >= e)
+                continue;
+            uintptr_t page = a & ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
+            /* A raw syscall: async-signal-safe in practice on Linux, which the libc wrapper is not
+             * promised to be. Zero pages stand in for the truncated rest of this mapping. */
+            long p = syscall(SYS_mmap, page, e - page, PROT_READ | PROT_WRITE,
+                             MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == (long)page) {
+                for (int j = 0; j < GUARD_SLOTS; j++) {   /* every end guarding this range */
+                    uintptr_t s2 = ep_load_acquire(&guard[j].start), e2 = ep_load_acquire(&guard[j].end);
+                    if (s2 && s2 < e && page < e2)
+                        ep_store_relaxed(&guard[j].hit, 1);
+                }
+                return;                 /* the access is retried and lands on the zero pages */
+            }
+            break;
+        }
+    }
+    /* Not ours: what would have happened without us. */
+    if ((guard_prev.sa_flags & SA_SIGINFO) && guard_prev.sa_sigaction) {
+        guard_prev.sa_sigaction(sig, si, uc);
+    } else if (guard_prev.sa_handler != SIG_DFL && guard_prev.sa_handler != SIG_IGN) {
+        guard_prev.sa_handler(sig);
+    } else {
+        /* Default action: restore it and return; the faulting access repeats and kills the process as
+         * it would have (a SIGBUS sent by kill() is raised again for the same effect). */
+        signal(sig, SIG_DFL);
+        if (si->si_code <= 0)
+            raise(sig);
+    }
+}
+
+static int guard_install(void)
+{
+    int st = ep_load_acquire(&guard_installed);
+    if (st == 2)
+        return 0;
+    int zero = 0;
+    if (atomic_compare_exchange_strong(&guard_installed, &zero, 1)) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = guard_handler;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGBUS, &sa, &guard_prev) < 0) {
+            ep_store_release(&guard_installed, 0);
+            return -errno;
+        }
+        ep_store_release(&guard_installed, 2);
+        return 0;
+    }
+    while (ep_load_acquire(&guard_installed) == 1)
+        ep_cpu_relax();                 /* another thread is installing it: a few instructions */
+    return ep_load_acquire(&guard_installed) == 2 ? 0 : -EAGAIN;
+}
+
+/* Guard [base, base + size) for this end; leaves p->bus_hit at guard_never_hit if it can't. */
+static void guard_arm(struct ep_peer *p, void *base, uint64_t size)
+{
+    if (!base || guard_install())
+        return;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        int zero = 0;
+        if (!atomic_compare_exchange_strong(&guard[i].used, &zero, 1))
+            continue;
+        ep_store_relaxed(&guard[i].hit, 0);
+        ep_store_release(&guard[i].end, (uintptr_t)base + size);
+        /* Release: end and hit are in place before start arms the slot; pairs with the handler's acquire. */
+        ep_store_release(&guard[i].start, (uintptr_t)base);
+        p->guard_slot = i;
+        p->bus_hit = &guard[i].hit;
+        return;
+    }
+}
+
+static void guard_disarm(struct ep_peer *p)
+{
+    if (p->guard_slot < 0)
+        return;
+    int i = p->guard_slot;
+    ep_store_release(&guard[i].start, (uintptr_t)0);
+    ep_store_release(&guard[i].used, 0);
+    p->guard_slot = -1;
+    p->bus_hit = &guard_never_hit;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
 
 static void forget_pid(struct ep_peer *p)
 {
@@ -126,12 +246,14 @@ static void forget_pid(struct ep_peer *p)
     p->dead = 0;
 }
 
-int ep_peer_init(struct ep_peer *p, int fd, uint64_t size)
+int ep_peer_init(struct ep_peer *p, void *base, int fd, uint64_t size)
 {
     memset(p, 0, sizeof(*p));
     p->pidfd = -1;
     p->segfd = -1;
     p->seg_size = size;
+    p->guard_slot = -1;
+    p->bus_hit = &guard_never_hit;
     if (fd >= 0) {
         p->segfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
         if (p->segfd < 0)
@@ -142,6 +264,9 @@ int ep_peer_init(struct ep_peer *p, int fd, uint64_t size)
             p->segfd = -1;
             return rc;
         }
+        int seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK))
+            guard_arm(p, base, size);   /* it can be truncated under us */
     }
     return 0;
 }
@@ -149,6 +274,7 @@ int ep_peer_init(struct ep_peer *p, int fd, uint64_t size)
 void ep_peer_drop(struct ep_peer *p)
 {
     forget_pid(p);
+    guard_disarm(p);
     if (p->segfd >= 0)
         close(p->segfd);
     p->segfd = -1;
@@ -157,6 +283,8 @@ void ep_peer_drop(struct ep_peer *p)
 int ep_peer_segment_check(const struct ep_peer *p)
 {
     struct stat st;
+    if (ep_peer_bus_hit(p))
+        return -EBADMSG;
     if (p->segfd < 0 || fstat(p->segfd, &st) < 0)
         return 0;
     return (uint64_t)st.st_size < p->seg_size ? -EBADMSG : 0;
@@ -258,7 +386,7 @@ int ep_end_open(struct ep_end *e, const struct ep_end *other, int32_t *pid_out)
             if (ns && my_ns && ns != my_ns)
                 return -EXDEV;
             struct ep_peer probe;
-            ep_peer_init(&probe, -1, 0);
+            ep_peer_init(&probe, NULL, -1, 0);
             int dead = pid_dead(&probe, ep_owner_pid(cur), ep_owner_gen(cur), s);
             ep_peer_drop(&probe);
             if (!dead)

@@ -32,6 +32,9 @@ struct ep_peer {
     int dead;                       /* sticky: that pid (in that generation) was found dead or reused */
     int segfd;                      /* our own dup of the segment's fd for the truncation check, -1 if none */
     uint64_t seg_size;              /* bytes the segment must keep */
+    _Atomic int *bus_hit;           /* set by the SIGBUS guard when an access hit a truncated page (never
+                                     * NULL: points at a constant 0 when the mapping is not guarded) */
+    int guard_slot;                 /* our slot in the guard's registry, -1 if none */
     int64_t next_check_ns;          /* rate limit for ep_peer_poll() */
     int64_t wait_check_ns;          /* when a wait last checked (carried across calls, so waits cut into
                                      * slices still check every EP_PEER_CHECK_NS) */
@@ -41,8 +44,17 @@ static inline int32_t ep_owner_pid(uint64_t o) { return (int32_t)(uint32_t)(o >>
 static inline uint32_t ep_owner_gen(uint64_t o) { return (uint32_t)(o >> 16) & 0xFFFFu; }
 static inline uint32_t ep_owner_state(uint64_t o) { return (uint32_t)o & 0xFFu; }
 
-/* Watch a segment of `size` bytes through `fd` (-1: no truncation checks). Dups fd: 0 or -errno. */
-int ep_peer_init(struct ep_peer *p, int fd, uint64_t size);
+/* Watch a segment of `size` bytes mapped at `base` through `fd` (-1: no truncation checks). Dups fd and,
+ * if the segment can be truncated (not sealed against shrinking), registers the mapping with the SIGBUS
+ * guard (see ep_peer.c). 0 or -errno. */
+int ep_peer_init(struct ep_peer *p, void *base, int fd, uint64_t size);
+
+/* Hot-path check after touching the mapping: did an access hit a page a truncation removed? One relaxed
+ * load of a process-local word. */
+static inline int ep_peer_bus_hit(const struct ep_peer *p)
+{
+    return __builtin_expect(ep_load_relaxed(p->bus_hit) != 0, 0);
+}
 void ep_peer_drop(struct ep_peer *p);
 
 /* The segment is shorter than the mapping (another process truncated it): -EBADMSG, else 0. */

@@ -30,10 +30,10 @@
  *
  * Truncation: a segment truncated under the mapping (another process of the same uid, for a named ring)
  * makes the next access beyond the new end raise SIGBUS. The ends check the segment's size on their slow
- * paths (open, peer checks in waits and polls; Python's status()) and report -EBADMSG; a truncation that
- * lands between such a check and a memcpy of the hot path can't be caught without a signal handler on
- * every copy, and still kills the process. memfd rings are sealed against shrinking, so this is about
- * named rings only.
+ * paths (open, peer checks in waits and polls; Python's status()) and report -EBADMSG. A truncation that
+ * lands between two checks is caught by the SIGBUS guard of ep_peer.c: the faulting copy completes on zero
+ * pages and the call returns -EBADMSG before publishing or handing out anything (one relaxed load per
+ * call). memfd rings are sealed against shrinking, so this is about named rings only.
  *
  * The reader trusts nothing in the data area: every header is loaded once, then checked against the
  * published tail and the capacity before any byte is copied, so a buggy or hostile producer can make
@@ -246,7 +246,7 @@ int ep_ring_writer_open(void *base, uint64_t region_size, int fd, struct ep_ring
     struct ep_ring_writer *w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
-    rc = ep_peer_init(&w->peer, fd, region_size);
+    rc = ep_peer_init(&w->peer, base, fd, region_size);
     if (rc) {
         free(w);
         return rc;
@@ -384,6 +384,8 @@ int64_t ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint64_t le
         return rc ? rc : -EAGAIN;
     }
     put(w, (uint64_t)rec, buf, len, type);
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;                /* the segment was truncated under the copy: publish nothing */
     publish(w, 1);
     return (int64_t)len;
 }
@@ -480,6 +482,8 @@ int64_t ep_ring_commit(struct ep_ring_writer *w, uint64_t len, uint32_t type)
     h->type = type;
     w->tail = w->claim_rec + rec_size(len);
     w->claim_rec = UINT64_MAX;
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;
     publish(w, 1);
     return (int64_t)len;
 }
@@ -525,6 +529,8 @@ int64_t ep_ring_try_write_batch(struct ep_ring_writer *w, const void *buf, const
         rc = consumer_gone(w, 1);
         return rc ? rc : -EAGAIN;
     }
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;
     publish(w, i);
     return (int64_t)i;
 }
@@ -556,6 +562,8 @@ int64_t ep_ring_try_write_fixed(struct ep_ring_writer *w, const void *buf, uint3
         rc = consumer_gone(w, 1);
         return rc ? rc : -EAGAIN;
     }
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;
     publish(w, i);
     return (int64_t)i;
 }
@@ -574,7 +582,7 @@ int ep_ring_reader_open(void *base, uint64_t region_size, int fd, struct ep_ring
     struct ep_ring_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return -ENOMEM;
-    rc = ep_peer_init(&r->peer, fd, region_size);
+    rc = ep_peer_init(&r->peer, base, fd, region_size);
     if (rc) {
         free(r);
         return rc;
@@ -734,6 +742,8 @@ int64_t ep_ring_peek(struct ep_ring_reader *r)
     }
     if (rc < 0)
         return rc;
+    if (ep_peer_bus_hit(&r->peer))
+        return -EBADMSG;                /* the header may have been read from a zero page */
     r->io.off = off;
     r->io.len = h.len;
     r->io.type = h.type;
@@ -761,6 +771,8 @@ int64_t ep_ring_try_read(struct ep_ring_reader *r)
     if (n < 0)
         return n;
     memcpy(r->scratch, r->data + r->io.off, (size_t)n);
+    if (ep_peer_bus_hit(&r->peer))
+        return -EBADMSG;                /* truncated under the copy: hand out nothing */
     r->peeked = 0;
     consume(r, r->peek_next, 1);
     return n;
@@ -867,6 +879,8 @@ int64_t ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf
         r->head += rec_size(h.len);
         i++;
     }
+    if (ep_peer_bus_hit(&r->peer))
+        return -EBADMSG;
     if (i == 0)
         return -EPIPE;                  /* the producer is gone and only padding was left */
     consume(r, r->head, i);

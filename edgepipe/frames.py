@@ -700,6 +700,9 @@ class FrameReader:
             fields = _unpack_hdr(self._ro, off)
             p, doff = _parse(fields, n, "ring")
         except ImageHeaderError:
+            truncated = _truncation(self._r._ring)  # zero pages standing in for a truncated segment
+            if truncated:
+                raise truncated from None
             self._release()
             self.corrupt += 1
             raise
@@ -937,6 +940,10 @@ class LatestWriter(_WriterBase):
         finally:
             self._inflight -= 1
         if rc < 0:
+            if rc == -errno.EBADMSG:
+                truncated = _truncation(self._slot)
+                if truncated:
+                    raise truncated
             check(rc, "publishing to the latest slot")
         self.overwritten += rc
         self._seq = seq
@@ -1109,6 +1116,10 @@ class LatestReader:
         try:
             frame, ref = _new_frame(view, 0, self._slot_size, f"latest slot buffer {idx}")
         except ImageHeaderError:
+            # zero pages in place of a truncated segment's (the SIGBUS guard) read as a bad header
+            truncated = _truncation(self._slot)
+            if truncated:
+                raise truncated from None
             raise
         self._open = idx
         return _FrameRead(self, frame, ref, idx)

@@ -1,10 +1,10 @@
 """What the segment under a ring or latest slot can do to the processes that map it (issue 14 points 7 and 8).
 
 - Truncation: a named segment shrunk by another process of the same uid makes any access beyond its new end
-  raise SIGBUS. The ends check the size on their slow paths (open, the peer checks of waits, status) and
-  raise RingCorruptError in the process that notices; a truncate landing between such a check and a hot-path
-  copy still kills that process (documented in csrc/ep_ring.c). Each case runs in a subprocess, so a SIGBUS
-  fails the test instead of killing pytest.
+  raise SIGBUS. The ends check the size on their slow paths (open, the peer checks of waits, status), and a
+  SIGBUS guard (csrc/ep_peer.c) absorbs a fault in a hot-path copy; either way the process that notices
+  raises RingCorruptError. Each case runs in a subprocess, so a SIGBUS fails the test instead of killing
+  pytest.
 - Reservation: creating a segment reserves its memory (fallocate), so a ring the machine can't back fails at
   create with RingNoMemoryError naming the size, instead of a SIGBUS at some later write.
 """
@@ -94,6 +94,65 @@ class TestTruncatedSegment:
         assert r.returncode == 0, f"exit {r.returncode} (SIGBUS is -7)\n{r.stdout}\n{r.stderr[-3000:]}"
         assert r.stdout.split("\n")[:3] == ["RingCorruptError True", "status RingCorruptError True",
                                             "writer RingCorruptError True"], r.stdout
+
+
+_HOT_TRUNCATE = """
+import os, sys, threading, time
+import numpy as np
+from edgepipe import Ring
+from edgepipe.errors import RingCorruptError
+from edgepipe.frames import LatestSlot
+name, kind = sys.argv[1], sys.argv[2]
+seg = Ring.create(name, capacity=1 << 20) if kind == "ring" else LatestSlot.create(name, 1 << 16, 3)
+w, r = seg.writer(), seg.reader()
+def truncate_soon():
+    time.sleep(0.3)
+    fd = os.open("/dev/shm/edgepipe." + name, os.O_RDWR)
+    os.ftruncate(fd, 4096)                               # the control block survives, every data page goes
+    os.close(fd)
+t = threading.Thread(target=truncate_soon)
+t.start()
+n = 0
+try:
+    if kind == "ring":
+        payload = b"x" * 3000
+        while True:                                      # never waits: only hot paths touch the data
+            if not w.try_write(payload):
+                while r.try_read() is not None:
+                    pass
+            n += 1
+    else:
+        img = np.full((64, 64), 7, np.uint8)
+        while True:
+            w.write_frame(img, pixel_format="GRAY")
+            f = r.try_read_frame()
+            if f is not None:
+                with f as fr:
+                    assert int(fr.array.max()) in (0, 7)
+            n += 1
+except RingCorruptError as e:
+    print("RingCorruptError", "truncated" in str(e), n > 0)
+t.join()
+seg.unlink()
+seg.close()
+"""
+
+
+class TestTruncatedUnderHotPath:
+    @pytest.mark.parametrize("kind", ["ring", "latest"])
+    def test_truncation_during_copies_is_an_error_not_sigbus(self, shm_name, kind):
+        """A named segment truncated while one process busy-writes and reads it with the non-blocking calls
+        (only hot-path copies touch the data, no slow-path check runs) ends with RingCorruptError in that
+        process instead of killing it with SIGBUS: the guard absorbs the fault and the next C call reports
+        it."""
+        r = _run(_HOT_TRUNCATE.replace("sys.argv[1], sys.argv[2]", f"{shm_name!r}, {kind!r}"))
+        path = os.path.join(SHM_DIR, "edgepipe." + shm_name)
+        left = os.path.exists(path)
+        if left:
+            os.unlink(path)
+        assert r.returncode == 0, f"exit {r.returncode} (SIGBUS is -7)\n{r.stdout}\n{r.stderr[-3000:]}"
+        assert r.stdout.strip() == "RingCorruptError True True", r.stdout + r.stderr[-2000:]
+        assert not left, f"the subprocess left {path}: {r.stdout} {r.stderr[-2000:]}"
 
 
 class TestReservedAtCreate:
