@@ -841,10 +841,11 @@ class RingWriter(_HandleBase):
         if size is None and payload is not None:
             size = memoryview(payload).nbytes
         if rc == -errno.EMSGSIZE:
+            cap = self._ring.capacity
+            limit = "" if cap // 2 - lib.EP_REC_HDR <= lib.EP_REC_MAX_LEN else (
+                f"; a record header's u32 length caps any record at {lib.EP_REC_MAX_LEN} bytes")
             return RecordTooLargeError(
-                f"record of {size} bytes exceeds max_payload {self._max_payload} "
-                f"(capacity {self._ring.capacity}; a record is at most {lib.EP_REC_MAX_LEN} bytes, its "
-                f"header's u32 length)"
+                f"record of {size} bytes exceeds max_payload {self._max_payload} (capacity {cap}{limit})"
             )
         if rc == -errno.EBADMSG:
             truncated = _truncation(self._ring)
