@@ -122,9 +122,8 @@ static void owner_facts(const struct ep_end *e, uint64_t o, uint64_t *start, uin
     }
 }
 
-static int foreign_ns(uint64_t ns)
+static int foreign_ns(uint64_t ns, uint64_t mine)
 {
-    uint64_t mine = ns ? self_pidns() : 0;
     return ns && mine && ns != mine;
 }
 
@@ -254,6 +253,7 @@ int ep_peer_init(struct ep_peer *p, void *base, int fd, uint64_t size)
     p->seg_size = size;
     p->guard_slot = -1;
     p->bus_hit = &guard_never_hit;
+    p->my_ns = self_pidns();
     if (fd >= 0) {
         p->segfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
         if (p->segfd < 0)
@@ -342,7 +342,7 @@ int ep_peer_check(struct ep_peer *p, struct ep_end *e)
     /* An end left OPENING is judged like an open one: a process killed inside open never finishes it. */
     uint64_t start, ns;
     owner_facts(e, o, &start, &ns);
-    if (foreign_ns(ns))
+    if (foreign_ns(ns, p->my_ns))
         return -EXDEV;
     return pid_dead(p, ep_owner_pid(o), ep_owner_gen(o), start) ? -EPIPE : 0;
 }
@@ -371,7 +371,7 @@ int ep_end_open(struct ep_end *e, const struct ep_end *other, int32_t *pid_out)
     if (ep_owner_state(oo) == EP_END_OPEN || ep_owner_state(oo) == EP_END_OPENING) {
         uint64_t s, ns;
         owner_facts(other, oo, &s, &ns);
-        if (ns && my_ns && ns != my_ns)
+        if (foreign_ns(ns, my_ns))
             return -EXDEV;
     }
     uint64_t cur = ep_load_acquire(&e->owner);
@@ -383,7 +383,7 @@ int ep_end_open(struct ep_end *e, const struct ep_end *other, int32_t *pid_out)
         if (st == EP_END_OPEN || st == EP_END_OPENING) {
             uint64_t s, ns;
             owner_facts(e, cur, &s, &ns);
-            if (ns && my_ns && ns != my_ns)
+            if (foreign_ns(ns, my_ns))
                 return -EXDEV;
             struct ep_peer probe;
             ep_peer_init(&probe, NULL, -1, 0);

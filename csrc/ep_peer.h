@@ -35,6 +35,7 @@ struct ep_peer {
     _Atomic int *bus_hit;           /* set by the SIGBUS guard when an access hit a truncated page (never
                                      * NULL: points at a constant 0 when the mapping is not guarded) */
     int guard_slot;                 /* our slot in the guard's registry, -1 if none */
+    uint64_t my_ns;                 /* our pid namespace, read once at init (0: unknown) */
     int64_t next_check_ns;          /* rate limit for ep_peer_poll() */
     int64_t wait_check_ns;          /* when a wait last checked (carried across calls, so waits cut into
                                      * slices still check every EP_PEER_CHECK_NS) */
