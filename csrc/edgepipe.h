@@ -9,7 +9,12 @@
  *   -EPROTO wrong layout version, -ETIMEDOUT a timed wait expired, -EINVAL bad argument,
  *   -EBUSY the end is held by a live process, -EBADF a NULL (closed) handle, -ENOBUFS the caller's
  *   buffer is smaller than the next record, -EINTR a signal arrived during a wait (call again),
- *   -ECANCELED the handle was cancelled from another thread.
+ *   -ECANCELED the handle was cancelled from another thread, -EXDEV the other end (or the holder of this
+ *   end) lives in another pid namespace, so its liveness can't be judged.
+ * Every function that takes a handle returns -EBADF for a NULL handle (pointer getters return NULL).
+ * Lengths are 64-bit both ways (int64_t returns): a payload never comes back truncated to int.
+ * Region functions take the mapping's size and check it before reading; open functions also take the
+ * segment's fd (-1: none) so the ends can notice a segment truncated under the mapping (-EBADMSG).
  */
 #ifndef EDGEPIPE_H
 #define EDGEPIPE_H
@@ -41,12 +46,13 @@ int ep_shm_unmap(void *addr, uint64_t size);
 
 /* ---- SPSC ring (ep_ring.c) ---- */
 #define EP_RING_MAGIC 0x45505247u /* "EPRG" */
-#define EP_RING_VERSION 1u
+#define EP_RING_VERSION 2u              /* 2: owner generations, pid namespace, notified positions */
 #define EP_RING_DATA_OFF 4096u          /* the data area starts one page into the region */
 #define EP_RING_MIN_CAPACITY 64u
 #define EP_RING_MAX_CAPACITY (1ull << 40)
 #define EP_REC_HDR 8u                   /* {u32 len; u32 type} */
 #define EP_REC_PAD 0xFFFFFFFFu          /* record type of the filler at the wrap; never user-visible */
+#define EP_REC_MAX_LEN 0xFFFFFFF8u      /* the u32 length field caps a payload, whatever the capacity */
 #define EP_WAIT_SPIN 0                  /* spin in C until ready, the deadline or peer death */
 #define EP_WAIT_PARK 1                  /* park on the futex at once */
 #define EP_WAIT_HYBRID 2                /* spin for spin_ns, then park (the default) */
@@ -61,7 +67,7 @@ struct ep_ring_status {
     uint64_t full_events;        /* try_write found no room */
     uint64_t producer_parks, consumer_parks;     /* futex waits entered */
     uint64_t producer_wakes, consumer_wakes;     /* futex wakes issued (producer wakes the consumer) */
-    uint64_t late_wakeups;       /* a parked end found its condition true after a timeout slice */
+    uint64_t late_wakeups;       /* parks that slept past a fully notified publish: lost wakeups (must stay 0) */
     int32_t creator_pid, producer_pid, consumer_pid;
     uint32_t producer_closed, consumer_closed;
     int64_t producer_beat_ns, consumer_beat_ns;  /* CLOCK_MONOTONIC_RAW of the last sign of life */
@@ -77,37 +83,37 @@ struct ep_ring_io {
 uint64_t ep_ring_region_size(uint64_t capacity);
 int ep_ring_init(void *base, uint64_t region_size, uint64_t capacity);
 int ep_ring_check(const void *base, uint64_t region_size);
-int ep_ring_status(const void *base, struct ep_ring_status *out);
+int ep_ring_status(const void *base, uint64_t region_size, struct ep_ring_status *out);
 
 struct ep_ring_writer;
-int ep_ring_writer_open(void *base, uint64_t region_size, struct ep_ring_writer **out);
+int ep_ring_writer_open(void *base, uint64_t region_size, int fd, struct ep_ring_writer **out);
 int ep_ring_writer_close(struct ep_ring_writer *w);
 int ep_ring_writer_set_wait(struct ep_ring_writer *w, int mode, int64_t spin_ns);
-int ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint32_t len, uint32_t type);
-int ep_ring_write(struct ep_ring_writer *w, const void *buf, uint32_t len, uint32_t type,
-                  int64_t timeout_ns);
-int64_t ep_ring_claim(struct ep_ring_writer *w, uint32_t len);
-int ep_ring_commit(struct ep_ring_writer *w, uint32_t len, uint32_t type);
+int64_t ep_ring_try_write(struct ep_ring_writer *w, const void *buf, uint64_t len, uint32_t type);
+int64_t ep_ring_write(struct ep_ring_writer *w, const void *buf, uint64_t len, uint32_t type,
+                      int64_t timeout_ns);
+int64_t ep_ring_claim(struct ep_ring_writer *w, uint64_t len);
+int64_t ep_ring_commit(struct ep_ring_writer *w, uint64_t len, uint32_t type);
 int ep_ring_abort(struct ep_ring_writer *w);
-int ep_ring_try_write_batch(struct ep_ring_writer *w, const void *buf, const uint32_t *lens,
-                            uint32_t n, uint32_t type);
-int ep_ring_try_write_fixed(struct ep_ring_writer *w, const void *buf, uint32_t size, uint32_t n,
-                            uint32_t type);
-int ep_ring_writer_wait(struct ep_ring_writer *w, uint32_t len, int64_t timeout_ns);
+int64_t ep_ring_try_write_batch(struct ep_ring_writer *w, const void *buf, const uint32_t *lens,
+                                uint32_t n, uint32_t type);
+int64_t ep_ring_try_write_fixed(struct ep_ring_writer *w, const void *buf, uint32_t size, uint32_t n,
+                                uint32_t type);
+int ep_ring_writer_wait(struct ep_ring_writer *w, uint64_t len, int64_t timeout_ns);
 int ep_ring_writer_cancel(struct ep_ring_writer *w);
 
 struct ep_ring_reader;
-int ep_ring_reader_open(void *base, uint64_t region_size, struct ep_ring_reader **out);
+int ep_ring_reader_open(void *base, uint64_t region_size, int fd, struct ep_ring_reader **out);
 int ep_ring_reader_close(struct ep_ring_reader *r);
 int ep_ring_reader_set_wait(struct ep_ring_reader *r, int mode, int64_t spin_ns);
 struct ep_ring_io *ep_ring_reader_io(struct ep_ring_reader *r);
 void *ep_ring_reader_scratch(struct ep_ring_reader *r);
-int ep_ring_try_read(struct ep_ring_reader *r);
-int ep_ring_read(struct ep_ring_reader *r, int64_t timeout_ns);
-int ep_ring_peek(struct ep_ring_reader *r);
+int64_t ep_ring_try_read(struct ep_ring_reader *r);
+int64_t ep_ring_read(struct ep_ring_reader *r, int64_t timeout_ns);
+int64_t ep_ring_peek(struct ep_ring_reader *r);
 int ep_ring_release(struct ep_ring_reader *r);
-int ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_size, uint32_t *lens,
-                           uint32_t *types, uint32_t max_n);
+int64_t ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf_size, uint32_t *lens,
+                               uint32_t *types, uint32_t max_n);
 int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns);
 int ep_ring_reader_cancel(struct ep_ring_reader *r);
 

@@ -27,24 +27,25 @@
  * consumer with more than one buffer may keep a frame (an array that outlived its `with`) while it takes
  * the next, as long as it gives back one buffer it no longer uses.
  *
- * Waiting: only the consumer waits, on the eventcount word data_wait (the scheme of ep_ring.c: bit 0
- * announces a waiter, the notifier adds 1 and wakes). The consumer spins for spin_ns before it parks. A
- * wait returns at least every timeout slice the caller passes, and reports a closed or dead producer as
- * -EPIPE once no fresh frame is left.
+ * Bits 24..31 of the state word count publishes (mod 256): the consumer learns which publish it took,
+ * and the producer stores the count it last finished notifying for in `notified`; together they let a
+ * wait tell a real lost wakeup from a publish that landed after its timeout (ep_wait.c).
+ *
+ * Waiting: only the consumer waits, through the eventcount of ep_wait.c on data_wait (the ring's code):
+ * it spins for spin_ns, parks with an absolute deadline, and checks the producer at least every
+ * EP_PEER_CHECK_NS through ep_peer.c (pidfd plus start time, so a zombie or a reused pid is a dead
+ * producer, exactly as for the ring). A closed or dead producer is -EPIPE once no fresh frame is left.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
 #include "ep_atomic.h"
+#include "ep_peer.h"
+#include "ep_wait.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(struct ep_frame_hdr) == EP_IMAGE_HDR_SIZE, "frame header is 128 bytes");
@@ -59,9 +60,9 @@ _Static_assert(EP_IMAGE_HDR_SIZE % EP_IMAGE_ALIGN == 0, "pixels after the header
 #define CONS_SHIFT 16               /* the consumer's buffer mask in the state word */
 #define PROD_OF(st) (((st) >> PROD_SHIFT) & EP_IDX)
 #define CONS_OF(st) (((st) >> CONS_SHIFT) & 0xFFu)
+#define SEQ_SHIFT 24                /* publishes mod 256 in the state word */
+#define SEQ_OF(st) ((st) >> SEQ_SHIFT)
 #define DEFAULT_SPIN_NS 25000
-
-enum { END_NONE = 0, END_OPEN = 2, END_CLOSED = 3 };
 
 struct ep_latest_ctl {
     /* line pair 0: written once by ep_latest_init, magic last */
@@ -78,15 +79,14 @@ struct ep_latest_ctl {
     /* line pair 2: the producer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t published;
     _Atomic uint64_t overwritten;
+    _Atomic uint64_t notified;          /* SEQ_OF the producer's last publish whose notify is done */
     /* line pair 3: the consumer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t delivered;
-    _Atomic uint64_t consumer_parks;
-    _Atomic uint64_t late_wakeups;      /* a park timed out with no wake although a frame was fresh */
     /* line pair 4: the consumer's eventcount */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
-    /* line pair 5: presence, (pid << 32) | END_* */
-    _Alignas(EP_LINE_PAIR) _Atomic uint64_t prod_owner;
-    _Atomic uint64_t cons_owner;
+    /* line pairs 5 and 6: presence (ep_peer.h); cons also holds the consumer's parks and late wakeups */
+    _Alignas(EP_LINE_PAIR) struct ep_end prod;
+    _Alignas(EP_LINE_PAIR) struct ep_end cons;
 };
 _Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
 
@@ -99,20 +99,19 @@ struct ep_latest_writer {
     int32_t pid;
     uint32_t nbuf;                      /* validated copies, see above */
     uint64_t slot_size;
+    struct ep_peer peer;                /* only for the segment's truncation checks */
 };
 
 struct ep_latest_reader {
     struct ep_latest_ctl *ctl;
     uint32_t mask;                      /* buffers we own */
+    uint32_t taken;                     /* SEQ_OF the publish whose frame we took last */
     int32_t pid;
     uint32_t nbuf;                      /* validated copy (see struct ep_latest_writer) */
     int64_t spin_ns;
     _Atomic int cancel;
+    struct ep_peer peer;
 };
-
-static inline int32_t owner_pid(uint64_t o) { return (int32_t)(uint32_t)(o >> 32); }
-static inline uint32_t owner_state(uint64_t o) { return (uint32_t)o; }
-static inline uint64_t owner_make(int32_t pid, uint32_t st) { return ((uint64_t)(uint32_t)pid << 32) | st; }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* region */
@@ -167,12 +166,20 @@ int ep_latest_check(const void *base, uint64_t region_size)
     return 0;
 }
 
-int ep_latest_status(const void *base, struct ep_latest_status *out)
+/* Fills *out if the mapping (region_size bytes, checked before anything is read) holds a control block:
+ * 0, or -EBADMSG if it is too small or not a latest slot (out then holds the magic and version read). */
+int ep_latest_status(const void *base, uint64_t region_size, struct ep_latest_status *out)
 {
-    struct ep_latest_ctl *c = (struct ep_latest_ctl *)base;
+    if (!out)
+        return -EINVAL;
     memset(out, 0, sizeof(*out));
+    if (!base || region_size < EP_LATEST_CTL_SIZE)
+        return -EBADMSG;
+    struct ep_latest_ctl *c = (struct ep_latest_ctl *)base;
     out->magic = ep_load_acquire(&c->magic);
     out->version = c->version;
+    if (out->magic != EP_LATEST_MAGIC)
+        return -EBADMSG;
     out->max_frame_bytes = c->max_frame_bytes;
     out->slot_size = c->slot_size;
     out->region_size = c->region_size;
@@ -181,14 +188,12 @@ int ep_latest_status(const void *base, struct ep_latest_status *out)
     out->published = ep_load_relaxed(&c->published);
     out->delivered = ep_load_relaxed(&c->delivered);
     out->overwritten = ep_load_relaxed(&c->overwritten);
-    out->consumer_parks = ep_load_relaxed(&c->consumer_parks);
-    out->late_wakeups = ep_load_relaxed(&c->late_wakeups);
+    out->consumer_parks = ep_load_relaxed(&c->cons.parks);
+    out->late_wakeups = ep_load_relaxed(&c->cons.late_wakeups);
     out->creator_pid = c->creator_pid;
-    uint64_t p = ep_load_acquire(&c->prod_owner), q = ep_load_acquire(&c->cons_owner);
-    out->producer_pid = owner_pid(p);
-    out->consumer_pid = owner_pid(q);
-    out->producer_closed = owner_state(p) == END_CLOSED;
-    out->consumer_closed = owner_state(q) == END_CLOSED;
+    int64_t beat;
+    ep_end_status(&c->prod, &out->producer_pid, &out->producer_closed, &beat);
+    ep_end_status(&c->cons, &out->consumer_pid, &out->consumer_closed, &beat);
     return 0;
 }
 
@@ -207,89 +212,62 @@ static int partition_ok(uint32_t st, uint32_t nbuf)
     if (slot >= nbuf || prod >= nbuf || slot == prod || (cons & ((1u << slot) | (1u << prod))))
         return 0;
     return ((1u << slot) | (1u << prod) | cons) == (1u << nbuf) - 1u &&
-           (st & ~(EP_IDX | EP_FRESH | (EP_IDX << PROD_SHIFT) | (0xFFu << CONS_SHIFT))) == 0;
+           (st & ~(EP_IDX | EP_FRESH | (EP_IDX << PROD_SHIFT) | (0xFFu << CONS_SHIFT) |
+                   (0xFFu << SEQ_SHIFT))) == 0;
 }
 
-/* ------------------------------------------------------------------------------------------------ */
-/* presence */
-
-static int pid_alive(int32_t pid)
+/* The producer closed, or its process is gone (0 no, -EPIPE, or -EXDEV / -EBADMSG: see ep_peer_check).
+ * The closed flag every time, the process at most once a millisecond (a pidfd poll). */
+static int producer_gone(struct ep_latest_reader *r)
 {
-    if (pid <= 0)
-        return 0;
-    return !(kill((pid_t)pid, 0) < 0 && errno == ESRCH);
-}
-
-/* Take an end: busy while another live process holds it open (or this one: two producers would race). */
-static int end_open(_Atomic uint64_t *owner, int32_t *pid_out)
-{
-    int32_t me = (int32_t)getpid();
-    uint64_t cur = ep_load_acquire(owner);
-    for (;;) {
-        if (owner_state(cur) == END_OPEN && pid_alive(owner_pid(cur)))
-            return -EBUSY;
-        /* Acq_rel: we see what a previous holder did before it let go. Pairs with end_close(). */
-        if (atomic_compare_exchange_strong(owner, &cur, owner_make(me, END_OPEN)))
-            break;
-    }
-    *pid_out = me;
-    return 0;
-}
-
-static void end_close(_Atomic uint64_t *owner, int32_t me)
-{
-    uint64_t open = owner_make(me, END_OPEN);
-    /* Release (the CAS): all this end did happens before "closed". Pairs with the acquire loads of the
-     * owner word in producer_gone() and end_open(). */
-    atomic_compare_exchange_strong(owner, &open, owner_make(me, END_CLOSED));
-}
-
-/* The producer closed, or its process is gone. */
-static int producer_gone(struct ep_latest_ctl *c)
-{
-    uint64_t o = ep_load_acquire(&c->prod_owner);
-    if (owner_state(o) == END_CLOSED)
-        return 1;
-    if (owner_state(o) != END_OPEN)
-        return 0;                       /* never opened yet: a consumer may start first */
-    return !pid_alive(owner_pid(o));
+    if (ep_peer_closed(&r->ctl->prod))
+        return -EPIPE;
+    return ep_peer_poll(&r->peer, &r->ctl->prod);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* producer */
 
-int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_writer **out)
+int ep_latest_writer_open(void *base, uint64_t region_size, int fd, struct ep_latest_writer **out)
 {
+    if (!out)
+        return -EINVAL;
     int rc = ep_latest_check(base, region_size);
     if (rc)
         return rc;
     struct ep_latest_writer *w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
-    w->ctl = base;
-    w->nbuf = w->ctl->nbuf;
-    w->slot_size = w->ctl->slot_size;
-    if (!geometry_ok(w->nbuf, w->slot_size, region_size)) {   /* re-check the copies themselves */
-        free(w);
-        return -EBADMSG;
-    }
-    rc = end_open(&w->ctl->prod_owner, &w->pid);
+    rc = ep_peer_init(&w->peer, base, fd, region_size);
     if (rc) {
         free(w);
         return rc;
     }
+    w->ctl = base;
+    w->nbuf = w->ctl->nbuf;
+    w->slot_size = w->ctl->slot_size;
+    if (!geometry_ok(w->nbuf, w->slot_size, region_size))   /* re-check the copies themselves */
+        rc = -EBADMSG;
+    else
+        rc = ep_end_open(&w->ctl->prod, &w->ctl->cons, &w->pid);
+    if (rc)
+        goto fail;
     /* A previous producer (maybe killed mid-publish) left its buffer index in the state word; it is
      * ours now. Acquire: pairs with the CAS of the state word in ep_latest_try_take() (a consumer's
      * reads of buffers it gave back are done). */
     uint32_t st = ep_load_acquire(&w->ctl->middle);
     w->idx = PROD_OF(st);
     if (!partition_ok(st, w->nbuf)) {
-        end_close(&w->ctl->prod_owner, w->pid);
-        free(w);
-        return -EBADMSG;
+        ep_end_close(&w->ctl->prod, w->pid);
+        rc = -EBADMSG;
+        goto fail;
     }
     *out = w;
     return 0;
+fail:
+    ep_peer_drop(&w->peer);
+    free(w);
+    return rc;
 }
 
 int ep_latest_writer_close(struct ep_latest_writer *w)
@@ -297,12 +275,10 @@ int ep_latest_writer_close(struct ep_latest_writer *w)
     if (!w)
         return -EBADF;
     struct ep_latest_ctl *c = w->ctl;
-    end_close(&c->prod_owner, w->pid);
-    /* Wake a parked consumer so it sees "closed". The fence orders the owner store before the bump;
-     * pairs with the fence in ep_latest_wait(). */
-    ep_fence_seq_cst();
-    atomic_fetch_add(&c->data_wait, 2u);
-    syscall(SYS_futex, &c->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    ep_end_close(&c->prod, w->pid);
+    /* Wake a parked consumer so it sees "closed". */
+    ep_wait_wake_all(&c->data_wait);
+    ep_peer_drop(&w->peer);
     free(w);
     return 0;
 }
@@ -320,18 +296,21 @@ int ep_latest_publish(struct ep_latest_writer *w)
 {
     if (!w)
         return -EBADF;
+    if (ep_peer_bus_hit(&w->peer))
+        return -EBADMSG;                /* the frame was written over a truncated segment: publish nothing */
     struct ep_latest_ctl *c = w->ctl;
     /* Release (CAS success): the header and pixels we wrote into buffer idx are visible before the
      * index is. Pairs with the acquire half of the CAS in ep_latest_try_take().
      * Acquire (CAS success): the consumer's reads of the buffer it gave back (the old slot) are done
      * before we write it. Pairs with the release half of that same CAS.
      * The relaxed load and the relaxed failure order only feed the next attempt. */
-    uint32_t old = ep_load_relaxed(&c->middle), idx;
+    uint32_t old = ep_load_relaxed(&c->middle), idx, nw;
     for (;;) {
         idx = old & EP_IDX;
         if (__builtin_expect(idx >= w->nbuf || PROD_OF(old) != w->idx, 0))
             return -EBADMSG;            /* someone scribbled on the control block */
-        uint32_t nw = (old & (0xFFu << CONS_SHIFT)) | (idx << PROD_SHIFT) | w->idx | EP_FRESH;
+        nw = ((SEQ_OF(old) + 1u) << SEQ_SHIFT) | (old & (0xFFu << CONS_SHIFT)) | (idx << PROD_SHIFT) |
+             w->idx | EP_FRESH;
         if (atomic_compare_exchange_weak_explicit(&c->middle, &old, nw, memory_order_acq_rel,
                                                   memory_order_relaxed))
             break;
@@ -341,59 +320,64 @@ int ep_latest_publish(struct ep_latest_writer *w)
     int overwrote = (old & EP_FRESH) != 0;
     if (overwrote)
         ep_count(&c->overwritten, 1);
-    /* Dekker step: the exchange above is ordered before this load of the waiter bit.
-     * Pairs with the fence in ep_latest_wait(). */
-    ep_fence_seq_cst();
-    uint32_t v = ep_load_relaxed(&c->data_wait);
-    if (__builtin_expect(v & 1u, 0)) {
-        if (atomic_compare_exchange_strong(&c->data_wait, &v, v + 1u))
-            syscall(SYS_futex, &c->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-    }
+    ep_wait_notify(&c->data_wait, &c->prod.wakes);
+    /* Release, after the notify: pairs with the acquire of `notified` in ep_wait_until(). */
+    ep_store_release(&c->notified, SEQ_OF(nw));
     return overwrote;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* consumer */
 
-int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_reader **out)
+int ep_latest_reader_open(void *base, uint64_t region_size, int fd, struct ep_latest_reader **out)
 {
+    if (!out)
+        return -EINVAL;
     int rc = ep_latest_check(base, region_size);
     if (rc)
         return rc;
     struct ep_latest_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return -ENOMEM;
-    r->ctl = base;
-    r->nbuf = r->ctl->nbuf;
-    if (!geometry_ok(r->nbuf, r->ctl->slot_size, region_size)) {   /* re-check the copy itself */
-        free(r);
-        return -EBADMSG;
-    }
-    rc = end_open(&r->ctl->cons_owner, &r->pid);
+    rc = ep_peer_init(&r->peer, base, fd, region_size);
     if (rc) {
         free(r);
         return rc;
     }
+    r->ctl = base;
+    r->nbuf = r->ctl->nbuf;
+    if (!geometry_ok(r->nbuf, r->ctl->slot_size, region_size))   /* re-check the copy itself */
+        rc = -EBADMSG;
+    else
+        rc = ep_end_open(&r->ctl->cons, &r->ctl->prod, &r->pid);
+    if (rc)
+        goto fail;
     /* A previous consumer (maybe killed mid-take) left its mask in the state word; those buffers are
      * ours now. Acquire: pairs with the CAS of the state word in ep_latest_publish() (frames in them
      * are complete). */
     uint32_t st = ep_load_acquire(&r->ctl->middle);
     r->mask = CONS_OF(st);
+    r->taken = (SEQ_OF(st) - ((st & EP_FRESH) ? 1u : 0u)) & 0xFFu;
     r->spin_ns = DEFAULT_SPIN_NS;
     if (r->mask == 0 || !partition_ok(st, r->nbuf)) {
-        end_close(&r->ctl->cons_owner, r->pid);
-        free(r);
-        return -EBADMSG;
+        ep_end_close(&r->ctl->cons, r->pid);
+        rc = -EBADMSG;
+        goto fail;
     }
     *out = r;
     return 0;
+fail:
+    ep_peer_drop(&r->peer);
+    free(r);
+    return rc;
 }
 
 int ep_latest_reader_close(struct ep_latest_reader *r)
 {
     if (!r)
         return -EBADF;
-    end_close(&r->ctl->cons_owner, r->pid);
+    ep_end_close(&r->ctl->cons, r->pid);
+    ep_peer_drop(&r->peer);
     free(r);
     return 0;
 }
@@ -403,9 +387,7 @@ int ep_latest_reader_cancel(struct ep_latest_reader *r)
     if (!r)
         return -EBADF;
     ep_store_relaxed(&r->cancel, 1);
-    ep_fence_seq_cst();
-    atomic_fetch_add(&r->ctl->data_wait, 2u);
-    syscall(SYS_futex, &r->ctl->data_wait, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    ep_wait_wake_all(&r->ctl->data_wait);
     return 0;
 }
 
@@ -434,14 +416,15 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
     struct ep_latest_ctl *c = r->ctl;
     if (give >= r->nbuf || !(r->mask & (1u << give)))
         return -EINVAL;
+    if (ep_peer_bus_hit(&r->peer))
+        return -EBADMSG;                /* the segment was truncated under a frame we read */
     if (!(ep_load_relaxed(&c->middle) & EP_FRESH)) {
-        if (producer_gone(c)) {
-            /* Acquire: a producer that closed published everything before "closed"; look again. */
-            if (!(ep_load_acquire(&c->middle) & EP_FRESH))
-                return -EPIPE;
-        } else {
+        int rc = producer_gone(r);
+        if (!rc)
             return -EAGAIN;
-        }
+        /* Acquire: a producer that closed published everything before "closed"; look again. */
+        if (!(ep_load_acquire(&c->middle) & EP_FRESH))
+            return rc;
     }
     /* Only we clear FRESH, so the CAS that succeeds takes a fresh buffer (maybe newer than the one
      * we first saw: a publish in between only makes the CAS retry).
@@ -456,20 +439,31 @@ int ep_latest_try_take(struct ep_latest_reader *r, uint32_t give)
         if (__builtin_expect(idx >= r->nbuf || !(old & EP_FRESH) || CONS_OF(old) != r->mask, 0))
             return -EBADMSG;
         mask = (r->mask & ~(1u << give)) | (1u << idx);
-        uint32_t nw = (mask << CONS_SHIFT) | (old & (EP_IDX << PROD_SHIFT)) | give;
+        uint32_t nw = (old & (0xFFu << SEQ_SHIFT)) | (mask << CONS_SHIFT) | (old & (EP_IDX << PROD_SHIFT)) |
+                      give;
         if (atomic_compare_exchange_weak_explicit(&c->middle, &old, nw, memory_order_acq_rel,
                                                   memory_order_relaxed))
             break;
     }
     r->mask = mask;
+    r->taken = SEQ_OF(old);
     ep_count(&c->delivered, 1);
     return (int)idx;
 }
 
-static inline int fresh(struct ep_latest_ctl *c)
+static int fresh(void *ctx)
 {
+    struct ep_latest_reader *r = ctx;
     /* Relaxed: only a hint; the exchange in ep_latest_try_take() does the acquiring. */
-    return (ep_load_relaxed(&c->middle) & EP_FRESH) != 0;
+    return (ep_load_relaxed(&r->ctl->middle) & EP_FRESH) != 0;
+}
+
+/* Would a publish counted `n` (mod 256) be one we have not taken? At most one stale step behind our take
+ * (see ep_wait.c), so a signed 8-bit difference tells newer from older. */
+static int fresh_at(void *ctx, uint64_t n)
+{
+    struct ep_latest_reader *r = ctx;
+    return (int8_t)(uint8_t)((uint32_t)n - r->taken) > 0;
 }
 
 /* Wait until a fresh frame is published (0), timeout_ns passes (-ETIMEDOUT; < 0 means 100 ms, so
@@ -479,55 +473,11 @@ int ep_latest_wait(struct ep_latest_reader *r, int64_t timeout_ns)
 {
     if (__builtin_expect(!r, 0))
         return -EBADF;
-    struct ep_latest_ctl *c = r->ctl;
-    if (fresh(c))
-        return 0;
     if (timeout_ns < 0)
         timeout_ns = 100000000;
-    int64_t now = ep_clock_mono_ns();
-    int64_t deadline = now + timeout_ns;
-    int64_t spin_end = now + (r->spin_ns < timeout_ns ? r->spin_ns : timeout_ns);
-    unsigned it = 0;
-    while (now < spin_end) {
-        ep_cpu_relax();
-        if (fresh(c))
-            return 0;
-        if ((++it & 63u) == 0)
-            now = ep_clock_mono_ns();
-    }
-    for (;;) {
-        if (ep_load_relaxed(&r->cancel))
-            return -ECANCELED;
-        if (producer_gone(c))
-            return fresh(c) ? 0 : -EPIPE;
-        now = ep_clock_mono_ns();
-        if (now >= deadline)
-            return fresh(c) ? 0 : -ETIMEDOUT;
-        /* announce, re-check, park */
-        uint32_t v = atomic_fetch_or(&c->data_wait, 1u) | 1u;
-        /* Dekker step: the announcement is ordered before the re-check below.
-         * Pairs with the fence in ep_latest_publish() / ep_latest_writer_close(). */
-        ep_fence_seq_cst();
-        if (fresh(c) || producer_gone(c) || ep_load_relaxed(&r->cancel)) {
-            /* Withdraw the announcement; if a notifier got there first the CAS fails, harmlessly. */
-            atomic_compare_exchange_strong(&c->data_wait, &v, v + 1u);
-            continue;
-        }
-        int64_t left = deadline - now;
-        struct timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-        ep_count(&c->consumer_parks, 1);
-        long rc = syscall(SYS_futex, &c->data_wait, FUTEX_WAIT, v, &ts, NULL, 0);
-        int interrupted = rc < 0 && errno == EINTR;
-        int timed_out = rc < 0 && errno == ETIMEDOUT;
-        /* Withdraw the announcement; the CAS fails only if the producer bumped the word (a wake). */
-        uint32_t seen = v;
-        int notified = !atomic_compare_exchange_strong(&c->data_wait, &seen, v + 1u);
-        if (fresh(c)) {
-            if (timed_out && !notified)
-                ep_count(&c->late_wakeups, 1);  /* a frame came and nobody woke us: a lost wakeup */
-            return 0;
-        }
-        if (interrupted)
-            return -EINTR;
-    }
+    struct ep_waiter wt = {.word = &r->ctl->data_wait, .self = &r->ctl->cons, .other = &r->ctl->prod,
+                           .peer = &r->peer, .cancel = &r->cancel, .mode = EP_WAIT_HYBRID,
+                           .spin_ns = r->spin_ns, .deadline_mono = ep_wait_deadline(timeout_ns),
+                           .ready = fresh, .ready_at = fresh_at, .notified = &r->ctl->notified, .ctx = r};
+    return ep_wait_until(&wt);
 }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #define EP_LATEST_MAGIC 0x544C5045u   /* "EPLT" */
-#define EP_LATEST_VERSION 2u           /* 2: one state word holds every buffer's owner */
+#define EP_LATEST_VERSION 3u           /* 3: presence as in the ring (ep_peer.h), publish count in the state word */
 #define EP_LATEST_CTL_SIZE 4096u      /* buffers start one page into the region */
 #define EP_LATEST_MIN_BUFS 3u
 #define EP_LATEST_MAX_BUFS 8u
@@ -23,7 +23,7 @@ struct ep_latest_status {
     uint64_t delivered;          /* frames the consumer took */
     uint64_t overwritten;        /* frames replaced before the consumer took them */
     uint64_t consumer_parks;     /* futex waits the consumer entered */
-    uint64_t late_wakeups;       /* parks that timed out unwoken although a frame was fresh (must stay 0) */
+    uint64_t late_wakeups;       /* parks that slept past a fully notified publish: lost wakeups (must stay 0) */
     int32_t creator_pid, producer_pid, consumer_pid;
     uint32_t producer_closed, consumer_closed;
 };
@@ -32,16 +32,16 @@ uint64_t ep_latest_slot_size(uint64_t max_frame_bytes);
 uint64_t ep_latest_region_size(uint64_t max_frame_bytes, uint32_t nbuf);
 int ep_latest_init(void *base, uint64_t region_size, uint64_t max_frame_bytes, uint32_t nbuf);
 int ep_latest_check(const void *base, uint64_t region_size);
-int ep_latest_status(const void *base, struct ep_latest_status *out);
+int ep_latest_status(const void *base, uint64_t region_size, struct ep_latest_status *out);
 
 struct ep_latest_writer;
-int ep_latest_writer_open(void *base, uint64_t region_size, struct ep_latest_writer **out);
+int ep_latest_writer_open(void *base, uint64_t region_size, int fd, struct ep_latest_writer **out);
 int ep_latest_writer_close(struct ep_latest_writer *w);
 int64_t ep_latest_writer_slot(struct ep_latest_writer *w);
 int ep_latest_publish(struct ep_latest_writer *w);
 
 struct ep_latest_reader;
-int ep_latest_reader_open(void *base, uint64_t region_size, struct ep_latest_reader **out);
+int ep_latest_reader_open(void *base, uint64_t region_size, int fd, struct ep_latest_reader **out);
 int ep_latest_reader_close(struct ep_latest_reader *r);
 int ep_latest_reader_cancel(struct ep_latest_reader *r);
 int ep_latest_reader_set_spin(struct ep_latest_reader *r, int64_t spin_ns);

@@ -10,6 +10,8 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── RecordTooLargeError (ValueError)     payload over the ring's max_payload
     │   ├── RingCorruptError                     a header or region that cannot be a ring record/region
     │   ├── RingBusyError                        the end is already held by a live process
+    │   ├── RingNamespaceError                   a peer lives in another pid namespace: its liveness can't be judged
+    │   ├── RingNoMemoryError (MemoryError)      the machine can't back a new segment of that size
     │   └── RingClosedError (ValueError)         this handle was closed
     ├── FrameError                               a framed-socket failure (edgepipe.control.framing)
     │   ├── FrameTooLargeError (ValueError)      a frame over the socket's max_frame
@@ -123,6 +125,8 @@ __all__ = [
     "RingClosedError",
     "RingCorruptError",
     "RingError",
+    "RingNamespaceError",
+    "RingNoMemoryError",
     "RingTimeoutError",
     "ServerError",
     "SocketInUseError",
@@ -153,7 +157,8 @@ class OutputStalledError(RingTimeoutError):
 
 
 class RecordTooLargeError(RingError, ValueError):
-    """A record is larger than the ring's maximum payload (capacity/2 - 8 bytes)."""
+    """A record is larger than the ring's maximum payload (capacity/2 - 8 bytes, and at most 4 GiB - 8: the
+    record header's u32 length)."""
 
 
 class RingCorruptError(RingError):
@@ -162,6 +167,16 @@ class RingCorruptError(RingError):
 
 class RingBusyError(RingError):
     """The producer or consumer end of a ring is already held by a live process."""
+
+
+class RingNamespaceError(RingError):
+    """The other end of a ring or latest slot (or the process holding this end) lives in another pid
+    namespace: its pid means nothing here, so it can neither be watched nor presumed dead and replaced."""
+
+
+class RingNoMemoryError(RingError, MemoryError):
+    """A new ring or latest slot can't be backed by memory (or its tmpfs is full); the message names the
+    size. ``.errno`` is ENOMEM or ENOSPC."""
 
 
 class RingClosedError(RingError, ValueError):
@@ -481,6 +496,7 @@ _BY_ERRNO = {
     errno.EPROTO: LayoutVersionError,
     errno.ETIMEDOUT: RingTimeoutError,
     errno.EBUSY: RingBusyError,
+    errno.EXDEV: RingNamespaceError,
 }
 
 

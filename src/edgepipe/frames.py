@@ -57,7 +57,7 @@ from edgepipe.errors import (
     RingTimeoutError,
     check,
 )
-from edgepipe.ring import RingReader, RingWriter, _Segment, _open_end, _timeout_ns
+from edgepipe.ring import RingReader, RingWriter, _Segment, _open_end, _timeout_ns, _truncation
 from edgepipe.shm import SharedRegion
 
 __all__ = [
@@ -706,6 +706,9 @@ class FrameReader:
             fields = _unpack_hdr(self._ro, off)
             p, doff = _parse(fields, n, "ring")
         except ImageHeaderError:
+            truncated = _truncation(self._r._ring)  # zero pages standing in for a truncated segment
+            if truncated:
+                raise truncated from None
             self._release()
             self.corrupt += 1
             raise
@@ -855,7 +858,8 @@ class LatestSlot(_Segment):
             buf = ffi.from_buffer(self._region.buffer())
         except ValueError:
             raise RingClosedError(f"latest slot {self.name or 'memfd'!r} is closed") from None
-        lib.ep_latest_status(buf, out)
+        self._region.check_size()  # a truncated segment is an error here, not a SIGBUS
+        lib.ep_latest_status(buf, len(buf), out)
         return LatestStatus(out)
 
     def stats(self) -> dict[str, Any]:
@@ -878,7 +882,7 @@ def _check_latest(region: SharedRegion) -> None:
     if rc == 0:
         return
     out = ffi.new("struct ep_latest_status *")
-    lib.ep_latest_status(region.address, out)
+    lib.ep_latest_status(region.address, region.size, out)
     if rc == -errno.EPROTO:
         raise LayoutVersionError(f"segment {where!r} has latest-slot layout version {out.version}; "
                                  f"this edgepipe reads version {lib.EP_LATEST_VERSION}")
@@ -943,6 +947,10 @@ class LatestWriter(_WriterBase):
         finally:
             self._inflight -= 1
         if rc < 0:
+            if rc == -errno.EBADMSG:
+                truncated = _truncation(self._slot)
+                if truncated:
+                    raise truncated
             check(rc, "publishing to the latest slot")
         self.overwritten += rc
         self._seq = seq
@@ -976,12 +984,13 @@ class LatestReader:
     """Consumer end of a :class:`LatestSlot`: the same read_frame / try_read_frame API as FrameReader.
     ``read_frame`` waits for a frame newer than the last one read and always returns the newest."""
 
-    __slots__ = ("_buf", "_h", "_held", "_inflight", "_open", "_slot", "_slot_size", "frames_read")
+    __slots__ = ("_buf", "_deferred", "_h", "_held", "_inflight", "_open", "_slot", "_slot_size", "frames_read")
 
     def __init__(self, slot: LatestSlot, spin_ns: int = 25_000) -> None:
         self._slot = slot
         self._h = _open_end(lib.ep_latest_reader_open, slot, "reader")
         self._inflight = 0  # read calls in progress (see try_read_frame)
+        self._deferred = None  # a handle close() left for the interrupted read to free (see close)
         check(lib.ep_latest_reader_set_spin(self._h, spin_ns), f"spin_ns {spin_ns}")
         self._buf = slot.region.buffer()
         self._slot_size = slot.status().slot_size
@@ -1042,7 +1051,7 @@ class LatestReader:
         try:
             return self._try_read_frame()
         finally:
-            self._inflight -= 1
+            self._leave()
 
     def _try_read_frame(self) -> _FrameRead | None:
         h = self._handle()
@@ -1064,7 +1073,13 @@ class LatestReader:
         try:
             return self._read_frame(timeout_s)
         finally:
-            self._inflight -= 1
+            self._leave()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if not self._inflight and self._deferred is not None:
+            h, self._deferred = self._deferred, None
+            lib.ep_latest_reader_close(h)
 
     def _read_frame(self, timeout_s: float | None) -> _FrameRead:
         h = self._handle()
@@ -1108,6 +1123,10 @@ class LatestReader:
         try:
             frame, ref = _new_frame(view, 0, self._slot_size, f"latest slot buffer {idx}")
         except ImageHeaderError:
+            # zero pages in place of a truncated segment's (the SIGBUS guard) read as a bad header
+            truncated = _truncation(self._slot)
+            if truncated:
+                raise truncated from None
             raise
         self._open = idx
         return _FrameRead(self, frame, ref, idx)
@@ -1128,7 +1147,8 @@ class LatestReader:
         if rc == -errno.ECANCELED or rc == -errno.EBADF:
             return RingClosedError(f"LatestReader on {name!r} is closed")
         if rc == -errno.EBADMSG:
-            return RingCorruptError(f"latest slot {name!r}: the exchange word holds a buffer index out of range")
+            return _truncation(self._slot) or RingCorruptError(
+                f"latest slot {name!r}: the exchange word holds a buffer index out of range")
         try:
             check(rc)
         except Exception as e:  # noqa: BLE001 - returned, not swallowed
@@ -1139,17 +1159,31 @@ class LatestReader:
         """Close the consumer end. Arrays still alive keep their pages mapped."""
         # _h goes first, then _inflight is read (the reads do the opposite): under the GIL either a read
         # sees _h None and raises RingClosedError, or we see it in flight, cancel its wait and let its C
-        # call return before the handle is freed. (A close from the reading thread itself, e.g. a signal
-        # handler interrupting a read, would wait forever here: close from another thread or after the read.)
+        # call return before the handle is freed. A close from a signal handler that interrupted this
+        # thread's own read finds that read on its own stack (between bytecodes, not inside C): waiting for
+        # it would wait forever, so the read frees the handle as it unwinds (_leave) and raises
+        # RingClosedError at its next use of the handle, as RingReader does.
         h, self._h = self._h, None
         if h is None:
             return
         if self._inflight:
+            if self._in_own_read():
+                self._deferred = h
+                self._slot._forget(self)
+                return
             lib.ep_latest_reader_cancel(h)
             while self._inflight:
                 time.sleep(0.0002)
         lib.ep_latest_reader_close(h)
         self._slot._forget(self)
+
+    def _in_own_read(self) -> bool:
+        f = sys._getframe(2)
+        while f is not None:
+            if f.f_code in _LATEST_READ_CODES and f.f_locals.get("self") is self:
+                return True
+            f = f.f_back
+        return False
 
     def __enter__(self) -> LatestReader:
         return self
@@ -1159,3 +1193,9 @@ class LatestReader:
 
     def __repr__(self) -> str:
         return f"<LatestReader frames_read={self.frames_read} held={sorted(self._held)}>"
+
+
+_LATEST_READ_CODES = frozenset(
+    f.__code__ for f in (LatestReader.read_frame, LatestReader._read_frame, LatestReader.try_read_frame,
+                         LatestReader._try_read_frame)
+)

@@ -28,6 +28,7 @@ from edgepipe.errors import (
     RingError,
     RingClosedError,
     RingCorruptError,
+    RingNamespaceError,
     RingTimeoutError,
     check,
 )
@@ -325,7 +326,10 @@ class _Segment:
     def _created_here(self) -> bool:
         if self._region.closed or self._region.name is None:
             return False
-        return self.status().creator_pid == os.getpid()
+        try:
+            return self.status().creator_pid == os.getpid()
+        except RingCorruptError:
+            return self._region.created  # truncated under us: the control block may be gone
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,7 +408,8 @@ class Ring(_Segment):
 
     @property
     def max_payload(self) -> int:
-        return self.status().capacity // 2 - lib.EP_REC_HDR
+        """Largest payload: ``capacity // 2 - 8``, and at most ``EP_REC_MAX_LEN`` (the u32 length field)."""
+        return self.status().max_payload
 
     def status(self) -> RingStatus:
         """Read the control block: positions, counters, and each end's pid and heartbeat."""
@@ -415,7 +420,8 @@ class Ring(_Segment):
             buf = ffi.from_buffer(self._region.buffer())
         except ValueError:
             raise RingClosedError(f"ring {self.name or 'memfd'!r} is closed") from None
-        check(lib.ep_ring_status(buf, out), "reading ring status")
+        self._region.check_size()  # a truncated segment is an error here, not a SIGBUS
+        check(lib.ep_ring_status(buf, len(buf), out), "reading ring status")
         return RingStatus(**{k: getattr(out, k) for k in _STATUS_FIELDS})
 
     def __repr__(self) -> str:
@@ -445,7 +451,7 @@ def _check_layout(region: SharedRegion) -> None:
     if rc == 0:
         return
     out = ffi.new("struct ep_ring_status *")
-    lib.ep_ring_status(region.address, out)
+    lib.ep_ring_status(region.address, region.size, out)
     if rc == -errno.EPROTO:
         raise LayoutVersionError(
             f"segment {where!r} has ring layout version {out.version}; "
@@ -549,15 +555,30 @@ class _HandleBase:
         self.close()
 
 
+def _truncation(seg: _Segment) -> RingCorruptError | None:
+    """The RingCorruptError saying the segment was truncated under its mapping, or None if it was not."""
+    try:
+        seg.region.check_size()
+    except RingCorruptError as e:
+        return e
+    return None
+
+
 def _open_end(opener, seg: _Segment, what: str):
     """Open the ``what`` ("writer" or "reader") end of a ring or latest slot with its C ``opener``."""
     out = ffi.new(f"struct {seg._C_PREFIX}_{what} **")
-    rc = opener(seg.region.address, seg.region.size, out)
+    rc = opener(seg.region.address, seg.region.size, seg.region.fd, out)
     where = seg.name or "memfd"
     if rc == -errno.EBUSY:
         s = seg.status()
         pid = s.producer_pid if what == "writer" else s.consumer_pid
         raise RingBusyError(f"{seg._KIND} {where!r} already has a live {what} (pid {pid})")
+    if rc == -errno.EXDEV:
+        raise RingNamespaceError(
+            f"{seg._KIND} {where!r}: its {what} end or the other end is held by a process in another pid "
+            f"namespace, whose liveness can't be checked from here; open both ends in one pid namespace")
+    if rc == -errno.EBADMSG:
+        seg.region.check_size()
     check(rc, seg._OPEN_CONTEXT.format(what=what, where=where))
     return out[0]
 
@@ -881,10 +902,7 @@ class RingWriter(_HandleBase):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         if size > self._max_payload:
-            raise RecordTooLargeError(
-                f"record of {size} bytes exceeds max_payload {self._max_payload} "
-                f"(capacity {self._max_payload * 2 + 16})"
-            )
+            raise self._error(-errno.EMSGSIZE, None, size=size)
 
     def _error(self, rc: int, payload, timeout_s=None, size: int | None = None, type_id=None) -> Exception:
         if rc in (-errno.EBADF, _ECANCELED):
@@ -892,10 +910,16 @@ class RingWriter(_HandleBase):
         if size is None and payload is not None:
             size = memoryview(payload).nbytes
         if rc == -errno.EMSGSIZE:
+            cap = self._ring.capacity
+            limit = "" if cap // 2 - lib.EP_REC_HDR <= lib.EP_REC_MAX_LEN else (
+                f"; a record header's u32 length caps any record at {lib.EP_REC_MAX_LEN} bytes")
             return RecordTooLargeError(
-                f"record of {size} bytes exceeds max_payload {self._max_payload} "
-                f"(capacity {self._max_payload * 2 + 16})"
+                f"record of {size} bytes exceeds max_payload {self._max_payload} (capacity {cap}{limit})"
             )
+        if rc == -errno.EBADMSG:
+            truncated = _truncation(self._ring)
+            if truncated:
+                return truncated
         if rc == -errno.EPIPE:
             s = self._ring.status()
             how = "closed" if s.consumer_closed else "died"
@@ -1254,6 +1278,9 @@ class RingReader(_HandleBase):
         if rc == -errno.ETIMEDOUT:
             return RingTimeoutError(f"nothing arrived on {name!r} within timeout_s={timeout_s}")
         if rc == -errno.EBADMSG:
+            truncated = _truncation(self._ring)
+            if truncated:
+                return truncated
             s = self._ring.status()
             return RingCorruptError(f"corrupt record header in {name!r} at position {s.head} (tail {s.tail})")
         try:

@@ -25,7 +25,14 @@ import stat
 from collections.abc import Iterable
 
 from edgepipe._ffi import ffi, lib
-from edgepipe.errors import EdgepipeOSError, RingClosedError, UntrustedSegmentError, check
+from edgepipe.errors import (
+    EdgepipeOSError,
+    RingClosedError,
+    RingCorruptError,
+    RingNoMemoryError,
+    UntrustedSegmentError,
+    check,
+)
 
 __all__ = ["SharedRegion", "list_segments", "validate_name"]
 
@@ -90,6 +97,15 @@ def _check_owner(fd: int, name: str, allow: frozenset[int]) -> None:
             path, owner, mode)
 
 
+def _check_backed(rc: int, size: int, what: str) -> None:
+    """A create that could not reserve the segment's memory (ep_shm.c fallocates it) names the size."""
+    if rc in (-errno.ENOMEM, -errno.ENOSPC):
+        err = RingNoMemoryError(f"cannot back {what} of {size} bytes ({size / 2**30:.3g} GiB): "
+                                f"{os.strerror(-rc)}")
+        err.errno = -rc  # type: ignore[attr-defined]
+        raise err
+
+
 class _EmptySegment(EdgepipeOSError):
     """A segment of size 0: its creator has not sized it yet, or it is not ours at all."""
 
@@ -128,6 +144,7 @@ class SharedRegion:
         if fd == -errno.EEXIST:
             raise EdgepipeOSError(errno.EEXIST, f"shared memory segment {name!r} already exists",
                                   SHM_DIR + "/" + PREFIX + name)
+        _check_backed(fd, size, f"segment {name!r}")
         check(fd, f"creating segment {name!r} of {size} bytes")
         try:
             return cls(fd, size, name, owner=True)
@@ -169,7 +186,9 @@ class SharedRegion:
     def anonymous(cls, size: int, label: str = "edgepipe") -> SharedRegion:
         """Create an unnamed ``memfd`` segment; share it by passing ``fd`` to a child (inherit or SCM_RIGHTS)."""
         _check_size(size)
-        fd = check(lib.ep_memfd_create(label.encode(), size), f"memfd of {size} bytes")
+        fd = lib.ep_memfd_create(label.encode(), size)
+        _check_backed(fd, size, "memfd")
+        fd = check(fd, f"memfd of {size} bytes")
         return cls(fd, size, None, owner=True)
 
     @classmethod
@@ -200,6 +219,11 @@ class SharedRegion:
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def created(self) -> bool:
+        """True if this object created the segment (not attached to it)."""
+        return self._owner
 
     @property
     def fd(self) -> int:
@@ -243,6 +267,18 @@ class SharedRegion:
             pass  # views are still alive: the pages stay mapped until the last one is gone
         self._mmap = None
         os.close(self._fd)
+
+    def check_size(self) -> None:
+        """Raise RingCorruptError if the segment is now shorter than the mapping (another process
+        truncated it: touching the missing pages would kill this process with SIGBUS)."""
+        self._check_open()
+        try:
+            now = os.fstat(self._fd).st_size
+        except OSError:
+            return
+        if now < self._size:
+            raise RingCorruptError(f"segment {self._name or 'memfd'!r} was truncated to {now} bytes under its "
+                                   f"{self._size}-byte mapping (by another process)")
 
     def _check_open(self) -> None:
         if self._addr is None:

@@ -35,7 +35,7 @@ static void *consume(void *arg)
 {
     struct consumer *c = arg;
     struct ep_ring_reader *r;
-    if (ep_ring_reader_open(c->base, c->region_size, &r)) {
+    if (ep_ring_reader_open(c->base, c->region_size, -1, &r)) {
         c->bad++;
         return NULL;
     }
@@ -68,7 +68,7 @@ static int run_once(int wait_mode, double rate_hz, int ms)
     }
     close(fd);
     struct ep_ring_writer *w;
-    if (ep_ring_writer_open(base, size, &w))
+    if (ep_ring_writer_open(base, size, -1, &w))
         return 1;
     struct consumer c = {.base = base, .region_size = size};
     pthread_t ct;
@@ -99,7 +99,7 @@ static int run_once(int wait_mode, double rate_hz, int ms)
     /* wait for the consumer to drain everything that was published */
     for (int i = 0; i < 2000; i++) {
         struct ep_ring_status rs;
-        ep_ring_status(base, &rs);
+        ep_ring_status(base, size, &rs);
         if (rs.records_read == st.published)
             break;
         struct timespec ts = {0, 1000000};

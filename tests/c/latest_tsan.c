@@ -43,7 +43,7 @@ static void *producer(void *arg)
 {
     (void)arg;
     struct ep_latest_writer *w;
-    if (ep_latest_writer_open(base, region_size, &w)) {
+    if (ep_latest_writer_open(base, region_size, -1, &w)) {
         fprintf(stderr, "writer open failed\n");
         exit(2);
     }
@@ -81,7 +81,7 @@ static void *consumer(void *arg)
 {
     (void)arg;
     struct ep_latest_reader *r;
-    if (ep_latest_reader_open(base, region_size, &r)) {
+    if (ep_latest_reader_open(base, region_size, -1, &r)) {
         fprintf(stderr, "reader open failed\n");
         exit(2);
     }
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     pthread_join(p, NULL);
     pthread_join(c, NULL);
     struct ep_latest_status s;
-    ep_latest_status(base, &s);
+    ep_latest_status(base, region_size, &s);
     printf("published %llu delivered %llu overwritten %llu parks %llu late-wakeups %llu kept-checks %llu "
            "(nbuf %u)\n", (unsigned long long)s.published, (unsigned long long)s.delivered,
            (unsigned long long)s.overwritten, (unsigned long long)s.consumer_parks,

@@ -218,7 +218,7 @@ static void *producer(void *arg)
 {
     struct run *rn = arg;
     struct ep_ring_writer *w;
-    int rc = ep_ring_writer_open(rn->base, rn->region_size, &w);
+    int rc = ep_ring_writer_open(rn->base, rn->region_size, -1, &w);
     if (rc) {
         rn->producer_rc = rc;
         return NULL;
@@ -324,7 +324,7 @@ static void *consumer(void *arg)
 {
     struct run *rn = arg;
     struct ep_ring_reader *r;
-    int rc = ep_ring_reader_open(rn->base, rn->region_size, &r);
+    int rc = ep_ring_reader_open(rn->base, rn->region_size, -1, &r);
     if (rc) {
         rn->consumer_rc = rc;
         return NULL;
@@ -443,7 +443,7 @@ static int run_ring(uint64_t cap, uint64_t n, uint64_t seed)
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 
     struct ep_ring_status st;
-    ep_ring_status(rn.base, &st);
+    ep_ring_status(rn.base, rn.region_size, &st);
     printf("capacity %-6" PRIu64 " records %-9" PRIu64 " %.2f s (%.2f M/s)  lost %" PRIu64 " reordered %" PRIu64
            " corrupt %" PRIu64 "  written/read %" PRIu64 "/%" PRIu64 "  parks p=%" PRIu64 " c=%" PRIu64
            "  wakes p=%" PRIu64 " c=%" PRIu64 "  full %" PRIu64 "  late_wakeups %" PRIu64 "\n",

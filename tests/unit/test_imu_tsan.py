@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from _cbuild import PLAIN_FLAGS, TSAN_FLAGS, build, run, run_tsan, sources
+from _cbuild import PLAIN_FLAGS, RING_CORE, TSAN_FLAGS, build, run, run_tsan, sources
 
-SOURCES = sources("imu_tsan.c", "ep_imu.c", "ep_ahrs.c", "ep_ring.c", "ep_shm.c", "ep_clock.c")
+SOURCES = sources("imu_tsan.c", "ep_imu.c", "ep_ahrs.c", *RING_CORE)
 
 
 class TestImuLoopHarness:

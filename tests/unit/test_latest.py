@@ -19,6 +19,7 @@ from edgepipe import Ring
 from edgepipe._ffi import lib
 from edgepipe.errors import (
     ImageHeaderError,
+    LayoutVersionError,
     ImageHeldError,
     ImageTooLargeError,
     PeerClosedError,
@@ -235,6 +236,20 @@ class TestAttach:
                 assert f.seq == 1
             other.close()
         assert not os.path.exists(f"/dev/shm/edgepipe.{shm_name}")
+
+    def test_previous_layout_version_is_refused(self, shm_name):
+        """A slot laid out by the previous layout version (2: owner words without generations, no publish
+        count in the state word) raises LayoutVersionError naming both versions; with the version restored
+        it attaches again."""
+        with LatestSlot.create(shm_name, 1024) as s:
+            old = lib.EP_LATEST_VERSION - 1
+            s.region.buffer()[4:8] = struct.pack("=I", old)
+            for attach in (lambda: LatestSlot.attach(shm_name), lambda: LatestSlot.from_fd(s.fd)):
+                with pytest.raises(LayoutVersionError) as ei:
+                    attach()
+                assert str(old) in str(ei.value) and str(lib.EP_LATEST_VERSION) in str(ei.value)
+            s.region.buffer()[4:8] = struct.pack("=I", lib.EP_LATEST_VERSION)
+            LatestSlot.attach(shm_name).close()
 
     def test_empty_segment_is_corrupt_like_a_ring(self, shm_name):
         """A zero-length segment under the slot's name raises RingCorruptError naming it, as Ring.attach does."""

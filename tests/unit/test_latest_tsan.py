@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from _cbuild import PLAIN_FLAGS, TSAN_FLAGS, build, run, run_tsan, sources
+from _cbuild import LATEST_CORE, PLAIN_FLAGS, TSAN_FLAGS, build, run, run_tsan, sources
 
-SOURCES = sources("latest_tsan.c", "ep_latest.c", "ep_clock.c")
+SOURCES = sources("latest_tsan.c", *LATEST_CORE)
 WATCHDOG_S = 120
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-from _cbuild import PLAIN_FLAGS, TSAN_FLAGS, build, run, run_tsan, sources
+from _cbuild import PLAIN_FLAGS, RING_CORE, TSAN_FLAGS, build, run, run_tsan, sources
 
-SOURCES = sources("ring_tsan.c", "ep_ring.c", "ep_shm.c", "ep_clock.c")
+SOURCES = sources("ring_tsan.c", *RING_CORE)
 TSAN_RECORDS = 3_000_000  # ~10 s on an idle 2-core VM under TSan, ~45 s on a loaded one
 PLAIN_RECORDS = 10_000_000  # ~5 s
 WATCHDOG_S = 240  # the harness's alarm(): a hang fails the run instead of stalling CI
