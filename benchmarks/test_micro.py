@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from edgepipe import FrameSocket, Madgwick, Ring
-from edgepipe.frames import FrameReader, FrameWriter, LatestSlot
+from edgepipe.frames import FrameReader, FrameWriter
+from edgepipe.latest import LatestSlot
 
 RECORD = bytes(range(64))
 

@@ -39,6 +39,7 @@ from edgepipe.pipeline.config import (
 )
 from edgepipe.cli.doctor import DoctorCheck, run_doctor
 from edgepipe.imu_loop import ImuLoop, ImuLoopConfig
+from edgepipe.latest import LatestReader, LatestSlot, LatestStatus, LatestWriter
 from edgepipe.errors import (
     CalibrationError,
     CameraNotFoundError,
@@ -104,16 +105,7 @@ from edgepipe.errors import (
     UntrustedSegmentError,
     WorkerError,
 )
-from edgepipe.frames import (
-    PIXEL_FORMATS,
-    Frame,
-    FrameReader,
-    FrameWriter,
-    LatestReader,
-    LatestSlot,
-    LatestStatus,
-    LatestWriter,
-)
+from edgepipe.frames import PIXEL_FORMATS, Frame, FrameReader, FrameWriter
 from edgepipe.control import messages
 from edgepipe.control.framing import Envelope, FrameSocket
 from edgepipe.stages.imu import (

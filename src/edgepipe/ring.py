@@ -6,33 +6,37 @@ thin: one cffi call, arguments already in the shape C wants, errors decoded only
 
 Zero-copy paths: ``claim(n)`` hands out a writable memoryview inside the ring, ``peek()`` a read-only one;
 neither view may be used after its ``with`` block (the bytes are recycled by the other end).
+
+One piece: the Ring and its two ends are the binding of one C object (``ep_ring_*`` has this one caller):
+the ends share the blocking-call and close protocol (``_HandleBase``) and the error mapping, and the
+writer's lease and in-place offset API exist for other handles layered on it. Argument checks live in
+``_args``, the segment base shared with the latest slot in ``_segment``.
 """
 
 from __future__ import annotations
 
 import errno
-import math
-import os
 import sys
 import time
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
+from edgepipe._args import timeout_ns
 from edgepipe._ffi import ffi, lib
+from edgepipe._segment import Segment, open_end, truncation
 from edgepipe.errors import (
     LayoutVersionError,
     PeerClosedError,
     RecordTooLargeError,
     RingBusyError,
-    RingError,
     RingClosedError,
     RingCorruptError,
-    RingNamespaceError,
+    RingError,
     RingTimeoutError,
     check,
 )
-from edgepipe.shm import SharedRegion, _EmptySegment, validate_name
+from edgepipe.shm import SharedRegion
 
 __all__ = ["Ring", "RingReader", "RingStatus", "RingWriter", "WaitPolicy"]
 
@@ -44,6 +48,11 @@ _try_write = lib.ep_ring_try_write
 _try_read = lib.ep_ring_try_read
 _write = lib.ep_ring_write
 _read = lib.ep_ring_read
+_claim = lib.ep_ring_claim
+_commit = lib.ep_ring_commit
+_abort = lib.ep_ring_abort
+_peek = lib.ep_ring_peek
+_release = lib.ep_ring_release
 _EAGAIN = -errno.EAGAIN
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
@@ -52,25 +61,11 @@ _mono_ns = time.monotonic_ns
 # A blocking call returns from C to Python at least this often, so signal handlers (Ctrl-C) run promptly
 # even while a reader spins; it then goes straight back to waiting.
 _SLICE_NS = 100_000_000
-_FOREVER_NS = 1 << 62  # timeouts beyond ~146 years mean "forever"
 _BATCH_BUF_MAX = 1 << 20  # bytes the batch read buffer grows to, beyond one max-size record
 
 
 # ---------------------------------------------------------------------------------------------------
 # arguments
-
-
-def _timeout_ns(timeout_s: float | None) -> int:
-    """None or +inf mean wait forever (-1 for C); anything else must be a finite number >= 0."""
-    if timeout_s is None:
-        return -1
-    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool):
-        raise TypeError(f"timeout_s must be a number or None, not {type(timeout_s).__name__}: {timeout_s!r}")
-    if math.isnan(timeout_s) or timeout_s < 0:
-        raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
-    if math.isinf(timeout_s) or timeout_s * 1e9 >= _FOREVER_NS:
-        return -1
-    return int(timeout_s * 1e9)
 
 
 def _type_id(type_id: object) -> int:
@@ -146,7 +141,7 @@ class WaitPolicy:
         catch back-to-back records) and sleep otherwise.
         """
         try:
-            ns = _timeout_ns(latency_budget_s)
+            ns = timeout_ns(latency_budget_s)
         except (TypeError, ValueError):
             raise ValueError(f"latency_budget_s must be a number >= 0, got {latency_budget_s!r}") from None
         if ns < 0:
@@ -205,138 +200,10 @@ _STATUS_FIELDS = [f.name for f in fields(RingStatus)]
 
 
 # ---------------------------------------------------------------------------------------------------
-# what a ring and a latest slot (edgepipe.frames) share: a SharedRegion, the ends opened through it,
-# and how the region is created, attached by name (waiting for its creator) or taken from an fd
-
-
-class _Segment:
-    __slots__ = ("_handles", "_region")
-    _KIND: str = "segment"  # for messages: "ring", "latest slot"
-    _MEMFD_LABEL: str = "edgepipe"
-    _C_PREFIX: str = "ep_ring"  # the ends are struct <prefix>_writer / <prefix>_reader
-    _OPEN_CONTEXT: str = "opening the {what} of {where!r}"  # the error message when opening an end fails
-
-    @classmethod
-    def _create_region(cls, name: str | None, size: int, init):
-        """Create the region (named, or a memfd for None), lay it out with ``init(region)``, wrap it."""
-        if name is None:
-            region = SharedRegion.anonymous(size, cls._MEMFD_LABEL)
-        else:
-            region = SharedRegion.create(validate_name(name), size)
-        try:
-            init(region)
-        except BaseException:
-            region.unlink()
-            region.close()
-            raise
-        return cls(region)
-
-    @classmethod
-    def _attach_named(cls, name: str, wait_s: float, allow_uids: Iterable[int] = ()):
-        validate_name(name)
-        wait_ns = _timeout_ns(wait_s)
-        deadline = time.monotonic() + (wait_ns / 1e9 if wait_ns >= 0 else 1e12)
-        while True:
-            try:
-                region = SharedRegion.attach(name, allow_uids=allow_uids)
-            except (FileNotFoundError, _EmptySegment) as e:
-                # Not there yet, or its creator is between shm_open and ftruncate: retry until wait_s.
-                if time.monotonic() >= deadline:
-                    if isinstance(e, _EmptySegment):
-                        raise RingCorruptError(
-                            f"segment {name!r} is empty (0 bytes): not a {cls._KIND}") from None
-                    raise
-                time.sleep(0.002)
-                continue
-            try:
-                return cls(region)
-            except RingCorruptError:
-                region.close()
-                # A creator between shm_open and its init call looks exactly like this: retry.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.002)
-            except BaseException:
-                region.close()
-                raise
-
-    @classmethod
-    def _from_segment_fd(cls, fd: int):
-        try:
-            region = SharedRegion.from_fd(fd)
-        except _EmptySegment:
-            raise RingCorruptError(f"fd {fd} is an empty file (0 bytes): not a {cls._KIND}") from None
-        try:
-            return cls(region)
-        except BaseException:
-            region.close()
-            raise
-
-    @property
-    def region(self) -> SharedRegion:
-        return self._region
-
-    @property
-    def name(self) -> str | None:
-        return self._region.name
-
-    @property
-    def fd(self) -> int:
-        return self._region.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._region.closed
-
-    # -- lifetime -----------------------------------------------------------------------------------
-    def unlink(self) -> None:
-        """Remove a named segment's name (attached processes keep working). Idempotent; no-op for memfd."""
-        self._region.unlink()
-
-    def close(self) -> None:
-        """Close every end opened through this object, then unmap (arrays still alive keep their pages).
-        Safe to call twice. Does not unlink.
-
-        Raises:
-            RingBusyError: a writer of this ring is leased to a C loop (``ImuLoop``) that still writes
-                through it; nothing is closed. Close the loop first.
-        """
-        for h in self._handles:
-            if getattr(h, "_lease", None) is not None:
-                raise h._closed_error()
-        for h in list(self._handles):
-            h.close()
-        self._handles.clear()
-        self._region.close()
-
-    def _forget(self, handle) -> None:
-        try:
-            self._handles.remove(handle)
-        except ValueError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        # The creator of a named segment removes its name on the way out of a `with`.
-        self.unlink() if self._created_here() else None
-        self.close()
-
-    def _created_here(self) -> bool:
-        if self._region.closed or self._region.name is None:
-            return False
-        try:
-            return self.status().creator_pid == os.getpid()
-        except RingCorruptError:
-            return self._region.created  # truncated under us: the control block may be gone
-
-
-# ---------------------------------------------------------------------------------------------------
 # the ring
 
 
-class Ring(_Segment):
+class Ring(Segment):
     """A shared-memory SPSC ring: one producer process, one consumer process.
 
     >>> with Ring.create(capacity=4096) as ring:
@@ -555,34 +422,6 @@ class _HandleBase:
         self.close()
 
 
-def _truncation(seg: _Segment) -> RingCorruptError | None:
-    """The RingCorruptError saying the segment was truncated under its mapping, or None if it was not."""
-    try:
-        seg.region.check_size()
-    except RingCorruptError as e:
-        return e
-    return None
-
-
-def _open_end(opener, seg: _Segment, what: str):
-    """Open the ``what`` ("writer" or "reader") end of a ring or latest slot with its C ``opener``."""
-    out = ffi.new(f"struct {seg._C_PREFIX}_{what} **")
-    rc = opener(seg.region.address, seg.region.size, seg.region.fd, out)
-    where = seg.name or "memfd"
-    if rc == -errno.EBUSY:
-        s = seg.status()
-        pid = s.producer_pid if what == "writer" else s.consumer_pid
-        raise RingBusyError(f"{seg._KIND} {where!r} already has a live {what} (pid {pid})")
-    if rc == -errno.EXDEV:
-        raise RingNamespaceError(
-            f"{seg._KIND} {where!r}: its {what} end or the other end is held by a process in another pid "
-            f"namespace, whose liveness can't be checked from here; open both ends in one pid namespace")
-    if rc == -errno.EBADMSG:
-        seg.region.check_size()
-    check(rc, seg._OPEN_CONTEXT.format(what=what, where=where))
-    return out[0]
-
-
 # ---------------------------------------------------------------------------------------------------
 # producer
 
@@ -612,7 +451,7 @@ class RingWriter(_HandleBase):
         self._ring = ring
         self._inflight = 0
         self._lease = None
-        self._h = _open_end(lib.ep_ring_writer_open, ring, "writer")
+        self._h = open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
         off = lib.EP_RING_DATA_OFF
         self._data = ring.region.buffer()[off : off + ring.capacity]
@@ -714,7 +553,7 @@ class RingWriter(_HandleBase):
             if rc is not None and rc not in (_ETIMEDOUT, _EINTR):
                 raise self._error(rc, payload, timeout_s, type_id=type_id)
         self._handle()
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         _type_id(type_id)
         buf = payload if type(payload) is bytes else _as_buffer(payload)
         rc = self._block(_write, (buf, len(buf), type_id), tns)
@@ -738,7 +577,7 @@ class RingWriter(_HandleBase):
         """
         self._check_size(size)
         _type_id(type_id)
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         w = self._handle()
         off = lib.ep_ring_claim(w, size)
         if off == _EAGAIN and tns != 0:
@@ -804,7 +643,7 @@ class RingWriter(_HandleBase):
         Raises RingTimeoutError if they are not all in by ``timeout_s``; the records written before the
         deadline stay written (their count is in the exception's ``written`` attribute).
         """
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         deadline = None if tns < 0 else time.monotonic_ns() + tns
         total = len(records)
         done = 0
@@ -885,6 +724,59 @@ class RingWriter(_HandleBase):
 
         return write
 
+    # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameWriter) ------------
+    @property
+    def ring(self) -> Ring:
+        """The Ring this end was opened on."""
+        return self._ring
+
+    @property
+    def data(self) -> memoryview:
+        """The ring's data area, writable (it starts page-aligned in every process): the offsets
+        :meth:`claim_offset` returns are into it."""
+        return self._data
+
+    def claim_offset(self, size: int, timeout_s: float | None = None, what: str = "record") -> int:
+        """Reserve ``size`` payload bytes in place and return their offset in :attr:`data`; finish the record
+        with :meth:`commit_offset` or :meth:`abort_offset`. Waits for room like :meth:`write` (``timeout_s=0``:
+        not at all).
+
+        Raises:
+            RingTimeoutError: no room in time (the message names ``what``). RingClosedError, PeerClosedError,
+            RecordTooLargeError as write() does.
+        """
+        tns = timeout_ns(timeout_s)
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        off = _claim(h, size)
+        if off < 0:
+            if off == _EAGAIN and tns != 0:
+                rc = self._block(lib.ep_ring_writer_wait, (size,), tns)
+                if rc < 0:
+                    raise self._error(rc, None, timeout_s, size)
+                off = _claim(self._handle(), size)
+            if off == _EAGAIN:
+                raise RingTimeoutError(f"no room for a {size}-byte {what} (timeout_s={timeout_s})")
+            if off < 0:
+                raise self._error(off, None, timeout_s, size)
+        return off
+
+    def commit_offset(self, size: int, type_id: int) -> None:
+        """Publish the record reserved by :meth:`claim_offset` with ``size`` payload bytes and ``type_id``."""
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        rc = _commit(h, size, type_id)
+        if rc < 0:
+            raise self._error(rc, None)
+
+    def abort_offset(self) -> None:
+        """Give back the reservation of :meth:`claim_offset` unpublished (nothing if the end is closed)."""
+        h = self._h
+        if h is not None:
+            _abort(h)
+
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the producer end: the reader drains what is queued, then gets PeerClosedError.
@@ -917,7 +809,7 @@ class RingWriter(_HandleBase):
                 f"record of {size} bytes exceeds max_payload {self._max_payload} (capacity {cap}{limit})"
             )
         if rc == -errno.EBADMSG:
-            truncated = _truncation(self._ring)
+            truncated = truncation(self._ring)
             if truncated:
                 return truncated
         if rc == -errno.EPIPE:
@@ -1010,7 +902,7 @@ class RingReader(_HandleBase):
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
-        self._h = _open_end(lib.ep_ring_reader_open, ring, "reader")
+        self._h = open_end(lib.ep_ring_reader_open, ring, "reader")
         self._io = lib.ep_ring_reader_io(self._h)
         self._max_payload = ring.max_payload
         self._scratch = ffi.buffer(lib.ep_ring_reader_scratch(self._h), max(1, self._max_payload))
@@ -1078,7 +970,7 @@ class RingReader(_HandleBase):
                 raise self._error(n, timeout_s)
             tns = -1
         else:
-            tns = _timeout_ns(timeout_s)  # validated before any record moves
+            tns = timeout_ns(timeout_s)  # validated before any record moves
         n = self._block(_read, (), tns)
         if n >= 0:
             return self._scratch[0:n]
@@ -1094,7 +986,7 @@ class RingReader(_HandleBase):
         except (TypeError, BufferError):
             raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
         lens = self._batch_arrays()[1]
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         while True:
             rc = lib.ep_ring_try_read_batch(r, b, len(b), lens, ffi.NULL, 1)
             if rc == 1:
@@ -1144,7 +1036,7 @@ class RingReader(_HandleBase):
         b'abc'
         """
         self._handle()  # closed: raise before validating the timeout
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         while True:
             view = self.try_peek()
             if view is not None:
@@ -1178,7 +1070,7 @@ class RingReader(_HandleBase):
 
     def read_many(self, max_n: int = 256, timeout_s: float | None = None) -> list[bytes]:
         """Wait up to ``timeout_s`` for at least one record, then take up to ``max_n``."""
-        tns = _timeout_ns(timeout_s)
+        tns = timeout_ns(timeout_s)
         out = self.try_read_many(max_n)
         if out or tns == 0:
             return out
@@ -1244,7 +1136,7 @@ class RingReader(_HandleBase):
         """Wait until a record is queued; True if one is, False on timeout. PeerClosedError if the ring is
         empty and the producer is gone."""
         self._handle()
-        rc = self._block(lib.ep_ring_reader_wait, (), _timeout_ns(timeout_s))
+        rc = self._block(lib.ep_ring_reader_wait, (), timeout_ns(timeout_s))
         if rc == _ETIMEDOUT:
             return False
         if rc < 0:
@@ -1252,6 +1144,42 @@ class RingReader(_HandleBase):
         return True
 
     # -- lifetime -----------------------------------------------------------------------------------
+    # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameReader) ------------
+    @property
+    def ring(self) -> Ring:
+        """The Ring this end was opened on."""
+        return self._ring
+
+    @property
+    def data(self) -> memoryview:
+        """The ring's data area (page-aligned in every process): :attr:`record_offset` is into it."""
+        return self._data
+
+    def peek_offset(self) -> int:
+        """Hold the next record in place and return its payload length, or -1 at once if the ring is empty
+        (never blocks). Where it is: :attr:`record_offset`; its type: :attr:`last_type`; give it back with
+        :meth:`release`."""
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        n = _peek(h)
+        if n < 0:
+            if n == _EAGAIN:
+                return -1
+            raise self._error(n)
+        return n
+
+    @property
+    def record_offset(self) -> int:
+        """Offset in :attr:`data` of the payload of the record most recently read or peeked."""
+        return self._io.off
+
+    def release_if_held(self) -> None:
+        """Give back a record held by :meth:`peek_offset`; nothing if none is held or the end is closed."""
+        h = self._h
+        if h is not None:
+            _release(h)
+
     def close(self) -> None:
         """Close the consumer end: a producer's next write raises PeerClosedError."""
         if self._close(lib.ep_ring_reader_cancel, lib.ep_ring_reader_close):
@@ -1278,7 +1206,7 @@ class RingReader(_HandleBase):
         if rc == -errno.ETIMEDOUT:
             return RingTimeoutError(f"nothing arrived on {name!r} within timeout_s={timeout_s}")
         if rc == -errno.EBADMSG:
-            truncated = _truncation(self._ring)
+            truncated = truncation(self._ring)
             if truncated:
                 return truncated
             s = self._ring.status()

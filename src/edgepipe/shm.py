@@ -106,7 +106,7 @@ def _check_backed(rc: int, size: int, what: str) -> None:
         raise err
 
 
-class _EmptySegment(EdgepipeOSError):
+class EmptySegmentError(EdgepipeOSError):
     """A segment of size 0: its creator has not sized it yet, or it is not ours at all."""
 
 
@@ -207,7 +207,7 @@ class SharedRegion:
             check(rc, f"segment {name or fd!r} is unreadable")
         if size[0] == 0:
             os.close(fd)
-            raise _EmptySegment(errno.EINVAL, f"segment {name or fd!r} is empty (0 bytes)")
+            raise EmptySegmentError(errno.EINVAL, f"segment {name or fd!r} is empty (0 bytes)")
         return cls(fd, size[0], name, owner=False)
 
     # -- properties ---------------------------------------------------------------------------------

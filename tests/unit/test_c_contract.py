@@ -26,7 +26,7 @@ import pytest
 from edgepipe import Ring
 from edgepipe._ffi import ffi, lib
 from edgepipe.errors import RecordTooLargeError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 from edgepipe.shm import SharedRegion
 
 ROOT = Path(__file__).resolve().parents[2]

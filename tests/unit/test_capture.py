@@ -16,7 +16,8 @@ import pytest
 from edgepipe import Ring
 from edgepipe.stages.capture import CaptureStage, FileSource, PatternSource, open_source, sample_text_images, sample_video
 from edgepipe.errors import CameraNotFoundError, OutputStalledError, RingTimeoutError, SourceFailedError, SourceOpenError
-from edgepipe.frames import FrameReader, FrameWriter, LatestSlot
+from edgepipe.frames import FrameReader, FrameWriter
+from edgepipe.latest import LatestSlot
 
 CLIP_SHAPE = (576, 768, 3)
 

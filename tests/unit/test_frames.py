@@ -23,7 +23,8 @@ from edgepipe.errors import (
     PeerClosedError,
     RingTimeoutError,
 )
-from edgepipe.frames import PIXEL_FORMATS, FrameReader, FrameWriter, LatestSlot
+from edgepipe.frames import PIXEL_FORMATS, FrameReader, FrameWriter
+from edgepipe.latest import LatestSlot
 
 
 @pytest.fixture

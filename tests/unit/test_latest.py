@@ -28,7 +28,8 @@ from edgepipe.errors import (
     RingCorruptError,
     RingTimeoutError,
 )
-from edgepipe.frames import FrameReader, FrameWriter, LatestSlot
+from edgepipe.frames import FrameReader, FrameWriter
+from edgepipe.latest import LatestSlot
 from edgepipe.shm import SharedRegion
 
 _FORK = mp.get_context("fork")
@@ -379,7 +380,7 @@ def test_latest_slot_torn_frame_stress():
 
 
 class _CloseSpy:
-    """Stands in for edgepipe.frames.lib: holds the C call ``held`` open for a while (a racing close would
+    """Stands in for edgepipe.latest.lib: holds the C call ``held`` open for a while (a racing close would
     free the handle then) and counts such calls still running when ``close`` (which frees it) is called."""
 
     def __init__(self, real, held: str, close: str):
@@ -417,7 +418,7 @@ class TestCloseWhileReading:
     def test_close_never_frees_the_handle_under_a_running_call(self, slot, monkeypatch, blocking):
         """close() from another thread while read_frame/try_read_frame is inside a C call waits for that
         call before it frees the reader (no use after free); the read then returns or raises RingClosedError."""
-        import edgepipe.frames as frames
+        import edgepipe.latest as frames
 
         spy = _CloseSpy(frames.lib, "ep_latest_try_take", "ep_latest_reader_close")
         monkeypatch.setattr(frames, "lib", spy)
@@ -446,7 +447,7 @@ class TestCloseWhileWriting:
     def test_close_never_frees_the_writer_under_a_running_publish(self, slot, monkeypatch):
         """close() from another thread while write_frame is inside ep_latest_publish waits for that call
         before it frees the writer; the frame is published and the reader gets it."""
-        import edgepipe.frames as frames
+        import edgepipe.latest as frames
 
         spy = _CloseSpy(frames.lib, "ep_latest_publish", "ep_latest_writer_close")
         monkeypatch.setattr(frames, "lib", spy)

@@ -25,6 +25,8 @@ HANDLES = {
     "edgepipe.clock": {"clock"},
     "edgepipe.shm": {"shm", "memfd"},
     "edgepipe.ring": {"ring"},
+    "edgepipe._image": set(),
+    "edgepipe._segment": set(),
     "edgepipe.latest": {"latest"},
     "edgepipe.frames": set(),
     "edgepipe.ahrs": {"ahrs"},

@@ -29,7 +29,7 @@ import pytest
 from edgepipe import Ring
 from edgepipe._ffi import lib
 from edgepipe.errors import PeerClosedError, RingTimeoutError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL_BYTES = 4096
@@ -326,7 +326,7 @@ class TestForeignPidNamespace:
 _SIGNAL_CLOSE = r"""
 import signal, sys
 from edgepipe.errors import RingClosedError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 slot = LatestSlot.create(None, 4096, 3)
 r = slot.reader()
 w = slot.writer()

@@ -22,7 +22,7 @@ import pytest
 from edgepipe import Ring
 from edgepipe._ffi import lib
 from edgepipe.errors import RingCorruptError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 
 import edgepipe.errors as errors
 
@@ -39,7 +39,7 @@ _TRUNCATE = """
 import os, sys, threading, time
 from edgepipe import Ring
 from edgepipe.errors import RingCorruptError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 name, case = sys.argv[1], sys.argv[2]
 short = 4096 + 512                                   # the control block survives, the data does not
 if case.startswith("latest"):
@@ -101,7 +101,7 @@ import os, sys, threading, time
 import numpy as np
 from edgepipe import Ring
 from edgepipe.errors import RingCorruptError
-from edgepipe.frames import LatestSlot
+from edgepipe.latest import LatestSlot
 name, kind = sys.argv[1], sys.argv[2]
 seg = Ring.create(name, capacity=1 << 20) if kind == "ring" else LatestSlot.create(name, 1 << 16, 3)
 w, r = seg.writer(), seg.reader()

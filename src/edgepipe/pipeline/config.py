@@ -441,7 +441,7 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
         if ln.mode not in LINK_MODES:
             raise _fail(w, (*keys, "mode"), f"must be one of {', '.join(LINK_MODES)}, got {ln.mode!r}")
         if ln.mode == "latest" and latest_slot() is None:
-            raise _fail(w, (*keys, "mode"), "'latest' needs edgepipe.frames.LatestSlot, which is not available in "
+            raise _fail(w, (*keys, "mode"), "'latest' needs edgepipe.latest.LatestSlot, which is not available in "
                                             "this install; use 'drop' (a full ring drops the new record)")
         if ln.budget_ms is not None:
             _check_budget(w, (*keys, "budget_ms"), ln.budget_ms)
@@ -483,7 +483,7 @@ def resolve_path(value: str, base_dir: str | None = None) -> str:
 
 def latest_slot():
     try:
-        from edgepipe.frames import LatestSlot  # type: ignore[attr-defined]
+        from edgepipe.latest import LatestSlot
     except ImportError:
         return None
     return LatestSlot

@@ -488,7 +488,7 @@ class Pipeline:
         for name, ln in self.spec.links.items():
             if ln.mode == "latest":
                 if Latest is None:
-                    raise ConfigError(f"links.{name}.mode: 'latest' needs edgepipe.frames.LatestSlot")
+                    raise ConfigError(f"links.{name}.mode: 'latest' needs edgepipe.latest.LatestSlot")
                 self._rings[name] = Latest.create(None, max_frame_bytes=ln.capacity)
             else:
                 self._rings[name] = Ring.create(None, ln.capacity)

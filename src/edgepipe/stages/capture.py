@@ -1,6 +1,6 @@
 """CaptureStage: frames from a camera, a video file, an RTSP/HTTP stream, a folder of images or a synthetic
 pattern, decoded straight into shared memory (a :class:`~edgepipe.frames.FrameWriter` ring or a
-:class:`~edgepipe.frames.LatestWriter` slot).
+:class:`~edgepipe.latest.LatestWriter` slot).
 
 The hot loop per frame: wait for the frame's deadline (file sources at their native fps, absolute deadlines
 ``t0 + n / fps`` so there is no drift), ``grab()``, stamp ``capture_ns = clock.now_ns()``, claim a slot,
@@ -14,7 +14,7 @@ Sources are resolved by :func:`open_source`; any object with ``open()``, ``grab(
 One piece: the sources and the stage share the grab/retrieve-into-the-slot protocol, and the stage's
 output rules (wait or drop when full, the stall bound, a consumer that comes and goes) are about that loop.
 
->>> from edgepipe.frames import LatestSlot
+>>> from edgepipe.latest import LatestSlot
 >>> with LatestSlot.create(None, max_frame_bytes=64 * 48 * 3) as slot:
 ...     stage = CaptureStage("pattern", slot.writer(), size=(64, 48), max_frames=5, realtime=False)
 ...     stage.run(), stage.counters["published"]
@@ -43,7 +43,8 @@ from edgepipe.errors import (
     SourceFailedError,
     SourceOpenError,
 )
-from edgepipe.frames import FrameWriter, LatestWriter
+from edgepipe.frames import FrameWriter
+from edgepipe.latest import LatestWriter
 from edgepipe.stages.base import Stage, consumer_closed
 
 __all__ = [
