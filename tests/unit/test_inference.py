@@ -298,6 +298,7 @@ from edgepipe.errors import RingTimeoutError  # noqa: E402
 
 frames_mod = pytest.importorskip("edgepipe.frames")
 FrameReader, FrameWriter = frames_mod.FrameReader, frames_mod.FrameWriter
+latest_mod = pytest.importorskip("edgepipe.latest")
 SMALL_HW = (240, 320)  # ~4x cheaper than 480x640, so the stage tests stay quick
 SMALL_INPUT = fit_input_hw(SMALL_HW)  # (256, 320): the workers resize into it
 
@@ -529,7 +530,7 @@ class TestStage:
         """A latest-only slot works as the input: the newest frame is inferred, to the same boxes and scores
         as the in-process TextDetector finds on it."""
         img, _ = small_frame
-        slot = frames_mod.LatestSlot.create(None, img.nbytes)
+        slot = latest_mod.LatestSlot.create(None, img.nbytes)
         fout = Ring.create(None, 1 << 20)
         out = fout.reader()
         stage = InferenceStage(slot.reader(), fout.writer(), model=ModelSpec(input_hw=SMALL_INPUT), workers=1,
