@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHM_DIR = "/dev/shm"
 
 
-def _run(script: str, timeout: float = 60):
+def _run(script: str, timeout: float = 120):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
@@ -97,6 +97,7 @@ class TestTruncatedSegment:
 
 
 _HOT_TRUNCATE = """
+import faulthandler; faulthandler.dump_traceback_later(90, exit=True)  # a hang shows every thread's stack
 import os, sys, threading, time
 import numpy as np
 from edgepipe import Ring
