@@ -315,7 +315,12 @@ class TestBench:
 
 
 USER_MODULE = '''\
-from edgepipe import PipelineStage
+from edgepipe import PipelineStage, transform
+
+
+@transform
+def shout(payload):
+    return payload.upper()
 
 
 class Upper(PipelineStage):
@@ -334,14 +339,15 @@ def _edgepipe(*argv, cwd=None, timeout=120):
 
 
 class TestUsersPipelines:
-    def test_run_with_a_stage_module_next_to_the_file(self, tmp_path):
-        """`kind = "module:Class"` with the module beside the TOML file runs from any directory: the stage
-        processes import it too (the file's directory goes on their sys.path)."""
+    @pytest.mark.parametrize("attr", ["Upper", "shout"])
+    def test_run_with_a_stage_module_next_to_the_file(self, tmp_path, attr):
+        """`kind = "module:Class"` (or a @transform function) with the module beside the TOML file runs from
+        any directory: the stage processes import it too (the file's directory goes on their sys.path)."""
         d = tmp_path / "proj"
         d.mkdir()
         (d / "cli_user_stages.py").write_text(USER_MODULE)
         f = d / "p.toml"
-        f.write_text(PIPE.replace('kind = "relay"', 'kind = "cli_user_stages:Upper"'))
+        f.write_text(PIPE.replace('kind = "relay"', f'kind = "cli_user_stages:{attr}"'))
         r = _edgepipe("run", str(f), "--report-dir", str(tmp_path / "rep"), "--no-png", "-q", cwd=str(tmp_path))
         assert r.returncode == 0, r.stderr
         rep = json.loads((tmp_path / "rep" / "report.json").read_text())
