@@ -28,15 +28,25 @@ class CounterStage(PipelineStage):
     A restarted counter resumes where its predecessor stopped: at the number of records its output ring
     has taken (plus, on a drop link, those the ring refused), both counted in the ring itself. The ring
     counts a record just after publishing it, so a kill in between repeats one record; the first record
-    after a restart is marked as possibly redelivered for that reason."""
+    after a restart is marked as possibly redelivered for that reason.
+
+    Args:
+        count: records to send; 0 sends until stopped.
+        rate_hz: records per second; 0 sends as fast as the ring takes them.
+        size: bytes per record (>= 8: the first 8 hold the sequence number).
+
+    Outputs:
+        *: one port, any name: the numbered records.
+    """
 
     kind = "counter"
 
     def __init__(self, name: str | None = None, *, count: int = 0, rate_hz: float = 0.0, size: int = 16,
                  **kw: Any) -> None:
         super().__init__(name, **kw)
-        if count < 0 or rate_hz < 0 or size < 8:
-            raise ValueError(f"counter needs count >= 0, rate_hz >= 0, size >= 8; got {count}, {rate_hz}, {size}")
+        for key, v, low in (("count", count, 0), ("rate_hz", rate_hz, 0), ("size", size, 8)):
+            if v < low:
+                raise ValueError(f"{key} must be >= {low}, got {v!r}")
         self.n, self.rate_hz, self.size = count, rate_hz, size
 
     def loop(self) -> None:
@@ -61,7 +71,18 @@ class CounterStage(PipelineStage):
 
 class RelayStage(PipelineStage):
     """Passes every record on, after ``work_us`` of busy work (to stand in for processing); with
-    ``fail_after`` > 0 it raises after that many records (for restart tests)."""
+    ``fail_after`` > 0 it raises after that many records (for restart tests).
+
+    Args:
+        work_us: microseconds of busy work per record.
+        fail_after: raise after this many records (0: never).
+
+    Inputs:
+        *: the records to pass on (any port names).
+
+    Outputs:
+        *: where they go (one port, any name).
+    """
 
     kind = "relay"
 
@@ -86,7 +107,15 @@ class CheckStage(PipelineStage):
     edgepipe.pipeline.api) whose number it has seen is counted as ``redelivered`` and dropped, so ``ok``
     counts every record once; ``duplicates`` counts unmarked repeats (which a lossless link never makes).
     With ``verify`` it also checks that each payload starts with its sequence number as CounterStage writes
-    it, counting ``corrupt`` records."""
+    it, counting ``corrupt`` records.
+
+    Args:
+        count: stop after this many good records (0: run until the inputs end).
+        verify: also check each payload's first 8 bytes against its sequence number.
+
+    Inputs:
+        *: the records to check (any port names).
+    """
 
     kind = "check"
 
@@ -125,7 +154,14 @@ class CheckStage(PipelineStage):
 
 class PrintStage(PipelineStage):
     """A sink that prints one line per record (at most ``every``-th, default all): the source's sequence
-    number, end-to-end latency, and the payload decoded as an edgepipe.v1 Envelope when it is one."""
+    number, end-to-end latency, and the payload decoded as an edgepipe.v1 Envelope when it is one.
+
+    Args:
+        every: print every n-th record only.
+
+    Inputs:
+        *: the records to print (any port names).
+    """
 
     kind = "print"
 

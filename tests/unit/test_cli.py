@@ -312,3 +312,110 @@ class TestBench:
         """Outside a checkout, bench says where it looked for benchmarks/ and exits 1."""
         assert main(["bench", "--dir", str(tmp_path)]) == 1
         assert "no benchmarks/ directory" in capsys.readouterr().err
+
+
+USER_MODULE = '''\
+from edgepipe import PipelineStage, transform
+
+
+@transform
+def shout(payload):
+    return payload.upper()
+
+
+class Upper(PipelineStage):
+    """Passes records on upper-cased."""
+
+    def handle(self, rec):
+        self.emit(rec.payload.upper(), parent=rec)
+'''
+
+
+def _edgepipe(*argv, cwd=None, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__import__("edgepipe").__file__)))
+    return subprocess.run([sys.executable, "-m", "edgepipe", *argv], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+class TestUsersPipelines:
+    @pytest.mark.parametrize("attr", ["Upper", "shout"])
+    def test_run_with_a_stage_module_next_to_the_file(self, tmp_path, attr):
+        """`kind = "module:Class"` (or a @transform function) with the module beside the TOML file runs from
+        any directory: the stage processes import it too (the file's directory goes on their sys.path)."""
+        d = tmp_path / "proj"
+        d.mkdir()
+        (d / "cli_user_stages.py").write_text(USER_MODULE)
+        f = d / "p.toml"
+        f.write_text(PIPE.replace('kind = "relay"', f'kind = "cli_user_stages:{attr}"'))
+        r = _edgepipe("run", str(f), "--report-dir", str(tmp_path / "rep"), "--no-png", "-q", cwd=str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+        assert rep["stages"]["sink"]["ok"] == 400
+
+    @pytest.mark.parametrize("old, new, where", [
+        ("count = 400, rate_hz = 2000", "count = 400, rate_hzz = 2000", ":8: stages.src.params.rate_hzz: unknown "
+                                                                         "parameter 'rate_hzz' = 2000"),
+        ("count = 400, rate_hz = 2000", "count = -1, rate_hz = 2000", ":8: stages.src.params.count: "),
+        ('kind = "relay"', 'kind = "cli_no_such_module:Upper"', ":11: stages.mid.kind: "),
+    ])
+    def test_bad_params_or_kind_exit_2_before_anything_starts(self, tmp_path, old, new, where):
+        """A param typo, a value the stage refuses, or a kind that cannot be imported: `edgepipe run` exits 2
+        with one line naming file, line, key and value, no traceback, and starts nothing."""
+        f = tmp_path / "p.toml"
+        f.write_text(PIPE.replace(old, new))
+        r = _edgepipe("run", str(f), "--no-png", "-q", timeout=60)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert r.stderr.startswith(f"edgepipe run: {f}{where}"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert r.stdout == ""  # nothing started: no "running ..." line, no report
+
+
+class TestKindsCommand:
+    def test_lists_every_kind(self, capsys):
+        """`edgepipe kinds` lists every registered kind with its one-line summary."""
+        from edgepipe.pipeline.config import stage_kinds
+
+        assert main(["kinds"]) == 0
+        out = capsys.readouterr().out
+        for k in stage_kinds():
+            assert any(line.split()[:1] == [k] for line in out.splitlines()), k
+
+    def test_one_kind_shows_params_defaults_docs_and_ports(self, capsys):
+        """`edgepipe kinds counter` prints each parameter with its type, default and documentation, and the
+        ports; the built-in raw kinds show the parameters their stage class takes too."""
+        assert main(["kinds", "counter"]) == 0
+        out = capsys.readouterr().out
+        assert "rate_hz" in out and "float = 0.0" in out and "records per second" in out
+        assert main(["kinds", "capture"]) == 0
+        out = capsys.readouterr().out
+        assert "video" in out and "stall_timeout_s" in out and "output" in out and "FrameWriter" not in out.split(
+            "ports")[0]
+
+    def test_unknown_kind_exits_2(self, capsys):
+        """An unknown kind is a usage error naming the known ones."""
+        assert main(["kinds", "warp-drive"]) == 2
+        assert "unknown stage kind 'warp-drive'" in capsys.readouterr().err
+
+    def test_every_builtin_parameter_is_documented(self):
+        """Each parameter and port of each built-in kind has documentation from a docstring."""
+        from edgepipe.cli.kinds import describe_kind
+        from edgepipe.pipeline.config import stage_kinds
+
+        for k in stage_kinds():
+            if k.startswith("test-") or k == "my-filter":
+                continue
+            info = describe_kind(k)
+            for p in info.params + info.ports:
+                assert p.doc, f"{k}: {p.name} has no documentation"
+
+    def test_readme_table_matches_the_generated_one(self):
+        """The README's table of built-in kinds is the one `edgepipe kinds --markdown` generates: regenerate
+        it with `python -m edgepipe kinds --markdown --write-readme README.md` after changing a kind."""
+        from edgepipe.cli.kinds import README_BEGIN, README_END, markdown_table
+
+        readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+        assert README_BEGIN in readme and README_END in readme
+        block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+        assert block == markdown_table().strip(), (
+            "README kinds table is stale: run `python -m edgepipe kinds --markdown --write-readme README.md`")

@@ -105,7 +105,8 @@ class TestGood:
         """A relative file parameter is looked up next to the TOML file and handed on as an absolute path."""
         (tmp_path / "clip.mp4").write_bytes(b"x")
         path = tmp_path / "pipe.toml"
-        path.write_text(GOOD.replace("params = { count = 10 }", 'params = { count = 10, video = "clip.mp4" }'))
+        path.write_text(GOOD.replace('kind = "counter"\noutputs = { out = "a" }\nparams = { count = 10 }',
+                                     'kind = "capture"\noutputs = { output = "a" }\nparams = { video = "clip.mp4" }'))
         assert load_config(path).stages[0].params["video"] == str(tmp_path / "clip.mp4")
 
     def test_restart_window(self, tmp_path):
@@ -144,3 +145,184 @@ class TestKinds:
         spec.stages[2].inputs = {"in": "a"}
         with pytest.raises(ConfigError, match=r"^stages\.sink\.inputs\.in: link 'a' already has a consumer"):
             validate(spec)
+
+
+USER_STAGES = '''\
+"""Stages of a user's own, next to their pipeline file."""
+from edgepipe import PipelineStage, transform
+
+
+class Upper(PipelineStage):
+    """Passes each record on upper-cased.
+
+    Args:
+        factor: how many times to repeat the payload.
+    """
+
+    def __init__(self, name=None, *, factor: int = 1, **kw):
+        super().__init__(name, **kw)
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor!r}")
+        self.factor = factor
+
+    def handle(self, rec):
+        self.emit(rec.payload.upper() * self.factor, parent=rec)
+
+
+@transform
+def shout(payload):
+    return payload.upper()
+
+
+def helper():
+    return 1
+
+
+NOT_A_STAGE = 42
+'''
+
+USER_PIPE = """\
+[stages.src]
+kind = "counter"
+outputs = { out = "a" }
+params = { count = 10 }
+
+[stages.up]
+kind = "KIND"
+inputs = { in = "a" }
+outputs = { out = "b" }
+
+[stages.sink]
+kind = "check"
+inputs = { in = "b" }
+"""
+
+
+def _user_pipe(tmp_path, kind: str, module: str = USER_STAGES, modname: str = "my_stages_cfg"):
+    (tmp_path / f"{modname}.py").write_text(module)
+    path = tmp_path / "pipe.toml"
+    path.write_text(USER_PIPE.replace("KIND", kind.replace("MOD", modname)))
+    return path
+
+
+class TestImportPathKinds:
+    @pytest.mark.parametrize("attr", ["Upper", "shout"])
+    def test_stage_module_next_to_the_file(self, tmp_path, attr):
+        """`kind = "module:Class"` (or a @transform function) names a stage in a module next to the pipeline
+        file: it validates, and the spec remembers the directory so stage processes can import it."""
+        path = _user_pipe(tmp_path, f"MOD:{attr}", modname=f"my_stages_next_{attr.lower()}")
+        spec = load_config(path)
+        assert spec.stages[1].kind == f"my_stages_next_{attr.lower()}:{attr}"
+        assert str(tmp_path) in spec.import_dirs
+
+    def test_stage_module_on_sys_path(self, tmp_path, monkeypatch):
+        """A module on sys.path (PYTHONPATH, an installed package) is found wherever the file is."""
+        lib = tmp_path / "lib"
+        lib.mkdir()
+        (lib / "my_stages_lib.py").write_text(USER_STAGES)
+        monkeypatch.syspath_prepend(str(lib))
+        spec = parse_config(USER_PIPE.replace("KIND", "my_stages_lib:Upper"), "p.toml", base_dir=str(tmp_path))
+        assert spec.stages[1].kind == "my_stages_lib:Upper"
+
+    @pytest.mark.parametrize("kind, fragment", [
+        ("my_stages_nowhere:Upper", "cannot import module 'my_stages_nowhere'"),
+        ("MOD:Lower", "has no attribute 'Lower'"),
+        ("MOD:helper", "is a function, not a stage"),
+        ("MOD:NOT_A_STAGE", "is an int, not a stage"),
+        ("MOD:", "must be 'module:attr'"),
+        ("my stages:Upper", "must be 'module:attr'"),
+    ])
+    def test_bad_import_path(self, tmp_path, kind, fragment):
+        """A kind that is an import path is imported while validating: a missing module, a missing name, or
+        something that is not a stage class or function stage is a ConfigError naming file, line, key, value."""
+        path = _user_pipe(tmp_path, kind, modname="my_stages_bad")
+        with pytest.raises(ConfigError) as ei:
+            load_config(path)
+        msg = str(ei.value)
+        shown = kind.replace("MOD", "my_stages_bad")
+        assert msg.startswith(f"{path}:7: stages.up.kind: "), msg
+        assert repr(shown) in msg and fragment in msg, msg
+
+    def test_module_that_fails_to_import(self, tmp_path):
+        """A module raising at import is a ConfigError with the exception, on one line."""
+        path = _user_pipe(tmp_path, "MOD:Upper", module="raise RuntimeError('no GPU here')\n",
+                          modname="my_stages_boom")
+        with pytest.raises(ConfigError, match=r"pipe.toml:7: stages.up.kind: .*RuntimeError: no GPU here") as ei:
+            load_config(path)
+        assert "\n" not in str(ei.value)
+
+
+class TestParams:
+    @pytest.mark.parametrize("old, new, line, key, fragment", [
+        ("params = { count = 10 }", "params = { count = 10, rate_hzz = 5 }", 8, "stages.src.params.rate_hzz",
+         "unknown parameter 'rate_hzz' = 5 of kind 'counter' (did you mean 'rate_hz'?)"),
+        ("params = { count = 10 }", "params = { count = -1 }", 8, "stages.src.params.count", "count must be >= 0, got -1"),
+        ("params = { count = 10 }", 'params = { count = "ten" }', 8, "stages.src.params.count",
+         "must be int, got str 'ten'"),
+        ("params = { count = 10 }", "params = { count = 1.5 }", 8, "stages.src.params.count", "got float 1.5"),
+        ("params = { count = 10 }", "params = { count = true }", 8, "stages.src.params.count", "got bool True"),
+        ('kind = "relay"', 'kind = "relay"\nparams = { work_us = "lots" }', 12, "stages.mid.params.work_us",
+         "must be float, got str 'lots'"),
+        ('kind = "check"', 'kind = "check"\nparams = { name = "x" }', 17, "stages.sink.params.name",
+         "set by the pipeline"),
+    ])
+    def test_bad_param_names_file_line_key_and_value(self, tmp_path, old, new, line, key, fragment):
+        """A param the stage's signature does not take, one of the wrong type (from its annotation), or one the
+        stage's own checks refuse is a ConfigError before anything starts, naming file, line, key and value."""
+        path = tmp_path / "pipe.toml"
+        path.write_text(GOOD.replace(old, new, 1))
+        with pytest.raises(ConfigError) as ei:
+            load_config(path)
+        msg = str(ei.value)
+        assert msg.startswith(f"{path}:{line}: {key}: "), msg
+        assert fragment in msg, msg
+        assert ei.value.key == key and "\n" not in msg
+
+    @pytest.mark.parametrize("stage, fragment", [
+        ('[stages.cam]\nkind = "capture"\noutputs = { output = "f" }\nparams = { video = "pkg:video/text", fpss = 3 }\n',
+         "stages.cam.params.fpss: unknown parameter 'fpss' = 3 of kind 'capture' (did you mean 'fps'?)"),
+        ('[stages.cam]\nkind = "capture"\noutputs = { output = "f" }\nparams = { video = "pkg:video/text", fps = "x" }\n',
+         "stages.cam.params.fps: must be float or None, got str 'x'"),
+        ('[stages.cam]\nkind = "capture"\noutputs = { frames = "f" }\nparams = { video = "pkg:video/text" }\n',
+         "stages.cam.outputs.frames: kind 'capture' has no port 'frames'; its ports: output"),
+        ('[stages.imu]\nkind = "imu"\noutputs = { output = "f" }\nparams = { rate_hz = "fast" }\n',
+         "stages.imu.params.rate_hz: must be float or None, got str 'fast'"),
+        ('[stages.imu]\nkind = "imu"\noutputs = { output = "f" }\nparams = { synthetic = 1 }\n',
+         "stages.imu.params.synthetic: must be bool, got int 1"),
+    ])
+    def test_builtin_kinds_check_their_stage_class(self, stage, fragment):
+        """The built-in kinds hand most params on to their stage class: those are checked against the class's
+        signature too, and the ports against the kind's."""
+        text = stage + '[stages.sink]\nkind = "check"\ninputs = { in = "f" }\n'
+        with pytest.raises(ConfigError) as ei:
+            parse_config(text, "p.toml")
+        assert fragment in str(ei.value), str(ei.value)
+
+    def test_user_stage_params(self, tmp_path):
+        """A user stage's params are checked against its own signature and checks, the same way."""
+        path = _user_pipe(tmp_path, "MOD:Upper", modname="my_stages_params")
+        text = path.read_text()
+        path.write_text(text.replace('outputs = { out = "b" }', 'outputs = { out = "b" }\nparams = { factr = 2 }'))
+        with pytest.raises(ConfigError, match=r"pipe.toml:10: stages.up.params.factr: unknown parameter 'factr' = 2 "
+                                              r".*did you mean 'factor'"):
+            load_config(path)
+        path.write_text(text.replace('outputs = { out = "b" }', 'outputs = { out = "b" }\nparams = { factor = 0 }'))
+        with pytest.raises(ConfigError, match=r"pipe.toml:10: stages.up.params.factor: .*factor must be >= 1, got 0"):
+            load_config(path)
+        path.write_text(text.replace('outputs = { out = "b" }', 'outputs = { out = "b" }\nparams = { factor = 3 }'))
+        assert load_config(path).stages[1].params == {"factor": 3}
+
+    def test_function_stage_takes_no_params(self, tmp_path):
+        """A @transform function stage has no params: any is unknown."""
+        path = _user_pipe(tmp_path, "MOD:shout", modname="my_stages_fn")
+        path.write_text(path.read_text().replace('outputs = { out = "b" }', 'outputs = { out = "b" }\nparams = { x = 1 }'))
+        with pytest.raises(ConfigError, match="stages.up.params.x: unknown parameter 'x' = 1"):
+            load_config(path)
+
+    def test_python_specs_are_checked_too(self):
+        """A StageSpec built in Python goes through the same checks (no file or line then)."""
+        from edgepipe import Pipeline, StageSpec
+
+        with pytest.raises(ConfigError, match="stages.src.params.rate_hzz: unknown parameter 'rate_hzz'"):
+            Pipeline([StageSpec("src", kind="counter", outputs={"out": "a"}, params={"rate_hzz": 1}),
+                      StageSpec("sink", kind="check", inputs={"in": "a"})], stats_path=False)

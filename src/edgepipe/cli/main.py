@@ -3,6 +3,7 @@ machine, and look at or clean up shared memory.
 
     edgepipe demo [--seconds N]   the bundled pipeline on recorded data, then its latency report
     edgepipe run FILE.toml        run a pipeline file until it ends, --seconds pass, or Ctrl-C
+    edgepipe kinds [NAME]         the stage kinds a pipeline file can use; one kind's ports and parameters
     edgepipe report [PATH]        the budget table (and PNG) of a finished run's report.json
     edgepipe top                  live view of a running pipeline: rings, stages, latency vs budget
     edgepipe doctor               check /dev/shm, limits, futex, memfd, CPUs, ONNX Runtime, OpenCV
@@ -484,8 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("-y", "--yes", action="store_true", help="remove them (default: only list them)")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only list them, even with --yes (the default)")
     cl.set_defaults(func=cmd_cleanup)
+    from edgepipe.cli.kinds import add_subcommand as add_kinds
     from edgepipe.cli.quantize import add_subcommand as add_quantize
 
+    add_kinds(sub)
     add_quantize(sub)
     return p
 

@@ -1,7 +1,13 @@
 """Pipeline descriptions: stage kinds, stage and link specs, and the TOML file ``edgepipe run`` takes.
 
 Stage kinds are a registry of name -> ``"module:Class"``, resolved by import only when a pipeline uses
-them, so a kind can be registered before its module exists (the built-in kinds are registered here).
+them, so a kind can be registered before its module exists (the built-in kinds are registered here). A kind
+may also be an import path itself, ``kind = "mystages:Upper"``: a Stage or PipelineStage class, or a
+``@source`` / ``@transform`` / ``@sink`` function, in a module on ``sys.path`` (``PYTHONPATH``, an installed
+package) or next to the pipeline file (its directory is searched last, and stage processes get it on their
+``sys.path`` too). Every stage's ``params`` are checked against what its class or factory takes
+(edgepipe.pipeline.params: names, types from the annotations, and a PipelineStage's own constructor checks);
+``edgepipe kinds NAME`` lists them.
 A TOML file is checked completely before anything starts; every mistake is a :class:`ConfigError` naming
 the file, the line and the key (and the bad value)::
 
@@ -54,6 +60,7 @@ from typing import Any
 
 from edgepipe._data import data_path
 from edgepipe.errors import ConfigError
+from edgepipe.pipeline.params import check_stage, import_stage, searching
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +73,7 @@ __all__ = ["LinkSpec", "PipelineSpec", "StageSpec", "load_config", "parse_config
 RESTART_POLICIES = ("never", "on-failure", "always")
 LINK_MODES = ("lossless", "drop", "latest")
 _RESERVED_PARTS = ("end_to_end",)
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _PATH_PARAMS = re.compile(r"(^|_)(path|file|model|video|csv)$")
 DATA_PREFIX = "pkg:"  # a path param "pkg:video/x.mp4" names a file shipped in edgepipe/data
 
@@ -105,12 +113,19 @@ def stage_kinds() -> dict[str, str]:
     return {k: v.target for k, v in sorted(_KINDS.items())}
 
 
+def is_import_path(kind: Any) -> bool:
+    """A kind with a colon is an import path (``"module:attr"``), not a registered name."""
+    return isinstance(kind, str) and ":" in kind
+
+
 def resolve_kind(kind: str) -> tuple[Any, bool]:
-    """Import a kind's target: ``(callable, raw_ports)``.
+    """Import a kind's target: ``(callable, raw_ports)``. A kind that is an import path is its own target.
 
     Raises:
         ConfigError: unknown kind, or its module cannot be imported (the message says which).
     """
+    if is_import_path(kind):
+        return import_target(kind, kind), False
     k = _KINDS.get(kind)
     if k is None:
         raise ConfigError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
@@ -120,6 +135,8 @@ def resolve_kind(kind: str) -> tuple[Any, bool]:
 def kind_entry(kind: str) -> tuple[str, bool]:
     """``(target, raw_ports)`` of a registered kind (stage processes get this, not the name: a kind
     registered at run time in the parent is unknown to a fresh interpreter)."""
+    if is_import_path(kind):
+        return kind, False
     k = _KINDS.get(kind)
     if k is None:
         raise ConfigError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
@@ -215,6 +232,8 @@ class PipelineSpec:
     start_timeout_s: float = 30.0
     report_dir: str | None = None
     source: str | None = None  # the file it came from
+    import_dirs: list[str] = field(default_factory=list)  # searched for kinds given as import paths (the
+    #                                                       file's directory); stage processes get them too
 
     def budgets_ns(self) -> dict[str, int]:
         return {k: int(v * 1e6) for k, v in self.budgets_ms.items()}
@@ -389,10 +408,13 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
         if s.name in names:
             raise _fail(w, keys, f"two stages are named {s.name!r}")
         names.add(s.name)
-        if s.target is None:
+        if s.target is None and is_import_path(s.kind):
+            _import_kind(w, (*keys, "kind"), s.kind, spec, base_dir)
+        elif s.target is None:
             if s.kind not in _KINDS:
                 raise _fail(w, (*keys, "kind"), f"unknown stage kind {s.kind!r}; known kinds: "
-                                                f"{', '.join(sorted(_KINDS))}")
+                                                f"{', '.join(sorted(_KINDS))} (or an import path, "
+                                                f"'module:Class')")
         if s.restart is not None and s.restart not in RESTART_POLICIES:
             raise _fail(w, (*keys, "restart"), f"must be one of {', '.join(RESTART_POLICIES)}, got {s.restart!r}")
         if s.max_restarts is not None and s.max_restarts < 0:
@@ -453,7 +475,38 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
             raise _fail(w, ("budgets", part), f"budget for {part!r}, which is no stage, link, 'end_to_end' or 'end_to_end[<sink>]'")
         _check_budget(w, ("budgets", part), v)
     _check_cycles(spec, w, producers)
+    for s in spec.stages:
+        with searching(spec.import_dirs):
+            _check_params(w, ("stages", s.name), s)
     return spec
+
+
+def _import_kind(w, keys: tuple[str, ...], kind: str, spec: PipelineSpec, base_dir: str | None) -> Any:
+    """Import a kind given as ``module:attr`` (the pipeline file's directory searched last) and check that
+    it is a stage; ConfigError naming the value."""
+    if not _IMPORT_PATH.fullmatch(kind):
+        raise _fail(w, keys, f"{kind!r}: a kind with a colon is an import path and must be 'module:attr' "
+                             f"(e.g. 'mystages:Upper')")
+    here = os.path.abspath(base_dir or os.getcwd())
+    if here not in spec.import_dirs:
+        spec.import_dirs.append(here)
+    return import_stage(lambda msg: _fail(w, keys, msg), kind, spec.import_dirs, here)
+
+
+def _check_params(w, keys: tuple[str, ...], s: StageSpec) -> None:
+    """Ports and params of one stage against what its kind takes; a registered kind whose module cannot be
+    imported here is left to its stage process (which names what is missing)."""
+    if s.target is None:
+        try:
+            obj, raw = resolve_kind(s.kind)
+        except ConfigError:
+            return
+        label = s.kind
+    elif isinstance(s.target, type):
+        label, obj, raw = s.target.__name__, s.target, False
+    else:
+        return  # an instance: made (and its arguments checked) by whoever made it
+    check_stage(lambda k, msg: _fail(w, (*keys, *k), msg), s, label, obj, raw)
 
 
 def _check_budget(w, keys, v) -> None:

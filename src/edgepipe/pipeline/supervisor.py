@@ -72,11 +72,13 @@ from edgepipe.control.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, F
 from edgepipe.errors import ConfigError, EdgepipeError, FrameError, PeerClosedError
 from edgepipe.pipeline import host
 from edgepipe.pipeline.api import PipelineStage
-from edgepipe.pipeline.config import LinkSpec, PipelineSpec, StageSpec, kind_entry, latest_slot, load_config, validate
+from edgepipe.pipeline.config import (LinkSpec, PipelineSpec, StageSpec, is_import_path, kind_entry, latest_slot,
+                                      load_config, resolve_kind, validate)
 from edgepipe.pipeline.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
 from edgepipe.pipeline.stats import stage_state, stats_from_state
 from edgepipe.pipeline.values import check_plain, to_params, to_value
 from edgepipe.ring import Ring
+from edgepipe.stages.base import Stage
 
 __all__ = ["Pipeline", "runtime_dir"]
 
@@ -533,6 +535,11 @@ class Pipeline:
         t = spec.target
         args: tuple = ()
         params = dict(spec.params)
+        if t is None and is_import_path(spec.kind):  # the user's own stage, checked (and imported) by validate
+            t = resolve_kind(spec.kind)[0]
+            if not (isinstance(t, type) and issubclass(t, Stage) and not issubclass(t, PipelineStage)):
+                # a PipelineStage class or a function stage: made here as Pipeline([...]) would be given it
+                t = t(name=spec.name, inputs=dict(spec.inputs), outputs=dict(spec.outputs), **params)
         if t is None:
             path, raw = kind_entry(spec.kind)
             out.construct = pb.Construct.CONSTRUCT_RAW if raw else pb.Construct.CONSTRUCT_TARGET
@@ -562,6 +569,7 @@ class Pipeline:
                                   f"import it from a file (put it in a module or a script)", key=key)
             out.main_path = os.path.abspath(main_path)
         out.sys_path.extend(p for p in sys.path if p)
+        out.sys_path.extend(d for d in self.spec.import_dirs if d not in sys.path)  # the pipeline file's, last
         return out
 
     def _topology(self) -> dict[str, tuple[str, list[str]]]:

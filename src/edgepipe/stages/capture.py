@@ -416,9 +416,12 @@ class CaptureStage(Stage):
         loop: start a file, folder or pattern over at its end instead of ending.
         realtime: pace at ``fps`` with absolute deadlines; False plays as fast as possible.
         size, fourcc: requested camera size ``(w, h)`` and FOURCC (V4L2 only; pattern uses size).
+        pixel_format: channel order of the published frames, "BGR" (OpenCV's) or "RGB".
+        source_id: stamped into every frame header, to tell sources apart downstream.
         on_full: "drop" (skip the frame, count it) or "wait" when the ring is full; default "drop" for
             live sources (cameras, streams: they cannot wait) and "wait" for recorded ones.
         max_frames: stop after publishing this many frames.
+        open_timeout_s: how long opening a stream may take before the stage fails.
         stall_timeout_s: with on_full="wait", how long a full lossless ring may go without its consumer
             taking a frame before the stage fails with :class:`~edgepipe.errors.OutputStalledError` naming
             the ring (no reader ever attached, or it stopped reading), instead of waiting forever. Default

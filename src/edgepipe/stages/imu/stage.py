@@ -48,6 +48,7 @@ class ImuStage(Stage):
         cpu: pin the loop thread to this CPU.
         guard_us: hybrid: the initial guard. It then follows the p99.5 of the observed wake lateness
             (+20 % + 5 us), between 20 us and ``guard_max_us`` or half a period, whichever is less.
+        guard_max_us: hybrid: the largest guard it may grow to.
         q0: initial filter attitude.
 
     Raises:
