@@ -224,6 +224,28 @@ class TestCsvReplay:
         with pytest.raises(ImuSourceError, match="'rpm'"):
             CsvSource(unit)
 
+    HEADER = ("Time (s),Gyroscope X (deg/s),Gyroscope Y (deg/s),Gyroscope Z (deg/s),"
+              "Accelerometer X (g),Accelerometer Y (g),Accelerometer Z (g)\n")
+
+    def test_non_utf8_csv_is_a_typed_error(self, tmp_path):
+        """Bytes that are not UTF-8 (in the header or in a row) raise ImuSourceError naming the file, not
+        UnicodeDecodeError (found by tests/fuzz/fuzz_imu_csv.py)."""
+        for name, blob in (("head.csv", b"\xcf\xd3" + self.HEADER.encode()),
+                           ("row.csv", self.HEADER.encode() + b"0,0,0,0,0,0,1\n\xff\xfe,1\n1,0,0,0,0,0,1\n")):
+            (tmp_path / name).write_bytes(blob)
+            with pytest.raises(ImuSourceError, match=name):
+                CsvSource(tmp_path / name)
+
+    @pytest.mark.parametrize("times", [("nan", "1"), ("0", "inf"), ("1", "0"), ("0", "1e9")])
+    def test_resampling_an_unusable_time_column_is_a_typed_error(self, tmp_path, times):
+        """resample_hz on a time column that is NaN, infinite, decreasing or spans more rows than
+        MAX_RESAMPLED_ROWS raises ImuSourceError, not ValueError/OverflowError/IndexError or MemoryError (found by
+        tests/fuzz/fuzz_imu_csv.py)."""
+        p = tmp_path / "t.csv"
+        p.write_text(self.HEADER + "".join(f"{t},0,0,0,0,0,1\n" for t in times))
+        with pytest.raises(ImuSourceError, match="cannot resample"):
+            CsvSource(p, resample_hz=1000)
+
 
 # ---------------------------------------------------------------------------------------------------
 ACC_SCALE = 0.000598  # m/s^2 per LSB (LSM6DSOX at +-2 g)
