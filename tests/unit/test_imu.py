@@ -22,7 +22,7 @@ from edgepipe.errors import (
     ImuSourceClosedError,
     ImuSourceError,
 )
-from edgepipe.imu_loop import FLAG_DEVICE_TS, FLAG_MISSED, FLAG_RAW
+from edgepipe.imu_loop import FLAG_DEVICE_TS, FLAG_MISSED, FLAG_RAW, ImuLoopConfig
 from edgepipe.stages.imu import (
     IMU_SAMPLE_DTYPE,
     CsvSource,
@@ -424,6 +424,19 @@ class TestIioBuffered:
         assert st.run() == 1 and isinstance(st.error, ImuDeviceNotFoundError) and "in_accel_z" in str(st.error)
         st = ImuStage(IioSource(root=tmp_path, buffered=True, dev_path=tmp_path / "nodev"))
         assert st.run() == 1 and isinstance(st.error, ImuDeviceNotFoundError) and "nodev" in str(st.error)
+
+    @pytest.mark.parametrize("victim", ["name", "scan_elements/in_accel_z_en", "scan_elements/in_anglvel_y_type",
+                                        "in_accel_scale"])
+    def test_non_utf8_sysfs_files_are_typed_errors(self, tmp_path, victim):
+        """A sysfs file of the (fake) tree holding bytes that are not UTF-8 is read as text with replacement
+        characters, so it ends in a typed error, not UnicodeDecodeError (found by
+        tests/fuzz/fuzz_iio.py)."""
+        d, fifo = make_buffered(tmp_path)
+        (d / victim).write_bytes(b"\xf8\xff1\n")
+        src = IioSource(root=tmp_path, buffered=True, dev_path=fifo, enable=False)
+        with pytest.raises((ImuSourceError, ImuDeviceNotFoundError)):
+            src.open(ImuLoopConfig(rate_hz=1000.0, dt_s=0.001))
+        assert not src._fds
 
     def test_parse_scan_type(self):
         """IIO type strings decode to (big_endian, signed, bits, storage, shift); junk is an ImuSourceError."""
