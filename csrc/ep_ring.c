@@ -664,11 +664,14 @@ static inline int peek_at(struct ep_ring_reader *r, struct ep_rec *rec, uint64_t
         if (r->head == r->tail_cache) {
             /* Acquire: the record bytes are visible before we read them.
              * Pairs with the release of tail in publish(). */
-            r->tail_cache = ep_load_acquire(&r->ctl->tail);
-            if (r->head == r->tail_cache)
+            uint64_t tail = ep_load_acquire(&r->ctl->tail);
+            if (r->head == tail)
                 return 0;
-            if (__builtin_expect(r->tail_cache - r->head > r->cap || (r->tail_cache & 7u), 0))
-                return -EBADMSG;        /* a tail behind us or more than a ring ahead */
+            /* A tail behind us or more than a ring ahead. It is not cached: the next call checks the tail
+             * again instead of walking up to a bad one (it stays corrupt for as long as the tail is bad). */
+            if (__builtin_expect(tail - r->head > r->cap || (tail & 7u), 0))
+                return -EBADMSG;
+            r->tail_cache = tail;
         }
         uint64_t off = r->head & r->mask;
         /* One load of the header: the producer's process could rewrite it under us, so every check
@@ -720,8 +723,7 @@ static int empty_rc(struct ep_ring_reader *r)
         return rc;
     /* Acquire: a producer that closed published everything before "closed" (release in ep_end_close);
      * one that died published what it published. Re-check the tail after seeing it gone. */
-    r->tail_cache = ep_load_acquire(&r->ctl->tail);
-    return r->head == r->tail_cache ? -EPIPE : 1;
+    return r->head == ep_load_acquire(&r->ctl->tail) ? -EPIPE : 1;   /* 1: peek_at loads and checks it */
 }
 
 int64_t ep_ring_peek(struct ep_ring_reader *r)
@@ -783,9 +785,9 @@ static int has_data(void *ctx)
     struct ep_ring_reader *r = ctx;
     if (r->head != r->tail_cache)
         return 1;
-    /* Acquire: pairs with the release of tail in publish(). */
-    r->tail_cache = ep_load_acquire(&r->ctl->tail);
-    return r->head != r->tail_cache;
+    /* Acquire: pairs with the release of tail in publish(). Not cached: peek_at checks a tail before
+     * caching it. */
+    return r->head != ep_load_acquire(&r->ctl->tail);
 }
 
 static int has_data_at(void *ctx, uint64_t tail)

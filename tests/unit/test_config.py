@@ -90,6 +90,15 @@ def test_bad_file_names_file_line_and_key(tmp_path, case):
     assert isinstance(ei.value, ValueError)
 
 
+@pytest.mark.parametrize("nested", ["[" * 1200 + "]" * 1200, "{ b = " * 600 + "1" + " }" * 600])
+def test_deeply_nested_toml_is_a_config_error(nested):
+    """Arrays or inline tables nested deeper than tomllib can recurse raise ConfigError naming the file, not
+    RecursionError (found by tests/fuzz/fuzz_config.py)."""
+    with pytest.raises(ConfigError, match="nested too deeply") as ei:
+        parse_config(f"[stages.src]\nkind = \"counter\"\nparams = {{ a = {nested} }}\n", "deep.toml")
+    assert ei.value.path == "deep.toml" and str(ei.value).startswith("deep.toml:?: not valid TOML")
+
+
 class TestGood:
     def test_good_file_gives_the_spec(self, tmp_path):
         """The good file parses into stages, links with defaults filled in, and budgets in ms."""

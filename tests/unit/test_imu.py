@@ -22,7 +22,7 @@ from edgepipe.errors import (
     ImuSourceClosedError,
     ImuSourceError,
 )
-from edgepipe.imu_loop import FLAG_DEVICE_TS, FLAG_MISSED, FLAG_RAW
+from edgepipe.imu_loop import FLAG_DEVICE_TS, FLAG_MISSED, FLAG_RAW, ImuLoopConfig
 from edgepipe.stages.imu import (
     IMU_SAMPLE_DTYPE,
     CsvSource,
@@ -224,6 +224,28 @@ class TestCsvReplay:
         with pytest.raises(ImuSourceError, match="'rpm'"):
             CsvSource(unit)
 
+    HEADER = ("Time (s),Gyroscope X (deg/s),Gyroscope Y (deg/s),Gyroscope Z (deg/s),"
+              "Accelerometer X (g),Accelerometer Y (g),Accelerometer Z (g)\n")
+
+    def test_non_utf8_csv_is_a_typed_error(self, tmp_path):
+        """Bytes that are not UTF-8 (in the header or in a row) raise ImuSourceError naming the file, not
+        UnicodeDecodeError (found by tests/fuzz/fuzz_imu_csv.py)."""
+        for name, blob in (("head.csv", b"\xcf\xd3" + self.HEADER.encode()),
+                           ("row.csv", self.HEADER.encode() + b"0,0,0,0,0,0,1\n\xff\xfe,1\n1,0,0,0,0,0,1\n")):
+            (tmp_path / name).write_bytes(blob)
+            with pytest.raises(ImuSourceError, match=name):
+                CsvSource(tmp_path / name)
+
+    @pytest.mark.parametrize("times", [("nan", "1"), ("0", "inf"), ("1", "0"), ("0", "1e9")])
+    def test_resampling_an_unusable_time_column_is_a_typed_error(self, tmp_path, times):
+        """resample_hz on a time column that is NaN, infinite, decreasing or spans more rows than
+        MAX_RESAMPLED_ROWS raises ImuSourceError, not ValueError/OverflowError/IndexError or MemoryError (found by
+        tests/fuzz/fuzz_imu_csv.py)."""
+        p = tmp_path / "t.csv"
+        p.write_text(self.HEADER + "".join(f"{t},0,0,0,0,0,1\n" for t in times))
+        with pytest.raises(ImuSourceError, match="cannot resample"):
+            CsvSource(p, resample_hz=1000)
+
 
 # ---------------------------------------------------------------------------------------------------
 ACC_SCALE = 0.000598  # m/s^2 per LSB (LSM6DSOX at +-2 g)
@@ -402,6 +424,19 @@ class TestIioBuffered:
         assert st.run() == 1 and isinstance(st.error, ImuDeviceNotFoundError) and "in_accel_z" in str(st.error)
         st = ImuStage(IioSource(root=tmp_path, buffered=True, dev_path=tmp_path / "nodev"))
         assert st.run() == 1 and isinstance(st.error, ImuDeviceNotFoundError) and "nodev" in str(st.error)
+
+    @pytest.mark.parametrize("victim", ["name", "scan_elements/in_accel_z_en", "scan_elements/in_anglvel_y_type",
+                                        "in_accel_scale"])
+    def test_non_utf8_sysfs_files_are_typed_errors(self, tmp_path, victim):
+        """A sysfs file of the (fake) tree holding bytes that are not UTF-8 is read as text with replacement
+        characters, so it ends in a typed error, not UnicodeDecodeError (found by
+        tests/fuzz/fuzz_iio.py)."""
+        d, fifo = make_buffered(tmp_path)
+        (d / victim).write_bytes(b"\xf8\xff1\n")
+        src = IioSource(root=tmp_path, buffered=True, dev_path=fifo, enable=False)
+        with pytest.raises((ImuSourceError, ImuDeviceNotFoundError)):
+            src.open(ImuLoopConfig(rate_hz=1000.0, dt_s=0.001))
+        assert not src._fds
 
     def test_parse_scan_type(self):
         """IIO type strings decode to (big_endian, signed, bits, storage, shift); junk is an ImuSourceError."""

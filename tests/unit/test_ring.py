@@ -548,6 +548,36 @@ class TestBadSegment:
             region.close()
 
 
+class TestHostileTail:
+    """A tail the producer's process set behind the head, unaligned or more than a ring ahead is corrupt, and
+    stays corrupt on every later call while it is bad (found by tests/fuzz/fuzz_ring.py: the reader used to
+    cache the bad tail on the first check, so the retry walked up to it and handed out records nobody
+    published)."""
+
+    TAIL_OFF = 128  # struct ep_ring_ctl: tail starts line pair 1 (EP_LINE_PAIR = 128)
+
+    @pytest.mark.parametrize("bad", ["unaligned", "too_far", "behind"])
+    @pytest.mark.parametrize("first", ["try_read", "wait"])
+    def test_bad_tail_stays_corrupt(self, ends, bad, first):
+        ring, w, r = ends
+        assert w.try_write(b"x" * 40)
+        assert r.try_read() == b"x" * 40
+        buf = ring.region.buffer()
+        tail = struct.unpack_from("<Q", buf, self.TAIL_OFF)[0]
+        assert tail == ring.status().tail == rec_size(40)
+        new = {"unaligned": tail + 3, "too_far": tail + 2 * CAP, "behind": tail - 8}[bad]
+        struct.pack_into("<Q", buf, self.TAIL_OFF, new)
+        if first == "wait":
+            r.wait(timeout_s=1)  # sees the tail move; must not take it on trust
+        for read in (r.try_read, r.try_read, r.try_read_many, lambda: r.read(timeout_s=1), r.try_peek):
+            with pytest.raises(RingCorruptError):
+                read()
+        struct.pack_into("<Q", buf, self.TAIL_OFF, tail)  # the tail is right again: so is the ring
+        assert r.try_read() is None
+        assert w.try_write(b"after")
+        assert r.try_read() == b"after"
+
+
 # ---------------------------------------------------------------------------------------------------
 # peers: closed, busy, dead
 

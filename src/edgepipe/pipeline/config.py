@@ -339,6 +339,8 @@ def parse_config(text: str, path: str = "<string>", base_dir: str | None = None)
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(f"{path}:{m.group(1) if m else '?'}: not valid TOML: {e}", path=path,
                           line=int(m.group(1)) if m else None) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+        raise ConfigError(f"{path}:?: not valid TOML: arrays or inline tables nested too deeply", path=path) from None
     _check_table(w, (), doc, _TOP_KEYS)
     pipe = doc.get("pipeline", {})
     _check_table(w, ("pipeline",), pipe, _PIPELINE_KEYS)

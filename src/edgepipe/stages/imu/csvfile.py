@@ -37,6 +37,13 @@ def unit(header: str) -> str:
 
 
 def parse_csv(path: Path, src):
+    try:
+        return _parse_csv(path, src)
+    except (UnicodeDecodeError, csv.Error) as e:  # bytes that are not UTF-8 text, a field over csv's limit
+        raise ImuSourceError(f"{str(path)!r} is not a readable CSV file: {e}") from None
+
+
+def _parse_csv(path: Path, src):
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         try:
@@ -96,9 +103,18 @@ def parse_csv(path: Path, src):
     return a[:, 0] * t_scale, a[:, 1:4] * g_scale, a[:, 4:7] * a_scale, mag
 
 
+MAX_RESAMPLED_ROWS = 1 << 22  # 70 minutes at 1 kHz: 320 MiB of rows
+
+
 def resample(t, gyr, acc, mag, rate_hz):
     t = t - t[0]
-    n = int(math.floor(t[-1] * rate_hz)) + 1
+    span = float(t[-1])
+    if not (math.isfinite(span) and span > 0):
+        raise ImuSourceError(f"cannot resample: the time column spans {span!r} s from first row to last "
+                             f"(it must be finite and increase)")
+    if span * rate_hz >= MAX_RESAMPLED_ROWS:
+        raise ImuSourceError(f"cannot resample {span:g} s at {rate_hz:g} Hz: over {MAX_RESAMPLED_ROWS} rows")
+    n = int(math.floor(span * rate_hz)) + 1
     tt = np.arange(n) / rate_hz
 
     def interp(a):

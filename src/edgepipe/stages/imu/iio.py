@@ -95,7 +95,7 @@ class IioSource(ImuSource):
         found = []
         for d in sorted(self.root.glob("iio:device*")):
             try:
-                nm = (d / "name").read_text().strip()
+                nm = (d / "name").read_text(errors="replace").strip()
             except OSError:
                 continue
             if nm == self.device or nm.startswith(self.device + "_"):
@@ -111,7 +111,7 @@ class IioSource(ImuSource):
         for p in (dev / f"{chan}_scale", dev / f"{kind}_scale"):
             if p.exists():
                 try:
-                    text = p.read_text().strip()
+                    text = p.read_text(errors="replace").strip()
                     v = float(text)
                 except (OSError, ValueError) as e:
                     raise ImuSourceError(f"unreadable scale {str(p)!r}: {e}") from None
@@ -138,7 +138,8 @@ class IioSource(ImuSource):
         devs = self._devices()
         for d in devs:
             try:
-                return _rate("sampling_frequency", float((d / "sampling_frequency").read_text().split()[0]))
+                text = (d / "sampling_frequency").read_text(errors="replace")
+                return _rate("sampling_frequency", float(text.split()[0]))
             except (OSError, ValueError, IndexError, ImuConfigError):
                 continue
         return 1000.0
@@ -149,9 +150,10 @@ class IioSource(ImuSource):
     # -- open
     def open(self, cfg: ImuLoopConfig) -> None:
         devs = self._devices()
-        self.name = ",".join((d / "name").read_text().strip() if (d / "name").exists() else d.name for d in devs)
+        self.name = ",".join((d / "name").read_text(errors="replace").strip() if (d / "name").exists() else d.name
+                             for d in devs)
         try:
-            self.sampling_frequency = float((devs[0] / "sampling_frequency").read_text().split()[0])
+            self.sampling_frequency = float((devs[0] / "sampling_frequency").read_text(errors="replace").split()[0])
         except (OSError, ValueError, IndexError):
             self.sampling_frequency = None
         try:
@@ -197,17 +199,17 @@ class IioSource(ImuSource):
         if self.enable:
             for slot in (*range(6), 9):
                 p = se / f"{_CHANNELS[slot]}_en"
-                if p.exists() and p.read_text().strip() != "1":
+                if p.exists() and p.read_text(errors="replace").strip() != "1":
                     p.write_text("1\n")
         # Layout: enabled channels in scan-index order, each aligned to its own storage size.
         chans = []
         for en in sorted(se.glob("*_en")):
             chan = en.name[:-3]
-            if en.read_text().strip() != "1":
+            if en.read_text(errors="replace").strip() != "1":
                 continue
             try:
-                idx = int((se / f"{chan}_index").read_text().strip())
-                typ = (se / f"{chan}_type").read_text()
+                idx = int((se / f"{chan}_index").read_text(errors="replace").strip())
+                typ = (se / f"{chan}_type").read_text(errors="replace")
             except (OSError, ValueError) as e:
                 raise ImuSourceError(f"unreadable index/type of scan element {chan!r} in {str(se)!r}: {e}") from None
             chans.append((idx, chan, parse_scan_type(typ)))
