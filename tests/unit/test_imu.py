@@ -706,3 +706,13 @@ class TestLeasedWriter:
                     ImuLoop(cfg, w)
                 assert w.leased
             assert not w.leased and w.try_write(b"ok")
+
+
+class TestAxisArgument:
+    def test_a_numeric_axis_is_normalised(self):
+        """SyntheticSource.rotating takes an axis as three numbers (normalised), not only 'x'/'y'/'z' (a
+        NameError before: the split left a call to a helper under its old name)."""
+        src = SyntheticSource.rotating(rate_dps=90.0, axis=(0.0, 0.0, 2.0))
+        assert np.allclose(src.rate_rad_s, (0.0, 0.0, np.pi / 2))
+        with pytest.raises(ImuConfigError, match="zero vector"):
+            SyntheticSource.rotating(rate_dps=90.0, axis=(0, 0, 0))

@@ -46,7 +46,7 @@ def axis(axis: object) -> tuple[float, float, float]:
         if axis.lower() not in AXES:
             raise ImuConfigError(f"axis must be 'x', 'y', 'z' or 3 numbers, got {axis!r}")
         return AXES[axis.lower()]
-    v = _vec("axis", axis, 3)
+    v = vec("axis", axis, 3)
     n = math.sqrt(sum(x * x for x in v))
     if n == 0:
         raise ImuConfigError(f"axis must not be the zero vector, got {axis!r}")
