@@ -27,8 +27,10 @@ PAGE_W, PAGE_H = 556, 323
 
 
 def _shm() -> set[str]:
-    # edgepipe's own names only: other programs on a shared machine come and go in /dev/shm meanwhile
-    return {e for e in os.listdir("/dev/shm") if e.startswith("edgepipe")}
+    # edgepipe's own names, less the per-test names other test runs on this shared machine create meanwhile
+    # (conftest's shm_name: edgepipe.t-<their pid>-...)
+    others = re.compile(rf"^edgepipe\.t-(?!{os.getpid()}-)\d+-")
+    return {e for e in os.listdir("/dev/shm") if e.startswith("edgepipe") and not others.match(e)}
 
 
 def _tilt_deg(roll: float, pitch: float) -> float:

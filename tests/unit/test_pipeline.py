@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,9 +40,10 @@ SHM = "/dev/shm"
 
 
 def _shm() -> set[str]:
-    # edgepipe's own names only: other programs on a shared machine come and go in /dev/shm meanwhile
-    # (the rings of a supervised pipeline are memfds and never appear there at all)
-    return {e for e in os.listdir(SHM) if e.startswith("edgepipe")}
+    # edgepipe's own names, less the per-test names other test runs on this shared machine create meanwhile
+    # (conftest's shm_name: edgepipe.t-<their pid>-...)
+    others = re.compile(rf"^edgepipe\.t-(?!{os.getpid()}-)\d+-")
+    return {e for e in os.listdir(SHM) if e.startswith("edgepipe") and not others.match(e)}
 
 
 def _alive(pid: int) -> bool:

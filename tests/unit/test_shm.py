@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import multiprocessing as mp
 import os
+import re
 import stat
 
 import pytest
@@ -17,6 +18,13 @@ from edgepipe.errors import EdgepipeOSError
 from edgepipe.shm import validate_name
 
 SHM_DIR = "/dev/shm"
+
+def _own_segments() -> set[str]:
+    """/dev/shm as this test session sees it: less the per-test names other test runs on this shared machine
+    create meanwhile (conftest's shm_name: edgepipe.t-<their pid>-...)."""
+    others = re.compile(rf"^edgepipe\.t-(?!{os.getpid()}-)\d+-")
+    return {e for e in os.listdir(SHM_DIR) if not others.match(e)}
+
 
 
 def _path(name: str) -> str:
@@ -100,14 +108,14 @@ class TestAttach:
 class TestAnonymousAndFd:
     def test_anonymous_has_no_name_and_no_file(self):
         """An anonymous region is a memfd: no name and nothing in /dev/shm."""
-        before = set(os.listdir(SHM_DIR))
+        before = _own_segments()
         region = SharedRegion.anonymous(8192)
         try:
             assert region.name is None
             assert region.size == 8192
             assert os.fstat(region.fd).st_size == 8192
             assert "memfd:" in os.readlink(f"/proc/self/fd/{region.fd}")
-            assert set(os.listdir(SHM_DIR)) == before
+            assert _own_segments() == before
         finally:
             region.close()
 
@@ -270,11 +278,11 @@ class TestNames:
     @pytest.mark.parametrize("how", ["create", "attach"])
     def test_bad_name_raises_value_error_naming_it(self, name, how):
         """A malformed name raises ValueError whose message shows the name, and creates nothing."""
-        before = set(os.listdir(SHM_DIR))
+        before = _own_segments()
         with pytest.raises(ValueError) as ei:
             SharedRegion.create(name, 4096) if how == "create" else SharedRegion.attach(name)
         assert repr(name) in str(ei.value)
-        assert set(os.listdir(SHM_DIR)) == before
+        assert _own_segments() == before
 
     @pytest.mark.parametrize("name", [None, 5, b"abc", ["a"], 1.5])
     @pytest.mark.parametrize("how", ["create", "attach"])
