@@ -94,6 +94,11 @@ class FrameWriter(WriterBase):
         self.frames_written = 0
 
     @property
+    def segment(self):
+        """The Ring under this frame channel."""
+        return self._w.segment
+
+    @property
     def closed(self) -> bool:
         return self._w.closed
 
@@ -165,6 +170,11 @@ class FrameReader:
         self._open = False
         self.frames_read = 0
         self.corrupt = 0
+
+    @property
+    def segment(self):
+        """The Ring under this frame channel."""
+        return self._r.segment
 
     @property
     def closed(self) -> bool:

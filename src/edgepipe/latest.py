@@ -223,6 +223,11 @@ class LatestWriter(WriterBase):
         self.overwritten = 0
 
     @property
+    def segment(self) -> LatestSlot:
+        """The LatestSlot this end was opened on."""
+        return self._slot
+
+    @property
     def closed(self) -> bool:
         return self._h is None
 
@@ -309,6 +314,11 @@ class LatestReader:
         self._held: dict[int, tuple] = {}  # buffer index -> (weakref, seq) of frames kept past their block
         self._open: int | None = None      # buffer index of the frame inside a with block
         self.frames_read = 0
+
+    @property
+    def segment(self) -> LatestSlot:
+        """The LatestSlot this end was opened on."""
+        return self._slot
 
     @property
     def closed(self) -> bool:

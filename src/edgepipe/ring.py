@@ -731,6 +731,11 @@ class RingWriter(_HandleBase):
         return self._ring
 
     @property
+    def segment(self) -> Ring:
+        """The shared segment behind this end (the same for every kind of end: ring, latest slot, frames)."""
+        return self._ring
+
+    @property
     def data(self) -> memoryview:
         """The ring's data area, writable (it starts page-aligned in every process): the offsets
         :meth:`claim_offset` returns are into it."""
@@ -1148,6 +1153,11 @@ class RingReader(_HandleBase):
     @property
     def ring(self) -> Ring:
         """The Ring this end was opened on."""
+        return self._ring
+
+    @property
+    def segment(self) -> Ring:
+        """The shared segment behind this end (the same for every kind of end: ring, latest slot, frames)."""
         return self._ring
 
     @property

@@ -155,6 +155,26 @@ class TestLayers:
                if n and n.startswith("_") and not n.startswith("__") and t != m]
         assert not bad, "\n".join(bad)
 
+    def test_no_module_reads_another_objects_handle_internals(self):
+        """Outside the handle modules, nobody reads an end's or segment's private state (``end._ring``,
+        ``writer._h``, ``reader._data``, ...): they use the public ``segment``/``ring``/``data`` and the
+        in-place offset API. Inside a handle module, only its own helper objects' state is read."""
+        internals = {"_ring", "_slot", "_h", "_data", "_io", "_w", "_r", "_region", "_handles"}
+        own = {"ring.py", "latest.py", "frames.py", "_segment.py", "_image.py"}
+        bad = []
+        for m, path in MODULES.items():
+            for n in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(n, ast.Attribute) and n.attr in internals):
+                    continue
+                v = n.value
+                if isinstance(v, ast.Name) and v.id in ("self", "cls"):
+                    continue
+                if path.name in own and isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name) \
+                        and v.value.id == "self":
+                    continue  # e.g. a claim reading its own writer's handle, in ring.py
+                bad.append(f"{m}:{n.lineno} reads {ast.unparse(n)}")
+        assert not bad, "\n".join(bad)
+
     @pytest.mark.parametrize("mod", sorted(MODULES))
     def test_long_modules_say_why(self, mod):
         """A module over 600 lines says in its docstring why it is one piece ("One piece: ...")."""

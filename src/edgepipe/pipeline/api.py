@@ -186,7 +186,7 @@ class Outlet:
 
     def status(self):
         """The ring's status (edgepipe.ring.RingStatus): its shared counters outlive any one process."""
-        return self.end._ring.status()
+        return self.end.segment.status()
 
     def counters(self) -> dict[str, Any]:
         s = self.status()
@@ -254,7 +254,7 @@ class Inlet:
                     self.bytes_read += len(data)
                     return data
             except PeerClosedError:
-                if self.end._ring.status().producer_closed:
+                if self.end.segment.status().producer_closed:
                     self.ended = True
                     raise EndOfStream(self.link) from None
                 time.sleep(0.005)  # died: a restarted producer takes the end over
@@ -287,7 +287,7 @@ class Inlet:
         return rec
 
     def counters(self) -> dict[str, Any]:
-        s = self.end._ring.status()
+        s = self.end.segment.status()
         return {"name": self.link, "records_written": s.records_written, "records_read": s.records_read,
                 "bytes_read": self.bytes_read, "full_events": s.full_events, "dropped": 0,
                 "used": s.used, "capacity": s.capacity}

@@ -36,15 +36,10 @@ __all__ = ["Stage"]  # also producer_closed / consumer_closed, shared by the sta
 
 def _segment(end):
     """The ring or latest slot behind a reader or writer (or a frame reader/writer over one)."""
-    for attr in ("_ring", "_slot"):
-        seg = getattr(end, attr, None)
-        if seg is not None:
-            return seg
-    for attr in ("_r", "_w"):  # FrameReader / FrameWriter wrap a RingReader / RingWriter
-        inner = getattr(end, attr, None)
-        if inner is not None:
-            return _segment(inner)
-    raise TypeError(f"not a ring or latest-slot end: {type(end).__name__}")
+    try:
+        return end.segment
+    except AttributeError:
+        raise TypeError(f"not a ring or latest-slot end: {type(end).__name__}") from None
 
 
 def producer_closed(reader) -> bool:
