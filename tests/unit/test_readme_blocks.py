@@ -34,7 +34,7 @@ class TestReadmeBlocks:
             if b.syntax == "pycon":
                 assert not b.marks, f"README line {b.lineno}: the pycon transcript runs as a doctest"
                 continue
-            if b.syntax == "":
+            if b.syntax == "" or b.syntax == "shell":  # diagrams; the quick start (checked against .ci/run below)
                 continue
             assert b.syntax in ("python", "bash", "sh", "toml"), f"README line {b.lineno}: {b.syntax!r}"
             assert len(b.marks) <= 1, (b.lineno, b.marks)
@@ -45,6 +45,17 @@ class TestReadmeBlocks:
             seen.append((b.syntax, bool(b.marks)))
         runnable = [s for s, skipped in seen if s == "python" and not skipped]
         assert len(runnable) >= 3, seen  # the IMU, frames and inference examples at least
+
+    def test_ci_runs_the_quick_start_verbatim(self):
+        """The quick start is one `shell` block of two commands (the plugin leaves it alone: it installs the
+        package and runs this very suite), and .ci/run runs each of its lines exactly as written."""
+        quick = [b for b in _blocks() if b.syntax == "shell"]
+        assert len(quick) == 1, [b.lineno for b in quick]
+        lines = [ln for ln in quick[0].code.splitlines() if ln.strip()]
+        assert len(lines) == 2 and lines[1].endswith("&& pytest"), lines
+        ci = (ROOT / ".ci" / "run").read_text().splitlines()
+        for ln in lines:
+            assert ln in ci, f".ci/run does not run the README's {ln!r} verbatim"
 
     def test_the_suite_collects_the_readme(self):
         """`pytest` with no arguments collects README.md's blocks: README.md is in testpaths and
