@@ -90,7 +90,7 @@ class FrameWriter(WriterBase):
         self._data = writer.data  # the ring's data area; it starts page-aligned in every process
         self.max_frame_bytes: int = max(0, writer.max_payload - HDR_SIZE - (ALIGN - 8))
         # seq continues from the ring's record count, so a producer that reopens the ring keeps counting
-        self._seq = writer.ring.status().records_written
+        self._seq = writer.segment.status().records_written
         self.frames_written = 0
 
     @property
@@ -105,7 +105,7 @@ class FrameWriter(WriterBase):
     @property
     def ring_name(self) -> str:
         """The ring's shm name, or ``"memfd"`` for an anonymous ring (for messages naming the ring)."""
-        return self._w.ring.name or "memfd"
+        return self._w.segment.name or "memfd"
 
     def _too_large(self, lay: Layout) -> ImageTooLargeError:
         need = lay.nbytes + HDR_SIZE + ALIGN - 8
@@ -274,7 +274,7 @@ class FrameReader:
             fields = unpack_hdr(self._ro, off)
             p, doff = parse_header(fields, n, "ring")
         except ImageHeaderError:
-            truncated = truncation(self._r.ring)  # zero pages standing in for a truncated segment
+            truncated = truncation(self._r.segment)  # zero pages standing in for a truncated segment
             if truncated:
                 raise truncated from None
             self._release()

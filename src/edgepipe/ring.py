@@ -348,6 +348,18 @@ class _HandleBase:
 
     __slots__ = ()
 
+    @property
+    def segment(self) -> Ring:
+        """The Ring this end was opened on (every kind of end has one: ring, latest slot, frames)."""
+        return self._ring
+
+    @property
+    def data(self) -> memoryview:
+        """The ring's data area (it starts page-aligned in every process): the writer's
+        :meth:`~RingWriter.claim_offset` and the reader's :attr:`~RingReader.record_offset` are offsets into it;
+        writable on the producer's end only by contract."""
+        return self._data
+
     def _closed_error(self) -> RingClosedError:
         return RingClosedError(f"{type(self).__name__} on {self._ring.name or 'memfd'!r} is closed")
 
@@ -725,21 +737,6 @@ class RingWriter(_HandleBase):
         return write
 
     # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameWriter) ------------
-    @property
-    def ring(self) -> Ring:
-        """The Ring this end was opened on."""
-        return self._ring
-
-    @property
-    def segment(self) -> Ring:
-        """The shared segment behind this end (the same for every kind of end: ring, latest slot, frames)."""
-        return self._ring
-
-    @property
-    def data(self) -> memoryview:
-        """The ring's data area, writable (it starts page-aligned in every process): the offsets
-        :meth:`claim_offset` returns are into it."""
-        return self._data
 
     def claim_offset(self, size: int, timeout_s: float | None = None, what: str = "record") -> int:
         """Reserve ``size`` payload bytes in place and return their offset in :attr:`data`; finish the record
@@ -1148,22 +1145,7 @@ class RingReader(_HandleBase):
             raise self._error(rc, timeout_s)
         return True
 
-    # -- lifetime -----------------------------------------------------------------------------------
     # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameReader) ------------
-    @property
-    def ring(self) -> Ring:
-        """The Ring this end was opened on."""
-        return self._ring
-
-    @property
-    def segment(self) -> Ring:
-        """The shared segment behind this end (the same for every kind of end: ring, latest slot, frames)."""
-        return self._ring
-
-    @property
-    def data(self) -> memoryview:
-        """The ring's data area (page-aligned in every process): :attr:`record_offset` is into it."""
-        return self._data
 
     def peek_offset(self) -> int:
         """Hold the next record in place and return its payload length, or -1 at once if the ring is empty
