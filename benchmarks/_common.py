@@ -598,7 +598,8 @@ def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -
     report, then loadavg, leaks and the JSON file. ``report(rows)`` returns that round's goal verdicts."""
     shm_before = dev_shm_snapshot()
     if timer_note:
-        print(f"perf_counter_ns() costs {timer_overhead_ns():.0f} ns per call (each sample includes one)")
+        env["perf_counter_ns_cost_ns"] = timer_overhead_ns()
+        print(f"perf_counter_ns() costs {env['perf_counter_ns_cost_ns']:.0f} ns per call (each sample includes one)")
     probe = Probe(args.cpus)
     if probe.exe is None:
         print(f"cache-line probe unavailable: {probe.error}")
