@@ -8,6 +8,9 @@ Why a probe beside every number: the VM's two vCPUs wander between a "near" pair
 "far" pair every few seconds, which moves busy-poll figures 2-6x. Each case is bracketed by a probe of the
 one-way cache-line transfer, so a reader can see which pair a number came from; only ratios within one run
 (ideally within one probe class) are meaningful.
+
+One piece: every script imports it as ``_common`` from its own directory (the benchmarks are standalone
+scripts, not a package), so splitting it would only add more sibling modules each script must find.
 """
 
 from __future__ import annotations

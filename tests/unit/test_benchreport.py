@@ -62,6 +62,16 @@ class TestSummary:
         assert by["dead"].value is None and by["dead"].error == "skipped: not installed"
         assert [(g.verdict, g.name, g.round) for g in s.goals] == [("FAIL", "rate", "")]
 
+    def test_cpu_per_message_and_waiting_style_are_shown(self, ring_latency_json):
+        """The real run's rows carry the CPU both processes used per message; the summary shows it beside the
+        headline, and the waiting style beside the group when the group does not name it."""
+        s = br.load("ring_latency", str(ring_latency_json))
+        assert all("cpu_ns_per_msg" in c.extra and c.extra.startswith("p99_ns") for c in s.cases)
+        doc = {"rows": [{"case": "edgepipe write/read (park)", "group": "per-call", "style": "blocking", "round": 1,
+                         "msgs_per_s": 5e5, "cpu_ns_per_msg": 1200.0, "cpu_s": 2.4, "batch": 1}]}
+        [c] = br.summarize("ring_throughput", doc).cases
+        assert (c.group, c.metric, c.extra) == ("per-call, blocking", "msgs_per_s", "cpu_ns_per_msg 1200")
+
     def test_ahrs_speed_json_has_ns_per_update(self, tmp_path):
         """ahrs_speed.py's own --json gives one case per filter call, ns per update as the headline, the
         reference filters marked as peers."""
@@ -217,20 +227,32 @@ class TestPeersMissing:
 ROOT = BENCH.parent
 
 
+def _readme_table():
+    """tools/readme_table.py, the generator of the README's performance table (a script, not a package)."""
+    import importlib.util
+
+    if "readme_table" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("readme_table", ROOT / "tools" / "readme_table.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["readme_table"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["readme_table"]
+
+
 class TestReadmeTable:
     """README.md's performance table and benchmarks/README.md's ring tables are rendered from the checked-in
-    JSON of the two ring benchmarks (benchmarks/readme_table.py); nothing here asserts a timing."""
+    JSON of the two ring benchmarks (tools/readme_table.py); nothing here asserts a timing."""
 
     @pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
     def test_the_tables_are_what_the_checked_in_json_renders(self, readme):
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         pairs = rt.blocks_in((ROOT / readme).read_text())
         assert pairs and all(old == new for old, new in pairs), \
-            f"{readme}: stale; run python benchmarks/readme_table.py --write {readme}"
+            f"{readme}: stale; run python tools/readme_table.py --write {readme}"
 
     def test_an_edited_number_is_caught(self):
         """A number typed into the table by hand (here: the first edgepipe value changed) no longer matches."""
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         text = (ROOT / "README.md").read_text()
         block = rt.readme_block(text)
         row = next(ln for ln in block.splitlines() if ln.startswith("| ping-pong"))
@@ -243,7 +265,7 @@ class TestReadmeTable:
     def test_every_row_compares_cases_of_one_waiting_style_and_batch_size(self):
         """Each summary row names cases the benchmark really has, all of the row's waiting style and batch
         size, edgepipe's on the edgepipe side; pure-Python yardsticks only in rows marked as such."""
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         for script in (rt.LATENCY, rt.THROUGHPUT):
             cases = {c.name: c for c in _bench_module(script).build_cases(64, 1.0)}
             for row in (r for r in rt.ROWS if r.script == script):
@@ -275,7 +297,7 @@ class TestReadmeTable:
     def test_a_row_comparing_unlike_cases_is_refused(self, peer, why):
         """A peer row measured with another waiting style (or batch size, or a failed run) makes the render
         fail instead of landing in the README."""
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         row = rt.Row("ping-pong one-way p50", rt.LATENCY, "busy-poll", "edgepipe read() spin",
                      ("iceoryx2 pub/sub receive() poll",))
         by = rt.cases_by_name({"rows": self._doc()})
@@ -294,7 +316,7 @@ class TestReadmeTable:
         range over the rounds; yardstick rows are marked and the caveat is under the table."""
         import re
 
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         block = rt.readme_block((ROOT / "README.md").read_text())
         rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| measurement")]
         assert len(rows) == len(rt.ROWS)
@@ -315,7 +337,7 @@ class TestReadmeTable:
         the runs were interleaved rounds (each case once per round)."""
         import collections
 
-        rt = _bench_module("readme_table")
+        rt = _readme_table()
         for script in (rt.LATENCY, rt.THROUGHPUT):
             doc = rt.load(script)
             rows = [r for r in doc["rows"] if r["group"] != "idle"]
