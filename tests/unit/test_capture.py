@@ -89,6 +89,22 @@ class TestFileSource:
         assert 80 <= stage.stats()["interval_ms_p50"] <= 130
         assert len(_drain(r)) == 6
 
+    def test_stats_name_the_configured_fps_next_to_the_achieved_one(self, ring_pair):
+        """fps_target is the rate the loop paces at (the file's own 10 fps, or an override), so a report can
+        compare it with the achieved fps; an unpaced run (realtime=False) has none."""
+        w, _ = ring_pair
+        paced = CaptureStage(sample_video(), w, max_frames=3)
+        assert paced.run() == 0
+        s = paced.stats()
+        assert s["fps_target"] == 10.0 and s["fps"] > 0
+        with LatestSlot.create(None, 576 * 768 * 3) as slot:
+            over = CaptureStage(sample_video(), slot.writer(), fps=25, max_frames=2)
+            assert over.run() == 0 and over.stats()["fps_target"] == 25.0
+        with LatestSlot.create(None, 576 * 768 * 3) as slot:
+            fast = CaptureStage(sample_video(), slot.writer(), realtime=False, max_frames=2)
+            assert fast.run() == 0 and fast.stats()["fps"] > 0
+            assert "fps_target" not in fast.stats()
+
     def test_fps_override_uses_absolute_deadlines(self):
         """fps=50 plays 26 frames in about 0.5 s; deadlines are absolute, so the total does not drift by
         the per-frame work."""

@@ -119,3 +119,83 @@ def test_drops_named_by_stage_and_reason():
         "src": {"dropped[a: ring full]": 7, "state": "done", "restarts": 0}})
     assert rep["drops"] == {"cap: dropped_full": 2, "cap: dropped_shape": 3, "det: dropped_deadline": 1,
                             "det: frames_lost": 2, "det: bad_frames": 1, "src: a: ring full": 7}
+
+
+def _two_paths_book():
+    """Two sources, two sinks: 1 kHz-like samples of ~0.02 ms and frames of ~60 ms."""
+    book = LatencyBook(["imu", "cam"], ["samples", "frames"], {"end_to_end": 250 * MS})
+    for i in range(900):
+        book.sink = "show_attitude"
+        book.record(_rec(0, [(0, 0xFFFF, 0, 10_000)], 0, 20_000 + i))
+    for i in range(100):
+        book.sink = "show_text"
+        book.record(_rec(0, [(1, 0xFFFF, 0, 50 * MS)], 1, (60 + i % 5) * MS))
+    return book
+
+
+class TestPaths:
+    def test_one_row_per_path_and_no_mixed_row(self):
+        """With two paths the report has an end-to-end row per path and none mixing samples with frames;
+        with one path the plain end-to-end row stays."""
+        rep = build_report(_two_paths_book())
+        rows = {r["part"]: r for r in rep["parts"]}
+        assert "end_to_end" not in rows
+        assert rows["end_to_end[show_attitude]"]["count"] == 900 and rows["end_to_end[show_text]"]["count"] == 100
+        assert rows["end_to_end[show_text]"]["p50_ms"] > 50 > rows["end_to_end[show_attitude]"]["p99_ms"]
+        one = LatencyBook(["src"], ["a"], sink="s")
+        one.record(_rec(0, [(0, 0xFFFF, 0, MS)], 0, 2 * MS))
+        assert [r["part"] for r in build_report(one)["parts"]][-2:] == ["end_to_end[s]", "end_to_end"]
+
+    def test_table_states_the_ok_over_rule(self):
+        """The table's caption says what ok and OVER mean: p99 against the budget (what within_budget does)."""
+        rep = build_report(TestReport()._book())
+        assert rep["rule"].startswith("ok: p99 <= budget, OVER: p99 > budget")
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        assert "OVER: p99 > budget" in con.export_text()
+
+
+class TestHealth:
+    STAGES = {
+        "imu": {"kind": "imu", "state": "done", "rate_hz": 1000.0, "achieved_rate_hz": 916.6, "ticks": 9166,
+                "missed": 834, "wait": "sleep", "dropped": 0, "published": 9166},
+        "capture": {"kind": "capture", "state": "done", "fps_target": 10.0, "fps": 6.66, "late": 2, "dropped": 3,
+                    "dropped_full": 3, "dropped_shape": 0, "published": 55},
+        "show": {"kind": "print", "received": 5},
+    }
+
+    def test_imu_missed_deadlines_and_capture_fps_shortfall_are_reported(self):
+        """The IMU loop's deadlines (served + missed), the share missed and the achieved rate; the capture's
+        achieved fps against its configured fps; both short, so both warn, and drops warn too."""
+        rep = build_report(LatencyBook([], []), stages=self.STAGES)
+        h = {r["stage"]: r for r in rep["health"]}
+        assert set(h) == {"imu", "capture"}
+        assert (h["imu"]["deadlines"], h["imu"]["missed"], h["imu"]["missed_pct"]) == (10000, 834, 8.34)
+        assert (h["imu"]["configured"], h["imu"]["achieved"], h["imu"]["ok"]) == (1000.0, 916.6, False)
+        assert (h["capture"]["configured"], h["capture"]["achieved"], h["capture"]["dropped"]) == (10.0, 6.66, 3)
+        assert rep["health_ok"] is False
+        text = " | ".join(rep["warnings"])
+        assert "missed 834 of 10000 deadlines (8.3 %" in text and "916.6 Hz achieved of 1000.0 Hz" in text
+        assert "6.66 fps, below 90% of its configured 10 fps" in text and "capture: dropped 3" in text
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        out = con.export_text()
+        assert "WARNING imu: the IMU loop missed 834 of 10000 deadlines" in out
+        assert "834 of 10000 (8.3 %)" in out and "SHORT" in out and "6.66 fps" in out
+
+    def test_sources_that_keep_their_rate_are_ok(self):
+        """Under 1 % missed and at least 90 % of the fps, nothing dropped: ok rows and no warning."""
+        stages = {"imu": dict(self.STAGES["imu"], missed=50, ticks=9950, achieved_rate_hz=995.0),
+                  "capture": dict(self.STAGES["capture"], fps=9.5, dropped=0, dropped_full=0)}
+        rep = build_report(LatencyBook([], []), stages=stages)
+        assert [r["ok"] for r in rep["health"]] == [True, True] and rep["warnings"] == [] and rep["health_ok"]
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        out = con.export_text()
+        assert "WARNING" not in out and "drops: none" in out
+
+    def test_device_paced_imu_has_no_deadlines(self):
+        """A buffered IIO loop is paced by the device: its missed counter is no deadline count."""
+        st = dict(self.STAGES["imu"], wait="device")
+        row = build_report(LatencyBook([], []), stages={"imu": st})["health"][0]
+        assert row["deadlines"] is None and row["missed_pct"] is None and row["ok"]

@@ -44,6 +44,10 @@ E2E = "end_to_end"
 # (capture: dropped_full, dropped_shape; inference: dropped_deadline, results_dropped, frames_lost, bad_frames)
 _DROP_KEY = re.compile(r"^(dropped(_\w+)?|\w+_dropped|frames_lost|bad_frames)$")
 _NO_LINK = 0xFFFF
+# the rule the table's ok/OVER column applies (build_report's "within_budget")
+OK_RULE = "ok: p99 <= budget, OVER: p99 > budget; 'over' counts the records above the budget"
+IMU_MISSED_MAX_PCT = 1.0  # an IMU loop missing more of its deadlines than this gets a warning
+CAPTURE_MIN_FPS_RATIO = 0.9  # a capture below this share of its configured fps gets a warning
 
 
 def budget_for(part: str, budgets: dict[str, int]) -> int | None:
@@ -252,7 +256,11 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
     """
     budgets = dict(budgets_ns if budgets_ns is not None else book.budgets_ns)
     parts = []
-    for name in sorted(book.order, key=lambda p: (p == E2E, p.startswith(E2E), book.order.index(p))):
+    # with two paths or more, the plain end-to-end row would mix them (1 kHz IMU samples with 7 fps frames):
+    # each path keeps its own row, "end_to_end[<sink>]", and the mixed one is left out
+    per_path = [p for p in book.order if p.startswith(E2E + "[")]
+    names = [p for p in book.order if not (p == E2E and len(per_path) > 1)]
+    for name in sorted(names, key=lambda p: (p == E2E, p.startswith(E2E), book.order.index(p))):
         h = book.hists[name]
         n = h.get_total_count()
         row: dict[str, Any] = {"part": name, "count": n}
@@ -277,10 +285,15 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
                 drops[f"{sname}: {k[8:-1]}"] = v
             elif _DROP_KEY.match(k) and not (k == "dropped" and specific):  # a built-in stage's counters
                 drops[f"{sname}: {k}"] = v
+    health_rows = health(stages or {})
+    warnings = [w for h in health_rows for w in h["warnings"]]
     return {
         "version": 1,
         "meta": dict(meta or {}),
         "parts": parts,
+        "rule": OK_RULE,
+        "health": health_rows,
+        "warnings": warnings,
         "budgets_ms": {k: _ms(v) for k, v in budgets.items()},
         "drops": drops,
         "stages": dict(stages or {}),
@@ -288,7 +301,67 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         "series": list(series or []),
         "paths": dict(paths or {}),
         "ok": all(r["within_budget"] is not False for r in parts),
+        "health_ok": not warnings,
     }
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def health(stages: dict[str, Any]) -> list[dict[str, Any]]:
+    """Did the sources keep their rate? One row per IMU loop (achieved vs configured rate, deadlines missed,
+    from its ``ticks``/``missed`` counters) and per capture stage (achieved vs configured fps), with the
+    stage's drops and the warnings of any shortfall: an IMU loop that missed more than
+    ``IMU_MISSED_MAX_PCT`` % of its deadlines, a capture below ``CAPTURE_MIN_FPS_RATIO`` of its fps.
+
+    >>> [(h["stage"], h["missed_pct"], h["ok"]) for h in health({"imu": {"kind": "imu", "rate_hz": 1000.0,
+    ...     "achieved_rate_hz": 916.6, "ticks": 920, "missed": 80, "wait": "sleep"}})]
+    [('imu', 8.0, False)]
+    """
+    out = []
+    for name, st in stages.items():
+        if not isinstance(st, dict):
+            continue
+        dropped = sum(v for k, v in st.items() if _DROP_KEY.match(k) and k != "dropped" and isinstance(v, int)
+                      and not isinstance(v, bool)) or (_num(st.get("dropped")) or 0)
+        if "ticks" in st and "achieved_rate_hz" in st:  # an IMU loop (edgepipe.stages.imu.ImuStage)
+            target, achieved = _num(st.get("rate_hz")), _num(st.get("achieved_rate_hz"))
+            paced = st.get("wait") != "device"  # a device-paced loop has no deadlines of its own
+            missed = int(st.get("missed") or 0) if paced else None
+            deadlines = int(st.get("ticks") or 0) + (missed or 0) if paced else None
+            pct = 100.0 * missed / deadlines if paced and deadlines else None
+            row = {"stage": name, "source": "imu", "unit": "Hz", "configured": target,
+                   "achieved": None if achieved is None else round(achieved, 1),
+                   "deadlines": deadlines, "missed": missed, "missed_pct": None if pct is None else round(pct, 2),
+                   "dropped": int(dropped)}
+            warn = []
+            if pct is not None and pct > IMU_MISSED_MAX_PCT:
+                warn.append(f"{name}: the IMU loop missed {missed} of {deadlines} deadlines ({pct:.1f} %, more "
+                            f"than {IMU_MISSED_MAX_PCT:g} %): {_rate(achieved)} Hz achieved of {_rate(target)} Hz "
+                            f"configured")
+        elif st.get("kind") == "capture" or "fps_target" in st:  # edgepipe.stages.capture.CaptureStage
+            target, achieved = _num(st.get("fps_target")), _num(st.get("fps"))
+            row = {"stage": name, "source": "capture", "unit": "fps", "configured": target, "achieved": achieved,
+                   "deadlines": None, "missed": _num(st.get("late")), "missed_pct": None, "dropped": int(dropped)}
+            if row["missed"] is not None:
+                row["missed"] = int(row["missed"])
+            warn = []
+            if target and achieved is not None and achieved < CAPTURE_MIN_FPS_RATIO * target:
+                warn.append(f"{name}: capture ran at {achieved:.2f} fps, below {CAPTURE_MIN_FPS_RATIO:.0%} of "
+                            f"its configured {target:g} fps")
+        else:
+            continue
+        if dropped:
+            warn.append(f"{name}: dropped {int(dropped)} record(s)")
+        row["ok"] = not warn
+        row["warnings"] = warn
+        out.append(row)
+    return out
+
+
+def _rate(v: float | None) -> str:
+    return "?" if v is None else f"{v:.1f}"
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
@@ -344,8 +417,29 @@ def render_table(report: dict[str, Any], console=None) -> None:
         t.add_row(escape(r["part"]), str(r["count"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]),
                   _fmt(r["p99.9_ms"]), _fmt(r["max_ms"]), _fmt(r["budget_ms"]), str(r["violations"]), mark)
     console.print(t)
+    console.print(escape(report.get("rule", OK_RULE)), style="dim", soft_wrap=True)
+    if report.get("health"):
+        ht = Table(title="sources: rate and deadlines", title_justify="left")
+        for col in ("stage", "configured", "achieved", "deadlines missed", "dropped", ""):
+            ht.add_column(col, justify="left" if col in ("stage", "") else "right")
+        for h in report["health"]:
+            unit = h.get("unit", "")
+            if h.get("missed_pct") is not None:
+                missed = f"{h['missed']} of {h['deadlines']} ({h['missed_pct']:.1f} %)"
+            elif h.get("missed") is not None:
+                missed = f"{h['missed']} late"
+            else:
+                missed = "-"
+            ht.add_row(escape(h["stage"]), "-" if h.get("configured") is None else f"{h['configured']:g} {unit}",
+                       "-" if h.get("achieved") is None else f"{h['achieved']:g} {unit}", missed,
+                       str(h.get("dropped", 0)), "[green]ok[/]" if h.get("ok") else "[red]SHORT[/]")
+        console.print(ht)
+    for w in report.get("warnings", []):
+        console.print("[bold red]WARNING[/] " + escape(w))
     if report.get("drops"):
         console.print(escape("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items()))))
+    elif "health" in report:
+        console.print("drops: none")
     restarts = {k: v.get("restarts", 0) for k, v in report.get("stages", {}).items() if v.get("restarts")}
     if restarts:
         console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))

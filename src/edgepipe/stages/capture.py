@@ -614,6 +614,9 @@ class CaptureStage(Stage):
         c = self.counters
         out: dict[str, Any] = {"source": getattr(self.source, "describe", repr(self.source)),
                                "shape": getattr(self.source, "shape", None)}
+        target = self.fps or getattr(self.source, "fps", None)
+        if self.realtime and target:  # the rate the loop paces itself at; "fps" is what it achieved
+            out["fps_target"] = float(target)
         if c.get("published", 0) > 1 and self._t_last > self._t_first:
             out["fps"] = round((c["published"] - 1) * 1e9 / (self._t_last - self._t_first), 2)
         if self._intervals_ns:
