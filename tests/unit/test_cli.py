@@ -205,6 +205,29 @@ class TestRunAndReport:
         assert "cannot read a report" in capsys.readouterr().err
 
 
+class TestProgress:
+    LIVE = {"uptime_s": 12.0, "links": {"frames": {"rate_hz": 6.6}, "samples": {"rate_hz": 916.6}},
+            "stages": {"capture": {"state": "done", "kind": "capture", "fps_target": 10.0, "fps": 6.66},
+                       "imu": {"state": "running", "kind": "imu", "rate_hz": 1000.0, "achieved_rate_hz": 916.6,
+                               "ticks": 9166, "missed": 834, "wait": "sleep", "restarts": 1},
+                       "show_text": {"state": "done"}, "show_attitude": {"state": "running"}},
+            "parts": [{"part": "end_to_end[show_text]", "count": 55, "p50_ms": 56.2, "p99_ms": 124.8},
+                      {"part": "end_to_end[show_attitude]", "count": 9166, "p50_ms": 0.024, "p99_ms": 1.8},
+                      {"part": "end_to_end", "count": 9221, "p50_ms": 0.024, "p99_ms": 3.49}]}
+
+    def test_progress_line_per_path_with_sources_short_and_states_counted(self):
+        """The run's progress line gives each path's p50/p99 (not one mixing both), the IMU's achieved rate
+        and missed share, the capture short of its fps, and stage states as counts, never a raw dict."""
+        from edgepipe.cli.main import progress_line
+
+        line = progress_line(self.LIVE)
+        assert "show_text p50 56.20 ms p99 124.80 ms (55)" in line
+        assert "show_attitude p50 0.02 ms p99 1.80 ms (9166)" in line and "3.49" not in line
+        assert "imu 916.6 Hz, 8.3 % deadlines missed" in line and "capture 6.66 of 10 fps" in line
+        assert "restarts 1" in line and "2 done, 2 running" in line
+        assert "{" not in line and "'" not in line
+
+
 class TestTopDoctor:
     def test_top_once_shows_a_running_pipelines_snapshot(self, tmp_path, capsys):
         """top --once draws the stages, rings and latency parts of a snapshot file."""
