@@ -199,3 +199,61 @@ class TestHealth:
         st = dict(self.STAGES["imu"], wait="device")
         row = build_report(LatencyBook([], []), stages={"imu": st})["health"][0]
         assert row["deadlines"] is None and row["missed_pct"] is None and row["ok"]
+
+
+class TestPng:
+    def _report(self):
+        book = _two_paths_book()
+        book.budgets_ns.update({"imu": MS // 100, "frames": 20 * MS})
+        for i in range(10):  # 16 parts in all: more than matplotlib's default cycle of 10 colours
+            book.record_value(f"extra{i}", (i + 1) * MS)
+        return build_report(book, budgets_ns=book.budgets_ns,
+                            series=[{"t_s": float(t), "mean_ms": {"imu": 0.01, "samples": 0.01, "cam": 50.0,
+                                                                  "frames": 10.0}} for t in range(3)],
+                            paths={"show_attitude": ["imu", "samples", "end_to_end[show_attitude]"],
+                                   "show_text": ["cam", "frames", "end_to_end[show_text]"]})
+
+    def test_colours_budget_lines_and_legend_outside(self):
+        """Every part's curve has its own colour; each part with a budget has a dashed line at it (one for
+        the end-to-end budget the paths share); the only legend is the figure's, clear of every plot."""
+        from edgepipe.pipeline.report import figure
+
+        rep = self._report()
+        fig = figure(rep)
+        try:
+            ax1 = fig.axes[0]
+            curves = {ln.get_label(): ln for ln in ax1.get_lines() if ln.get_linestyle() == "-"}
+            parts = [r["part"] for r in rep["parts"]]
+            assert sorted(curves) == sorted(parts)
+            colours = [tuple(curves[p].get_color()) for p in parts]
+            assert len(set(colours)) == len(parts)
+            dashed = {ln.get_ydata()[0] for ln in ax1.get_lines() if ln.get_linestyle() == "--"}
+            assert dashed == {0.01, 20.0, 250.0}
+            assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+            fig.canvas.draw()
+            r = fig.canvas.get_renderer()
+            box = fig.legends[0].get_window_extent(r)
+            for ax in fig.axes:
+                a = ax.get_window_extent(r)
+                assert box.x0 >= a.x1 or box.x1 <= a.x0 or box.y0 >= a.y1 or box.y1 <= a.y0, ax.get_title()
+            # the stacked plots use the same colour per part as the curves
+            polys = [c for ax in fig.axes[1:] for c in ax.collections]
+            assert {tuple(p.get_facecolor()[0][:3]) for p in polys} >= {colours[parts.index("frames")][:3]}
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+    def test_png_has_the_distinct_colours(self, tmp_path):
+        """Read back from the PNG: the pixels hold each part's colour."""
+        import matplotlib.image as mpimg
+
+        from edgepipe.pipeline.report import _colours
+
+        rep = self._report()
+        write_report(rep, tmp_path)
+        px = (mpimg.imread(tmp_path / "report.png")[..., :3] * 255).round().astype(int)
+        seen = {tuple(c) for c in px.reshape(-1, 3)}
+        want = _colours([r["part"] for r in rep["parts"]])
+        for part, c in want.items():
+            assert tuple(round(v * 255) for v in c) in seen, part

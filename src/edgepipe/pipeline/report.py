@@ -445,33 +445,57 @@ def render_table(report: dict[str, Any], console=None) -> None:
         console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))
 
 
-def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
-    """Draw the latency distribution (percentile curves per part) and the stacked per-part means over time."""
+def _colours(names: list[str]) -> dict[str, Any]:
+    """A distinct colour per part: tab20, then tab20b and tab20c (60 colours) before any repeats."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors  # pairs of a hue: the strong ten first, then the light ten
+    pool = [*tab20[0::2], *tab20[1::2], *(c for m in ("tab20b", "tab20c") for c in matplotlib.colormaps[m].colors)]
+    return {n: pool[i % len(pool)] for i, n in enumerate(names)}
+
+
+def figure(report: dict[str, Any]):
+    """The report's matplotlib figure: percentile curves per part with a dashed budget line per part that
+    has one (left), the stacked per-part means over time per path (right); one legend for all of it, outside
+    every plot, a colour per part shared by both sides."""
     plt = pyplot("drawing the report's PNG")
 
     paths = report.get("paths") or {}
     if not paths:
         paths = {"all": [r["part"] for r in report["parts"] if not r["part"].startswith(E2E)]}
+    names = list(dict.fromkeys([r["part"] for r in report["parts"]]
+                               + [p for ps in paths.values() for p in ps]))
+    colour = _colours(names)
     rows = max(1, len(paths))
-    fig = plt.figure(figsize=(14, max(5.0, 3.2 * rows)))
+    fig = plt.figure(figsize=(15, max(5.0, 3.2 * rows)))
     gs = fig.add_gridspec(rows, 2)
     ax1 = fig.add_subplot(gs[:, 0])
     qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100]
     xs = [-math.log10(1 - q / 100) if q < 100 else 5 for q in qs]
+    handles: dict[str, Any] = {}
+    budget_drawn: set[tuple[str, float]] = set()
     for r in report["parts"]:
         if not r.get("hdr"):
             continue
         h = HdrHistogram.decode(r["hdr"].encode())
         ys = [max(h.get_value_at_percentile(q), 1) / 1e6 for q in qs]
-        ax1.plot(xs, ys, marker=".", label=r["part"], linewidth=2.5 if r["part"].startswith(E2E) else 1.2,
-                 linestyle="--" if r["part"].startswith(E2E + "[") else "-")
-        if r.get("budget_ms") and r["part"] == E2E:
-            ax1.axhline(r["budget_ms"], linestyle=":", color="red", linewidth=1, label="end-to-end budget")
+        e2e = r["part"].startswith(E2E)
+        (line,) = ax1.plot(xs, ys, marker=".", label=r["part"], color=colour[r["part"]],
+                           linewidth=2.5 if e2e else 1.2)
+        handles[r["part"]] = line
+        b = r.get("budget_ms")
+        if b:
+            # end_to_end[<sink>] rows share the end-to-end budget: one line for it, in the first path's colour
+            key = (E2E if e2e else r["part"], b)
+            if key not in budget_drawn:
+                budget_drawn.add(key)
+                label = f"{key[0]} budget {b:g} ms"
+                handles[label] = ax1.axhline(b, linestyle="--", color=colour[r["part"]], linewidth=1,
+                                             label=label)
     ax1.set_xticks(xs, [f"p{q:g}" if q < 100 else "max" for q in qs], rotation=45)
     ax1.set_yscale("log")
     ax1.set_ylabel("latency (ms)")
-    ax1.set_title("latency distribution per part")
-    ax1.legend(fontsize=7)
+    ax1.set_title("latency distribution per part (dashed: budgets)")
     series = report.get("series") or []
     t0 = series[0]["t_s"] if series else 0.0
     ts = [s["t_s"] - t0 for s in series]
@@ -480,16 +504,27 @@ def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
         parts = [p for p in parts if not p.startswith(E2E)]
         if series and parts:
             ys = [[(s["mean_ms"].get(p) or 0.0) for s in series] for p in parts]
-            ax.stackplot(ts, ys, labels=parts)
+            for p, poly in zip(parts, ax.stackplot(ts, ys, labels=parts, colors=[colour[p] for p in parts])):
+                handles.setdefault(p, poly)
             e2e = [s["mean_ms"].get(f"{E2E}[{sink}]") for s in series]
-            ax.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black", linewidth=1,
-                    label="end to end (mean)")
-            ax.legend(fontsize=6, loc="upper left")
+            (line,) = ax.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black",
+                              linewidth=1, label="end to end (mean)")
+            handles.setdefault("end to end (mean)", line)
         ax.set_ylabel("mean ms")
         ax.set_title(f"where the time goes, path to {sink}", fontsize=9)
         if i == rows - 1:
             ax.set_xlabel("time (s)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the right fifth holds the legend, outside every plot
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(0.805, 0.98),
+                   fontsize=7, frameon=False)
+    return fig
+
+
+def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
+    """Draw :func:`figure` into a PNG at ``path``."""
+    plt = pyplot("drawing the report's PNG")
+    fig = figure(report)
     out = os.fspath(path)
     fig.savefig(out, dpi=90)
     plt.close(fig)
