@@ -142,7 +142,7 @@ def progress_line(live: dict) -> str:
     >>> progress_line({"uptime_s": 2.0, "links": {"a": {"rate_hz": 9.6}}, "parts": [
     ...     {"part": "end_to_end[s]", "count": 4, "p50_ms": 0.5, "p99_ms": 1.25}],
     ...     "stages": {"s": {"state": "running"}, "t": {"state": "done"}, "u": {"state": "done"}}})
-    '   2.0 s  s p50 0.50 ms p99 1.25 ms (4)  |  a 10/s  |  2 done, 1 running'
+    '   2.0 s  e2e s p50 0.50 ms p99 1.25 ms (4)  |  a 10/s  |  2 done, 1 running'
     """
     from edgepipe.pipeline.report import E2E, health
 
@@ -161,7 +161,7 @@ def progress_line(live: dict) -> str:
         elif not h["ok"] and h.get("achieved") is not None:
             short.append(f"{h['stage']} {h['achieved']:g} of {h['configured'] or 0:g} {h['unit']}")
     restarts = sum(s.get("restarts", 0) or 0 for s in live["stages"].values())
-    return (f"{live['uptime_s']:6.1f} s  {lat or 'no records at a sink yet'}  |  {rates}"
+    return (f"{live['uptime_s']:6.1f} s  {'e2e ' + lat if lat else 'no records at a sink yet'}  |  {rates}"
             + (f"  |  {'; '.join(short)}" if short else "")
             + (f"  |  restarts {restarts}" if restarts else "")
             + ("" if set(states) <= {"running"} else
