@@ -182,6 +182,20 @@ class TestOtherSources:
         assert s["published"] == 3 and s["copies"] == 3 and s["end_of_stream"] == 1
         assert s["decode_errors"] == 1  # d.png
 
+    def test_looping_folder_loses_no_deadline_at_the_rewind(self, ring_pair, monkeypatch):
+        """A looped 2-image folder at 10 fps keeps 10 fps: frame k waits for deadline t0 + k periods, the
+        end of the folder taking none (it used to take one per loop: 6.67 fps from 2 pages at 10). The
+        waits are recorded instead of slept, so nothing here depends on timing."""
+        w, r = ring_pair
+        stage = CaptureStage(sample_text_images()[0].parent, w, fps=10, loop=True, max_frames=7)
+        waits = []
+        monkeypatch.setattr(stage, "_sleep_until", lambda d: waits.append(d) or True)
+        assert stage.run() == 0
+        assert len(_drain(r)) == 7 and stage.counters["loops"] == 3
+        steps = [b - a for a, b in zip(waits, waits[1:])]
+        assert len(waits) == 7 + 3 and sorted(set(steps)) == [0, 100_000_000], steps
+        assert waits[-1] - waits[0] == 6 * 100_000_000  # 7 frames over 6 periods
+
     def test_bundled_text_images_play_as_a_folder(self, ring_pair):
         """The two bundled text photographs exist and play as a folder source."""
         paths = sample_text_images()

@@ -357,6 +357,25 @@ class TestDemoWiring:
         assert [s.name for s in spec.stages] == ["capture", "detect", "show_text", "imu", "show_attitude"]
 
 
+    def test_demo_prints_detections_of_every_page_in_turn(self):
+        """show_text prints every n-th result of a capture looping over the bundled pages: n and the number
+        of pages have no common factor, so the printed detections come from each page in turn (with a step
+        of 10 over 2 pages, every printed line was the same page's boxes)."""
+        import math
+
+        from edgepipe._data import data_path
+
+        spec, _ = demo_spec()
+        stages = {s.name: s for s in spec.stages}
+        every = stages["show_text"].params["every"]
+        folder = str(stages["capture"].params["video"]).removeprefix("pkg:")
+        pages = len(os.listdir(data_path(folder)))
+        assert stages["capture"].params["loop"] is True and pages >= 2
+        assert math.gcd(every, pages) == 1, (every, pages)
+        printed = [(k * every) % pages for k in range(pages)]  # the page behind the k-th printed result
+        assert sorted(printed) == list(range(pages))
+
+
 class TestBench:
     def test_bench_runs_each_script_and_writes_a_report(self, tmp_path, capsys):
         """bench runs every benchmarks/*.py (not _common.py) with --seconds, keeps each output, and writes

@@ -503,13 +503,15 @@ class CaptureStage(Stage):
         while not self.stopping:
             if self.max_frames is not None and c["published"] >= self.max_frames:
                 return
+            late = False
             if period_ns:
                 if not self._sleep_until(t0 + n * period_ns):
                     return
-                if time.monotonic_ns() - (t0 + n * period_ns) > period_ns:
-                    c["late"] += 1
+                late = time.monotonic_ns() - (t0 + n * period_ns) > period_ns
             n += 1
             ok = src.grab()
+            if ok and late:  # once per frame: a rewind retries the same deadline
+                c["late"] += 1
             bad = getattr(src, "decode_errors", 0)
             if bad != src_errors:  # files the source skipped while grabbing (e.g. an undecodable image)
                 c["decode_errors"] += bad - src_errors
@@ -520,6 +522,7 @@ class CaptureStage(Stage):
                     raise SourceFailedError(reason)
                 if self.loop_source and c["grabbed"] and src.rewind():
                     c["loops"] += 1
+                    n -= 1  # the end of the source is no frame: its first frame takes this deadline
                     continue
                 c["end_of_stream"] = 1
                 return
