@@ -7,8 +7,11 @@ each ring (named after the link) and the time inside each stage (named after the
 
 The supervisor merges the books of all sinks (they travel as ``edgepipe.v1.LatencyHistogram`` buckets in
 Stats messages) and keeps a time series of per-part means for the stacked plot. :func:`build_report` turns
-that into a JSON-ready dict; :func:`render_table` prints it with ``rich``, :func:`render_png` draws it with
-matplotlib (Agg), and ``edgepipe report FILE.json`` does both again later.
+that into a JSON-ready dict, with one end-to-end row per path (never one mixing paths) and the sources' health
+(:func:`health`: an IMU loop's achieved rate and missed deadlines, a capture's achieved against configured
+fps, drops, and warnings on shortfalls); :func:`render_table` prints it with ``rich`` (the ok/OVER rule
+under the table), :func:`render_png` draws :func:`figure` with matplotlib (Agg), and ``edgepipe report
+FILE.json`` does both again later.
 
 >>> from edgepipe.pipeline.wire import Hop, Record
 >>> book = LatencyBook(["cam", "det"], ["frames"], budgets_ns={"end_to_end": 5_000_000})
