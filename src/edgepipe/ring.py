@@ -16,6 +16,7 @@ writer's lease and in-place offset API exist for other handles layered on it. Ar
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 from array import array
@@ -24,7 +25,7 @@ from dataclasses import dataclass, fields
 
 from edgepipe._args import timeout_ns
 from edgepipe._ffi import ffi, lib
-from edgepipe._segment import Segment, open_end, truncation
+from edgepipe._segment import Segment, disowned_error, open_end, refuse_pickle, truncation
 from edgepipe.errors import (
     LayoutVersionError,
     PeerClosedError,
@@ -361,7 +362,19 @@ class _HandleBase:
         return self._data
 
     def _closed_error(self) -> RingClosedError:
+        if self._forked_from:
+            return disowned_error(self, "writer" if isinstance(self, RingWriter) else "reader", self._forked_from)
         return RingClosedError(f"{type(self).__name__} on {self._ring.name or 'memfd'!r} is closed")
+
+    def _disown(self) -> None:
+        """In a forked child: this end is the parent's. Drop it without the C close (that would mark the
+        parent's end closed in shared memory); the child's copy of its C struct goes when the child exits."""
+        self._h = None
+        self._inflight = 0
+        self._forked_from = os.getppid()
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def _block(self, fn, args: tuple, tns: int) -> int:
         """Call ``fn(handle, *args, slice_ns)`` until it returns something other than a slice timeout or
@@ -457,11 +470,12 @@ class WriterLease:
 class RingWriter(_HandleBase):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_inflight", "_h", "_lease", "_max_payload", "_ring")
+    __slots__ = ("_data", "_forked_from", "_inflight", "_h", "_lease", "_max_payload", "_ring")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
+        self._forked_from = 0
         self._lease = None
         self._h = open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
@@ -497,6 +511,10 @@ class RingWriter(_HandleBase):
         lease = WriterLease(self, h, owner)
         self._lease, self._h = lease, None
         return lease
+
+    def _disown(self) -> None:
+        self._lease = None  # the C loop's thread did not come through the fork
+        super()._disown()
 
     def _end_lease(self, lease: WriterLease) -> None:
         if self._lease is lease:
@@ -604,11 +622,15 @@ class RingWriter(_HandleBase):
         return _Claim(self, self._data[off : off + size], type_id)
 
     def try_claim(self, size: int, type_id: int = 1) -> _Claim | None:
-        """Like claim, but return None at once if the ring is full."""
-        try:
-            return self.claim(size, type_id, timeout_s=0)
-        except RingTimeoutError:
+        """Like claim, but return None at once if the ring is full (nothing raised for "not now")."""
+        self._check_size(size)
+        _type_id(type_id)
+        off = lib.ep_ring_claim(self._handle(), size)
+        if off >= 0:
+            return _Claim(self, self._data[off : off + size], type_id)
+        if off == _EAGAIN:
             return None
+        raise self._error(off, None, 0, size)
 
     # -- many records -------------------------------------------------------------------------------
     def try_write_many(self, records, type_id: int = 1) -> int:
@@ -764,6 +786,19 @@ class RingWriter(_HandleBase):
                 raise self._error(off, None, timeout_s, size)
         return off
 
+    def try_claim_offset(self, size: int) -> int:
+        """Like :meth:`claim_offset` with ``timeout_s=0``, but return -1 at once when there is no room
+        instead of raising: never blocks, and raises only for errors (closed, peer gone, too large)."""
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        off = _claim(h, size)
+        if off >= 0:
+            return off
+        if off == _EAGAIN:
+            return -1
+        raise self._error(off, None, 0, size)
+
     def commit_offset(self, size: int, type_id: int) -> None:
         """Publish the record reserved by :meth:`claim_offset` with ``size`` payload bytes and ``type_id``."""
         h = self._h
@@ -899,11 +934,13 @@ class _Claim:
 class RingReader(_HandleBase):
     """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_batch", "_blens", "_data", "_h", "_inflight", "_io", "_max_payload", "_ring", "_scratch")
+    __slots__ = ("_batch", "_blens", "_data", "_forked_from", "_h", "_inflight", "_io", "_max_payload", "_ring",
+                 "_scratch")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
+        self._forked_from = 0
         self._h = open_end(lib.ep_ring_reader_open, ring, "reader")
         self._io = lib.ep_ring_reader_io(self._h)
         self._max_payload = ring.max_payload
