@@ -436,6 +436,7 @@ class LatestReader:
         if not self._inflight and self._deferred is not None:
             h, self._deferred = self._deferred, None
             lib.ep_latest_reader_close(h)
+            _release_view(self._buf)  # as close() does
 
     def _read_frame(self, timeout_s: float | None) -> FrameRead:
         h = self._handle()
@@ -532,6 +533,9 @@ class LatestReader:
                 time.sleep(0.0002)
         lib.ep_latest_reader_close(h)
         self._slot._forget(self)
+        # Our own export of the mapping: without this a closed reader kept the segment mapped (and its fd
+        # open in the mmap) until it was garbage. Frames' views are slices of it and keep the pages alive.
+        _release_view(self._buf)
 
     def _in_own_read(self) -> bool:
         f = sys._getframe(2)
@@ -549,6 +553,13 @@ class LatestReader:
 
     def __repr__(self) -> str:
         return f"<LatestReader frames_read={self.frames_read} held={sorted(self._held)}>"
+
+
+def _release_view(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # exported as a whole (nothing here does that): it goes when its last user does
 
 
 _LATEST_READ_CODES = frozenset(

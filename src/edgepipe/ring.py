@@ -20,7 +20,10 @@ import os
 import sys
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import accumulate
+from operator import attrgetter
 from dataclasses import dataclass, fields
 
 from edgepipe._args import timeout_ns
@@ -102,6 +105,30 @@ def _read_buffers(buf, lens, types):
     if types is not None and len(tb) < len(lb):
         raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
     return b, lb, tb
+
+
+_BYTES_TYPES = frozenset((bytes, bytearray))
+_nbytes_of = attrgetter("nbytes")
+
+
+def _record_lens(records: list) -> array:
+    """The byte count of each record, with C loops only (``len`` of bytes and bytearray; the ``nbytes`` of a
+    memoryview of anything else, since ``len`` of a numpy array or memoryview counts items, not bytes)."""
+    if set(map(type, records)) <= _BYTES_TYPES:
+        return array("I", map(len, records))
+    try:
+        return array("I", map(_nbytes_of, map(memoryview, records)))
+    except TypeError:
+        bad = next(r for r in records if not _is_buffer(r))
+        raise TypeError(f"every record must be bytes-like, got {type(bad).__name__}: {bad!r:.60}") from None
+
+
+def _is_buffer(obj: object) -> bool:
+    try:
+        memoryview(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _as_buffer(payload: object):
@@ -719,12 +746,26 @@ class RingWriter(_HandleBase):
         return rc
 
     def batch_writer(self, rows, type_id: int = 1):
-        """Bind a staging array once for repeated batch writes with no per-call conversion.
+        """Bind the records to write once, for repeated batch writes with no per-call conversion.
 
-        ``rows`` is a 2-D C-contiguous array; each row is one record of ``rows.shape[1] * itemsize``
-        bytes. Returns ``write(n=len(rows), start=0)``, which appends ``rows[start:start + n]`` in one C
-        call, as many as fit, and returns how many it wrote (never blocks). Fill the array in place
-        between calls, or bind a large pool once and walk ``start`` through it.
+        ``rows`` is either
+
+        * a 2-D C-contiguous array: each row is one record of ``rows.shape[1] * itemsize`` bytes (the
+          fastest path: one C call and no Python work per record). Fill the array in place between calls,
+          or bind a large pool once and walk ``start`` through it; or
+        * a list of bytes-like records of any sizes (bytes, bytearray, memoryview, numpy arrays), read
+          afresh at each call, so the list may be refilled or grown in place between calls. The cost:
+          each call copies the records it may write into one staging buffer (``b"".join``) and takes
+          their lengths (``len`` mapped over them), both C loops with no Python code per record, then
+          makes one C call. Records past what the ring can hold at all are not copied (the slice is cut
+          at ``capacity`` bytes), but those that do not fit right now are copied again on the next call.
+
+        Returns ``write(n=None, start=0)``, which appends ``rows[start:start + n]`` (n None: to the end) in
+        one C call, as many as fit, and returns how many it wrote (never blocks; 0 if the ring is full).
+
+        Raises:
+            RecordTooLargeError (at the write): a record of the slice is over ``max_payload``; nothing of it
+                is written. TypeError: ``rows`` is neither, or a list item is not bytes-like.
 
         >>> import numpy as np
         >>> with Ring.create(capacity=4096) as ring:
@@ -732,18 +773,28 @@ class RingWriter(_HandleBase):
         ...     write = ring.writer().batch_writer(rows)
         ...     write(4), ring.reader().try_read()
         (4, b'abcdefgh')
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     records = [b"a", b"bcd", bytearray(b"efghij")]
+        ...     write = ring.writer().batch_writer(records)
+        ...     write(), ring.reader().try_read_many()
+        (3, [b'a', b'bcd', b'efghij'])
         """
         self._handle()
         _type_id(type_id)
+        if isinstance(rows, list):
+            return self._list_writer(rows, type_id)
         if getattr(rows, "ndim", None) != 2 or not rows.flags.c_contiguous:
-            raise TypeError(f"rows must be a 2-D C-contiguous array, not {type(rows).__name__}")
+            raise TypeError(f"rows must be a 2-D C-contiguous array or a list of bytes-like records, "
+                            f"not {type(rows).__name__}")
         nmax = rows.shape[0]
         size = rows.shape[1] * rows.itemsize
         self._check_size(size)
         ptr = _as_buffer(rows)
         fixed = lib.ep_ring_try_write_fixed
 
-        def write(n: int = nmax, start: int = 0) -> int:
+        def write(n: int | None = None, start: int = 0) -> int:
+            if n is None:
+                n = nmax - start
             if not (0 <= start and 0 <= n and start + n <= nmax):
                 raise ValueError(f"rows[{start}:{start}+{n}] is outside the {nmax} bound rows")
             try:
@@ -755,6 +806,43 @@ class RingWriter(_HandleBase):
             if rc == _EAGAIN:
                 return 0
             raise self._error(rc, None, size=size)
+
+        return write
+
+    def _list_writer(self, rows: list, type_id: int):
+        """batch_writer's write() over a list of variable-size records (see there for its cost)."""
+        batch = lib.ep_ring_try_write_batch
+        from_buffer = ffi.from_buffer
+        cap = self._ring.capacity  # no more than this many payload bytes can ever be queued at once
+        join = b"".join
+
+        def write(n: int | None = None, start: int = 0) -> int:
+            total = len(rows)
+            stop = total if n is None else start + n
+            if not (0 <= start <= stop <= total) or (n is not None and n < 0):
+                raise ValueError(f"rows[{start}:{stop}] is outside the {total} records of the list")
+            if start == stop:
+                return 0
+            part = rows if start == 0 and stop == total else rows[start:stop]
+            lens = _record_lens(part)
+            if len(lens) > 1:
+                # Cut the slice where the payloads alone pass the capacity: the rest can't fit this call.
+                k = bisect_right(list(accumulate(lens)), cap) + 1
+                if k < len(lens):
+                    part, lens = part[:k], lens[:k]
+            try:
+                joined = join(part)  # every record is a buffer: _record_lens checked
+            except BufferError as e:
+                raise ValueError(f"every record must be C-contiguous: {e}") from None
+            try:
+                rc = batch(self._h, joined, from_buffer("uint32_t[]", lens), len(lens), type_id)
+            except TypeError:
+                raise self._closed_error() from None
+            if rc >= 0:
+                return rc
+            if rc == _EAGAIN:
+                return 0
+            raise self._error(rc, None, size=max(lens), type_id=type_id)
 
         return write
 
@@ -1141,15 +1229,19 @@ class RingReader(_HandleBase):
         how many (0 if the ring is empty; never blocks). Raises PeerClosedError once the ring is empty
         and the producer is gone.
 
+        ``read.views(n)`` then gives the first ``n`` records of that batch as memoryviews into ``buf`` (an
+        iterator: the offsets are the running sum of ``lens``, computed for you; record ``i``'s type is
+        ``types[i]``). A view costs one slice; it is valid until the next ``read()`` overwrites ``buf``.
+
         >>> import numpy as np
         >>> with Ring.create(capacity=4096) as ring:
         ...     ring.writer().try_write_many([b"ab", b"cde"])
         ...     buf, lens = np.zeros(64, np.uint8), np.zeros(8, np.uint32)
         ...     read = ring.reader().batch_reader(buf, lens)
         ...     n = read()
-        ...     n, lens[:n].tolist(), bytes(buf[:5])
+        ...     n, lens[:n].tolist(), bytes(buf[:5]), [bytes(v) for v in read.views(n)]
         2
-        (2, [2, 3], b'abcde')
+        (2, [2, 3], b'abcde', [b'ab', b'cde'])
         """
         self._handle()
         b, lb, tb = _read_buffers(buf, lens, types)
@@ -1169,6 +1261,16 @@ class RingReader(_HandleBase):
                 raise ValueError(f"next record is {self._io.len} bytes but buf holds only {size}; it stays queued")
             raise self._error(rc)
 
+        whole = memoryview(ffi.buffer(b))  # bytes, whatever the dtype of buf
+        unpack = ffi.unpack
+
+        def views(n: int):
+            """The first ``n`` records of the last read(), as memoryviews into ``buf``."""
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= nmax:
+                raise ValueError(f"n must be an int in 0..{nmax} (the count read() returned), got {n!r}")
+            return _views(whole, unpack(lb, n))
+
+        read.views = views
         return read
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -1251,6 +1353,14 @@ class RingReader(_HandleBase):
             return f"<RingReader {self._ring.name or 'memfd'!r} closed>"
         s = self._ring.status()
         return f"<RingReader {self._ring.name or 'memfd'!r} capacity={s.capacity} queued={s.queued}>"
+
+
+def _views(whole: memoryview, sizes: list):
+    pos = 0
+    for k in sizes:
+        end = pos + k
+        yield whole[pos:end]
+        pos = end
 
 
 _BLOCKING_CODES = frozenset(
