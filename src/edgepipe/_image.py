@@ -99,13 +99,15 @@ _layouts: dict[tuple, Layout] = {}
 def layout(shape, dtype, pixel_format) -> Layout:
     key = (shape, dtype, pixel_format)
     try:
-        return _layouts[key]
-    except (KeyError, TypeError):
-        pass
-    lay = make_layout(shape, dtype, pixel_format)
-    if len(_layouts) > 256:
-        _layouts.clear()
-    _layouts[(lay.shape, dtype, pixel_format)] = lay
+        lay = _layouts.get(key)
+    except TypeError:  # an unhashable shape (a list): built every time
+        return make_layout(shape, dtype, pixel_format)
+    if lay is None:
+        lay = make_layout(shape, dtype, pixel_format)
+        if len(_layouts) > 256:
+            _layouts.clear()
+        # Under the key as given: ``np.uint8`` (the default dtype) hashes unlike ``np.dtype("uint8")``.
+        _layouts[key] = lay
     return lay
 
 
