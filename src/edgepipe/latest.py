@@ -88,7 +88,8 @@ class LatestStatus:
 class LatestSlot(Segment):
     """A latest-only frame slot in shared memory: one producer that never waits, one consumer that always
     gets the newest frame (a lock-free triple buffer, ``csrc/ep_latest.c``). Frames the consumer is too
-    slow for are overwritten and counted.
+    slow for are overwritten and counted. Passed to ``multiprocessing`` (Process args, Pool tasks, queues)
+    it crosses as its fd alone, as a Ring does.
 
     >>> import numpy as np
     >>> with LatestSlot.create(None, max_frame_bytes=64) as slot:

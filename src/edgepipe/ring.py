@@ -7,6 +7,10 @@ thin: one cffi call, arguments already in the shape C wants, errors decoded only
 Zero-copy paths: ``claim(n)`` hands out a writable memoryview inside the ring, ``peek()`` a read-only one;
 neither view may be used after its ``with`` block (the bytes are recycled by the other end).
 
+Another process: a Ring given to ``multiprocessing`` (``Process(args=...)``, a ``Pool`` task, a queue) crosses
+as its fd alone, under any start method, and the child opens the end it wants (see ``edgepipe._segment``);
+the ends themselves stay in the process that opened them.
+
 One piece: the Ring and its two ends are the binding of one C object (``ep_ring_*`` has this one caller):
 the ends share the blocking-call and close protocol (``_HandleBase``) and the error mapping, and the
 writer's lease and in-place offset API exist for other handles layered on it. Argument checks live in
@@ -233,6 +237,9 @@ _STATUS_FIELDS = [f.name for f in fields(RingStatus)]
 
 class Ring(Segment):
     """A shared-memory SPSC ring: one producer process, one consumer process.
+
+    Share it with a child by passing it to ``multiprocessing`` (``Process(target=f, args=(ring,))``, ``Pool``
+    tasks, queues: only its fd is sent), by ``ring.fd`` and :meth:`from_fd`, or by name (:meth:`attach`).
 
     >>> with Ring.create(capacity=4096) as ring:
     ...     w, r = ring.writer(), ring.reader()
@@ -825,11 +832,10 @@ class RingWriter(_HandleBase):
                 return 0
             part = rows if start == 0 and stop == total else rows[start:stop]
             lens = _record_lens(part)
-            if len(lens) > 1:
+            if len(lens) > 1 and sum(lens) > cap:
                 # Cut the slice where the payloads alone pass the capacity: the rest can't fit this call.
                 k = bisect_right(list(accumulate(lens)), cap) + 1
-                if k < len(lens):
-                    part, lens = part[:k], lens[:k]
+                part, lens = part[:k], lens[:k]
             try:
                 joined = join(part)  # every record is a buffer: _record_lens checked
             except BufferError as e:
