@@ -144,9 +144,12 @@ CASES = [("writer", k) for k in ("rows", "list-fixed", "list-var", "many-var", "
         [("reader", k) for k in ("read", "views", "many")] + [("frames", k) for k in ("try-full", "old-full")]
 
 
+PEERS = {"many-var", "packed-var", "many", "old-full"}  # not the path under test: reported as peers
+
+
 def main() -> None:
     args = C.parse_args(__doc__.splitlines()[0], 1.0)
-    C.print_header("batch_paths: variable-size batches and failed try_write_frame", args)
+    env = C.print_header("batch_paths: variable-size batches and failed try_write_frame", args)
     os.sched_setaffinity(0, {args.cpus[0]})
     results: dict[tuple[str, str], list[float]] = {c: [] for c in CASES}
     for _ in range(args.rounds):
@@ -161,7 +164,7 @@ def main() -> None:
                 v = frame_case(kind, args.seconds)
             results[(group, kind)].append(v)
     base = {"writer": "rows", "reader": "read", "frames": "old-full"}
-    rows = []
+    rows, out = [], []
     for (group, kind), vals in results.items():
         if not vals:
             continue
@@ -170,7 +173,11 @@ def main() -> None:
         unit = "ns/call" if group == "frames" else "ns/record"
         rows.append([f"{group} {kind}", f"{med:.0f}", " ".join(f"{v:.0f}" for v in vals), unit,
                      f"{med / rmed:.2f}x {base[group]}"])
+        metric = "ns_per_call" if group == "frames" else "ns_per_record"
+        out += [{"case": f"{group} {kind}", "group": group, "edgepipe": kind not in PEERS, "round": i + 1,
+                 metric: v} for i, v in enumerate(vals)]
     print(C.table(["case", "median", "rounds", "unit", "ratio"], rows))
+    C.write_json(args.json, env, args, out)
 
 
 if __name__ == "__main__":
