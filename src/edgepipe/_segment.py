@@ -97,7 +97,7 @@ class Segment:
         kind = type(self).__name__
         raise TypeError(
             f"a {kind} is pickled only by multiprocessing (Process args, Pool, multiprocessing.Queue), which "
-            f"sends its fd by SCM_RIGHTS; elsewhere send {kind.lower()}.fd (e.g. FrameSocket.send_fds) and "
+            f"sends its fd by SCM_RIGHTS; elsewhere send its fd (.fd, e.g. with FrameSocket.send_fds) and "
             f"open it with {kind}.from_fd")
 
     @classmethod
