@@ -9,7 +9,8 @@ source id, pixel format) followed by the pixels, 64-byte aligned. Writers fill t
 over the same bytes. Neither side copies.
 
 Lifetime rule (both kinds of channel): **a slot stays held until the last array over it dies.** At the end
-of a reader's ``with`` block the frame drops its own references; if no array over the slot is left (the
+of a reader's ``with`` block (or at ``frame.release()``, which does the same inside it) the frame drops its
+own references; if no array over the slot is left (the
 usual case) the slot goes back to the producer at once. If an array (or any view of it) escaped the block,
 the slot stays held, so those bytes are never reused under it, and it is given back by a later read once
 the array is garbage. A ring can only move past its oldest record, so on a ring the *next* read raises
@@ -160,9 +161,10 @@ class FrameReader:
     """Frame consumer over a :class:`~edgepipe.ring.RingReader`.
 
     ``with reader.read_frame() as frame:`` gives a :class:`Frame` whose ``array`` is a read-only view
-    of the record in the ring; the record is released when the block ends, or earlier by ``frame.release()``
-    (see the lifetime rule in the module docstring). Like FrameWriter, the per-frame path calls the ring's C functions directly on the
-    RingReader's handle; waiting and errors go through the RingReader.
+    of the record in the ring; the record is released when the block ends, or earlier by
+    ``frame.release()`` (see the lifetime rule in the module docstring). Like FrameWriter, the per-frame
+    path calls the ring's C functions directly on the RingReader's handle; waiting and errors go through
+    the RingReader.
     """
 
     __slots__ = ("_held", "_io", "_open", "_r", "_ro", "corrupt", "frames_read")

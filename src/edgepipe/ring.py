@@ -26,9 +26,9 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from itertools import accumulate
 from operator import attrgetter
-from dataclasses import dataclass, fields
 
 from edgepipe._args import timeout_ns
 from edgepipe._ffi import ffi, lib
