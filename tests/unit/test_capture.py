@@ -420,3 +420,43 @@ class TestUnavailable:
         for bad in (0, -2, "10", True):
             with pytest.raises(ValueError, match=f"stall_timeout_s.*{bad!r}"):
                 CaptureStage("pattern", w, stall_timeout_s=bad)
+
+
+class TestConsumerDied:
+    """A consumer that dies (kill -9, no close) is not one that closed: with the default
+    on_consumer_closed='fail' the stage waits for its restart (on_full='wait') or drops and counts
+    (on_full='drop'), and stays running; only a consumer that closed in order fails it."""
+
+    def _dead_consumer(self, shm_name):
+        import subprocess
+        import sys
+
+        code = ("import os, sys\nfrom edgepipe import Ring\nr = Ring.attach(sys.argv[1]).reader()\n"
+                "print('attached', flush=True)\nsys.stdin.read(1)\nos.kill(os.getpid(), 9)\n")
+        p = subprocess.Popen([sys.executable, "-c", code, shm_name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "attached"
+        return p
+
+    @pytest.mark.parametrize("on_full", ["wait", "drop"])
+    def test_dead_consumer_is_waited_for_not_a_failure(self, shm_name, on_full):
+        with Ring.create(shm_name, capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            p = self._dead_consumer(shm_name)
+            p.stdin.write("x")
+            p.stdin.flush()
+            assert p.wait(30) == -9
+            stage = CaptureStage("pattern:32x32", w, fps=500, loop=True, on_full=on_full, stall_timeout_s=None)
+            stage.start()
+            key = "dropped_consumer_restarting" if on_full == "drop" else "grabbed"
+            deadline = time.monotonic() + 30
+            while stage.counters.get(key, 0) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stage.state == "running" and stage.error is None, stage.stats()
+            assert stage.counters.get(key, 0) >= 3, stage.stats()
+            r2 = FrameReader(Ring.attach(shm_name).reader())  # the restarted consumer takes the end over
+            with r2.read_frame(timeout_s=30) as f:
+                assert f.array.shape == (32, 32, 3)
+            stage.stop()
+            assert stage.join(10) == 0 and stage.error is None, stage.stats()
+            r2.close()
