@@ -97,6 +97,7 @@ NOT_MEASURED = {
     "(+20 % + 5 us), between 20 us": "the IMU guard's rule (a setting)",
     "768x576 at 10 fps": "the bundled clip's frame rate",
     "goal 0.01 % / 5 us / 100 us": "the issue's goals",
+    "1 kHz IMU samples with 7 fps frames": "an example of two paths' rates",
 }
 
 
