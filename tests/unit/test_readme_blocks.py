@@ -194,6 +194,25 @@ class TestReadmeNumbers:
         assert len(units) == 1, units
         assert "`edgepipe demo --seconds 20`" in units[0]
 
+    def test_demo_numbers_are_the_recorded_run(self):
+        """The demo paragraph quotes the run whose table is checked in (benchmarks/results/demo.txt): end to end
+        and model p50/p99 of the text path, the sum of edgepipe's hand-off p50s, the IMU samples' p50."""
+        rec = (ROOT / "benchmarks" / "results" / "demo.txt").read_text()
+        assert rec.startswith("# edgepipe demo --seconds 20 ")
+        parts = {}
+        for ln in rec.splitlines():
+            cells = [c.strip() for c in ln.strip().strip("│").split("│")]
+            if len(cells) >= 6 and cells[1].isdigit():
+                parts[cells[0]] = cells
+        [unit] = [u for _, u in text_units(README.read_text()) if "`edgepipe demo --seconds 20`" in u]
+        flat = " ".join(unit.split())
+        e2e, model = parts["end_to_end[show_text]"], parts["detect.inference"]
+        assert f"p50 {e2e[2]} ms, p99 {e2e[4]} ms" in flat and f"{model[2]} / {model[4]} ms" in flat
+        hand = sum(float(parts[p][2]) for p in ("frames", "detect.dispatch", "detect.worker_queue", "detect.return",
+                                                  "detections"))
+        assert f"{hand:.2f} ms" in flat
+        assert f"p50 {float(parts['samples'][2]) * 1000:.0f} us" in flat
+
 
 BENCH_README = ROOT / "benchmarks" / "README.md"
 BENCH_NOT_MEASURED = {
