@@ -154,6 +154,9 @@ from edgepipe.control.server import Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
+from edgepipe.pipeline.tap import Tap
+from edgepipe.record.recorder import FlightRecorder, Recorder
+from edgepipe.record.stage import RecordStage
 from edgepipe.record import (
     ChannelInfo,
     McapRecorder,
@@ -204,6 +207,7 @@ __all__ = [
     "EndOfStream",
     "Envelope",
     "FileSource",
+    "FlightRecorder",
     "FolderSource",
     "Frame",
     "FrameClosedError",
@@ -264,7 +268,9 @@ __all__ = [
     "QuantizationAccuracyError",
     "QuantizeReport",
     "Record",
+    "RecordStage",
     "RecordTooLargeError",
+    "Recorder",
     "Recording",
     "RecordingDiskFullError",
     "RecordingError",
@@ -297,6 +303,7 @@ __all__ = [
     "StageSpec",
     "StreamSource",
     "SyntheticSource",
+    "Tap",
     "TextDetector",
     "UnknownBodyError",
     "UnknownSchemaError",

@@ -1,0 +1,109 @@
+"""The ``record`` stage kind: a pipeline stage that writes its inputs (the side links of tapped links,
+``<link>.tap``) into an MCAP recording, continuously or as a flight recorder.
+
+In a pipeline file::
+
+    [stages.rec]
+    kind = "record"
+    inputs = { samples = "samples.tap", detections = "detections.tap" }
+    params = { out = "run.mcap", compression = "zstd" }
+
+    [links.samples]
+    tap = true
+
+Each input's topic is ``/<link>`` of the tapped link. With ``pre_buffer_s`` set it is a flight recorder:
+``out`` is then a directory of event files (edgepipe.record.recorder.FlightRecorder).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from edgepipe.pipeline.api import PipelineStage
+from edgepipe.pipeline.tap import TAP_SUFFIX
+from edgepipe.record.recorder import ContinuousSink, FlightRecorder, Recorder
+from edgepipe.record.writer import McapRecorder
+
+__all__ = ["RecordStage"]
+
+
+def topic_of(link: str) -> str:
+    """The recording topic of a link (or of its tap's side link): ``/<link>``.
+
+    >>> topic_of("samples.tap"), topic_of("frames")
+    ('/samples', '/frames')
+    """
+    return "/" + (link[:-len(TAP_SUFFIX)] if link.endswith(TAP_SUFFIX) else link)
+
+
+class RecordStage(PipelineStage):
+    """Record every input link into MCAP (edgepipe.record).
+
+    Args:
+        out: the .mcap file (or, for a flight recorder, the directory of event files), relative to the
+            directory the pipeline runs in.
+        compression: ``zstd``, ``lz4`` or ``none``.
+        split_mb: start a new file part every this many MB (0: never).
+        split_s: start a new file part every this many seconds (0: never).
+        allow: topics to keep (fnmatch patterns, e.g. ``["/samples"]``); empty: all.
+        deny: topics to leave out (wins over allow).
+        pre_buffer_s: > 0 makes it a flight recorder keeping this many seconds in memory.
+        post_s: flight recorder: seconds written after each trigger.
+        triggers: flight recorder: any of ``budget``, ``stop``, ``error``, ``signal``.
+        budget_ms_e2e: flight recorder: end-to-end budget (ms) for the ``budget`` trigger (0: none).
+        max_files: flight recorder: event files kept (oldest removed first).
+        max_total_mb: flight recorder: total MB of event files kept.
+
+    Inputs:
+        *: the links to record (usually ``<link>.tap`` side links of tapped links).
+    """
+
+    kind = "record"
+
+    def __init__(self, name: str | None = None, *, out: str = "recording.mcap", compression: str = "zstd",
+                 split_mb: float = 0.0, split_s: float = 0.0, allow: list[str] | None = None,
+                 deny: list[str] | None = None, pre_buffer_s: float = 0.0, post_s: float = 5.0,
+                 triggers: list[str] | None = None, budget_ms_e2e: float = 0.0, max_files: int = 20,
+                 max_total_mb: float = 1024.0, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.path = os.path.abspath(out)
+        self.options = dict(compression=compression, split_mb=split_mb, split_s=split_s, allow=list(allow or []),
+                            deny=list(deny or []), pre_buffer_s=pre_buffer_s, post_s=post_s,
+                            triggers=list(triggers or ["budget", "stop", "error"]), budget_ms_e2e=budget_ms_e2e,
+                            max_files=max_files, max_total_mb=max_total_mb)
+        self.sink = None
+        self.recorder: Recorder | None = None
+
+    def open(self) -> None:
+        o = self.options
+        if o["pre_buffer_s"] > 0:
+            budgets = {"*": int(o["budget_ms_e2e"] * 1e6)} if o["budget_ms_e2e"] > 0 else {}
+            self.sink = FlightRecorder(self.path, pre_s=o["pre_buffer_s"], post_s=o["post_s"], budgets_ns=budgets,
+                                       triggers=o["triggers"], max_files=o["max_files"],
+                                       max_total_bytes=int(o["max_total_mb"] * 1e6), compression=o["compression"])
+        else:
+            self.sink = ContinuousSink(McapRecorder(
+                self.path, compression=o["compression"], split_bytes=int(o["split_mb"] * 1e6), split_s=o["split_s"],
+                allow=o["allow"], deny=o["deny"]))
+        sources = {topic_of(inlet.link): inlet.end for inlet in self.inputs.values()}
+        self.recorder = Recorder(self.sink, sources, on_error=self._producer_died)
+
+    def _producer_died(self, topic: str) -> None:
+        if isinstance(self.sink, FlightRecorder) and "error" in self.sink.triggers:
+            self.sink.trigger(f"error-{topic.strip('/')}")
+
+    def loop(self) -> None:
+        self.recorder.run(until=lambda: self.stopping)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close("stop" if self.stopping else "inputs ended")
+
+    def extra_stats(self) -> dict[str, Any]:
+        r = self.recorder
+        out: dict[str, Any] = {"recorded": r.records if r else 0}
+        if isinstance(self.sink, FlightRecorder):
+            out["events"] = len(self.sink.events)
+            out["events_removed"] = len(self.sink.removed)
+        return out
