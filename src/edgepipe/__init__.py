@@ -156,7 +156,9 @@ from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.pipeline.tap import Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
-from edgepipe.record.stage import RecordStage
+from edgepipe.record.stage import RecordStage, ReplayStage
+from edgepipe.record.replay import ReplayStats, replay
+from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
     ChannelInfo,
     McapRecorder,
@@ -187,6 +189,7 @@ __all__ = [
     "CsvSource",
     "DBPostprocess",
     "Detection",
+    "Difference",
     "DoctorCheck",
     "EdgepipeBlockingIOError",
     "EdgepipeBrokenPipeError",
@@ -281,6 +284,8 @@ __all__ = [
     "RecoveredRecording",
     "RelayStage",
     "RemoteError",
+    "ReplayStage",
+    "ReplayStats",
     "Ring",
     "RingBusyError",
     "RingClosedError",
@@ -315,6 +320,7 @@ __all__ = [
     "build_report",
     "bundled_model_path",
     "calibration_frames",
+    "compare_recordings",
     "default_socket_dir",
     "euler_deg",
     "find_pipelines",
@@ -338,6 +344,7 @@ __all__ = [
     "render_live",
     "render_png",
     "render_table",
+    "replay",
     "resolve_kind",
     "run_doctor",
     "run_top",

@@ -184,8 +184,9 @@ register_stage("counter", "edgepipe.testing:CounterStage")
 register_stage("relay", "edgepipe.testing:RelayStage")
 register_stage("check", "edgepipe.testing:CheckStage")
 register_stage("print", "edgepipe.testing:PrintStage")
-# The recorder (edgepipe.record, above this package: named by import path only).
+# The recorder and the replayer (edgepipe.record, above this package: named by import path only).
 register_stage("record", "edgepipe.record.stage:RecordStage")
+register_stage("replay", "edgepipe.record.stage:ReplayStage")
 
 
 # ---------------------------------------------------------------------------------------------------

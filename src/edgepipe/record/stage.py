@@ -18,14 +18,17 @@ Each input's topic is ``/<link>`` of the tapped link. With ``pre_buffer_s`` set 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 from edgepipe.pipeline.api import PipelineStage
 from edgepipe.pipeline.tap import TAP_SUFFIX
 from edgepipe.record.recorder import ContinuousSink, FlightRecorder, Recorder
+from edgepipe.record.replay import replay
 from edgepipe.record.writer import McapRecorder
 
-__all__ = ["RecordStage"]
+__all__ = ["RecordStage", "ReplayStage"]
 
 
 def topic_of(link: str) -> str:
@@ -88,6 +91,10 @@ class RecordStage(PipelineStage):
                 allow=o["allow"], deny=o["deny"]))
         sources = {topic_of(inlet.link): inlet.end for inlet in self.inputs.values()}
         self.recorder = Recorder(self.sink, sources, on_error=self._producer_died)
+        if isinstance(self.sink, FlightRecorder) and "signal" in self.sink.triggers \
+                and threading.current_thread() is threading.main_thread():
+            sink = self.sink
+            signal.signal(signal.SIGUSR1, lambda s, f: sink.trigger("signal"))
 
     def _producer_died(self, topic: str) -> None:
         if isinstance(self.sink, FlightRecorder) and "error" in self.sink.triggers:
@@ -107,3 +114,41 @@ class RecordStage(PipelineStage):
             out["events"] = len(self.sink.events)
             out["events_removed"] = len(self.sink.removed)
         return out
+
+
+class ReplayStage(PipelineStage):
+    """Publish a recording's topics into this stage's output links (a link ``L`` gets topic ``/L``), at the
+    recorded pace, xN, or lockstep (edgepipe.record.replay).
+
+    Args:
+        file: the .mcap recording (relative to the pipeline file).
+        rate: 1.0 the recorded pace, N times faster, 0 as fast as the consumers take them (lossless lockstep).
+        loop: start over at the end.
+        start_s: skip this many seconds from the recording's start.
+        end_s: stop at this many seconds from the recording's start (0: its end).
+        restamp: move the stamps inside each record to the time it is replayed.
+
+    Outputs:
+        *: one link per recorded topic to replay (link ``L`` gets topic ``/L``).
+    """
+
+    kind = "replay"
+
+    def __init__(self, name: str | None = None, *, file: str = "", rate: float = 1.0, loop: bool = False,
+                 start_s: float = 0.0, end_s: float = 0.0, restamp: bool = True, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        if rate < 0:
+            raise ValueError(f"replay stage {name!r}: rate must be >= 0 (0: lockstep), got {rate}")
+        self.file = file
+        self.options = dict(rate=rate, loop=loop, start_s=start_s, end_s=end_s or None, restamp=restamp)
+        self.result = None
+
+    def loop(self) -> None:
+        writers = {topic_of(o.link): o.end for o in self.outputs.values()}
+        self.result = replay(self.file, writers, stop=lambda: self.stopping, **self.options)
+
+    def extra_stats(self) -> dict[str, Any]:
+        r = self.result
+        if r is None:
+            return {}
+        return {"replayed": r.total, "loops": r.loops, "late_p99_us": round(r.lateness_us(99), 1)}
