@@ -3,8 +3,10 @@
 ==========================  ===========================================  =====================================
 ring record (type id)       recorded as (schema)                          replayed as
 ==========================  ===========================================  =====================================
-IMU sample row (IMU type)   ``edgepipe.v1.ImuSample`` (gyro, accel, mag,   the same numpy row (IMU type)
-                            attitude; stamps: sample, publish, receive)
+IMU sample row (IMU type)   ``edgepipe.v1.ImuSample`` (gyro, accel, mag,   a numpy row (IMU type) with
+                            attitude; stamps: sample, publish, receive)   those fields (the row's deadline,
+                                                                          device stamp, lateness and raw
+                                                                          counts are not recorded)
 InferenceResult (22)        ``edgepipe.v1.InferenceResult``, as is         the same bytes (type 22)
 numpy frame (frame type)    ``foxglove.RawImage`` on TOPIC, and            a frame record (header + pixels)
                             ``edgepipe.v1.FrameMeta`` on TOPIC/meta

@@ -200,6 +200,15 @@ def recover_recording(path: str | os.PathLike, out: str | os.PathLike | None = N
     return RecoveredRecording(out, n, len(channels), stopped)
 
 
+def _range(reader, start_ns: int | None, end_ns: int | None) -> dict[str, int | None]:
+    """A [start, end) log-time range in the keywords this mcap version takes (1.6 renamed them)."""
+    import inspect
+
+    if "starting_at" in inspect.signature(reader.iter_messages).parameters:
+        return {"starting_at": start_ns, "ending_before": end_ns}
+    return {"start_time": start_ns, "end_time": end_ns}
+
+
 def iter_recording(path: str | os.PathLike, *, topics: list[str] | None = None, start_ns: int | None = None,
                   end_ns: int | None = None) -> Iterator[tuple[str, str, Any, Any]]:
     """``(topic, schema name, mcap Message record, decoded protobuf)`` of a finished recording in log-time
@@ -214,7 +223,7 @@ def iter_recording(path: str | os.PathLike, *, topics: list[str] | None = None, 
     with _open(path) as f:
         r, _s = _reader(f, path)
         try:
-            for schema, channel, message in r.iter_messages(topics=topics, start_time=start_ns, end_time=end_ns):
+            for schema, channel, message in r.iter_messages(topics=topics, **_range(r, start_ns, end_ns)):
                 name = schema.name if schema is not None else ""
                 if schema is None or schema.encoding != "protobuf":
                     raise UnknownSchemaError(f"{path!r}: channel {channel.topic!r} has schema {name!r} in encoding "

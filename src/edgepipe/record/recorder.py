@@ -217,7 +217,8 @@ class FlightRecorder:
                                                                   "post_s": str(self.post_ns / 1e9)}})
         self._until_ns = t_ns + self.post_ns
         for m in self.buffer:
-            self._write(m)
+            if m.receive_ns >= t_ns - self.pre_ns:  # the pre_s before the trigger, not before the last message
+                self._write(m)
         self.buffer.clear()
         self.buffered_bytes = 0
 

@@ -12,7 +12,10 @@ In a pipeline file::
     tap = true
 
 Each input's topic is ``/<link>`` of the tapped link. With ``pre_buffer_s`` set it is a flight recorder:
-``out`` is then a directory of event files (edgepipe.record.recorder.FlightRecorder).
+``out`` is then a directory of event files (edgepipe.record.recorder.FlightRecorder). A recorder killed
+with -9 costs the pipeline nothing (a tap never waits); its file keeps every chunk it closed (chunks close at
+least once a second: ``edgepipe record --recover``), and the restarted recorder writes
+``<stem>.restart<N>.mcap`` beside it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class RecordStage(PipelineStage):
 
     def open(self) -> None:
         o = self.options
+        if self.attempt > 0:  # a restarted recorder: the crashed one's file stays (recoverable), next to ours
+            stem, suffix = os.path.splitext(self.path)
+            self.path = f"{stem}.restart{self.attempt}{suffix}" if o["pre_buffer_s"] <= 0 else self.path
         if o["pre_buffer_s"] > 0:
             budgets = {"*": int(o["budget_ms_e2e"] * 1e6)} if o["budget_ms_e2e"] > 0 else {}
             self.sink = FlightRecorder(self.path, pre_s=o["pre_buffer_s"], post_s=o["post_s"], budgets_ns=budgets,
