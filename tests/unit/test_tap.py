@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 import zlib
 
+import numpy as np
 import pytest
 
 from edgepipe.errors import ConfigError
@@ -103,6 +104,39 @@ tap_capacity = 65536
 """
 
 
+class TestFrameTap:
+    def test_capture_copies_each_frame_into_its_tap(self):
+        """A CaptureStage with a FrameTap publishes 6 pattern frames to its ring and the same pixels and
+        capture stamps, in order, to the side ring; a side ring with room for fewer drops and counts the rest."""
+        pytest.importorskip("cv2")
+        from edgepipe.frames import FrameReader, FrameWriter
+        from edgepipe.pipeline.tap import FrameTap
+        from edgepipe.stages.capture import CaptureStage
+
+        def frames(ring):
+            r = FrameReader(ring.reader())
+            out = []
+            while (fr := r.try_read_frame()) is not None:
+                with fr as f:
+                    out.append((f.seq, f.capture_ns, f.array.copy()))
+            r.close()
+            return out
+
+        for side_cap, want in ((1 << 22, 6), (1 << 19, 2)):  # 230 KB frames: all fit, or two
+            with Ring.create(capacity=1 << 23) as main, Ring.create(capacity=side_cap) as side:
+                cap = CaptureStage("pattern:320x240", FrameWriter(main.writer()), fps=1000, realtime=False,
+                                   max_frames=6, on_full="wait")
+                cap.frame_tap = FrameTap(side.writer(), "frames")
+                assert cap.run() == 0
+                a, b = frames(main), frames(side)
+                assert len(a) == 6 and len(b) == want == cap.frame_tap.taken
+                assert cap.frame_tap.dropped.get("tap full", 0) == 6 - want
+                for (sa, ca, xa), (sb, cb, xb) in zip(a, b):
+                    assert (sa, ca) == (sb, cb) and np.array_equal(xa, xb)
+                cap.output.close()
+                cap.frame_tap.close()
+
+
 class TestConfig:
     def test_tap_adds_a_drop_side_link(self):
         """tap = true adds the drop-mode side link '<link>.tap' with tap_capacity, filled by the producer
@@ -118,8 +152,31 @@ class TestConfig:
             parse_config(text)
 
     def test_tap_between_two_builtin_stages_is_refused(self):
-        """capture -> inference cannot be tapped (both write/read the ring directly): ConfigError naming
-        the link and both stages."""
+        """imu -> inference cannot be tapped (both write/read the ring directly and the IMU loop is C):
+        ConfigError naming the link and both stages."""
+        text = textwrap.dedent("""
+            [stages.imu]
+            kind = "imu"
+            outputs = { output = "samples" }
+            params = { synthetic = true }
+            [stages.det]
+            kind = "inference"
+            inputs = { input = "samples" }
+            outputs = { output = "dets" }
+            [stages.show]
+            kind = "print"
+            inputs = { in = "dets" }
+            [stages.rec]
+            kind = "record"
+            inputs = { f = "samples.tap" }
+            [links.samples]
+            tap = true
+        """)
+        with pytest.raises(ConfigError, match=r"links\.samples\.tap.*imu -> det"):
+            parse_config(text)
+
+    def test_capture_fills_the_tap_of_its_frames(self):
+        """capture -> inference: the capture stage (registered with frame_tap) fills the frames tap."""
         text = textwrap.dedent("""
             [stages.cam]
             kind = "capture"
@@ -138,8 +195,7 @@ class TestConfig:
             [links.frames]
             tap = true
         """)
-        with pytest.raises(ConfigError, match=r"links\.frames\.tap.*cam -> det"):
-            parse_config(text)
+        assert tap_filler(parse_config(text), "frames") == ("cam", "output", True)
 
     def test_consumer_fills_the_tap_of_a_builtin_producer(self):
         """imu (a built-in stage) -> print: the Python consumer fills the tap."""

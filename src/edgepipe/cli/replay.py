@@ -135,6 +135,7 @@ def _replay_pipeline(args, info) -> int:
         raise ConfigError(f"{args.pipeline}: no source stage whose outputs were all recorded in {args.file} (it has "
                           f"{', '.join(sorted(recorded))}; a source's link L is replayed from topic /L)")
     spec.stages = [s for s in spec.stages if s.name not in replaced]
+    spec.budgets_ms = {k: v for k, v in spec.budgets_ms.items() if k.split(".")[0] not in replaced}
     spec.stages.insert(0, StageSpec(name="replay", kind="replay", outputs=links, params={
         "file": os.path.abspath(args.file), "rate": args.rate, "loop": args.loop, "start_s": args.start,
         "end_s": args.end, "restamp": not args.keep_stamps}))

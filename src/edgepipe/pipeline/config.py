@@ -93,16 +93,19 @@ DATA_PREFIX = "pkg:"  # a path param "pkg:video/x.mp4" names a file shipped in e
 class _Kind:
     target: str  # "module:attr"
     raw_ports: bool  # hand the constructor bare ring ends, not Inlet/Outlet
+    frame_tap: bool = False  # the stage offers each frame it publishes to ``stage.frame_tap`` (a FrameTap)
 
 
 _KINDS: dict[str, _Kind] = {}
 
 
-def register_stage(kind: str, target: str, *, raw_ports: bool = False) -> None:
+def register_stage(kind: str, target: str, *, raw_ports: bool = False, frame_tap: bool = False) -> None:
     """Register a stage kind: ``kind`` in a TOML file or StageSpec builds ``target`` (``"module:Class"``,
     imported only when used). The class is called as ``Class(name=..., **params, **ports)`` where each
     port keyword is the stage's ring end: an Inlet/Outlet, or with ``raw_ports`` the bare RingReader /
-    RingWriter (or latest-slot end). Registering a kind again replaces it.
+    RingWriter (or latest-slot end). With ``frame_tap`` the stage (a frame source with one output) offers
+    every frame it publishes to its ``frame_tap`` attribute, so a tap on its output link can sit in it
+    (edgepipe.pipeline.tap.FrameTap). Registering a kind again replaces it.
 
     >>> register_stage("my-filter", "mypkg.filters:Filter")
     >>> "my-filter" in stage_kinds()
@@ -112,7 +115,7 @@ def register_stage(kind: str, target: str, *, raw_ports: bool = False) -> None:
         raise ValueError(f"stage kind must be a name of [A-Za-z0-9_.-], got {kind!r}")
     if not isinstance(target, str) or target.count(":") != 1:
         raise ValueError(f"stage target must be 'module:attr', got {target!r}")
-    _KINDS[kind] = _Kind(target, raw_ports)
+    _KINDS[kind] = _Kind(target, raw_ports, frame_tap)
 
 
 def stage_kinds() -> dict[str, str]:
@@ -175,7 +178,7 @@ def kind_available(kind: str) -> str | None:
 # Ports: capture outputs = { output = LINK }; imu outputs = { output = LINK }; inference inputs = { input = LINK },
 # outputs = { output = LINK }. The factories in edgepipe.pipeline.kinds wrap the bare ends for the stage classes
 # (edgepipe.stages.capture.CaptureStage, edgepipe.stages.imu.ImuStage, edgepipe.stages.inference.InferenceStage).
-register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True)
+register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True, frame_tap=True)
 register_stage("imu", "edgepipe.pipeline.kinds:imu_kind", raw_ports=True)
 register_stage("inference", "edgepipe.pipeline.kinds:inference_kind", raw_ports=True)
 # Plain-Python stages for examples, tests and sinks (edgepipe.testing, which sits above this package: named
@@ -515,11 +518,18 @@ def _raw_ports(s: StageSpec) -> bool:
     return s.target is None and not is_import_path(s.kind) and s.kind in _KINDS and _KINDS[s.kind].raw_ports
 
 
+def fills_frame_tap(kind: str | None) -> bool:
+    """Whether a stage of ``kind`` offers its published frames to a ``frame_tap`` (register_stage)."""
+    k = _KINDS.get(kind) if isinstance(kind, str) else None
+    return bool(k and k.frame_tap)
+
+
 def tap_filler(spec: PipelineSpec, link: str, producers: dict[str, tuple[str, str]] | None = None,
                consumers: dict[str, tuple[str, str]] | None = None) -> tuple[str, str, bool]:
     """``(stage, port, is_producer)``: which end of a tapped ``link`` fills its tap: the producer's Outlet
-    when the producer is a Python stage, else the consumer's Inlet (ConfigError when both ends are built-in
-    stages with bare ring ends, which no tap can sit in)."""
+    when the producer is a Python stage (or a frame source registered with ``frame_tap``, e.g. capture),
+    else the consumer's Inlet (ConfigError when both ends are built-in stages with bare ring ends, which
+    no tap can sit in)."""
     if producers is None or consumers is None:
         producers, consumers = {}, {}
         for s in spec.stages:
@@ -527,7 +537,7 @@ def tap_filler(spec: PipelineSpec, link: str, producers: dict[str, tuple[str, st
             consumers.update({ln: (s.name, p) for p, ln in s.inputs.items()})
     by_name = {s.name: s for s in spec.stages}
     prod, cons = producers.get(link), consumers.get(link)
-    if prod is not None and not _raw_ports(by_name[prod[0]]):
+    if prod is not None and (not _raw_ports(by_name[prod[0]]) or fills_frame_tap(by_name[prod[0]].kind)):
         return prod[0], prod[1], True
     if cons is not None and not _raw_ports(by_name[cons[0]]):
         return cons[0], cons[1], False

@@ -40,7 +40,7 @@ from edgepipe.pipeline.api import Inlet, Outlet, PipelineStage, function_stage
 from edgepipe.pipeline.config import import_target, latest_slot
 from edgepipe.pipeline.report import LatencyBook
 from edgepipe.pipeline.stats import stage_state
-from edgepipe.pipeline.tap import TAP_SUFFIX, Tap
+from edgepipe.pipeline.tap import TAP_SUFFIX, FrameTap, Tap
 from edgepipe.pipeline.values import from_params, from_value
 from edgepipe.ring import Ring
 
@@ -171,6 +171,9 @@ def build(spec: pb.StageSpec, fds: list[int]):
             stage = target(name=spec.name, **params, **inlets(), **outlets())
     else:
         raise ConfigError(f"stage {spec.name!r}: unknown construct {c} in its StageSpec")
+    for port, t in taps.items():  # a frame source fills its output's tap itself (register_stage frame_tap)
+        if port in ends_out and c == pb.Construct.CONSTRUCT_RAW and hasattr(stage, "frame_tap"):
+            stage.frame_tap = FrameTap(t[0], t[1][:-len(TAP_SUFFIX)])
     if isinstance(stage, PipelineStage) and not stage.inputs and not stage.outputs:
         stage.attempt = spec.attempt
         stage.attach(inlets(), outlets(), book)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepipe.errors import PeerClosedError, RecordTooLargeError, RingClosedError
+from edgepipe.errors import ImageError, PeerClosedError, RecordTooLargeError, RingClosedError
+from edgepipe.frames import FrameWriter
 
-__all__ = ["Tap"]
+__all__ = ["FrameTap", "Tap"]
 
 TAP_SUFFIX = ".tap"
 
@@ -84,3 +85,38 @@ class Tap:
 
     def __repr__(self) -> str:
         return f"<Tap {self.link!r} offered={self.offered} taken={self.taken} dropped={sum(self.dropped.values())}>"
+
+
+class FrameTap(Tap):
+    """The tap of a frame source's output (a stage registered with ``frame_tap``, e.g. capture): the
+    stage offers each frame's pixels while it still holds them (inside its claim block), and they are
+    copied into the side ring as a frame record of its own, if it has room. The side ring numbers its
+    frames itself: they match the link's frame numbers as long as the tap dropped none.
+    """
+
+    __slots__ = ("frames",)
+
+    def __init__(self, writer, link: str) -> None:
+        super().__init__(writer, link)
+        self.frames = FrameWriter(writer)
+
+    def offer_frame(self, arr, *, pixel_format: str = "BGR", capture_ns: int | None = None,
+                    source_id: int = 0) -> bool:
+        """Copy one frame into the side ring if it fits now. Never waits; False (counted) if it did not."""
+        self.offered += 1
+        try:
+            ok = self.frames.try_write_frame(arr, pixel_format=pixel_format, capture_ns=capture_ns,
+                                             source_id=source_id) is not None
+        except PeerClosedError:
+            why = "recorder gone"
+        except (ImageError, RecordTooLargeError):
+            why = "frame larger than the tap"
+        except RingClosedError:
+            why = "tap closed"
+        else:
+            if ok:
+                self.taken += 1
+                return True
+            why = "tap full"
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+        return False

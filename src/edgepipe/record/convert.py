@@ -110,6 +110,18 @@ def to_messages(topic: str, data, type_id: int, receive_ns: int, wall_offset_ns:
     return [Message(topic, RAW_RECORD, m.SerializeToString(), receive_ns, st.capture_ns, st.seq)]
 
 
+def image_array(data: bytes) -> tuple[np.ndarray, str]:
+    """The pixels of a recorded foxglove.RawImage as an ndarray (H, W[, C]) and its pixel format."""
+    img = message_class(RAW_IMAGE).FromString(data)
+    fmt = _PIXEL_FORMAT.get(img.encoding, "GRAY")
+    ch = 3 if fmt in ("BGR", "RGB") else 1
+    arr = np.frombuffer(img.data, np.uint8)
+    if img.step != img.width * ch:  # rows padded: drop the padding
+        arr = arr.reshape(img.height, img.step)[:, : img.width * ch]
+    shape = (img.height, img.width, ch) if ch > 1 else (img.height, img.width)
+    return np.ascontiguousarray(arr).reshape(shape), fmt
+
+
 def from_message(schema_name: str, data: bytes) -> tuple[bytes, int] | None:
     """The ring record (bytes, type id) a recorded message replays as; None for a message that has no
     record of its own (FrameMeta, which travels with its RawImage)."""

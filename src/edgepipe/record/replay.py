@@ -7,6 +7,10 @@ record type. Pace follows the recording's log times (the receive stamps): messag
 the lateness of every publish is kept (:attr:`ReplayStats.lateness`, an HDR histogram). Writes are lossless: a full ring
 is waited for (so a slow consumer slows the replay rather than losing records), checking ``stop``.
 
+Frames (recorded as foxglove.RawImage) are written through a FrameWriter, so they are numbered 1, 2, ...
+in replay order, which is the recorded numbering for a recording that starts at the source's first frame
+and whose tap dropped none.
+
 Stamps: a replayed record is restamped as if it happened now: every RAW stamp inside it (capture,
 each hop's publish/receive, an IMU sample's stamps, a result's stamps, a frame's capture/publish) moves by
 ``publish time now - recorded receive stamp``, so the latencies a pipeline measures on replayed data are
@@ -46,7 +50,9 @@ from edgepipe.control import messages as pb
 from edgepipe.errors import RingTimeoutError
 from edgepipe.imu_loop import IMU_RECORD_TYPE, IMU_SAMPLE_DTYPE
 from edgepipe.pipeline.wire import Hop, pack_record, unpack_record
-from edgepipe.record.convert import from_message
+from edgepipe.frames import FrameWriter
+from edgepipe.record.convert import from_message, image_array
+from edgepipe.record.schemas import RAW_IMAGE
 from edgepipe.record.reader import iter_recording, recording_info
 from edgepipe.stages.inference import RESULT_TYPE_ID
 
@@ -109,15 +115,6 @@ def _shift_record(data: bytes, type_id: int, shift: int) -> bytes:
     return data
 
 
-def _frame_stamps(data: bytes, seq: int, capture_ns: int) -> bytes:
-    """A replayed frame (from a RawImage, which has no stamps of its own) with its recorded seq and capture."""
-    f = list(HDR.unpack_from(data, 0))
-    f[7], f[8], f[9] = seq, capture_ns, capture_ns
-    buf = bytearray(data)
-    HDR.pack_into(buf, 0, *f)
-    return bytes(buf)
-
-
 def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = False, start_s: float = 0.0,
            end_s: float | None = None, topics: list[str] | None = None, restamp: bool = True,
            stop: Callable[[], bool] | None = None, max_loops: int = 0) -> ReplayStats:
@@ -146,13 +143,14 @@ def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = Fal
         raise ValueError(f"empty time range: start_s={start_s}, end_s={end_s} of a {info.duration_s:.3f} s recording")
     wanted = [t for t in (topics or list(writers)) if t in writers]
     stats = ReplayStats()
+    frame_writers: dict[str, FrameWriter] = {}
     stop = stop or (lambda: False)
     while True:
         t0 = None
         for topic, schema, msg, _decoded in iter_recording(path, topics=wanted, start_ns=t_first, end_ns=t_last):
             if stop():
                 return stats
-            rec = from_message(schema, msg.data)
+            rec = (b"", REC_TYPE) if schema == RAW_IMAGE else from_message(schema, msg.data)
             if rec is None:
                 stats.skipped[topic] = stats.skipped.get(topic, 0) + 1
                 continue
@@ -167,11 +165,19 @@ def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = Fal
                     time.sleep((left - _SPIN_NS) / 1e9)
                 while now_ns() < due:
                     pass
-            if schema == "foxglove.RawImage":
-                data = _frame_stamps(data, msg.sequence, msg.publish_time - offset)
-            if restamp:
-                data = _shift_record(data, type_id, now_ns() - (msg.log_time - offset))
-            _write(writers[topic], data, type_id, stop)
+            if schema == RAW_IMAGE:  # a frame record of its own layout: through a FrameWriter (renumbered)
+                fw = frame_writers.get(topic)
+                if fw is None:
+                    fw = frame_writers[topic] = FrameWriter(writers[topic])
+                arr, fmt = image_array(msg.data)
+                cap = msg.publish_time - offset
+                if restamp:
+                    cap += now_ns() - (msg.log_time - offset)
+                _write_frame(fw, arr, fmt, cap, stop)
+            else:
+                if restamp:
+                    data = _shift_record(data, type_id, now_ns() - (msg.log_time - offset))
+                _write(writers[topic], data, type_id, stop)
             if rate > 0:
                 late = now_ns() - due
                 if late > 0:
@@ -182,6 +188,16 @@ def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = Fal
         stats.loops += 1
         if not loop or (max_loops and stats.loops >= max_loops) or stop():
             return stats
+
+
+def _write_frame(fw: FrameWriter, arr, fmt: str, capture_ns: int, stop: Callable[[], bool]) -> None:
+    while True:
+        try:
+            fw.write_frame(arr, pixel_format=fmt, capture_ns=capture_ns, timeout_s=0.05)
+            return
+        except RingTimeoutError:
+            if stop():
+                return
 
 
 def _write(w, data: bytes, type_id: int, stop: Callable[[], bool]) -> None:
