@@ -154,7 +154,7 @@ from edgepipe.control.server import Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
-from edgepipe.pipeline.tap import Tap
+from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.record.replay import ReplayStats, replay
@@ -219,6 +219,7 @@ __all__ = [
     "FrameReader",
     "FrameSocket",
     "FrameStalledError",
+    "FrameTap",
     "FrameTimeoutError",
     "FrameTooLargeError",
     "FrameWriter",
