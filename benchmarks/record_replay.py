@@ -12,6 +12,8 @@ Cases:
               loop a user writes first (time.sleep of each recorded interval). Goal: p99 |error| <= 100 us.
   demo        end-to-end p50 of the bundled demo with and without recording its taps, alternated ``--rounds``
               times in one run (``--only demo``; ~20 s per run): goal < 5 % change.
+  frames      1080p BGR frames at 30 fps (pattern source) recorded raw and with lz4 through the capture
+              stage's tap (``--only frames``): frames published, recorded and dropped by the tap.
 
     python benchmarks/record_replay.py                          # cost + pace cases (~30 s)
     python benchmarks/record_replay.py --only demo --rounds 3   # the demo overhead (~2 min)
@@ -203,6 +205,53 @@ def demo_case(rounds: int, rows: list) -> None:
           f"{min(res['recorded']):.3f}..{max(res['recorded']):.3f})")
 
 
+def frames_case(seconds: float, rows: list) -> None:
+    """1080p BGR frames from the pattern source at 30 fps into a Python sink, the link tapped by the capture
+    stage and recorded (compression none and lz4): frames published vs recorded vs dropped by the tap."""
+    from edgepipe.pipeline.config import parse_config
+    from edgepipe.pipeline.supervisor import Pipeline
+
+    d = tempfile.mkdtemp(prefix="edgepipe-bench-")
+    for comp in ("none", "lz4"):
+        out = os.path.join(d, f"frames-{comp}.mcap")
+        text = f"""
+[stages.cam]
+kind = "capture"
+outputs = {{ output = "frames" }}
+params = {{ source = "pattern:1920x1080", fps = 30, loop = true }}
+[stages.sink]
+kind = "print"
+inputs = {{ in = "frames" }}
+params = {{ every = 1000000 }}
+[stages.rec]
+kind = "record"
+inputs = {{ f = "frames.tap" }}
+params = {{ out = "{out}", compression = "{comp}" }}
+[links.frames]
+capacity = 33554432
+tap = true
+"""
+        p = Pipeline.from_spec(parse_config(text), stats_path=False)
+        devnull = open(os.devnull, "w")
+        old, sys.stdout = sys.stdout, devnull
+        try:
+            p.run(seconds=seconds)
+        finally:
+            sys.stdout = old
+            devnull.close()
+        st = p.stage_stats()
+        tap = p.link_stats().get("frames.tap", {})
+        pub = st["cam"].get("published", 0)
+        rec = st["rec"].get("recorded", 0)
+        row = {"case": f"frames-1080p30-{comp}", "published": pub, "recorded": rec,
+               "tap_dropped": tap.get("dropped", 0), "published_fps": round(pub / seconds, 1),
+               "recorded_fps": round(rec / seconds, 1), "file_mb": round(os.path.getsize(out) / 1e6, 1)}
+        rows.append(row)
+        print(f"  {row['case']:<24} published {pub} ({row['published_fps']}/s), recorded {rec} "
+              f"({row['recorded_fps']}/s), tap dropped {row['tap_dropped']}, file {row['file_mb']} MB", flush=True)
+        os.unlink(out)
+
+
 def main() -> int:
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=10.0)
     env = C.print_header("edgepipe record / replay", args)
@@ -214,6 +263,8 @@ def main() -> int:
             pace_cases(args.seconds, args.cpus, rows)
     if args.only and C.selected("demo", args.only):
         demo_case(args.rounds, rows)
+    if args.only and C.selected("frames", args.only):
+        frames_case(args.seconds, rows)
     pace = [r for r in rows if r["case"] == "pace-edgepipe-replay"]
     if pace:
         worst = max(r["p99_us"] for r in pace)

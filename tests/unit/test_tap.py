@@ -4,6 +4,7 @@ link plus a ``record`` stage records the link while its own consumer gets every 
 
 from __future__ import annotations
 
+import os
 import textwrap
 import zlib
 
@@ -236,3 +237,34 @@ class TestPipeline:
         for _t, _s, _m, m in iter_recording(out):
             rec = unpack_record(m.payload)
             assert rec.seq == m.stamps.seq and rec.capture_ns == m.stamps.capture_ns
+
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+    def test_full_disk_stops_the_recording_not_the_pipeline(self, tmp_path):
+        """A record stage writing to a 4 MiB tmpfs (1 MiB chunks): the disk fills, the stage reports recording_error and
+        goes on draining its tap, the pipeline ends cleanly with every record delivered to the checker, and
+        the file is recoverable up to its last complete chunk."""
+        pytest.importorskip("mcap")
+        import subprocess
+
+        from edgepipe.pipeline.supervisor import Pipeline
+        from edgepipe.record.reader import recover_recording
+
+        d = tmp_path / "small"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        try:
+            text = (PIPE % (d / "run.mcap")).replace("count = 3000, rate_hz = 3000", "count = 20000, rate_hz = 4000, size = 256") \
+                .replace('params = { out = "%s" }' % (d / "run.mcap"),
+                         'params = { out = "%s", compression = "none" }' % (d / "run.mcap"))
+            p = Pipeline.from_spec(parse_config(text), stats_path=False)
+            assert p.run(seconds=120) == 0
+            st = p.stage_stats()
+            assert st["sink"]["received"] == 20000
+            assert "No space left on device" in st["rec"]["recording_error"] and st["rec"]["state"] == "done"
+            assert st["rec"]["discarded"] > 0
+            assert recover_recording(d / "run.mcap", tmp_path / "ok.mcap").messages > 0
+        finally:
+            subprocess.run(["umount", str(d)], check=True)

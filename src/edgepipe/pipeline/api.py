@@ -238,6 +238,7 @@ class Inlet:
         self.bytes_read = 0
         self.mark_first = mark_first
         self.tap = tap
+        self._taken_ns = 0
         self._held = False
 
     def receive_raw(self, timeout_s: float | None = None) -> bytes | None:
@@ -267,6 +268,8 @@ class Inlet:
                     self.read += 1
                     self.bytes_read += len(data)
                     if self.tap is not None:
+                        # stamped before the copy for the tap, which is this stage's time, not the link's
+                        self._taken_ns = now_ns()
                         self.tap.offer(data, end.last_type)
                     return data
             except PeerClosedError:
@@ -289,7 +292,7 @@ class Inlet:
         data = self.receive_raw(timeout_s)
         if data is None:
             return None
-        t = now_ns()
+        t = now_ns() if self.tap is None else self._taken_ns
         rec = unpack_record(data)
         if rec is None:
             rec = _decode_builtin(data, self.end.last_type, t, self.link, self.topology)

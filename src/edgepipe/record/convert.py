@@ -1,20 +1,16 @@
 """Ring records as recording messages, and back: what each kind of record a pipeline link carries becomes.
 
-==========================  ===========================================  =====================================
-ring record (type id)       recorded as (schema)                          replayed as
-==========================  ===========================================  =====================================
-IMU sample row (IMU type)   ``edgepipe.v1.ImuSample`` (gyro, accel, mag,   a numpy row (IMU type) with
-                            attitude; stamps: sample, publish, receive)   those fields (the row's deadline,
-                                                                          device stamp, lateness and raw
-                                                                          counts are not recorded)
-InferenceResult (22)        ``edgepipe.v1.InferenceResult``, as is         the same bytes (type 22)
-numpy frame (frame type)    ``foxglove.RawImage`` on TOPIC, and            a frame record (header + pixels)
-                            ``edgepipe.v1.FrameMeta`` on TOPIC/meta
-                            (its RAW stamps, seq, pixel format)
-stamped record (``EPS1``)   ``edgepipe.record.v1.RawRecord``: payload,     the same bytes (type id kept)
-anything else               type id and ``Stamps`` (hops' publish and
-                            receive stamps, seq, capture)
-==========================  ===========================================  =====================================
+- An IMU sample row (the IMU record type) is recorded as ``edgepipe.v1.ImuSample`` (gyro, accel, mag,
+  attitude; stamps: sample, publish, receive) and replayed as a row with those fields (the row's deadline,
+  device stamp, lateness and raw counts are not recorded).
+- An InferenceResult (type 22) is recorded as ``edgepipe.v1.InferenceResult``, as is, and replayed as the
+  same bytes.
+- A numpy frame (the frame record type) is recorded as ``foxglove.RawImage`` on TOPIC (pixels, encoding,
+  wall-clock timestamp of its capture) and ``edgepipe.v1.FrameMeta`` on TOPIC/meta (its RAW stamps, seq,
+  pixel format); it is replayed as a frame record through a FrameWriter.
+- A stamped record (``EPS1``) or any other record is recorded as ``edgepipe.record.v1.RawRecord``: its
+  bytes, its type id and ``Stamps`` (each hop's publish and receive stamps, seq, capture), and replayed as
+  the same bytes with the same type id.
 
 >>> m = to_messages("/x", b"hello", 7, receive_ns=50)[0]
 >>> m.schema, m.receive_ns, from_message(m.schema, m.data)
@@ -27,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe._image import DTYPE_CODE, DTYPES, HDR, HDR_SIZE, MAGIC, PIX_CODE, PIXEL_FORMATS, REC_TYPE, VERSION, pack_hdr
+from edgepipe._image import DTYPES, HDR, HDR_SIZE, PIXEL_FORMATS, REC_TYPE
 from edgepipe.control import messages as pb
 from edgepipe.imu_loop import FLAG_MAG, IMU_RECORD_TYPE, IMU_SAMPLE_DTYPE
 from edgepipe.pipeline.wire import unpack_record
@@ -123,8 +119,9 @@ def image_array(data: bytes) -> tuple[np.ndarray, str]:
 
 
 def from_message(schema_name: str, data: bytes) -> tuple[bytes, int] | None:
-    """The ring record (bytes, type id) a recorded message replays as; None for a message that has no
-    record of its own (FrameMeta, which travels with its RawImage)."""
+    """The ring record (bytes, type id) a recorded message replays as; None for a frame (foxglove.RawImage:
+    replayed through a FrameWriter from :func:`image_array`, which lays the record out) and for a message
+    that has no record of its own (FrameMeta, which travels with its RawImage)."""
     if schema_name == RAW_RECORD:
         m = RawRecord.FromString(data)
         return m.payload, m.type_id
@@ -145,17 +142,4 @@ def from_message(schema_name: str, data: bytes) -> tuple[bytes, int] | None:
             o = m.orientation
             row["q"] = (o.w, o.x, o.y, o.z)
         return row.tobytes(), IMU_RECORD_TYPE
-    if schema_name == RAW_IMAGE:
-        img = message_class(RAW_IMAGE).FromString(data)
-        fmt = _PIXEL_FORMAT.get(img.encoding, "GRAY")
-        ch = {"GRAY": 1, "BGR": 3, "RGB": 3, "BGRA": 4, "RGBA": 4}.get(fmt, 1)
-        fmt = fmt if fmt in PIX_CODE else "RAW"
-        shape = (img.height, img.width, ch) if ch > 1 else (img.height, img.width)
-        strides = (img.step, ch, 1) if ch > 1 else (img.step, 1)
-        pad = 4 - len(shape)
-        buf = bytearray(HDR_SIZE + len(img.data))
-        pack_hdr(buf, 0, MAGIC, VERSION, DTYPE_CODE[np.dtype("u1")], len(shape), PIX_CODE[fmt], HDR_SIZE,
-                 len(img.data), 0, 0, 0, 0, *shape, *(0,) * pad, *strides, *(0,) * pad, 0)
-        buf[HDR_SIZE:] = img.data
-        return bytes(buf), REC_TYPE
     return None

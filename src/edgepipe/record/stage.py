@@ -15,16 +15,19 @@ Each input's topic is ``/<link>`` of the tapped link. With ``pre_buffer_s`` set 
 ``out`` is then a directory of event files (edgepipe.record.recorder.FlightRecorder). A recorder killed
 with -9 costs the pipeline nothing (a tap never waits); its file keeps every chunk it closed (chunks close at
 least once a second: ``edgepipe record --recover``), and the restarted recorder writes
-``<stem>.restart<N>.mcap`` beside it.
+``<stem>.restart<N>.mcap`` beside it. A full disk stops the recording, not the pipeline: the stage says so
+(stderr, ``recording_error`` in its stats) and drains its inputs into nothing until the pipeline ends.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
+from edgepipe.errors import RecordingDiskFullError
 from edgepipe.pipeline.api import PipelineStage
 from edgepipe.pipeline.tap import TAP_SUFFIX
 from edgepipe.record.recorder import ContinuousSink, FlightRecorder, Recorder
@@ -32,6 +35,26 @@ from edgepipe.record.replay import replay
 from edgepipe.record.writer import McapRecorder
 
 __all__ = ["RecordStage", "ReplayStage"]
+
+
+class _Discard:
+    """The sink after a full disk: takes messages and counts them, writes nothing."""
+
+    def __init__(self, was) -> None:
+        self.offset_ns = was.offset_ns
+        self.discarded = 0
+
+    def add(self, m) -> None:
+        self.discarded += 1
+
+    def set_drops(self, topic: str, reason: str, n: int) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self, reason: str = "closed") -> None:
+        pass
 
 
 def topic_of(link: str) -> str:
@@ -80,6 +103,7 @@ class RecordStage(PipelineStage):
                             max_files=max_files, max_total_mb=max_total_mb)
         self.sink = None
         self.recorder: Recorder | None = None
+        self.recording_error: str | None = None
 
     def open(self) -> None:
         o = self.options
@@ -107,15 +131,30 @@ class RecordStage(PipelineStage):
             self.sink.trigger(f"error-{topic.strip('/')}")
 
     def loop(self) -> None:
-        self.recorder.run(until=lambda: self.stopping)
+        try:
+            self.recorder.run(until=lambda: self.stopping)
+        except RecordingDiskFullError as e:
+            # Stop recording, not the pipeline: keep draining the taps (so their drop counts stay those of
+            # the recorder, not of a full side ring) and discard what comes, counted.
+            self.recording_error = str(e)
+            print(f"edgepipe record stage {self.name!r}: {e}", file=sys.stderr, flush=True)
+            self.sink = self.recorder.sink = _Discard(self.sink)
+            self.recorder.run(until=lambda: self.stopping)
 
     def close(self) -> None:
+        # The end of the pipeline (a Stop, or every input ended) is the ``stop`` trigger of a flight recorder.
         if self.sink is not None:
-            self.sink.close("stop" if self.stopping else "inputs ended")
+            try:
+                self.sink.close("stop")
+            except RecordingDiskFullError as e:
+                self.recording_error = str(e)
 
     def extra_stats(self) -> dict[str, Any]:
         r = self.recorder
         out: dict[str, Any] = {"recorded": r.records if r else 0}
+        if self.recording_error:
+            out["recording_error"] = self.recording_error
+            out["discarded"] = self.sink.discarded if isinstance(self.sink, _Discard) else 0
         if isinstance(self.sink, FlightRecorder):
             out["events"] = len(self.sink.events)
             out["events_removed"] = len(self.sink.removed)
