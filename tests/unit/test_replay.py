@@ -194,6 +194,49 @@ class TestCommands:
             ring.unlink()
             ring.close()
 
+    def test_flight_recorder_command_on_sigusr1(self, tmp_path, shm_name):
+        """edgepipe record --ring NAME --pre-buffer 1s --post 0.1s --trigger signal: records flow through
+        memory only until SIGUSR1; then one signal-*.mcap holds a gapless run of them; the command ends when
+        the producer closes."""
+        import subprocess
+        import sys
+
+        ring = Ring.create(shm_name, 1 << 16)
+        proc = None
+        try:
+            w = ring.writer()
+            proc = subprocess.Popen([sys.executable, "-m", "edgepipe", "record", "--ring", f"{shm_name}=/x",
+                                     "--pre-buffer", "1s", "--post", "0.1s", "--trigger", "signal", "-o",
+                                     str(tmp_path / "ev")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while ring.status().consumer_pid != proc.pid:
+                assert time.monotonic() < deadline and proc.poll() is None, "the recorder did not attach"
+                time.sleep(0.01)
+            seq = 0
+            for _ in range(100):
+                w.write(user(seq, 0))
+                seq += 1
+                time.sleep(0.001)
+            assert not os.listdir(tmp_path / "ev")  # nothing written before the trigger
+            os.kill(proc.pid, signal.SIGUSR1)
+            t_end = time.monotonic() + 0.5  # well past --post
+            while time.monotonic() < t_end:
+                w.write(user(seq, 0))
+                seq += 1
+                time.sleep(0.001)
+            w.close()
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            (event,) = os.listdir(tmp_path / "ev")
+            assert event.startswith("signal-") and b"1 event file(s)" in out
+            got = [m.stamps.seq for _t, _s, _r, m in iter_recording(tmp_path / "ev" / event)]
+            assert got and got == list(range(got[0], got[0] + len(got))) and got[-1] < seq
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            ring.unlink()
+            ring.close()
+
     def test_replay_into_named_rings(self, recording, shm_name, capsys):
         """replay --ring creates the named ring, publishes into it, and removes it at the end."""
         got = []
