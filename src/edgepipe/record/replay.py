@@ -58,7 +58,7 @@ from edgepipe.stages.inference import RESULT_TYPE_ID
 
 __all__ = ["ReplayStats", "replay"]
 
-_SPIN_NS = 300_000  # sleep until this close to a publish time, then spin (sleep wakes ~50-100 us late)
+_SPIN_NS = 100_000  # sleep until this close to a publish time, then spin (sleep wakes ~50-100 us late)
 
 
 @dataclass
