@@ -142,6 +142,32 @@ class TestWriter:
         assert {c.topic: c.messages for c in i.channels} == {"/imu": 1, "/user": 10}
         assert i.raw_ns(imu[2]) == 2_000_001_000 and int(i.clock["raw_ns"]) == CLOCK.raw_ns
 
+    def test_every_kind_of_record_decodes_in_foxglove_reader(self, tmp_path):
+        """IMU sample, inference result, frame (RawImage + FrameMeta) and user record channels in one file:
+        the mcap reader with the protobuf decoder decodes every message to the type edgepipe wrote."""
+        with Ring.create(capacity=1 << 16) as ring:
+            w, r = FrameWriter(ring.writer()), ring.reader()
+            w.write_frame(np.full((8, 10, 3), 9, np.uint8))
+            frame, ftype = r.try_read(), r.last_type
+            w.close()
+            r.close()
+        res = pb.InferenceResult(stamps=pb.Stamps(capture_ns=5, seq=1), model_id="m", frame_seq=1,
+                                 detections=pb.Detections(boxes=[pb.Box(x_min=1, y_min=2, x_max=3, y_max=4)]))
+        msgs = [*to_messages("/imu", imu_row(1, 10), IMU_RECORD_TYPE, 20),
+                *to_messages("/det", res.SerializeToString(), 22, 30),
+                *to_messages("/cam", frame, ftype, 40, OFFSET),
+                *to_messages("/u", b"raw bytes", 3, 50)]
+        p = tmp_path / "all.mcap"
+        with McapRecorder(p, clock=CLOCK) as rec:
+            for m in msgs:
+                rec.write(m.topic, m.schema, m.data, receive_ns=m.receive_ns, capture_ns=m.capture_ns, seq=m.seq)
+        got = {t: type(d).DESCRIPTOR.full_name for t, _s, _l, _p, d in decode_all(p)}
+        assert got == {"/imu": "edgepipe.v1.ImuSample", "/det": "edgepipe.v1.InferenceResult",
+                       "/cam": "foxglove.RawImage", "/cam/meta": "edgepipe.v1.FrameMeta",
+                       "/u": "edgepipe.record.v1.RawRecord"}
+        det = [d for t, _s, _l, _p, d in decode_all(p) if t == "/det"][0]
+        assert det.detections.boxes[0].x_max == 3 and det.frame_seq == 1
+
     def test_allow_and_deny_filter_topics(self, tmp_path):
         """Only allowed topics are written; deny wins over allow; the filtered count is kept."""
         p = tmp_path / "f.mcap"

@@ -745,12 +745,16 @@ class Pipeline:
             self.stop(why)
 
     def _close_ends(self, c: _Child) -> None:
-        for port, link in {**c.spec.outputs, **c.spec.inputs}.items():
+        ends = [(link, port in c.spec.outputs) for port, link in {**c.spec.outputs, **c.spec.inputs}.items()]
+        for link, ln in self.spec.links.items():  # the taps it fills: their recorders see the end too
+            if ln.tap and tap_filler(self.spec, link)[0] == c.name:
+                ends.append((tap_link(link), True))
+        for link, is_writer in ends:
             ring = self._rings.get(link)
             if ring is None:
                 continue
             try:
-                end = ring.writer() if port in c.spec.outputs else ring.reader()
+                end = ring.writer() if is_writer else ring.reader()
                 end.close()
             except EdgepipeError:
                 pass  # a live holder (the new process) or already closed: nothing to do
