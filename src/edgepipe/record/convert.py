@@ -34,6 +34,16 @@ __all__: list[str] = []  # shared inside edgepipe.record
 
 _ENCODING = {"BGR": "bgr8", "RGB": "rgb8", "GRAY": "mono8"}
 _PIXEL_FORMAT = {v: k for k, v in _ENCODING.items()}
+_DATA_TAG = bytes([6 << 3 | 2])  # foxglove.RawImage field 6 (data), length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 @dataclass
@@ -71,14 +81,17 @@ def _frame(topic: str, data, receive_ns: int, wall_offset_ns: int) -> list[Messa
     fmt = PIXEL_FORMATS[fmt_code] if fmt_code < len(PIXEL_FORMATS) else "RAW"
     dtype = DTYPES.get(code, np.dtype("u1"))
     enc = _ENCODING.get(fmt, "mono8") if dtype == np.uint8 else f"{dtype.name}x{ch}"
-    img = message_class(RAW_IMAGE)(frame_id=topic, width=w, height=h, encoding=enc,
-                                   step=w * ch * dtype.itemsize, data=bytes(data[doff:doff + nbytes]))
+    img = message_class(RAW_IMAGE)(frame_id=topic, width=w, height=h, encoding=enc, step=w * ch * dtype.itemsize)
     if wall_offset_ns:
         img.timestamp.FromNanoseconds(cap + wall_offset_ns)
+    # The pixels go in as field 6 (data) appended to the other fields' bytes: protobuf parses fields in any
+    # order, and this is one copy of the pixels instead of three (bytes(), the message, its serialization).
+    pixels = data[doff:doff + nbytes]
+    wire = b"".join((img.SerializeToString(), _DATA_TAG, _varint(len(pixels)), pixels))
     meta = pb.FrameMeta(stamps=pb.Stamps(capture_ns=cap, publish_ns=[pub], receive_ns=[receive_ns], seq=seq,
                                          source=str(src)),
                         frame_seq=seq, width=w, height=h, channels=ch, dtype=dtype.name, pixel_format=fmt)
-    return [Message(topic, RAW_IMAGE, img.SerializeToString(), receive_ns, cap, seq),
+    return [Message(topic, RAW_IMAGE, wire, receive_ns, cap, seq),
             Message(f"{topic}/meta", "edgepipe.v1.FrameMeta", meta.SerializeToString(), receive_ns, cap, seq)]
 
 

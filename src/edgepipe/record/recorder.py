@@ -67,7 +67,7 @@ class Recorder:
                 continue
             for _ in range(max_per_source):
                 try:
-                    data = r.try_read()
+                    view = r.try_peek()  # converted in place: a frame's pixels are copied once, into its message
                 except PeerClosedError:
                     if r.segment.status().producer_closed:
                         self.ended.add(topic)
@@ -76,11 +76,16 @@ class Recorder:
                         if self.on_error is not None:
                             self.on_error(topic)
                     break
-                if data is None:
+                if view is None:
                     break
                 self.dead.discard(topic)
                 t = now_ns()
-                for m in to_messages(topic, data, r.last_type, t, self._offset):
+                try:
+                    msgs = to_messages(topic, view, r.last_type, t, self._offset)
+                finally:
+                    view.release()
+                    r.release()
+                for m in msgs:
                     self.sink.add(m)
                 n += 1
         self.records += n
