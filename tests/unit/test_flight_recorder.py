@@ -109,6 +109,16 @@ class TestTriggers:
             signal.signal(signal.SIGUSR1, old)
         assert len(fr.events) == 1 and seqs(fr.events[0]) == list(range(15, 26))
 
+    def test_denied_topics_are_not_buffered(self, tmp_path):
+        """deny leaves a topic out of memory and out of the event file."""
+        fr = make(tmp_path, pre_s=1.0, deny=["/noise*"])
+        for i in range(50):
+            fr.add(msg(i, i * 10))
+            fr.add(msg(i, i * 10, topic="/noise/a"))
+        assert {m.topic for m in fr.buffer} == {"/s"}
+        fr.close("stop")
+        assert {t for t, _s, _r, _m in iter_recording(fr.events[0])} == {"/s"}
+
     def test_unknown_trigger_is_refused(self, tmp_path):
         """An unknown trigger name is a ValueError naming it."""
         with pytest.raises(ValueError, match="'lunar'"):

@@ -144,7 +144,8 @@ def _flight(args, out: str, budget_ns: int | None) -> FlightRecorder:
     budgets = {"*": budget_ns} if budget_ns else {}
     return FlightRecorder(out, pre_s=args.pre_buffer, post_s=args.post, budgets_ns=budgets, triggers=triggers,
                           max_files=args.max_files, max_total_bytes=int(args.max_total_mb * 1e6),
-                          max_memory_bytes=int(args.max_memory_mb * 1e6), compression=args.compression)
+                          max_memory_bytes=int(args.max_memory_mb * 1e6), compression=args.compression,
+                          allow=args.allow, deny=args.deny)
 
 
 def cmd_record(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ is over its topic's budget: judged from each record's own stamps, as the latency
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from collections import deque
@@ -154,14 +155,15 @@ class FlightRecorder:
         budgets_ns: ``{topic: end-to-end budget ns}`` for the ``budget`` trigger (``"*"``: every topic).
         triggers: which of ``budget``, ``stop``, ``error``, ``signal`` start an event.
         max_files / max_total_bytes: caps on the event files kept.
-        compression, clock: as McapRecorder.
+        compression, clock, opener, allow, deny: as McapRecorder (a topic left out is not buffered either).
     """
 
     def __init__(self, directory: str | os.PathLike, *, pre_s: float = 10.0, post_s: float = 5.0,
                  max_memory_bytes: int = 64 << 20, budgets_ns: dict[str, int] | None = None,
                  triggers: Iterable[str] = TRIGGERS, max_files: int = 20, max_total_bytes: int = 1 << 30,
                  compression: str = "zstd", clock: ClockMapping | None = None,
-                 opener: Callable[[str], Any] | None = None) -> None:
+                 opener: Callable[[str], Any] | None = None, allow: Iterable[str] = (),
+                 deny: Iterable[str] = ()) -> None:
         triggers = tuple(triggers)
         bad = [t for t in triggers if t not in TRIGGERS]
         if bad:
@@ -183,6 +185,8 @@ class FlightRecorder:
         self.clock = clock or mapping()
         self.offset_ns = self.clock.wall_ns - self.clock.raw_ns
         self.opener = opener
+        self.allow, self.deny = tuple(allow), tuple(deny)
+        self._keep: dict[str, bool] = {}
         self.buffer: deque[Message] = deque()
         self.buffered_bytes = 0
         self.evicted = 0  # messages that left the buffer without an event
@@ -248,6 +252,12 @@ class FlightRecorder:
     # -- the sink interface -------------------------------------------------------------------------------
     def add(self, m: Message) -> None:
         """One message: into the event being written, or into the memory buffer (oldest out first)."""
+        keep = self._keep.get(m.topic)
+        if keep is None:
+            keep = self._keep[m.topic] = (not self.allow or any(fnmatch.fnmatchcase(m.topic, p) for p in self.allow)) \
+                and not any(fnmatch.fnmatchcase(m.topic, p) for p in self.deny)
+        if not keep:
+            return
         if self._pending is not None:
             reason, self._pending = self._pending, None
             self._start(reason, m.receive_ns)

@@ -114,7 +114,8 @@ class RecordStage(PipelineStage):
             budgets = {"*": int(o["budget_ms_e2e"] * 1e6)} if o["budget_ms_e2e"] > 0 else {}
             self.sink = FlightRecorder(self.path, pre_s=o["pre_buffer_s"], post_s=o["post_s"], budgets_ns=budgets,
                                        triggers=o["triggers"], max_files=o["max_files"],
-                                       max_total_bytes=int(o["max_total_mb"] * 1e6), compression=o["compression"])
+                                       max_total_bytes=int(o["max_total_mb"] * 1e6), compression=o["compression"],
+                                       allow=o["allow"], deny=o["deny"])
         else:
             self.sink = ContinuousSink(McapRecorder(
                 self.path, compression=o["compression"], split_bytes=int(o["split_mb"] * 1e6), split_s=o["split_s"],
