@@ -310,7 +310,9 @@ class TestRecorderKill:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 st = p.stage_stats().get("rec", {})
-                if st.get("recorded", 0) > 1200 and st.get("pid"):
+                # kill once a chunk reached the file (schemas + a chunk: well over 5 kB; before it ~0.3 kB)
+                flushed = out.exists() and out.stat().st_size > 5000
+                if st.get("recorded", 0) > 1200 and flushed and st.get("pid"):
                     os.kill(st["pid"], signal.SIGKILL)
                     killed.append(st["pid"])
                     return

@@ -256,7 +256,9 @@ class TestPipeline:
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
         try:
-            text = (PIPE % (d / "run.mcap")).replace("count = 3000, rate_hz = 3000", "count = 20000, rate_hz = 4000, size = 256") \
+            # 41 MB offered to a 4 MiB disk: full even if a loaded machine makes the tap drop most of it
+            text = (PIPE % (d / "run.mcap")).replace("count = 3000, rate_hz = 3000", "count = 20000, rate_hz = 4000, size = 2048") \
+                .replace("tap_capacity = 65536", "tap_capacity = 4194304") \
                 .replace('params = { out = "%s" }' % (d / "run.mcap"),
                          'params = { out = "%s", compression = "none" }' % (d / "run.mcap"))
             p = Pipeline.from_spec(parse_config(text), stats_path=False)
