@@ -109,12 +109,12 @@ def to_messages(topic: str, data, type_id: int, receive_ns: int, wall_offset_ns:
             pass
     if type_id == REC_TYPE and len(data) >= HDR_SIZE:
         return _frame(topic, data, receive_ns, wall_offset_ns)
-    st = pb.Stamps(receive_ns=[receive_ns], source=topic)
     rec = unpack_record(data)
-    if rec is not None:
-        st.capture_ns, st.seq = rec.capture_ns, rec.seq
-        st.publish_ns.extend(h.publish_ns for h in rec.hops)
-        st.receive_ns[:] = [h.receive_ns for h in rec.hops[1:]] + [receive_ns]
+    if rec is None:
+        st = pb.Stamps(receive_ns=[receive_ns], source=topic)
+    else:  # one constructor call: half the cost of filling the fields one by one (upb)
+        st = pb.Stamps(capture_ns=rec.capture_ns, seq=rec.seq, publish_ns=[h.publish_ns for h in rec.hops],
+                       receive_ns=[h.receive_ns for h in rec.hops[1:]] + [receive_ns], source=topic)
     m = RawRecord(stamps=st, type_id=type_id, payload=bytes(data))
     return [Message(topic, RAW_RECORD, m.SerializeToString(), receive_ns, st.capture_ns, st.seq)]
 
