@@ -2,7 +2,7 @@
 ``pip install "edgepipe[...]"`` to run, never a bare ModuleNotFoundError from deep inside a stage.
 
 The extras (pyproject.toml): ``vision`` (OpenCV), ``inference`` (ONNX Runtime, onnx), ``report`` (matplotlib),
-``all`` (every one of them). ``import edgepipe`` needs none.
+``record`` (mcap, zstandard, lz4, foxglove-schemas-protobuf), ``all`` (every one of them). ``import edgepipe`` needs none.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from types import ModuleType
 from edgepipe.errors import MissingExtraError
 
 # top-level module -> the extra that installs it
-EXTRA_OF = {"cv2": "vision", "onnxruntime": "inference", "onnx": "inference", "matplotlib": "report"}
+EXTRA_OF = {"cv2": "vision", "onnxruntime": "inference", "onnx": "inference", "matplotlib": "report",
+            "mcap": "record", "mcap_protobuf": "record", "foxglove_schemas_protobuf": "record",
+            "zstandard": "record", "lz4": "record"}
 
 
 def require(module: str, purpose: str) -> ModuleType:

@@ -50,6 +50,12 @@ or ``except ValueError`` catch what a user would expect.
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── LayoutVersionError                       a region of another layout version
     ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
+    ├── RecordingError                           an MCAP recording could not be written or read (edgepipe.record; .path)
+    │   ├── RecordingNotFoundError (FileNotFoundError) no such recording file
+    │   ├── RecordingFormatError (ValueError)    not an MCAP file (another tool's format: a .bag, HDF5, .drec)
+    │   ├── RecordingTruncatedError (ValueError) an MCAP file cut off before its end (kill -9, power loss): --recover it
+    │   ├── UnknownSchemaError (ValueError)      a channel whose schema this edgepipe cannot decode (.name)
+    │   └── RecordingDiskFullError (OSError)     the disk filled while recording: stopped, what was written is kept
     └── EdgepipeOSError (OSError)                any other -errno, with .errno set; built with an errno that
         │                                        Python maps to an OSError subclass, it becomes the matching
         │                                        Edgepipe<Builtin> below (as OSError(errno, msg) does)
@@ -120,6 +126,11 @@ __all__ = [
     "PeerClosedError",
     "QuantizationAccuracyError",
     "RecordTooLargeError",
+    "RecordingDiskFullError",
+    "RecordingError",
+    "RecordingFormatError",
+    "RecordingNotFoundError",
+    "RecordingTruncatedError",
     "RemoteError",
     "RingBusyError",
     "RingClosedError",
@@ -133,6 +144,7 @@ __all__ = [
     "SourceFailedError",
     "SourceOpenError",
     "UnknownBodyError",
+    "UnknownSchemaError",
     "UnsafeSocketDirError",
     "UntrustedSegmentError",
     "WorkerError",
@@ -367,6 +379,40 @@ class MissingExtraError(EdgepipeError, ImportError):
     def __init__(self, message: str, extra: str | None = None) -> None:
         super().__init__(message)
         self.extra = extra
+
+
+class RecordingError(EdgepipeError):
+    """An MCAP recording could not be written or read (edgepipe.record). ``.path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RecordingNotFoundError(RecordingError, FileNotFoundError):
+    """No recording at that path."""
+
+
+class RecordingFormatError(RecordingError, ValueError):
+    """The file is not MCAP (another tool's format: a ROS 1 .bag, eCAL's HDF5, dora's .drec, ...)."""
+
+
+class RecordingTruncatedError(RecordingError, ValueError):
+    """An MCAP file that was cut off before its end (the recorder was killed, the power went): its complete
+    chunks can be recovered with ``edgepipe record --recover FILE``."""
+
+
+class UnknownSchemaError(RecordingError, ValueError):
+    """A schema this edgepipe cannot decode or replay. ``.name`` is the schema's name."""
+
+    def __init__(self, message: str, *, path: str | None = None, name: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.name = name
+
+
+class RecordingDiskFullError(RecordingError, OSError):
+    """The disk filled while recording: the recording stopped; what reached the disk is kept (complete
+    chunks are recoverable with ``edgepipe record --recover``)."""
 
 
 class EdgepipeOSError(EdgepipeError, OSError):

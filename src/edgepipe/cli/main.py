@@ -12,6 +12,9 @@ machine, and look at or clean up shared memory.
     edgepipe status NAME          one ring's control block
     edgepipe cleanup [--yes]      stale named rings, sockets and stats files of dead processes
     edgepipe quantize OUT.onnx    static INT8 text detector calibrated on real frames (edgepipe.stages.inference.quantize)
+    edgepipe record ...           record a pipeline's links or named rings into MCAP; flight recorder; --recover
+    edgepipe info FILE.mcap       a recording's channels, counts, time span and drops
+    edgepipe replay FILE.mcap     publish a recording into rings or a pipeline; --compare with a golden run
 
 Exit status: 0 success (a pipeline stopped by Ctrl-C or SIGTERM after draining is a success); 1 a stage failed
 for good, a check failed, or nothing to show; 2 bad usage or a pipeline file that does not validate (the message
@@ -512,9 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.set_defaults(func=cmd_cleanup)
     from edgepipe.cli.kinds import add_subcommand as add_kinds
     from edgepipe.cli.quantize import add_subcommand as add_quantize
+    from edgepipe.cli.record import add_subcommand as add_record
+    from edgepipe.cli.replay import add_subcommand as add_replay
 
     add_kinds(sub)
     add_quantize(sub)
+    add_record(sub)
+    add_replay(sub)
     return p
 
 

@@ -31,6 +31,10 @@ order ends the stream). What a crash costs depends on the link's mode:
 
 A sink's own counters live in its process: a sink that is restarted starts counting again.
 
+One piece: Outlet, Inlet and PipelineStage are the two ends of a link and the loop between them; the
+delivery rules above (hold until handled, redelivery marks, waiting for a restarted peer, taps) are shared
+by all three. The record format is in wire.py, taps in tap.py.
+
 In one process, for tests and notebooks, the same stages run on threads over plain rings:
 
 >>> from edgepipe.ring import Ring
@@ -96,11 +100,12 @@ class Outlet:
         link_index: the link's index in the pipeline (unused by the producer, kept for stats).
         mark_first: mark the first source record (one emitted without a parent) as possibly redelivered:
             a restarted source that resumes its numbering may repeat the last record of its predecessor.
+        tap: an edgepipe.pipeline.tap.Tap offered a copy of every record published (never waited for).
     """
 
     def __init__(self, writer, link: str, stage_index: int = 0, mode: str = "lossless",
                  link_index: int = 0, stopping: Callable[[], bool] | None = None, *,
-                 mark_first: bool = False) -> None:
+                 mark_first: bool = False, tap=None) -> None:
         if mode not in ("lossless", "drop"):
             raise ValueError(f"Outlet mode must be 'lossless' or 'drop', got {mode!r}")
         self.end = writer
@@ -114,6 +119,7 @@ class Outlet:
         self.bytes_written = 0
         self.dropped: dict[str, int] = {}
         self.mark_first = mark_first
+        self.tap = tap
 
     def emit(self, payload: bytes, *, parent: Record | None = None, seq: int | None = None,
              capture_ns: int | None = None) -> bool:
@@ -175,6 +181,8 @@ class Outlet:
                         return False
         self.written += 1
         self.bytes_written += len(data)
+        if self.tap is not None:
+            self.tap.offer(data)
         return True
 
     def _consumer_gone(self) -> bool:
@@ -195,8 +203,11 @@ class Outlet:
                 "dropped": sum(self.dropped.values()), "used": s.used, "capacity": s.capacity}
 
     def close(self) -> None:
-        """Close the producer end cleanly: the consumer drains what is queued, then sees end of stream."""
+        """Close the producer end cleanly (and the tap's): the consumer drains what is queued, then sees end of
+        stream."""
         self.end.close()
+        if self.tap is not None:
+            self.tap.close()
 
 
 class Inlet:
@@ -209,12 +220,14 @@ class Inlet:
     :meth:`receive` (or :meth:`release`, or a clean :meth:`close`) gives it back. A stage that crashes
     while handling a record leaves it in the ring, and its restarted process takes it again; with
     ``mark_first`` (set for a restarted stage) the first record taken is marked ``redelivered``, since
-    the crashed process may have handled (and passed on) it before it died.
+    the crashed process may have handled (and passed on) it before it died. A ``tap``
+    (edgepipe.pipeline.tap.Tap) is offered a copy of every record taken, with its type id.
     """
 
     def __init__(self, reader, link: str, link_index: int = 0,
                  stopping: Callable[[], bool] | None = None,
-                 topology: dict[str, tuple[str, list[str]]] | None = None, *, mark_first: bool = False) -> None:
+                 topology: dict[str, tuple[str, list[str]]] | None = None, *, mark_first: bool = False,
+                 tap=None) -> None:
         self.end = reader
         self.topology = topology or {}  # link -> (producer stage, that stage's input links), for naming parts
         self.link = link
@@ -224,6 +237,8 @@ class Inlet:
         self.read = 0
         self.bytes_read = 0
         self.mark_first = mark_first
+        self.tap = tap
+        self._taken_ns = 0
         self._held = False
 
     def receive_raw(self, timeout_s: float | None = None) -> bytes | None:
@@ -252,6 +267,10 @@ class Inlet:
                     self._held = True
                     self.read += 1
                     self.bytes_read += len(data)
+                    if self.tap is not None:
+                        # stamped before the copy for the tap, which is this stage's time, not the link's
+                        self._taken_ns = now_ns()
+                        self.tap.offer(data, end.last_type)
                     return data
             except PeerClosedError:
                 if self.end.segment.status().producer_closed:
@@ -273,7 +292,7 @@ class Inlet:
         data = self.receive_raw(timeout_s)
         if data is None:
             return None
-        t = now_ns()
+        t = now_ns() if self.tap is None else self._taken_ns
         rec = unpack_record(data)
         if rec is None:
             rec = _decode_builtin(data, self.end.last_type, t, self.link, self.topology)
@@ -297,6 +316,8 @@ class Inlet:
         if not self.end.closed:
             self.release()
         self.end.close()
+        if self.tap is not None:
+            self.tap.close()
 
 
 _RESULT_TYPE = 22  # edgepipe.stages.inference.RESULT_TYPE_ID: a serialized edgepipe.v1.InferenceResult

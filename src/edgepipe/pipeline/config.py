@@ -32,6 +32,12 @@ the file, the line and the key (and the bad value)::
     capacity = 65536                # bytes, a power of two (latest: the largest frame's pixel bytes)
     mode = "lossless"               # lossless | drop | latest
     budget_ms = 10                  # time queued in this ring
+    tap = false                     # true: copies into a side link "numbers.tap" for a record stage
+    tap_capacity = 1048576          #   (edgepipe.pipeline.tap: dropped, never waited for, when full)
+
+One piece: the kind registry, the specs and the one validation pass over them (names, ports, links, taps,
+budgets) share the registry's private table and the _Where that names the line of every mistake; the
+parameter checks live in params.py, the side links of taps in tap.py.
 
 >>> spec = parse_config('''
 ... [stages.src]
@@ -61,6 +67,7 @@ from typing import Any
 from edgepipe._data import data_path
 from edgepipe.errors import ConfigError
 from edgepipe.pipeline.params import check_stage, import_stage, searching
+from edgepipe.pipeline.tap import TAP_SUFFIX, tap_link
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,16 +93,19 @@ DATA_PREFIX = "pkg:"  # a path param "pkg:video/x.mp4" names a file shipped in e
 class _Kind:
     target: str  # "module:attr"
     raw_ports: bool  # hand the constructor bare ring ends, not Inlet/Outlet
+    frame_tap: bool = False  # the stage offers each frame it publishes to ``stage.frame_tap`` (a FrameTap)
 
 
 _KINDS: dict[str, _Kind] = {}
 
 
-def register_stage(kind: str, target: str, *, raw_ports: bool = False) -> None:
+def register_stage(kind: str, target: str, *, raw_ports: bool = False, frame_tap: bool = False) -> None:
     """Register a stage kind: ``kind`` in a TOML file or StageSpec builds ``target`` (``"module:Class"``,
     imported only when used). The class is called as ``Class(name=..., **params, **ports)`` where each
     port keyword is the stage's ring end: an Inlet/Outlet, or with ``raw_ports`` the bare RingReader /
-    RingWriter (or latest-slot end). Registering a kind again replaces it.
+    RingWriter (or latest-slot end). With ``frame_tap`` the stage (a frame source with one output) offers
+    every frame it publishes to its ``frame_tap`` attribute, so a tap on its output link can sit in it
+    (edgepipe.pipeline.tap.FrameTap). Registering a kind again replaces it.
 
     >>> register_stage("my-filter", "mypkg.filters:Filter")
     >>> "my-filter" in stage_kinds()
@@ -105,7 +115,7 @@ def register_stage(kind: str, target: str, *, raw_ports: bool = False) -> None:
         raise ValueError(f"stage kind must be a name of [A-Za-z0-9_.-], got {kind!r}")
     if not isinstance(target, str) or target.count(":") != 1:
         raise ValueError(f"stage target must be 'module:attr', got {target!r}")
-    _KINDS[kind] = _Kind(target, raw_ports)
+    _KINDS[kind] = _Kind(target, raw_ports, frame_tap)
 
 
 def stage_kinds() -> dict[str, str]:
@@ -168,7 +178,7 @@ def kind_available(kind: str) -> str | None:
 # Ports: capture outputs = { output = LINK }; imu outputs = { output = LINK }; inference inputs = { input = LINK },
 # outputs = { output = LINK }. The factories in edgepipe.pipeline.kinds wrap the bare ends for the stage classes
 # (edgepipe.stages.capture.CaptureStage, edgepipe.stages.imu.ImuStage, edgepipe.stages.inference.InferenceStage).
-register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True)
+register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True, frame_tap=True)
 register_stage("imu", "edgepipe.pipeline.kinds:imu_kind", raw_ports=True)
 register_stage("inference", "edgepipe.pipeline.kinds:inference_kind", raw_ports=True)
 # Plain-Python stages for examples, tests and sinks (edgepipe.testing, which sits above this package: named
@@ -177,6 +187,9 @@ register_stage("counter", "edgepipe.testing:CounterStage")
 register_stage("relay", "edgepipe.testing:RelayStage")
 register_stage("check", "edgepipe.testing:CheckStage")
 register_stage("print", "edgepipe.testing:PrintStage")
+# The recorder and the replayer (edgepipe.record, above this package: named by import path only).
+register_stage("record", "edgepipe.record.stage:RecordStage")
+register_stage("replay", "edgepipe.record.stage:ReplayStage")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,6 +226,8 @@ class LinkSpec:
     capacity: int = 1 << 20
     mode: str = "lossless"
     budget_ms: float | None = None
+    tap: bool = False  # a drop-only copy of every record into the side link "<name>.tap" (edgepipe.pipeline.tap)
+    tap_capacity: int | None = None  # the side link's capacity (default: this link's)
 
 
 @dataclass
@@ -295,7 +310,7 @@ _PIPELINE_KEYS = {"name": str, "restart": str, "max_restarts": int, "restart_win
                   "start_timeout_s": (int, float), "budget_ms": (int, float), "report_dir": str}
 _STAGE_KEYS = {"kind": str, "inputs": dict, "outputs": dict, "params": dict, "budget_ms": (int, float),
                "restart": str, "max_restarts": int}
-_LINK_KEYS = {"capacity": int, "mode": str, "budget_ms": (int, float)}
+_LINK_KEYS = {"capacity": int, "mode": str, "budget_ms": (int, float), "tap": bool, "tap_capacity": int}
 _TOP_KEYS = {"pipeline": dict, "stages": dict, "links": dict, "budgets": dict}
 
 
@@ -441,6 +456,21 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
                             f"exactly one consumer (fan out with one link per consumer)")
             consumers[link] = (s.name, port)
         _check_paths(w, keys, s.params, base_dir)
+    for name, ln in list(spec.links.items()):
+        if getattr(ln, "tap", False):
+            if name not in producers:
+                raise _fail(w, ("links", name), f"link {name!r} is declared but no stage uses it")
+            side = tap_link(name)
+            try:
+                producers[side] = (tap_filler(spec, name, producers, consumers)[0], TAP_SUFFIX)
+            except ConfigError as e:
+                raise _fail(w, ("links", name, "tap"), str(e).split(": ", 1)[1]) from None
+            cap = ln.capacity if ln.tap_capacity is None else ln.tap_capacity
+            if side not in spec.links:
+                spec.links[side] = LinkSpec(name=side, capacity=cap, mode="drop")
+            if side not in consumers:
+                raise _fail(w, ("links", name, "tap"), f"link {name!r} is tapped but no stage reads {side!r}: add a "
+                                                        f"record stage with inputs = {{ {name} = {side!r} }}")
     for link, (st, port) in consumers.items():
         if link not in producers:
             raise _fail(w, ("stages", st, "inputs", port), f"input link {link!r} is dangling: no stage outputs to it")
@@ -481,6 +511,39 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
         with searching(spec.import_dirs):
             _check_params(w, ("stages", s.name), s)
     return spec
+
+
+def _raw_ports(s: StageSpec) -> bool:
+    """Whether the stage is handed bare ring ends (the built-in capture, imu, inference kinds)."""
+    return s.target is None and not is_import_path(s.kind) and s.kind in _KINDS and _KINDS[s.kind].raw_ports
+
+
+def fills_frame_tap(kind: str | None) -> bool:
+    """Whether a stage of ``kind`` offers its published frames to a ``frame_tap`` (register_stage)."""
+    k = _KINDS.get(kind) if isinstance(kind, str) else None
+    return bool(k and k.frame_tap)
+
+
+def tap_filler(spec: PipelineSpec, link: str, producers: dict[str, tuple[str, str]] | None = None,
+               consumers: dict[str, tuple[str, str]] | None = None) -> tuple[str, str, bool]:
+    """``(stage, port, is_producer)``: which end of a tapped ``link`` fills its tap: the producer's Outlet
+    when the producer is a Python stage (or a frame source registered with ``frame_tap``, e.g. capture),
+    else the consumer's Inlet (ConfigError when both ends are built-in stages with bare ring ends, which
+    no tap can sit in)."""
+    if producers is None or consumers is None:
+        producers, consumers = {}, {}
+        for s in spec.stages:
+            producers.update({ln: (s.name, p) for p, ln in s.outputs.items()})
+            consumers.update({ln: (s.name, p) for p, ln in s.inputs.items()})
+    by_name = {s.name: s for s in spec.stages}
+    prod, cons = producers.get(link), consumers.get(link)
+    if prod is not None and (not _raw_ports(by_name[prod[0]]) or fills_frame_tap(by_name[prod[0]].kind)):
+        return prod[0], prod[1], True
+    if cons is not None and not _raw_ports(by_name[cons[0]]):
+        return cons[0], cons[1], False
+    raise ConfigError(f"links.{link}.tap: both ends of {link!r} are built-in stages that write and read the ring "
+                      f"directly ({prod[0] if prod else '?'} -> {cons[0] if cons else '?'}), so neither can fill a "
+                      f"tap; tap a link with a Python stage at one end", key=f"links.{link}.tap")
 
 
 def _import_kind(w, keys: tuple[str, ...], kind: str, spec: PipelineSpec, base_dir: str | None) -> Any:

@@ -40,6 +40,7 @@ from edgepipe.pipeline.api import Inlet, Outlet, PipelineStage, function_stage
 from edgepipe.pipeline.config import import_target, latest_slot
 from edgepipe.pipeline.report import LatencyBook
 from edgepipe.pipeline.stats import stage_state
+from edgepipe.pipeline.tap import TAP_SUFFIX, FrameTap, Tap
 from edgepipe.pipeline.values import from_params, from_value
 from edgepipe.ring import Ring
 
@@ -109,7 +110,7 @@ def build(spec: pb.StageSpec, fds: list[int]):
     the stage. Returns ``(stage, rings, ends)``."""
     if len(fds) != len(spec.ports):
         raise ConfigError(f"stage {spec.name!r}: {len(spec.ports)} ports but {len(fds)} ring fds came with Attach")
-    rings, ends_in, ends_out = [], {}, {}
+    rings, ends_in, ends_out, taps = [], {}, {}, {}
     for port, fd in zip(spec.ports, fds):
         if port.mode == "latest":
             Latest = latest_slot()
@@ -120,6 +121,10 @@ def build(spec: pb.StageSpec, fds: list[int]):
             r = Ring.from_fd(fd)
         os.close(fd)
         rings.append(r)
+        if port.name.endswith(TAP_SUFFIX):  # the side ring of a tap this stage fills (edgepipe.pipeline.tap)
+            base = port.name[:-len(TAP_SUFFIX)]
+            taps[base] = (r.writer(), port.link, port.link_index, port.mode)
+            continue
         if port.direction == pb.Direction.DIRECTION_INPUT:
             ends_in[port.name] = (r.reader(), port.link, port.link_index, port.mode)
         else:
@@ -130,15 +135,21 @@ def build(spec: pb.StageSpec, fds: list[int]):
     is_sink = bool(ends_in) and not ends_out
     book = LatencyBook(list(spec.stage_names), list(spec.link_names), budgets, sink=spec.name) if is_sink else None
 
+    def tap(port: str) -> Tap | None:
+        t = taps.get(port)
+        return None if t is None else Tap(t[0], t[1][:-len(TAP_SUFFIX)])
+
     def inlets():
-        return {p: Inlet(e, ln, li, topology=topology, mark_first=restarted) for p, (e, ln, li, m) in ends_in.items()}
+        return {p: Inlet(e, ln, li, topology=topology, mark_first=restarted, tap=tap(p))
+                for p, (e, ln, li, m) in ends_in.items()}
 
     def outlets():
         for p, (e, ln, li, m) in ends_out.items():
             if m == "latest":
                 raise ConfigError(f"stage {spec.name!r}: link {ln!r} is latest-only (numpy frames); only "
                                   f"frame stages (capture, inference) can use it")
-        return {p: Outlet(e, ln, spec.index, "drop" if m == "drop" else "lossless", li, mark_first=restarted)
+        return {p: Outlet(e, ln, spec.index, "drop" if m == "drop" else "lossless", li, mark_first=restarted,
+                          tap=tap(p))
                 for p, (e, ln, li, m) in ends_out.items()}
 
     target = _resolve(spec.target, spec.kind or spec.name)
@@ -160,11 +171,14 @@ def build(spec: pb.StageSpec, fds: list[int]):
             stage = target(name=spec.name, **params, **inlets(), **outlets())
     else:
         raise ConfigError(f"stage {spec.name!r}: unknown construct {c} in its StageSpec")
+    for port, t in taps.items():  # a frame source fills its output's tap itself (register_stage frame_tap)
+        if port in ends_out and c == pb.Construct.CONSTRUCT_RAW and hasattr(stage, "frame_tap"):
+            stage.frame_tap = FrameTap(t[0], t[1][:-len(TAP_SUFFIX)])
     if isinstance(stage, PipelineStage) and not stage.inputs and not stage.outputs:
         stage.attempt = spec.attempt
         stage.attach(inlets(), outlets(), book)
     stage.name = spec.name
-    return stage, rings, {**ends_in, **ends_out}
+    return stage, rings, {**ends_in, **ends_out, **{p + TAP_SUFFIX: t for p, t in taps.items()}}
 
 
 def stats_message(stage, state: str | None = None) -> Envelope:

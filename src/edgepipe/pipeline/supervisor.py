@@ -73,9 +73,10 @@ from edgepipe.errors import ConfigError, EdgepipeError, FrameError, PeerClosedEr
 from edgepipe.pipeline import host
 from edgepipe.pipeline.api import PipelineStage
 from edgepipe.pipeline.config import (LinkSpec, PipelineSpec, StageSpec, is_import_path, kind_entry, latest_slot,
-                                      load_config, resolve_kind, validate)
+                                      load_config, resolve_kind, tap_filler, validate)
 from edgepipe.pipeline.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
 from edgepipe.pipeline.stats import stage_state, stats_from_state
+from edgepipe.pipeline.tap import TAP_SUFFIX, tap_link
 from edgepipe.pipeline.values import check_plain, to_params, to_value
 from edgepipe.ring import Ring
 from edgepipe.stages.base import Stage
@@ -531,6 +532,13 @@ class Pipeline:
             for port, link in mapping.items():
                 out.ports.add(name=port, direction=direction, link=link, link_index=self.link_names.index(link),
                               mode=self.spec.links[link].mode)
+        for link, ln in self.spec.links.items():  # the taps this stage fills (edgepipe.pipeline.tap)
+            if ln.tap:
+                stage, port, _is_producer = tap_filler(self.spec, link)
+                if stage == spec.name:
+                    side = tap_link(link)
+                    out.ports.add(name=port + TAP_SUFFIX, direction=pb.Direction.DIRECTION_OUTPUT, link=side,
+                                  link_index=self.link_names.index(side), mode="drop")
         out.budgets.extend(pb.LatencyBudget(part=k, budget_ns=v) for k, v in self.spec.budgets_ns().items())
         for link, (producer, inputs) in self._topology().items():
             out.topology.add(link=link, producer=producer, producer_inputs=inputs)
@@ -739,12 +747,16 @@ class Pipeline:
             self.stop(why)
 
     def _close_ends(self, c: _Child) -> None:
-        for port, link in {**c.spec.outputs, **c.spec.inputs}.items():
+        ends = [(link, port in c.spec.outputs) for port, link in {**c.spec.outputs, **c.spec.inputs}.items()]
+        for link, ln in self.spec.links.items():  # the taps it fills: their recorders see the end too
+            if ln.tap and tap_filler(self.spec, link)[0] == c.name:
+                ends.append((tap_link(link), True))
+        for link, is_writer in ends:
             ring = self._rings.get(link)
             if ring is None:
                 continue
             try:
-                end = ring.writer() if port in c.spec.outputs else ring.reader()
+                end = ring.writer() if is_writer else ring.reader()
                 end.close()
             except EdgepipeError:
                 pass  # a live holder (the new process) or already closed: nothing to do

@@ -480,6 +480,9 @@ class CaptureStage(Stage):
             self.counters[k] = 0
         self._t_first = self._t_last = 0
         self._intervals_ns: list[int] = []
+        # offered every published frame while the pixels are still held (edgepipe.pipeline.tap.FrameTap;
+        # set by the pipeline on a tapped output): it copies them if its side ring has room, never waits
+        self.frame_tap = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -598,6 +601,9 @@ class CaptureStage(Stage):
                     c["copies"] += copies
                 if rgb:
                     _cv2().cvtColor(arr, 4, dst=arr)  # COLOR_BGR2RGB, in place
+                if self.frame_tap is not None:
+                    self.frame_tap.offer_frame(arr, pixel_format=self.pixel_format, capture_ns=t_cap,
+                                               source_id=self.source_id)
         except _Skip:
             return
         c["published"] += 1

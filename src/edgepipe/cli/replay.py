@@ -1,0 +1,178 @@
+"""``edgepipe replay``: publish a recording into rings, or into a pipeline in place of its sources, and
+optionally compare what the pipeline makes of it with a golden recording.
+
+    edgepipe replay run.mcap --ring /samples=samples [--rate 2 | --rate 0] [--loop] [--start 5 --end 10]
+    edgepipe replay run.mcap --pipeline demo.toml [--compare golden.mcap] [--seconds N]
+
+With ``--ring TOPIC=NAME`` the topic goes into a named ring ``/dev/shm/edgepipe.NAME`` (created, and removed
+at the end), for a consumer that attaches by name. With ``--pipeline`` every source stage of the pipeline
+whose outputs were all recorded (topic ``/<link>``) is replaced by a ``replay`` stage publishing them; the
+rest of the pipeline runs as usual. ``--compare golden.mcap`` also records the pipeline's other links that
+the golden recording has, and compares them with it (edgepipe.record.compare): exit 1 on a difference.
+
+>>> import argparse
+>>> sub = argparse.ArgumentParser(prog="edgepipe").add_subparsers(dest="command")
+>>> add_subcommand(sub)
+>>> a = sub.choices["replay"].parse_args(["r.mcap", "--ring", "/imu=imu", "--rate", "0"])
+>>> a.file, a.ring, a.rate
+('r.mcap', ['/imu=imu'], 0.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+
+from edgepipe.errors import ConfigError, EdgepipeError, RecordingError
+from edgepipe.pipeline.config import StageSpec, load_config, tap_filler, validate
+from edgepipe.pipeline.tap import tap_link
+from edgepipe.record.compare import compare_recordings
+from edgepipe.record.reader import recording_info
+from edgepipe.record.replay import replay
+from edgepipe.ring import Ring
+
+__all__: list[str] = []  # a subcommand, not API
+
+
+def add_subcommand(sub) -> None:
+    """Register ``edgepipe replay`` (called by edgepipe.cli.main)."""
+    p = sub.add_parser("replay", help="publish a recording into rings or a pipeline; --compare with a golden run",
+                       description="Publish an MCAP recording's channels into named rings (--ring) or into a "
+                                   "pipeline in place of its recorded sources (--pipeline), at the recorded pace, "
+                                   "xN (--rate N) or lockstep (--rate 0: as fast as the consumers take them, "
+                                   "nothing dropped). --compare GOLDEN records the pipeline's other links and "
+                                   "diffs them with GOLDEN (boxes within --tolerance-px): exit 1 on a difference.")
+    p.add_argument("file", help="the .mcap recording")
+    p.add_argument("--ring", action="append", default=[], metavar="TOPIC=NAME",
+                   help="publish TOPIC into the named ring NAME (created; repeatable)")
+    p.add_argument("--ring-capacity", type=int, default=1 << 22, help="bytes of each ring --ring creates")
+    p.add_argument("--pipeline", help="a pipeline file whose recorded sources the replay replaces")
+    p.add_argument("--rate", type=float, default=1.0, help="1 the recorded pace, N times faster, 0 lockstep")
+    p.add_argument("--loop", action="store_true", help="start over at the end")
+    p.add_argument("--start", type=float, default=0.0, help="seconds into the recording to start at")
+    p.add_argument("--end", type=float, default=0.0, help="seconds into the recording to stop at (0: its end)")
+    p.add_argument("--topics", help="comma-separated topics to replay (default: all that have a target)")
+    p.add_argument("--keep-stamps", action="store_true", help="keep the recorded stamps (default: move them to now)")
+    p.add_argument("--seconds", type=float, default=None, help="stop a --pipeline run after N seconds")
+    p.add_argument("--compare", metavar="GOLDEN", help="compare the pipeline's results with this recording")
+    p.add_argument("--tolerance-px", type=float, default=2.0, help="box corner tolerance in pixels (2)")
+    p.add_argument("--tolerance", type=float, default=1e-6, help="tolerance of other numbers (1e-6)")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if bool(args.ring) == bool(args.pipeline):
+        print("edgepipe replay: give --ring TOPIC=NAME (repeatable) or --pipeline FILE (one of them)", file=sys.stderr)
+        return 2
+    if args.compare and not args.pipeline:
+        print("edgepipe replay: --compare needs --pipeline", file=sys.stderr)
+        return 2
+    try:
+        info = recording_info(args.file)
+        if args.compare:
+            recording_info(args.compare)
+        if args.ring:
+            return _replay_rings(args)
+        return _replay_pipeline(args, info)
+    except RecordingError as e:
+        print(f"edgepipe replay: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, ValueError) as e:
+        print(f"edgepipe replay: {e}", file=sys.stderr)
+        return 2
+
+
+def _replay_rings(args) -> int:
+    rings, writers = [], {}
+    stopping = []
+    old = {sig: signal.signal(sig, lambda s, f: stopping.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for spec in args.ring:
+            topic, eq, name = spec.partition("=")
+            if not eq or not topic or not name:
+                raise ValueError(f"--ring must be TOPIC=NAME, got {spec!r}")
+            ring = Ring.create(name, args.ring_capacity)
+            rings.append(ring)
+            writers[topic] = ring.writer()
+        topics = [t.strip() for t in args.topics.split(",")] if args.topics else None
+        st = replay(args.file, writers, rate=args.rate, loop=args.loop, start_s=args.start, end_s=args.end or None,
+                    topics=topics, restamp=not args.keep_stamps, stop=lambda: bool(stopping))
+    except EdgepipeError as e:
+        print(f"edgepipe replay: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        for w in writers.values():
+            w.close()
+        for r in rings:
+            r.unlink()
+            r.close()
+    late = (f"; publish lateness p50 {st.lateness_us(50):.0f} us, p99 {st.lateness_us(99):.0f} us"
+            if st.lateness.get_total_count() else "")
+    print(f"replayed {st.total} messages ({', '.join(f'{k} {v}' for k, v in st.sent.items())}) in {st.loops} "
+          f"pass(es){late}")
+    return 0
+
+
+def _replay_pipeline(args, info) -> int:
+    from edgepipe.pipeline.supervisor import Pipeline
+
+    spec = load_config(args.pipeline)
+    recorded = {c.topic for c in info.channels}
+    wanted = {t.strip() for t in args.topics.split(",")} if args.topics else recorded
+    replaced, links = [], {}
+    for s in list(spec.stages):
+        if s.inputs or not s.outputs:
+            continue
+        if all("/" + ln in recorded and "/" + ln in wanted for ln in s.outputs.values()):
+            replaced.append(s.name)
+            links.update({f"{s.name}_{p}": ln for p, ln in s.outputs.items()})
+    if not replaced:
+        raise ConfigError(f"{args.pipeline}: no source stage whose outputs were all recorded in {args.file} (it has "
+                          f"{', '.join(sorted(recorded))}; a source's link L is replayed from topic /L)")
+    spec.stages = [s for s in spec.stages if s.name not in replaced]
+    spec.budgets_ms = {k: v for k, v in spec.budgets_ms.items() if k.split(".")[0] not in replaced}
+    spec.stages.insert(0, StageSpec(name="replay", kind="replay", outputs=links, params={
+        "file": os.path.abspath(args.file), "rate": args.rate, "loop": args.loop, "start_s": args.start,
+        "end_s": args.end, "restamp": not args.keep_stamps}))
+    out = None
+    compare_topics: list[str] = []
+    if args.compare:
+        golden = {c.topic for c in recording_info(args.compare).channels}
+        replayed = {"/" + ln for ln in links.values()}
+        for name, ln in spec.links.items():
+            if "/" + name in golden and "/" + name not in replayed:
+                try:
+                    tap_filler(spec, name)
+                except ConfigError:
+                    continue
+                ln.tap = True
+                compare_topics.append("/" + name)
+        if not compare_topics:
+            raise ConfigError(f"--compare: {args.compare} has no topic of a link this pipeline makes from the replay "
+                              f"(it has {', '.join(sorted(golden))})")
+        out = os.path.join(tempfile.mkdtemp(prefix="edgepipe-replay-"), "replayed.mcap")
+        spec.stages.append(StageSpec(name="record", kind="record", params={"out": out},
+                                     inputs={t[1:]: tap_link(t[1:]) for t in compare_topics}))
+    validate(spec)
+    print(f"replaying {', '.join(sorted('/' + ln for ln in links.values()))} from {args.file} in place of "
+          f"{', '.join(replaced)}" + (f"; comparing {', '.join(compare_topics)} with {args.compare}" if out else ""))
+    pipe = Pipeline.from_spec(spec, stats_path=False)
+    code = pipe.run(seconds=args.seconds)
+    st = pipe.stage_stats().get("replay", {})
+    print(f"replayed {st.get('replayed', '?')} records; pipeline exit status {code}")
+    if out is None:
+        return code
+    diffs, compared = compare_recordings(out, args.compare, topics=compare_topics, tolerance=args.tolerance,
+                                         tolerance_px=args.tolerance_px)
+    for d in diffs[:20]:
+        print(f"DIFF {d}")
+    if len(diffs) > 20:
+        print(f"... and {len(diffs) - 20} more differences")
+    print(f"compared {compared} messages on {', '.join(compare_topics)}: "
+          + ("no difference" if not diffs else f"{len(diffs)} difference(s)") + f" (this run's recording: {out})")
+    return 1 if diffs or code else 0
