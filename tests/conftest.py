@@ -97,3 +97,13 @@ def require_system(need: str, apt_package: str) -> None:
 def require_system_fixture():
     """:func:`require_system` for tests and fixtures: ``require_system("protoc-c", "protobuf-c-compiler")``."""
     return require_system
+
+
+# -- asyncio ----------------------------------------------------------------------------------------------------
+def pytest_asyncio_loop_factories(config, item):
+    """Every asyncio test runs on the stdlib loop and on uvloop (the ``test`` extra installs uvloop)."""
+    import asyncio
+
+    import uvloop
+
+    return {"stdlib": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

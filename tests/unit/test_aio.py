@@ -1,0 +1,296 @@
+"""asyncio waits (edgepipe.aio): records, room, peer death, cancel and close, on the stdlib loop and on
+uvloop (every test runs on both: tests/conftest.py), against a producer or consumer in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgepipe import aio
+from edgepipe.errors import PeerClosedError, RingClosedError, RingTimeoutError
+from edgepipe.ring import Ring
+
+pytestmark = pytest.mark.asyncio
+HANG_S = 60  # hang guard only: no test expects to get anywhere near it
+
+PEER = textwrap.dedent("""
+    import hashlib, os, sys, time
+    from edgepipe.ring import Ring
+    from edgepipe import aio
+    fd, role, n, pause = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    ring = Ring.from_fd(fd)
+    def rec(i):
+        body = i.to_bytes(8, "little") * (1 + i % 7)
+        return body + hashlib.blake2b(body, digest_size=8).digest()
+    if role == "write":          # n records, pausing `pause` s every 16, then close
+        w = ring.writer()
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 16 == 0:
+                time.sleep(pause)
+            w.write(rec(i))
+        print("sent", *aio.async_counts(), flush=True)
+        w.close()
+    elif role == "write-hang":   # n records, then stay open without writing until killed
+        w = ring.writer()
+        for i in range(n):
+            w.write(rec(i))
+        print("open", flush=True)
+        time.sleep(600)
+    elif role == "read":         # read n records slowly, check them, then close
+        r = ring.reader()
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 16 == 0:
+                time.sleep(pause)
+            got = r.read(timeout_s=60)
+            assert got == rec(i), (i, got)
+        print("done", flush=True)
+        r.close()
+    elif role == "read-hang":
+        r = ring.reader()
+        print("open", flush=True)
+        time.sleep(600)
+""")
+
+
+def rec(i: int) -> bytes:
+    body = i.to_bytes(8, "little") * (1 + i % 7)
+    return body + hashlib.blake2b(body, digest_size=8).digest()
+
+
+def check_rec(i: int, got: bytes) -> None:
+    body, digest = got[:-8], got[-8:]
+    assert hashlib.blake2b(body, digest_size=8).digest() == digest, f"record {i}: bad checksum"
+    assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
+
+
+def peer(ring: Ring, role: str, n: int = 0, pause: float = 0.0) -> subprocess.Popen:
+    src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    p = subprocess.Popen([sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
+                         pass_fds=[ring.fd], stdout=subprocess.PIPE, text=True, env=env)
+    return p
+
+
+async def line(p: subprocess.Popen) -> str:
+    return (await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), HANG_S)).strip()
+
+
+@pytest.fixture
+def ring():
+    r = Ring.create(capacity=4096)
+    yield r
+    r.close()
+
+
+class TestRead:
+    async def test_async_for_reads_every_record_in_order_until_the_producer_closes(self, ring):
+        """`async for` yields every record of another process, in order and intact, and ends when it closes."""
+        r = ring.reader()
+        p = peer(ring, "write", 3000, 0.001)
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 3000
+        assert p.wait(HANG_S) == 0
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0, "no announcement left behind"
+
+    async def test_the_producer_signals_only_while_a_task_awaits(self, ring):
+        """A producer whose consumer never awaits sends no datagram at all; one that feeds an awaiting
+        task sends at most one per record, and every one reaches its socket."""
+        r = ring.reader()
+        p = peer(ring, "write", 20, 0.0)  # 20 records fit the ring: the producer never waits
+        assert await line(p) == "open"
+        assert await line(p) == "sent 0 0"  # nobody awaited: no signal, no failed send
+        for i in range(20):
+            check_rec(i, r.try_read())
+        assert p.wait(HANG_S) == 0
+        p = peer(ring, "write", 64, 0.05)
+        assert await line(p) == "open"
+        for i in range(64):
+            check_rec(i, await r.read_async(timeout_s=HANG_S))
+        _, sent, failed = (await line(p)).split()
+        assert 0 < int(sent) <= 64 and int(failed) == 0, (sent, failed)
+        assert p.wait(HANG_S) == 0
+
+    async def test_timeout_raises_and_withdraws_the_announcement(self, ring):
+        """A read_async that times out raises RingTimeoutError and leaves bit 0 of the async word clear."""
+        r = ring.reader()
+        with pytest.raises(RingTimeoutError, match="timeout_s=0.02"):
+            await r.read_async(timeout_s=0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0
+        w = ring.writer()
+        w.write(b"x")
+        assert await r.read_async(timeout_s=0) == b"x"
+
+    async def test_bad_timeout_is_a_value_error(self, ring):
+        """A negative or NaN timeout_s is a ValueError naming it, and nothing is consumed."""
+        r = ring.reader()
+        with pytest.raises(ValueError, match="-1"):
+            await r.read_async(timeout_s=-1)
+        with pytest.raises(ValueError, match="nan"):
+            await r.read_async(timeout_s=float("nan"))
+
+
+
+class TestWrite:
+    async def test_write_async_waits_for_room_and_loses_nothing(self, ring):
+        """write_async into a 4 KiB ring drained slowly by another process: every record arrives intact and
+        in order (the consumer's releases wake the awaiting writer)."""
+        w = ring.writer()
+        p = peer(ring, "read", 2000, 0.002)
+        assert await line(p) == "open"
+        async with asyncio.timeout(HANG_S):
+            for i in range(2000):
+                await w.write_async(rec(i))
+        assert await line(p) == "done"
+        assert p.wait(HANG_S) == 0
+        assert aio.word(ring, aio.RING_SPACE) & 1 == 0
+
+    async def test_full_ring_times_out(self, ring):
+        """write_async on a full ring nobody drains raises RingTimeoutError; what was queued stays queued."""
+        w, r = ring.writer(), ring.reader()
+        n = 0
+        while w.try_write(b"z" * 100):
+            n += 1
+        with pytest.raises(RingTimeoutError, match="still full"):
+            await w.write_async(b"z" * 100, timeout_s=0.02)
+        assert len(r.try_read_many(n + 1)) == n
+
+
+class TestPeerDeath:
+    async def test_killed_producer_reaches_the_awaiting_task(self, ring):
+        """SIGKILL of the producer while a task awaits: the records it wrote are read, then PeerClosedError."""
+        r = ring.reader()
+        p = peer(ring, "write-hang", 5)
+        assert await line(p) == "open"
+        for i in range(5):
+            check_rec(i, await r.read_async(timeout_s=HANG_S))
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.05)
+        assert not task.done() and aio.word(ring, aio.RING_DATA) & 1
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError, match=f"pid {p.pid}"):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+    async def test_killed_consumer_reaches_the_awaiting_writer(self, ring):
+        """SIGKILL of the consumer while write_async awaits room: PeerClosedError."""
+        w = ring.writer()
+        p = peer(ring, "read-hang")
+        assert await line(p) == "open"
+        while w.try_write(b"y" * 200):
+            pass
+        task = asyncio.ensure_future(w.write_async(b"y" * 200))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+    async def test_a_producer_that_never_opened_then_dies(self, ring):
+        """A task awaiting a ring whose producer has not opened yet still sees it when it opens, writes and
+        is killed."""
+        r = ring.reader()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        p = peer(ring, "write-hang", 1)
+        check_rec(0, await asyncio.wait_for(task, HANG_S))
+        assert await line(p) == "open"
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.1)
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+
+class TestCancelAndClose:
+    async def test_cancel_withdraws_the_announcement(self, ring):
+        """Cancelling an awaiting task clears bit 0 of the async word, and the next read still works."""
+        r, w = ring.reader(), ring.writer()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0
+        w.write(b"after")
+        assert await r.read_async(timeout_s=HANG_S) == b"after"
+
+    async def test_two_tasks_on_one_reader_both_wake(self, ring):
+        """Two tasks awaiting the same reader: cancelling one keeps the other's announcement, which a
+        write then wakes."""
+        r, w = ring.reader(), ring.writer()
+        a, b = asyncio.ensure_future(r.read_async()), asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        a.cancel()
+        await asyncio.sleep(0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1
+        w.write(b"one")
+        assert await asyncio.wait_for(b, HANG_S) == b"one"
+
+    async def test_closing_the_reader_wakes_its_awaiter(self, ring):
+        """close() of the reader while a task awaits it: the task raises RingClosedError."""
+        r = ring.reader()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        r.close()
+        with pytest.raises(RingClosedError):
+            await asyncio.wait_for(task, HANG_S)
+
+    async def test_closing_the_ring_wakes_reader_and_writer_awaiters(self):
+        """Ring.close() with one task awaiting data and another awaiting room on a second ring's full
+        writer: both raise RingClosedError."""
+        a, b = Ring.create(capacity=4096), Ring.create(capacity=4096)
+        try:
+            r = a.reader()
+            w = b.writer()
+            b.reader()
+            while w.try_write(b"q" * 300):
+                pass
+            t1, t2 = asyncio.ensure_future(r.read_async()), asyncio.ensure_future(w.write_async(b"q" * 300))
+            await asyncio.sleep(0.02)
+            a.close()
+            b.close()
+            for t in (t1, t2):
+                with pytest.raises(RingClosedError):
+                    await asyncio.wait_for(t, HANG_S)
+        finally:
+            a.close()
+            b.close()
+
+    async def test_writer_close_in_another_process_ends_async_for(self, ring):
+        """A producer that closes its end while the task awaits ends `async for` (no error)."""
+        r = ring.reader()
+        p = peer(ring, "write", 1, 0.2)
+        got = [x async for x in r]
+        assert len(got) == 1
+        assert p.wait(HANG_S) == 0
+
+
+class TestThreadFallback:
+    async def test_helper_thread_reads_every_record(self, ring, monkeypatch):
+        """With EDGEPIPE_AIO_THREAD=1 the wait runs on the futex in the loop's executor and still loses
+        nothing."""
+        monkeypatch.setenv("EDGEPIPE_AIO_THREAD", "1")
+        r = ring.reader()
+        p = peer(ring, "write", 300, 0.002)
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 300 and p.wait(HANG_S) == 0
