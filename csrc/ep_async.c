@@ -93,11 +93,11 @@ int ep_async_open(uint64_t *key)
     return -EADDRINUSE;
 }
 
-int ep_async_drain(int fd)
+int ep_async_drain(int fd, int max)
 {
     char b[16];
     int n = 0;
-    for (;;) {
+    while (n < max) {
         ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
         if (r >= 0) {
             n++;
@@ -109,6 +109,7 @@ int ep_async_drain(int fd)
             return n;
         return -errno;
     }
+    return n;
 }
 
 static _Atomic uint64_t *word_at(void *base, uint64_t off)

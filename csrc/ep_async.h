@@ -25,8 +25,9 @@ int ep_async_open(uint64_t *key);
 /* The abstract name of `key` into buf (at least EP_ASYNC_NAME_MAX bytes): its length, leading NUL
  * included, or -EINVAL. */
 int ep_async_name(uint64_t key, char *buf, uint64_t size);
-/* Receive and drop every queued datagram on fd: how many (0 if none), or -errno. */
-int ep_async_drain(int fd);
+/* Receive and drop up to max queued datagrams on fd: how many (0 if none), or -errno. A waiter takes
+ * one per wake: one recv, and a stale datagram left behind only makes the socket readable again. */
+int ep_async_drain(int fd, int max);
 /* Announce key as the waiter of the async word at base + off (a full fence follows: re-check after). */
 int ep_async_arm(void *base, uint64_t off, uint64_t key);
 /* Withdraw key's announcement: 1 if withdrawn, 0 if a signaller took it first (its datagram is coming or

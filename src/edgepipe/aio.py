@@ -64,11 +64,12 @@ class _Waiter:
     """One end's async wait for one direction, bound to one event loop: its socket, key and the pidfd of
     the other end's process."""
 
-    __slots__ = ("end", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pid", "pidfd", "seg",
-                 "thread")
+    __slots__ = ("addr", "end", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pid", "pidfd",
+                 "seg", "thread")
 
     def __init__(self, end, off: int, peer: str, loop: asyncio.AbstractEventLoop) -> None:
         self.end, self.seg, self.off, self.peer, self.loop = end, end.segment, off, peer, loop
+        self.addr = self.seg.region.address  # valid while the segment is open (checked before each use)
         self.futs: list[asyncio.Future] = []
         self.pid = 0
         self.pidfd = -1
@@ -111,7 +112,7 @@ class _Waiter:
         self._wake()
 
     def _on_signal(self) -> None:
-        lib.ep_async_drain(self.fd)
+        lib.ep_async_drain(self.fd, 1)  # one per wake: a stale one left over just makes the fd ready again
         self._wake()
 
     def _wake(self) -> None:
@@ -121,12 +122,12 @@ class _Waiter:
 
     # -- announcing --------------------------------------------------------------------------------
     def arm(self) -> None:
-        lib.ep_async_arm(self.seg.region.address, self.off, self.key)
+        lib.ep_async_arm(self.addr, self.off, self.key)  # the caller's attempt() just found the end open
 
     def disarm(self) -> None:
         # Only the last task awaiting this waiter withdraws: the others still rely on the announcement.
         if not self.futs and not self.seg.closed:
-            lib.ep_async_disarm(self.seg.region.address, self.off, self.key)
+            lib.ep_async_disarm(self.addr, self.off, self.key)
 
     def close(self) -> None:
         if self.fd < 0:

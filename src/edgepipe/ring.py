@@ -746,6 +746,8 @@ class RingWriter(_HandleBase):
             RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
             RecordTooLargeError, TypeError, ValueError: as try_write, before any wait.
         """
+        if self.try_write(payload, type_id):
+            return  # room: nothing to wait for
         from edgepipe import aio
 
         def attempt():
@@ -755,7 +757,7 @@ class RingWriter(_HandleBase):
             self._block(lib.ep_ring_writer_wait, (len(payload),), timeout_ns(t))
 
         await aio.wait_for(self, aio.RING_SPACE, "consumer", attempt, block, timeout_s,
-                           f"ring {self._ring.name or 'memfd'!r} still full")
+                           "ring " + repr(self._ring.name or "memfd") + " still full")
 
     def claim_offset(self, size: int, timeout_s: float | None = None, what: str = "record") -> int:
         """Reserve ``size`` payload bytes in place and return their offset in :attr:`data`; finish the record
@@ -1174,10 +1176,13 @@ class RingReader(_HandleBase):
                 died (its exit reaches the task through a pidfd in the loop). RingClosedError: this end
                 was closed while the task awaited.
         """
+        rec = self.try_read()
+        if rec is not None:
+            return rec  # nothing to wait for: no coroutine of aio's, no import
         from edgepipe import aio
 
         return await aio.wait_for(self, aio.RING_DATA, "producer", self.try_read, self.wait, timeout_s,
-                                  f"nothing arrived on {self._ring.name or 'memfd'!r}")
+                                  "nothing arrived on " + repr(self._ring.name or "memfd"))
 
     def __aiter__(self) -> RingReader:
         """``async for rec in reader:`` reads until the producer closes (its death raises PeerClosedError)."""
