@@ -234,6 +234,19 @@ class FrameReader:
             with ctx as f:
                 yield f
 
+    def read_frame_async(self, timeout_s: float | None = None):
+        """``async with reader.read_frame_async(timeout_s) as frame:``: the asyncio form of
+        :meth:`read_frame` (the wait is the ring reader's ``read_async`` wait; see ``edgepipe.aio``).
+
+        Raises:
+            RingTimeoutError: nothing arrived in time; plus everything try_read_frame raises.
+        """
+        from edgepipe import aio
+
+        r = self._r
+        return aio.AsyncFrame(lambda: aio.wait_for(r, aio.RING_DATA, "producer", self.try_read_frame, r.wait,
+                                                   timeout_s, "no frame arrived"))
+
     def _ready(self) -> None:
         if self._open:
             raise ImageHeldError("the previous frame is still open (read_frame inside its with block, or its "

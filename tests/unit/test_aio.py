@@ -25,7 +25,7 @@ PEER = textwrap.dedent("""
     from edgepipe.ring import Ring
     from edgepipe import aio
     fd, role, n, pause = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    ring = Ring.from_fd(fd)
+    ring = Ring.from_fd(fd) if not role.startswith("latest") else None
     def rec(i):
         body = i.to_bytes(8, "little") * (1 + i % 7)
         return body + hashlib.blake2b(body, digest_size=8).digest()
@@ -54,6 +54,19 @@ PEER = textwrap.dedent("""
             assert got == rec(i), (i, got)
         print("done", flush=True)
         r.close()
+    elif role in ("frames", "latest", "latest-hang"):  # n frames of value i % 256, then close (or hang)
+        import numpy as np
+        from edgepipe.frames import FrameWriter
+        from edgepipe.latest import LatestSlot
+        w = FrameWriter(ring.writer()) if role == "frames" else LatestSlot.from_fd(fd).writer()
+        print("open", flush=True)
+        for i in range(n):
+            time.sleep(pause)
+            w.write_frame(np.full((4, 6, 3), i % 256, np.uint8), timeout_s=60)
+        if role == "latest-hang":
+            print("hang", flush=True)
+            time.sleep(600)
+        w.close()
     elif role == "read-hang":
         r = ring.reader()
         print("open", flush=True)
@@ -72,7 +85,7 @@ def check_rec(i: int, got: bytes) -> None:
     assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
 
 
-def peer(ring: Ring, role: str, n: int = 0, pause: float = 0.0) -> subprocess.Popen:
+def peer(ring, role: str, n: int = 0, pause: float = 0.0) -> subprocess.Popen:
     src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     p = subprocess.Popen([sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
@@ -294,3 +307,84 @@ class TestThreadFallback:
                 check_rec(n, got)
                 n += 1
         assert n == 300 and p.wait(HANG_S) == 0
+
+
+class TestFrames:
+    async def test_frames_from_another_process_in_order(self):
+        """`async with reader.read_frame_async()` gives every frame of another process's FrameWriter in
+        order with its pixels, then PeerClosedError once it closed."""
+        import numpy as np
+
+        from edgepipe.frames import FrameReader
+
+        with Ring.create(capacity=1 << 14) as ring:
+            fr = FrameReader(ring.reader())
+            p = peer(ring, "frames", 40, 0.002)
+            for i in range(40):
+                async with fr.read_frame_async(timeout_s=HANG_S) as f:
+                    assert f.shape == (4, 6, 3) and int(f.array.max()) == int(f.array.min()) == i
+            with pytest.raises(PeerClosedError):
+                async with fr.read_frame_async(timeout_s=HANG_S):
+                    pass
+            assert p.wait(HANG_S) == 0
+
+    async def test_frame_timeout(self):
+        """read_frame_async on an empty ring times out with RingTimeoutError."""
+        from edgepipe.frames import FrameReader
+
+        with Ring.create(capacity=1 << 14) as ring:
+            fr = FrameReader(ring.reader())
+            ring.writer()
+            with pytest.raises(RingTimeoutError):
+                async with fr.read_frame_async(timeout_s=0.02):
+                    pass
+
+
+class TestLatest:
+    async def test_newest_frames_arrive_in_increasing_order(self):
+        """An awaiting latest-slot reader sees frames in increasing order, ending with the last one
+        published, then PeerClosedError once the producer closed."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 4 * 6 * 3) as slot:
+            rd = slot.reader()
+            p = peer(slot, "latest", 30, 0.01)
+            seen = []
+            with pytest.raises(PeerClosedError):
+                while True:
+                    async with rd.read_frame_async(timeout_s=HANG_S) as f:
+                        seen.append(int(f.array[0, 0, 0]))
+            assert seen == sorted(set(seen)) and seen[-1] == 29, seen
+            assert p.wait(HANG_S) == 0
+            assert aio.word(slot, aio.LATEST_DATA) & 1 == 0
+
+    async def test_killed_latest_producer_reaches_the_awaiting_task(self):
+        """SIGKILL of a latest-slot producer while a task awaits: PeerClosedError."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 4 * 6 * 3) as slot:
+            rd = slot.reader()
+            p = peer(slot, "latest-hang", 1, 0.0)
+            assert await line(p) == "open"
+            async with rd.read_frame_async(timeout_s=HANG_S) as f:
+                assert int(f.array[0, 0, 0]) == 0
+            assert await line(p) == "hang"
+            task = asyncio.ensure_future(rd.read_frame_async().__aenter__())
+            await asyncio.sleep(0.05)
+            p.send_signal(signal.SIGKILL)
+            with pytest.raises(PeerClosedError):
+                await asyncio.wait_for(task, HANG_S)
+            p.wait(HANG_S)
+
+    async def test_closing_the_latest_reader_wakes_its_awaiter(self):
+        """close() of a latest reader while a task awaits it: RingClosedError in the task."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 64) as slot:
+            rd = slot.reader()
+            slot.writer()
+            task = asyncio.ensure_future(rd.read_frame_async().__aenter__())
+            await asyncio.sleep(0.02)
+            rd.close()
+            with pytest.raises(RingClosedError):
+                await asyncio.wait_for(task, HANG_S)
