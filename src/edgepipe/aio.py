@@ -29,6 +29,18 @@ measured in ``benchmarks/async_pingpong.py`` (``--mode thread``).
 
 Use an end's async methods from one event loop thread; closing the end from another thread while a task
 awaits it is not supported (close it from the loop).
+
+>>> import asyncio
+>>> from edgepipe.ring import Ring
+>>> async def main():
+...     with Ring.create(capacity=4096) as ring:
+...         r, w = ring.reader(), ring.writer()
+...         task = asyncio.ensure_future(r.read_async(timeout_s=5))
+...         await asyncio.sleep(0.01)   # the task announces itself and sleeps in the loop
+...         w.write(b"hello")           # the publish sees the announcement and signals the task's socket
+...         return await task, word(ring, RING_DATA) & 1
+>>> asyncio.run(main())
+(b'hello', 0)
 """
 
 from __future__ import annotations
