@@ -18,8 +18,14 @@ Cases (both ends of a case use the same mechanism):
   asyncio.Queue + Pipe   multiprocessing.Pipe; side A's reader thread feeds an asyncio.Queue through
                          call_soon_threadsafe (stdlib / uvloop); side B a blocking Pipe echo
 
-    python benchmarks/async_pingpong.py                 # all cases, 3 s each
-    python benchmarks/async_pingpong.py --seconds 1 --only edgepipe
+Fan-in (``--fanin N``, default 1000; 0 skips it): one loop (stdlib, then uvloop) with N tasks, each
+awaiting its own ring fed by one other process, 10 rounds of one stamped record per ring. Per record: the
+delay from the producer's stamp to the task's resumption (CLOCK_MONOTONIC in both processes); beside it
+the loop's own scheduling delay over the same run (how late a task waking every 1 ms resumes), and the
+CPU both processes spent per record (``--fanin-gap-ms`` between rounds, default 50).
+
+    python benchmarks/async_pingpong.py                 # all cases, 3 s each, then the fan-in
+    python benchmarks/async_pingpong.py --seconds 1 --only edgepipe --fanin 0
 """
 
 from __future__ import annotations
@@ -331,10 +337,86 @@ def queue_pipe_case(size: int, seconds: float, kind: str):
 
 
 # ---------------------------------------------------------------------------------------------------
+# fan-in
+
+
+def fanin(n: int, kind: str, gap_s: float) -> dict:
+    import numpy as np
+
+    rings = [Ring.create(capacity=1024) for _ in range(n)]
+    readers = [rg.reader() for rg in rings]
+    fds = [rg.fd for rg in rings]
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the producer: 10 rounds of one stamped record per ring, gap_s apart
+        try:
+            writers = [Ring.from_fd(fd).writer() for fd in fds]
+            os.read(go_r, 1)
+            c0 = _cpu_s()
+            for rnd in range(10):
+                for w in writers:
+                    w.write(time.monotonic_ns().to_bytes(8, "little") + rnd.to_bytes(8, "little"))
+                time.sleep(gap_s)
+            cpu = _cpu_s() - c0
+            for w in writers:
+                w.close()
+            os.write(res_w, f"{cpu}".encode())
+        finally:
+            os._exit(0)
+    os.close(go_r)
+    os.close(res_w)
+
+    async def main():
+        late = array("q")
+        sched = array("q")
+
+        async def consume(r):
+            async for rec in r:
+                late.append(time.monotonic_ns() - int.from_bytes(rec[:8], "little"))
+
+        async def ticker(stop):
+            while not stop.is_set():
+                t = time.monotonic_ns()
+                await asyncio.sleep(0.001)
+                sched.append(time.monotonic_ns() - t - 1_000_000)
+
+        tasks = [asyncio.ensure_future(consume(r)) for r in readers]
+        stop = asyncio.Event()
+        tick = asyncio.ensure_future(ticker(stop))
+        await asyncio.sleep(0.3)
+        c0 = _cpu_s()
+        os.write(go_w, b"g")
+        await asyncio.gather(*tasks)
+        cpu = _cpu_s() - c0
+        stop.set()
+        await tick
+        return late, sched, cpu
+
+    late, sched, cpu = _run(kind, main)
+    os.waitpid(pid, 0)
+    producer_cpu = float(os.read(res_r, 64) or 0)
+    os.close(go_w)
+    os.close(res_r)
+    for rg in rings:
+        rg.close()
+    la, sc = np.frombuffer(late, np.int64), np.frombuffer(sched, np.int64)
+    return {"records": len(la), "expected": 10 * n, "late_p50_us": np.percentile(la, 50) / 1e3,
+            "late_p99_us": np.percentile(la, 99) / 1e3, "late_max_us": la.max() / 1e3,
+            "sched_p50_us": np.percentile(sc, 50) / 1e3, "sched_p99_us": np.percentile(sc, 99) / 1e3,
+            "sched_max_us": sc.max() / 1e3, "consumer_cpu_us_per_record": cpu * 1e6 / max(1, len(la)),
+            "producer_cpu_us_per_record": producer_cpu * 1e6 / max(1, len(la))}
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    args = C.parse_args(__doc__.splitlines()[0], 3.0)
+    args = C.parse_args(__doc__.splitlines()[0], 3.0,
+                        extra=lambda p: (p.add_argument("--fanin", type=int, default=1000,
+                                                        help="tasks (and rings) of the fan-in run; 0 skips it"),
+                                         p.add_argument("--fanin-gap-ms", type=float, default=50.0,
+                                                        help="pause between the fan-in's rounds")))
     env = C.print_header("async_pingpong: awaited 64 B ping-pong across two processes", args)
     s, t = args.size, args.seconds
     cases = [
@@ -381,6 +463,18 @@ def main() -> None:
         return goals
 
     C.run_and_report(args, env, cases, measure, report)
+    if args.fanin:
+        print(f"\nfan-in: one loop, {args.fanin} tasks each awaiting its own ring, 10 records each, rounds "
+              f"{args.fanin_gap_ms:g} ms apart (delays in us: producer stamp -> task resumed; loop = a 1 ms sleeper's oversleep)")
+        rows = []
+        for kind in ("stdlib", "uvloop"):
+            r = fanin(args.fanin, kind, args.fanin_gap_ms / 1e3)
+            rows.append([kind, f"{r['records']}/{r['expected']}", f"{r['late_p50_us']:.0f}", f"{r['late_p99_us']:.0f}",
+                         f"{r['late_max_us']:.0f}", f"{r['sched_p50_us']:.0f}", f"{r['sched_p99_us']:.0f}",
+                         f"{r['sched_max_us']:.0f}", f"{r['consumer_cpu_us_per_record']:.1f}",
+                         f"{r['producer_cpu_us_per_record']:.1f}"])
+        print(C.table(["loop", "records", "p50", "p99", "max", "loop p50", "loop p99", "loop max",
+                       "consumer CPU us/rec", "producer CPU us/rec"], rows))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,15 @@
  *
  * One datagram per announcement at most: the signaller clears bit 0 by CAS before sending, so the queue
  * of a waiter's socket (net.unix.max_dgram_qlen, 10 by default) never fills with wakes for one waiter;
- * a full queue (-EAGAIN) would mean a wake is already pending, which is all a waiter needs.
+ * a full queue would mean a wake is already pending, which is all a waiter needs.
  *
- * The sending socket is one unbound, non-blocking datagram socket per process, created on first use
- * (a CAS installs it, so two threads racing create one each and one closes its own).
+ * The sending sockets are unbound, non-blocking datagram sockets of this process, created on first use
+ * (a CAS installs each, so two threads racing create one each and one closes its own). Each datagram is
+ * charged to its sending socket until the waiter reads it: a producer that wakes hundreds of waiters at
+ * once fills one socket's buffer (-EAGAIN) and moves on to the next of a pool of EP_ASYNC_SENDERS; an
+ * -EAGAIN from a socket with little queued is the waiter's own full queue, where a wake is pending.
+ * A send that finds nothing to send to (the waiter closed or died) or no room in any socket is counted
+ * in `failed`, which the tests keep at 0.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
@@ -28,13 +33,21 @@
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 static const char PREFIX[] = "edgepipe-aio-";   /* after the leading NUL of an abstract name */
-static _Atomic int g_sock = -1;
+/* Sending sockets: a datagram is charged to its sender's buffer (about 280 one-byte datagrams in the
+ * default 208 KiB) until its waiter reads it, so a producer waking many waiters at once moves on to the
+ * next socket when one is full. */
+#define EP_ASYNC_SENDERS 64
+#define EP_ASYNC_OUTQ_SMALL 65536       /* below this a sender's -EAGAIN is the waiter's full queue */
+static _Atomic int g_sock[EP_ASYNC_SENDERS] = {[0 ... EP_ASYNC_SENDERS - 1] = -1};
+static _Atomic int g_cur;
 static _Atomic uint64_t g_sent, g_failed;
 
 int ep_async_name(uint64_t key, char *buf, uint64_t size)
@@ -162,16 +175,17 @@ int ep_async_wake(void *base, uint64_t off)
     return 1;
 }
 
-static int sender(void)
+/* Sending socket i of the pool, created on first use; -1 if socket() fails. */
+static int sender(int i)
 {
-    int fd = ep_load_relaxed(&g_sock);
+    int fd = ep_load_relaxed(&g_sock[i]);
     if (fd >= 0)
         return fd;
     fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int expect = -1;
-    if (!atomic_compare_exchange_strong(&g_sock, &expect, fd)) {
+    if (!atomic_compare_exchange_strong(&g_sock[i], &expect, fd)) {
         close(fd);                      /* another thread installed one first */
         return expect;
     }
@@ -183,20 +197,39 @@ __attribute__((noinline, cold)) void ep_async_signal(_Atomic uint64_t *word, uin
     /* Take the announcement: only one signaller sends for it. */
     if (!atomic_compare_exchange_strong(word, &v, v & ~(uint64_t)1))
         return;
-    int fd = sender();
     struct sockaddr_un sa;
     socklen_t len = addr_of(v, &sa);
     char one = 1;
-    ssize_t r;
-    do
-        r = fd >= 0 ? sendto(fd, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&sa, len) : -1;
-    while (r < 0 && errno == EINTR);
-    /* -EAGAIN: the waiter's queue is full, so a wake is pending anyway. Anything else: its socket is
-     * gone (it closed or died), nobody to wake. */
-    if (r == 1 || errno == EAGAIN)
-        atomic_fetch_add_explicit(&g_sent, 1, memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&g_failed, 1, memory_order_relaxed);
+    int first = ep_load_relaxed(&g_cur);
+    for (int k = 0; k < EP_ASYNC_SENDERS; k++) {
+        int i = (first + k) % EP_ASYNC_SENDERS;
+        int fd = sender(i);
+        if (fd < 0)
+            break;
+        ssize_t r;
+        do
+            r = sendto(fd, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+        while (r < 0 && errno == EINTR);
+        if (r == 1) {
+            if (k)
+                ep_store_relaxed(&g_cur, i);
+            atomic_fetch_add_explicit(&g_sent, 1, memory_order_relaxed);
+            return;
+        }
+        if (errno != EAGAIN) {
+            /* Its socket is gone (it closed or died): nobody to wake. */
+            atomic_fetch_add_explicit(&g_failed, 1, memory_order_relaxed);
+            return;
+        }
+        /* -EAGAIN: either the waiter's queue is full (a wake is pending there: done) or this sending
+         * socket's buffer is, by datagrams still unread at other waiters: try the next socket. */
+        int outq = 0;
+        if (ioctl(fd, SIOCOUTQ, &outq) == 0 && outq < EP_ASYNC_OUTQ_SMALL) {
+            atomic_fetch_add_explicit(&g_sent, 1, memory_order_relaxed);
+            return;
+        }
+    }
+    atomic_fetch_add_explicit(&g_failed, 1, memory_order_relaxed);
 }
 
 void ep_async_counts(uint64_t *sent, uint64_t *failed)

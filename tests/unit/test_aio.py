@@ -397,12 +397,11 @@ FANIN = textwrap.dedent("""
     fds = [int(x) for x in sys.argv[1].split(",")]
     writers = [Ring.from_fd(fd).writer() for fd in fds]
     print("open", flush=True)
-    sys.stdin.readline()                     # the consumer's tasks are all awaiting
     for rnd in range(10):
+        sys.stdin.readline()                 # every task took the last round and awaits again
         for k, w in enumerate(writers):
             body = k.to_bytes(4, "little") + rnd.to_bytes(4, "little") + time.monotonic_ns().to_bytes(8, "little")
             w.write(body + hashlib.blake2b(body, digest_size=8).digest())
-        time.sleep(0.01)                     # the tasks go back to awaiting between rounds
     print("sent", *aio.async_counts(), flush=True)
     for w in writers:
         w.close()
@@ -413,7 +412,8 @@ class TestFanIn:
     async def test_a_thousand_tasks_each_awaiting_its_own_ring(self):
         """One loop, 1000 tasks, each awaiting its own ring fed by one other process, 10 records each: every
         record arrives, intact and in order, each task's `async for` ends at the close, and the producer's
-        sends all found their socket."""
+        sends all found their socket. The producer writes the next round only once every task has its
+        record of this one, so a single lost wakeup hangs the run (and fails it at the hang guard)."""
         n = 1000
         rings = [Ring.create(capacity=1024) for _ in range(n)]
         try:
@@ -425,25 +425,34 @@ class TestFanIn:
                                  env=dict(os.environ, PYTHONPATH=src))
             assert await line(p) == "open"
 
+            done = [0] * 10
+            round_done = [asyncio.Event() for _ in range(10)]
+
             async def consume(k: int, r) -> list[int]:
                 rounds = []
                 async for got in r:
                     body, digest = got[:16], got[16:]
                     assert hashlib.blake2b(body, digest_size=8).digest() == digest
                     assert int.from_bytes(body[:4], "little") == k
-                    rounds.append(int.from_bytes(body[4:8], "little"))
+                    rnd = int.from_bytes(body[4:8], "little")
+                    rounds.append(rnd)
+                    done[rnd] += 1
+                    if done[rnd] == n:
+                        round_done[rnd].set()
                 return rounds
 
             tasks = [asyncio.ensure_future(consume(k, r)) for k, r in enumerate(readers)]
             await asyncio.sleep(0.2)
             armed = sum(aio.word(rg, aio.RING_DATA) & 1 for rg in rings)
             assert armed == n, f"only {armed} of {n} tasks announced themselves"
-            p.stdin.write("go\n")
-            p.stdin.flush()
+            for rnd in range(10):
+                p.stdin.write("next\n")
+                p.stdin.flush()
+                await asyncio.wait_for(round_done[rnd].wait(), HANG_S)
             results = await asyncio.wait_for(asyncio.gather(*tasks), HANG_S)
             assert all(r == list(range(10)) for r in results), [r for r in results if r != list(range(10))][:3]
             _, sent, failed = (await line(p)).split()
-            assert int(failed) == 0 and 0 < int(sent) <= 10 * n + n
+            assert int(failed) == 0 and 0 < int(sent) <= 10 * n
             assert p.wait(HANG_S) == 0
         finally:
             for rg in rings:
