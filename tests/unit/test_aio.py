@@ -67,6 +67,17 @@ PEER = textwrap.dedent("""
             print("hang", flush=True)
             time.sleep(600)
         w.close()
+    elif role == "read-frames":  # n frames, slowly, each of value i % 256
+        from edgepipe.frames import FrameReader
+        fr = FrameReader(ring.reader())
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 4 == 0:
+                time.sleep(pause)
+            with fr.read_frame(timeout_s=60) as f:
+                assert int(f.array.min()) == int(f.array.max()) == i % 256, (i, f.array.min())
+        print("done", flush=True)
+        fr.close()
     elif role == "read-hang":
         r = ring.reader()
         print("open", flush=True)
@@ -326,6 +337,23 @@ class TestFrames:
             with pytest.raises(PeerClosedError):
                 async with fr.read_frame_async(timeout_s=HANG_S):
                     pass
+            assert p.wait(HANG_S) == 0
+
+    async def test_write_frame_async_waits_for_room(self):
+        """write_frame_async into a 4 KiB ring (about a dozen such frames) drained slowly by another process: all 60
+        frames arrive intact and in order."""
+        import numpy as np
+
+        from edgepipe.frames import FrameWriter
+
+        with Ring.create(capacity=1 << 12) as ring:
+            fw = FrameWriter(ring.writer())
+            p = peer(ring, "read-frames", 60, 0.005)
+            assert await line(p) == "open"
+            seqs = [await fw.write_frame_async(np.full((4, 6, 3), i, np.uint8), timeout_s=HANG_S)
+                    for i in range(60)]
+            assert seqs == sorted(seqs) and len(set(seqs)) == 60
+            assert await line(p) == "done"
             assert p.wait(HANG_S) == 0
 
     async def test_frame_timeout(self):
