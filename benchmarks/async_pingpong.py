@@ -18,6 +18,9 @@ Cases (both ends of a case use the same mechanism):
   asyncio.Queue + Pipe   multiprocessing.Pipe; side A's reader thread feeds an asyncio.Queue through
                          call_soon_threadsafe (stdlib / uvloop); side B a blocking Pipe echo
 
+Peer death: SIGKILL of a producer while a task awaits its ring, to PeerClosedError in the task (5 runs per
+loop; the goal is under 100 ms).
+
 Fan-in (``--fanin N``, default 1000; 0 skips it): one loop (stdlib, then uvloop) with N tasks, each
 awaiting its own ring fed by one other process, 10 rounds of one stamped record per ring. Per record: the
 delay from the producer's stamp to the task's resumption (CLOCK_MONOTONIC in both processes); beside it
@@ -409,6 +412,48 @@ def fanin(n: int, kind: str, gap_s: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# peer death
+
+
+def death(kind: str, reps: int = 5) -> list[float]:
+    """ms from SIGKILL of the producer to PeerClosedError in the task awaiting its ring, ``reps`` times."""
+    import signal
+
+    out = []
+    for _ in range(reps):
+        ring = Ring.create(capacity=4096)
+        reader = ring.reader()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                Ring.from_fd(ring.fd).writer()
+                os.write(ready_w, b"r")
+                time.sleep(600)
+            finally:
+                os._exit(0)
+        os.read(ready_r, 1)
+
+        async def main():
+            task = asyncio.ensure_future(reader.read_async())
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            try:
+                await task
+            except PeerClosedError:
+                return (time.monotonic() - t0) * 1e3
+            raise AssertionError("a record arrived from a killed producer")
+
+        out.append(_run(kind, main))
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
+        ring.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -463,6 +508,10 @@ def main() -> None:
         return goals
 
     C.run_and_report(args, env, cases, measure, report)
+    print("\npeer death: SIGKILL of the producer -> PeerClosedError in the awaiting task, ms (5 runs)")
+    for kind in ("stdlib", "uvloop"):
+        ms = death(kind)
+        print(f"  {kind:<7} " + " ".join(f"{x:.2f}" for x in ms) + f"   max {max(ms):.2f} ms (goal < 100)")
     if args.fanin:
         print(f"\nfan-in: one loop, {args.fanin} tasks each awaiting its own ring, 10 records each, rounds "
               f"{args.fanin_gap_ms:g} ms apart (delays in us: producer stamp -> task resumed; loop = a 1 ms sleeper's oversleep)")

@@ -96,10 +96,10 @@ def check_rec(i: int, got: bytes) -> None:
     assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
 
 
-def peer(ring, role: str, n: int = 0, pause: float = 0.0) -> subprocess.Popen:
+def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = ()) -> subprocess.Popen:
     src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    p = subprocess.Popen([sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
+    p = subprocess.Popen([*prefix, sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
                          pass_fds=[ring.fd], stdout=subprocess.PIPE, text=True, env=env)
     return p
 
@@ -306,6 +306,29 @@ class TestCancelAndClose:
 
 
 class TestThreadFallback:
+    async def test_a_producer_in_another_network_namespace(self, ring, require_system):
+        """A producer in its own network namespace (unshare -n) cannot reach the task's abstract socket: the
+        task notices (its /proc/PID/ns/net differs), waits through the helper thread, and reads every record;
+        the producer never signalled (its word stayed unannounced). (A task that starts waiting before such a
+        producer opened announces itself once; that wake is lost to the namespace and the 50 ms re-check
+        of an unknown peer finds the records.)"""
+        require_system("unshare", "util-linux")
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode != 0:  # e.g. an unprivileged container; CI runs as root, where this must work
+            msg = f"cannot create a network namespace here: {probe.stderr.decode()[-200:]}"
+            pytest.fail(msg) if os.environ.get("CI", "").lower() in ("true", "1") else pytest.skip(msg)
+        r = ring.reader()
+        p = peer(ring, "write", 300, 0.002, prefix=("unshare", "-n"))
+        assert await line(p) == "open"  # its pid is in the ring before the first wait looks
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 300 and p.wait(HANG_S) == 0
+        assert p.stdout.read().split() == ["sent", "0", "0"]  # no datagram sent, none failed
+
+
     async def test_helper_thread_reads_every_record(self, ring, monkeypatch):
         """With EDGEPIPE_AIO_THREAD=1 the wait runs on the futex in the loop's executor and still loses
         nothing."""
