@@ -28,7 +28,8 @@ waiter waits in the loop's default executor on the futex instead (``block``), in
 measured in ``benchmarks/async_pingpong.py`` (``--mode thread``).
 
 Use an end's async methods from one event loop thread; closing the end from another thread while a task
-awaits it is not supported (close it from the loop).
+awaits it is not supported (close it from the loop). A forked child drops the waiters it inherited
+without touching their loop (a stdlib loop's epoll instance is shared with the parent).
 
 >>> import asyncio
 >>> from edgepipe.ring import Ring
@@ -165,6 +166,20 @@ def _waiter(end, off: int, peer: str, loop) -> _Waiter:
             _WAITERS.pop(k2).close()
     w = _WAITERS[k] = _Waiter(end, off, peer, loop)
     return w
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: drop the parent's waiters without touching their loops (a stdlib loop's epoll
+    instance is shared with the parent, so unregistering there would unregister the parent's fds)."""
+    for w in _WAITERS.values():
+        for fd in (w.fd, w.pidfd):
+            if fd >= 0:
+                os.close(fd)
+        w.fd = w.pidfd = -1
+    _WAITERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def close_waiters(end) -> None:

@@ -305,6 +305,27 @@ class TestCancelAndClose:
         assert p.wait(HANG_S) == 0
 
 
+class TestFork:
+    async def test_a_forked_child_leaves_the_parents_waiter_alone(self, ring):
+        """A child forked while a task awaits, which cleans up the reader's waiters and exits, does not take
+        the parent's loop registration with it (a stdlib loop's epoll instance is shared across fork): the
+        parent's task is still woken by the next write."""
+        r, w = ring.reader(), ring.writer()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        pid = os.fork()
+        if pid == 0:
+            aio.close_waiters(r)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        w.write(b"after fork")
+        assert await asyncio.wait_for(task, HANG_S) == b"after fork"  # only a wake ends it
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        w.write(b"again")
+        assert await asyncio.wait_for(task, HANG_S) == b"again"
+
+
 class TestThreadFallback:
     async def test_a_producer_in_another_network_namespace(self, ring, require_system):
         """A producer in its own network namespace (unshare -n) cannot reach the task's abstract socket: the
