@@ -247,6 +247,8 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
                 timer.cancel()
             w.futs.remove(fut)
             w.disarm()
+            if not w.futs and end.closed:
+                close_waiters(end)  # its socket and pidfd go now, not at the next waiter's creation
         r = attempt()
         if r is not None:
             return r

@@ -274,6 +274,7 @@ class TestCancelAndClose:
         r.close()
         with pytest.raises(RingClosedError):
             await asyncio.wait_for(task, HANG_S)
+        assert not [w for w in aio._WAITERS.values() if w.end is r], "the closed end's waiter was dropped"
 
     async def test_closing_the_ring_wakes_reader_and_writer_awaiters(self):
         """Ring.close() with one task awaiting data and another awaiting room on a second ring's full
