@@ -100,8 +100,9 @@ def require_system_fixture():
 
 
 # -- asyncio ----------------------------------------------------------------------------------------------------
+@pytest.hookimpl(optionalhook=True)  # a venv without pytest-asyncio (.ci/run's floor venv) has no such hook
 def pytest_asyncio_loop_factories(config, item):
-    """Every asyncio test runs on the stdlib loop and on uvloop (the ``test`` extra installs uvloop)."""
+    """Every asyncio test runs on the stdlib loop and on uvloop (the ``test`` extra installs both)."""
     import asyncio
 
     import uvloop
