@@ -8,6 +8,9 @@ Why a probe beside every number: the VM's two vCPUs wander between a "near" pair
 "far" pair every few seconds, which moves busy-poll figures 2-6x. Each case is bracketed by a probe of the
 one-way cache-line transfer, so a reader can see which pair a number came from; only ratios within one run
 (ideally within one probe class) are meaningful.
+
+One piece: every script imports it as ``_common`` from its own directory (the benchmarks are standalone
+scripts, not a package), so splitting it would only add more sibling modules each script must find.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -139,7 +143,18 @@ def environment() -> dict:
     except (OSError, IndexError):
         env["gcc"] = "not found"
     env["loadavg"] = loadavg()
+    env["argv"] = command_line()
     return env
+
+
+def command_line() -> str:
+    """How this script was started, as a user would type it from the checkout's root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(HERE.parent)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script)] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def print_header(title: str, args: argparse.Namespace) -> dict:
@@ -147,7 +162,7 @@ def print_header(title: str, args: argparse.Namespace) -> dict:
     print(f"== {title}")
     for k, v in env.items():
         print(f"  {k:<13} {v}")
-    print(f"  {'argv':<13} {' '.join(sys.argv)}")
+    print(f"  {'argv':<13} {env['argv']}")
     print(f"  {'settings':<13} seconds={args.seconds} size={args.size} cpus={args.cpus[0]},{args.cpus[1]}")
     print(flush=True)
     return env
@@ -246,7 +261,14 @@ def pin(cpu: int) -> None:
 def _child(fn, cpu: int, sync, conn) -> None:
     try:
         pin(cpu)
+        t0, w0 = os.times(), time.perf_counter()
         out = fn(sync)
+        t1, w1 = os.times(), time.perf_counter()
+        # this side's CPU time (user + system, every thread of the process) over the whole side, set-up and
+        # warm-up included: a side that spins while it waits cannot hide it
+        if isinstance(out, dict):
+            out["_cpu_s"] = (t1.user - t0.user) + (t1.system - t0.system)
+            out["_wall_s"] = w1 - w0
         conn.send(("ok", out))
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent as text
         try:
@@ -322,6 +344,21 @@ class Case:
     make: object
     note: str = ""
     result: dict = field(default_factory=dict)
+    style: str = ""  # how the ends wait: one of WAIT_STYLES; "" takes the group when that names a style
+    batch: int = 1  # messages per call on the sending side (1: one message per call)
+
+    def __post_init__(self) -> None:
+        if not self.style and self.group in WAIT_STYLES:
+            self.style = self.group
+        if self.style and self.style not in WAIT_STYLES:
+            raise ValueError(f"case {self.name!r}: waiting style {self.style!r} is not one of {WAIT_STYLES}")
+
+
+# How a case's ends wait for the other: compare rows of one style only (a spinning end buys latency with a
+# core; a blocking one gives the core back). "spin-then-block" is edgepipe's default hybrid policy and a
+# peer doing the same by hand (spin ~25 us on a non-blocking check, then a blocking call).
+WAIT_STYLES = ("busy-poll", "spin-then-block", "blocking")
+SPIN_NS = 25_000  # the spin budget of the spin-then-block peers: edgepipe's hybrid default
 
 
 class Sides(NamedTuple):
@@ -361,13 +398,17 @@ def run_cases(cases: list[Case], args, probe: Probe, measure) -> list[dict]:
         for case in cases:
             if not selected(case.name, args.only):
                 continue
-            row = {"case": case.name, "group": case.group, "edgepipe": case.edgepipe, "round": rnd + 1}
+            row = {"case": case.name, "group": case.group, "edgepipe": case.edgepipe, "round": rnd + 1,
+                   "style": case.style, "batch": case.batch}
             before = probe.measure()
             cleanup = None
             try:
                 fa, fb, cleanup, after_start = (tuple(case.make()) + (None, None))[:4]
                 a, b = run_pair(fa, fb, args.cpus, timeout, after_start)
+                cpu = a.pop("_cpu_s", 0.0) + b.pop("_cpu_s", 0.0)
+                wall = max(a.pop("_wall_s", 0.0), b.pop("_wall_s", 0.0))
                 row.update(measure(case, a, b))
+                row.update(cpu_usage(row, cpu, wall))
                 row["ok"] = True
             except Skip as e:
                 row.update(ok=False, error=f"skipped: {e}")
@@ -391,9 +432,20 @@ def run_cases(cases: list[Case], args, probe: Probe, measure) -> list[dict]:
     return rows
 
 
+def cpu_usage(row: dict, cpu_s: float, wall_s: float) -> dict:
+    """CPU both processes used during the case (os.times of each side, set-up and warm-up included) per
+    message moved, and as busy cores over the case's wall time. Messages: ``msgs`` (one-way runs) or two per
+    round trip (ping-pong, ``round_trips`` counts the warm-up too, as the CPU time does)."""
+    msgs = row.get("msgs") or 2 * row.get("round_trips", 0)
+    out = {"cpu_s": cpu_s, "cpu_cores": cpu_s / wall_s if wall_s > 0 else None}
+    if msgs:
+        out["cpu_ns_per_msg"] = cpu_s * 1e9 / msgs
+    return out
+
+
 def _progress(row: dict) -> None:
     if row["ok"]:
-        keys = [k for k in ("p50_ns", "msgs_per_s", "cpu_pct") if k in row]
+        keys = [k for k in ("p50_ns", "msgs_per_s", "cpu_pct", "cpu_ns_per_msg") if k in row]
         what = " ".join(f"{k}={row[k]:.4g}" for k in keys)
     else:
         what = row["error"].splitlines()[0][:200]
@@ -549,7 +601,8 @@ def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -
     report, then loadavg, leaks and the JSON file. ``report(rows)`` returns that round's goal verdicts."""
     shm_before = dev_shm_snapshot()
     if timer_note:
-        print(f"perf_counter_ns() costs {timer_overhead_ns():.0f} ns per call (each sample includes one)")
+        env["perf_counter_ns_cost_ns"] = timer_overhead_ns()
+        print(f"perf_counter_ns() costs {env['perf_counter_ns_cost_ns']:.0f} ns per call (each sample includes one)")
     probe = Probe(args.cpus)
     if probe.exe is None:
         print(f"cache-line probe unavailable: {probe.error}")
@@ -560,6 +613,7 @@ def run_and_report(args, env, cases, measure, report, timer_note: bool = True) -
         if args.rounds > 1:
             print(f"\n---- round {rnd}")
         verdicts[rnd] = report([r for r in rows if r["round"] == rnd])
-    print(f"\nloadavg at the end: {loadavg()}")
+    env["loadavg_end"] = loadavg()
+    print(f"\nloadavg at the end: {env['loadavg_end']}")
     report_leaks(shm_before)
     write_json(args.json, env, args, rows, {"goals": verdicts})

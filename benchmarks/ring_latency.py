@@ -11,8 +11,13 @@ Cases (both ends of a case use the same mechanism):
               Python loop; shared_memory + a sequence word polled from Python; AF_UNIX socketpair with a
               non-blocking recv loop; faster_fifo get_nowait loop; iceoryx2 publish-subscribe, polling
               receive().
-  blocking    edgepipe read() with wait='park' and with the default 'hybrid'; shared_memory + posix_ipc
-              semaphores; AF_UNIX socketpair; multiprocessing.Pipe send_bytes/recv_bytes; faster_fifo get().
+  blocking    edgepipe read() with wait='park'; shared_memory + posix_ipc semaphores; AF_UNIX socketpair;
+              multiprocessing.Pipe send_bytes/recv_bytes; faster_fifo get().
+  spin-then-block  edgepipe read() with the default 'hybrid' (spin ~25 us in C, then a futex); the same
+              policy written by hand for two peers: a socketpair polled with MSG_DONTWAIT for 25 us, then
+              a blocking recv; the shared_memory seq word spun on for 25 us, then the posix_ipc semaphore.
+Every row also carries the CPU time both processes used during the case per message (os.times() of each
+side; 2 messages per round trip), so a spinning end cannot look cheap.
 Then the CPU an idle reader burns with the default hybrid policy (read(timeout_s=2) with no traffic,
 resource.getrusage in the reader).
 
@@ -192,10 +197,14 @@ def idle_reader_case(seconds: float, wait: str):
 # shared_memory + sequence word / posix_ipc semaphores
 
 
-def shm_case(size: int, seconds: float, blocking: bool):
+def shm_case(size: int, seconds: float, blocking: bool, spin_first: bool = False):
     """Two 256-byte slots in a multiprocessing.shared_memory block, each [u64 seq][payload]. Busy-poll:
     the receiver spins on the seq word (plain Python stores are ordered on x86-64, which this relies on).
-    Blocking: one posix_ipc semaphore per direction, posted after the slot is written."""
+    Blocking: one posix_ipc semaphore per direction, posted after the slot is written. ``spin_first`` (with
+    ``blocking``): the receiver first spins on the seq word for up to C.SPIN_NS, then takes the semaphore
+    (always: the post that goes with the message keeps the count balanced, and costs no syscall when
+    nobody sleeps on it): the hybrid policy written by hand."""
+    spin_ns = C.SPIN_NS
 
     def make():
         from multiprocessing import shared_memory
@@ -236,6 +245,10 @@ def shm_case(size: int, seconds: float, blocking: bool):
                     p_out[:] = m
                     q_out[0] = i + 1
                     post()
+                    if spin_first:
+                        dl = t0 + spin_ns
+                        while q_in[0] != i + 1 and pc() < dl:
+                            pass
                     wait()
                     x = bytes(p_in)
                     t1 = pc()
@@ -278,9 +291,15 @@ def shm_case(size: int, seconds: float, blocking: bool):
             sync()
             if blocking:
                 wait, post = sems[0].acquire, sems[1].release
+                pc = time.perf_counter_ns
+                last = 0
                 while True:
+                    if spin_first:
+                        dl = pc() + spin_ns
+                        while q_in[0] == last and pc() < dl:
+                            pass
                     wait()
-                    s = q_in[0]
+                    s = last = q_in[0]
                     if s == STOP:
                         break
                     p_out[:] = p_in
@@ -330,7 +349,12 @@ def _recv_exact(sock: socket.socket, first: bytes, size: int) -> bytes:
     return b"".join(parts)
 
 
-def socket_case(size: int, seconds: float, blocking: bool):
+def socket_case(size: int, seconds: float, blocking: bool, spin_first: bool = False):
+    """AF_UNIX stream socketpair. ``spin_first`` (with ``blocking``): each receive first polls with
+    MSG_DONTWAIT for up to C.SPIN_NS, then makes a blocking recv: the hybrid policy written by hand."""
+    dontwait = socket.MSG_DONTWAIT
+    spin_ns = C.SPIN_NS
+
     def make():
         s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
@@ -351,7 +375,17 @@ def socket_case(size: int, seconds: float, blocking: bool):
                 m = pool[i & 4095]
                 t0 = pc()
                 snd(m)
-                if blocking:
+                if spin_first:
+                    dl = t0 + spin_ns
+                    while True:
+                        try:
+                            x = rcv(size, dontwait)
+                            break
+                        except BlockingIOError:
+                            if pc() > dl:
+                                x = rcv(size)
+                                break
+                elif blocking:
                     x = rcv(size)
                 else:
                     while True:
@@ -379,9 +413,20 @@ def socket_case(size: int, seconds: float, blocking: bool):
             s0.close()
             s1.setblocking(blocking)
             snd, rcv = s1.send, s1.recv
+            pc = time.perf_counter_ns
             sync()
             while True:
-                if blocking:
+                if spin_first:
+                    dl = pc() + spin_ns
+                    while True:
+                        try:
+                            x = rcv(size, dontwait)
+                            break
+                        except BlockingIOError:
+                            if pc() > dl:
+                                x = rcv(size)
+                                break
+                elif blocking:
                     x = rcv(size)
                 else:
                     while True:
@@ -668,9 +713,15 @@ def build_cases(size: int, seconds: float) -> list[C.Case]:
         C.Case("edgepipe read() park", "blocking", E, edgepipe_case(size, seconds, "park", False)),
         C.Case("socketpair blocking", "blocking", P, socket_case(size, seconds, blocking=True)),
         C.Case("shm + posix_ipc semaphore", "blocking", P, shm_case(size, seconds, blocking=True)),
-        C.Case("edgepipe read() hybrid (default)", "blocking", E, edgepipe_case(size, seconds, "hybrid", False)),
+
         C.Case("multiprocessing.Pipe", "blocking", P, pipe_case(size, seconds)),
         C.Case("faster_fifo get() blocking", "blocking", P, faster_fifo_case(size, seconds, blocking=True)),
+        C.Case("edgepipe read() hybrid (default)", "spin-then-block", E,
+               edgepipe_case(size, seconds, "hybrid", False)),
+        C.Case("socketpair spin 25 us, then blocking recv", "spin-then-block", P,
+               socket_case(size, seconds, blocking=True, spin_first=True)),
+        C.Case("shm + seq word spin 25 us, then posix_ipc semaphore", "spin-then-block", P,
+               shm_case(size, seconds, blocking=True, spin_first=True)),
         C.Case("edgepipe idle reader hybrid (CPU %)", "idle", E, idle_reader_case(IDLE_S, "hybrid")),
     ]
 
@@ -686,32 +737,32 @@ def fmt_ns(v) -> str:
 
 
 def report(rows: list[dict]) -> dict:
-    lat = [r for r in rows if r["group"] in ("busy-poll", "blocking")]
+    lat = [r for r in rows if r["group"] in C.WAIT_STYLES]
     for r in lat:  # a case that completed no round trip (a very short run on a loaded machine) has no p50
         if r["ok"] and not r.get("n"):
             r["ok"], r["error"] = False, "no round trip completed in the measured time (use more --seconds)"
     best = {}
-    for g in ("busy-poll", "blocking"):
+    for g in C.WAIT_STYLES:
         peers = [r for r in lat if r["ok"] and r["group"] == g and not r["edgepipe"]]
         if peers:
             best[g] = min(peers, key=lambda r: r["p50_ns"])
     table_rows = []
     for r in lat:
         if not r["ok"]:
-            table_rows.append([r["case"], r["group"], "FAILED: " + r["error"].splitlines()[0][:60]] + [""] * 8)
+            table_rows.append([r["case"], r["group"], "FAILED: " + r["error"].splitlines()[0][:60]] + [""] * 9)
             continue
         bp = best.get(r["group"])
         ratio = f"{r['p50_ns'] / bp['p50_ns']:.2f}x" if bp else "n/a"
         parks = f"{r['parks_per_rt']:.2f}" if "parks_per_rt" in r else ""
         table_rows.append([r["case"], r["group"], fmt_ns(r["p50_ns"]), fmt_ns(r["p99_ns"]), fmt_ns(r["p999_ns"]),
-                           ratio, f"{r['n']:,}", parks, fmt_ns(r["probe_before_ns"]), fmt_ns(r["probe_after_ns"]),
-                           r["pair"]])
+                           ratio, fmt_ns(r.get("cpu_ns_per_msg")), f"{r['n']:,}", parks,
+                           fmt_ns(r["probe_before_ns"]), fmt_ns(r["probe_after_ns"]), r["pair"]])
     print()
-    print(f"one-way latency (RTT/2), ns; ratio = p50 / p50 of the best peer in the same group "
-          f"(busy-poll: {best['busy-poll']['case'] if 'busy-poll' in best else 'none'}; "
-          f"blocking: {best['blocking']['case'] if 'blocking' in best else 'none'})")
-    print(C.table(["case", "group", "p50", "p99", "p99.9", "ratio vs best peer", "samples", "parks/RT",
-                   "probe before", "probe after", "pair"], table_rows))
+    print("one-way latency (RTT/2), ns; ratio = p50 / p50 of the best peer in the same group ("
+          + "; ".join(f"{g}: {best[g]['case'] if g in best else 'none'}" for g in C.WAIT_STYLES)
+          + "); CPU/msg = CPU time of both processes during the case / messages (2 per round trip)")
+    print(C.table(["case", "group", "p50", "p99", "p99.9", "ratio vs best peer", "CPU ns/msg", "samples",
+                   "parks/RT", "probe before", "probe after", "pair"], table_rows))
     idle = [r for r in rows if r["group"] == "idle"]
     for r in idle:
         print()

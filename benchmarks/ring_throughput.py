@@ -6,14 +6,18 @@ last message, so a backlog left in a queue counts against its transport. Every m
 run fails if received != sent) and the first 8 bytes carry a sequence number that the consumer checks on
 every 256th message (every 64th batch on batch paths), so loss or reordering cannot pass unnoticed.
 
-Cases:
-  per-call  edgepipe try_write/try_read in Python loops; edgepipe write()/read() (default hybrid wait);
-            shared_memory slot ring with posix_ipc counting semaphores; shared_memory SPSC ring driven
-            from Python (spin on head/tail words); AF_UNIX socketpair (one send per message, recv_into a
-            64 KiB buffer); multiprocessing.Pipe send_bytes/recv_bytes; iceoryx2 publish-subscribe (one
-            sample per message, polled receive); pyzmq PUSH/PULL over ipc://.
-  batch     edgepipe batch_writer over a 2-D uint8 pool (256 rows a call) / batch_reader into numpy arrays;
-            faster_fifo put_many(256)/get_many; socketpair sendall(256 messages joined).
+Cases, by how the consumer waits (busy-poll / spin-then-block / blocking; compare within one style):
+  per-call  busy-poll: edgepipe try_write/try_read in Python loops; a shared_memory SPSC ring driven from
+            Python (spin on head/tail words; a yardstick, not a library); iceoryx2 publish-subscribe (one
+            sample per message, polled receive). spin-then-block: edgepipe write()/read() (default hybrid
+            wait); AF_UNIX socketpair polled with MSG_DONTWAIT for 25 us, then a blocking recv_into.
+            blocking: edgepipe write()/read() with wait='park'; shared_memory slot ring with posix_ipc
+            counting semaphores; pyzmq PUSH/PULL over ipc://; AF_UNIX socketpair (one send per message,
+            recv_into a 64 KiB buffer); multiprocessing.Pipe send_bytes/recv_bytes.
+  batch     busy-poll: edgepipe batch_writer over a 2-D uint8 pool (256 or 4096 rows a call) /
+            batch_reader into numpy arrays; socketpair sendall(256 or 4096 messages joined) into a polled
+            non-blocking recv_into. blocking: socketpair sendall(256 joined), faster_fifo put_many(256).
+Every row carries the CPU time both processes used during the case per message (os.times() of each side).
 Each case is bracketed by the cache-line probe (one-way ns between the two CPUs; "near"/"far"/"mixed").
 
     python benchmarks/ring_throughput.py                    # all cases, 4 s each (~80 s)
@@ -73,16 +77,16 @@ def _np_pool(size: int, rows: int = BATCH):
 # edgepipe
 
 
-def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
-    """mode: 'try' (try_write/try_read loops), 'blocking' (write/read, default hybrid wait),
-    'batch' (try_write_many of a ``rows``-row 2-D array / read_packed of up to ``rows`` records)."""
+def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH, wait: str = "hybrid"):
+    """mode: 'try' (try_write/try_read loops), 'blocking' (write/read with the ``wait`` policy, default
+    hybrid), 'batch' (batch_writer of a ``rows``-row 2-D array / batch_reader of up to ``rows`` records)."""
 
     def make():
         ring = Ring.create(capacity=RING_CAPACITY)
         fd = ring.fd
 
         def producer(sync):
-            w = Ring.from_fd(fd).writer()
+            w = Ring.from_fd(fd).writer(wait)
             pc = time.perf_counter
             i = 0
             if mode == "batch":
@@ -119,7 +123,7 @@ def edgepipe_case(size: int, seconds: float, mode: str, rows: int = BATCH):
 
         def consumer(sync):
             rg = Ring.from_fd(fd)
-            r = rg.reader()
+            r = rg.reader(wait)
             n = 0
             if mode == "batch":
                 import numpy as np
@@ -328,10 +332,16 @@ def shm_spin_case(size: int, seconds: float):
 # socketpair, Pipe
 
 
-def socket_case(size: int, seconds: float, batch: bool):
+def socket_case(size: int, seconds: float, batch: int = 0, wait: str = "block"):
     """AF_UNIX stream socketpair. The consumer reads with recv_into into a 64 KiB buffer (a stream does
     not keep message boundaries; messages are fixed-size) and checks the sequence of the first whole
-    message in each chunk it gets."""
+    message in each chunk it gets. ``batch``: the producer joins that many messages per sendall (0: one
+    message per sendall). ``wait``, how the consumer waits: 'block' (blocking recv_into), 'poll' (a
+    non-blocking socket retried until it has data: busy-poll) or 'spin-first' (MSG_DONTWAIT retried for up
+    to C.SPIN_NS, then a blocking recv_into: the hybrid policy by hand). The producer's sendall blocks
+    when the socket buffer is full in every mode."""
+    dontwait = socket.MSG_DONTWAIT
+    spin_ns = C.SPIN_NS
 
     def make():
         s0, s1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -345,13 +355,13 @@ def socket_case(size: int, seconds: float, batch: bool):
             sync()
             t_end = pc() + seconds
             if batch:
-                chunks = [b"".join(pool[k:k + BATCH]) for k in range(0, POOL, BATCH)]
+                chunks = [b"".join((pool + pool)[k:k + batch]) for k in range(0, POOL, batch)]
                 nchunks = len(chunks)
                 j = 0
                 while True:
                     snd(chunks[j])
                     j = (j + 1) % nchunks
-                    i += BATCH
+                    i += batch
                     if pc() > t_end:
                         break
             else:
@@ -368,11 +378,29 @@ def socket_case(size: int, seconds: float, batch: bool):
             buf = bytearray(1 << 16)
             mv = memoryview(buf)
             rcv = s1.recv_into
+            s1.setblocking(wait != "poll")
+            pc = time.perf_counter_ns
             total = 0
             sync()
             t0 = time.perf_counter()
             while True:
-                got = rcv(buf)
+                if wait == "block":
+                    got = rcv(buf)
+                elif wait == "poll":
+                    try:
+                        got = rcv(buf)
+                    except BlockingIOError:
+                        continue
+                else:
+                    dl = pc() + spin_ns
+                    while True:
+                        try:
+                            got = rcv(buf, 0, dontwait)
+                            break
+                        except BlockingIOError:
+                            if pc() > dl:
+                                got = rcv(buf)
+                                break
                 if not got:
                     break
                 off = (-total) % size  # first message boundary in this chunk
@@ -662,19 +690,33 @@ def build_cases(size: int, seconds: float) -> list[C.Case]:
     E, P = True, False
     # Rows a goal compares run back to back, so both most likely see the same core pair.
     return [
-        C.Case("edgepipe try_write/try_read loop", "per-call", E, edgepipe_case(size, seconds, "try")),
-        C.Case("shm SPSC ring in Python (spin)", "per-call", P, shm_spin_case(size, seconds)),
-        C.Case("pyzmq PUSH/PULL ipc", "per-call", P, zmq_case(size, seconds)),
-        C.Case("edgepipe write/read (hybrid)", "per-call", E, edgepipe_case(size, seconds, "blocking")),
-        C.Case("shm slot ring + posix_ipc semaphores", "per-call", P, shm_sem_case(size, seconds)),
-        C.Case("socketpair send/recv_into", "per-call", P, socket_case(size, seconds, batch=False)),
-        C.Case("multiprocessing.Pipe send_bytes/recv_bytes", "per-call", P, pipe_case(size, seconds)),
-        C.Case("iceoryx2 pub/sub, sample per msg", "per-call", P, iceoryx2_case(size, seconds)),
-        C.Case("edgepipe batch_writer(256 rows)/batch_reader", "batch", E, edgepipe_case(size, seconds, "batch")),
-        C.Case("socketpair sendall(256 joined)/recv_into", "batch", P, socket_case(size, seconds, batch=True)),
+        C.Case("edgepipe try_write/try_read loop", "per-call", E, edgepipe_case(size, seconds, "try"),
+               style="busy-poll"),
+        C.Case("shm SPSC ring in Python (spin)", "per-call", P, shm_spin_case(size, seconds), style="busy-poll"),
+        C.Case("iceoryx2 pub/sub, sample per msg", "per-call", P, iceoryx2_case(size, seconds), style="busy-poll"),
+        C.Case("edgepipe write/read (hybrid)", "per-call", E, edgepipe_case(size, seconds, "blocking"),
+               style="spin-then-block"),
+        C.Case("socketpair send/recv_into, spin 25 us then blocking", "per-call", P,
+               socket_case(size, seconds, wait="spin-first"), style="spin-then-block"),
+        C.Case("edgepipe write/read (park)", "per-call", E, edgepipe_case(size, seconds, "blocking", wait="park"),
+               style="blocking"),
+        C.Case("shm slot ring + posix_ipc semaphores", "per-call", P, shm_sem_case(size, seconds), style="blocking"),
+        C.Case("pyzmq PUSH/PULL ipc", "per-call", P, zmq_case(size, seconds), style="blocking"),
+        C.Case("socketpair send/recv_into", "per-call", P, socket_case(size, seconds), style="blocking"),
+        C.Case("multiprocessing.Pipe send_bytes/recv_bytes", "per-call", P, pipe_case(size, seconds),
+               style="blocking"),
+        C.Case("edgepipe batch_writer(256 rows)/batch_reader", "batch", E, edgepipe_case(size, seconds, "batch"),
+               style="busy-poll", batch=BATCH),
+        C.Case("socketpair sendall(256 joined)/recv_into, polled", "batch", P,
+               socket_case(size, seconds, batch=BATCH, wait="poll"), style="busy-poll", batch=BATCH),
         C.Case("edgepipe batch_writer(4096 rows)/batch_reader", "batch", E,
-               edgepipe_case(size, seconds, "batch", rows=4096)),
-        C.Case("faster_fifo put_many(256)/get_many", "batch", P, faster_fifo_case(size, seconds)),
+               edgepipe_case(size, seconds, "batch", rows=4096), style="busy-poll", batch=4096),
+        C.Case("socketpair sendall(4096 joined)/recv_into, polled", "batch", P,
+               socket_case(size, seconds, batch=4096, wait="poll"), style="busy-poll", batch=4096),
+        C.Case("socketpair sendall(256 joined)/recv_into", "batch", P, socket_case(size, seconds, batch=BATCH),
+               style="blocking", batch=BATCH),
+        C.Case("faster_fifo put_many(256)/get_many", "batch", P, faster_fifo_case(size, seconds),
+               style="blocking", batch=BATCH),
     ]
 
 
@@ -699,26 +741,36 @@ def report(rows: list[dict], size: int) -> dict:
         ps = [r for r in ok_peers if r["group"] == g]
         if ps:
             best_group[g] = max(ps, key=lambda r: r["msgs_per_s"])
+    best_style = {}  # (group, waiting style) -> the best peer: the like-for-like ratio
+    for r in ok_peers:
+        k = (r["group"], r.get("style"), r.get("batch", 1))
+        if k not in best_style or r["msgs_per_s"] > best_style[k]["msgs_per_s"]:
+            best_style[k] = r
     out_rows = []
     for r in rows:
         if not r["ok"]:
-            out_rows.append([r["case"], r["group"], "FAILED: " + r["error"].splitlines()[0][:70]] + [""] * 7)
+            out_rows.append([r["case"], r["group"], r.get("style", ""),
+                             "FAILED: " + r["error"].splitlines()[0][:70]] + [""] * 8)
             continue
         bg = best_group.get(r["group"])
+        bs = best_style.get((r["group"], r.get("style"), r.get("batch", 1)))
         out_rows.append([
-            r["case"], r["group"], fmt_rate(r["msgs_per_s"]), f"{r['msgs_per_s'] * size / 1e6:,.0f}",
+            r["case"], r["group"], r.get("style", ""), fmt_rate(r["msgs_per_s"]),
+            f"{r['msgs_per_s'] * size / 1e6:,.0f}",
+            f"{r['msgs_per_s'] / bs['msgs_per_s']:.2f}x" if bs else "n/a",
             f"{r['msgs_per_s'] / bg['msgs_per_s']:.2f}x" if bg else "n/a",
-            f"{r['msgs_per_s'] / best_any['msgs_per_s']:.2f}x" if best_any else "n/a",
+            f"{r['cpu_ns_per_msg']:,.0f}" if r.get("cpu_ns_per_msg") else "",
             f"{r['msgs']:,}", f"{r['probe_before_ns']:.0f}" if r["probe_before_ns"] else "",
             f"{r['probe_after_ns']:.0f}" if r["probe_after_ns"] else "", r["pair"],
         ])
     print()
     print(f"one-way throughput, {size}-byte messages, every message counted; ratio = msg/s over the best peer's "
-          f"(same group: per-call {best_group['per-call']['case'] if 'per-call' in best_group else 'none'}, "
+          f"(same group, waiting style and batch size; same group: per-call "
+          f"{best_group['per-call']['case'] if 'per-call' in best_group else 'none'}, "
           f"batch {best_group['batch']['case'] if 'batch' in best_group else 'none'}; "
-          f"any: {best_any['case'] if best_any else 'none'})")
-    print(C.table(["case", "group", "msg/s", "MB/s", "vs best peer (group)", "vs best peer (any)", "messages",
-                   "probe before", "probe after", "pair"], out_rows))
+          f"any: {best_any['case'] if best_any else 'none'}); CPU/msg = CPU time of both processes / messages")
+    print(C.table(["case", "group", "style", "msg/s", "MB/s", "vs best peer (style)", "vs best peer (group)",
+                   "CPU ns/msg", "messages", "probe before", "probe after", "pair"], out_rows))
     for r in rows:
         if r["ok"] and r["edgepipe"]:
             print(f"  {r['case']}: producer parks {r.get('producer_parks')}, consumer parks "

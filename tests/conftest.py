@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -97,6 +98,54 @@ def require_system(need: str, apt_package: str) -> None:
 def require_system_fixture():
     """:func:`require_system` for tests and fixtures: ``require_system("protoc-c", "protobuf-c-compiler")``."""
     return require_system
+
+
+def run_in_pty(argv: list[str], wait_for: bytes, then_type: bytes, timeout_s: float = 30.0):
+    """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr (as a user's shell would), wait
+    until its output shows ``wait_for``, type ``then_type`` and wait for it to exit. Returns (exit status or
+    None when it did not exit within ``timeout_s``: it is then killed, output, whether the terminal was back
+    in canonical mode after it exited). ``timeout_s`` is only a hang guard."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="160", LINES="60", TERM="xterm")
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    out = b""
+    deadline = time.monotonic() + timeout_s
+    typed = False
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+            if not typed and wait_for in out:
+                os.write(master, then_type)
+                typed = True
+        try:
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        canonical = bool(termios.tcgetattr(slave)[3] & termios.ICANON)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return code, out.decode(errors="replace"), canonical
+
+
+@pytest.fixture(name="run_in_pty")
+def run_in_pty_fixture():
+    """:func:`run_in_pty` for tests."""
+    return run_in_pty
 
 
 # -- asyncio ----------------------------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ import weakref
 import numpy as np
 
 from edgepipe._ffi import ffi, lib
+from edgepipe._segment import refuse_pickle
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     ImageHeaderError,
     ImageReleasedError,
     ImageShapeError,
-    RingTimeoutError,
 )
 
 __all__: list[str] = []  # shared by edgepipe.frames and edgepipe.latest; Frame is public through them
@@ -99,13 +99,15 @@ _layouts: dict[tuple, Layout] = {}
 def layout(shape, dtype, pixel_format) -> Layout:
     key = (shape, dtype, pixel_format)
     try:
-        return _layouts[key]
-    except (KeyError, TypeError):
-        pass
-    lay = make_layout(shape, dtype, pixel_format)
-    if len(_layouts) > 256:
-        _layouts.clear()
-    _layouts[(lay.shape, dtype, pixel_format)] = lay
+        lay = _layouts.get(key)
+    except TypeError:  # an unhashable shape (a list): built every time
+        return make_layout(shape, dtype, pixel_format)
+    if lay is None:
+        lay = make_layout(shape, dtype, pixel_format)
+        if len(_layouts) > 256:
+            _layouts.clear()
+        # Under the key as given: ``np.uint8`` (the default dtype) hashes unlike ``np.dtype("uint8")``.
+        _layouts[key] = lay
     return lay
 
 
@@ -220,14 +222,19 @@ def parse_layout(fields: tuple, where: str) -> Parsed:
 class Frame:
     """One frame being read: a read-only ndarray over the slot plus its header fields.
 
-    Valid inside its ``with`` block; ``array`` raises ImageReleasedError after it. Keep ``copy()`` to
-    hold on to the pixels (see the module docstring for arrays kept past the block).
+    Valid until it is released: at the end of its ``with`` block, or earlier by :meth:`release`. After
+    that ``array`` raises ImageReleasedError. Keep ``copy()`` to hold on to the pixels (see the module
+    docstring for arrays kept past the release).
     """
 
-    __slots__ = ("_arr", "capture_ns", "dtype", "pixel_format", "publish_ns", "seq", "shape", "source_id")
+    __slots__ = ("_arr", "_owner", "_ref", "_token", "capture_ns", "dtype", "pixel_format", "publish_ns", "seq",
+                 "shape", "source_id")
 
     def __init__(self, arr, seq, capture_ns, publish_ns, pixel_format, source_id):
         self._arr = arr
+        self._owner = None  # the reader to give the slot back to (set by FrameRead), None once released
+        self._ref = None
+        self._token = None
         self.seq: int = seq
         self.capture_ns: int = capture_ns
         self.publish_ns: int = publish_ns
@@ -242,18 +249,55 @@ class Frame:
         a = self._arr
         if a is None:
             raise ImageReleasedError(
-                f"frame seq {self.seq} was released at the end of its with block; use frame.copy() inside it"
+                f"frame seq {self.seq} was released (its with block ended or release() was called); "
+                f"use frame.copy() before that"
             )
         return a
+
+    @property
+    def released(self) -> bool:
+        """True once the frame was given back (``release()`` or the end of its ``with`` block)."""
+        return self._arr is None
+
+    def release(self) -> None:
+        """Give the frame's slot back now, without leaving its ``with`` block (which then does nothing).
+
+        Safe while views of the pixels are alive, as at the end of a ``with`` block: ``array`` raises
+        ImageReleasedError from now on, and an array (or view) kept from before stays valid and keeps its
+        slot held until it dies (see the module docstring). The reader may read its next frame at once.
+        Idempotent.
+
+        >>> import numpy as np
+        >>> from edgepipe import FrameReader, FrameWriter, Ring
+        >>> with Ring.create(capacity=1 << 12) as ring:
+        ...     w, r = FrameWriter(ring.writer()), FrameReader(ring.reader())
+        ...     for i in (1, 2):
+        ...         _ = w.write_frame(np.full((4, 4), i, np.uint8), pixel_format="GRAY")
+        ...     with r.read_frame(timeout_s=1) as f:
+        ...         first = int(f.array.sum())
+        ...         f.release()  # the next read needs no second block around it
+        ...         with r.read_frame(timeout_s=1) as g:
+        ...             second = int(g.array.sum())
+        ...     first, second, f.released
+        (16, 32, True)
+        """
+        owner = self._owner
+        if owner is None:
+            self._arr = None
+            return
+        self._owner = None
+        self._arr = None  # before _done: the reader sees the slot free unless the caller's views keep it
+        ref, self._ref = self._ref, None
+        owner._done(ref, self._token, self.seq)
+
+    def copy(self) -> np.ndarray:
+        """An owned, writable copy of the pixels."""
+        return self.array.copy()
 
     @property
     def latency_ns(self) -> int:
         """Nanoseconds from publish to now (the handoff so far)."""
         return now_ns() - self.publish_ns
-
-    def copy(self) -> np.ndarray:
-        """An owned, writable copy of the pixels."""
-        return self.array.copy()
 
     def __repr__(self) -> str:
         state = "" if self._arr is not None else " released"
@@ -284,7 +328,8 @@ def free(ref: weakref.ref) -> bool:
 
 
 class WriterBase:
-    """claim_frame / write_frame / try_write_frame over a ``_claim(lay, timeout_s)`` primitive."""
+    """claim_frame / write_frame and their try_ forms over the ``_claim(lay, capture_ns, source_id, timeout_s)``
+    and ``_try_claim(lay, capture_ns, source_id)`` (None when there is no room) primitives."""
 
     __slots__ = ()
 
@@ -301,12 +346,23 @@ class WriterBase:
             ImageShapeError: bad shape, dtype or pixel format. ImageTooLargeError: over max_frame_bytes.
             RingTimeoutError: (ring) no room within ``timeout_s``.
         """
+        lay = self._layout(shape, dtype, pixel_format, source_id)
+        return self._claim(lay, now_ns() if capture_ns is None else capture_ns, source_id, timeout_s)
+
+    def try_claim_frame(self, shape, dtype=np.uint8, *, pixel_format: str = "BGR", capture_ns: int | None = None,
+                        source_id: int = 0) -> FrameClaim | None:
+        """Like claim_frame, but return None at once if there is no room: never blocks, and raises nothing
+        for "not now" (a latest slot always has room)."""
+        lay = self._layout(shape, dtype, pixel_format, source_id)
+        return self._try_claim(lay, now_ns() if capture_ns is None else capture_ns, source_id)
+
+    def _layout(self, shape, dtype, pixel_format, source_id) -> Layout:
         lay = layout(shape, dtype, pixel_format)
         if lay.nbytes > self.max_frame_bytes:
             raise self._too_large(lay)
         if not isinstance(source_id, int) or not 0 <= source_id < 1 << 64:
             raise ValueError(f"source_id must be an int in 0..2**64-1, got {source_id!r}")
-        return self._claim(lay, now_ns() if capture_ns is None else capture_ns, source_id, timeout_s)
+        return lay
 
     def write_frame(self, arr, *, pixel_format: str = "BGR", capture_ns: int | None = None,
                     source_id: int = 0, timeout_s: float | None = None) -> int:
@@ -320,12 +376,19 @@ class WriterBase:
 
     def try_write_frame(self, arr, *, pixel_format: str = "BGR", capture_ns: int | None = None,
                         source_id: int = 0) -> int | None:
-        """Like write_frame, but return None at once if there is no room (never blocks)."""
-        try:
-            return self.write_frame(arr, pixel_format=pixel_format, capture_ns=capture_ns,
-                                    source_id=source_id, timeout_s=0)
-        except RingTimeoutError:
+        """Like write_frame, but return None at once if there is no room. Never blocks, and a full ring
+        costs one C call that says so: nothing is raised (or caught) for "not now"."""
+        arr = as_array(arr)
+        c = self.try_claim_frame(arr.shape, arr.dtype, pixel_format=pixel_format, capture_ns=capture_ns,
+                                 source_id=source_id)
+        if c is None:
             return None
+        with c as dst:
+            np.copyto(dst, arr, casting="no")
+        return c.seq
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def __enter__(self):
         return self
@@ -394,16 +457,14 @@ class FrameClaim:
 
 
 class FrameRead:
-    """``with`` body of a read: yields the Frame, then releases the slot (or keeps it held if arrays
-    escaped)."""
+    """``with`` body of a read: yields the Frame, then releases it (:meth:`Frame.release`: the slot goes back,
+    or stays held if arrays escaped)."""
 
-    __slots__ = ("_frame", "_owner", "_ref", "_token")
+    __slots__ = ("_frame",)
 
     def __init__(self, owner, frame: Frame, ref: weakref.ref, token) -> None:
-        self._owner = owner
+        frame._owner, frame._ref, frame._token = owner, ref, token
         self._frame = frame
-        self._ref = ref
-        self._token = token
 
     def __enter__(self) -> Frame:
         return self._frame
@@ -413,10 +474,7 @@ class FrameRead:
         if f is None:
             return
         self._frame = None
-        f._arr = None
-        seq = f.seq
-        del f
-        self._owner._done(self._ref, self._token, seq)
+        f.release()
 
     def __del__(self) -> None:
         # read_frame() called without `with` (or the block never entered): give the slot back when this

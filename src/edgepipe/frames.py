@@ -9,7 +9,8 @@ source id, pixel format) followed by the pixels, 64-byte aligned. Writers fill t
 over the same bytes. Neither side copies.
 
 Lifetime rule (both kinds of channel): **a slot stays held until the last array over it dies.** At the end
-of a reader's ``with`` block the frame drops its own references; if no array over the slot is left (the
+of a reader's ``with`` block (or at ``frame.release()``, which does the same inside it) the frame drops its
+own references; if no array over the slot is left (the
 usual case) the slot goes back to the producer at once. If an array (or any view of it) escaped the block,
 the slot stays held, so those bytes are never reused under it, and it is given back by a later read once
 the array is garbage. A ring can only move past its oldest record, so on a ring the *next* read raises
@@ -56,7 +57,7 @@ from edgepipe._image import (
     parse_header,
     unpack_hdr,
 )
-from edgepipe._segment import truncation
+from edgepipe._segment import refuse_pickle, truncation
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     ImageHeaderError,
@@ -117,8 +118,14 @@ class FrameWriter(WriterBase):
         )
 
     def _claim(self, lay: Layout, capture_ns: int, source_id: int, timeout_s) -> FrameClaim:
-        size = lay.nbytes + HDR_SIZE + ALIGN - 8
-        off = self._w.claim_offset(size, timeout_s, "frame record")
+        off = self._w.claim_offset(lay.nbytes + HDR_SIZE + ALIGN - 8, timeout_s, "frame record")
+        return self._claim_at(off, lay, capture_ns, source_id)
+
+    def _try_claim(self, lay: Layout, capture_ns: int, source_id: int) -> FrameClaim | None:
+        off = self._w.try_claim_offset(lay.nbytes + HDR_SIZE + ALIGN - 8)
+        return None if off < 0 else self._claim_at(off, lay, capture_ns, source_id)
+
+    def _claim_at(self, off: int, lay: Layout, capture_ns: int, source_id: int) -> FrameClaim:
         doff = HDR_SIZE + (-(off + HDR_SIZE)) % ALIGN  # pixel address = data area (page-aligned) + off + doff
         try:
             arr = np.ndarray(lay.shape, lay.dtype, buffer=self._data, offset=off + doff)
@@ -174,9 +181,10 @@ class FrameReader:
     """Frame consumer over a :class:`~edgepipe.ring.RingReader`.
 
     ``with reader.read_frame() as frame:`` gives a :class:`Frame` whose ``array`` is a read-only view
-    of the record in the ring; the record is released when the block ends (see the lifetime rule in the
-    module docstring). Like FrameWriter, the per-frame path calls the ring's C functions directly on the
-    RingReader's handle; waiting and errors go through the RingReader.
+    of the record in the ring; the record is released when the block ends, or earlier by
+    ``frame.release()`` (see the lifetime rule in the module docstring). Like FrameWriter, the per-frame
+    path calls the ring's C functions directly on the RingReader's handle; waiting and errors go through
+    the RingReader.
     """
 
     __slots__ = ("_held", "_io", "_open", "_r", "_ro", "corrupt", "frames_read")
@@ -336,6 +344,9 @@ class FrameReader:
             self._ro.release()
         except BufferError:
             pass  # a kept array still uses it; the pages stay mapped until it dies
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def __enter__(self) -> FrameReader:
         return self

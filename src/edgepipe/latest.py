@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import sys
 import time
 import weakref
@@ -41,7 +42,7 @@ from edgepipe._image import (
     new_frame,
     pack_hdr,
 )
-from edgepipe._segment import Segment, open_end, truncation
+from edgepipe._segment import Segment, disowned_error, open_end, refuse_pickle, truncation
 from edgepipe.clock import now_ns
 from edgepipe.errors import (
     ImageHeaderError,
@@ -87,7 +88,8 @@ class LatestStatus:
 class LatestSlot(Segment):
     """A latest-only frame slot in shared memory: one producer that never waits, one consumer that always
     gets the newest frame (a lock-free triple buffer, ``csrc/ep_latest.c``). Frames the consumer is too
-    slow for are overwritten and counted.
+    slow for are overwritten and counted. Passed to ``multiprocessing`` (Process args, Pool tasks, queues)
+    it crosses as its fd alone, as a Ring does.
 
     >>> import numpy as np
     >>> with LatestSlot.create(None, max_frame_bytes=64) as slot:
@@ -209,10 +211,12 @@ class LatestWriter(WriterBase):
     """Producer end of a :class:`LatestSlot`: the same claim_frame / write_frame API as FrameWriter, but it
     never waits: publishing replaces a frame the consumer has not taken yet (counted as overwritten)."""
 
-    __slots__ = ("_buf", "_h", "_inflight", "_seq", "_slot", "frames_written", "max_frame_bytes", "overwritten")
+    __slots__ = ("_buf", "_forked_from", "_h", "_inflight", "_seq", "_slot", "frames_written", "max_frame_bytes",
+                 "overwritten")
 
     def __init__(self, slot: LatestSlot) -> None:
         self._slot = slot
+        self._forked_from = 0
         self._h = open_end(lib.ep_latest_writer_open, slot, "writer")
         self._inflight = 0  # C calls in progress on _h (see close)
         self._buf = slot.region.buffer()
@@ -242,7 +246,7 @@ class LatestWriter(WriterBase):
             timeout_ns(timeout_s)  # validated for a uniform API; a latest slot never waits
         h = self._h
         if h is None:
-            raise RingClosedError(f"LatestWriter on {self._slot.name or 'memfd'!r} is closed")
+            raise self._closed_error()
         self._inflight += 1  # see close
         try:
             off = lib.ep_latest_writer_slot(h)
@@ -251,10 +255,13 @@ class LatestWriter(WriterBase):
         arr = np.ndarray(lay.shape, lay.dtype, buffer=self._buf, offset=off + HDR_SIZE)
         return FrameClaim(self, lay, arr, off, capture_ns, source_id)
 
+    def _try_claim(self, lay: Layout, capture_ns: int, source_id: int) -> FrameClaim:
+        return self._claim(lay, capture_ns, source_id, None)  # a latest slot always has room
+
     def _publish(self, off: int, lay: Layout, capture_ns: int, source_id: int) -> int:
         h = self._h
         if h is None:
-            raise RingClosedError(f"LatestWriter on {self._slot.name or 'memfd'!r} is closed")
+            raise self._closed_error()
         seq = self._seq + 1
         pack_hdr(self._buf, off, MAGIC, VERSION, lay.code, lay.ndim, lay.fmt_code, HDR_SIZE, lay.nbytes, seq,
                   capture_ns, now_ns(), source_id, *lay.shape4, *lay.strides4, 0)
@@ -276,6 +283,20 @@ class LatestWriter(WriterBase):
 
     def _abort(self, off) -> None:
         pass  # the buffer stays ours; the next claim overwrites it
+
+    def _closed_error(self) -> RingClosedError:
+        if self._forked_from:
+            return disowned_error(self, "writer", self._forked_from)
+        return RingClosedError(f"LatestWriter on {self._slot.name or 'memfd'!r} is closed")
+
+    def _disown(self) -> None:
+        """In a forked child: the parent's end, dropped without the C close (see ``_segment``)."""
+        self._h = None
+        self._inflight = 0
+        self._forked_from = os.getppid()
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def close(self) -> None:
         """Close the producer end: the consumer takes what is fresh, then gets PeerClosedError."""
@@ -301,10 +322,12 @@ class LatestReader:
     """Consumer end of a :class:`LatestSlot`: the same read_frame / try_read_frame API as FrameReader.
     ``read_frame`` waits for a frame newer than the last one read and always returns the newest."""
 
-    __slots__ = ("_buf", "_deferred", "_h", "_held", "_inflight", "_open", "_slot", "_slot_size", "frames_read")
+    __slots__ = ("_buf", "_deferred", "_forked_from", "_h", "_held", "_inflight", "_open", "_slot", "_slot_size",
+                 "frames_read")
 
     def __init__(self, slot: LatestSlot, spin_ns: int = 25_000) -> None:
         self._slot = slot
+        self._forked_from = 0
         self._h = open_end(lib.ep_latest_reader_open, slot, "reader")
         self._inflight = 0  # read calls in progress (see try_read_frame)
         self._deferred = None  # a handle close() left for the interrupted read to free (see close)
@@ -333,8 +356,20 @@ class LatestReader:
     def _handle(self):
         h = self._h
         if h is None:
+            if self._forked_from:
+                raise disowned_error(self, "reader", self._forked_from)
             raise RingClosedError(f"LatestReader on {self._slot.name or 'memfd'!r} is closed")
         return h
+
+    def _disown(self) -> None:
+        """In a forked child: the parent's end, dropped without the C close (see ``_segment``)."""
+        self._h = None
+        self._inflight = 0
+        self._deferred = None
+        self._forked_from = os.getppid()
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def _give(self, h) -> int:
         """A buffer we own and nobody uses, to hand back in exchange for the newest frame."""
@@ -402,6 +437,7 @@ class LatestReader:
         if not self._inflight and self._deferred is not None:
             h, self._deferred = self._deferred, None
             lib.ep_latest_reader_close(h)
+            _release_view(self._buf)  # as close() does
 
     def _read_frame(self, timeout_s: float | None) -> FrameRead:
         h = self._handle()
@@ -514,6 +550,9 @@ class LatestReader:
                 time.sleep(0.0002)
         lib.ep_latest_reader_close(h)
         self._slot._forget(self)
+        # Our own export of the mapping: without this a closed reader kept the segment mapped (and its fd
+        # open in the mmap) until it was garbage. Frames' views are slices of it and keep the pages alive.
+        _release_view(self._buf)
 
     def _in_own_read(self) -> bool:
         f = sys._getframe(2)
@@ -531,6 +570,13 @@ class LatestReader:
 
     def __repr__(self) -> str:
         return f"<LatestReader frames_read={self.frames_read} held={sorted(self._held)}>"
+
+
+def _release_view(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # exported as a whole (nothing here does that): it goes when its last user does
 
 
 _LATEST_READ_CODES = frozenset(

@@ -7,6 +7,10 @@ thin: one cffi call, arguments already in the shape C wants, errors decoded only
 Zero-copy paths: ``claim(n)`` hands out a writable memoryview inside the ring, ``peek()`` a read-only one;
 neither view may be used after its ``with`` block (the bytes are recycled by the other end).
 
+Another process: a Ring given to ``multiprocessing`` (``Process(args=...)``, a ``Pool`` task, a queue) crosses
+as its fd alone, under any start method, and the child opens the end it wants (see ``edgepipe._segment``);
+the ends themselves stay in the process that opened them.
+
 One piece: the Ring and its two ends are the binding of one C object (``ep_ring_*`` has this one caller):
 the ends share the blocking-call and close protocol (``_HandleBase``) and the error mapping, and the
 writer's lease and in-place offset API exist for other handles layered on it. Argument checks live in
@@ -16,15 +20,19 @@ writer's lease and in-place offset API exist for other handles layered on it. Ar
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from itertools import accumulate
+from operator import attrgetter
 
 from edgepipe._args import timeout_ns
 from edgepipe._ffi import ffi, lib
-from edgepipe._segment import Segment, open_end, truncation
+from edgepipe._segment import Segment, disowned_error, open_end, refuse_pickle, truncation
 from edgepipe.errors import (
     LayoutVersionError,
     PeerClosedError,
@@ -101,6 +109,30 @@ def _read_buffers(buf, lens, types):
     if types is not None and len(tb) < len(lb):
         raise ValueError(f"types holds {len(tb)} entries but lens holds {len(lb)}")
     return b, lb, tb
+
+
+_BYTES_TYPES = frozenset((bytes, bytearray))
+_nbytes_of = attrgetter("nbytes")
+
+
+def _record_lens(records: list) -> array:
+    """The byte count of each record, with C loops only (``len`` of bytes and bytearray; the ``nbytes`` of a
+    memoryview of anything else, since ``len`` of a numpy array or memoryview counts items, not bytes)."""
+    if set(map(type, records)) <= _BYTES_TYPES:
+        return array("I", map(len, records))
+    try:
+        return array("I", map(_nbytes_of, map(memoryview, records)))
+    except TypeError:
+        bad = next(r for r in records if not _is_buffer(r))
+        raise TypeError(f"every record must be bytes-like, got {type(bad).__name__}: {bad!r:.60}") from None
+
+
+def _is_buffer(obj: object) -> bool:
+    try:
+        memoryview(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _as_buffer(payload: object):
@@ -205,6 +237,9 @@ _STATUS_FIELDS = [f.name for f in fields(RingStatus)]
 
 class Ring(Segment):
     """A shared-memory SPSC ring: one producer process, one consumer process.
+
+    Share it with a child by passing it to ``multiprocessing`` (``Process(target=f, args=(ring,))``, ``Pool``
+    tasks, queues: only its fd is sent), by ``ring.fd`` and :meth:`from_fd`, or by name (:meth:`attach`).
 
     >>> with Ring.create(capacity=4096) as ring:
     ...     w, r = ring.writer(), ring.reader()
@@ -361,7 +396,19 @@ class _HandleBase:
         return self._data
 
     def _closed_error(self) -> RingClosedError:
+        if self._forked_from:
+            return disowned_error(self, "writer" if isinstance(self, RingWriter) else "reader", self._forked_from)
         return RingClosedError(f"{type(self).__name__} on {self._ring.name or 'memfd'!r} is closed")
+
+    def _disown(self) -> None:
+        """In a forked child: this end is the parent's. Drop it without the C close (that would mark the
+        parent's end closed in shared memory); the child's copy of its C struct goes when the child exits."""
+        self._h = None
+        self._inflight = 0
+        self._forked_from = os.getppid()
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickle(self)
 
     def _block(self, fn, args: tuple, tns: int) -> int:
         """Call ``fn(handle, *args, slice_ns)`` until it returns something other than a slice timeout or
@@ -457,11 +504,12 @@ class WriterLease:
 class RingWriter(_HandleBase):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_inflight", "_h", "_lease", "_max_payload", "_ring")
+    __slots__ = ("_data", "_forked_from", "_inflight", "_h", "_lease", "_max_payload", "_ring")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
+        self._forked_from = 0
         self._lease = None
         self._h = open_end(lib.ep_ring_writer_open, ring, "writer")
         self._max_payload = ring.max_payload
@@ -497,6 +545,10 @@ class RingWriter(_HandleBase):
         lease = WriterLease(self, h, owner)
         self._lease, self._h = lease, None
         return lease
+
+    def _disown(self) -> None:
+        self._lease = None  # the C loop's thread did not come through the fork
+        super()._disown()
 
     def _end_lease(self, lease: WriterLease) -> None:
         if self._lease is lease:
@@ -604,11 +656,15 @@ class RingWriter(_HandleBase):
         return _Claim(self, self._data[off : off + size], type_id)
 
     def try_claim(self, size: int, type_id: int = 1) -> _Claim | None:
-        """Like claim, but return None at once if the ring is full."""
-        try:
-            return self.claim(size, type_id, timeout_s=0)
-        except RingTimeoutError:
+        """Like claim, but return None at once if the ring is full (nothing raised for "not now")."""
+        self._check_size(size)
+        _type_id(type_id)
+        off = lib.ep_ring_claim(self._handle(), size)
+        if off >= 0:
+            return _Claim(self, self._data[off : off + size], type_id)
+        if off == _EAGAIN:
             return None
+        raise self._error(off, None, 0, size)
 
     # -- many records -------------------------------------------------------------------------------
     def try_write_many(self, records, type_id: int = 1) -> int:
@@ -697,12 +753,26 @@ class RingWriter(_HandleBase):
         return rc
 
     def batch_writer(self, rows, type_id: int = 1):
-        """Bind a staging array once for repeated batch writes with no per-call conversion.
+        """Bind the records to write once, for repeated batch writes with no per-call conversion.
 
-        ``rows`` is a 2-D C-contiguous array; each row is one record of ``rows.shape[1] * itemsize``
-        bytes. Returns ``write(n=len(rows), start=0)``, which appends ``rows[start:start + n]`` in one C
-        call, as many as fit, and returns how many it wrote (never blocks). Fill the array in place
-        between calls, or bind a large pool once and walk ``start`` through it.
+        ``rows`` is either
+
+        * a 2-D C-contiguous array: each row is one record of ``rows.shape[1] * itemsize`` bytes (the
+          fastest path: one C call and no Python work per record). Fill the array in place between calls,
+          or bind a large pool once and walk ``start`` through it; or
+        * a list of bytes-like records of any sizes (bytes, bytearray, memoryview, numpy arrays), read
+          afresh at each call, so the list may be refilled or grown in place between calls. The cost:
+          each call copies the records it may write into one staging buffer (``b"".join``) and takes
+          their lengths (``len`` mapped over them), both C loops with no Python code per record, then
+          makes one C call. Records past what the ring can hold at all are not copied (the slice is cut
+          at ``capacity`` bytes), but those that do not fit right now are copied again on the next call.
+
+        Returns ``write(n=None, start=0)``, which appends ``rows[start:start + n]`` (n None: to the end) in
+        one C call, as many as fit, and returns how many it wrote (never blocks; 0 if the ring is full).
+
+        Raises:
+            RecordTooLargeError (at the write): a record of the slice is over ``max_payload``; nothing of it
+                is written. TypeError: ``rows`` is neither, or a list item is not bytes-like.
 
         >>> import numpy as np
         >>> with Ring.create(capacity=4096) as ring:
@@ -710,18 +780,28 @@ class RingWriter(_HandleBase):
         ...     write = ring.writer().batch_writer(rows)
         ...     write(4), ring.reader().try_read()
         (4, b'abcdefgh')
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     records = [b"a", b"bcd", bytearray(b"efghij")]
+        ...     write = ring.writer().batch_writer(records)
+        ...     write(), ring.reader().try_read_many()
+        (3, [b'a', b'bcd', b'efghij'])
         """
         self._handle()
         _type_id(type_id)
+        if isinstance(rows, list):
+            return self._list_writer(rows, type_id)
         if getattr(rows, "ndim", None) != 2 or not rows.flags.c_contiguous:
-            raise TypeError(f"rows must be a 2-D C-contiguous array, not {type(rows).__name__}")
+            raise TypeError(f"rows must be a 2-D C-contiguous array or a list of bytes-like records, "
+                            f"not {type(rows).__name__}")
         nmax = rows.shape[0]
         size = rows.shape[1] * rows.itemsize
         self._check_size(size)
         ptr = _as_buffer(rows)
         fixed = lib.ep_ring_try_write_fixed
 
-        def write(n: int = nmax, start: int = 0) -> int:
+        def write(n: int | None = None, start: int = 0) -> int:
+            if n is None:
+                n = nmax - start
             if not (0 <= start and 0 <= n and start + n <= nmax):
                 raise ValueError(f"rows[{start}:{start}+{n}] is outside the {nmax} bound rows")
             try:
@@ -733,6 +813,42 @@ class RingWriter(_HandleBase):
             if rc == _EAGAIN:
                 return 0
             raise self._error(rc, None, size=size)
+
+        return write
+
+    def _list_writer(self, rows: list, type_id: int):
+        """batch_writer's write() over a list of variable-size records (see there for its cost)."""
+        batch = lib.ep_ring_try_write_batch
+        from_buffer = ffi.from_buffer
+        cap = self._ring.capacity  # no more than this many payload bytes can ever be queued at once
+        join = b"".join
+
+        def write(n: int | None = None, start: int = 0) -> int:
+            total = len(rows)
+            stop = total if n is None else start + n
+            if not (0 <= start <= stop <= total) or (n is not None and n < 0):
+                raise ValueError(f"rows[{start}:{stop}] is outside the {total} records of the list")
+            if start == stop:
+                return 0
+            part = rows if start == 0 and stop == total else rows[start:stop]
+            lens = _record_lens(part)
+            if len(lens) > 1 and sum(lens) > cap:
+                # Cut the slice where the payloads alone pass the capacity: the rest can't fit this call.
+                k = bisect_right(list(accumulate(lens)), cap) + 1
+                part, lens = part[:k], lens[:k]
+            try:
+                joined = join(part)  # every record is a buffer: _record_lens checked
+            except BufferError as e:
+                raise ValueError(f"every record must be C-contiguous: {e}") from None
+            try:
+                rc = batch(self._h, joined, from_buffer("uint32_t[]", lens), len(lens), type_id)
+            except TypeError:
+                raise self._closed_error() from None
+            if rc >= 0:
+                return rc
+            if rc == _EAGAIN:
+                return 0
+            raise self._error(rc, None, size=max(lens), type_id=type_id)
 
         return write
 
@@ -784,6 +900,19 @@ class RingWriter(_HandleBase):
             if off < 0:
                 raise self._error(off, None, timeout_s, size)
         return off
+
+    def try_claim_offset(self, size: int) -> int:
+        """Like :meth:`claim_offset` with ``timeout_s=0``, but return -1 at once when there is no room
+        instead of raising: never blocks, and raises only for errors (closed, peer gone, too large)."""
+        h = self._h
+        if h is None:
+            raise self._closed_error()
+        off = _claim(h, size)
+        if off >= 0:
+            return off
+        if off == _EAGAIN:
+            return -1
+        raise self._error(off, None, 0, size)
 
     def commit_offset(self, size: int, type_id: int) -> None:
         """Publish the record reserved by :meth:`claim_offset` with ``size`` payload bytes and ``type_id``."""
@@ -920,11 +1049,13 @@ class _Claim:
 class RingReader(_HandleBase):
     """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_batch", "_blens", "_data", "_h", "_inflight", "_io", "_max_payload", "_ring", "_scratch")
+    __slots__ = ("_batch", "_blens", "_data", "_forked_from", "_h", "_inflight", "_io", "_max_payload", "_ring",
+                 "_scratch")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
         self._inflight = 0
+        self._forked_from = 0
         self._h = open_end(lib.ep_ring_reader_open, ring, "reader")
         self._io = lib.ep_ring_reader_io(self._h)
         self._max_payload = ring.max_payload
@@ -1125,15 +1256,19 @@ class RingReader(_HandleBase):
         how many (0 if the ring is empty; never blocks). Raises PeerClosedError once the ring is empty
         and the producer is gone.
 
+        ``read.views(n)`` then gives the first ``n`` records of that batch as memoryviews into ``buf`` (an
+        iterator: the offsets are the running sum of ``lens``, computed for you; record ``i``'s type is
+        ``types[i]``). A view costs one slice; it is valid until the next ``read()`` overwrites ``buf``.
+
         >>> import numpy as np
         >>> with Ring.create(capacity=4096) as ring:
         ...     ring.writer().try_write_many([b"ab", b"cde"])
         ...     buf, lens = np.zeros(64, np.uint8), np.zeros(8, np.uint32)
         ...     read = ring.reader().batch_reader(buf, lens)
         ...     n = read()
-        ...     n, lens[:n].tolist(), bytes(buf[:5])
+        ...     n, lens[:n].tolist(), bytes(buf[:5]), [bytes(v) for v in read.views(n)]
         2
-        (2, [2, 3], b'abcde')
+        (2, [2, 3], b'abcde', [b'ab', b'cde'])
         """
         self._handle()
         b, lb, tb = _read_buffers(buf, lens, types)
@@ -1153,6 +1288,16 @@ class RingReader(_HandleBase):
                 raise ValueError(f"next record is {self._io.len} bytes but buf holds only {size}; it stays queued")
             raise self._error(rc)
 
+        whole = memoryview(ffi.buffer(b))  # bytes, whatever the dtype of buf
+        unpack = ffi.unpack
+
+        def views(n: int):
+            """The first ``n`` records of the last read(), as memoryviews into ``buf``."""
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= nmax:
+                raise ValueError(f"n must be an int in 0..{nmax} (the count read() returned), got {n!r}")
+            return _views(whole, unpack(lb, n))
+
+        read.views = views
         return read
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -1265,6 +1410,14 @@ class RingReader(_HandleBase):
             return f"<RingReader {self._ring.name or 'memfd'!r} closed>"
         s = self._ring.status()
         return f"<RingReader {self._ring.name or 'memfd'!r} capacity={s.capacity} queued={s.queued}>"
+
+
+def _views(whole: memoryview, sizes: list):
+    pos = 0
+    for k in sizes:
+        end = pos + k
+        yield whole[pos:end]
+        pos = end
 
 
 _BLOCKING_CODES = frozenset(

@@ -192,11 +192,17 @@ class SharedRegion:
         return cls(fd, size, None, owner=True)
 
     @classmethod
-    def from_fd(cls, fd: int) -> SharedRegion:
-        """Map a segment from an fd (received or inherited); the region keeps its own duplicate of it."""
+    def from_fd(cls, fd: int, name: str | None = None) -> SharedRegion:
+        """Map a segment from an fd (received or inherited); the region keeps its own duplicate of it.
+
+        ``name``: the segment's name, if it has one and the sender said which (multiprocessing does): used
+        in messages, and by ``unlink``. Nothing is opened by it.
+        """
         if not isinstance(fd, int) or isinstance(fd, bool):
             raise TypeError(f"fd must be int, not {type(fd).__name__}: {fd!r}")
-        return cls._from_owned_fd(os.dup(fd), None)
+        if name is not None:
+            validate_name(name)
+        return cls._from_owned_fd(os.dup(fd), name)
 
     @classmethod
     def _from_owned_fd(cls, fd: int, name: str | None) -> SharedRegion:

@@ -47,15 +47,20 @@ def _ref_tilt(t_s: float, rec) -> float:
 
 
 def _reference_boxes() -> dict[tuple[str, tuple[int, int]], list[tuple[int, int, int, int]]]:
-    """The bundled detector's boxes on each bundled page, computed here, in this process, for every input size
-    a worker can have: a detector fixes its input size from the first frame it sees (`fit_input_hw`) and
-    resizes later frames to it, and which page reaches each demo worker first depends on timing."""
+    """The bundled detector's boxes on each bundled page as the capture delivers it (the folder source resizes
+    each page to the first one's size), computed here, in this process, for every input size a worker can
+    have: a detector fixes its input size from the first frame it sees (`fit_input_hw`) and resizes later
+    frames to it."""
     import cv2
 
     from edgepipe import TextDetector, fit_input_hw
 
     d = os.path.join(os.path.dirname(os.path.abspath(__import__("edgepipe").__file__)), "data", "video", "text")
     pages = {name: cv2.imread(os.path.join(d, name)) for name in sorted(os.listdir(d))}
+    # as the capture delivers them: every page at the first page's size (its slot shape), resized INTER_AREA
+    h, w = next(iter(pages.values())).shape[:2]
+    pages = {name: img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+             for name, img in pages.items()}
     out = {}
     for hw in sorted({fit_input_hw(img.shape[:2]) for img in pages.values()}):
         det = TextDetector(input_hw=hw)
@@ -79,6 +84,9 @@ def _check(out: str, rep: dict) -> None:
     # on that page in this process (so the frames crossed capture -> ring -> workers -> ring intact)
     texts = TEXT_LINE.findall(out)
     assert texts, out[-2000:]
+    # the capture loops over two pages and show_text prints every 7th result: the printed boxes change
+    if len(texts) >= 2:
+        assert len({boxes for _, _, boxes in texts}) > 1, texts
     refs = _reference_boxes()
     for _, n, boxes in texts:
         assert int(n) >= 5
@@ -98,10 +106,16 @@ def _check(out: str, rep: dict) -> None:
     # the report: every stage and ring timed, the inference split into its steps
     parts = {p["part"]: p for p in rep["parts"]}
     for name in ("capture", "frames", "detect.dispatch", "detect.preprocess", "detect.inference", "detections",
-                 "imu", "samples", "end_to_end"):
+                 "imu", "samples", "end_to_end[show_text]", "end_to_end[show_attitude]"):
         assert parts[name]["count"] > 0, name
-    assert parts["end_to_end"]["count"] == parts["detections"]["count"] + parts["samples"]["count"]
+    assert "end_to_end" not in parts  # two paths: a row each, none mixing frames with IMU samples
     assert parts["end_to_end[show_text]"]["count"] == parts["detections"]["count"]
+    assert parts["end_to_end[show_attitude]"]["count"] == parts["samples"]["count"]
+    # the sources' health: the IMU loop's rate and deadlines, the capture's fps against its configured 10
+    health = {h["stage"]: h for h in rep["health"]}
+    assert health["imu"]["configured"] == 1000.0 and health["imu"]["deadlines"] >= health["imu"]["missed"] >= 0
+    assert health["capture"]["configured"] == 10.0 and health["capture"]["achieved"] > 0
+    assert "sources: rate and deadlines" in out and "ok: p99 <= budget, OVER: p99 > budget" in out
     assert rep["paths"]["show_attitude"] == ["imu", "samples", "end_to_end[show_attitude]"]
     st = rep["stages"]
     assert set(st) == {"capture", "detect", "show_text", "imu", "show_attitude"}

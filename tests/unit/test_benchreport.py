@@ -62,6 +62,16 @@ class TestSummary:
         assert by["dead"].value is None and by["dead"].error == "skipped: not installed"
         assert [(g.verdict, g.name, g.round) for g in s.goals] == [("FAIL", "rate", "")]
 
+    def test_cpu_per_message_and_waiting_style_are_shown(self, ring_latency_json):
+        """The real run's rows carry the CPU both processes used per message; the summary shows it beside the
+        headline, and the waiting style beside the group when the group does not name it."""
+        s = br.load("ring_latency", str(ring_latency_json))
+        assert all("cpu_ns_per_msg" in c.extra and c.extra.startswith("p99_ns") for c in s.cases)
+        doc = {"rows": [{"case": "edgepipe write/read (park)", "group": "per-call", "style": "blocking", "round": 1,
+                         "msgs_per_s": 5e5, "cpu_ns_per_msg": 1200.0, "cpu_s": 2.4, "batch": 1}]}
+        [c] = br.summarize("ring_throughput", doc).cases
+        assert (c.group, c.metric, c.extra) == ("per-call, blocking", "msgs_per_s", "cpu_ns_per_msg 1200")
+
     def test_ahrs_speed_json_has_ns_per_update(self, tmp_path):
         """ahrs_speed.py's own --json gives one case per filter call, ns per update as the headline, the
         reference filters marked as peers."""
@@ -212,3 +222,148 @@ class TestPeersMissing:
                 _row("mp.Queue", "per-call", False, msgs_per_s=1e5)]
         g = rt.goals(rows, rows[2], {"per-call": rows[2]})["one record per call >= 3x the best peer"]
         assert g["pass"] is None and g.get("skipped") and "posix_ipc + shared_memory (not installed)" in g["detail"]
+
+
+ROOT = BENCH.parent
+
+
+def _readme_table():
+    """tools/readme_table.py, the generator of the README's performance table (a script, not a package)."""
+    import importlib.util
+
+    if "readme_table" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("readme_table", ROOT / "tools" / "readme_table.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["readme_table"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["readme_table"]
+
+
+class TestReadmeTable:
+    """README.md's performance table and benchmarks/README.md's ring tables are rendered from the checked-in
+    JSON of the two ring benchmarks (tools/readme_table.py); nothing here asserts a timing."""
+
+    @pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+    def test_the_tables_are_what_the_checked_in_json_renders(self, readme):
+        rt = _readme_table()
+        pairs = rt.blocks_in((ROOT / readme).read_text())
+        assert pairs and all(old == new for old, new in pairs), \
+            f"{readme}: stale; run python tools/readme_table.py --write {readme}"
+
+    def test_an_edited_number_is_caught(self):
+        """A number typed into the table by hand (here: the first edgepipe value changed) no longer matches."""
+        rt = _readme_table()
+        text = (ROOT / "README.md").read_text()
+        block = rt.readme_block(text)
+        row = next(ln for ln in block.splitlines() if ln.startswith("| ping-pong"))
+        cells = row.split(" | ")
+        cells[2] = "1 ns"
+        edited = text.replace(row, " | ".join(cells))
+        [(old, new)] = rt.blocks_in(edited)
+        assert old != new
+
+    def test_every_row_compares_cases_of_one_waiting_style_and_batch_size(self):
+        """Each summary row names cases the benchmark really has, all of the row's waiting style and batch
+        size, edgepipe's on the edgepipe side; pure-Python yardsticks only in rows marked as such."""
+        rt = _readme_table()
+        for script in (rt.LATENCY, rt.THROUGHPUT):
+            cases = {c.name: c for c in _bench_module(script).build_cases(64, 1.0)}
+            for row in (r for r in rt.ROWS if r.script == script):
+                assert cases[row.edgepipe].edgepipe and cases[row.edgepipe].style == row.style, row
+                assert cases[row.edgepipe].batch == row.batch, row
+                for p in row.peers:
+                    assert not cases[p].edgepipe and cases[p].style == row.style and cases[p].batch == row.batch, (row, p)
+                    assert (p in rt.YARDSTICK_CASES) == row.yardstick, (row, p)
+        styles = {(r.script, r.style) for r in rt.ROWS}
+        for script in (rt.LATENCY, rt.THROUGHPUT):  # every waiting style has its like-for-like row
+            assert {s for sc, s in styles if sc == script} == {"busy-poll", "spin-then-block", "blocking"}
+        hybrid = [r for r in rt.ROWS if "hybrid" in r.edgepipe]
+        assert hybrid and all(r.style == "spin-then-block" for r in hybrid)
+
+    def _doc(self, **peer):
+        def row(case, ep, rnd, **kw):
+            r = {"case": case, "edgepipe": ep, "round": rnd, "ok": True, "style": "busy-poll", "batch": 1,
+                 "group": "busy-poll", "p50_ns": 300.0 if ep else 900.0, "cpu_ns_per_msg": 600.0, "pair": "near"}
+            r.update(kw)
+            return r
+        rows = []
+        for rnd in (1, 2):
+            rows += [row("edgepipe read() spin", True, rnd), row("iceoryx2 pub/sub receive() poll", False, rnd, **peer)]
+        return rows
+
+    @pytest.mark.parametrize("peer, why", [({"style": "blocking"}, "waits 'blocking'"),
+                                           ({"batch": 256}, "moves 256 messages per call"),
+                                           ({"ok": False, "error": "boom"}, "failed in round 1")])
+    def test_a_row_comparing_unlike_cases_is_refused(self, peer, why):
+        """A peer row measured with another waiting style (or batch size, or a failed run) makes the render
+        fail instead of landing in the README."""
+        rt = _readme_table()
+        row = rt.Row("ping-pong one-way p50", rt.LATENCY, "busy-poll", "edgepipe read() spin",
+                     ("iceoryx2 pub/sub receive() poll",))
+        by = rt.cases_by_name({"rows": self._doc()})
+        cells = rt.render_row(row, by)
+        assert cells[2] == "300 ns" and cells[6] == "3.00x (3.00-3.00)"  # the like-for-like case renders
+        with pytest.raises(rt.SpecError, match=why):
+            rt.render_row(row, rt.cases_by_name({"rows": self._doc(**peer)}))
+        with pytest.raises(rt.SpecError, match="no case"):
+            rt.render_row(rt.Row("x", rt.LATENCY, "busy-poll", "edgepipe read() spin", ("nope",)), by)
+        with pytest.raises(rt.SpecError, match="yardstick"):
+            rt.render_row(rt.Row("x", rt.LATENCY, "busy-poll", "edgepipe read() spin", ("shm + seq word spin",)), by)
+
+    def test_readme_rows_are_well_formed(self):
+        """Each row of README.md's table is one of ROWS, in order: its label and style, a value with a unit
+        for edgepipe and for the peer, CPU per message for both, the peer's case name, and a ratio with its
+        range over the rounds; yardstick rows are marked and the caveat is under the table."""
+        import re
+
+        rt = _readme_table()
+        block = rt.readme_block((ROOT / "README.md").read_text())
+        rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| measurement")]
+        assert len(rows) == len(rt.ROWS)
+        val = r"[\d,.]+ (?:ns|us|M/s|k/s)"
+        for ln, spec in zip(rows, rt.ROWS):
+            cells = [c.strip() for c in ln.strip("|").split(" | ")]
+            assert len(cells) == len(rt.HEADER), ln
+            assert cells[0] == spec.label and cells[1].startswith(spec.style), ln
+            assert re.fullmatch(val, cells[2]) and re.fullmatch(val, cells[3]) and re.fullmatch(val, cells[5]), ln
+            m = re.fullmatch(rf"({val}) \((.+?)( †)?\)", cells[4])
+            assert m and m.group(2) in spec.peers and bool(m.group(3)) == spec.yardstick, ln
+            assert re.fullmatch(r"\d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", cells[6]), ln
+        assert rt.CAVEAT in block and "shared 2-vCPU VM" in block
+        assert block.count("`python benchmarks/ring_") == 2  # both commands, next to the table
+
+    def test_json_rows_carry_style_batch_and_cpu_per_message(self):
+        """Every measured row of the checked-in runs has its waiting style, batch size and CPU per message, and
+        the runs were interleaved rounds (each case once per round)."""
+        import collections
+
+        rt = _readme_table()
+        for script in (rt.LATENCY, rt.THROUGHPUT):
+            doc = rt.load(script)
+            rows = [r for r in doc["rows"] if r["group"] != "idle"]
+            assert all(r["style"] in ("busy-poll", "spin-then-block", "blocking") and r["batch"] >= 1 for r in rows)
+            assert all(r["ok"] and r["cpu_ns_per_msg"] > 0 for r in rows)
+            rounds = collections.Counter(r["round"] for r in rows)
+            assert len(rounds) == doc["args"]["rounds"] >= 2 and len(set(rounds.values())) == 1
+
+
+class TestNewCases:
+    def test_spin_then_block_peers_and_equal_batch_peers_run(self, tmp_path):
+        """The peers added for like-for-like rows run and count every message (short runs, no timing asserted):
+        the hand-written spin-then-block peers in ring_latency, edgepipe park and the polled batch socketpair in
+        ring_throughput; each row reports CPU per message."""
+        pytest.importorskip("posix_ipc")
+        for script, only, n in (("ring_latency", "spin 25 us", 2),
+                                ("ring_throughput", "(park),polled", 3)):
+            out = tmp_path / f"{script}.json"
+            r = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--seconds", "0.3", "--only", only,
+                                "--json", str(out)], capture_output=True, text=True, timeout=180, cwd=ROOT)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            rows = json.loads(out.read_text())["rows"]
+            assert len(rows) == n and all(x["ok"] for x in rows), [x.get("error") for x in rows]
+            assert all(x["cpu_ns_per_msg"] > 0 and x["cpu_s"] > 0 for x in rows)
+            if script == "ring_latency":
+                assert {x["style"] for x in rows} == {"spin-then-block"} and all(x["round_trips"] > 0 for x in rows)
+            else:
+                assert {(x["style"], x["batch"]) for x in rows} == {("blocking", 1), ("busy-poll", 256),
+                                                                      ("busy-poll", 4096)}

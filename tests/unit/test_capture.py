@@ -89,6 +89,22 @@ class TestFileSource:
         assert 80 <= stage.stats()["interval_ms_p50"] <= 130
         assert len(_drain(r)) == 6
 
+    def test_stats_name_the_configured_fps_next_to_the_achieved_one(self, ring_pair):
+        """fps_target is the rate the loop paces at (the file's own 10 fps, or an override), so a report can
+        compare it with the achieved fps; an unpaced run (realtime=False) has none."""
+        w, _ = ring_pair
+        paced = CaptureStage(sample_video(), w, max_frames=3)
+        assert paced.run() == 0
+        s = paced.stats()
+        assert s["fps_target"] == 10.0 and s["fps"] > 0
+        with LatestSlot.create(None, 576 * 768 * 3) as slot:
+            over = CaptureStage(sample_video(), slot.writer(), fps=25, max_frames=2)
+            assert over.run() == 0 and over.stats()["fps_target"] == 25.0
+        with LatestSlot.create(None, 576 * 768 * 3) as slot:
+            fast = CaptureStage(sample_video(), slot.writer(), realtime=False, max_frames=2)
+            assert fast.run() == 0 and fast.stats()["fps"] > 0
+            assert "fps_target" not in fast.stats()
+
     def test_fps_override_uses_absolute_deadlines(self):
         """fps=50 plays 26 frames in about 0.5 s; deadlines are absolute, so the total does not drift by
         the per-frame work."""
@@ -165,6 +181,20 @@ class TestOtherSources:
         s = stage.stats()
         assert s["published"] == 3 and s["copies"] == 3 and s["end_of_stream"] == 1
         assert s["decode_errors"] == 1  # d.png
+
+    def test_looping_folder_loses_no_deadline_at_the_rewind(self, ring_pair, monkeypatch):
+        """A looped 2-image folder at 10 fps keeps 10 fps: frame k waits for deadline t0 + k periods, the
+        end of the folder taking none (it used to take one per loop: 6.67 fps from 2 pages at 10). The
+        waits are recorded instead of slept, so nothing here depends on timing."""
+        w, r = ring_pair
+        stage = CaptureStage(sample_text_images()[0].parent, w, fps=10, loop=True, max_frames=7)
+        waits = []
+        monkeypatch.setattr(stage, "_sleep_until", lambda d: waits.append(d) or True)
+        assert stage.run() == 0
+        assert len(_drain(r)) == 7 and stage.counters["loops"] == 3
+        steps = [b - a for a, b in zip(waits, waits[1:])]
+        assert len(waits) == 7 + 3 and sorted(set(steps)) == [0, 100_000_000], steps
+        assert waits[-1] - waits[0] == 6 * 100_000_000  # 7 frames over 6 periods
 
     def test_bundled_text_images_play_as_a_folder(self, ring_pair):
         """The two bundled text photographs exist and play as a folder source."""
@@ -390,3 +420,43 @@ class TestUnavailable:
         for bad in (0, -2, "10", True):
             with pytest.raises(ValueError, match=f"stall_timeout_s.*{bad!r}"):
                 CaptureStage("pattern", w, stall_timeout_s=bad)
+
+
+class TestConsumerDied:
+    """A consumer that dies (kill -9, no close) is not one that closed: with the default
+    on_consumer_closed='fail' the stage waits for its restart (on_full='wait') or drops and counts
+    (on_full='drop'), and stays running; only a consumer that closed in order fails it."""
+
+    def _dead_consumer(self, shm_name):
+        import subprocess
+        import sys
+
+        code = ("import os, sys\nfrom edgepipe import Ring\nr = Ring.attach(sys.argv[1]).reader()\n"
+                "print('attached', flush=True)\nsys.stdin.read(1)\nos.kill(os.getpid(), 9)\n")
+        p = subprocess.Popen([sys.executable, "-c", code, shm_name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "attached"
+        return p
+
+    @pytest.mark.parametrize("on_full", ["wait", "drop"])
+    def test_dead_consumer_is_waited_for_not_a_failure(self, shm_name, on_full):
+        with Ring.create(shm_name, capacity=1 << 16) as ring:
+            w = FrameWriter(ring.writer())
+            p = self._dead_consumer(shm_name)
+            p.stdin.write("x")
+            p.stdin.flush()
+            assert p.wait(30) == -9
+            stage = CaptureStage("pattern:32x32", w, fps=500, loop=True, on_full=on_full, stall_timeout_s=None)
+            stage.start()
+            key = "dropped_consumer_restarting" if on_full == "drop" else "grabbed"
+            deadline = time.monotonic() + 30
+            while stage.counters.get(key, 0) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stage.state == "running" and stage.error is None, stage.stats()
+            assert stage.counters.get(key, 0) >= 3, stage.stats()
+            r2 = FrameReader(Ring.attach(shm_name).reader())  # the restarted consumer takes the end over
+            with r2.read_frame(timeout_s=30) as f:
+                assert f.array.shape == (32, 32, 3)
+            stage.stop()
+            assert stage.join(10) == 0 and stage.error is None, stage.stats()
+            r2.close()

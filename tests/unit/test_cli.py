@@ -177,7 +177,7 @@ class TestRunAndReport:
         try:
             deadline = time.monotonic() + 30
             out = ""
-            while "e2e p50" not in out:  # the first progress line with records at the sink
+            while "e2e sink p50" not in out:  # the first progress line with records at the sink
                 assert time.monotonic() < deadline and proc.poll() is None
                 out += proc.stdout.readline()
             os.killpg(proc.pid, signal.SIGINT)
@@ -205,6 +205,29 @@ class TestRunAndReport:
         assert "cannot read a report" in capsys.readouterr().err
 
 
+class TestProgress:
+    LIVE = {"uptime_s": 12.0, "links": {"frames": {"rate_hz": 6.6}, "samples": {"rate_hz": 916.6}},
+            "stages": {"capture": {"state": "done", "kind": "capture", "fps_target": 10.0, "fps": 6.66},
+                       "imu": {"state": "running", "kind": "imu", "rate_hz": 1000.0, "achieved_rate_hz": 916.6,
+                               "ticks": 9166, "missed": 834, "wait": "sleep", "restarts": 1},
+                       "show_text": {"state": "done"}, "show_attitude": {"state": "running"}},
+            "parts": [{"part": "end_to_end[show_text]", "count": 55, "p50_ms": 56.2, "p99_ms": 124.8},
+                      {"part": "end_to_end[show_attitude]", "count": 9166, "p50_ms": 0.024, "p99_ms": 1.8},
+                      {"part": "end_to_end", "count": 9221, "p50_ms": 0.024, "p99_ms": 3.49}]}
+
+    def test_progress_line_per_path_with_sources_short_and_states_counted(self):
+        """The run's progress line gives each path's p50/p99 (not one mixing both), the IMU's achieved rate
+        and missed share, the capture short of its fps, and stage states as counts, never a raw dict."""
+        from edgepipe.cli.main import progress_line
+
+        line = progress_line(self.LIVE)
+        assert "e2e show_text p50 56.20 ms p99 124.80 ms (55)" in line
+        assert "show_attitude p50 0.02 ms p99 1.80 ms (9166)" in line and "3.49" not in line
+        assert "imu 916.6 Hz, 8.3 % deadlines missed" in line and "capture 6.66 of 10 fps" in line
+        assert "restarts 1" in line and "2 done, 2 running" in line
+        assert "{" not in line and "'" not in line
+
+
 class TestTopDoctor:
     def test_top_once_shows_a_running_pipelines_snapshot(self, tmp_path, capsys):
         """top --once draws the stages, rings and latency parts of a snapshot file."""
@@ -220,6 +243,51 @@ class TestTopDoctor:
         out = capsys.readouterr().out
         for want in ("pipeline snap", "running", "25%", "end_to_end", "3.000", "1000"):
             assert want in out, want
+
+    def test_top_quits_on_q(self, tmp_path, run_in_pty):
+        """In a terminal, `q` ends top at once (no Enter needed) with status 0, and the terminal is back in
+        its line mode afterwards."""
+        live = {"name": "snap", "pid": os.getpid(), "uptime_s": 3.0, "stages": {}, "links": {}, "parts": []}
+        f = tmp_path / f"pipeline-{os.getpid()}-1.json"
+        f.write_text(json.dumps(live))
+        code, out, canonical = run_in_pty([sys.executable, "-m", "edgepipe", "top", str(f), "--interval", "0.2"],
+                                          b"pipeline snap", b"q")
+        assert code == 0, out
+        assert "q quits" in out and canonical
+
+    def test_top_shows_each_path_rates_and_sources_health(self):
+        """Two paths: a row each and no mixed end-to-end row; stage rates from two snapshots; the IMU's
+        achieved rate and missed deadlines and the capture's fps under the tables, in red when short."""
+        from rich.console import Console
+
+        from edgepipe.cli.top import add_rates, render_live
+
+        def snap(t, received, missed):
+            return {"name": "demo", "pid": 1, "uptime_s": t, "t_s": 100.0 + t, "links": {},
+                    "stages": {"imu": {"state": "running", "kind": "imu", "rate_hz": 1000.0, "emitted": received,
+                                       "achieved_rate_hz": 916.6, "ticks": received, "missed": missed,
+                                       "wait": "sleep"},
+                               "capture": {"state": "running", "kind": "capture", "fps_target": 10.0, "fps": 9.8,
+                                           "published": received // 100},
+                               "show": {"state": "running", "received": received}},
+                    "parts": [{"part": "end_to_end[show]", "count": 5, "p50_ms": 0.02, "p99_ms": 0.1,
+                               "max_ms": 0.2, "budget_ms": 250.0, "violations": 0},
+                              {"part": "end_to_end[show_text]", "count": 5, "p50_ms": 50.0, "p99_ms": 90.0,
+                               "max_ms": 99.0, "budget_ms": 250.0, "violations": 0},
+                              {"part": "end_to_end", "count": 10, "p50_ms": 0.5, "p99_ms": 90.0,
+                               "max_ms": 99.0, "budget_ms": 250.0, "violations": 0}]}
+
+        live = add_rates(snap(4.0, 3000, 300), snap(2.0, 1000, 100))
+        con = Console(width=160, record=True)
+        con.print(render_live(live))
+        text = con.export_text()
+        assert "up 4.0 s" in text and "end_to_end[show]" in text and "end_to_end[show_text]" in text
+        assert not any(ln.split("│")[1].strip() == "end_to_end" for ln in text.splitlines() if "│" in ln)
+        rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+                for ln in text.splitlines() if ln.count("│") > 8}
+        assert rows["show"][6] == "1000" and rows["imu"][7] == "1000" and rows["capture"][7] == "10"
+        assert "imu: 916.6 of 1000 Hz, missed 300 of 3300 deadlines (9.1 %)" in text
+        assert "capture: 9.8 of 10 fps" in text and "{" not in text
 
     def test_doctor_reports_every_check(self, capsys):
         """doctor prints a row per check with its status and a summary; this machine has memfd and futex."""
@@ -287,6 +355,25 @@ class TestDemoWiring:
         spec, missing = demo_spec()
         assert missing == {}
         assert [s.name for s in spec.stages] == ["capture", "detect", "show_text", "imu", "show_attitude"]
+
+
+    def test_demo_prints_detections_of_every_page_in_turn(self):
+        """show_text prints every n-th result of a capture looping over the bundled pages: n and the number
+        of pages have no common factor, so the printed detections come from each page in turn (with a step
+        of 10 over 2 pages, every printed line was the same page's boxes)."""
+        import math
+
+        from edgepipe._data import data_path
+
+        spec, _ = demo_spec()
+        stages = {s.name: s for s in spec.stages}
+        every = stages["show_text"].params["every"]
+        folder = str(stages["capture"].params["video"]).removeprefix("pkg:")
+        pages = len(os.listdir(data_path(folder)))
+        assert stages["capture"].params["loop"] is True and pages >= 2
+        assert math.gcd(every, pages) == 1, (every, pages)
+        printed = [(k * every) % pages for k in range(pages)]  # the page behind the k-th printed result
+        assert sorted(printed) == list(range(pages))
 
 
 class TestBench:

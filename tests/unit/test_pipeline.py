@@ -373,7 +373,7 @@ class TestSupervisorProcess:
             time.sleep(0.02)
         assert _shm() == before
 
-    def test_sigterm_drains_and_exits_0(self, tmp_path):
+    def test_sigterm_drains_and_exits_0(self, tmp_path, run_in_pty):
         """SIGTERM: the sources stop first, everything in flight reaches the sink, exit status 0."""
         before = _shm()
         proc, pids = _start_supervisor(tmp_path)
@@ -391,6 +391,14 @@ class TestSupervisorProcess:
         assert int(stages["src"][5]) > 0 and int(stages["sink"][4]) > 0  # emitted, received
         # the budget column: end_to_end's covers end_to_end[sink], a stage's own part has its own, others none
         assert (parts["end_to_end[sink]"][4], parts["mid"][4], parts["a"][4]) == ("250.0", "40.0", "-"), parts
+        # the uptime (Stats.start_ns) and each stage's rates (two roll-ups apart): in/s, out/s
+        up = re.search(r"\(pid \d+, up (\d+\.\d) s\)", text)
+        assert up and float(up.group(1)) > 0, text.splitlines()[0]
+        assert float(stages["sink"][6]) > 0 and float(stages["src"][7]) > 0, stages
+        # in a terminal, q ends top --socket at once with status 0 and the terminal mode restored
+        code, out, canonical = run_in_pty([sys.executable, "-m", "edgepipe", "top", "--socket",
+                                           str(tmp_path / "stats.sock"), "--interval", "0.2"], b"rings", b"q")
+        assert code == 0 and canonical, out
         file_con = Console(width=150, record=True)
         assert run_top(str(tmp_path / "stats.json"), once=True, console=file_con) == 0
         def heads(t):  # the column names of every table

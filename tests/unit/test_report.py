@@ -119,3 +119,141 @@ def test_drops_named_by_stage_and_reason():
         "src": {"dropped[a: ring full]": 7, "state": "done", "restarts": 0}})
     assert rep["drops"] == {"cap: dropped_full": 2, "cap: dropped_shape": 3, "det: dropped_deadline": 1,
                             "det: frames_lost": 2, "det: bad_frames": 1, "src: a: ring full": 7}
+
+
+def _two_paths_book():
+    """Two sources, two sinks: 1 kHz-like samples of ~0.02 ms and frames of ~60 ms."""
+    book = LatencyBook(["imu", "cam"], ["samples", "frames"], {"end_to_end": 250 * MS})
+    for i in range(900):
+        book.sink = "show_attitude"
+        book.record(_rec(0, [(0, 0xFFFF, 0, 10_000)], 0, 20_000 + i))
+    for i in range(100):
+        book.sink = "show_text"
+        book.record(_rec(0, [(1, 0xFFFF, 0, 50 * MS)], 1, (60 + i % 5) * MS))
+    return book
+
+
+class TestPaths:
+    def test_one_row_per_path_and_no_mixed_row(self):
+        """With two paths the report has an end-to-end row per path and none mixing samples with frames;
+        with one path the plain end-to-end row stays."""
+        rep = build_report(_two_paths_book())
+        rows = {r["part"]: r for r in rep["parts"]}
+        assert "end_to_end" not in rows
+        assert rows["end_to_end[show_attitude]"]["count"] == 900 and rows["end_to_end[show_text]"]["count"] == 100
+        assert rows["end_to_end[show_text]"]["p50_ms"] > 50 > rows["end_to_end[show_attitude]"]["p99_ms"]
+        one = LatencyBook(["src"], ["a"], sink="s")
+        one.record(_rec(0, [(0, 0xFFFF, 0, MS)], 0, 2 * MS))
+        assert [r["part"] for r in build_report(one)["parts"]][-2:] == ["end_to_end[s]", "end_to_end"]
+
+    def test_table_states_the_ok_over_rule(self):
+        """The table's caption says what ok and OVER mean: p99 against the budget (what within_budget does)."""
+        rep = build_report(TestReport()._book())
+        assert rep["rule"].startswith("ok: p99 <= budget, OVER: p99 > budget")
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        assert "OVER: p99 > budget" in con.export_text()
+
+
+class TestHealth:
+    STAGES = {
+        "imu": {"kind": "imu", "state": "done", "rate_hz": 1000.0, "achieved_rate_hz": 916.6, "ticks": 9166,
+                "missed": 834, "wait": "sleep", "dropped": 0, "published": 9166},
+        "capture": {"kind": "capture", "state": "done", "fps_target": 10.0, "fps": 6.66, "late": 2, "dropped": 3,
+                    "dropped_full": 3, "dropped_shape": 0, "published": 55},
+        "show": {"kind": "print", "received": 5},
+    }
+
+    def test_imu_missed_deadlines_and_capture_fps_shortfall_are_reported(self):
+        """The IMU loop's deadlines (served + missed), the share missed and the achieved rate; the capture's
+        achieved fps against its configured fps; both short, so both warn, and drops warn too."""
+        rep = build_report(LatencyBook([], []), stages=self.STAGES)
+        h = {r["stage"]: r for r in rep["health"]}
+        assert set(h) == {"imu", "capture"}
+        assert (h["imu"]["deadlines"], h["imu"]["missed"], h["imu"]["missed_pct"]) == (10000, 834, 8.34)
+        assert (h["imu"]["configured"], h["imu"]["achieved"], h["imu"]["ok"]) == (1000.0, 916.6, False)
+        assert (h["capture"]["configured"], h["capture"]["achieved"], h["capture"]["dropped"]) == (10.0, 6.66, 3)
+        assert rep["health_ok"] is False
+        text = " | ".join(rep["warnings"])
+        assert "missed 834 of 10000 deadlines (8.3 %" in text and "916.6 Hz achieved of 1000.0 Hz" in text
+        assert "6.66 fps, below 90% of its configured 10 fps" in text and "capture: dropped 3" in text
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        out = con.export_text()
+        assert "WARNING imu: the IMU loop missed 834 of 10000 deadlines" in out
+        assert "834 of 10000 (8.3 %)" in out and "SHORT" in out and "6.66 fps" in out
+
+    def test_sources_that_keep_their_rate_are_ok(self):
+        """Under 1 % missed and at least 90 % of the fps, nothing dropped: ok rows and no warning."""
+        stages = {"imu": dict(self.STAGES["imu"], missed=50, ticks=9950, achieved_rate_hz=995.0),
+                  "capture": dict(self.STAGES["capture"], fps=9.5, dropped=0, dropped_full=0)}
+        rep = build_report(LatencyBook([], []), stages=stages)
+        assert [r["ok"] for r in rep["health"]] == [True, True] and rep["warnings"] == [] and rep["health_ok"]
+        con = Console(width=160, record=True)
+        render_table(rep, con)
+        out = con.export_text()
+        assert "WARNING" not in out and "drops: none" in out
+
+    def test_device_paced_imu_has_no_deadlines(self):
+        """A buffered IIO loop is paced by the device: its missed counter is no deadline count."""
+        st = dict(self.STAGES["imu"], wait="device")
+        row = build_report(LatencyBook([], []), stages={"imu": st})["health"][0]
+        assert row["deadlines"] is None and row["missed_pct"] is None and row["ok"]
+
+
+class TestPng:
+    def _report(self):
+        book = _two_paths_book()
+        book.budgets_ns.update({"imu": MS // 100, "frames": 20 * MS})
+        for i in range(10):  # 16 parts in all: more than matplotlib's default cycle of 10 colours
+            book.record_value(f"extra{i}", (i + 1) * MS)
+        return build_report(book, budgets_ns=book.budgets_ns,
+                            series=[{"t_s": float(t), "mean_ms": {"imu": 0.01, "samples": 0.01, "cam": 50.0,
+                                                                  "frames": 10.0}} for t in range(3)],
+                            paths={"show_attitude": ["imu", "samples", "end_to_end[show_attitude]"],
+                                   "show_text": ["cam", "frames", "end_to_end[show_text]"]})
+
+    def test_colours_budget_lines_and_legend_outside(self):
+        """Every part's curve has its own colour; each part with a budget has a dashed line at it (one for
+        the end-to-end budget the paths share); the only legend is the figure's, clear of every plot."""
+        from edgepipe.pipeline.report import figure
+
+        rep = self._report()
+        fig = figure(rep)
+        try:
+            ax1 = fig.axes[0]
+            curves = {ln.get_label(): ln for ln in ax1.get_lines() if ln.get_linestyle() == "-"}
+            parts = [r["part"] for r in rep["parts"]]
+            assert sorted(curves) == sorted(parts)
+            colours = [tuple(curves[p].get_color()) for p in parts]
+            assert len(set(colours)) == len(parts)
+            dashed = {ln.get_ydata()[0] for ln in ax1.get_lines() if ln.get_linestyle() == "--"}
+            assert dashed == {0.01, 20.0, 250.0}
+            assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+            fig.canvas.draw()
+            r = fig.canvas.get_renderer()
+            box = fig.legends[0].get_window_extent(r)
+            for ax in fig.axes:
+                a = ax.get_window_extent(r)
+                assert box.x0 >= a.x1 or box.x1 <= a.x0 or box.y0 >= a.y1 or box.y1 <= a.y0, ax.get_title()
+            # the stacked plots use the same colour per part as the curves
+            polys = [c for ax in fig.axes[1:] for c in ax.collections]
+            assert {tuple(p.get_facecolor()[0][:3]) for p in polys} >= {colours[parts.index("frames")][:3]}
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+    def test_png_has_the_distinct_colours(self, tmp_path):
+        """Read back from the PNG: the pixels hold each part's colour."""
+        import matplotlib.image as mpimg
+
+        from edgepipe.pipeline.report import _colours
+
+        rep = self._report()
+        write_report(rep, tmp_path)
+        px = (mpimg.imread(tmp_path / "report.png")[..., :3] * 255).round().astype(int)
+        seen = {tuple(c) for c in px.reshape(-1, 3)}
+        want = _colours([r["part"] for r in rep["parts"]])
+        for part, c in want.items():
+            assert tuple(round(v * 255) for v in c) in seen, part

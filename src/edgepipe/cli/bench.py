@@ -50,7 +50,10 @@ HEADLINE_KEYS = ("p50_ns", "msgs_per_s", "fps", "frames_per_s", "jit.p99", "rate
 EXTRA_KEYS = {"p50_ns": "p99_ns", "jit.p99": "jit.p999", "median": "min"}
 # bookkeeping fields that are never a headline
 NOT_METRICS = {"round", "n", "probe_before_ns", "probe_after_ns", "edgepipe", "ok", "round_trips", "elapsed_s",
-               "frames", "sent", "msgs", "errors", "lost", "missed", "missed_events"}
+               "frames", "sent", "msgs", "errors", "lost", "missed", "missed_events", "batch", "cpu_s", "cpu_cores"}
+# CPU both processes used during the case per message (the ring benchmarks): shown beside every headline, so a
+# case that spins cannot look cheap
+CPU_KEY = "cpu_ns_per_msg"
 
 
 @dataclass
@@ -162,7 +165,10 @@ def summarize(name: str, doc) -> Script:
     for case, rs in by_case.items():
         good = [r for r in rs if r.get("ok", True) and _metric(r)]
         first = (good or rs)[0]
-        c = Case(case, str(first.get("group", "")), bool(first.get("edgepipe", "edgepipe" in case.lower())), "", None)
+        group = str(first.get("group", ""))
+        if first.get("style") and first["style"] != group:  # the waiting style, when the group does not name it
+            group = f"{group}, {first['style']}" if group else str(first["style"])
+        c = Case(case, group, bool(first.get("edgepipe", "edgepipe" in case.lower())), "", None)
         if not good:
             c.error = str(first.get("error", "no numeric field")).splitlines()[0][:120] if first.get("error") else \
                 "no numeric field"
@@ -176,6 +182,9 @@ def summarize(name: str, doc) -> Script:
             ev = [r[ek] for r in good if _num(r.get(ek))] if ek else []
             if ev:
                 c.extra = f"{ek} {statistics.median(ev):.4g}"
+            cpu = [r[CPU_KEY] for r in good if _num(r.get(CPU_KEY))]
+            if cpu and c.metric != CPU_KEY:
+                c.extra = "; ".join(x for x in (c.extra, f"{CPU_KEY} {statistics.median(cpu):.4g}") if x)
         s.cases.append(c)
     return s
 

@@ -134,21 +134,46 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 # pipelines
 
 
+def progress_line(live: dict) -> str:
+    """One line of live progress from a ``Pipeline.live()`` snapshot: uptime, each path's end-to-end p50/p99,
+    ring rates, sources short of their rate, restarts, and stage states other than running (all formatted,
+    never a raw dict).
+
+    >>> progress_line({"uptime_s": 2.0, "links": {"a": {"rate_hz": 9.6}}, "parts": [
+    ...     {"part": "end_to_end[s]", "count": 4, "p50_ms": 0.5, "p99_ms": 1.25}],
+    ...     "stages": {"s": {"state": "running"}, "t": {"state": "done"}, "u": {"state": "done"}}})
+    '   2.0 s  e2e s p50 0.50 ms p99 1.25 ms (4)  |  a 10/s  |  2 done, 1 running'
+    """
+    from edgepipe.pipeline.report import E2E, health
+
+    paths = [x for x in live["parts"] if x["part"].startswith(E2E + "[")] or \
+        [x for x in live["parts"] if x["part"] == E2E]
+    lat = "; ".join(f"{x['part'][len(E2E) + 1:-1] or 'end to end'} p50 {x['p50_ms']:.2f} ms p99 "
+                    f"{x['p99_ms']:.2f} ms ({x['count']})" for x in paths if x["count"])
+    states: dict[str, int] = {}
+    for st in live["stages"].values():
+        states[st["state"]] = states.get(st["state"], 0) + 1
+    rates = ", ".join(f"{k} {v['rate_hz']:.0f}/s" for k, v in live["links"].items())
+    short = []
+    for h in health(live["stages"]):
+        if h.get("missed_pct") is not None and h["missed_pct"] > 0:
+            short.append(f"{h['stage']} {h['achieved'] or 0:g} Hz, {h['missed_pct']:.1f} % deadlines missed")
+        elif not h["ok"] and h.get("achieved") is not None:
+            short.append(f"{h['stage']} {h['achieved']:g} of {h['configured'] or 0:g} {h['unit']}")
+    restarts = sum(s.get("restarts", 0) or 0 for s in live["stages"].values())
+    return (f"{live['uptime_s']:6.1f} s  {'e2e ' + lat if lat else 'no records at a sink yet'}  |  {rates}"
+            + (f"  |  {'; '.join(short)}" if short else "")
+            + (f"  |  restarts {restarts}" if restarts else "")
+            + ("" if set(states) <= {"running"} else
+               "  |  " + ", ".join(f"{n} {st}" for st, n in sorted(states.items()))))
+
+
 def _progress(console):
     """A one-line progress printer for Pipeline.run(on_tick=...)."""
+    from rich.markup import escape
+
     def tick(p) -> None:
-        live = p.live()
-        e2e = next((x for x in live["parts"] if x["part"] == "end_to_end"), None)
-        states = {}
-        for s in live["stages"].values():
-            states[s["state"]] = states.get(s["state"], 0) + 1
-        rates = ", ".join(f"{k} {v['rate_hz']:.0f}/s" for k, v in live["links"].items())
-        lat = (f"e2e p50 {e2e['p50_ms']:.2f} ms p99 {e2e['p99_ms']:.2f} ms ({e2e['count']} records)"
-               if e2e and e2e["count"] else "no records at a sink yet")
-        restarts = sum(s.get("restarts", 0) for s in live["stages"].values())
-        console.print(f"[dim]{live['uptime_s']:6.1f} s[/]  {lat}  |  {rates}"
-                      + (f"  |  restarts {restarts}" if restarts else "")
-                      + ("" if set(states) <= {"running"} else f"  |  {states}"), highlight=False)
+        console.print(escape(progress_line(p.live())), highlight=False)
     return tick
 
 

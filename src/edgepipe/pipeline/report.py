@@ -7,8 +7,11 @@ each ring (named after the link) and the time inside each stage (named after the
 
 The supervisor merges the books of all sinks (they travel as ``edgepipe.v1.LatencyHistogram`` buckets in
 Stats messages) and keeps a time series of per-part means for the stacked plot. :func:`build_report` turns
-that into a JSON-ready dict; :func:`render_table` prints it with ``rich``, :func:`render_png` draws it with
-matplotlib (Agg), and ``edgepipe report FILE.json`` does both again later.
+that into a JSON-ready dict, with one end-to-end row per path (never one mixing paths) and the sources' health
+(:func:`health`: an IMU loop's achieved rate and missed deadlines, a capture's achieved against configured
+fps, drops, and warnings on shortfalls); :func:`render_table` prints it with ``rich`` (the ok/OVER rule
+under the table), :func:`render_png` draws :func:`figure` with matplotlib (Agg), and ``edgepipe report
+FILE.json`` does both again later.
 
 >>> from edgepipe.pipeline.wire import Hop, Record
 >>> book = LatencyBook(["cam", "det"], ["frames"], budgets_ns={"end_to_end": 5_000_000})
@@ -44,6 +47,10 @@ E2E = "end_to_end"
 # (capture: dropped_full, dropped_shape; inference: dropped_deadline, results_dropped, frames_lost, bad_frames)
 _DROP_KEY = re.compile(r"^(dropped(_\w+)?|\w+_dropped|frames_lost|bad_frames)$")
 _NO_LINK = 0xFFFF
+# the rule the table's ok/OVER column applies (build_report's "within_budget")
+OK_RULE = "ok: p99 <= budget, OVER: p99 > budget; 'over' counts the records above the budget"
+IMU_MISSED_MAX_PCT = 1.0  # an IMU loop missing more of its deadlines than this gets a warning
+CAPTURE_MIN_FPS_RATIO = 0.9  # a capture below this share of its configured fps gets a warning
 
 
 def budget_for(part: str, budgets: dict[str, int]) -> int | None:
@@ -252,7 +259,11 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
     """
     budgets = dict(budgets_ns if budgets_ns is not None else book.budgets_ns)
     parts = []
-    for name in sorted(book.order, key=lambda p: (p == E2E, p.startswith(E2E), book.order.index(p))):
+    # with two paths or more, the plain end-to-end row would mix them (1 kHz IMU samples with 7 fps frames):
+    # each path keeps its own row, "end_to_end[<sink>]", and the mixed one is left out
+    per_path = [p for p in book.order if p.startswith(E2E + "[")]
+    names = [p for p in book.order if not (p == E2E and len(per_path) > 1)]
+    for name in sorted(names, key=lambda p: (p == E2E, p.startswith(E2E), book.order.index(p))):
         h = book.hists[name]
         n = h.get_total_count()
         row: dict[str, Any] = {"part": name, "count": n}
@@ -277,10 +288,15 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
                 drops[f"{sname}: {k[8:-1]}"] = v
             elif _DROP_KEY.match(k) and not (k == "dropped" and specific):  # a built-in stage's counters
                 drops[f"{sname}: {k}"] = v
+    health_rows = health(stages or {})
+    warnings = [w for h in health_rows for w in h["warnings"]]
     return {
         "version": 1,
         "meta": dict(meta or {}),
         "parts": parts,
+        "rule": OK_RULE,
+        "health": health_rows,
+        "warnings": warnings,
         "budgets_ms": {k: _ms(v) for k, v in budgets.items()},
         "drops": drops,
         "stages": dict(stages or {}),
@@ -288,7 +304,67 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
         "series": list(series or []),
         "paths": dict(paths or {}),
         "ok": all(r["within_budget"] is not False for r in parts),
+        "health_ok": not warnings,
     }
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def health(stages: dict[str, Any]) -> list[dict[str, Any]]:
+    """Did the sources keep their rate? One row per IMU loop (achieved vs configured rate, deadlines missed,
+    from its ``ticks``/``missed`` counters) and per capture stage (achieved vs configured fps), with the
+    stage's drops and the warnings of any shortfall: an IMU loop that missed more than
+    ``IMU_MISSED_MAX_PCT`` % of its deadlines, a capture below ``CAPTURE_MIN_FPS_RATIO`` of its fps.
+
+    >>> [(h["stage"], h["missed_pct"], h["ok"]) for h in health({"imu": {"kind": "imu", "rate_hz": 1000.0,
+    ...     "achieved_rate_hz": 916.6, "ticks": 920, "missed": 80, "wait": "sleep"}})]
+    [('imu', 8.0, False)]
+    """
+    out = []
+    for name, st in stages.items():
+        if not isinstance(st, dict):
+            continue
+        dropped = sum(v for k, v in st.items() if _DROP_KEY.match(k) and k != "dropped" and isinstance(v, int)
+                      and not isinstance(v, bool)) or (_num(st.get("dropped")) or 0)
+        if "ticks" in st and "achieved_rate_hz" in st:  # an IMU loop (edgepipe.stages.imu.ImuStage)
+            target, achieved = _num(st.get("rate_hz")), _num(st.get("achieved_rate_hz"))
+            paced = st.get("wait") != "device"  # a device-paced loop has no deadlines of its own
+            missed = int(st.get("missed") or 0) if paced else None
+            deadlines = int(st.get("ticks") or 0) + (missed or 0) if paced else None
+            pct = 100.0 * missed / deadlines if paced and deadlines else None
+            row = {"stage": name, "source": "imu", "unit": "Hz", "configured": target,
+                   "achieved": None if achieved is None else round(achieved, 1),
+                   "deadlines": deadlines, "missed": missed, "missed_pct": None if pct is None else round(pct, 2),
+                   "dropped": int(dropped)}
+            warn = []
+            if pct is not None and pct > IMU_MISSED_MAX_PCT:
+                warn.append(f"{name}: the IMU loop missed {missed} of {deadlines} deadlines ({pct:.1f} %, more "
+                            f"than {IMU_MISSED_MAX_PCT:g} %): {_rate(achieved)} Hz achieved of {_rate(target)} Hz "
+                            f"configured")
+        elif st.get("kind") == "capture" or "fps_target" in st:  # edgepipe.stages.capture.CaptureStage
+            target, achieved = _num(st.get("fps_target")), _num(st.get("fps"))
+            row = {"stage": name, "source": "capture", "unit": "fps", "configured": target, "achieved": achieved,
+                   "deadlines": None, "missed": _num(st.get("late")), "missed_pct": None, "dropped": int(dropped)}
+            if row["missed"] is not None:
+                row["missed"] = int(row["missed"])
+            warn = []
+            if target and achieved is not None and achieved < CAPTURE_MIN_FPS_RATIO * target:
+                warn.append(f"{name}: capture ran at {achieved:.2f} fps, below {CAPTURE_MIN_FPS_RATIO:.0%} of "
+                            f"its configured {target:g} fps")
+        else:
+            continue
+        if dropped:
+            warn.append(f"{name}: dropped {int(dropped)} record(s)")
+        row["ok"] = not warn
+        row["warnings"] = warn
+        out.append(row)
+    return out
+
+
+def _rate(v: float | None) -> str:
+    return "?" if v is None else f"{v:.1f}"
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, png: bool = True) -> dict[str, str]:
@@ -344,40 +420,85 @@ def render_table(report: dict[str, Any], console=None) -> None:
         t.add_row(escape(r["part"]), str(r["count"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]),
                   _fmt(r["p99.9_ms"]), _fmt(r["max_ms"]), _fmt(r["budget_ms"]), str(r["violations"]), mark)
     console.print(t)
+    console.print(escape(report.get("rule", OK_RULE)), style="dim", soft_wrap=True)
+    if report.get("health"):
+        ht = Table(title="sources: rate and deadlines", title_justify="left")
+        for col in ("stage", "configured", "achieved", "deadlines missed", "dropped", ""):
+            ht.add_column(col, justify="left" if col in ("stage", "") else "right")
+        for h in report["health"]:
+            unit = h.get("unit", "")
+            if h.get("missed_pct") is not None:
+                missed = f"{h['missed']} of {h['deadlines']} ({h['missed_pct']:.1f} %)"
+            elif h.get("missed") is not None:
+                missed = f"{h['missed']} late"
+            else:
+                missed = "-"
+            ht.add_row(escape(h["stage"]), "-" if h.get("configured") is None else f"{h['configured']:g} {unit}",
+                       "-" if h.get("achieved") is None else f"{h['achieved']:g} {unit}", missed,
+                       str(h.get("dropped", 0)), "[green]ok[/]" if h.get("ok") else "[red]SHORT[/]")
+        console.print(ht)
+    for w in report.get("warnings", []):
+        console.print("[bold red]WARNING[/] " + escape(w))
     if report.get("drops"):
         console.print(escape("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items()))))
+    elif "health" in report:
+        console.print("drops: none")
     restarts = {k: v.get("restarts", 0) for k, v in report.get("stages", {}).items() if v.get("restarts")}
     if restarts:
         console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))
 
 
-def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
-    """Draw the latency distribution (percentile curves per part) and the stacked per-part means over time."""
+def _colours(names: list[str]) -> dict[str, Any]:
+    """A distinct colour per part: tab20, then tab20b and tab20c (60 colours) before any repeats."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors  # pairs of a hue: the strong ten first, then the light ten
+    pool = [*tab20[0::2], *tab20[1::2], *(c for m in ("tab20b", "tab20c") for c in matplotlib.colormaps[m].colors)]
+    return {n: pool[i % len(pool)] for i, n in enumerate(names)}
+
+
+def figure(report: dict[str, Any]):
+    """The report's matplotlib figure: percentile curves per part with a dashed budget line per part that
+    has one (left), the stacked per-part means over time per path (right); one legend for all of it, outside
+    every plot, a colour per part shared by both sides."""
     plt = pyplot("drawing the report's PNG")
 
     paths = report.get("paths") or {}
     if not paths:
         paths = {"all": [r["part"] for r in report["parts"] if not r["part"].startswith(E2E)]}
+    names = list(dict.fromkeys([r["part"] for r in report["parts"]]
+                               + [p for ps in paths.values() for p in ps]))
+    colour = _colours(names)
     rows = max(1, len(paths))
-    fig = plt.figure(figsize=(14, max(5.0, 3.2 * rows)))
+    fig = plt.figure(figsize=(15, max(5.0, 3.2 * rows)))
     gs = fig.add_gridspec(rows, 2)
     ax1 = fig.add_subplot(gs[:, 0])
     qs = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100]
     xs = [-math.log10(1 - q / 100) if q < 100 else 5 for q in qs]
+    handles: dict[str, Any] = {}
+    budget_drawn: set[tuple[str, float]] = set()
     for r in report["parts"]:
         if not r.get("hdr"):
             continue
         h = HdrHistogram.decode(r["hdr"].encode())
         ys = [max(h.get_value_at_percentile(q), 1) / 1e6 for q in qs]
-        ax1.plot(xs, ys, marker=".", label=r["part"], linewidth=2.5 if r["part"].startswith(E2E) else 1.2,
-                 linestyle="--" if r["part"].startswith(E2E + "[") else "-")
-        if r.get("budget_ms") and r["part"] == E2E:
-            ax1.axhline(r["budget_ms"], linestyle=":", color="red", linewidth=1, label="end-to-end budget")
+        e2e = r["part"].startswith(E2E)
+        (line,) = ax1.plot(xs, ys, marker=".", label=r["part"], color=colour[r["part"]],
+                           linewidth=2.5 if e2e else 1.2)
+        handles[r["part"]] = line
+        b = r.get("budget_ms")
+        if b:
+            # end_to_end[<sink>] rows share the end-to-end budget: one line for it, in the first path's colour
+            key = (E2E if e2e else r["part"], b)
+            if key not in budget_drawn:
+                budget_drawn.add(key)
+                label = f"{key[0]} budget {b:g} ms"
+                handles[label] = ax1.axhline(b, linestyle="--", color=colour[r["part"]], linewidth=1,
+                                             label=label)
     ax1.set_xticks(xs, [f"p{q:g}" if q < 100 else "max" for q in qs], rotation=45)
     ax1.set_yscale("log")
     ax1.set_ylabel("latency (ms)")
-    ax1.set_title("latency distribution per part")
-    ax1.legend(fontsize=7)
+    ax1.set_title("latency distribution per part (dashed: budgets)")
     series = report.get("series") or []
     t0 = series[0]["t_s"] if series else 0.0
     ts = [s["t_s"] - t0 for s in series]
@@ -386,16 +507,27 @@ def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
         parts = [p for p in parts if not p.startswith(E2E)]
         if series and parts:
             ys = [[(s["mean_ms"].get(p) or 0.0) for s in series] for p in parts]
-            ax.stackplot(ts, ys, labels=parts)
+            for p, poly in zip(parts, ax.stackplot(ts, ys, labels=parts, colors=[colour[p] for p in parts])):
+                handles.setdefault(p, poly)
             e2e = [s["mean_ms"].get(f"{E2E}[{sink}]") for s in series]
-            ax.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black", linewidth=1,
-                    label="end to end (mean)")
-            ax.legend(fontsize=6, loc="upper left")
+            (line,) = ax.plot(ts, [v if v is not None else float("nan") for v in e2e], color="black",
+                              linewidth=1, label="end to end (mean)")
+            handles.setdefault("end to end (mean)", line)
         ax.set_ylabel("mean ms")
         ax.set_title(f"where the time goes, path to {sink}", fontsize=9)
         if i == rows - 1:
             ax.set_xlabel("time (s)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the right fifth holds the legend, outside every plot
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(0.805, 0.98),
+                   fontsize=7, frameon=False)
+    return fig
+
+
+def render_png(report: dict[str, Any], path: str | os.PathLike) -> str:
+    """Draw :func:`figure` into a PNG at ``path``."""
+    plt = pyplot("drawing the report's PNG")
+    fig = figure(report)
     out = os.fspath(path)
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -248,6 +248,7 @@ class Pipeline:
         self._link_rates: dict[str, float] = {}
         self._final_links: dict[str, Any] = {}
         self._t_start = 0.0
+        self._start_ns = 0
         self._t_end = 0.0
         self._failure: str | None = None
         if stats_path is None:
@@ -270,6 +271,7 @@ class Pipeline:
                                "the script starts a pipeline at import: put that under "
                                "`if __name__ == \"__main__\":`")
         self._t_start = time.monotonic()
+        self._start_ns = now_ns()  # the same moment on the clock of Stats.t_ns (Stats.start_ns)
         remove_stale_runtime_files(os.path.dirname(self.stats_path) if self.stats_path else None)
         # One long-lived thread spawns every child: PR_SET_PDEATHSIG fires when the *thread* that forked a
         # child ends, so children must not be forked from threads that come and go.
@@ -462,7 +464,7 @@ class Pipeline:
 
     def _rollup(self) -> pb.Stats:
         """The pipeline's Stats: every ring's counters, every latency part merged over the sinks."""
-        st = pb.Stats(stage_name=f"pipeline:{self.spec.name}", t_ns=now_ns())
+        st = pb.Stats(stage_name=f"pipeline:{self.spec.name}", t_ns=now_ns(), start_ns=self._start_ns)
         for name, ln in self.link_stats().items():
             st.rings.append(pb.RingCounters(name=name, records_written=ln["records_written"],
                                             records_read=ln["records_read"], full_events=ln["full_events"],
@@ -819,7 +821,8 @@ class Pipeline:
                           "violations": book.violations.get(part, 0)})
         parts.sort(key=lambda p: (p["part"] == E2E, p["part"].startswith(E2E)))
         return {"name": self.spec.name, "pid": os.getpid(), "wall_ns": wall_ns(), "socket": self.control_socket,
-                "uptime_s": round(time.monotonic() - self._t_start, 1), "stages": self.stage_stats(),
+                "uptime_s": round(time.monotonic() - self._t_start, 1), "t_s": round(time.monotonic(), 3),
+                "stages": self.stage_stats(),
                 "links": self.link_stats(), "parts": parts}
 
     def _write_stats_file(self) -> None:

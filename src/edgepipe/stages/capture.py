@@ -426,7 +426,9 @@ class CaptureStage(Stage):
             taking a frame before the stage fails with :class:`~edgepipe.errors.OutputStalledError` naming
             the ring (no reader ever attached, or it stopped reading), instead of waiting forever. Default
             60 s, longer than a consumer that loads a model takes to start; ``None`` waits forever.
-        on_consumer_closed: "fail" (default: the stage fails with PeerClosedError, as in a pipeline) or "drop":
+        on_consumer_closed: "fail" (default: a consumer that closed its end makes the stage fail with
+            PeerClosedError; one that died is waited for, with on_full="wait", as a supervisor restarts it, or
+            its frames are dropped and counted in ``dropped_consumer_restarting``) or "drop":
             while the ring's consumer is closed or gone, frames are dropped and counted in
             ``dropped_no_consumer``, and they flow again once a new consumer attaches the (named) ring, so a
             viewer can come and go.
@@ -503,13 +505,15 @@ class CaptureStage(Stage):
         while not self.stopping:
             if self.max_frames is not None and c["published"] >= self.max_frames:
                 return
+            late = False
             if period_ns:
                 if not self._sleep_until(t0 + n * period_ns):
                     return
-                if time.monotonic_ns() - (t0 + n * period_ns) > period_ns:
-                    c["late"] += 1
+                late = time.monotonic_ns() - (t0 + n * period_ns) > period_ns
             n += 1
             ok = src.grab()
+            if ok and late:  # once per frame: a rewind retries the same deadline
+                c["late"] += 1
             bad = getattr(src, "decode_errors", 0)
             if bad != src_errors:  # files the source skipped while grabbing (e.g. an undecodable image)
                 c["decode_errors"] += bad - src_errors
@@ -520,6 +524,7 @@ class CaptureStage(Stage):
                     raise SourceFailedError(reason)
                 if self.loop_source and c["grabbed"] and src.rewind():
                     c["loops"] += 1
+                    n -= 1  # the end of the source is no frame: its first frame takes this deadline
                     continue
                 c["end_of_stream"] = 1
                 return
@@ -533,17 +538,19 @@ class CaptureStage(Stage):
         full_since = None
         while True:
             try:
-                claim = out.claim_frame(shape, np.uint8, pixel_format=self.pixel_format, capture_ns=t_cap,
-                                        source_id=self.source_id, timeout_s=wait_s)
+                if wait_s:
+                    claim = out.claim_frame(shape, np.uint8, pixel_format=self.pixel_format, capture_ns=t_cap,
+                                            source_id=self.source_id, timeout_s=wait_s)
+                else:  # on_full="drop": a full ring is "not now", no exception raised and caught per frame
+                    claim = out.try_claim_frame(shape, np.uint8, pixel_format=self.pixel_format,
+                                                capture_ns=t_cap, source_id=self.source_id)
+                    if claim is None:
+                        c["dropped"] += 1
+                        c["dropped_full"] += 1
+                        return
                 break
-            except PeerClosedError:
-                if self.on_consumer_closed != "drop":
-                    raise
-                c["dropped"] += 1
-                c["dropped_no_consumer"] += 1
-                return
             except RingTimeoutError:
-                if wait_s and not self.stopping:
+                if not self.stopping:
                     # on_full="wait": look at `stopping` every 100 ms, then wait again. Every frame record has
                     # this shape, so one frame taken by the consumer makes room: a wait this long means the
                     # consumer took nothing in that time.
@@ -560,6 +567,10 @@ class CaptureStage(Stage):
                 c["dropped_full"] += 1
                 return
             except PeerClosedError:
+                if self.on_consumer_closed == "drop":  # a viewer that comes and goes, closed or killed
+                    c["dropped"] += 1
+                    c["dropped_no_consumer"] += 1
+                    return
                 if consumer_closed(out):
                     raise
                 # the consumer died and a supervisor restarts it: wait for it (on_full="wait") or drop
@@ -614,6 +625,9 @@ class CaptureStage(Stage):
         c = self.counters
         out: dict[str, Any] = {"source": getattr(self.source, "describe", repr(self.source)),
                                "shape": getattr(self.source, "shape", None)}
+        target = self.fps or getattr(self.source, "fps", None)
+        if self.realtime and target:  # the rate the loop paces itself at; "fps" is what it achieved
+            out["fps_target"] = float(target)
         if c.get("published", 0) > 1 and self._t_last > self._t_first:
             out["fps"] = round((c["published"] - 1) * 1e9 / (self._t_last - self._t_first), 2)
         if self._intervals_ns:

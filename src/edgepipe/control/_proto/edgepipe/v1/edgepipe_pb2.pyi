@@ -179,20 +179,22 @@ class LatencyHistogram(_message.Message):
     def __init__(self, name: _Optional[str] = ..., bounds_ns: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., min_ns: _Optional[int] = ..., max_ns: _Optional[int] = ..., sum_ns: _Optional[int] = ..., budget_violations: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("stage_name", "t_ns", "rings", "latencies", "stages", "budgets")
+    __slots__ = ("stage_name", "t_ns", "rings", "latencies", "stages", "budgets", "start_ns")
     STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     T_NS_FIELD_NUMBER: _ClassVar[int]
     RINGS_FIELD_NUMBER: _ClassVar[int]
     LATENCIES_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    START_NS_FIELD_NUMBER: _ClassVar[int]
     stage_name: str
     t_ns: int
     rings: _containers.RepeatedCompositeFieldContainer[RingCounters]
     latencies: _containers.RepeatedCompositeFieldContainer[LatencyHistogram]
     stages: _containers.RepeatedCompositeFieldContainer[StageState]
     budgets: _containers.RepeatedCompositeFieldContainer[LatencyBudget]
-    def __init__(self, stage_name: _Optional[str] = ..., t_ns: _Optional[int] = ..., rings: _Optional[_Iterable[_Union[RingCounters, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[LatencyHistogram, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageState, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[LatencyBudget, _Mapping]]] = ...) -> None: ...
+    start_ns: int
+    def __init__(self, stage_name: _Optional[str] = ..., t_ns: _Optional[int] = ..., rings: _Optional[_Iterable[_Union[RingCounters, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[LatencyHistogram, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageState, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[LatencyBudget, _Mapping]]] = ..., start_ns: _Optional[int] = ...) -> None: ...
 
 class StageState(_message.Message):
     __slots__ = ("name", "kind", "state", "pid", "restarts", "error", "received", "emitted", "dropped", "counters")
