@@ -481,6 +481,15 @@ FANIN = textwrap.dedent("""
 """)
 
 
+def _fanin_diagnosis(rnd: int, tasks, rings) -> str:
+    """What a fan-in round that never completed looks like: tasks that died, and the rings whose record is
+    queued while their task sleeps (a lost wakeup) with the state of their async word."""
+    dead = [(k, repr(t.exception())[:200]) for k, t in enumerate(tasks) if t.done() and not t.cancelled()]
+    stuck = [(k, rg.status().used, aio.word(rg, aio.RING_DATA) & 1) for k, rg in enumerate(rings)
+             if rg.status().used and not tasks[k].done()]
+    return f"dead tasks {dead[:5]} ({len(dead)}); queued but asleep (task, bytes, armed) {stuck[:5]} ({len(stuck)})"
+
+
 class TestFanIn:
     async def test_a_thousand_tasks_each_awaiting_its_own_ring(self):
         """One loop, 1000 tasks, each awaiting its own ring fed by one other process, 10 records each: every
@@ -521,7 +530,11 @@ class TestFanIn:
             for rnd in range(10):
                 p.stdin.write("next\n")
                 p.stdin.flush()
-                await asyncio.wait_for(round_done[rnd].wait(), HANG_S)
+                try:
+                    await asyncio.wait_for(round_done[rnd].wait(), HANG_S)
+                except TimeoutError:
+                    raise AssertionError(f"round {rnd}: {done[rnd]} of {n} records arrived; "
+                                         + _fanin_diagnosis(rnd, tasks, rings)) from None
             results = await asyncio.wait_for(asyncio.gather(*tasks), HANG_S)
             assert all(r == list(range(10)) for r in results), [r for r in results if r != list(range(10))][:3]
             _, sent, failed = (await line(p)).split()
