@@ -60,6 +60,7 @@ LATEST_DATA = lib.EP_ASYNC_LATEST_DATA_OFF
 _UNKNOWN_PEER_S = 0.05  # re-check period while the other end has not opened yet (no pid to watch)
 _THREAD_SLICE_S = 0.05
 _WAITERS: dict[tuple[int, int], _Waiter] = {}
+_next_sweep = 16  # sweep the table when it holds this many waiters
 
 
 def _netns(pid: int | str) -> int | None:
@@ -160,10 +161,14 @@ def _waiter(end, off: int, peer: str, loop) -> _Waiter:
         return w
     if w is not None:
         _WAITERS.pop(k).close()
-    # Sweep waiters of closed ends and closed loops: each holds two fds.
-    for k2, w2 in list(_WAITERS.items()):
-        if w2.end.closed or w2.loop.is_closed():
-            _WAITERS.pop(k2).close()
+    global _next_sweep
+    if len(_WAITERS) >= _next_sweep:
+        # Sweep waiters of closed ends and closed loops (each holds two fds), each time the table doubled:
+        # amortised O(1) per waiter, so a loop opening 1000 waiters does not walk the table 1000 times.
+        for k2, w2 in list(_WAITERS.items()):
+            if w2.end.closed or w2.loop.is_closed():
+                _WAITERS.pop(k2).close()
+        _next_sweep = 2 * len(_WAITERS) + 16
     w = _WAITERS[k] = _Waiter(end, off, peer, loop)
     return w
 
@@ -177,6 +182,8 @@ def _forget_after_fork() -> None:
                 os.close(fd)
         w.fd = w.pidfd = -1
     _WAITERS.clear()
+    global _next_sweep
+    _next_sweep = 16
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -184,7 +191,7 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 def close_waiters(end) -> None:
     """Drop every waiter of ``end`` (its sockets and pidfds). The ends' close() need not call this: a
-    waiter of a closed end is dropped when it wakes or at the next waiter's creation."""
+    waiter of a closed end is dropped when its last task wakes, or by a later sweep of the table."""
     for k, w in list(_WAITERS.items()):
         if w.end is end:
             _WAITERS.pop(k).close()
