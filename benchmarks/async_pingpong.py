@@ -434,7 +434,7 @@ def death(kind: str, reps: int = 5) -> list[float]:
                 os._exit(0)
         os.read(ready_r, 1)
 
-        async def main():
+        async def main(reader=reader, pid=pid):
             task = asyncio.ensure_future(reader.read_async())
             await asyncio.sleep(0.05)
             t0 = time.monotonic()

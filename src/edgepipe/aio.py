@@ -213,7 +213,7 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
     r = attempt()
     if r is not None:
         return r
-    if timeout_s is not None and (timeout_s != timeout_s or timeout_s < 0):
+    if timeout_s is not None and not timeout_s >= 0:  # negative or NaN
         raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
     loop = asyncio.get_running_loop()
     w = _waiter(end, off, peer, loop)

@@ -369,8 +369,6 @@ class TestFrames:
     async def test_frames_from_another_process_in_order(self):
         """`async with reader.read_frame_async()` gives every frame of another process's FrameWriter in
         order with its pixels, then PeerClosedError once it closed."""
-        import numpy as np
-
         from edgepipe.frames import FrameReader
 
         with Ring.create(capacity=1 << 14) as ring:

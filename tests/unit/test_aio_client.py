@@ -9,9 +9,9 @@ import tempfile
 
 import pytest
 
+from edgepipe.control import messages as pb
 from edgepipe.control.client import AsyncClient
 from edgepipe.control.framing import Envelope
-from edgepipe.control import messages as pb
 from edgepipe.control.server import Server
 from edgepipe.errors import FrameTimeoutError, PeerClosedError, RemoteError
 
