@@ -46,7 +46,7 @@ int ep_shm_unmap(void *addr, uint64_t size);
 
 /* ---- SPSC ring (ep_ring.c) ---- */
 #define EP_RING_MAGIC 0x45505247u /* "EPRG" */
-#define EP_RING_VERSION 2u              /* 2: owner generations, pid namespace, notified positions */
+#define EP_RING_VERSION 3u              /* 2: owner gens, pid namespace, notified positions; 3: async words */
 #define EP_RING_DATA_OFF 4096u          /* the data area starts one page into the region */
 #define EP_RING_MIN_CAPACITY 64u
 #define EP_RING_MAX_CAPACITY (1ull << 40)
@@ -122,4 +122,5 @@ int ep_ring_reader_cancel(struct ep_ring_reader *r);
 #include "ep_imu.h"
 #include "ep_image.h"
 #include "ep_latest.h"
+#include "ep_async.h"
 #endif

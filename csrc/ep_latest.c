@@ -38,6 +38,7 @@
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
+#include "ep_async_hook.h"
 #include "ep_atomic.h"
 #include "ep_peer.h"
 #include "ep_wait.h"
@@ -82,13 +83,15 @@ struct ep_latest_ctl {
     _Atomic uint64_t notified;          /* SEQ_OF the producer's last publish whose notify is done */
     /* line pair 3: the consumer's words */
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t delivered;
-    /* line pair 4: the consumer's eventcount */
+    /* line pair 4: the consumer's eventcount and its async waiter's word (ep_async.h) */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
+    _Atomic uint64_t data_async;
     /* line pairs 5 and 6: presence (ep_peer.h); cons also holds the consumer's parks and late wakeups */
     _Alignas(EP_LINE_PAIR) struct ep_end prod;
     _Alignas(EP_LINE_PAIR) struct ep_end cons;
 };
 _Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
+_Static_assert(offsetof(struct ep_latest_ctl, data_async) == EP_ASYNC_LATEST_DATA_OFF, "ep_async.h offsets");
 
 /* Each end copies nbuf and slot_size when it opens (after ep_latest_check validated them against the
  * region size) and uses only its copies: a peer that scribbles on the control block later can then make
@@ -278,6 +281,7 @@ int ep_latest_writer_close(struct ep_latest_writer *w)
     ep_end_close(&c->prod, w->pid);
     /* Wake a parked consumer so it sees "closed". */
     ep_wait_wake_all(&c->data_wait);
+    ep_async_notify(&c->data_async);        /* an awaiting consumer wakes and sees "closed" */
     ep_peer_drop(&w->peer);
     free(w);
     return 0;
@@ -321,6 +325,7 @@ int ep_latest_publish(struct ep_latest_writer *w)
     if (overwrote)
         ep_count(&c->overwritten, 1);
     ep_wait_notify(&c->data_wait, &c->prod.wakes);
+    ep_async_notify(&c->data_async);        /* after ep_wait_notify's fence: see ep_async_hook.h */
     /* Release, after the notify: pairs with the acquire of `notified` in ep_wait_until(). */
     ep_store_release(&c->notified, SEQ_OF(nw));
     return overwrote;
@@ -377,6 +382,8 @@ int ep_latest_reader_close(struct ep_latest_reader *r)
     if (!r)
         return -EBADF;
     ep_end_close(&r->ctl->cons, r->pid);
+    ep_fence_seq_cst();                 /* a task of ours awaiting this reader wakes and sees it closed */
+    ep_async_notify(&r->ctl->data_async);
     ep_peer_drop(&r->peer);
     free(r);
     return 0;

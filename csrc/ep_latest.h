@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #define EP_LATEST_MAGIC 0x544C5045u   /* "EPLT" */
-#define EP_LATEST_VERSION 3u           /* 3: presence as in the ring (ep_peer.h), publish count in the state word */
+#define EP_LATEST_VERSION 4u           /* 3: presence as in ring, publish count in the state; 4: async word */
 #define EP_LATEST_CTL_SIZE 4096u      /* buffers start one page into the region */
 #define EP_LATEST_MIN_BUFS 3u
 #define EP_LATEST_MAX_BUFS 8u

@@ -21,6 +21,10 @@
  * (a fence and a load, no syscall unless someone announced), then stores the position it notified for in
  * tail_notified / head_notified, which only the lost-wakeup accounting reads.
  *
+ * An asyncio waiter (ep_async.c) announces itself in data_async / space_async instead of the futex word;
+ * after the notify's fence the other end loads that word too and signals only if it is set. Closing an
+ * end signals both async words, so every awaiter (ours and the other end's) wakes and re-checks.
+ *
  * Presence and peer death (ep_peer.c): each end's owner word, start time, pid namespace and heartbeat
  * live in struct ep_end; a waiting end checks the other through a pidfd plus the start time at least
  * every EP_PEER_CHECK_NS, and a full (or empty) polling end at most once a millisecond.
@@ -41,11 +45,13 @@
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
+#include "ep_async_hook.h"
 #include "ep_atomic.h"
 #include "ep_peer.h"
 #include "ep_wait.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -65,14 +71,18 @@ struct ep_ring_ctl {
     _Alignas(EP_LINE_PAIR) _Atomic uint64_t head;
     _Atomic uint64_t records_read;
     _Atomic uint64_t head_notified;     /* head as of the consumer's last finished notify */
-    /* line pairs 3 and 4: the eventcount words */
+    /* line pairs 3 and 4: the eventcount words, each with its async waiter's word (ep_async.h) */
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t data_wait;
+    _Atomic uint64_t data_async;
     _Alignas(EP_LINE_PAIR) _Atomic uint32_t space_wait;
+    _Atomic uint64_t space_async;
     /* line pairs 5 and 6: presence (ep_peer.h) */
     _Alignas(EP_LINE_PAIR) struct ep_end prod;
     _Alignas(EP_LINE_PAIR) struct ep_end cons;
 };
 _Static_assert(sizeof(struct ep_ring_ctl) <= EP_RING_DATA_OFF, "control block must fit before the data");
+_Static_assert(offsetof(struct ep_ring_ctl, data_async) == EP_ASYNC_RING_DATA_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_ring_ctl, space_async) == EP_ASYNC_RING_SPACE_OFF, "ep_async.h offsets");
 
 struct ep_rec {
     uint32_t len;
@@ -284,6 +294,7 @@ int ep_ring_writer_close(struct ep_ring_writer *w)
     ep_end_close(&w->ctl->prod, w->pid);
     /* Wake the consumer even if it did not announce: it re-checks and sees "closed". */
     ep_wait_wake_all(&w->ctl->data_wait);
+    ep_async_notify(&w->ctl->data_async), ep_async_notify(&w->ctl->space_async); /* every awaiter */
     ep_peer_drop(&w->peer);
     free(w);
     return 0;
@@ -361,6 +372,7 @@ static inline void publish(struct ep_ring_writer *w, uint64_t nrec)
     /* Counted after the tail, so a producer killed in between under-counts, never over-counts. */
     ep_store_relaxed(&w->ctl->records_written, ep_load_relaxed(&w->ctl->records_written) + nrec);
     ep_wait_notify(&w->ctl->data_wait, &w->ctl->prod.wakes);
+    ep_async_notify(&w->ctl->data_async);   /* after ep_wait_notify's fence: see ep_async_hook.h */
     /* Release, after the notify: pairs with the acquire of `notified` in ep_wait_until() (lost-wakeup
      * accounting only). */
     ep_store_release(&w->ctl->tail_notified, w->tail);
@@ -622,6 +634,7 @@ int ep_ring_reader_close(struct ep_ring_reader *r)
     ep_end_close(&r->ctl->cons, r->pid);
     /* Wake the producer even if it did not announce: it re-checks and sees "closed". */
     ep_wait_wake_all(&r->ctl->space_wait);
+    ep_async_notify(&r->ctl->space_async), ep_async_notify(&r->ctl->data_async); /* every awaiter */
     ep_peer_drop(&r->peer);
     free(r->scratch);
     free(r);
@@ -704,6 +717,7 @@ static inline void consume(struct ep_ring_reader *r, uint64_t new_head, uint64_t
      * Pairs with the acquire of head in reserve() / has_room(). */
     ep_store_release(&r->ctl->head, new_head);
     ep_wait_notify(&r->ctl->space_wait, &r->ctl->cons.wakes);
+    ep_async_notify(&r->ctl->space_async);  /* after ep_wait_notify's fence: see ep_async_hook.h */
     /* Release, after the notify: pairs with the acquire of `notified` in ep_wait_until(). */
     ep_store_release(&r->ctl->head_notified, new_head);
 }

@@ -14,7 +14,7 @@ from cffi import FFI
 
 CSRC = Path(__file__).parent  # relative on purpose: setuptools runs us from the project root
 SOURCES = ("ep_ring.c", "ep_latest.c", "ep_peer.c", "ep_wait.c", "ep_shm.c", "ep_clock.c", "ep_frame.c", "ep_ahrs.c",
-           "ep_imu.c")
+           "ep_imu.c", "ep_async.c")
 
 
 def cdef_from_header(text: str) -> str:

@@ -146,3 +146,14 @@ def run_in_pty(argv: list[str], wait_for: bytes, then_type: bytes, timeout_s: fl
 def run_in_pty_fixture():
     """:func:`run_in_pty` for tests."""
     return run_in_pty
+
+
+# -- asyncio ----------------------------------------------------------------------------------------------------
+@pytest.hookimpl(optionalhook=True)  # a venv without pytest-asyncio (.ci/run's floor venv) has no such hook
+def pytest_asyncio_loop_factories(config, item):
+    """Every asyncio test runs on the stdlib loop and on uvloop (the ``test`` extra installs both)."""
+    import asyncio
+
+    import uvloop
+
+    return {"stdlib": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

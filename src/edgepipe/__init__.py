@@ -149,7 +149,7 @@ from edgepipe.testing import CheckStage, CounterStage, PrintStage, RelayStage
 from edgepipe.stages.inference.quantize import QuantizeReport, calibration_frames, quantize_model
 from edgepipe.pipeline.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
-from edgepipe.control.client import Client
+from edgepipe.control.client import AsyncClient, Client
 from edgepipe.control.server import Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
@@ -176,6 +176,7 @@ sys.modules.setdefault(__name__ + ".messages", messages)
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",

@@ -149,6 +149,26 @@ class FrameWriter(WriterBase):
     def _abort(self, ctx) -> None:
         self._w.abort_offset()
 
+    async def write_frame_async(self, arr, *, pixel_format: str = "BGR", capture_ns: int | None = None,
+                                source_id: int = 0, timeout_s: float | None = None) -> int:
+        """``await writer.write_frame_async(arr)``: the asyncio form of :meth:`write_frame`, awaiting room
+        without a thread (the reader's release wakes the loop; see ``edgepipe.aio``). Returns the seq.
+
+        Raises:
+            RingTimeoutError: still no room at the deadline; plus everything write_frame raises.
+        """
+        from edgepipe import aio
+
+        def attempt():
+            return self.try_write_frame(arr, pixel_format=pixel_format, capture_ns=capture_ns,
+                                        source_id=source_id)
+
+        def block(t: float) -> None:  # the helper-thread fallback polls for room every millisecond
+            time.sleep(min(t, 0.001))
+
+        return await aio.wait_for(self._w, aio.RING_SPACE, "consumer", attempt, block, timeout_s,
+                                  "no room for a frame in " + repr(self.ring_name))
+
     def close(self) -> None:
         """Close the ring's producer end (the reader drains what is queued)."""
         self._w.close()
@@ -241,6 +261,19 @@ class FrameReader:
                 return
             with ctx as f:
                 yield f
+
+    def read_frame_async(self, timeout_s: float | None = None):
+        """``async with reader.read_frame_async(timeout_s) as frame:``: the asyncio form of
+        :meth:`read_frame` (the wait is the ring reader's ``read_async`` wait; see ``edgepipe.aio``).
+
+        Raises:
+            RingTimeoutError: nothing arrived in time; plus everything try_read_frame raises.
+        """
+        from edgepipe import aio
+
+        r = self._r
+        return aio.AsyncFrame(lambda: aio.wait_for(r, aio.RING_DATA, "producer", self.try_read_frame, r.wait,
+                                                   timeout_s, "no frame arrived"))
 
     def _ready(self) -> None:
         if self._open:

@@ -465,6 +465,22 @@ class LatestReader:
             elif rc != _EINTR:
                 raise self._error(rc)
 
+    def read_frame_async(self, timeout_s: float | None = None):
+        """``async with reader.read_frame_async(timeout_s) as frame:``: the asyncio form of
+        :meth:`read_frame`; the producer's publish wakes the loop only while a task awaits (``edgepipe.aio``).
+
+        Raises:
+            RingTimeoutError: nothing new in time; plus everything try_read_frame raises.
+        """
+        from edgepipe import aio
+
+        def block(t: float) -> None:  # the helper-thread fallback: wait on the futex, take nothing
+            lib.ep_latest_wait(self._handle(), timeout_ns(t))
+
+        return aio.AsyncFrame(lambda: aio.wait_for(
+            self, aio.LATEST_DATA, "producer", self.try_read_frame, block, timeout_s,
+            "no new frame in latest slot " + repr(self._slot.name or "memfd")))
+
     def frames(self, timeout_s: float | None = None):
         """Iterate the newest frames until the producer closes (see FrameReader.frames)."""
         while True:

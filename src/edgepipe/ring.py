@@ -854,6 +854,27 @@ class RingWriter(_HandleBase):
 
     # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameWriter) ------------
 
+    async def write_async(self, payload, type_id: int = 1, timeout_s: float | None = None) -> None:
+        """``await writer.write_async(b)``: the asyncio form of :meth:`write`, awaiting room without a
+        thread (the consumer's release wakes the loop; see ``edgepipe.aio``).
+
+        Raises:
+            RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
+            RecordTooLargeError, TypeError, ValueError: as try_write, before any wait.
+        """
+        if self.try_write(payload, type_id):
+            return  # room: nothing to wait for
+        from edgepipe import aio
+
+        def attempt():
+            return True if self.try_write(payload, type_id) else None
+
+        def block(t: float) -> None:  # the helper-thread fallback: wait for room on the futex
+            self._block(lib.ep_ring_writer_wait, (len(payload),), timeout_ns(t))
+
+        await aio.wait_for(self, aio.RING_SPACE, "consumer", attempt, block, timeout_s,
+                           "ring " + repr(self._ring.name or "memfd") + " still full")
+
     def claim_offset(self, size: int, timeout_s: float | None = None, what: str = "record") -> int:
         """Reserve ``size`` payload bytes in place and return their offset in :attr:`data`; finish the record
         with :meth:`commit_offset` or :meth:`abort_offset`. Waits for room like :meth:`write` (``timeout_s=0``:
@@ -1289,6 +1310,36 @@ class RingReader(_HandleBase):
         if rc < 0:
             raise self._error(rc, timeout_s)
         return True
+
+    # -- asyncio (edgepipe.aio) -----------------------------------------------------------------------
+    async def read_async(self, timeout_s: float | None = None) -> bytes:
+        """``await reader.read_async()``: the asyncio form of :meth:`read`. The loop sleeps until the
+        producer's publish sends this waiter its wake (no thread, no polling; see ``edgepipe.aio``).
+
+        Raises:
+            RingTimeoutError: nothing arrived in time. PeerClosedError: empty and the producer closed or
+                died (its exit reaches the task through a pidfd in the loop). RingClosedError: this end
+                was closed while the task awaited.
+        """
+        rec = self.try_read()
+        if rec is not None:
+            return rec  # nothing to wait for: no coroutine of aio's, no import
+        from edgepipe import aio
+
+        return await aio.wait_for(self, aio.RING_DATA, "producer", self.try_read, self.wait, timeout_s,
+                                  "nothing arrived on " + repr(self._ring.name or "memfd"))
+
+    def __aiter__(self) -> RingReader:
+        """``async for rec in reader:`` reads until the producer closes (its death raises PeerClosedError)."""
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.read_async()
+        except PeerClosedError:
+            if self._ring.status().producer_closed:
+                raise StopAsyncIteration from None
+            raise
 
     # -- in place, by offset: for handles layered over the ring (edgepipe.frames.FrameReader) ------------
 

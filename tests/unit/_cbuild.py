@@ -20,8 +20,8 @@ CSRC = ROOT / "csrc"
 HARNESSES = ROOT / "tests" / "c"
 # The csrc/ files a ring (or latest slot) harness links: the structure plus presence (ep_peer.c) and the
 # eventcount (ep_wait.c) they share, the segment helpers and the clock.
-RING_CORE = ("ep_ring.c", "ep_peer.c", "ep_wait.c", "ep_shm.c", "ep_clock.c")
-LATEST_CORE = ("ep_latest.c", "ep_peer.c", "ep_wait.c", "ep_shm.c", "ep_clock.c")
+RING_CORE = ("ep_ring.c", "ep_peer.c", "ep_wait.c", "ep_async.c", "ep_shm.c", "ep_clock.c")
+LATEST_CORE = ("ep_latest.c", "ep_peer.c", "ep_wait.c", "ep_async.c", "ep_shm.c", "ep_clock.c")
 TSAN_FLAGS = ["-std=gnu11", "-O1", "-g", "-fsanitize=thread", "-pthread", f"-I{CSRC}"]
 PLAIN_FLAGS = ["-std=gnu11", "-O2", "-g", "-pthread", "-Wall", "-Wextra", f"-I{CSRC}"]
 # AddressSanitizer + UBSan: any report aborts the run (-fno-sanitize-recover), leaks included.

@@ -34,6 +34,7 @@ HANDLES = {
     "edgepipe.imu_loop": {"imu"},
     "edgepipe.control.framing": {"frame"},
     "edgepipe._handle": set(),
+    "edgepipe.aio": {"async"},
 }
 MAX_LINES = 600
 

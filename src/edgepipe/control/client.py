@@ -14,7 +14,9 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import os
 import socket
 import time
@@ -26,7 +28,7 @@ from edgepipe.control._sockdir import default_socket_dir
 from edgepipe._os import close_fds
 from edgepipe.errors import FrameDecodeError, FrameTimeoutError, PeerClosedError, RemoteError
 
-__all__ = ["Client"]
+__all__ = ["AsyncClient", "Client"]
 
 _ROLES = {n[len("ROLE_"):].lower(): v for n, v in pb.Role.items() if v}
 
@@ -177,6 +179,20 @@ class Client:
             it = iter(fds)
             return [(d, next(it) if d.fd_follows else None) for d in rings]
 
+    def try_recv_raw(self) -> Envelope | None:
+        """The next frame as it came (errors included, nothing raised for them), or None at once if no whole
+        frame is there yet (a partial one is kept for the next call). For :class:`AsyncClient`'s reader.
+
+        Raises:
+            PeerClosedError: the server closed the connection. FrameDecodeError: not an Envelope.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        try:
+            return self._fs.recv(timeout_s=0)
+        except FrameTimeoutError:
+            return None
+
     def close(self) -> None:
         self._fs.close()
 
@@ -188,3 +204,174 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self._path!r} session={self.session_id}{' closed' if self.closed else ''}>"
+
+
+_CLOSED = object()  # what a subscription's queue gets when the connection ends
+
+
+class AsyncClient:
+    """The asyncio form of :class:`Client`: ``await client.request(env)`` and ``async for env in
+    client.subscribe("stats")``, so an asyncio program can watch Stats and results.
+
+    The connection's socket is watched with ``loop.add_reader``: each whole frame that arrives is either
+    the reply a ``request`` awaits (matched by ``reply_to``) or a published message, handed to every open
+    subscription whose body names it (and kept, up to ``backlog`` messages, for the next ``subscribe`` or
+    ``recv`` while none is open). Sends are written at once: control messages are small, so they go into
+    the socket's buffer without waiting (a send that would wait longer than ``timeout_s`` raises).
+    Use it from one event loop; the handshake in ``connect`` runs in the loop's executor.
+
+    >>> import asyncio, tempfile, os
+    >>> from edgepipe.control.server import Server
+    >>> d = tempfile.mkdtemp(prefix="ep-doc-"); os.chmod(d, 0o700)
+    >>> async def main(path):
+    ...     async with await AsyncClient.connect(path, stage="doc", role="stage") as c:
+    ...         return (await c.request(Envelope(stats=pb.Stats(stage_name="doc")))).stop.reason
+    >>> with Server(os.path.join(d, "doc.sock")) as srv:
+    ...     srv.on("stats", lambda session, env: Envelope(stop=pb.Stop(reason="enough")))
+    ...     asyncio.run(main(srv.path))
+    'enough'
+    """
+
+    __slots__ = ("_backlog", "_client", "_closed_by", "_loop", "_replies", "_subs")
+
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop, backlog: int = 1024) -> None:
+        self._client = client
+        self._loop = loop
+        self._replies: dict[int, asyncio.Future] = {}
+        self._subs: list[tuple[frozenset[str] | None, asyncio.Queue]] = []
+        self._backlog: collections.deque = collections.deque(maxlen=backlog)
+        self._closed_by: BaseException | None = None
+        loop.add_reader(client.fileno(), self._on_readable)
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike | None = None, *, backlog: int = 1024, **kwargs) -> AsyncClient:
+        """Connect and handshake as :meth:`Client.connect` (same arguments), without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(None, functools.partial(Client.connect, path, **kwargs))
+        return cls(client, loop, backlog)
+
+    @property
+    def client(self) -> Client:
+        """The blocking Client underneath (``welcome``, ``session_id``)."""
+        return self._client
+
+    @property
+    def closed(self) -> bool:
+        return self._client.closed
+
+    def _on_readable(self) -> None:
+        try:
+            while True:
+                env = self._client.try_recv_raw()
+                if env is None:
+                    return
+                self._route(env)
+        except (PeerClosedError, FrameDecodeError, OSError) as e:
+            self._end(e)
+
+    def _route(self, env: Envelope) -> None:
+        fut = self._replies.pop(env.reply_to, None) if env.reply_to else None
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(env)
+            return
+        body = env.WhichOneof("body")
+        if body == "error" and not env.reply_to and self._replies:
+            # An error that answers no seq (the server is dropping us): every request in flight gets it.
+            for f in self._replies.values():
+                if not f.done():
+                    f.set_result(env)
+            self._replies.clear()
+            return
+        delivered = False
+        for bodies, q in self._subs:
+            if bodies is None or body in bodies:
+                q.put_nowait(env)
+                delivered = True
+        if not delivered:
+            self._backlog.append(env)
+
+    def _end(self, why: BaseException) -> None:
+        if self._closed_by is not None:
+            return
+        self._closed_by = why
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._client.fileno())
+        for f in self._replies.values():
+            if not f.done():
+                f.set_exception(PeerClosedError(f"the connection to {self._client._path!r} ended: {why}"))
+        self._replies.clear()
+        for _, q in self._subs:
+            q.put_nowait(_CLOSED)
+
+    async def request(self, env: Envelope, timeout_s: float = 5.0) -> Envelope:
+        """Send ``env`` and await the reply to it; published messages arriving meanwhile go to subscriptions.
+
+        Raises:
+            RemoteError: the server answered with an Error. FrameTimeoutError: no reply within ``timeout_s``.
+            PeerClosedError: the connection ended first.
+        """
+        if self._closed_by is not None:
+            raise PeerClosedError(f"the connection to {self._client._path!r} ended: {self._closed_by}")
+        fut = self._loop.create_future()
+        seq = self._client.send(env, timeout_s=timeout_s)
+        self._replies[seq] = fut  # no reply can be routed before this: routing runs on this loop
+        try:
+            reply = await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise FrameTimeoutError(f"no reply to {env.WhichOneof('body')!r} (seq {seq}) within "
+                                    f"timeout_s={timeout_s}") from None
+        finally:
+            self._replies.pop(seq, None)
+        if reply.WhichOneof("body") == "error":
+            raise _remote_error(reply, f"request {env.WhichOneof('body')!r} (seq {seq}) failed")
+        return reply
+
+    async def send(self, env: Envelope, timeout_s: float | None = 5.0) -> int:
+        """Send an Envelope without awaiting a reply; returns its seq."""
+        return self._client.send(env, timeout_s=timeout_s)
+
+    async def subscribe(self, *bodies: str):
+        """``async for env in client.subscribe("stats", "inference_result"):`` the published messages with
+        these body names (none: every published message), until the connection ends. The server sends only
+        what the client subscribed to in ``connect(subscribe=...)``.
+
+        Raises:
+            RemoteError: the server sent an Error that answers no request.
+        """
+        want = frozenset(bodies) or None
+        q: asyncio.Queue = asyncio.Queue()
+        keep = collections.deque()
+        while self._backlog:  # what arrived while nobody listened, oldest first
+            env = self._backlog.popleft()
+            (q.put_nowait if want is None or env.WhichOneof("body") in want else keep.append)(env)
+        self._backlog.extend(keep)
+        if self._closed_by is not None:
+            q.put_nowait(_CLOSED)
+        entry = (want, q)
+        self._subs.append(entry)
+        try:
+            while True:
+                env = await q.get()
+                if env is _CLOSED:
+                    return
+                if env.WhichOneof("body") == "error":
+                    raise _remote_error(env, f"the server at {self._client._path!r} sent an error")
+                yield env
+        finally:
+            self._subs.remove(entry)
+
+    def close(self) -> None:
+        """Stop watching the socket and close the connection. Safe to call twice."""
+        if not self._client.closed:
+            self._end(PeerClosedError("closed by this client"))
+            self._client.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient {self._client!r}>"

@@ -1,0 +1,543 @@
+"""asyncio waits (edgepipe.aio): records, room, peer death, cancel and close, on the stdlib loop and on
+uvloop (every test runs on both: tests/conftest.py), against a producer or consumer in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgepipe import aio
+from edgepipe.errors import PeerClosedError, RingClosedError, RingTimeoutError
+from edgepipe.ring import Ring
+
+pytestmark = pytest.mark.asyncio
+HANG_S = 60  # hang guard only: no test expects to get anywhere near it
+
+PEER = textwrap.dedent("""
+    import hashlib, os, sys, time
+    from edgepipe.ring import Ring
+    from edgepipe import aio
+    fd, role, n, pause = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    ring = Ring.from_fd(fd) if not role.startswith("latest") else None
+    def rec(i):
+        body = i.to_bytes(8, "little") * (1 + i % 7)
+        return body + hashlib.blake2b(body, digest_size=8).digest()
+    if role == "write":          # n records, pausing `pause` s every 16, then close
+        w = ring.writer()
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 16 == 0:
+                time.sleep(pause)
+            w.write(rec(i))
+        print("sent", *aio.async_counts(), flush=True)
+        w.close()
+    elif role == "write-hang":   # n records, then stay open without writing until killed
+        w = ring.writer()
+        for i in range(n):
+            w.write(rec(i))
+        print("open", flush=True)
+        time.sleep(600)
+    elif role == "read":         # read n records slowly, check them, then close
+        r = ring.reader()
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 16 == 0:
+                time.sleep(pause)
+            got = r.read(timeout_s=60)
+            assert got == rec(i), (i, got)
+        print("done", flush=True)
+        r.close()
+    elif role in ("frames", "latest", "latest-hang"):  # n frames of value i % 256, then close (or hang)
+        import numpy as np
+        from edgepipe.frames import FrameWriter
+        from edgepipe.latest import LatestSlot
+        w = FrameWriter(ring.writer()) if role == "frames" else LatestSlot.from_fd(fd).writer()
+        print("open", flush=True)
+        for i in range(n):
+            time.sleep(pause)
+            w.write_frame(np.full((4, 6, 3), i % 256, np.uint8), timeout_s=60)
+        if role == "latest-hang":
+            print("hang", flush=True)
+            time.sleep(600)
+        w.close()
+    elif role == "read-frames":  # n frames, slowly, each of value i % 256
+        from edgepipe.frames import FrameReader
+        fr = FrameReader(ring.reader())
+        print("open", flush=True)
+        for i in range(n):
+            if pause and i % 4 == 0:
+                time.sleep(pause)
+            with fr.read_frame(timeout_s=60) as f:
+                assert int(f.array.min()) == int(f.array.max()) == i % 256, (i, f.array.min())
+        print("done", flush=True)
+        fr.close()
+    elif role == "read-hang":
+        r = ring.reader()
+        print("open", flush=True)
+        time.sleep(600)
+""")
+
+
+def rec(i: int) -> bytes:
+    body = i.to_bytes(8, "little") * (1 + i % 7)
+    return body + hashlib.blake2b(body, digest_size=8).digest()
+
+
+def check_rec(i: int, got: bytes) -> None:
+    body, digest = got[:-8], got[-8:]
+    assert hashlib.blake2b(body, digest_size=8).digest() == digest, f"record {i}: bad checksum"
+    assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
+
+
+def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = ()) -> subprocess.Popen:
+    src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    p = subprocess.Popen([*prefix, sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
+                         pass_fds=[ring.fd], stdout=subprocess.PIPE, text=True, env=env)
+    return p
+
+
+async def line(p: subprocess.Popen) -> str:
+    return (await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), HANG_S)).strip()
+
+
+@pytest.fixture
+def ring():
+    r = Ring.create(capacity=4096)
+    yield r
+    r.close()
+
+
+class TestRead:
+    async def test_async_for_reads_every_record_in_order_until_the_producer_closes(self, ring):
+        """`async for` yields every record of another process, in order and intact, and ends when it closes."""
+        r = ring.reader()
+        p = peer(ring, "write", 3000, 0.001)
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 3000
+        assert p.wait(HANG_S) == 0
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0, "no announcement left behind"
+
+    async def test_the_producer_signals_only_while_a_task_awaits(self, ring):
+        """A producer whose consumer never awaits sends no datagram at all; one that feeds an awaiting
+        task sends at most one per record, and every one reaches its socket."""
+        r = ring.reader()
+        p = peer(ring, "write", 20, 0.0)  # 20 records fit the ring: the producer never waits
+        assert await line(p) == "open"
+        assert await line(p) == "sent 0 0"  # nobody awaited: no signal, no failed send
+        for i in range(20):
+            check_rec(i, r.try_read())
+        assert p.wait(HANG_S) == 0
+        p = peer(ring, "write", 64, 0.05)
+        assert await line(p) == "open"
+        for i in range(64):
+            check_rec(i, await r.read_async(timeout_s=HANG_S))
+        _, sent, failed = (await line(p)).split()
+        assert 0 < int(sent) <= 64 and int(failed) == 0, (sent, failed)
+        assert p.wait(HANG_S) == 0
+
+    async def test_timeout_raises_and_withdraws_the_announcement(self, ring):
+        """A read_async that times out raises RingTimeoutError and leaves bit 0 of the async word clear."""
+        r = ring.reader()
+        with pytest.raises(RingTimeoutError, match="timeout_s=0.02"):
+            await r.read_async(timeout_s=0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0
+        w = ring.writer()
+        w.write(b"x")
+        assert await r.read_async(timeout_s=0) == b"x"
+
+    async def test_bad_timeout_is_a_value_error(self, ring):
+        """A negative or NaN timeout_s is a ValueError naming it, and nothing is consumed."""
+        r = ring.reader()
+        with pytest.raises(ValueError, match="-1"):
+            await r.read_async(timeout_s=-1)
+        with pytest.raises(ValueError, match="nan"):
+            await r.read_async(timeout_s=float("nan"))
+
+
+
+class TestWrite:
+    async def test_write_async_waits_for_room_and_loses_nothing(self, ring):
+        """write_async into a 4 KiB ring drained slowly by another process: every record arrives intact and
+        in order (the consumer's releases wake the awaiting writer)."""
+        w = ring.writer()
+        p = peer(ring, "read", 2000, 0.002)
+        assert await line(p) == "open"
+        async with asyncio.timeout(HANG_S):
+            for i in range(2000):
+                await w.write_async(rec(i))
+        assert await line(p) == "done"
+        assert p.wait(HANG_S) == 0
+        assert aio.word(ring, aio.RING_SPACE) & 1 == 0
+
+    async def test_full_ring_times_out(self, ring):
+        """write_async on a full ring nobody drains raises RingTimeoutError; what was queued stays queued."""
+        w, r = ring.writer(), ring.reader()
+        n = 0
+        while w.try_write(b"z" * 100):
+            n += 1
+        with pytest.raises(RingTimeoutError, match="still full"):
+            await w.write_async(b"z" * 100, timeout_s=0.02)
+        assert len(r.try_read_many(n + 1)) == n
+
+
+class TestPeerDeath:
+    async def test_killed_producer_reaches_the_awaiting_task(self, ring):
+        """SIGKILL of the producer while a task awaits: the records it wrote are read, then PeerClosedError."""
+        r = ring.reader()
+        p = peer(ring, "write-hang", 5)
+        assert await line(p) == "open"
+        for i in range(5):
+            check_rec(i, await r.read_async(timeout_s=HANG_S))
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.05)
+        assert not task.done() and aio.word(ring, aio.RING_DATA) & 1
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError, match=f"pid {p.pid}"):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+    async def test_killed_consumer_reaches_the_awaiting_writer(self, ring):
+        """SIGKILL of the consumer while write_async awaits room: PeerClosedError."""
+        w = ring.writer()
+        p = peer(ring, "read-hang")
+        assert await line(p) == "open"
+        while w.try_write(b"y" * 200):
+            pass
+        task = asyncio.ensure_future(w.write_async(b"y" * 200))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+    async def test_a_producer_that_never_opened_then_dies(self, ring):
+        """A task awaiting a ring whose producer has not opened yet still sees it when it opens, writes and
+        is killed."""
+        r = ring.reader()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        p = peer(ring, "write-hang", 1)
+        check_rec(0, await asyncio.wait_for(task, HANG_S))
+        assert await line(p) == "open"
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.1)
+        p.send_signal(signal.SIGKILL)
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(task, HANG_S)
+        p.wait(HANG_S)
+
+
+class TestCancelAndClose:
+    async def test_cancel_withdraws_the_announcement(self, ring):
+        """Cancelling an awaiting task clears bit 0 of the async word, and the next read still works."""
+        r, w = ring.reader(), ring.writer()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert aio.word(ring, aio.RING_DATA) & 1 == 0
+        w.write(b"after")
+        assert await r.read_async(timeout_s=HANG_S) == b"after"
+
+    async def test_two_tasks_on_one_reader_both_wake(self, ring):
+        """Two tasks awaiting the same reader: cancelling one keeps the other's announcement, which a
+        write then wakes."""
+        r, w = ring.reader(), ring.writer()
+        a, b = asyncio.ensure_future(r.read_async()), asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        a.cancel()
+        await asyncio.sleep(0.02)
+        assert aio.word(ring, aio.RING_DATA) & 1
+        w.write(b"one")
+        assert await asyncio.wait_for(b, HANG_S) == b"one"
+
+    async def test_closing_the_reader_wakes_its_awaiter(self, ring):
+        """close() of the reader while a task awaits it: the task raises RingClosedError."""
+        r = ring.reader()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        r.close()
+        with pytest.raises(RingClosedError):
+            await asyncio.wait_for(task, HANG_S)
+        assert not [w for w in aio._WAITERS.values() if w.end is r], "the closed end's waiter was dropped"
+
+    async def test_closing_the_ring_wakes_reader_and_writer_awaiters(self):
+        """Ring.close() with one task awaiting data and another awaiting room on a second ring's full
+        writer: both raise RingClosedError."""
+        a, b = Ring.create(capacity=4096), Ring.create(capacity=4096)
+        try:
+            r = a.reader()
+            w = b.writer()
+            b.reader()
+            while w.try_write(b"q" * 300):
+                pass
+            t1, t2 = asyncio.ensure_future(r.read_async()), asyncio.ensure_future(w.write_async(b"q" * 300))
+            await asyncio.sleep(0.02)
+            a.close()
+            b.close()
+            for t in (t1, t2):
+                with pytest.raises(RingClosedError):
+                    await asyncio.wait_for(t, HANG_S)
+        finally:
+            a.close()
+            b.close()
+
+    async def test_writer_close_in_another_process_ends_async_for(self, ring):
+        """A producer that closes its end while the task awaits ends `async for` (no error)."""
+        r = ring.reader()
+        p = peer(ring, "write", 1, 0.2)
+        got = [x async for x in r]
+        assert len(got) == 1
+        assert p.wait(HANG_S) == 0
+
+
+class TestFork:
+    async def test_a_forked_child_leaves_the_parents_waiter_alone(self, ring):
+        """A child forked while a task awaits, which cleans up the reader's waiters and exits, does not take
+        the parent's loop registration with it (a stdlib loop's epoll instance is shared across fork): the
+        parent's task is still woken by the next write."""
+        r, w = ring.reader(), ring.writer()
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        pid = os.fork()
+        if pid == 0:
+            aio.close_waiters(r)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        w.write(b"after fork")
+        assert await asyncio.wait_for(task, HANG_S) == b"after fork"  # only a wake ends it
+        task = asyncio.ensure_future(r.read_async())
+        await asyncio.sleep(0.02)
+        w.write(b"again")
+        assert await asyncio.wait_for(task, HANG_S) == b"again"
+
+
+class TestThreadFallback:
+    async def test_a_producer_in_another_network_namespace(self, ring, require_system):
+        """A producer in its own network namespace (unshare -n) cannot reach the task's abstract socket: the
+        task notices (its /proc/PID/ns/net differs), waits through the helper thread, and reads every record;
+        the producer never signalled (its word stayed unannounced). (A task that starts waiting before such a
+        producer opened announces itself once; that wake is lost to the namespace and the 50 ms re-check
+        of an unknown peer finds the records.)"""
+        require_system("unshare", "util-linux")
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode != 0:  # e.g. an unprivileged container; CI runs as root, where this must work
+            msg = f"cannot create a network namespace here: {probe.stderr.decode()[-200:]}"
+            pytest.fail(msg) if os.environ.get("CI", "").lower() in ("true", "1") else pytest.skip(msg)
+        r = ring.reader()
+        p = peer(ring, "write", 300, 0.002, prefix=("unshare", "-n"))
+        assert await line(p) == "open"  # its pid is in the ring before the first wait looks
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 300 and p.wait(HANG_S) == 0
+        assert p.stdout.read().split() == ["sent", "0", "0"]  # no datagram sent, none failed
+
+
+    async def test_helper_thread_reads_every_record(self, ring, monkeypatch):
+        """With EDGEPIPE_AIO_THREAD=1 the wait runs on the futex in the loop's executor and still loses
+        nothing."""
+        monkeypatch.setenv("EDGEPIPE_AIO_THREAD", "1")
+        r = ring.reader()
+        p = peer(ring, "write", 300, 0.002)
+        n = 0
+        async with asyncio.timeout(HANG_S):
+            async for got in r:
+                check_rec(n, got)
+                n += 1
+        assert n == 300 and p.wait(HANG_S) == 0
+
+
+class TestFrames:
+    async def test_frames_from_another_process_in_order(self):
+        """`async with reader.read_frame_async()` gives every frame of another process's FrameWriter in
+        order with its pixels, then PeerClosedError once it closed."""
+        from edgepipe.frames import FrameReader
+
+        with Ring.create(capacity=1 << 14) as ring:
+            fr = FrameReader(ring.reader())
+            p = peer(ring, "frames", 40, 0.002)
+            for i in range(40):
+                async with fr.read_frame_async(timeout_s=HANG_S) as f:
+                    assert f.shape == (4, 6, 3) and int(f.array.max()) == int(f.array.min()) == i
+            with pytest.raises(PeerClosedError):
+                async with fr.read_frame_async(timeout_s=HANG_S):
+                    pass
+            assert p.wait(HANG_S) == 0
+
+    async def test_write_frame_async_waits_for_room(self):
+        """write_frame_async into a 4 KiB ring (about a dozen such frames) drained slowly by another process: all 60
+        frames arrive intact and in order."""
+        import numpy as np
+
+        from edgepipe.frames import FrameWriter
+
+        with Ring.create(capacity=1 << 12) as ring:
+            fw = FrameWriter(ring.writer())
+            p = peer(ring, "read-frames", 60, 0.005)
+            assert await line(p) == "open"
+            seqs = [await fw.write_frame_async(np.full((4, 6, 3), i, np.uint8), timeout_s=HANG_S)
+                    for i in range(60)]
+            assert seqs == sorted(seqs) and len(set(seqs)) == 60
+            assert await line(p) == "done"
+            assert p.wait(HANG_S) == 0
+
+    async def test_frame_timeout(self):
+        """read_frame_async on an empty ring times out with RingTimeoutError."""
+        from edgepipe.frames import FrameReader
+
+        with Ring.create(capacity=1 << 14) as ring:
+            fr = FrameReader(ring.reader())
+            ring.writer()
+            with pytest.raises(RingTimeoutError):
+                async with fr.read_frame_async(timeout_s=0.02):
+                    pass
+
+
+class TestLatest:
+    async def test_newest_frames_arrive_in_increasing_order(self):
+        """An awaiting latest-slot reader sees frames in increasing order, ending with the last one
+        published, then PeerClosedError once the producer closed."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 4 * 6 * 3) as slot:
+            rd = slot.reader()
+            p = peer(slot, "latest", 30, 0.01)
+            seen = []
+            with pytest.raises(PeerClosedError):
+                while True:
+                    async with rd.read_frame_async(timeout_s=HANG_S) as f:
+                        seen.append(int(f.array[0, 0, 0]))
+            assert seen == sorted(set(seen)) and seen[-1] == 29, seen
+            assert p.wait(HANG_S) == 0
+            assert aio.word(slot, aio.LATEST_DATA) & 1 == 0
+
+    async def test_killed_latest_producer_reaches_the_awaiting_task(self):
+        """SIGKILL of a latest-slot producer while a task awaits: PeerClosedError."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 4 * 6 * 3) as slot:
+            rd = slot.reader()
+            p = peer(slot, "latest-hang", 1, 0.0)
+            assert await line(p) == "open"
+            async with rd.read_frame_async(timeout_s=HANG_S) as f:
+                assert int(f.array[0, 0, 0]) == 0
+            assert await line(p) == "hang"
+            task = asyncio.ensure_future(rd.read_frame_async().__aenter__())
+            await asyncio.sleep(0.05)
+            p.send_signal(signal.SIGKILL)
+            with pytest.raises(PeerClosedError):
+                await asyncio.wait_for(task, HANG_S)
+            p.wait(HANG_S)
+
+    async def test_closing_the_latest_reader_wakes_its_awaiter(self):
+        """close() of a latest reader while a task awaits it: RingClosedError in the task."""
+        from edgepipe.latest import LatestSlot
+
+        with LatestSlot.create(None, 64) as slot:
+            rd = slot.reader()
+            slot.writer()
+            task = asyncio.ensure_future(rd.read_frame_async().__aenter__())
+            await asyncio.sleep(0.02)
+            rd.close()
+            with pytest.raises(RingClosedError):
+                await asyncio.wait_for(task, HANG_S)
+
+
+FANIN = textwrap.dedent("""
+    import hashlib, sys, time
+    from edgepipe.ring import Ring
+    from edgepipe import aio
+    fds = [int(x) for x in sys.argv[1].split(",")]
+    writers = [Ring.from_fd(fd).writer() for fd in fds]
+    print("open", flush=True)
+    for rnd in range(10):
+        sys.stdin.readline()                 # every task took the last round and awaits again
+        for k, w in enumerate(writers):
+            body = k.to_bytes(4, "little") + rnd.to_bytes(4, "little") + time.monotonic_ns().to_bytes(8, "little")
+            w.write(body + hashlib.blake2b(body, digest_size=8).digest())
+    print("sent", *aio.async_counts(), flush=True)
+    for w in writers:
+        w.close()
+""")
+
+
+def _fanin_diagnosis(rnd: int, tasks, rings) -> str:
+    """What a fan-in round that never completed looks like: tasks that died, and the rings whose record is
+    queued while their task sleeps (a lost wakeup) with the state of their async word."""
+    dead = [(k, repr(t.exception())[:200]) for k, t in enumerate(tasks) if t.done() and not t.cancelled()]
+    stuck = [(k, rg.status().used, aio.word(rg, aio.RING_DATA) & 1) for k, rg in enumerate(rings)
+             if rg.status().used and not tasks[k].done()]
+    return f"dead tasks {dead[:5]} ({len(dead)}); queued but asleep (task, bytes, armed) {stuck[:5]} ({len(stuck)})"
+
+
+class TestFanIn:
+    async def test_a_thousand_tasks_each_awaiting_its_own_ring(self):
+        """One loop, 1000 tasks, each awaiting its own ring fed by one other process, 10 records each: every
+        record arrives, intact and in order, each task's `async for` ends at the close, and the producer's
+        sends all found their socket. The producer writes the next round only once every task has its
+        record of this one, so a single lost wakeup hangs the run (and fails it at the hang guard)."""
+        n = 1000
+        rings = [Ring.create(capacity=1024) for _ in range(n)]
+        try:
+            readers = [rg.reader() for rg in rings]
+            src = os.path.abspath(os.path.join(os.path.dirname(aio.__file__), os.pardir))
+            fds = [rg.fd for rg in rings]
+            p = subprocess.Popen([sys.executable, "-c", FANIN, ",".join(map(str, fds))], pass_fds=fds,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, PYTHONPATH=src))
+            assert await line(p) == "open"
+
+            done = [0] * 10
+            round_done = [asyncio.Event() for _ in range(10)]
+
+            async def consume(k: int, r) -> list[int]:
+                rounds = []
+                async for got in r:
+                    body, digest = got[:16], got[16:]
+                    assert hashlib.blake2b(body, digest_size=8).digest() == digest
+                    assert int.from_bytes(body[:4], "little") == k
+                    rnd = int.from_bytes(body[4:8], "little")
+                    rounds.append(rnd)
+                    done[rnd] += 1
+                    if done[rnd] == n:
+                        round_done[rnd].set()
+                return rounds
+
+            tasks = [asyncio.ensure_future(consume(k, r)) for k, r in enumerate(readers)]
+            await asyncio.sleep(0.2)
+            armed = sum(aio.word(rg, aio.RING_DATA) & 1 for rg in rings)
+            assert armed == n, f"only {armed} of {n} tasks announced themselves"
+            for rnd in range(10):
+                p.stdin.write("next\n")
+                p.stdin.flush()
+                try:
+                    await asyncio.wait_for(round_done[rnd].wait(), HANG_S)
+                except TimeoutError:
+                    raise AssertionError(f"round {rnd}: {done[rnd]} of {n} records arrived; "
+                                         + _fanin_diagnosis(rnd, tasks, rings)) from None
+            results = await asyncio.wait_for(asyncio.gather(*tasks), HANG_S)
+            assert all(r == list(range(10)) for r in results), [r for r in results if r != list(range(10))][:3]
+            _, sent, failed = (await line(p)).split()
+            assert int(failed) == 0 and 0 < int(sent) <= 10 * n
+            assert p.wait(HANG_S) == 0
+        finally:
+            for rg in rings:
+                rg.close()
