@@ -28,7 +28,9 @@ from pathlib import Path
 
 from edgepipe._ffi import lib
 
-__all__ = ["WakeCost", "cache_path", "default_spin_ns", "derive_spin_ns", "measure_wake_ns", "wake_cost"]
+# The package exports these two; default_spin_ns, derive_spin_ns, measure_wake_ns and cache_path are used as
+# edgepipe.wait.<name> (by WaitPolicy, the latest slot, doctor).
+__all__ = ["WakeCost", "wake_cost"]
 
 FALLBACK_WAKE_NS = lib.EP_DEFAULT_SPIN_NS
 ROUNDS = 100
