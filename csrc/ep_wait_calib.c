@@ -8,9 +8,12 @@
  *
  * The measurement: two threads bounce a sequence number over two futex words in a MAP_SHARED page
  * (the shared futex key, as between two processes) and each parks until the other's word moves. One
- * round trip is two parked wakes; the result is half the median round trip after a warm-up. A wait that
- * takes longer than a second means something is wrong (a stopped process): -ETIMEDOUT, and the caller
- * keeps its fallback.
+ * round trip is two parked wakes; the result is half the median round trip after a warm-up. If the
+ * calling thread may run on two CPUs or more, the two threads are pinned to two different ones for the
+ * measurement (the caller's affinity is restored after): spinning only pays off when the other end runs on
+ * another CPU, and left to the scheduler the pair may share one CPU and measure a plain context switch
+ * instead. A wait that takes longer than a second means something is wrong (a stopped process):
+ * -ETIMEDOUT, and the caller keeps its fallback.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
@@ -20,6 +23,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +83,34 @@ static void *partner(void *arg)
     return NULL;
 }
 
+/* Pick two different CPUs of the caller's affinity mask, the current one first: 0, or -1 if there is
+ * only one (or the mask can't be read). */
+static int two_cpus(cpu_set_t *mine, int *a, int *b)
+{
+    if (sched_getaffinity(0, sizeof(*mine), mine) || CPU_COUNT(mine) < 2)
+        return -1;
+    int cur = sched_getcpu();
+    *a = cur >= 0 && cur < CPU_SETSIZE && CPU_ISSET(cur, mine) ? cur : -1;
+    *b = -1;
+    for (int c = 0; c < CPU_SETSIZE && (*a < 0 || *b < 0); c++) {
+        if (!CPU_ISSET(c, mine) || c == *a)
+            continue;
+        if (*a < 0)
+            *a = c;
+        else
+            *b = c;
+    }
+    return *b >= 0 ? 0 : -1;
+}
+
+static void pin(pthread_t t, int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(t, sizeof(one), &one);      /* best effort: unpinned still measures a wake */
+}
+
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -98,6 +130,9 @@ int64_t ep_wait_wake_cost_ns(uint32_t rounds)
         return -ENOMEM;
     }
     c->rounds = rounds + CALIB_WARMUP;
+    cpu_set_t mine;
+    int cpu_a, cpu_b;
+    int pinned = two_cpus(&mine, &cpu_a, &cpu_b) == 0;
     /* The partner takes no signals: they stay with the calling (Python) thread. */
     sigset_t all, old;
     sigfillset(&all);
@@ -109,6 +144,10 @@ int64_t ep_wait_wake_cost_ns(uint32_t rounds)
         free(rtt);
         munmap(c, sizeof(*c));
         return -rc;
+    }
+    if (pinned) {
+        pin(pthread_self(), cpu_a);
+        pin(t, cpu_b);
     }
     int64_t out = 0;
     for (uint32_t i = 1; i <= c->rounds; i++) {
@@ -125,6 +164,8 @@ int64_t ep_wait_wake_cost_ns(uint32_t rounds)
             rtt[i - CALIB_WARMUP - 1] = ep_clock_mono_ns() - t0;
     }
     pthread_join(t, NULL);
+    if (pinned)
+        pthread_setaffinity_np(pthread_self(), sizeof(mine), &mine);   /* the caller's mask, as it was */
     if (out == 0) {
         qsort(rtt, rounds, sizeof(int64_t), cmp_i64);
         out = rtt[rounds / 2] / 2;

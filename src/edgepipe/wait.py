@@ -5,10 +5,11 @@ a wrong guess within twice the better choice either way, so the right spin is on
 the code runs on: 6-25 us on x86 VMs, more on small ARM boards. A constant measured on one VM
 (``EP_DEFAULT_SPIN_NS``, 25 us) is only the fallback.
 
-:func:`wake_cost` measures it (``ep_wait_wake_cost_ns``: two threads bounce a sequence number over two
-shared futex words; half the median round trip of 100 round trips, ~5-15 ms) once per boot and caches it:
-in memory for the process, and in ``$XDG_CACHE_HOME/edgepipe/wake.json`` (``~/.cache/edgepipe``) keyed by
-the kernel's boot id, so later processes read it instead of measuring (a reboot, or a VM migrated to other
+:func:`wake_cost` measures it (``ep_wait_wake_cost_ns``: two threads pinned to two CPUs bounce a sequence
+number over two shared futex words; half the median round trip of 100 round trips, the median of 3 such
+measurements, ~15-40 ms) at the first default policy a process needs, once per boot, and caches it: in
+memory for the process, and in ``$XDG_CACHE_HOME/edgepipe/wake.json`` (``~/.cache/edgepipe``) keyed by the
+kernel's boot id, so later processes read it instead of measuring (a reboot, or a VM migrated to other
 hardware after one, measures again). A cache that can't be read or written is skipped, never an error. If
 the measurement fails, the fallback is used. ``edgepipe doctor`` measures afresh, rewrites the cache and
 prints both numbers.
@@ -34,6 +35,7 @@ __all__ = ["WakeCost", "wake_cost"]
 
 FALLBACK_WAKE_NS = lib.EP_DEFAULT_SPIN_NS
 ROUNDS = 100
+REPEATS = 3
 SPIN_MIN_NS = 1_000  # below this a spin can't even see a back-to-back record arrive
 SPIN_MAX_NS = 100_000  # a slower wake (a loaded box) is not worth burning a core that long for
 _SANE_NS = (100, 10_000_000)  # a cached or measured value outside this is ignored
@@ -59,12 +61,16 @@ def derive_spin_ns(wake_ns: int) -> int:
     return max(SPIN_MIN_NS, min(SPIN_MAX_NS, int(wake_ns)))
 
 
-def measure_wake_ns(rounds: int = ROUNDS) -> int:
-    """Measure one futex wake now (no cache); OSError if it can't be measured."""
-    ns = lib.ep_wait_wake_cost_ns(rounds)
-    if ns < 0:
-        raise OSError(-ns, f"measuring a futex wake: {os.strerror(-ns)}")
-    return ns
+def measure_wake_ns(rounds: int = ROUNDS, repeats: int = REPEATS) -> int:
+    """Measure one futex wake now (no cache): the median of ``repeats`` measurements of ``rounds`` round
+    trips each, so one disturbed measurement is not what a boot keeps. OSError if it can't be measured."""
+    got = []
+    for _ in range(repeats):
+        ns = lib.ep_wait_wake_cost_ns(rounds)
+        if ns < 0:
+            raise OSError(-ns, f"measuring a futex wake: {os.strerror(-ns)}")
+        got.append(ns)
+    return sorted(got)[len(got) // 2]
 
 
 def cache_path() -> Path:
@@ -132,7 +138,7 @@ def wake_cost(refresh: bool = False) -> WakeCost:
         return _cost
     if boot:
         _write_cache(boot, ns)
-    _cost = WakeCost(ns, "measured", f"median of {ROUNDS} round trips")
+    _cost = WakeCost(ns, "measured", f"median of {REPEATS} x {ROUNDS} round trips")
     return _cost
 
 

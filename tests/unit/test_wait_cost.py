@@ -36,6 +36,20 @@ class TestMeasure:
         ns = lib.ep_wait_wake_cost_ns(20)
         assert 100 <= ns < 50_000_000
 
+    def test_callers_cpu_mask_is_restored(self):
+        """The measurement pins its two threads to two CPUs, then gives the caller its own mask back; on
+        one allowed CPU it measures unpinned and leaves that mask alone too."""
+        mask = os.sched_getaffinity(0)
+        try:
+            assert lib.ep_wait_wake_cost_ns(10) > 0
+            assert os.sched_getaffinity(0) == mask
+            one = {min(mask)}
+            os.sched_setaffinity(0, one)
+            assert lib.ep_wait_wake_cost_ns(10) > 0
+            assert os.sched_getaffinity(0) == one
+        finally:
+            os.sched_setaffinity(0, mask)
+
     @pytest.mark.parametrize("rounds", [0, 100_001])
     def test_bad_rounds(self, rounds):
         """Zero or too many rounds are refused with -EINVAL, and measure_wake_ns turns that into OSError."""
@@ -104,7 +118,7 @@ class TestCache:
 
     def test_failed_measurement_falls_back_to_the_constant(self, fresh, monkeypatch):
         """If the wake can't be measured, the 25 us constant is used and nothing is cached."""
-        def broken(rounds=wait.ROUNDS):
+        def broken(rounds=wait.ROUNDS, repeats=wait.REPEATS):
             raise OSError(errno.EAGAIN, "no threads")
 
         monkeypatch.setattr(wait, "measure_wake_ns", broken)
