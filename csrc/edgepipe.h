@@ -120,8 +120,8 @@ int ep_ring_reader_cancel(struct ep_ring_reader *r);
 /* ---- waiting: what a parked wake costs here (ep_wait_calib.c) ---- */
 /* Half the median round trip of two threads parking on shared futex words, over `rounds` round trips
  * (1..100000) after a warm-up: ns, or -errno (-ETIMEDOUT if a wake took over a second). Blocks for about
- * rounds x 2 wakes; spawns and joins one thread; pins the two to two CPUs of the caller's mask if it has
- * two, and restores the caller's mask. */
+ * rounds x 2 wakes; spawns and joins one thread; pins the two to two different CPUs if the machine has
+ * two (the partner outside the caller's mask if need be), and restores the caller's mask. */
 int64_t ep_wait_wake_cost_ns(uint32_t rounds);
 
 #include "ep_frame.h"

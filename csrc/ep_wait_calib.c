@@ -8,11 +8,11 @@
  *
  * The measurement: two threads bounce a sequence number over two futex words in a MAP_SHARED page
  * (the shared futex key, as between two processes) and each parks until the other's word moves. One
- * round trip is two parked wakes; the result is half the median round trip after a warm-up. If the
- * calling thread may run on two CPUs or more, the two threads are pinned to two different ones for the
- * measurement (the caller's affinity is restored after): spinning only pays off when the other end runs on
- * another CPU, and left to the scheduler the pair may share one CPU and measure a plain context switch
- * instead. A wait that takes longer than a second means something is wrong (a stopped process):
+ * round trip is two parked wakes; the result is half the median round trip after a warm-up. The two
+ * threads are pinned to two different CPUs for the measurement if the machine has two (the caller's own
+ * affinity is restored after): spinning only pays off when the other end runs on another CPU, and left to
+ * the scheduler the pair may share one CPU (always, in a process pinned to one) and measure a plain
+ * context switch instead. A wait that takes longer than a second means something is wrong (a stopped process):
  * -ETIMEDOUT, and the caller keeps its fallback.
  */
 #define _GNU_SOURCE
@@ -83,32 +83,34 @@ static void *partner(void *arg)
     return NULL;
 }
 
-/* Pick two different CPUs of the caller's affinity mask, the current one first: 0, or -1 if there is
- * only one (or the mask can't be read). */
-static int two_cpus(cpu_set_t *mine, int *a, int *b)
+/* Pin the calling thread to the CPU it runs on and the partner `t` to another one: one of the caller's
+ * mask if it has two, else any CPU of the machine the partner may use (a process pinned to one CPU still
+ * measures a cross-CPU wake; only a one-CPU machine measures a context switch). 1 if pinned apart, 0 if not
+ * (then both are left to the scheduler). */
+static int pin_apart(pthread_t t, const cpu_set_t *mine)
 {
-    if (sched_getaffinity(0, sizeof(*mine), mine) || CPU_COUNT(mine) < 2)
-        return -1;
     int cur = sched_getcpu();
-    *a = cur >= 0 && cur < CPU_SETSIZE && CPU_ISSET(cur, mine) ? cur : -1;
-    *b = -1;
-    for (int c = 0; c < CPU_SETSIZE && (*a < 0 || *b < 0); c++) {
-        if (!CPU_ISSET(c, mine) || c == *a)
-            continue;
-        if (*a < 0)
-            *a = c;
-        else
-            *b = c;
-    }
-    return *b >= 0 ? 0 : -1;
-}
-
-static void pin(pthread_t t, int cpu)
-{
+    if (cur < 0 || cur >= CPU_SETSIZE)
+        return 0;
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+    if (ncpu > CPU_SETSIZE)
+        ncpu = CPU_SETSIZE;
     cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    pthread_setaffinity_np(t, sizeof(one), &one);      /* best effort: unpinned still measures a wake */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int c = 0; c < ncpu; c++) {
+            if (c == cur || (pass == 0) != (CPU_ISSET(c, mine) != 0))
+                continue;               /* pass 0: the caller's CPUs; pass 1: the others */
+            CPU_ZERO(&one);
+            CPU_SET(c, &one);
+            if (pthread_setaffinity_np(t, sizeof(one), &one) == 0) {
+                CPU_ZERO(&one);
+                CPU_SET(cur, &one);
+                pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+                return 1;
+            }
+        }
+    }
+    return 0;
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -131,8 +133,7 @@ int64_t ep_wait_wake_cost_ns(uint32_t rounds)
     }
     c->rounds = rounds + CALIB_WARMUP;
     cpu_set_t mine;
-    int cpu_a, cpu_b;
-    int pinned = two_cpus(&mine, &cpu_a, &cpu_b) == 0;
+    int have_mask = sched_getaffinity(0, sizeof(mine), &mine) == 0;
     /* The partner takes no signals: they stay with the calling (Python) thread. */
     sigset_t all, old;
     sigfillset(&all);
@@ -145,10 +146,7 @@ int64_t ep_wait_wake_cost_ns(uint32_t rounds)
         munmap(c, sizeof(*c));
         return -rc;
     }
-    if (pinned) {
-        pin(pthread_self(), cpu_a);
-        pin(t, cpu_b);
-    }
+    int pinned = have_mask && pin_apart(t, &mine);
     int64_t out = 0;
     for (uint32_t i = 1; i <= c->rounds; i++) {
         int64_t t0 = ep_clock_mono_ns();

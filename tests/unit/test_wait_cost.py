@@ -37,8 +37,8 @@ class TestMeasure:
         assert 100 <= ns < 50_000_000
 
     def test_callers_cpu_mask_is_restored(self):
-        """The measurement pins its two threads to two CPUs, then gives the caller its own mask back; on
-        one allowed CPU it measures unpinned and leaves that mask alone too."""
+        """The measurement pins its two threads to two CPUs, then gives the caller its own mask back; a
+        caller pinned to one CPU keeps exactly that mask too (its partner ran on another CPU)."""
         mask = os.sched_getaffinity(0)
         try:
             assert lib.ep_wait_wake_cost_ns(10) > 0
