@@ -123,3 +123,78 @@ def test_latest_slot_publish_take_480p(benchmark):
         w.close()
         r.close()
         slot.close()
+
+
+# -- a finite timeout on the ready path (issue 16): it must cost what timeout_s=None costs ---------------------
+# Each call finds its record (or room) already there, so no case waits: compare the rows of one call across
+# its timeouts (None, an int, a float) in the same run; callgrind_hot.py counts the same calls' instructions.
+TIMEOUTS = [None, 60, 60.0]
+
+
+@pytest.mark.parametrize("timeout_s", TIMEOUTS, ids=repr)
+def test_ready_read_with_timeout(benchmark, ring_ends, timeout_s):
+    """try_write + read(timeout_s) of a 64-byte record that is already queued."""
+    w, r = ring_ends
+
+    def call():
+        w.try_write(RECORD)
+        return r.read(timeout_s=timeout_s)
+
+    assert benchmark(call) == RECORD
+
+
+@pytest.mark.parametrize("timeout_s", TIMEOUTS, ids=repr)
+def test_ready_write_with_timeout(benchmark, ring_ends, timeout_s):
+    """write(timeout_s) of a 64-byte record into a ring with room, + try_read."""
+    w, r = ring_ends
+
+    def call():
+        w.write(RECORD, timeout_s=timeout_s)
+        return r.try_read()
+
+    assert benchmark(call) == RECORD
+
+
+@pytest.mark.parametrize("timeout_s", TIMEOUTS, ids=repr)
+def test_ready_wait_with_timeout(benchmark, ring_ends, timeout_s):
+    """try_write + wait(timeout_s) + try_read: wait finds the record there."""
+    w, r = ring_ends
+
+    def call():
+        w.try_write(RECORD)
+        ok = r.wait(timeout_s)
+        return ok and r.try_read()
+
+    assert benchmark(call) == RECORD
+
+
+@pytest.mark.parametrize("timeout_s", TIMEOUTS, ids=repr)
+def test_ready_wait_room_with_timeout(benchmark, ring_ends, timeout_s):
+    """wait_room(64, timeout_s) + try_write + try_read: wait_room finds room there."""
+    w, r = ring_ends
+
+    def call():
+        ok = w.wait_room(64, timeout_s)
+        w.try_write(RECORD)
+        return ok and r.try_read()
+
+    assert benchmark(call) == RECORD
+
+
+@pytest.mark.parametrize("timeout_s", TIMEOUTS, ids=repr)
+def test_ready_read_frame_with_timeout(benchmark, timeout_s):
+    """write_frame + read_frame(timeout_s) of a 48x64x3 frame through a frame ring."""
+    src = np.zeros((48, 64, 3), np.uint8)
+    src[-1, -1, -1] = 7
+    ring = Ring.create(capacity=1 << 20)
+    w, r = FrameWriter(ring.writer()), FrameReader(ring.reader())
+
+    def call():
+        w.write_frame(src, timeout_s=timeout_s)
+        with r.read_frame(timeout_s) as f:
+            return int(f.array[-1, -1, -1])
+
+    try:
+        assert benchmark(call) == 7
+    finally:
+        ring.close()

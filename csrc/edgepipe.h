@@ -56,7 +56,7 @@ int ep_shm_unmap(void *addr, uint64_t size);
 #define EP_WAIT_SPIN 0                  /* spin in C until ready, the deadline or peer death */
 #define EP_WAIT_PARK 1                  /* park on the futex at once */
 #define EP_WAIT_HYBRID 2                /* spin for spin_ns, then park (the default) */
-#define EP_DEFAULT_SPIN_NS 25000        /* about one futex wake on this class of VM */
+#define EP_DEFAULT_SPIN_NS 25000        /* fallback: one futex wake on an x86 VM (Python measures it) */
 #define EP_PEER_CHECK_NS 50000000       /* a waiting end checks its peer at least this often */
 
 struct ep_ring_status {
@@ -116,6 +116,13 @@ int64_t ep_ring_try_read_batch(struct ep_ring_reader *r, void *buf, uint64_t buf
                                uint32_t *types, uint32_t max_n);
 int ep_ring_reader_wait(struct ep_ring_reader *r, int64_t timeout_ns);
 int ep_ring_reader_cancel(struct ep_ring_reader *r);
+
+/* ---- waiting: what a parked wake costs here (ep_wait_calib.c) ---- */
+/* Half the median round trip of two threads parking on shared futex words, over `rounds` round trips
+ * (1..100000) after a warm-up: ns, or -errno (-ETIMEDOUT if a wake took over a second). Blocks for about
+ * rounds x 2 wakes; spawns and joins one thread; pins the two to two different CPUs if the machine has
+ * two (the partner outside the caller's mask if need be), and restores the caller's mask. */
+int64_t ep_wait_wake_cost_ns(uint32_t rounds);
 
 #include "ep_frame.h"
 #include "ep_ahrs.h"

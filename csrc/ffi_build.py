@@ -13,8 +13,8 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).parent  # relative on purpose: setuptools runs us from the project root
-SOURCES = ("ep_ring.c", "ep_latest.c", "ep_peer.c", "ep_wait.c", "ep_shm.c", "ep_clock.c", "ep_frame.c", "ep_ahrs.c",
-           "ep_imu.c", "ep_async.c")
+SOURCES = ("ep_ring.c", "ep_latest.c", "ep_peer.c", "ep_wait.c", "ep_wait_calib.c", "ep_shm.c", "ep_clock.c",
+           "ep_frame.c", "ep_ahrs.c", "ep_imu.c", "ep_async.c")
 
 
 def cdef_from_header(text: str) -> str:
@@ -45,7 +45,7 @@ ffibuilder.set_source(
     sources=[str(CSRC / f) for f in SOURCES],
     include_dirs=[str(CSRC)],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
-    libraries=["rt"],
+    libraries=["rt", "pthread"],
 )
 
 if __name__ == "__main__":

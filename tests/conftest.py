@@ -48,6 +48,21 @@ def no_segments_left_behind():
     assert not leaked, f"the test suite left shared memory segments behind: {sorted(leaked)}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wake_cache_in_tmp():
+    """The measured futex-wake cost (edgepipe.wait) is cached under $XDG_CACHE_HOME: the suite (and the
+    processes it starts) keeps its cache in a directory of its own, removed at the end, not in ~/.cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    d = tempfile.mkdtemp(prefix="edgepipe-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = d
+    yield d
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+    shutil.rmtree(d, ignore_errors=True)
+
+
 # -- system packages ------------------------------------------------------------------------------------------
 def in_ci() -> bool:
     """True under CI=true (or 1): .ci/run installs every system package the suite needs there."""

@@ -149,6 +149,7 @@ from edgepipe.testing import CheckStage, CounterStage, PrintStage, RelayStage
 from edgepipe.stages.inference.quantize import QuantizeReport, calibration_frames, quantize_model
 from edgepipe.pipeline.report import LatencyBook, build_report, load_report, render_png, render_table, write_report
 from edgepipe.ring import Ring, RingReader, RingStatus, RingWriter, WaitPolicy
+from edgepipe.wait import WakeCost, wake_cost
 from edgepipe.control.client import AsyncClient, Client
 from edgepipe.control.server import Server, Session, default_socket_dir
 from edgepipe.shm import SharedRegion, list_segments, validate_name
@@ -318,6 +319,7 @@ __all__ = [
     "UntrustedSegmentError",
     "V4l2Source",
     "WaitPolicy",
+    "WakeCost",
     "WorkerError",
     "build_report",
     "bundled_model_path",
@@ -358,6 +360,7 @@ __all__ = [
     "stage_kinds",
     "transform",
     "validate_name",
+    "wake_cost",
     "wall_ns",
     "write_report",
 ]

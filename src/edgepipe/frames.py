@@ -238,9 +238,11 @@ class FrameReader:
             RingTimeoutError: nothing arrived in time; plus everything try_read_frame raises.
         """
         self._ready()
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in (float, int) and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one; a plain number >= 0 costs nothing when a frame is there
         n = self._peek()
-        if n < 0 and tns != 0:
+        if n < 0 and timeout_s != 0:
+            tns = timeout_ns(timeout_s)
             deadline = None if tns < 0 else time.monotonic_ns() + tns
             while n < 0:
                 left = None if deadline is None else max(0, deadline - time.monotonic_ns()) / 1e9

@@ -56,6 +56,7 @@ from edgepipe.errors import (
     check,
 )
 from edgepipe.shm import SharedRegion
+from edgepipe.wait import default_spin_ns
 
 _EAGAIN, _EPIPE, _ETIMEDOUT, _EINTR = -errno.EAGAIN, -errno.EPIPE, -errno.ETIMEDOUT, -errno.EINTR
 _SLICE_NS = 100_000_000  # blocking calls come back to Python this often (signals, peer checks)
@@ -155,8 +156,9 @@ class LatestSlot(Segment):
         self._handles.append(w)
         return w
 
-    def reader(self, spin_ns: int = 25_000) -> LatestReader:
-        """Open the consumer end in this process. A blocking read spins ``spin_ns`` before it parks."""
+    def reader(self, spin_ns: int | None = None) -> LatestReader:
+        """Open the consumer end in this process. A blocking read spins ``spin_ns`` before it parks
+        (None: this machine's default, one measured futex wake; see :mod:`edgepipe.wait`)."""
         r = LatestReader(self, spin_ns)
         self._handles.append(r)
         return r
@@ -242,8 +244,8 @@ class LatestWriter(WriterBase):
         )
 
     def _claim(self, lay: Layout, capture_ns: int, source_id: int, timeout_s) -> FrameClaim:
-        if timeout_s is not None:
-            timeout_ns(timeout_s)  # validated for a uniform API; a latest slot never waits
+        if not (timeout_s is None or (type(timeout_s) in (float, int) and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # validated for a uniform API (a latest slot never waits); cheap when plain
         h = self._h
         if h is None:
             raise self._closed_error()
@@ -325,7 +327,9 @@ class LatestReader:
     __slots__ = ("_buf", "_deferred", "_forked_from", "_h", "_held", "_inflight", "_open", "_slot", "_slot_size",
                  "frames_read")
 
-    def __init__(self, slot: LatestSlot, spin_ns: int = 25_000) -> None:
+    def __init__(self, slot: LatestSlot, spin_ns: int | None = None) -> None:
+        if spin_ns is None:
+            spin_ns = default_spin_ns()
         self._slot = slot
         self._forked_from = 0
         self._h = open_end(lib.ep_latest_reader_open, slot, "reader")

@@ -45,12 +45,12 @@ from edgepipe.errors import (
     check,
 )
 from edgepipe.shm import SharedRegion
+from edgepipe.wait import default_spin_ns, wake_cost
 
 __all__ = ["Ring", "RingReader", "RingStatus", "RingWriter", "WaitPolicy"]
 
 _MODES = {"spin": lib.EP_WAIT_SPIN, "park": lib.EP_WAIT_PARK, "hybrid": lib.EP_WAIT_HYBRID}
 _MAX_TYPE = 0xFFFFFFFE  # 0xFFFFFFFF marks padding
-_WAKE_NS = 25_000  # measured cost of waking a parked process on this class of VM (DESIGN.md)
 
 _try_write = lib.ep_ring_try_write
 _try_read = lib.ep_ring_try_read
@@ -61,6 +61,8 @@ _commit = lib.ep_ring_commit
 _abort = lib.ep_ring_abort
 _peek = lib.ep_ring_peek
 _release = lib.ep_ring_release
+_reader_wait = lib.ep_ring_reader_wait
+_writer_wait = lib.ep_ring_writer_wait
 _EAGAIN = -errno.EAGAIN
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
@@ -69,6 +71,7 @@ _mono_ns = time.monotonic_ns
 # A blocking call returns from C to Python at least this often, so signal handlers (Ctrl-C) run promptly
 # even while a reader spins; it then goes straight back to waiting.
 _SLICE_NS = 100_000_000
+_NUMBER = (float, int)  # a timeout of one of these exact types (and >= 0) skips validation on the ready path
 _BATCH_BUF_MAX = 1 << 20  # bytes the batch read buffer grows to, beyond one max-size record
 
 
@@ -151,16 +154,21 @@ class WaitPolicy:
     """How a blocking call waits: ``spin`` (burn a core, lowest latency), ``park`` (sleep on a futex at
     once) or ``hybrid`` (spin for ``spin_ns``, then park; the default).
 
-    >>> WaitPolicy.from_budget(20e-6).mode
+    ``spin_ns`` left out (None) is the default spin of this machine: one futex wake as measured by
+    :func:`edgepipe.wait.default_spin_ns` (once per boot, cached), 25 us if it can't be measured.
+
+    >>> WaitPolicy.from_budget(0).mode
     'spin'
     """
 
     mode: str = "hybrid"
-    spin_ns: int = lib.EP_DEFAULT_SPIN_NS
+    spin_ns: int | None = None  # None: this machine's default, an int after __init__
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"wait mode must be one of {sorted(_MODES)}, got {self.mode!r}")
+        if self.spin_ns is None:
+            object.__setattr__(self, "spin_ns", default_spin_ns())
         if not isinstance(self.spin_ns, int) or isinstance(self.spin_ns, bool) or self.spin_ns < 0:
             raise ValueError(f"spin_ns must be an int >= 0, got {self.spin_ns!r}")
 
@@ -168,8 +176,8 @@ class WaitPolicy:
     def from_budget(cls, latency_budget_s: float) -> WaitPolicy:
         """Pick a policy for the latency a handoff may add.
 
-        Waking a parked process costs about 25 us here. A budget under two wakes can't afford to park:
-        spin. Under a millisecond: spin about one wake, then park. Looser budgets spin 2 us (enough to
+        A budget under two futex wakes (measured on this machine, :mod:`edgepipe.wait`) can't afford to
+        park: spin. Under a millisecond: spin about one wake, then park. Looser budgets spin 2 us (enough to
         catch back-to-back records) and sleep otherwise.
         """
         try:
@@ -178,10 +186,11 @@ class WaitPolicy:
             raise ValueError(f"latency_budget_s must be a number >= 0, got {latency_budget_s!r}") from None
         if ns < 0:
             return cls("hybrid", 2_000)
-        if ns < 2 * _WAKE_NS:
+        wake = wake_cost()
+        if ns < 2 * wake.wake_ns:
             return cls("spin", 0)
         if ns < 1_000_000:
-            return cls("hybrid", _WAKE_NS)
+            return cls("hybrid", wake.spin_ns)
         return cls("hybrid", 2_000)
 
     @classmethod
@@ -604,11 +613,19 @@ class RingWriter(_HandleBase):
         Raises:
             RingTimeoutError: still full at the deadline. PeerClosedError: the consumer closed or died.
         """
-        if timeout_s is None and type(payload) is bytes:
-            # Fast path: one C call for the first slice of the wait, nothing else.
+        # Fast path: one C call for the first slice of the wait (None), or for the ready case alone (a finite
+        # timeout: C computes a deadline only once it must wait, and the full wait below validates the
+        # timeout), so a timeout costs nothing while there is room. NaN and negatives fail `>= 0`.
+        if timeout_s is None:
+            first = _SLICE_NS
+        elif type(timeout_s) in _NUMBER and timeout_s >= 0:
+            first = 0
+        else:
+            first = -1
+        if first >= 0 and type(payload) is bytes:
             self._inflight = 1
             try:
-                rc = _write(self._h, payload, len(payload), type_id, _SLICE_NS)
+                rc = _write(self._h, payload, len(payload), type_id, first)
             except (TypeError, OverflowError):
                 rc = None  # closed, or a bad type_id: the general path below says which
             self._inflight = 0
@@ -616,6 +633,8 @@ class RingWriter(_HandleBase):
                 return
             if rc is not None and rc not in (_ETIMEDOUT, _EINTR):
                 raise self._error(rc, payload, timeout_s, type_id=type_id)
+            if rc is not None and timeout_s == 0:
+                raise self._error(_ETIMEDOUT, payload, timeout_s, type_id=type_id)
         self._handle()
         tns = timeout_ns(timeout_s)
         _type_id(type_id)
@@ -623,6 +642,54 @@ class RingWriter(_HandleBase):
         rc = self._block(_write, (buf, len(buf), type_id), tns)
         if rc < 0:
             raise self._error(rc, payload, timeout_s, type_id=type_id)
+
+    def wait_room(self, size: int, timeout_s: float | None = None) -> bool:
+        """Wait until a record of ``size`` payload bytes fits; True if it does, False if the ring is still
+        full after ``timeout_s`` (None: wait forever; 0: only look). The writer's counterpart of
+        :meth:`RingReader.wait`: it waits with this writer's WaitPolicy (spin, park or hybrid) on the same
+        eventcount as a blocking write, and the reader wakes it when it frees room. There is one producer,
+        so the room it found stays until this writer uses it.
+
+        >>> with Ring.create(capacity=4096) as ring:
+        ...     w, r = ring.writer(), ring.reader()
+        ...     w.wait_room(100, timeout_s=0)
+        True
+
+        Raises:
+            PeerClosedError: the consumer closed or died (room or not, nothing would read the record).
+            RecordTooLargeError: ``size`` is over ``max_payload`` (it could never fit).
+            TypeError/ValueError: a bad ``size`` or ``timeout_s``.
+        """
+        if type(size) is not int or not 0 <= size <= self._max_payload:
+            self._check_size(size)
+        # As in RingReader.wait: the first slice (None) or the ready case alone (a finite timeout) in one C
+        # call; the wait computes its deadline only once there is no room.
+        if timeout_s is None:
+            first = _SLICE_NS
+        elif type(timeout_s) in _NUMBER and timeout_s >= 0:
+            first = 0
+        else:
+            first = -1
+        if first >= 0:
+            self._inflight = 1
+            try:
+                rc = _writer_wait(self._h, size, first)
+            except TypeError:  # self._h is None: closed
+                self._inflight = 0
+                raise self._closed_error() from None
+            self._inflight = 0
+            if rc == 0:
+                return True
+            if rc != _ETIMEDOUT and rc != _EINTR:
+                raise self._error(rc, None, timeout_s, size)
+            if timeout_s == 0:
+                return False
+        rc = self._block(_writer_wait, (size,), timeout_ns(timeout_s))
+        if rc == _ETIMEDOUT:
+            return False
+        if rc < 0:
+            raise self._error(rc, None, timeout_s, size)
+        return True
 
     # -- zero copy ----------------------------------------------------------------------------------
     def claim(self, size: int, type_id: int = 1, timeout_s: float | None = None) -> _Claim:
@@ -641,10 +708,12 @@ class RingWriter(_HandleBase):
         """
         self._check_size(size)
         _type_id(type_id)
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in _NUMBER and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one before anything is claimed
         w = self._handle()
         off = lib.ep_ring_claim(w, size)
-        if off == _EAGAIN and tns != 0:
+        if off == _EAGAIN and timeout_s != 0:
+            tns = timeout_ns(timeout_s)  # only now: the ready case costs the same with or without a timeout
             rc = self._block(lib.ep_ring_writer_wait, (size,), tns)
             if rc < 0:
                 raise self._error(rc, None, timeout_s, size)
@@ -884,13 +953,15 @@ class RingWriter(_HandleBase):
             RingTimeoutError: no room in time (the message names ``what``). RingClosedError, PeerClosedError,
             RecordTooLargeError as write() does.
         """
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in _NUMBER and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one before anything is claimed
         h = self._h
         if h is None:
             raise self._closed_error()
         off = _claim(h, size)
         if off < 0:
-            if off == _EAGAIN and tns != 0:
+            if off == _EAGAIN and timeout_s != 0:
+                tns = timeout_ns(timeout_s)
                 rc = self._block(lib.ep_ring_writer_wait, (size,), tns)
                 if rc < 0:
                     raise self._error(rc, None, timeout_s, size)
@@ -1109,11 +1180,19 @@ class RingReader(_HandleBase):
         Raises:
             RingTimeoutError: nothing arrived in time. PeerClosedError: empty and the producer is gone.
         """
+        # Fast path: one C call for the first slice of the wait (None), or for the ready case alone (a finite
+        # timeout, validated below before any wait; one that fails `>= 0` or is not a plain number is
+        # validated before any record moves). C computes a deadline only once it must wait.
         if timeout_s is None:
-            # Fast path: one C call for the first slice of the wait, nothing else.
+            first = _SLICE_NS
+        elif type(timeout_s) in _NUMBER and timeout_s >= 0:
+            first = 0
+        else:
+            first = -1
+        if first >= 0:
             self._inflight = 1
             try:
-                n = _read(self._h, _SLICE_NS)
+                n = _read(self._h, first)
             except TypeError:  # self._h is None: closed
                 self._inflight = 0
                 raise self._closed_error() from None
@@ -1122,10 +1201,9 @@ class RingReader(_HandleBase):
                 return self._scratch[0:n]
             if n != _ETIMEDOUT and n != _EINTR:
                 raise self._error(n, timeout_s)
-            tns = -1
-        else:
-            tns = timeout_ns(timeout_s)  # validated before any record moves
-        n = self._block(_read, (), tns)
+            if timeout_s == 0:
+                raise self._error(_ETIMEDOUT, timeout_s)
+        n = self._block(_read, (), timeout_ns(timeout_s))
         if n >= 0:
             return self._scratch[0:n]
         raise self._error(n, timeout_s)
@@ -1140,7 +1218,9 @@ class RingReader(_HandleBase):
         except (TypeError, BufferError):
             raise TypeError(f"buf must be a writable bytes-like object, not {type(buf).__name__}") from None
         lens = self._batch_arrays()[1]
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in _NUMBER and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one before any record moves
+        tns = None  # computed once the ring is found empty: a timeout costs nothing on the ready path
         while True:
             rc = lib.ep_ring_try_read_batch(r, b, len(b), lens, ffi.NULL, 1)
             if rc == 1:
@@ -1149,8 +1229,10 @@ class RingReader(_HandleBase):
                 raise ValueError(f"next record is {self._io.len} bytes but buf holds only {len(b)}; it stays queued")
             if rc != _EAGAIN:
                 raise self._error(rc, timeout_s)
-            if tns == 0:
+            if timeout_s == 0:
                 return None
+            if tns is None:
+                tns = timeout_ns(timeout_s)
             rc = self._block(lib.ep_ring_reader_wait, (), tns)
             if rc == _ETIMEDOUT:
                 return None
@@ -1190,13 +1272,17 @@ class RingReader(_HandleBase):
         b'abc'
         """
         self._handle()  # closed: raise before validating the timeout
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in _NUMBER and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one before anything is peeked
+        tns = None  # computed once the ring is found empty: a timeout costs nothing on the ready path
         while True:
             view = self.try_peek()
             if view is not None:
                 return _Peek(self, view)
-            if tns == 0:
+            if timeout_s == 0:
                 raise RingTimeoutError(f"ring {self._ring.name or 'memfd'!r} is empty")
+            if tns is None:
+                tns = timeout_ns(timeout_s)
             rc = self._block(lib.ep_ring_reader_wait, (), tns)
             if rc < 0:
                 raise self._error(rc, timeout_s)
@@ -1224,11 +1310,12 @@ class RingReader(_HandleBase):
 
     def read_many(self, max_n: int = 256, timeout_s: float | None = None) -> list[bytes]:
         """Wait up to ``timeout_s`` for at least one record, then take up to ``max_n``."""
-        tns = timeout_ns(timeout_s)
+        if not (timeout_s is None or (type(timeout_s) in _NUMBER and timeout_s >= 0)):
+            timeout_ns(timeout_s)  # raises for a bad one before any record moves
         out = self.try_read_many(max_n)
-        if out or tns == 0:
+        if out or timeout_s == 0:
             return out
-        rc = self._block(lib.ep_ring_reader_wait, (), tns)
+        rc = self._block(lib.ep_ring_reader_wait, (), timeout_ns(timeout_s))
         if rc < 0:
             raise self._error(rc, timeout_s)
         return self.try_read_many(max_n)
@@ -1303,8 +1390,29 @@ class RingReader(_HandleBase):
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until a record is queued; True if one is, False on timeout. PeerClosedError if the ring is
         empty and the producer is gone."""
-        self._handle()
-        rc = self._block(lib.ep_ring_reader_wait, (), timeout_ns(timeout_s))
+        # Fast path, as in read(): the first slice (None) or the ready case alone (a finite timeout) in one C
+        # call; the wait computes its deadline only once nothing is queued.
+        if timeout_s is None:
+            first = _SLICE_NS
+        elif type(timeout_s) in _NUMBER and timeout_s >= 0:
+            first = 0
+        else:
+            first = -1
+        if first >= 0:
+            self._inflight = 1
+            try:
+                rc = _reader_wait(self._h, first)
+            except TypeError:  # self._h is None: closed
+                self._inflight = 0
+                raise self._closed_error() from None
+            self._inflight = 0
+            if rc == 0:
+                return True
+            if rc != _ETIMEDOUT and rc != _EINTR:
+                raise self._error(rc, timeout_s)
+            if timeout_s == 0:
+                return False
+        rc = self._block(_reader_wait, (), timeout_ns(timeout_s))
         if rc == _ETIMEDOUT:
             return False
         if rc < 0:
@@ -1421,7 +1529,8 @@ def _views(whole: memoryview, sizes: list):
 
 
 _BLOCKING_CODES = frozenset(
-    f.__code__ for f in (_HandleBase._block, RingWriter.write, RingReader.read)
+    f.__code__ for f in (_HandleBase._block, RingWriter.write, RingWriter.wait_room, RingReader.read,
+                         RingReader.wait)
 )
 
 

@@ -29,6 +29,7 @@ HANDLES = {
     "edgepipe._image": set(),
     "edgepipe._segment": set(),
     "edgepipe.latest": {"latest"},
+    "edgepipe.wait": {"wait"},
     "edgepipe.frames": set(),
     "edgepipe.ahrs": {"ahrs"},
     "edgepipe.imu_loop": {"imu"},

@@ -1504,6 +1504,13 @@ class TestTimeouts:
 
 
 class TestWaitPolicy:
+    @pytest.fixture(autouse=True)
+    def wake_25us(self, monkeypatch):
+        """Every test here sees a 25 us futex wake, as if measured (the real one varies by machine)."""
+        import edgepipe.wait
+
+        monkeypatch.setattr(edgepipe.wait, "_cost", edgepipe.wait.WakeCost(25_000, "measured"))
+
     @pytest.mark.parametrize(
         "budget_s,mode,spin_ns",
         [(0, "spin", 0), (20e-6, "spin", 0), (49e-6, "spin", 0), (50e-6, "hybrid", 25_000),
@@ -1522,9 +1529,20 @@ class TestWaitPolicy:
             WaitPolicy.from_budget(budget_s)
 
     def test_default_is_hybrid(self):
-        """The default policy is hybrid with the C default spin."""
-        assert WaitPolicy() == WaitPolicy("hybrid", lib.EP_DEFAULT_SPIN_NS)
+        """The default policy is hybrid with this machine's spin (here the 25 us wake the fixture set)."""
+        assert WaitPolicy() == WaitPolicy("hybrid", 25_000)
         assert WaitPolicy.coerce(None) == WaitPolicy()
+
+    def test_default_spin_follows_the_measured_wake(self, monkeypatch):
+        """The default spin and from_budget's thresholds come from the measured wake, not a constant."""
+        import edgepipe.wait
+
+        monkeypatch.setattr(edgepipe.wait, "_cost", edgepipe.wait.WakeCost(7_000, "measured"))
+        assert WaitPolicy().spin_ns == 7_000
+        assert WaitPolicy("park").spin_ns == 7_000  # unused while parking, but one default everywhere
+        assert WaitPolicy.from_budget(13e-6) == WaitPolicy("spin", 0)  # under two 7 us wakes
+        assert WaitPolicy.from_budget(14e-6) == WaitPolicy("hybrid", 7_000)
+        assert WaitPolicy("hybrid", 0).spin_ns == 0  # an explicit spin is kept
 
     @pytest.mark.parametrize("mode", ["spin", "park", "hybrid"])
     def test_coerce_strings(self, mode):

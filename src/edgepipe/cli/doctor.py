@@ -120,6 +120,19 @@ def check_futex() -> DoctorCheck:
     return DoctorCheck("futex", "ok", f"a 20 ms parked wait took {waited * 1e3:.1f} ms")
 
 
+def check_wake() -> DoctorCheck:
+    """What one parked (futex) wake costs here, measured now, and the default hybrid spin derived from it
+    (the measurement also refreshes the per-boot cache that ring ends read; see edgepipe.wait)."""
+    from edgepipe.wait import cache_path, wake_cost
+
+    c = wake_cost(refresh=True)
+    found = f"one futex wake {c.wake_ns / 1e3:.1f} us ({c.source}): default hybrid spin {c.spin_ns / 1e3:.1f} us"
+    if c.source == "fallback":
+        return DoctorCheck("wake", "warn", f"{found}; {c.detail}",
+                           "the hybrid policy uses the 25 us constant; pass WaitPolicy('hybrid', spin_ns) to tune it")
+    return DoctorCheck("wake", "ok", f"{found}; cached in {cache_path()}")
+
+
 def check_cpus() -> DoctorCheck:
     """CPUs this process may run on: a pipeline wants one per busy stage."""
     n = os.cpu_count() or 1
@@ -187,7 +200,7 @@ def check_segments() -> DoctorCheck:
     return DoctorCheck("segments", "ok", "no stale named segments")
 
 
-CHECKS = (check_shm, check_memfd, check_futex, check_memlock, check_rtprio, check_cpus, check_clock,
+CHECKS = (check_shm, check_memfd, check_futex, check_wake, check_memlock, check_rtprio, check_cpus, check_clock,
           check_segments, check_onnxruntime, check_opencv)
 
 
