@@ -628,7 +628,8 @@ class RingWriter(_HandleBase):
                 rc = _write(self._h, payload, len(payload), type_id, first)
             except (TypeError, OverflowError):
                 rc = None  # closed, or a bad type_id: the general path below says which
-            self._inflight = 0
+            finally:  # also when a signal handler raises as the call returns (Ctrl-C): close() waits on it
+                self._inflight = 0
             if rc is not None and rc >= 0:
                 return
             if rc is not None and rc not in (_ETIMEDOUT, _EINTR):
@@ -675,9 +676,9 @@ class RingWriter(_HandleBase):
             try:
                 rc = _writer_wait(self._h, size, first)
             except TypeError:  # self._h is None: closed
-                self._inflight = 0
                 raise self._closed_error() from None
-            self._inflight = 0
+            finally:  # also when a signal handler raises as the call returns (Ctrl-C): close() waits on it
+                self._inflight = 0
             if rc == 0:
                 return True
             if rc != _ETIMEDOUT and rc != _EINTR:
@@ -1194,9 +1195,9 @@ class RingReader(_HandleBase):
             try:
                 n = _read(self._h, first)
             except TypeError:  # self._h is None: closed
-                self._inflight = 0
                 raise self._closed_error() from None
-            self._inflight = 0
+            finally:  # also when a signal handler raises as the call returns (Ctrl-C): close() waits on it
+                self._inflight = 0
             if n >= 0:
                 return self._scratch[0:n]
             if n != _ETIMEDOUT and n != _EINTR:
@@ -1403,9 +1404,9 @@ class RingReader(_HandleBase):
             try:
                 rc = _reader_wait(self._h, first)
             except TypeError:  # self._h is None: closed
-                self._inflight = 0
                 raise self._closed_error() from None
-            self._inflight = 0
+            finally:  # also when a signal handler raises as the call returns (Ctrl-C): close() waits on it
+                self._inflight = 0
             if rc == 0:
                 return True
             if rc != _ETIMEDOUT and rc != _EINTR:
