@@ -41,6 +41,10 @@ from edgepipe.cli.doctor import DoctorCheck, run_doctor
 from edgepipe.imu_loop import ImuLoop, ImuLoopConfig
 from edgepipe.latest import LatestReader, LatestSlot, LatestStatus, LatestWriter
 from edgepipe.errors import (
+    BridgeError,
+    BridgePayloadError,
+    BridgePayloadTooLargeError,
+    BridgeVersionError,
     CalibrationError,
     CameraNotFoundError,
     CaptureError,
@@ -157,6 +161,7 @@ from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
+from edgepipe.bridge.stage import BridgeStage
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -176,6 +181,11 @@ sys.modules.setdefault(__name__ + ".messages", messages)
 __version__ = "0.1.0"
 
 __all__ = [
+    "BridgeError",
+    "BridgePayloadError",
+    "BridgePayloadTooLargeError",
+    "BridgeStage",
+    "BridgeVersionError",
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",
