@@ -56,7 +56,9 @@ def make_config(*, listen: list[str] = (), connect: list[str] = (), multicast: b
         "listen": {"endpoints": list(listen)},
         "connect": {"endpoints": list(connect)},
         "scouting": {"multicast": {"enabled": bool(multicast)}},
-        "transport": {"link": {"tx": {"lease": int(lease_ms), "keep_alive": 4}}},
+        # zenoh's shared memory only helps peers on one machine, and leaves files in /dev/shm after a kill -9
+        "transport": {"link": {"tx": {"lease": int(lease_ms), "keep_alive": 4}},
+                      "shared_memory": {"enabled": False}},
     }
     if tls:
         conf["transport"]["link"]["tls"] = dict(tls)

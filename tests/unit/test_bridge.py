@@ -1,0 +1,199 @@
+"""edgepipe.bridge on one machine (loopback TCP between two zenoh sessions in this process): the envelope,
+records and frames crossing intact, bad samples from a plain zenoh publisher counted and dropped, config
+mistakes. Across two network namespaces: tests/e2e/test_bridge_netns.py."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from edgepipe.errors import (
+    BridgePayloadError,
+    BridgePayloadTooLargeError,
+    BridgeVersionError,
+    ConfigError,
+    LayoutVersionError,
+)
+from edgepipe.frames import FrameReader, FrameWriter
+from edgepipe.pipeline.api import EndOfStream, Inlet, Outlet
+from edgepipe.ring import Ring
+
+zenoh = pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
+
+from edgepipe.bridge.stage import BridgeStage  # noqa: E402
+from edgepipe.bridge.wire import HEADER, KIND_RECORD, MAGIC, pack, unpack  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pair:
+    """A publishing and a subscribing BridgeStage over loopback, each on a thread, over plain rings."""
+
+    def __init__(self, capacity: int = 1 << 20, max_bytes: int = 64 << 20) -> None:
+        port = free_port()
+        self.a, self.b = Ring.create(capacity=capacity), Ring.create(capacity=capacity)
+        self.up = BridgeStage("up", inputs={"n": "nums"}, pipeline="A", listen=[f"tcp/127.0.0.1:{port}"])
+        self.down = BridgeStage("down", outputs={"nums": "nums"}, remote="A", pipeline="B",
+                                connect=[f"tcp/127.0.0.1:{port}"], max_bytes=max_bytes)
+        self.up.attach(inputs={"n": Inlet(self.a.reader(), "nums")}, outputs={})
+        self.down.attach(inputs={}, outputs={"nums": Outlet(self.b.writer(), "nums", 1)})
+        self.threads = [threading.Thread(target=s.run, daemon=True) for s in (self.down, self.up)]
+        for t in self.threads:
+            t.start()
+        deadline = time.monotonic() + 30  # hang guard: both sessions up and seeing each other
+        while not (self.up.session and self.down.session and self.up.session.remotes_alive()
+                   and self.down.session.remotes_alive()):
+            assert time.monotonic() < deadline, "the two bridge ends never saw each other"
+            time.sleep(0.01)
+        time.sleep(0.3)  # subscriptions propagate after the liveliness tokens
+
+    def close(self) -> None:
+        for s in (self.up, self.down):
+            s.stop()
+        for t in self.threads:
+            t.join(30)
+        self.a.close()
+        self.b.close()
+
+
+@pytest.fixture
+def pair():
+    p = Pair()
+    yield p
+    p.close()
+
+
+class TestEnvelope:
+    def test_round_trip_keeps_every_field(self):
+        e = unpack(pack(b"abc" * 100, seq=2**40, send_ns=-5, type_id=22), max_bytes=1000)
+        assert (e.kind, e.seq, e.send_ns, e.type_id, bytes(e.body)) == (KIND_RECORD, 2**40, -5, 22, b"abc" * 100)
+
+    @pytest.mark.parametrize("mangle, err, text", [
+        (lambda b: b[:10], BridgePayloadError, "shorter than"),
+        (lambda b: b"XXXX" + b[4:], BridgePayloadError, "magic b'XXXX'"),
+        (lambda b: b[:4] + bytes([2]) + b[5:], BridgeVersionError, "layout version 2"),
+        (lambda b: b[:5] + bytes([77]) + b[6:], BridgePayloadError, "unknown kind 77"),
+        (lambda b: b[:-1], BridgePayloadError, "says 64 body bytes but carries 63"),
+        (lambda b: b[:-1] + b"!", BridgePayloadError, "crc32"),
+    ])
+    def test_bad_envelopes_raise_typed_errors_naming_the_value(self, mangle, err, text):
+        with pytest.raises(err, match=text):
+            unpack(mangle(pack(bytes(64), seq=1, send_ns=0)), max_bytes=1000)
+
+    def test_version_error_is_a_layout_version_error_and_oversize_names_sizes(self):
+        assert issubclass(BridgeVersionError, LayoutVersionError)
+        with pytest.raises(BridgePayloadTooLargeError, match="2000 bytes, over this end's max_bytes 1000"):
+            unpack(pack(bytes(2000), seq=0, send_ns=0), max_bytes=1000)
+
+
+class TestCrossing:
+    def test_records_cross_in_order_with_intact_payloads_then_end_of_stream(self, pair):
+        """5000 records of 1 KB (seq + random bytes + crc32) cross; the clean end of the source crosses as an end
+        of stream on the far link; nothing lost, duplicated or corrupted."""
+        rng = np.random.default_rng(1)
+        src = Outlet(pair.a.writer(), "nums", 0)
+        sink = Inlet(pair.b.reader(), "nums")
+        n = 5000
+        got = []
+
+        def drain():
+            try:
+                while True:
+                    rec = sink.receive(timeout_s=30)
+                    assert rec is not None, "no record within 30 s (hang guard)"
+                    got.append(rec)
+            except EndOfStream:
+                pass
+
+        t = threading.Thread(target=drain)
+        t.start()
+        for i in range(n):
+            body = i.to_bytes(8, "little") + rng.bytes(1012)
+            src.emit(body + zlib.crc32(body).to_bytes(4, "little"), seq=i)
+        src.close()
+        t.join(60)
+        assert not t.is_alive()
+        assert [r.seq for r in got] == list(range(n))
+        assert all(zlib.crc32(r.payload[:-4]).to_bytes(4, "little") == r.payload[-4:] for r in got)
+        assert all(r.payload[:8] == r.seq.to_bytes(8, "little") for r in got)
+        assert pair.up.extra_stats()["published[edgepipe/A/nums]"] == n
+        st = pair.down.extra_stats()
+        assert st["received[edgepipe/A/nums]"] == n and not any(k.startswith(("lost", "dropped")) for k in st)
+
+    def test_frames_cross_with_their_header(self, pair):
+        w, r = FrameWriter(pair.a.writer()), FrameReader(pair.b.reader())
+        for i in range(4):
+            arr = np.random.default_rng(i).integers(0, 255, (40 + i, 64, 3), dtype=np.uint8)
+            w.write_frame(arr, capture_ns=1000 + i, source_id=3, pixel_format="RGB")
+            with r.read_frame(timeout_s=30) as f:
+                assert (f.seq, f.shape, f.capture_ns, f.source_id, f.pixel_format) == \
+                       (i + 1, arr.shape, 1000 + i, 3, "RGB")
+                assert np.array_equal(f.array, arr)
+        w.close()
+
+
+class TestBadInput:
+    def test_plain_zenoh_publisher_garbage_is_counted_dropped_and_logged(self, capfd):
+        """A plain zenoh publisher on the bridged key sends garbage, an envelope of layout version 2, an oversize
+        record and a 'frame' without a frame header: each is counted by reason and logged; the bridge keeps going
+        and the good record sent after them arrives."""
+        p = Pair(max_bytes=4096)
+        try:
+            port = p.up.config["listen"][0]
+            conf = zenoh.Config.from_json5(
+                '{mode: "peer", connect: {endpoints: ["%s"]}, scouting: {multicast: {enabled: false}}, '
+                'transport: {shared_memory: {enabled: false}}}' % port)
+            with zenoh.open(conf) as z:
+                pub = z.declare_publisher("edgepipe/A/nums", congestion_control=zenoh.CongestionControl.BLOCK)
+                time.sleep(1.0)  # the declaration reaches the subscriber's session
+                good = pack(b"ok-record", seq=0, send_ns=0)
+                v2 = good[:4] + bytes([2]) + good[5:]
+                for bad in (b"not an envelope at all" * 3, v2, pack(bytes(5000), seq=1, send_ns=0),
+                            pack(bytes(200), seq=2, send_ns=0, type_id=_frame_type())):
+                    pub.put(bad)
+                pub.put(pack(b"ok-record", seq=3, send_ns=0))
+                sink = Inlet(p.b.reader(), "nums")
+                assert sink.receive_raw(timeout_s=30) == b"ok-record"
+            st = p.down.extra_stats()
+            k = "edgepipe/A/nums"
+            assert (st[f"dropped[{k}: malformed]"], st[f"dropped[{k}: wrong version]"],
+                    st[f"dropped[{k}: oversize]"]) == (2, 1, 1)
+            err = capfd.readouterr().err
+            for text in ("magic b'not '", "layout version 2", "5000 bytes, over this end's max_bytes 4096",
+                         "a frame record of 200 bytes without a frame header"):
+                assert text in err
+        finally:
+            p.close()
+
+
+def _frame_type() -> int:
+    from edgepipe.frames import REC_TYPE
+    return REC_TYPE
+
+
+class TestConfig:
+    def test_no_endpoint_is_a_config_error(self):
+        with pytest.raises(ConfigError, match="listen or connect endpoints"):
+            BridgeStage("b", inputs={"x": "x"}, pipeline="p")
+
+    def test_bad_endpoint_and_outputs_without_remote_and_bad_names(self):
+        with pytest.raises(ConfigError, match="'198.18.0.1:7447' is not a zenoh locator"):
+            BridgeStage("b", inputs={"x": "x"}, connect=["198.18.0.1:7447"])
+        with pytest.raises(ConfigError, match="no remote"):
+            BridgeStage("b", outputs={"x": "x"}, connect=["tcp/127.0.0.1:1"])
+        with pytest.raises(ConfigError, match="'a/b' cannot be a zenoh key chunk"):
+            BridgeStage("b", pipeline="a/b", connect=["tcp/127.0.0.1:1"])
+
+    def test_kind_is_registered_and_header_is_40_bytes(self):
+        from edgepipe.pipeline.config import stage_kinds
+        assert stage_kinds()["bridge"] == "edgepipe.bridge.stage:BridgeStage"
+        assert HEADER.size == 40 and MAGIC == b"EPB1"
