@@ -55,6 +55,18 @@ def _chunk(what: str, value: str) -> str:
     return value
 
 
+class _Matched:
+    """Whether a publisher has a subscriber on the far side now (always True for a lossy link, which
+    publishes regardless and lets zenoh drop)."""
+
+    def __init__(self, pub, lossless: bool) -> None:
+        self.now = not lossless or pub.matching_status.matching
+        self.listener = pub.declare_matching_listener(self._update) if lossless else None
+
+    def _update(self, status) -> None:
+        self.now = status.matching
+
+
 class BridgeStage(PipelineStage):
     """Publish input links to another machine and feed output links from it, over zenoh (edgepipe.bridge).
 
@@ -132,13 +144,19 @@ class BridgeStage(PipelineStage):
         for inlet in self.inputs.values():
             lossless = getattr(inlet, "mode", "lossless") == "lossless" and not inlet.link.endswith(TAP_SUFFIX)
             key = self.in_key(inlet.link)
-            pubs.append([inlet, key, self.session.publisher(key, lossless, self.express), 0])
+            pub = self.session.publisher(key, lossless, self.express)
+            matched = _Matched(pub, lossless)
+            pubs.append([inlet, key, pub, 0, matched])
             self.published[key] = 0
         live = list(pubs)
         while live and not self.stopping:
             got = False
             for p in list(live):
-                inlet, key, pub, seq = p
+                inlet, key, pub, seq, matched = p
+                if not matched.now:
+                    # A lossless link with nobody subscribed on the far side: leave the records in the ring
+                    # (its producer waits, the link's own rule) until a subscriber appears.
+                    continue
                 try:
                     data = inlet.receive_raw(_WAIT_S if len(live) == 1 else 0)
                 except EndOfStream:
@@ -152,7 +170,7 @@ class BridgeStage(PipelineStage):
                 p[3] = seq + 1
                 self.published[key] += 1
                 got = True
-            if not got and len(live) > 1:
+            if not got and (len(live) > 1 or not all(p[4].now for p in live)):
                 time.sleep(0.001)
         if pubs and not live:  # every input ended cleanly: let the receivers say they have it all
             deadline = time.monotonic() + self.linger_s
