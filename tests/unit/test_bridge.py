@@ -38,10 +38,11 @@ def free_port() -> int:
 class Pair:
     """A publishing and a subscribing BridgeStage over loopback, each on a thread, over plain rings."""
 
-    def __init__(self, capacity: int = 1 << 20, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, capacity: int = 1 << 20, max_bytes: int = 64 << 20, **up_params) -> None:
         port = free_port()
         self.a, self.b = Ring.create(capacity=capacity), Ring.create(capacity=capacity)
-        self.up = BridgeStage("up", inputs={"n": "nums"}, pipeline="A", listen=[f"tcp/127.0.0.1:{port}"])
+        self.up = BridgeStage("up", inputs={"n": "nums"}, pipeline="A", listen=[f"tcp/127.0.0.1:{port}"],
+                              **up_params)
         self.down = BridgeStage("down", outputs={"nums": "nums"}, remote="A", pipeline="B",
                                 connect=[f"tcp/127.0.0.1:{port}"], max_bytes=max_bytes)
         self.up.attach(inputs={"n": Inlet(self.a.reader(), "nums")}, outputs={})
@@ -178,6 +179,42 @@ class TestBadInput:
 def _frame_type() -> int:
     from edgepipe.frames import REC_TYPE
     return REC_TYPE
+
+
+class TestClock:
+    def test_offset_and_drift_of_a_skewed_end_are_recovered_within_the_bound(self):
+        """The sending end's stamps run 3.7 s ahead and drift +250 ppm (clock_skew): the receiving end's
+        estimate recovers both within its own error bound, from pings alone."""
+        off_ns, ppm = 3_700_000_000, 250.0
+        p = Pair(clock_skew=[off_ns, ppm])
+        try:
+            src = Outlet(p.a.writer(), "nums", 0)
+            deadline = time.monotonic() + 60  # hang guard: enough exchanges for an estimate over >= 1 s
+            while True:
+                assert time.monotonic() < deadline, "no clock estimate within 60 s"
+                src.emit(b"x" * 64)
+                est = p.down.estimate
+                if est is not None and est.last_ns - est.first_ns > 1e9 and p.down.wire_ns:
+                    break
+                time.sleep(0.01)
+            for t in (est.first_ns, (est.first_ns + est.last_ns) // 2, est.last_ns):
+                truth = t * ppm * 1e-6 + off_ns  # remote - local at local time t
+                assert abs(est.offset_at(t) - truth) <= est.bound_at(t), (t, est)
+            span = est.last_ns - est.first_ns
+            assert abs(est.drift_ppm - ppm) <= 2 * est.bound_ns / span * 1e6, est
+            st = p.down.clock_stats()
+            assert ("wire_p50_us" in st and st["wire_bound_us"] < st["wire_p50_us"]) or \
+                st["wire"].startswith("unknown: clock bound")
+            print(f"clock bound {est.bound_ns / 1e3:.1f} us over {est.samples} samples; {st}")
+        finally:
+            p.close()
+
+    def test_exchanges_that_break_causality_are_ignored(self):
+        from edgepipe.bridge.clock import ClockEstimate
+        c = ClockEstimate()
+        c.add(100, 50, 60, 90)  # t4 before t1
+        c.add(100, 50, 500, 200)  # a turnaround longer than the round trip
+        assert c.exchanges == 0 and c.estimate() is None
 
 
 class TestConfig:

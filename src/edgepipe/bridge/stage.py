@@ -31,12 +31,16 @@ vanishes silently); a restarted one reconnects by itself (the explicit endpoints
 
 from __future__ import annotations
 
+import os
+import struct
 import threading
 import time
+from collections import deque
 from typing import Any
 
+from edgepipe.bridge.clock import ClockEstimate
 from edgepipe.bridge.session import Checker, Session, make_config
-from edgepipe.bridge.wire import KIND_END, KIND_RECORD, pack
+from edgepipe.bridge.wire import KIND_END, KIND_PING, KIND_PONG, KIND_RECORD, pack, unpack
 from edgepipe.clock import now_ns
 from edgepipe.errors import ConfigError, PeerClosedError, RingClosedError, RingTimeoutError
 from edgepipe.frames import HDR_SIZE, MAGIC, REC_TYPE
@@ -47,6 +51,9 @@ __all__ = ["BridgeStage"]
 
 _KEY_CHUNK_BAD = set("*$?#/ ")
 _WAIT_S = 0.05
+_PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
+_PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
+_WIRE_WINDOW = 4096  # wire latencies kept for the p50
 
 
 def _chunk(what: str, value: str) -> str:
@@ -82,6 +89,10 @@ class BridgeStage(PipelineStage):
         linger_s: at a clean end, wait this long for the receiver to acknowledge the end of each input.
         tls: zenoh TLS settings (``root_ca_certificate``, ``listen_certificate``, ``listen_private_key``,
             ``connect_certificate``, ``connect_private_key``, ``enable_mtls``), with ``tls/`` endpoints.
+        clock_period_ms: an end with outputs pings the remote end this often to estimate the offset and drift
+            between the two clocks (edgepipe.bridge.clock); 0: never (no wire latency then).
+        clock_skew: ``[offset_ns, drift_ppm]`` added to every stamp this end sends (for tests and demos of the
+            clock estimate: two ends on one machine then have unrelated clocks).
 
     Inputs:
         *: links to publish (a tapped link's side link ``<link>.tap`` publishes as ``<link>``).
@@ -95,7 +106,8 @@ class BridgeStage(PipelineStage):
     def __init__(self, name: str | None = None, *, pipeline: str = "edgepipe", remote: str = "",
                  listen: list[str] | None = None, connect: list[str] | None = None, multicast: bool = False,
                  lease_ms: int = 1000, max_bytes: int = 64 << 20, express: bool = False, linger_s: float = 2.0,
-                 tls: dict[str, str] | None = None, **kw: Any) -> None:
+                 tls: dict[str, str] | None = None, clock_period_ms: float = 20.0,
+                 clock_skew: list[float] | None = None, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.pipeline = _chunk("pipeline", pipeline)
         self.remote = _chunk("remote", remote) if remote else ""
@@ -111,6 +123,17 @@ class BridgeStage(PipelineStage):
                            lease_ms=lease_ms, tls=dict(tls or {}))
         make_config(**self.config)  # every mistake before the stage starts
         self.max_bytes, self.express, self.linger_s = max_bytes, express, linger_s
+        if clock_period_ms < 0 or (clock_skew is not None and len(clock_skew) != 2):
+            raise ConfigError(f"bridge stage {name!r}: clock_period_ms must be >= 0 and clock_skew "
+                              f"[offset_ns, drift_ppm], got {clock_period_ms} and {clock_skew}")
+        self.clock_period_s = clock_period_ms / 1000
+        off, ppm = clock_skew or (0, 0)
+        self.now = (lambda: int(now_ns() * (1 + ppm * 1e-6) + off)) if clock_skew else now_ns
+        self.clock = ClockEstimate()
+        self.estimate = None  # the clock estimate in use (refreshed by the pinging thread)
+        self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
+        self._nonce = int.from_bytes(os.urandom(8), "little")
+        self._pinger: threading.Thread | None = None
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.checkers: dict[str, Checker] = {}
@@ -138,6 +161,14 @@ class BridgeStage(PipelineStage):
             self._subs.append(self.session.subscriber(key, self._on_sample))
         self._acks = [self.session.subscriber(self.in_key(i.link) + "/_ack", self._on_ack)
                       for i in self.inputs.values()]
+        if self.inputs:  # answer the far ends' clock pings
+            self._pong_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/pong", False, True)
+            self._subs.append(self.session.subscriber(f"edgepipe/{self.pipeline}/_clock/ping", self._on_ping))
+        if self.outputs and self.clock_period_s > 0:
+            self._ping_pub = self.session.publisher(f"edgepipe/{self.remote}/_clock/ping", False, True)
+            self._subs.append(self.session.subscriber(f"edgepipe/{self.remote}/_clock/pong", self._on_pong))
+            self._pinger = threading.Thread(target=self._ping_loop, name=f"{self.name}-clock", daemon=True)
+            self._pinger.start()
 
     def loop(self) -> None:
         pubs = []
@@ -160,12 +191,12 @@ class BridgeStage(PipelineStage):
                 try:
                     data = inlet.receive_raw(_WAIT_S if len(live) == 1 else 0)
                 except EndOfStream:
-                    pub.put(pack(b"", seq=seq, send_ns=now_ns(), kind=KIND_END))
+                    pub.put(pack(b"", seq=seq, send_ns=self.now(), kind=KIND_END))
                     live.remove(p)
                     continue
                 if data is None:
                     continue
-                pub.put(pack(data, seq=seq, send_ns=now_ns(), type_id=inlet.end.last_type))
+                pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=inlet.end.last_type))
                 inlet.release()
                 p[3] = seq + 1
                 self.published[key] += 1
@@ -180,6 +211,8 @@ class BridgeStage(PipelineStage):
             time.sleep(_WAIT_S)
 
     def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.join(5)
         for s in (*self._subs, *getattr(self, "_acks", [])):
             try:
                 s.undeclare()
@@ -191,6 +224,37 @@ class BridgeStage(PipelineStage):
             self.session = None
 
     # -- receiving (zenoh's threads) -----------------------------------------------------------------------
+    def _ping_loop(self) -> None:
+        last_estimate = 0.0
+        while not self.stopping and self.session is not None:
+            self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+            if time.monotonic() - last_estimate > 0.25:
+                last_estimate = time.monotonic()
+                self.estimate = self.clock.estimate() or self.estimate
+            time.sleep(self.clock_period_s)
+
+    def _on_ping(self, sample) -> None:
+        t2 = self.now()
+        try:
+            env = unpack(sample.payload.to_bytes(), max_bytes=64)
+        except ValueError:
+            return
+        if env.kind == KIND_PING and len(env.body) == _PING.size:
+            (nonce,) = _PING.unpack(env.body)
+            body = _PONG.pack(nonce, env.send_ns, t2)
+            self._pong_pub.put(pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
+
+    def _on_pong(self, sample) -> None:
+        t4 = self.now()
+        try:
+            env = unpack(sample.payload.to_bytes(), max_bytes=64)
+        except ValueError:
+            return
+        if env.kind == KIND_PONG and len(env.body) == _PONG.size:
+            nonce, t1, t2 = _PONG.unpack(env.body)
+            if nonce == self._nonce:  # an answer to another end's ping is not ours to use
+                self.clock.add(t1, t2, env.send_ns, t4)
+
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])
 
@@ -215,6 +279,10 @@ class BridgeStage(PipelineStage):
             chk.drop("malformed", f"a frame record of {len(env.body)} bytes without a frame header")
             return
         chk.count(env)
+        est = self.estimate
+        if est is not None:
+            t = self.now()
+            self.wire_ns.append(t - est.to_local(env.send_ns))
         if key in self._ended:
             return
         self._write(key, out, env, chk)
@@ -239,6 +307,26 @@ class BridgeStage(PipelineStage):
         except RingClosedError:
             chk.dropped["link closed"] = chk.dropped.get("link closed", 0) + 1
 
+    def clock_stats(self) -> dict[str, Any]:
+        """The clock estimate (offset, drift, bound) and the wire's share of the latency (p50 of send to
+        receive, on this end's clock), or why that share is unknown."""
+        est = self.estimate
+        if est is None:
+            return {"wire": "unknown: no clock estimate yet"} if self.outputs and self.clock_period_s else {}
+        bound_us = est.bound_at(self.now()) / 1e3
+        out: dict[str, Any] = {"clock_offset_ms": round(est.offset_at(self.now()) / 1e6, 6),
+                               "clock_drift_ppm": round(est.drift_ppm, 3), "clock_bound_us": round(bound_us, 1),
+                               "clock_exchanges": self.clock.exchanges}
+        w = sorted(self.wire_ns)
+        if w:
+            p50_us = w[len(w) // 2] / 1e3
+            if bound_us < abs(p50_us):
+                out["wire_p50_us"] = round(p50_us, 1)
+                out["wire_bound_us"] = round(bound_us, 1)
+            else:
+                out["wire"] = f"unknown: clock bound +-{bound_us:.0f} us is wider than the {p50_us:.0f} us measured"
+        return out
+
     def extra_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, n in self.published.items():
@@ -249,6 +337,7 @@ class BridgeStage(PipelineStage):
                 out[f"lost_on_wire[{k}]"] = c.lost
             for reason, n in c.dropped.items():
                 out[f"dropped[{k}: {reason}]"] = n
+        out.update(self.clock_stats())
         if self.session is not None:
             out["remotes_alive"] = len(self.session.remotes_alive())
             out["remote_events"] = len(self.session.remote_events)
