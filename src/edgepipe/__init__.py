@@ -162,6 +162,7 @@ from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
+from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -193,6 +194,7 @@ __all__ = [
     "ChannelInfo",
     "CheckStage",
     "Client",
+    "ClockEstimate",
     "ClockMapping",
     "ConfigError",
     "CounterStage",
@@ -270,6 +272,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelSpec",
+    "OffsetEstimate",
     "Outlet",
     "OutputStalledError",
     "PIXEL_FORMATS",
