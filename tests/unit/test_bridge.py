@@ -4,6 +4,7 @@ mistakes. Across two network namespaces: tests/e2e/test_bridge_netns.py."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -215,6 +216,43 @@ class TestClock:
         c.add(100, 50, 60, 90)  # t4 before t1
         c.add(100, 50, 500, 200)  # a turnaround longer than the round trip
         assert c.exchanges == 0 and c.estimate() is None
+
+
+class TestWatchCli:
+    def test_watch_counts_the_records_of_a_running_bridge_and_sees_its_end(self, pair, capsys):
+        """`edgepipe bridge --connect EP --seconds 2 --json` counts the records published while it watches and
+        lists the publishing bridge end as alive; it publishes nothing itself (the receiving end still gets every
+        record)."""
+        from edgepipe.cli.main import main
+        src = Outlet(pair.a.writer(), "nums", 0)
+        sink = Inlet(pair.b.reader(), "nums")
+        stop = threading.Event()
+        sent = []
+
+        def feed():
+            while not stop.is_set():
+                src.emit(b"w" * 32)
+                sent.append(1)
+                assert sink.receive(timeout_s=30) is not None
+                time.sleep(0.002)
+
+        t = threading.Thread(target=feed)
+        t.start()
+        try:
+            assert main(["bridge", "--connect", pair.up.config["listen"][0], "--seconds", "2", "--json"]) == 0
+        finally:
+            stop.set()
+            t.join(30)
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        k = out["keys"]["edgepipe/A/nums"]
+        assert 0 < k["records"] <= len(sent) and k["dropped"] == {}
+        assert "edgepipe/A/up" in out["alive"]
+        assert pair.down.extra_stats()["received[edgepipe/A/nums]"] == len(sent)
+
+    def test_no_endpoint_exits_2(self, capsys):
+        from edgepipe.cli.main import main
+        assert main(["bridge", "--seconds", "1"]) == 2
+        assert "listen or connect endpoints" in capsys.readouterr().err
 
 
 class TestConfig:

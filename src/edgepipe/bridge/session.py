@@ -116,9 +116,11 @@ class Session:
         pipeline, stage: name this end: its token is ``edgepipe/<pipeline>/_alive/<stage>``.
         config: from :func:`make_config`.
         on_remote: called ``(token_key, alive)`` when a remote end comes or goes (on a zenoh thread).
+        token: declare this end's token (False for a watcher that is no bridge end, ``edgepipe bridge``).
     """
 
-    def __init__(self, pipeline: str, stage: str, config, on_remote: Callable[[str, bool], None] | None = None):
+    def __init__(self, pipeline: str, stage: str, config, on_remote: Callable[[str, bool], None] | None = None,
+                 token: bool = True):
         z = zenoh()
         try:
             self.z = z.open(config)
@@ -129,7 +131,7 @@ class Session:
         self.remote_events: list[tuple[int, str, bool]] = []  # (now_ns, key, alive)
         self._lock = threading.Lock()
         self._on_remote = on_remote
-        self.token = self.z.liveliness().declare_token(self.own)
+        self.token = self.z.liveliness().declare_token(self.own) if token else None
         self.watch = self.z.liveliness().declare_subscriber(f"edgepipe/*/{ALIVE}/*", self._alive, history=True)
 
     def _alive(self, sample) -> None:
@@ -173,6 +175,8 @@ class Session:
 
     def close(self) -> None:
         for h in (self.watch, self.token):
+            if h is None:
+                continue
             try:
                 h.undeclare()
             except Exception:  # noqa: BLE001 - already gone with a closing session
