@@ -160,3 +160,52 @@ def test_remote_death_is_seen_and_a_restarted_end_reconnects(netns, tmp_path):
                 peer.wait(20)
             except subprocess.TimeoutExpired:
                 _kill(peer)
+
+
+def _pair_of_ends(netns, what: str, port: int, skew: list[str] = ()) -> tuple[dict, subprocess.Popen]:
+    ep = f"tcp/{ADDR_A}:{port}"
+    s = subprocess.Popen(netns.cmd("b", [sys.executable, str(HERE / "_bridge_end.py"), f"{what}-sub", ep]),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    p = subprocess.Popen(netns.cmd("a", [sys.executable, str(HERE / "_bridge_end.py"), f"{what}-pub", ep, *skew]),
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    return s, p
+
+
+def test_frames_cross_with_shape_stamps_and_pixels(netns):
+    """30 frames of varying shapes go through a bridge across the veth: each arrives with its number, capture
+    stamp, source id and every pixel."""
+    s, p = _pair_of_ends(netns, "frames", PORT + 2)
+    try:
+        out, err = s.communicate(timeout=180)
+        p.wait(60)
+    finally:
+        _kill(s)
+        _kill(p)
+    assert s.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == {"frames": 30, "intact": 30}
+
+
+def test_clock_offset_and_drift_recovered_within_the_bound_across_the_veth(netns):
+    """The sender's stamps run 2.5 s behind and drift -120 ppm; the receiver estimates offset and drift from
+    pings across the veth (it does not know the skew, and shares no clock with the sender's stamps) and the
+    truth lies within its own bound at the start, middle and end of the estimate's span."""
+    off_ns, ppm = -2_500_000_000, -120.0
+    s, p = _pair_of_ends(netns, "clock", PORT + 3, [str(off_ns), str(ppm)])
+    try:
+        stop = time.monotonic() + 120  # hang guard; the sender emits a few records while the receiver pings
+        while s.poll() is None and time.monotonic() < stop:
+            p.stdin.write("x")
+            p.stdin.flush()
+            time.sleep(0.05)
+        out, err = s.communicate(timeout=60)
+    finally:  # the sender waits for a subscriber that is gone now (its link is lossless): killed, not waited for
+        _kill(s)
+        _kill(p)
+    assert s.returncode == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    for t, est, bound in zip(r["t"], r["offset"], r["bound"]):
+        truth = t * ppm * 1e-6 + off_ns
+        assert abs(est - truth) <= bound, (t, est, truth, bound)
+    assert abs(r["drift_ppm"] - ppm) <= 2 * r["bound_ns"] / r["span_ns"] * 1e6, r
+    print(f"clock across the veth: bound {r['bound_ns'] / 1e3:.1f} us, error "
+          f"{max(abs(e - (t * ppm * 1e-6 + off_ns)) for t, e in zip(r['t'], r['offset'])) / 1e3:.1f} us")
