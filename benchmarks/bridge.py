@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
-from _netns import ADDR_A, Netns  # noqa: E402
+from _netns import ADDR_A, Netns
 
 PORT = 7460
 ZCONF = ('{mode: "peer", %s: {endpoints: ["tcp/%s:%d"]}, scouting: {multicast: {enabled: false}}, '
@@ -47,6 +47,7 @@ def pct(xs: list[float], p: float) -> float:
 
 def role_bare_pub(a) -> None:
     import zenoh
+
     from edgepipe.clock import now_ns
     with zenoh.open(zenoh.Config.from_json5(ZCONF % ("listen", ADDR_A, PORT))) as z:
         pub = z.declare_publisher("bench/rec", congestion_control=zenoh.CongestionControl.BLOCK)
@@ -62,6 +63,7 @@ def role_bare_pub(a) -> None:
 
 def role_bare_sub(a) -> None:
     import zenoh
+
     from edgepipe.clock import now_ns
     lat, done = [], threading.Event()
 
@@ -86,12 +88,13 @@ def _stage_thread(stage):
 
 
 def role_ep_pub(a) -> None:
+    import numpy as np
+
     from edgepipe.bridge.stage import BridgeStage
     from edgepipe.errors import RingTimeoutError
     from edgepipe.frames import FrameWriter
     from edgepipe.pipeline.api import Inlet, Outlet
     from edgepipe.ring import Ring
-    import numpy as np
     frames = a.what == "frames"
     skew = [3_700_000_000, 250.0] if a.what == "clock" else None
     with Ring.create(capacity=1 << (25 if frames else 20)) as ring:
@@ -156,10 +159,10 @@ def role_ep_sub(a) -> None:
                     lat.append(now_ns() - rec.capture_ns)
             except EndOfStream:
                 pass
-            res = {"lat_ns": lat}
+            res = {"lat_ns": lat, "clock": down.clock_stats()}
             if a.what == "clock":
                 est = down.estimate
-                truth = lambda t: t * 250e-6 + 3_700_000_000  # noqa: E731 - the skew role_ep_pub applied
+                truth = lambda t: t * 250e-6 + 3_700_000_000
                 res = {"bound_us": est.bound_ns / 1e3, "samples": est.samples, "exchanges": down.clock.exchanges,
                        "error_us": max(abs(est.offset_at(t) - truth(t)) for t in (est.first_ns, est.last_ns)) / 1e3,
                        "drift_ppm": est.drift_ppm, "stats": down.clock_stats()}
@@ -213,6 +216,8 @@ def main() -> None:
                           "p99_us": pct(lat, 99) / 1e3}
             print(f"{name:15s} n={len(lat):6d}  p50 {rows[name]['p50_us']:8.1f} us  p90 {rows[name]['p90_us']:8.1f} us"
                   f"  p99 {rows[name]['p99_us']:8.1f} us")
+        print(f"  of which bridge stage to bridge stage (envelope send stamp to the receiving callback, on the "
+              f"clock estimate): p50 {ep['clock'].get('wire_p50_us')} us +- {ep['clock'].get('wire_bound_us')}")
         ratio = rows["rec-bridge"]["p50_us"] / rows["rec-bare"]["p50_us"]
         print(f"bridge/bare p50 ratio {ratio:.2f} (goal <= 1.2); with spinning ring readers "
               f"{rows['rec-bridge-spin']['p50_us'] / rows['rec-bare']['p50_us']:.2f}")

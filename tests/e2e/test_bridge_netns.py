@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
 
-from _netns import ADDR_A, Netns  # noqa: E402
+from _netns import ADDR_A, Netns
 
 HERE = Path(__file__).resolve().parent
 PORT = 7447
@@ -98,8 +98,8 @@ def test_records_cross_losslessly_and_the_end_of_stream_too(netns, tmp_path):
     b = _run(netns, "b", tmp_path / "b.toml", tmp_path / "rb")  # the receiver first: it connects, retrying
     a = _run(netns, "a", tmp_path / "a.toml", tmp_path / "ra")
     try:
-        out_a, err_a = a.communicate(timeout=180)  # hang guards only
-        out_b, err_b = b.communicate(timeout=180)
+        _, err_a = a.communicate(timeout=180)  # hang guards only
+        _, err_b = b.communicate(timeout=180)
     finally:
         _kill(a)
         _kill(b)

@@ -26,8 +26,8 @@ from edgepipe.ring import Ring
 
 zenoh = pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
 
-from edgepipe.bridge.stage import BridgeStage  # noqa: E402
-from edgepipe.bridge.wire import HEADER, KIND_RECORD, MAGIC, pack, unpack  # noqa: E402
+from edgepipe.bridge.stage import BridgeStage
+from edgepipe.bridge.wire import HEADER, KIND_RECORD, MAGIC, pack, unpack
 
 
 def free_port() -> int:

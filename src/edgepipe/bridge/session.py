@@ -12,7 +12,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgepipe._extras import require
 from edgepipe.bridge.wire import Envelope, unpack
@@ -104,7 +105,6 @@ class Checker:
         self.dropped[reason] = n
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
             print(f"edgepipe bridge {self.where}: dropped ({reason}, #{n}): {err}", file=sys.stderr, flush=True)
-        return None
 
     drop = _drop
 

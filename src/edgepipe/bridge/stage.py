@@ -40,9 +40,21 @@ from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
 from edgepipe.bridge.session import Checker, Session, make_config
-from edgepipe.bridge.wire import KIND_END, KIND_PING, KIND_PONG, KIND_RECORD, pack, unpack
+from edgepipe.bridge.wire import (
+    KIND_END,
+    KIND_PING,
+    KIND_PONG,
+    KIND_RECORD,
+    pack,
+    unpack,
+)
 from edgepipe.clock import now_ns
-from edgepipe.errors import ConfigError, PeerClosedError, RingClosedError, RingTimeoutError
+from edgepipe.errors import (
+    ConfigError,
+    PeerClosedError,
+    RingClosedError,
+    RingTimeoutError,
+)
 from edgepipe.frames import HDR_SIZE, MAGIC, REC_TYPE
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.tap import TAP_SUFFIX
@@ -145,7 +157,7 @@ class BridgeStage(PipelineStage):
 
     # -- keys ----------------------------------------------------------------------------------------------
     def in_key(self, link: str) -> str:
-        base = link[:-len(TAP_SUFFIX)] if link.endswith(TAP_SUFFIX) else link
+        base = link.removesuffix(TAP_SUFFIX)
         return f"edgepipe/{self.pipeline}/{base}"
 
     def out_key(self, port: str) -> str:

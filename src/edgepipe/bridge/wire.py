@@ -31,7 +31,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from edgepipe.errors import BridgePayloadError, BridgePayloadTooLargeError, BridgeVersionError
+from edgepipe.errors import (
+    BridgePayloadError,
+    BridgePayloadTooLargeError,
+    BridgeVersionError,
+)
 
 __all__: list[str] = []  # shared inside edgepipe.bridge
 
