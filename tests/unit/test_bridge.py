@@ -336,6 +336,13 @@ class TestConfig:
         with pytest.raises(ConfigError, match="'a/b' cannot be a zenoh key chunk"):
             BridgeStage("b", pipeline="a/b", connect=["tcp/127.0.0.1:1"])
 
+    def test_a_latest_only_input_is_refused_naming_its_tap(self):
+        st = BridgeStage("b", inputs={"f": "frames"}, pipeline="p", connect=["tcp/127.0.0.1:1"])
+        with Ring.create(capacity=4096) as r:
+            st.attach(inputs={"f": Inlet(r.reader(), "frames", mode="latest")}, outputs={})
+            with pytest.raises(ConfigError, match="'frames' is latest-only.*bridge 'frames.tap'"):
+                st.open()
+
     def test_kind_is_registered_and_header_is_40_bytes(self):
         from edgepipe.pipeline.config import stage_kinds
         assert stage_kinds()["bridge"] == "edgepipe.bridge.stage:BridgeStage"

@@ -165,6 +165,10 @@ class BridgeStage(PipelineStage):
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def open(self) -> None:
+        for inlet in self.inputs.values():
+            if getattr(inlet, "mode", "lossless") == "latest":
+                raise ConfigError(f"bridge stage {self.name!r}: link {inlet.link!r} is latest-only, which a bridge "
+                                  f"cannot read; set tap = true on it and bridge {inlet.link + TAP_SUFFIX!r}")
         self.session = Session(self.pipeline, self.name, make_config(**self.config))
         for port, outlet in self.outputs.items():
             key = self.out_key(port)
