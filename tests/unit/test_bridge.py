@@ -20,6 +20,7 @@ from edgepipe.errors import (
     ConfigError,
     LayoutVersionError,
 )
+from edgepipe.clock import now_ns
 from edgepipe.frames import FrameReader, FrameWriter
 from edgepipe.pipeline.api import EndOfStream, Inlet, Outlet
 from edgepipe.ring import Ring
@@ -203,6 +204,20 @@ class TestClock:
                 assert abs(est.offset_at(t) - truth) <= est.bound_at(t), (t, est)
             span = est.last_ns - est.first_ns
             assert abs(est.drift_ppm - ppm) <= 2 * est.bound_ns / span * 1e6, est
+            # stamped records cross onto this clock: capture mapped back (within the bound), one hop of the bridge
+            sink = Inlet(p.b.reader(), "nums")
+            while sink.receive(timeout_s=0.5) is not None:
+                pass
+            before = p.down.estimate
+            caps = [now_ns() - 1000 * i for i in range(20)]
+            for i, c in enumerate(caps):
+                src.emit(b"y" * 64, seq=10_000 + i, capture_ns=c)
+            got = [sink.receive(timeout_s=30) for _ in caps]
+            after = p.down.estimate
+            for c, rec in zip(caps, got):
+                bound = max(before.bound_at(c), after.bound_at(c))
+                assert abs(rec.capture_ns - c) <= bound + 1, (rec.capture_ns - c, bound)
+                assert [(h.stage, h.receive_ns) for h in rec.hops] == [(1, rec.capture_ns)]
             st = p.down.clock_stats()
             assert ("wire_p50_us" in st and st["wire_bound_us"] < st["wire_p50_us"]) or \
                 st["wire"].startswith("unknown: clock bound")

@@ -25,7 +25,10 @@ a drop output drops and counts. Publishers and subscribers are restricted to rem
 version, or is over ``max_bytes`` is counted and dropped with a log line. A clean end of an input (its
 producer finished) is sent as an end marker: the receiving bridge closes its output link in order, and the
 sender waits up to ``linger_s`` for the receiver's acknowledgement, so nothing queued is lost at exit.
-A remote end that dies is seen through its liveliness token (within ``lease_ms`` even if its machine
+A stamped record (a Python stage's) arrives with its capture time on this machine's clock (through the
+clock estimate, edgepipe.bridge.clock) and one hop of this bridge stage in place of the other pipeline's hops,
+so the local report's part for the bridge stage is the other machine plus the wire; a frame header keeps the
+sender's stamps. A remote end that dies is seen through its liveliness token (within ``lease_ms`` even if its machine
 vanishes silently); a restarted one reconnects by itself (the explicit endpoints are retried).
 """
 
@@ -58,6 +61,7 @@ from edgepipe.errors import (
 from edgepipe.frames import HDR_SIZE, MAGIC, REC_TYPE
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.tap import TAP_SUFFIX
+from edgepipe.pipeline.wire import FLAG_REDELIVERED, NO_LINK, Hop, pack_record, unpack_record
 
 __all__ = ["BridgeStage"]
 
@@ -66,6 +70,7 @@ _WAIT_S = 0.05
 _PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
 _PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
 _WIRE_WINDOW = 4096  # wire latencies kept for the p50
+STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
 
 
 def _chunk(what: str, value: str) -> str:
@@ -103,8 +108,8 @@ class BridgeStage(PipelineStage):
             ``connect_certificate``, ``connect_private_key``, ``enable_mtls``), with ``tls/`` endpoints.
         clock_period_ms: an end with outputs pings the remote end this often to estimate the offset and drift
             between the two clocks (edgepipe.bridge.clock); 0: never (no wire latency then).
-        clock_skew: ``[offset_ns, drift_ppm]`` added to every stamp this end sends (for tests and demos of the
-            clock estimate: two ends on one machine then have unrelated clocks).
+        clock_skew: ``[offset_ns, drift_ppm]`` applied to every stamp a sending end sends, its records' too (for
+            tests and demos of the clock estimate: two ends on one machine then have unrelated clocks).
 
     Inputs:
         *: links to publish (a tapped link's side link ``<link>.tap`` publishes as ``<link>``).
@@ -140,7 +145,10 @@ class BridgeStage(PipelineStage):
                               f"[offset_ns, drift_ppm], got {clock_period_ms} and {clock_skew}")
         self.clock_period_s = clock_period_ms / 1000
         off, ppm = clock_skew or (0, 0)
-        self.now = (lambda: int(now_ns() * (1 + ppm * 1e-6) + off)) if clock_skew else now_ns
+        self.now_of = lambda t: int(t * (1 + ppm * 1e-6) + off)
+        self.now = (lambda: self.now_of(now_ns())) if clock_skew else now_ns
+        self.skewed = bool(clock_skew)
+        self.restamped_without_clock = 0
         self.clock = ClockEstimate()
         self.estimate = None  # the clock estimate in use (refreshed by the pinging thread)
         self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
@@ -212,7 +220,10 @@ class BridgeStage(PipelineStage):
                     continue
                 if data is None:
                     continue
-                pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=inlet.end.last_type))
+                type_id = inlet.end.last_type
+                if self.skewed and type_id == STAMPED_TYPE:
+                    data = self._skewed(data)
+                pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=type_id))
                 inlet.release()
                 p[3] = seq + 1
                 self.published[key] += 1
@@ -296,23 +307,52 @@ class BridgeStage(PipelineStage):
             return
         chk.count(env)
         est = self.estimate
+        t = self.now()
         if est is not None:
-            t = self.now()
             self.wire_ns.append(t - est.to_local(env.send_ns))
         if key in self._ended:
             return
-        self._write(key, out, env, chk)
+        body = env.body
+        if env.type_id == STAMPED_TYPE:
+            body = self._restamp(body, env.send_ns, t, est, out.stage_index)
+        self._write(out, body, env.type_id, chk)
 
-    def _write(self, key: str, out, env, chk: Checker) -> None:
+    def _restamp(self, body, send_ns: int, t: int, est, stage_index: int):
+        """A stamped record from the other machine, its stamps moved onto this clock: the capture time mapped
+        by the clock estimate (or, before there is one, by assuming no time on the wire: counted as
+        ``restamped_without_clock``), and its remote hops (whose stage numbers are the other pipeline's)
+        replaced by one hop of this bridge stage, from that capture to now. This pipeline's report then
+        shows the bridge stage's part as the other machine's pipeline plus the wire."""
+        rec = unpack_record(body)
+        if rec is None:
+            return body
+        if est is not None:
+            cap = int(est.to_local(rec.capture_ns))
+        else:
+            cap = t - (send_ns - rec.capture_ns)
+            self.restamped_without_clock += 1
+        flags = FLAG_REDELIVERED if rec.redelivered else 0
+        return pack_record(rec.payload, rec.seq, cap, [Hop(stage_index, NO_LINK, cap, t)], flags)
+
+    def _skewed(self, data: bytes) -> bytes:
+        """``clock_skew``: the stamps of a stamped record as this end's skewed clock would have made them."""
+        rec = unpack_record(data)
+        if rec is None:
+            return data
+        f = self.now_of
+        hops = [Hop(h.stage, h.link, f(h.receive_ns), f(h.publish_ns)) for h in rec.hops]
+        return pack_record(rec.payload, rec.seq, f(rec.capture_ns), hops, FLAG_REDELIVERED if rec.redelivered else 0)
+
+    def _write(self, out, body, type_id: int, chk: Checker) -> None:
         w = out.end
         try:
             if out.mode == "drop":
-                if not w.try_write(env.body, env.type_id):
+                if not w.try_write(body, type_id):
                     chk.dropped["ring full"] = chk.dropped.get("ring full", 0) + 1
                 return
             while True:  # lossless: hold zenoh (and through it the sender) until the ring has room
                 try:
-                    w.write(env.body, env.type_id, timeout_s=_WAIT_S)
+                    w.write(body, type_id, timeout_s=_WAIT_S)
                     return
                 except RingTimeoutError:
                     if self.stopping:
@@ -354,6 +394,8 @@ class BridgeStage(PipelineStage):
             for reason, n in c.dropped.items():
                 out[f"dropped[{k}: {reason}]"] = n
         out.update(self.clock_stats())
+        if self.restamped_without_clock:
+            out["restamped_without_clock"] = self.restamped_without_clock
         if self.session is not None:
             out["remotes_alive"] = len(self.session.remotes_alive())
             out["remote_events"] = len(self.session.remote_events)
