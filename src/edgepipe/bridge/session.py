@@ -38,7 +38,7 @@ def zenoh():
 
 
 def make_config(*, listen: list[str] = (), connect: list[str] = (), multicast: bool = False,
-                lease_ms: int = 1000, tls: dict[str, str] | None = None):
+                lease_ms: int = 1000, tls: dict[str, Any] | None = None):
     """A zenoh Config for a bridge end: peer mode, the given endpoints, multicast scouting only if asked,
     a lease of ``lease_ms`` (a silent remote is declared gone after that long; keep-alives go 4 times per
     lease). ``tls``: ``root_ca_certificate``, ``listen_certificate``, ``listen_private_key``,

@@ -123,7 +123,7 @@ class BridgeStage(PipelineStage):
     def __init__(self, name: str | None = None, *, pipeline: str = "edgepipe", remote: str = "",
                  listen: list[str] | None = None, connect: list[str] | None = None, multicast: bool = False,
                  lease_ms: int = 1000, max_bytes: int = 64 << 20, express: bool = False, linger_s: float = 2.0,
-                 tls: dict[str, str] | None = None, clock_period_ms: float = 20.0,
+                 tls: dict[str, Any] | None = None, clock_period_ms: float = 20.0,
                  clock_skew: list[float] | None = None, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.pipeline = _chunk("pipeline", pipeline)
