@@ -41,6 +41,10 @@ from edgepipe.cli.doctor import DoctorCheck, run_doctor
 from edgepipe.imu_loop import ImuLoop, ImuLoopConfig
 from edgepipe.latest import LatestReader, LatestSlot, LatestStatus, LatestWriter
 from edgepipe.errors import (
+    BridgeError,
+    BridgePayloadError,
+    BridgePayloadTooLargeError,
+    BridgeVersionError,
     CalibrationError,
     CameraNotFoundError,
     CaptureError,
@@ -158,6 +162,8 @@ from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
+from edgepipe.bridge.stage import BridgeStage
+from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -178,6 +184,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "BridgeError",
+    "BridgePayloadError",
+    "BridgePayloadTooLargeError",
+    "BridgeStage",
+    "BridgeVersionError",
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",
@@ -185,6 +196,7 @@ __all__ = [
     "ChannelInfo",
     "CheckStage",
     "Client",
+    "ClockEstimate",
     "ClockMapping",
     "ConfigError",
     "CounterStage",
@@ -262,6 +274,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelSpec",
+    "OffsetEstimate",
     "Outlet",
     "OutputStalledError",
     "PIXEL_FORMATS",

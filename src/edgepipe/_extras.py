@@ -2,7 +2,7 @@
 ``pip install "edgepipe[...]"`` to run, never a bare ModuleNotFoundError from deep inside a stage.
 
 The extras (pyproject.toml): ``vision`` (OpenCV), ``inference`` (ONNX Runtime, onnx), ``report`` (matplotlib),
-``record`` (mcap, zstandard, lz4, foxglove-schemas-protobuf), ``all`` (every one of them). ``import edgepipe`` needs none.
+``record`` (mcap, zstandard, lz4, foxglove-schemas-protobuf), ``bridge`` (eclipse-zenoh), ``all`` (every one of them). ``import edgepipe`` needs none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from edgepipe.errors import MissingExtraError
 # top-level module -> the extra that installs it
 EXTRA_OF = {"cv2": "vision", "onnxruntime": "inference", "onnx": "inference", "matplotlib": "report",
             "mcap": "record", "mcap_protobuf": "record", "foxglove_schemas_protobuf": "record",
-            "zstandard": "record", "lz4": "record"}
+            "zstandard": "record", "lz4": "record", "zenoh": "bridge"}
 
 
 def require(module: str, purpose: str) -> ModuleType:

@@ -47,6 +47,10 @@ or ``except ValueError`` catch what a user would expect.
     │   ├── CameraNotFoundError (FileNotFoundError) no such camera device, file or image folder
     │   ├── SourceOpenError (OSError)            the source exists but cannot be opened (busy, unreadable, refused)
     │   └── SourceFailedError                    a source that opened failed mid-stream
+    ├── BridgeError                              a bridge to another machine failed (edgepipe.bridge)
+    │   └── BridgePayloadError (ValueError)      a sample on a bridged key that is not an edgepipe envelope
+    │       ├── BridgeVersionError (LayoutVersionError) an envelope of another layout version
+    │       └── BridgePayloadTooLargeError       a record over the receiving end's max_bytes
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── LayoutVersionError                       a region of another layout version
     ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
@@ -79,6 +83,10 @@ import os
 
 # check() is left out on purpose: the handle modules share it; users see only the exceptions.
 __all__ = [
+    "BridgeError",
+    "BridgePayloadError",
+    "BridgePayloadTooLargeError",
+    "BridgeVersionError",
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",
@@ -370,6 +378,23 @@ class ConfigError(EdgepipeError, ValueError):
 
 class LayoutVersionError(EdgepipeError):
     """The shared region was laid out by another, incompatible version of edgepipe."""
+
+
+class BridgeError(EdgepipeError):
+    """A bridge to another machine (edgepipe.bridge) failed: zenoh could not open, or a sample was bad."""
+
+
+class BridgePayloadError(BridgeError, ValueError):
+    """A sample on a bridged key that is not an edgepipe bridge envelope (short, bad magic, length or crc).
+    The receiving bridge counts and drops it, with a log line; it never stops the bridge."""
+
+
+class BridgeVersionError(BridgePayloadError, LayoutVersionError):
+    """A bridge envelope of another layout version (a peer running another edgepipe)."""
+
+
+class BridgePayloadTooLargeError(BridgePayloadError):
+    """A bridged record over the receiving end's ``max_bytes`` (the message names both sizes)."""
 
 
 class MissingExtraError(EdgepipeError, ImportError):

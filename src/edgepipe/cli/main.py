@@ -15,6 +15,7 @@ machine, and look at or clean up shared memory.
     edgepipe record ...           record a pipeline's links or named rings into MCAP; flight recorder; --recover
     edgepipe info FILE.mcap       a recording's channels, counts, time span and drops
     edgepipe replay FILE.mcap     publish a recording into rings or a pipeline; --compare with a golden run
+    edgepipe bridge --connect EP  watch bridged links over zenoh (records, rates, drops, ends alive)
 
 Exit status: 0 success (a pipeline stopped by Ctrl-C or SIGTERM after draining is a success); 1 a stage failed
 for good, a check failed, or nothing to show; 2 bad usage or a pipeline file that does not validate (the message
@@ -513,11 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("-y", "--yes", action="store_true", help="remove them (default: only list them)")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only list them, even with --yes (the default)")
     cl.set_defaults(func=cmd_cleanup)
+    from edgepipe.cli.bridge import add_subcommand as add_bridge
     from edgepipe.cli.kinds import add_subcommand as add_kinds
     from edgepipe.cli.quantize import add_subcommand as add_quantize
     from edgepipe.cli.record import add_subcommand as add_record
     from edgepipe.cli.replay import add_subcommand as add_replay
 
+    add_bridge(sub)
     add_kinds(sub)
     add_quantize(sub)
     add_record(sub)

@@ -227,8 +227,9 @@ class Inlet:
     def __init__(self, reader, link: str, link_index: int = 0,
                  stopping: Callable[[], bool] | None = None,
                  topology: dict[str, tuple[str, list[str]]] | None = None, *, mark_first: bool = False,
-                 tap=None) -> None:
+                 tap=None, mode: str = "lossless") -> None:
         self.end = reader
+        self.mode = mode  # the link's mode (lossless | drop | latest), for a stage that passes it on (bridge)
         self.topology = topology or {}  # link -> (producer stage, that stage's input links), for naming parts
         self.link = link
         self.link_index = link_index

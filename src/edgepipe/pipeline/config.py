@@ -190,6 +190,8 @@ register_stage("print", "edgepipe.testing:PrintStage")
 # The recorder and the replayer (edgepipe.record, above this package: named by import path only).
 register_stage("record", "edgepipe.record.stage:RecordStage")
 register_stage("replay", "edgepipe.record.stage:ReplayStage")
+# Links to and from other machines over zenoh (edgepipe.bridge, above this package: by import path only).
+register_stage("bridge", "edgepipe.bridge.stage:BridgeStage")
 
 
 # ---------------------------------------------------------------------------------------------------

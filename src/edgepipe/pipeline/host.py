@@ -140,7 +140,7 @@ def build(spec: pb.StageSpec, fds: list[int]):
         return None if t is None else Tap(t[0], t[1][:-len(TAP_SUFFIX)])
 
     def inlets():
-        return {p: Inlet(e, ln, li, topology=topology, mark_first=restarted, tap=tap(p))
+        return {p: Inlet(e, ln, li, topology=topology, mark_first=restarted, tap=tap(p), mode=m)
                 for p, (e, ln, li, m) in ends_in.items()}
 
     def outlets():

@@ -1,0 +1,402 @@
+"""The ``bridge`` stage kind: links of this pipeline published to, or fed from, another machine over zenoh.
+
+In a pipeline file, on the camera box (publishes its ``frames`` link's tap and its ``imu`` link)::
+
+    [stages.up]
+    kind = "bridge"
+    inputs = { frames = "frames.tap", imu = "imu" }   # keys edgepipe/cam/frames and edgepipe/cam/imu
+    params = { pipeline = "cam", listen = ["tcp/198.18.0.1:7447"] }
+
+and on the server (feeds them into local links)::
+
+    [stages.down]
+    kind = "bridge"
+    outputs = { frames = "frames", imu = "imu" }      # port = the remote link's name
+    params = { remote = "cam", pipeline = "server", connect = ["tcp/198.18.0.1:7447"] }
+
+Each input link ``L`` (a tap's side link ``L.tap`` counts as ``L``) is published to ``edgepipe/<pipeline>/L``;
+each output port ``P`` subscribes ``edgepipe/<remote>/P``. A sample is the ring record's bytes as they are,
+behind a 40-byte envelope (edgepipe.bridge.wire: type, the bridge's seq, the send time, crc32), so stamped
+records keep their stamps and frames their 128-byte header. A lossless input is published reliable with
+blocking congestion control, a drop input (and every tap) best effort, dropped when zenoh's queue is full; a
+lossless output waits for room in its ring (which holds back zenoh, and through it the remote publisher),
+a drop output drops and counts. Publishers and subscribers are restricted to remote peers (zenoh
+``Locality.REMOTE``): a bridge never hears itself. A sample that is not an envelope, has another layout
+version, or is over ``max_bytes`` is counted and dropped with a log line. A clean end of an input (its
+producer finished) is sent as an end marker: the receiving bridge closes its output link in order, and the
+sender waits up to ``linger_s`` for the receiver's acknowledgement, so nothing queued is lost at exit.
+A stamped record (a Python stage's) arrives with its capture time on this machine's clock (through the
+clock estimate, edgepipe.bridge.clock) and one hop of this bridge stage in place of the other pipeline's hops,
+so the local report's part for the bridge stage is the other machine plus the wire; a frame header keeps the
+sender's stamps. A remote end that dies is seen through its liveliness token (within ``lease_ms`` even if its machine
+vanishes silently); a restarted one reconnects by itself (the explicit endpoints are retried).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from edgepipe.bridge.clock import ClockEstimate
+from edgepipe.bridge.session import Checker, Session, make_config
+from edgepipe.bridge.wire import (
+    KIND_END,
+    KIND_PING,
+    KIND_PONG,
+    KIND_RECORD,
+    pack,
+    unpack,
+)
+from edgepipe.clock import now_ns
+from edgepipe.errors import (
+    ConfigError,
+    PeerClosedError,
+    RingClosedError,
+    RingTimeoutError,
+)
+from edgepipe.frames import HDR_SIZE, MAGIC, REC_TYPE
+from edgepipe.pipeline.api import EndOfStream, PipelineStage
+from edgepipe.pipeline.tap import TAP_SUFFIX
+from edgepipe.pipeline.wire import FLAG_REDELIVERED, NO_LINK, Hop, pack_record, unpack_record
+
+__all__ = ["BridgeStage"]
+
+_KEY_CHUNK_BAD = set("*$?#/ ")
+_WAIT_S = 0.05
+_PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
+_PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
+_WIRE_WINDOW = 4096  # wire latencies kept for the p50
+STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
+
+
+def _chunk(what: str, value: str) -> str:
+    if not value or set(value) & _KEY_CHUNK_BAD or value.startswith("_"):
+        raise ConfigError(f"bridge {what} {value!r} cannot be a zenoh key chunk (no '*$?#/', space, or leading '_')")
+    return value
+
+
+class _Matched:
+    """Whether a publisher has a subscriber on the far side now (always True for a lossy link, which
+    publishes regardless and lets zenoh drop)."""
+
+    def __init__(self, pub, lossless: bool) -> None:
+        self.now = not lossless or pub.matching_status.matching
+        self.listener = pub.declare_matching_listener(self._update) if lossless else None
+
+    def _update(self, status) -> None:
+        self.now = status.matching
+
+
+class BridgeStage(PipelineStage):
+    """Publish input links to another machine and feed output links from it, over zenoh (edgepipe.bridge).
+
+    Args:
+        pipeline: this end's name in the keys: inputs are published to ``edgepipe/<pipeline>/<link>``.
+        remote: the other end's pipeline name: output port ``P`` subscribes ``edgepipe/<remote>/P``.
+        listen: zenoh endpoints to listen on, e.g. ``["tcp/198.18.0.1:7447"]``.
+        connect: zenoh endpoints to connect to (retried until the other end is up).
+        multicast: also scout for peers by UDP multicast (off: containers and VPNs drop it).
+        lease_ms: a remote end silent this long is gone (its records stop; ``remotes_alive`` drops it).
+        max_bytes: the largest record taken from the wire; bigger ones are counted (``oversize``) and dropped.
+        express: send each sample at once instead of batching (lower latency for small records, more packets).
+        linger_s: at a clean end, wait this long for the receiver to acknowledge the end of each input.
+        tls: zenoh TLS settings (``root_ca_certificate``, ``listen_certificate``, ``listen_private_key``,
+            ``connect_certificate``, ``connect_private_key``, ``enable_mtls``), with ``tls/`` endpoints.
+        clock_period_ms: an end with outputs pings the remote end this often to estimate the offset and drift
+            between the two clocks (edgepipe.bridge.clock); 0: never (no wire latency then).
+        clock_skew: ``[offset_ns, drift_ppm]`` applied to every stamp a sending end sends, its records' too (for
+            tests and demos of the clock estimate: two ends on one machine then have unrelated clocks).
+
+    Inputs:
+        *: links to publish (a tapped link's side link ``<link>.tap`` publishes as ``<link>``).
+
+    Outputs:
+        *: links fed from the remote end; the port name is the remote link's name.
+    """
+
+    kind = "bridge"
+
+    def __init__(self, name: str | None = None, *, pipeline: str = "edgepipe", remote: str = "",
+                 listen: list[str] | None = None, connect: list[str] | None = None, multicast: bool = False,
+                 lease_ms: int = 1000, max_bytes: int = 64 << 20, express: bool = False, linger_s: float = 2.0,
+                 tls: dict[str, Any] | None = None, clock_period_ms: float = 20.0,
+                 clock_skew: list[float] | None = None, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.pipeline = _chunk("pipeline", pipeline)
+        self.remote = _chunk("remote", remote) if remote else ""
+        if self.output_links and not self.remote:
+            raise ConfigError(f"bridge stage {name!r} has outputs {sorted(self.output_links)} but no remote "
+                              f"pipeline name to subscribe them from (params.remote)")
+        for port in self.output_links:
+            _chunk("output port", port)
+        if max_bytes <= 0 or linger_s < 0:
+            raise ConfigError(f"bridge stage {name!r}: max_bytes must be > 0 and linger_s >= 0, got "
+                              f"{max_bytes} and {linger_s}")
+        self.config = dict(listen=list(listen or []), connect=list(connect or []), multicast=multicast,
+                           lease_ms=lease_ms, tls=dict(tls or {}))
+        make_config(**self.config)  # every mistake before the stage starts
+        self.max_bytes, self.express, self.linger_s = max_bytes, express, linger_s
+        if clock_period_ms < 0 or (clock_skew is not None and len(clock_skew) != 2):
+            raise ConfigError(f"bridge stage {name!r}: clock_period_ms must be >= 0 and clock_skew "
+                              f"[offset_ns, drift_ppm], got {clock_period_ms} and {clock_skew}")
+        self.clock_period_s = clock_period_ms / 1000
+        off, ppm = clock_skew or (0, 0)
+        self.now_of = lambda t: int(t * (1 + ppm * 1e-6) + off)
+        self.now = (lambda: self.now_of(now_ns())) if clock_skew else now_ns
+        self.skewed = bool(clock_skew)
+        self.restamped_without_clock = 0
+        self.clock = ClockEstimate()
+        self.estimate = None  # the clock estimate in use (refreshed by the pinging thread)
+        self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
+        self._nonce = int.from_bytes(os.urandom(8), "little")
+        self._pinger: threading.Thread | None = None
+        self.session: Session | None = None
+        self.published: dict[str, int] = {}
+        self.checkers: dict[str, Checker] = {}
+        self._outs: dict[str, Any] = {}  # key -> the Outlet it feeds
+        self._ended: set[str] = set()
+        self._acked: set[str] = set()
+        self._subs: list = []
+        self._lock = threading.Lock()
+
+    # -- keys ----------------------------------------------------------------------------------------------
+    def in_key(self, link: str) -> str:
+        base = link.removesuffix(TAP_SUFFIX)
+        return f"edgepipe/{self.pipeline}/{base}"
+
+    def out_key(self, port: str) -> str:
+        return f"edgepipe/{self.remote}/{port}"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def open(self) -> None:
+        for inlet in self.inputs.values():
+            if getattr(inlet, "mode", "lossless") == "latest":
+                raise ConfigError(f"bridge stage {self.name!r}: link {inlet.link!r} is latest-only, which a bridge "
+                                  f"cannot read; set tap = true on it and bridge {inlet.link + TAP_SUFFIX!r}")
+        self.session = Session(self.pipeline, self.name, make_config(**self.config))
+        for port, outlet in self.outputs.items():
+            key = self.out_key(port)
+            self._outs[key] = outlet
+            self.checkers[key] = Checker(f"{self.name} <- {key}", self.max_bytes)
+            self._subs.append(self.session.subscriber(key, self._on_sample))
+        self._acks = [self.session.subscriber(self.in_key(i.link) + "/_ack", self._on_ack)
+                      for i in self.inputs.values()]
+        if self.inputs:  # answer the far ends' clock pings
+            self._pong_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/pong", False, True)
+            self._subs.append(self.session.subscriber(f"edgepipe/{self.pipeline}/_clock/ping", self._on_ping))
+        if self.outputs and self.clock_period_s > 0:
+            self._ping_pub = self.session.publisher(f"edgepipe/{self.remote}/_clock/ping", False, True)
+            self._subs.append(self.session.subscriber(f"edgepipe/{self.remote}/_clock/pong", self._on_pong))
+            self._pinger = threading.Thread(target=self._ping_loop, name=f"{self.name}-clock", daemon=True)
+            self._pinger.start()
+
+    def loop(self) -> None:
+        pubs = []
+        for inlet in self.inputs.values():
+            lossless = getattr(inlet, "mode", "lossless") == "lossless" and not inlet.link.endswith(TAP_SUFFIX)
+            key = self.in_key(inlet.link)
+            pub = self.session.publisher(key, lossless, self.express)
+            matched = _Matched(pub, lossless)
+            pubs.append([inlet, key, pub, 0, matched])
+            self.published[key] = 0
+        live = list(pubs)
+        while live and not self.stopping:
+            got = False
+            for p in list(live):
+                inlet, key, pub, seq, matched = p
+                if not matched.now:
+                    # A lossless link with nobody subscribed on the far side: leave the records in the ring
+                    # (its producer waits, the link's own rule) until a subscriber appears.
+                    continue
+                try:
+                    data = inlet.receive_raw(_WAIT_S if len(live) == 1 else 0)
+                except EndOfStream:
+                    pub.put(pack(b"", seq=seq, send_ns=self.now(), kind=KIND_END))
+                    live.remove(p)
+                    continue
+                if data is None:
+                    continue
+                type_id = inlet.end.last_type
+                if self.skewed and type_id == STAMPED_TYPE:
+                    data = self._skewed(data)
+                pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=type_id))
+                inlet.release()
+                p[3] = seq + 1
+                self.published[key] += 1
+                got = True
+            if not got and (len(live) > 1 or not all(p[4].now for p in live)):
+                time.sleep(0.001)
+        if pubs and not live:  # every input ended cleanly: let the receivers say they have it all
+            deadline = time.monotonic() + self.linger_s
+            while len(self._acked) < len(pubs) and self.session.remotes_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        while self.outputs and not self.stopping and len(self._ended) < len(self._outs):
+            time.sleep(_WAIT_S)
+
+    def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.join(5)
+        for s in (*self._subs, *getattr(self, "_acks", [])):
+            try:
+                s.undeclare()
+            except Exception:  # noqa: BLE001 - the session may be closing already
+                pass
+        self._subs = []
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    # -- receiving (zenoh's threads) -----------------------------------------------------------------------
+    def _ping_loop(self) -> None:
+        last_estimate = 0.0
+        while not self.stopping and self.session is not None:
+            self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+            if time.monotonic() - last_estimate > 0.25:
+                last_estimate = time.monotonic()
+                self.estimate = self.clock.estimate() or self.estimate
+            time.sleep(self.clock_period_s)
+
+    def _on_ping(self, sample) -> None:
+        t2 = self.now()
+        try:
+            env = unpack(sample.payload.to_bytes(), max_bytes=64)
+        except ValueError:
+            return
+        if env.kind == KIND_PING and len(env.body) == _PING.size:
+            (nonce,) = _PING.unpack(env.body)
+            body = _PONG.pack(nonce, env.send_ns, t2)
+            self._pong_pub.put(pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
+
+    def _on_pong(self, sample) -> None:
+        t4 = self.now()
+        try:
+            env = unpack(sample.payload.to_bytes(), max_bytes=64)
+        except ValueError:
+            return
+        if env.kind == KIND_PONG and len(env.body) == _PONG.size:
+            nonce, t1, t2 = _PONG.unpack(env.body)
+            if nonce == self._nonce:  # an answer to another end's ping is not ours to use
+                self.clock.add(t1, t2, env.send_ns, t4)
+
+    def _on_ack(self, sample) -> None:
+        self._acked.add(str(sample.key_expr)[:-len("/_ack")])
+
+    def _on_sample(self, sample) -> None:
+        key = str(sample.key_expr)
+        chk = self.checkers[key]
+        env = chk.check(sample.payload.to_bytes())
+        if env is None:
+            return
+        out = self._outs[key]
+        if env.kind == KIND_END:
+            self._ended.add(key)
+            try:
+                out.close()
+            except (PeerClosedError, RingClosedError):
+                pass
+            self.session.z.put(key + "/_ack", env.seq.to_bytes(8, "little"))
+            return
+        if env.kind != KIND_RECORD:
+            return
+        if env.type_id == REC_TYPE and (len(env.body) < HDR_SIZE or int.from_bytes(env.body[:4], "little") != MAGIC):
+            chk.drop("malformed", f"a frame record of {len(env.body)} bytes without a frame header")
+            return
+        chk.count(env)
+        est = self.estimate
+        t = self.now()
+        if est is not None:
+            self.wire_ns.append(t - est.to_local(env.send_ns))
+        if key in self._ended:
+            return
+        body = env.body
+        if env.type_id == STAMPED_TYPE:
+            body = self._restamp(body, env.send_ns, t, est, out.stage_index)
+        self._write(out, body, env.type_id, chk)
+
+    def _restamp(self, body, send_ns: int, t: int, est, stage_index: int):
+        """A stamped record from the other machine, its stamps moved onto this clock: the capture time mapped
+        by the clock estimate (or, before there is one, by assuming no time on the wire: counted as
+        ``restamped_without_clock``), and its remote hops (whose stage numbers are the other pipeline's)
+        replaced by one hop of this bridge stage, from that capture to now. This pipeline's report then
+        shows the bridge stage's part as the other machine's pipeline plus the wire."""
+        rec = unpack_record(body)
+        if rec is None:
+            return body
+        if est is not None:
+            cap = int(est.to_local(rec.capture_ns))
+        else:
+            cap = t - (send_ns - rec.capture_ns)
+            self.restamped_without_clock += 1
+        flags = FLAG_REDELIVERED if rec.redelivered else 0
+        return pack_record(rec.payload, rec.seq, cap, [Hop(stage_index, NO_LINK, cap, t)], flags)
+
+    def _skewed(self, data: bytes) -> bytes:
+        """``clock_skew``: the stamps of a stamped record as this end's skewed clock would have made them."""
+        rec = unpack_record(data)
+        if rec is None:
+            return data
+        f = self.now_of
+        hops = [Hop(h.stage, h.link, f(h.receive_ns), f(h.publish_ns)) for h in rec.hops]
+        return pack_record(rec.payload, rec.seq, f(rec.capture_ns), hops, FLAG_REDELIVERED if rec.redelivered else 0)
+
+    def _write(self, out, body, type_id: int, chk: Checker) -> None:
+        w = out.end
+        try:
+            if out.mode == "drop":
+                if not w.try_write(body, type_id):
+                    chk.dropped["ring full"] = chk.dropped.get("ring full", 0) + 1
+                return
+            while True:  # lossless: hold zenoh (and through it the sender) until the ring has room
+                try:
+                    w.write(body, type_id, timeout_s=_WAIT_S)
+                    return
+                except RingTimeoutError:
+                    if self.stopping:
+                        chk.dropped["stopped while ring full"] = chk.dropped.get("stopped while ring full", 0) + 1
+                        return
+        except PeerClosedError:
+            chk.dropped["consumer gone"] = chk.dropped.get("consumer gone", 0) + 1
+        except RingClosedError:
+            chk.dropped["link closed"] = chk.dropped.get("link closed", 0) + 1
+
+    def clock_stats(self) -> dict[str, Any]:
+        """The clock estimate (offset, drift, bound) and the wire's share of the latency (p50 of send to
+        receive, on this end's clock), or why that share is unknown."""
+        est = self.estimate
+        if est is None:
+            return {"wire": "unknown: no clock estimate yet"} if self.outputs and self.clock_period_s else {}
+        bound_us = est.bound_at(self.now()) / 1e3
+        out: dict[str, Any] = {"clock_offset_ms": round(est.offset_at(self.now()) / 1e6, 6),
+                               "clock_drift_ppm": round(est.drift_ppm, 3), "clock_bound_us": round(bound_us, 1),
+                               "clock_exchanges": self.clock.exchanges}
+        w = sorted(self.wire_ns)
+        if w:
+            p50_us = w[len(w) // 2] / 1e3
+            if bound_us < abs(p50_us):
+                out["wire_p50_us"] = round(p50_us, 1)
+                out["wire_bound_us"] = round(bound_us, 1)
+            else:
+                out["wire"] = f"unknown: clock bound +-{bound_us:.0f} us is wider than the {p50_us:.0f} us measured"
+        return out
+
+    def extra_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, n in self.published.items():
+            out[f"published[{k}]"] = n
+        for k, c in self.checkers.items():
+            out[f"received[{k}]"] = c.received
+            if c.lost:
+                out[f"lost_on_wire[{k}]"] = c.lost
+            for reason, n in c.dropped.items():
+                out[f"dropped[{k}: {reason}]"] = n
+        out.update(self.clock_stats())
+        if self.restamped_without_clock:
+            out["restamped_without_clock"] = self.restamped_without_clock
+        if self.session is not None:
+            out["remotes_alive"] = len(self.session.remotes_alive())
+            out["remote_events"] = len(self.session.remote_events)
+        return out
