@@ -157,6 +157,8 @@ from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
+from edgepipe.stages.align import Aligned, Aligner
+from edgepipe.view.align import AlignStage
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -176,6 +178,9 @@ sys.modules.setdefault(__name__ + ".messages", messages)
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignStage",
+    "Aligned",
+    "Aligner",
     "CalibrationError",
     "CameraNotFoundError",
     "CaptureError",

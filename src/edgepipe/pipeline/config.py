@@ -190,6 +190,9 @@ register_stage("print", "edgepipe.testing:PrintStage")
 # The recorder and the replayer (edgepipe.record, above this package: named by import path only).
 register_stage("record", "edgepipe.record.stage:RecordStage")
 register_stage("replay", "edgepipe.record.stage:ReplayStage")
+# Time alignment and the live browser view (edgepipe.view, above this package: named by import path only).
+register_stage("align", "edgepipe.view.align:AlignStage")
+register_stage("view", "edgepipe.view.stage:ViewStage")
 
 
 # ---------------------------------------------------------------------------------------------------
