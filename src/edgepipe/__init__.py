@@ -159,6 +159,9 @@ from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.view.align import AlignStage
+from edgepipe.view.attach import attach_view
+from edgepipe.view.server import ViewServer
+from edgepipe.view.stage import ViewStage
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -321,8 +324,11 @@ __all__ = [
     "UnsafeSocketDirError",
     "UntrustedSegmentError",
     "V4l2Source",
+    "ViewServer",
+    "ViewStage",
     "WaitPolicy",
     "WorkerError",
+    "attach_view",
     "build_report",
     "bundled_model_path",
     "calibration_frames",

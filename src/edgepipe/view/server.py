@@ -30,9 +30,10 @@ from typing import Any
 from edgepipe._data import data_path
 from edgepipe._extras import require
 
-__all__ = ["LatestJpeg", "ViewServer", "make_app", "prometheus_text"]
+__all__ = ["ViewServer"]  # LatestJpeg, make_app, prometheus_text: shared inside edgepipe.view
 
 BOUNDARY = "edgepipeframe"
+STATE = None  # the app key of the counters dict (an aiohttp AppKey, made on first use)
 
 
 class LatestJpeg:
@@ -195,6 +196,9 @@ def make_app(latest: LatestJpeg, metrics: Callable[[], dict[str, Any]], *, token
     async def on_shutdown(app):
         closing.set()
 
+    global STATE
+    if STATE is None:
+        STATE = web.AppKey("edgepipe_view_state", dict)
     app = web.Application(middlewares=[check_token])
     app.router.add_get("/", index)
     app.router.add_get("/stream.mjpg", stream)
@@ -203,7 +207,7 @@ def make_app(latest: LatestJpeg, metrics: Callable[[], dict[str, Any]], *, token
     app.router.add_get("/metrics", metrics_prom)
     app.router.add_get("/view.js", js)
     app.on_shutdown.append(on_shutdown)
-    app["view_state"] = state
+    app[STATE] = state
     return app
 
 
@@ -243,9 +247,9 @@ class ViewServer:
         asyncio.set_event_loop(loop)
 
         async def up():
-            self._runner = web.AppRunner(self.app, access_log=None)
+            self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0)
+            site = web.TCPSite(self._runner, self.host, self.port)
             await site.start()
             self.port = self._runner.addresses[0][1] if self.port == 0 else self.port
 

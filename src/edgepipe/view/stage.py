@@ -37,7 +37,7 @@ from edgepipe.pipeline.supervisor import runtime_dir
 from edgepipe.view.render import draw_attitude, draw_boxes, encode_jpeg
 from edgepipe.view.server import LatestJpeg, ViewServer, make_app
 
-__all__ = ["ViewStage", "is_loopback"]
+__all__ = ["ViewStage"]
 
 _KEEP_FRAMES = 16  # frames waiting for their result, at most
 
@@ -128,6 +128,7 @@ class ViewStage(PipelineStage):
         self.recent: OrderedDict[int, tuple[int, Any, int]] = OrderedDict()  # capture_ns -> (seq, pixels, since)
         self.attitude: pb.AlignedAttitude | None = None
         self.next_due = 0
+        self.deferred: tuple | None = None  # the newest frame the rate cap held back: shown when it allows
         self.cpu_ns = 0
         self.server: ViewServer | None = None
         self.url = ""
@@ -166,11 +167,15 @@ class ViewStage(PipelineStage):
 
     # -- frames and results ---------------------------------------------------------------------------------
     def _show(self, seq: int, cap: int, img, result=None) -> None:
-        """Draw and encode one frame, if the rate cap allows; otherwise skip it."""
+        """Draw and encode one frame if the rate cap allows; else keep it as the one to show when it does
+        (replacing, and skipping, the one kept before)."""
         now = time.monotonic_ns()
         if now < self.next_due:
-            self.count("frames skipped")
+            if self.deferred is not None:
+                self.count("frames skipped")
+            self.deferred = (seq, cap, img, result)
             return
+        self.deferred = None
         self.next_due = now + int(1e9 / self.max_fps)
         t0 = time.thread_time_ns()
         if img.ndim == 2:
@@ -204,10 +209,8 @@ class ViewStage(PipelineStage):
                         while len(self.recent) > _KEEP_FRAMES:
                             self.recent.popitem(last=False)
                             self.count("frames skipped")
-                    elif time.monotonic_ns() >= self.next_due:
-                        self._show(f.seq, f.capture_ns, f.array.copy())
                     else:
-                        self.count("frames skipped")
+                        self._show(f.seq, f.capture_ns, f.array.copy())
         except EdgepipeError:  # the tap's producer ended: keep serving the last picture
             self.frames_open = False
         return n
@@ -263,6 +266,8 @@ class ViewStage(PipelineStage):
         while not self.stopping:
             n = self._take_frames() + self._take_results()
             self._expire()
+            if self.deferred is not None and time.monotonic_ns() >= self.next_due:
+                self._show(*self.deferred)
             if n == 0:
                 time.sleep(0.003)
 
