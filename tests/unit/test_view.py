@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from edgepipe import Ring  # noqa: E402
+from edgepipe.control import messages as pb  # noqa: E402
 from edgepipe.errors import ConfigError  # noqa: E402
 from edgepipe.frames import FrameWriter  # noqa: E402
 from edgepipe.pipeline.api import Inlet  # noqa: E402
@@ -311,3 +312,62 @@ class TestAttach:
         spec, _ = demo_spec()
         with pytest.raises(ConfigError, match="nope"):
             attach_view(spec, frames="nope")
+
+
+class TestResults:
+    def test_inference_results_and_aligned_frame_meta_are_told_apart(self):
+        from edgepipe.view.stage import _result_of
+
+        att = pb.AlignedAttitude(orientation=pb.Quaternion(w=1.0), gap_ns=7, extrapolated=True)
+        meta = pb.FrameMeta(stamps=pb.Stamps(capture_ns=5), frame_seq=3, width=640, height=480, attitude=att)
+        got = _result_of(meta.SerializeToString())
+        assert isinstance(got, pb.FrameMeta) and got.attitude.gap_ns == 7 and got.frame_seq == 3
+        res = pb.InferenceResult(stamps=pb.Stamps(capture_ns=5), frame_seq=3,
+                                 detections=pb.Detections(boxes=[pb.Box(x_max=4, y_max=4, score=0.5)]), attitude=att)
+        got = _result_of(res.SerializeToString())
+        assert isinstance(got, pb.InferenceResult) and len(got.detections.boxes) == 1 and got.attitude.extrapolated
+        assert _result_of(b"\xff\xff\xff") is None
+
+    def test_a_frame_is_drawn_with_the_result_of_its_capture_stamp(self):
+        """Frames and results joined by capture stamp: the boxes of the result for a frame's stamp are drawn
+        on that frame (green), and the attitude it carries draws the horizon (cyan) and its text."""
+        from edgepipe.pipeline.api import Outlet
+
+        frames, results = Ring.create(capacity=1 << 22), Ring.create(capacity=1 << 20)
+        fw, out = FrameWriter(frames.writer()), Outlet(results.writer(), "r")
+        st = ViewStage("view", inputs={"frames": "f", "results": "r"}, port=0, max_fps=1000, stats="/nonexistent",
+                       result_wait_ms=60_000)
+        st.attach({"frames": Inlet(frames.reader(), "f"), "results": Inlet(results.reader(), "r")}, {})
+        st.open()
+        t = threading.Thread(target=st.loop)
+        t.start()
+        try:
+            img = np.full((120, 160, 3), 128, np.uint8)
+            for cap in (5000, 6000):
+                with fw.claim_frame(img.shape, capture_ns=cap) as a:
+                    a[:] = img
+            res = pb.InferenceResult(stamps=pb.Stamps(capture_ns=6000), frame_seq=2,
+                                     detections=pb.Detections(boxes=[pb.Box(x_min=10, y_min=10, x_max=60, y_max=50,
+                                                                            score=0.9)]),
+                                     attitude=pb.AlignedAttitude(orientation=pb.Quaternion(w=1.0), gap_ns=1000))
+            out.emit(res.SerializeToString(), seq=2, capture_ns=6000)
+            deadline = time.monotonic() + 60  # a hang guard only
+            while st.latest.get()[2] != 6000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            import cv2
+
+            _, jpeg, cap, _ = st.latest.get()
+            got = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+            assert cap == 6000
+            assert np.abs(got[10, 35] - (60, 220, 60)).sum() < 90  # the box's top edge, green
+            assert np.abs(got[60, 140] - (230, 200, 40)).sum() < 90  # the level horizon across the middle, cyan
+            assert np.abs(got[30, 35] - 128).sum() < 30  # inside the box: the frame itself
+            assert st.counters["frames skipped"] == 1  # the frame at 5000 never got a result: passed over
+        finally:
+            st.stop()
+            t.join(10)
+            st.close()
+            fw.close()
+            out.end.close()
+            frames.close()
+            results.close()

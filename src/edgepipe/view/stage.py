@@ -85,6 +85,23 @@ class _StatsFile:
         return self.data
 
 
+def _result_of(payload: bytes):
+    """An InferenceResult (boxes, maybe an attitude) or a FrameMeta with an attitude (the align stage's output
+    for frame records), or None. Both parse from either's bytes (protobuf keeps unknown fields aside), so the
+    one that carries what the other lacks wins."""
+    try:
+        r = pb.InferenceResult.FromString(payload)
+    except Exception:  # noqa: BLE001 - not a protobuf message at all
+        return None
+    if r.WhichOneof("output") is not None or r.HasField("attitude"):
+        return r
+    try:
+        f = pb.FrameMeta.FromString(payload)
+    except Exception:  # noqa: BLE001
+        return r
+    return f if f.HasField("attitude") else r
+
+
 class ViewStage(PipelineStage):
     """A live browser view: frames with detections and an attitude overlay, latency against budget, counters.
 
@@ -180,7 +197,7 @@ class ViewStage(PipelineStage):
         t0 = time.thread_time_ns()
         if img.ndim == 2:
             img = img[:, :, None].repeat(3, axis=2)
-        if result is not None and result.HasField("detections"):
+        if isinstance(result, pb.InferenceResult) and result.HasField("detections"):
             draw_boxes(img, result.detections.boxes)
         att = self.attitude
         if result is not None and result.HasField("attitude"):
@@ -229,15 +246,7 @@ class ViewStage(PipelineStage):
                 return n
             n += 1
             self.count("results in")
-            m = rec.message if isinstance(rec.message, pb.InferenceResult) else None
-            if m is None:
-                for cls in (pb.InferenceResult, pb.FrameMeta):
-                    try:
-                        m = cls.FromString(rec.payload)
-                    except Exception:  # noqa: BLE001 - not this message
-                        continue
-                    if m.stamps.capture_ns:
-                        break
+            m = rec.message if isinstance(rec.message, pb.InferenceResult) else _result_of(rec.payload)
             inlet.release()
             if m is None or not m.stamps.capture_ns:
                 self.count("results unreadable")
