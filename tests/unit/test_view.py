@@ -371,3 +371,20 @@ class TestResults:
             out.end.close()
             frames.close()
             results.close()
+
+
+class TestCommand:
+    def test_view_and_demo_view_options(self):
+        from edgepipe.cli.main import build_parser
+
+        a = build_parser().parse_args(["view", "--port", "0", "--host", "0.0.0.0", "--token", "abcdefgh12"])
+        assert (a.file, a.port, a.host, a.token, a.max_fps, a.max_clients) == (None, 0, "0.0.0.0", "abcdefgh12", 15.0, 4)
+        a = build_parser().parse_args(["demo", "--view"])
+        assert a.view and a.port == 8080 and a.host == "127.0.0.1"
+        assert not build_parser().parse_args(["demo"]).view
+
+    def test_a_bad_link_is_exit_2_naming_it(self, capsys):
+        from edgepipe.cli.main import main
+
+        assert main(["view", "--frames", "nope", "--seconds", "1"]) == 2
+        assert "nope" in capsys.readouterr().err
