@@ -15,6 +15,11 @@ Input ``frames`` may carry frame records (a capture stage's ring or its tap: the
 pixels are not copied) or ``InferenceResult`` records (the output is the same result with ``attitude``
 set). A frame whose stamp the IMU has not passed yet waits up to ``max_wait_ms`` (later frames queue
 behind it, in order), then goes out ``extrapolated``.
+
+>>> from edgepipe.stages.align import Aligned
+>>> m = attitude_message(Aligned(0, (1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.5), 250, False, -250, 750))
+>>> m.orientation.w, m.gyro.z, m.gap_ns, m.extrapolated
+(1.0, 0.5, 250, False)
 """
 
 from __future__ import annotations

@@ -5,6 +5,20 @@ FILE`` and ``edgepipe demo --view`` run).
     capture -> frames ----------------------------(tap)--> frames.tap ------------> view
     detect  -> detections -> ...  (tap) -> detections.tap -> align -> view_aligned -> view
     imu     -> samples    -> ...  (tap) -> samples.tap    ---^
+
+>>> from edgepipe.pipeline.config import parse_config
+>>> spec = parse_config('''
+... [stages.cam]
+... kind = "capture"
+... outputs = { output = "frames" }
+... params = { source = "pattern", fps = 10 }
+... [stages.sink]
+... kind = "print"
+... inputs = { in = "frames" }
+... ''')
+>>> spec = attach_view(spec, port=0)
+>>> spec.links["frames"].tap, [s.name for s in spec.stages], spec.stages[-1].inputs
+(True, ['cam', 'sink', 'view'], {'frames': 'frames.tap'})
 """
 
 from __future__ import annotations

@@ -16,6 +16,16 @@ With a ``token`` every request must carry it (``?token=`` or ``Authorization: Be
 The server runs on its own asyncio loop in a thread (:class:`ViewServer`); the pictures come from another
 thread through :class:`LatestJpeg`. (edgepipe has no asyncio integration of its rings here: the view reads
 its rings in the stage's own thread and hands JPEGs over under a lock.)
+
+>>> import urllib.request
+>>> latest = LatestJpeg()
+>>> latest.put(b"not really a jpeg", capture_ns=42, frame_seq=1)
+>>> srv = ViewServer(make_app(latest, lambda: {}), "127.0.0.1", 0)
+>>> url = srv.start()
+>>> with urllib.request.urlopen(url + "snapshot.jpg", timeout=30) as r:
+...     r.status, r.headers["X-Capture-Ns"], r.read()
+(200, '42', b'not really a jpeg')
+>>> srv.stop()
 """
 
 from __future__ import annotations
