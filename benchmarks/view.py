@@ -158,7 +158,11 @@ def demo_case(rounds: int, seconds: float) -> dict:
             parts = {x["part"]: x for x in p.live()["parts"]}
             for sink in ("show_text", "show_attitude"):
                 res[mode][sink].append(parts[f"end_to_end[{sink}]"]["p50_ms"])
-            extra = f", client got {client.get('parts', 0)} parts" if mode == "view" else ""
+            extra = ""
+            if mode == "view":
+                v = p.stage_stats().get("view", {})
+                extra = (f", client got {client.get('parts', 0)} parts; view shown {v.get('frames shown')} skipped "
+                         f"{v.get('frames skipped', 0)}, draw+encode CPU {v.get('cpu_ms_per_frame')} ms/frame")
             print(f"  demo round {r} {mode:<5} e2e p50 show_text {res[mode]['show_text'][-1]:.3f} ms, show_attitude "
                   f"{res[mode]['show_attitude'][-1]:.4f} ms{extra}", flush=True)
     row = {"case": "demo"}
