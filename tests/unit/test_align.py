@@ -50,6 +50,8 @@ def tumbling():
 
 class TestAligner:
     def test_arbitrary_stamps_within_a_tenth_of_a_degree_of_the_truth(self, tumbling):
+        """At 500 random stamps between 1 kHz samples the interpolated attitude is within 0.1 deg of the synthetic
+        truth."""
         src, s = tumbling
         al = Aligner()
         al.push(s)
@@ -66,6 +68,7 @@ class TestAligner:
         assert worst < 0.1, f"worst error {worst:.4f} deg"
 
     def test_exact_on_sample_stamps(self, tumbling):
+        """On a sample's own stamp the answer is that sample's quaternion within 1e-9, with gap 0."""
         _, s = tumbling
         al = Aligner()
         al.push(s)
@@ -74,6 +77,7 @@ class TestAligner:
             assert np.allclose(a.q, s[i]["q"], rtol=0, atol=1e-9) and a.gap_ns == 0 and not a.extrapolated
 
     def test_rates_are_linear_between_samples(self):
+        """Body rates between two samples are their linear interpolation."""
         s = np.zeros(2, IMU_SAMPLE_DTYPE)
         s["sample_ns"] = [T0, T0 + 1000]
         s["q"] = [1, 0, 0, 0]
@@ -83,6 +87,8 @@ class TestAligner:
         assert np.allclose(al.at(T0 + 250).gyr, [0.25, 1.5, 2.0])
 
     def test_lagging_imu_waits_then_extrapolates_at_the_body_rate(self, tumbling):
+        """A stamp past the newest sample waits (None); forced, it is carried forward at the body rate and marked
+        extrapolated; once the IMU passes it, it is interpolated."""
         src, s = tumbling
         al = Aligner()
         al.push(s[:1000])  # the IMU has reached 999 ms only
@@ -97,6 +103,8 @@ class TestAligner:
         assert b is not None and not b.extrapolated and angle_deg(b.q, truth) < 0.1
 
     def test_history_is_bounded_and_older_stamps_are_extrapolated_back(self, tumbling):
+        """Only the newest ``capacity`` samples are kept; a stamp older than all of them is extrapolated back from
+        the oldest."""
         _, s = tumbling
         al = Aligner(capacity=300)
         for i in range(0, 2000, 64):
@@ -107,6 +115,7 @@ class TestAligner:
         assert old.extrapolated and old.gap_ns == 700_000_000
 
     def test_out_of_order_samples_are_skipped_and_counted(self, tumbling):
+        """Samples not after the newest kept one are skipped and counted."""
         _, s = tumbling
         al = Aligner()
         al.push(s[10:20])
@@ -114,10 +123,12 @@ class TestAligner:
         assert al.out_of_order == 15 and len(al) == 15
 
     def test_bad_capacity_is_a_typed_error(self):
+        """A capacity below 2 is an ImuConfigError naming the value."""
         with pytest.raises(ImuConfigError, match="1"):
             Aligner(capacity=1)
 
     def test_slerp_takes_the_short_way(self):
+        """q and -q interpolate to the same rotation (the shorter arc)."""
         q1 = (math.cos(0.3), 0.0, 0.0, math.sin(0.3))
         neg = tuple(-v for v in q1)
         assert angle_deg(slerp((1, 0, 0, 0), q1, 0.5), slerp((1, 0, 0, 0), neg, 0.5)) < 1e-9
@@ -190,6 +201,8 @@ class TestAlignStage:
             return got, st
 
     def test_frames_get_the_interpolated_attitude_keyed_by_seq(self):
+        """Frames through the stage come out as FrameMeta keyed by seq and capture stamp, with the interpolated
+        attitude and its gap."""
         imu = _imu_rows(200, T0)
         got, st = self.run_stage([T0 + 10_500_000, T0 + 50_000_000], [imu], max_wait_ms=5000)
         assert [m.frame_seq for m in got] == [1, 2]
@@ -202,6 +215,7 @@ class TestAlignStage:
         assert st.counters["interpolated"] == 2
 
     def test_imu_lagging_the_frames_waits_then_extrapolates(self):
+        """A frame the IMU never reaches waits max_wait_ms, then goes out extrapolated at the last body rate."""
         imu = _imu_rows(20, T0)  # the IMU stops at 19 ms; the frame is at 100 ms
         got, st = self.run_stage([T0 + 100_000_000], [imu], max_wait_ms=200)
         a = got[0].attitude
@@ -211,6 +225,7 @@ class TestAlignStage:
         assert st.counters["extrapolated"] == 1
 
     def test_negative_wait_is_a_config_error(self):
+        """A negative max_wait_ms is a ConfigError naming the value."""
         from edgepipe.view.align import AlignStage
 
         with pytest.raises(ConfigError, match="-1"):

@@ -66,6 +66,7 @@ async def read_part(resp) -> tuple[dict[str, str], bytes]:
 
 class TestEndpoints:
     def test_snapshot_is_503_until_the_first_picture_then_that_picture(self):
+        """/snapshot.jpg (and ?action=snapshot) is 503 before the first picture, then that picture with its stamps."""
         latest = LatestJpeg()
 
         async def body(c):
@@ -82,6 +83,7 @@ class TestEndpoints:
 
     @pytest.mark.parametrize("path", ["/stream.mjpg", "/?action=stream"])
     def test_stream_sends_each_new_picture_as_a_part(self, path):
+        """The MJPEG stream (and its alias) sends each new picture as one multipart part."""
         latest = LatestJpeg()
         latest.put(jpeg_of(10), 1, 1)
 
@@ -98,6 +100,8 @@ class TestEndpoints:
         run(make_app(latest, lambda: METRICS, max_fps=50), body)
 
     def test_one_stream_client_over_the_limit_gets_503_and_the_others_keep_streaming(self):
+        """One stream client over max_clients gets 503 while the others and the server carry on; a closed client's
+        slot comes back."""
         latest = LatestJpeg()
         latest.put(jpeg_of(10), 1, 1)
         app = make_app(latest, lambda: METRICS, max_clients=2, max_fps=50)
@@ -126,6 +130,7 @@ class TestEndpoints:
         assert run(app, body) >= 1
 
     def test_metrics_json_and_prometheus_text_carry_the_same_numbers(self):
+        """/metrics.json and /metrics (parsed by prometheus_client) carry the same per-part, link and IMU numbers."""
         latest = LatestJpeg()
 
         async def body(c):
@@ -148,6 +153,7 @@ class TestEndpoints:
         run(make_app(latest, lambda: METRICS), body)
 
     def test_page_and_script_are_served_offline(self):
+        """The page and its script reference nothing off the box; an unknown action is 400."""
         async def body(c):
             page = await (await c.get("/")).text()
             assert '<img id="frame"' in page and '<canvas id="chart"' in page and 'src="view.js"' in page
@@ -160,6 +166,7 @@ class TestEndpoints:
     @pytest.mark.parametrize("path", ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/static/", "/view.js/x",
                                       "/data/demo.toml", "/index.html", "/snapshot.jpg/../../etc/passwd"])
     def test_no_path_reaches_the_filesystem(self, path):
+        """Paths outside the fixed routes are 404 and never return a file's contents."""
         async def body(c):
             r = await c.get(path)
             text = await r.text()
@@ -173,6 +180,8 @@ class TestToken:
     @pytest.mark.parametrize("path", ["/", "/stream.mjpg", "/snapshot.jpg", "/metrics.json", "/metrics", "/view.js",
                                       "/?action=stream"])
     def test_every_route_needs_the_token(self, path):
+        """With a token, every route is 401 without it or with a wrong one, and 200 with it in the query or a Bearer
+        header."""
         latest = LatestJpeg()
         latest.put(jpeg_of(1), 1, 1)
 
@@ -188,6 +197,7 @@ class TestToken:
         run(make_app(latest, lambda: METRICS, token=self.TOKEN, max_fps=50), body)
 
     def test_loopback_detection(self):
+        """Loopback addresses need no token; wildcard and LAN addresses do."""
         assert is_loopback("127.0.0.1") and is_loopback("127.8.9.1") and is_loopback("::1")
         assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("::")
 
@@ -199,6 +209,7 @@ def _get(url: str, timeout: float = 30):
 
 class TestServerThread:
     def test_listens_on_a_free_port_and_stops(self):
+        """The server thread listens on a free port, serves, and stops listening on stop()."""
         latest = LatestJpeg()
         latest.put(jpeg_of(5), 9, 9)
         srv = ViewServer(make_app(latest, lambda: METRICS), "127.0.0.1", 0)
@@ -213,6 +224,7 @@ class TestServerThread:
             _get(url + "snapshot.jpg", timeout=5)
 
     def test_a_taken_port_is_an_error_from_start(self):
+        """A port already taken is an OSError from start(), not a silent thread death."""
         a = ViewServer(make_app(LatestJpeg(), lambda: METRICS), "127.0.0.1", 0)
         a.start()
         try:
@@ -227,6 +239,7 @@ class TestViewStage:
                                          ({"max_clients": 0}, "0"), ({"quality": 101}, "101"),
                                          ({"token": "short"}, "short")])
     def test_bad_params_are_config_errors(self, kw, bad):
+        """Bad view parameters are ConfigErrors naming the value."""
         with pytest.raises(ConfigError, match=bad):
             ViewStage("v", **kw)
 
@@ -256,6 +269,7 @@ class TestViewStage:
         assert not t.is_alive()
 
     def test_frames_from_the_ring_come_out_as_jpeg(self, capsys):
+        """Frames written into the ring come out of /snapshot.jpg as the same picture, counted in metrics.json."""
         base = np.zeros((120, 160, 3), np.uint8)
         base[20:60, 30:90] = (0, 0, 255)
         frames = [base, np.roll(base, 40, axis=1), np.tile(np.arange(160, dtype=np.uint8)[None, :, None], (120, 1, 3)) // 2 + base]
@@ -276,6 +290,7 @@ class TestViewStage:
             self.stop(st, t, ring, fw)
 
     def test_beyond_loopback_a_token_is_generated_and_required(self, capsys):
+        """Bound beyond loopback, a token is generated, printed once with the URL, and required."""
         st, t, ring, fw = self.run_stage("0.0.0.0", [np.zeros((32, 32, 3), np.uint8)])
         try:
             assert st.token and len(st.token) >= 20
@@ -292,6 +307,7 @@ class TestViewStage:
 
 class TestAttach:
     def test_demo_gets_taps_an_align_stage_and_the_view(self):
+        """attach_view taps the demo's frames, detections and samples and wires align and view to the taps."""
         from edgepipe.cli.main import demo_spec
         from edgepipe.view.attach import attach_view
 
@@ -306,6 +322,7 @@ class TestAttach:
         assert spec.links["view_aligned"].mode == "drop"
 
     def test_a_missing_link_is_named(self):
+        """A link that is not in the pipeline is a ConfigError naming it."""
         from edgepipe.cli.main import demo_spec
         from edgepipe.view.attach import attach_view
 
@@ -316,6 +333,7 @@ class TestAttach:
 
 class TestResults:
     def test_inference_results_and_aligned_frame_meta_are_told_apart(self):
+        """Result bytes parse as the message that carries boxes or the attitude; garbage is None."""
         from edgepipe.view.stage import _result_of
 
         att = pb.AlignedAttitude(orientation=pb.Quaternion(w=1.0), gap_ns=7, extrapolated=True)
@@ -375,6 +393,7 @@ class TestResults:
 
 class TestCommand:
     def test_view_and_demo_view_options(self):
+        """edgepipe view and edgepipe demo --view take the view's options with their defaults."""
         from edgepipe.cli.main import build_parser
 
         a = build_parser().parse_args(["view", "--port", "0", "--host", "0.0.0.0", "--token", "abcdefgh12"])
@@ -384,6 +403,7 @@ class TestCommand:
         assert not build_parser().parse_args(["demo"]).view
 
     def test_a_bad_link_is_exit_2_naming_it(self, capsys):
+        """edgepipe view with a link the pipeline lacks exits 2 naming it."""
         from edgepipe.cli.main import main
 
         assert main(["view", "--frames", "nope", "--seconds", "1"]) == 2

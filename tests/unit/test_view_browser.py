@@ -122,6 +122,8 @@ def best_match(shot: np.ndarray, snaps: list[bytes]) -> tuple[float, tuple[int, 
 
 
 def test_page_shows_the_stream_chart_and_counters(tmp_path, require_system, request):
+    """The page's picture matches a snapshot taken meanwhile, changes between screenshots, the chart is drawn, and
+    metrics.json agrees with the final report."""
     cmd = browser(require_system)  # before the demo starts: a skip costs nothing
     url, proc, rep, lines = request.getfixturevalue("demo_view")
     snaps: list[bytes] = []
