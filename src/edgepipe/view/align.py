@@ -149,7 +149,7 @@ class AlignStage(PipelineStage):
             if rec is None:
                 # sleep, never park on the IMU tap: a parked reader makes its producer pay a futex wake for
                 # every record (the recorder's lesson, benchmarks/README.md: +25 % on the demo's e2e p50)
-                time.sleep(0.002)
+                time.sleep(0.005)
 
     def extra_stats(self) -> dict[str, Any]:
         return {**super().extra_stats(), "waiting": len(self.pending), "max_gap_us": self.max_gap_ns / 1e3,

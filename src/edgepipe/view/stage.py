@@ -278,7 +278,7 @@ class ViewStage(PipelineStage):
             if self.deferred is not None and time.monotonic_ns() >= self.next_due:
                 self._show(*self.deferred)
             if n == 0:
-                time.sleep(0.003)
+                time.sleep(0.005)
 
     def extra_stats(self) -> dict[str, Any]:
         v = self.metrics()["view"]
