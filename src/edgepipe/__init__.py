@@ -164,6 +164,11 @@ from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
 from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
+from edgepipe.stages.align import Aligned, Aligner
+from edgepipe.view.align import AlignStage
+from edgepipe.view.attach import attach_view
+from edgepipe.view.server import ViewServer
+from edgepipe.view.stage import ViewStage
 from edgepipe.record.replay import ReplayStats, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
@@ -183,6 +188,9 @@ sys.modules.setdefault(__name__ + ".messages", messages)
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignStage",
+    "Aligned",
+    "Aligner",
     "AsyncClient",
     "BridgeError",
     "BridgePayloadError",
@@ -331,9 +339,12 @@ __all__ = [
     "UnsafeSocketDirError",
     "UntrustedSegmentError",
     "V4l2Source",
+    "ViewServer",
+    "ViewStage",
     "WaitPolicy",
     "WakeCost",
     "WorkerError",
+    "attach_view",
     "build_report",
     "bundled_model_path",
     "calibration_frames",

@@ -15,7 +15,8 @@ from edgepipe.errors import MissingExtraError
 # top-level module -> the extra that installs it
 EXTRA_OF = {"cv2": "vision", "onnxruntime": "inference", "onnx": "inference", "matplotlib": "report",
             "mcap": "record", "mcap_protobuf": "record", "foxglove_schemas_protobuf": "record",
-            "zstandard": "record", "lz4": "record", "zenoh": "bridge"}
+            "zstandard": "record", "lz4": "record", "zenoh": "bridge", "aiohttp": "view",
+            "prometheus_client": "view"}
 
 
 def require(module: str, purpose: str) -> ModuleType:

@@ -1,6 +1,6 @@
 """The package's layers, read from the source with ``ast`` (imports inside functions included).
 
-Top to bottom: ``cli`` -> ``testing`` -> ``record`` / ``bridge`` -> ``pipeline`` -> ``stages`` -> ``control`` and the handle modules -> ``_ffi``
+Top to bottom: ``cli`` -> ``testing`` -> ``record`` / ``bridge`` / ``view`` -> ``pipeline`` -> ``stages`` -> ``control`` and the handle modules -> ``_ffi``
 (ARCHITECTURE.md). The rules: no import runs up a layer; no cycle between modules; only the handle modules
 import ``_ffi``, and each C object (``ep_<area>_*``) is driven by exactly one of them; no module imports
 another module's private name; a module over 600 lines says in its docstring why it is one piece.
@@ -19,7 +19,7 @@ PKG = Path(edgepipe.__file__).resolve().parent
 SRC = PKG.parent
 
 # rank of each layer: an import may only go to the same rank or a lower one
-LAYERS = {"_ffi": 0, "handles": 1, "control": 1, "stages": 2, "pipeline": 3, "record": 4, "bridge": 4, "testing": 5, "cli": 6,
+LAYERS = {"_ffi": 0, "handles": 1, "control": 1, "stages": 2, "pipeline": 3, "record": 4, "bridge": 4, "view": 4, "testing": 5, "cli": 6,
           "top": 7}
 # the modules that may drive the C core, and the ep_<area>_ functions each one owns
 HANDLES = {
@@ -62,7 +62,7 @@ def layer(mod: str) -> str:
         return "top"
     if parts[1] == "_ffi":
         return "_ffi"
-    if parts[1] in ("cli", "pipeline", "record", "bridge", "stages", "control", "testing"):
+    if parts[1] in ("cli", "pipeline", "record", "bridge", "view", "stages", "control", "testing"):
         return parts[1]
     return "handles"
 

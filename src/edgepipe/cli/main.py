@@ -5,6 +5,7 @@ machine, and look at or clean up shared memory.
     edgepipe run FILE.toml        run a pipeline file until it ends, --seconds pass, or Ctrl-C
     edgepipe kinds [NAME]         the stage kinds a pipeline file can use; one kind's ports and parameters
     edgepipe report [PATH]        the budget table (and PNG) of a finished run's report.json
+    edgepipe view [FILE]          a pipeline (default: the demo) with a live browser view on 127.0.0.1:8080
     edgepipe top                  live view of a running pipeline: rings, stages, latency vs budget
     edgepipe doctor               check /dev/shm, limits, futex, memfd, CPUs, ONNX Runtime, OpenCV
     edgepipe bench                run the benchmarks in benchmarks/ and write a report
@@ -273,8 +274,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not spec.stages:
         print("edgepipe demo: no stage of the demo can run in this install", file=sys.stderr)
         return 1
+    if args.view:
+        try:
+            _attach_view(spec, args)
+        except ConfigError as e:
+            print(f"edgepipe demo --view: {e}", file=sys.stderr)
+            return 2
     return _run_pipeline(Pipeline.from_spec(spec), args, console,
                          "edgepipe demo (recorded video + IMU, see edgepipe/data/demo.toml)")
+
+
+def _attach_view(spec, args) -> None:
+    from edgepipe.view.attach import attach_view
+
+    attach_view(spec, frames=args.frames, detections=args.detections, imu=args.imu, host=args.host,
+                port=args.port, token=args.token, max_fps=args.max_fps, max_clients=args.max_clients)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from edgepipe.pipeline.config import load_config
+    from edgepipe.pipeline.supervisor import Pipeline
+
+    console = _console()
+    try:
+        if args.file is None:
+            spec, missing = demo_spec()
+            for name, why in missing.items():
+                console.print(f"[yellow]view: demo stage {name!r} left out[/]: {why}", highlight=False)
+        else:
+            spec = load_config(args.file)
+        _attach_view(spec, args)
+        pipe = Pipeline.from_spec(spec)
+    except ConfigError as e:
+        print(f"edgepipe view: {e}", file=sys.stderr)
+        return 2
+    return _run_pipeline(pipe, args, console, f"{spec.name} with a live view")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -439,6 +473,22 @@ def _add_run_options(sp) -> None:
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress lines")
 
 
+def _add_view_options(sp) -> None:
+    sp.add_argument("--host", default="127.0.0.1", help="address the view listens on (default 127.0.0.1; "
+                    "any other needs a token)")
+    sp.add_argument("--port", type=int, default=8080, help="the view's TCP port (default 8080; 0: any free one)")
+    sp.add_argument("--token", default=None, help="token every request must carry (?token=); generated when "
+                    "--host is not loopback")
+    sp.add_argument("--max-fps", type=float, default=15.0, help="pictures drawn and streamed a second, at most "
+                    "(default 15)")
+    sp.add_argument("--max-clients", type=int, default=4, help="MJPEG stream clients at once (default 4; one more "
+                    "gets 503)")
+    sp.add_argument("--frames", default=None, help="the frames link to show (default: the first capture stage's)")
+    sp.add_argument("--detections", default=None, help="the detections link (default: the first inference "
+                    "stage's)")
+    sp.add_argument("--imu", default=None, help="the IMU link (default: the first imu stage's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``edgepipe`` command (every command and option has help text)."""
     p = argparse.ArgumentParser(prog="edgepipe", description=__doc__.split("\n\nExit status")[0].replace("``", ""),
@@ -453,7 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "detections; the NGIMU recording -> the 1000 Hz C loop with AHRS -> a sink printing "
                                    "attitude. Stages whose modules are not installed are left out and named.")
     _add_run_options(d)
+    d.add_argument("--view", action="store_true", help="also serve a live browser view (see `edgepipe view`)")
+    _add_view_options(d)
     d.set_defaults(func=cmd_demo)
+    v = sub.add_parser("view", help="run a pipeline (default: the demo) with a live browser view",
+                       description="Run FILE (default: the bundled demo) with a live view added: a small HTTP "
+                                   "server (aiohttp) on 127.0.0.1:8080 showing the frames with detections and a "
+                                   "horizon from the IMU at each frame's capture time (/stream.mjpg, "
+                                   "/snapshot.jpg, also ?action=stream|snapshot), latency per part against "
+                                   "budget and counters (/, /metrics.json, /metrics in Prometheus text). It "
+                                   "prints its URL once it listens. Binding beyond loopback needs a token "
+                                   "(generated and printed once when not given).")
+    v.add_argument("file", nargs="?", help="pipeline description (default: the bundled demo)")
+    _add_run_options(v)
+    _add_view_options(v)
+    v.set_defaults(func=cmd_view)
     r = sub.add_parser("run", help="run a pipeline TOML file", description="Validate FILE completely (errors name "
                        "file, line and key; exit 2), then run it: rings, stage processes, restarts; Ctrl-C or "
                        "SIGTERM stops the sources and drains the rest (exit 0). Prints the budget report at the end.")

@@ -401,7 +401,7 @@ class Celsius(_message.Message):
     def __init__(self, value: _Optional[float] = ...) -> None: ...
 
 class FrameMeta(_message.Message):
-    __slots__ = ("stamps", "frame_seq", "width", "height", "channels", "dtype", "pixel_format", "ring", "ring_offset")
+    __slots__ = ("stamps", "frame_seq", "width", "height", "channels", "dtype", "pixel_format", "ring", "ring_offset", "attitude")
     STAMPS_FIELD_NUMBER: _ClassVar[int]
     FRAME_SEQ_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +411,7 @@ class FrameMeta(_message.Message):
     PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     RING_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ATTITUDE_FIELD_NUMBER: _ClassVar[int]
     stamps: Stamps
     frame_seq: int
     width: int
@@ -420,7 +421,24 @@ class FrameMeta(_message.Message):
     pixel_format: str
     ring: str
     ring_offset: int
-    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., frame_seq: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., dtype: _Optional[str] = ..., pixel_format: _Optional[str] = ..., ring: _Optional[str] = ..., ring_offset: _Optional[int] = ...) -> None: ...
+    attitude: AlignedAttitude
+    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., frame_seq: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., dtype: _Optional[str] = ..., pixel_format: _Optional[str] = ..., ring: _Optional[str] = ..., ring_offset: _Optional[int] = ..., attitude: _Optional[_Union[AlignedAttitude, _Mapping]] = ...) -> None: ...
+
+class AlignedAttitude(_message.Message):
+    __slots__ = ("orientation", "gyro", "gap_ns", "extrapolated", "before_ns", "after_ns")
+    ORIENTATION_FIELD_NUMBER: _ClassVar[int]
+    GYRO_FIELD_NUMBER: _ClassVar[int]
+    GAP_NS_FIELD_NUMBER: _ClassVar[int]
+    EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_NS_FIELD_NUMBER: _ClassVar[int]
+    orientation: Quaternion
+    gyro: Vec3
+    gap_ns: int
+    extrapolated: bool
+    before_ns: int
+    after_ns: int
+    def __init__(self, orientation: _Optional[_Union[Quaternion, _Mapping]] = ..., gyro: _Optional[_Union[Vec3, _Mapping]] = ..., gap_ns: _Optional[int] = ..., extrapolated: bool = ..., before_ns: _Optional[int] = ..., after_ns: _Optional[int] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x_min", "y_min", "x_max", "y_max", "score", "class_id", "label")
@@ -461,7 +479,7 @@ class TensorSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InferenceResult(_message.Message):
-    __slots__ = ("stamps", "model_id", "frame_seq", "inference_start_ns", "inference_end_ns", "detections", "tensor")
+    __slots__ = ("stamps", "model_id", "frame_seq", "inference_start_ns", "inference_end_ns", "detections", "tensor", "attitude")
     STAMPS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +487,7 @@ class InferenceResult(_message.Message):
     INFERENCE_END_NS_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
+    ATTITUDE_FIELD_NUMBER: _ClassVar[int]
     stamps: Stamps
     model_id: str
     frame_seq: int
@@ -476,7 +495,8 @@ class InferenceResult(_message.Message):
     inference_end_ns: int
     detections: Detections
     tensor: TensorSummary
-    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., model_id: _Optional[str] = ..., frame_seq: _Optional[int] = ..., inference_start_ns: _Optional[int] = ..., inference_end_ns: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., tensor: _Optional[_Union[TensorSummary, _Mapping]] = ...) -> None: ...
+    attitude: AlignedAttitude
+    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., model_id: _Optional[str] = ..., frame_seq: _Optional[int] = ..., inference_start_ns: _Optional[int] = ..., inference_end_ns: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., tensor: _Optional[_Union[TensorSummary, _Mapping]] = ..., attitude: _Optional[_Union[AlignedAttitude, _Mapping]] = ...) -> None: ...
 
 class Detections(_message.Message):
     __slots__ = ("boxes",)
