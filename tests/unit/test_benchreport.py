@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgepipe.cli import bench as br
-from edgepipe.cli.main import _bench_flags, main
+from edgepipe.cli.bench import bench_flags
+from edgepipe.cli.main import main
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CASES = ["edgepipe read() spin", "edgepipe read() park"]
@@ -112,9 +113,9 @@ class TestBenchCommand:
     def test_flags_read_from_the_real_scripts(self):
         """Scripts on _common.parse_args get --seconds and --json; ahrs_speed (own argparse) gets only the
         --json it declares, not --seconds."""
-        assert _bench_flags(str(BENCH / "ring_latency.py")) == (True, True)
-        assert _bench_flags(str(BENCH / "imu_loop.py")) == (True, True)
-        assert _bench_flags(str(BENCH / "ahrs_speed.py")) == (False, True)
+        assert bench_flags(str(BENCH / "ring_latency.py")) == (True, True)
+        assert bench_flags(str(BENCH / "imu_loop.py")) == (True, True)
+        assert bench_flags(str(BENCH / "ahrs_speed.py")) == (False, True)
 
     def test_bench_passes_json_and_summarizes(self, tmp_path, capsys):
         """bench hands --json PATH to a parse_args-style script, plots its cases and prints the goal lines; a

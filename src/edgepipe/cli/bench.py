@@ -31,9 +31,14 @@ script marked ``"skipped"`` (a peer it names did not run) is SKIPPED, never PASS
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import statistics
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 
 from edgepipe._extras import pyplot
@@ -292,3 +297,111 @@ def plot(s: Script, path: str) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command
+
+
+def bench_dir(given: str | None) -> str | None:
+    cands = [given] if given else [os.path.join(os.getcwd(), "benchmarks"),
+                                   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")]
+    for c in cands:
+        if c and os.path.isfile(os.path.join(c, "_common.py")):
+            return c
+    return None
+
+
+def bench_flags(path: str) -> tuple[bool, bool]:
+    """(takes --seconds, takes --json) for one benchmark script, read from its source: a script built on
+    _common.parse_args takes both; one with its own argparse takes what it declares; one without argparse
+    gets --seconds (it may read sys.argv itself) and no --json."""
+    try:
+        with open(path) as f:
+            src = f.read()
+    except OSError:
+        return True, False
+    if "C.parse_args(" in src or "_common.parse_args(" in src:
+        return True, True
+    if "ArgumentParser(" in src:
+        return bool(re.search(r"""['"]--seconds['"]""", src)), bool(re.search(r"""['"]--json['"]""", src))
+    return True, False
+
+
+def run_bench(args, console) -> int:
+    """``edgepipe bench``: run every benchmark script of ``args.dir`` (or the checkout's), write the report
+    into ``args.out``; exit status 0 if every script exited 0."""
+    d = bench_dir(args.dir)
+    if d is None:
+        print("edgepipe bench: no benchmarks/ directory found (run it from a source checkout, or pass --dir)",
+              file=sys.stderr)
+        return 1
+    # _*.py are helpers; test_*.py are pytest-benchmark files (run them with pytest)
+    scripts = sorted(p for p in glob.glob(os.path.join(d, "*.py"))
+                     if not os.path.basename(p).startswith(("_", "test_")))
+    if args.only:
+        scripts = [p for p in scripts if any(o in os.path.basename(p) for o in args.only)]
+    if args.list:
+        for p in scripts:
+            print(os.path.basename(p))
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    summaries = []
+    for p in scripts:
+        name = os.path.basename(p)[:-3]
+        takes_seconds, takes_json = bench_flags(p)
+        jpath = os.path.abspath(os.path.join(args.out, f"{name}.json"))
+        if takes_json and os.path.exists(jpath):
+            os.unlink(jpath)  # a stale file from an earlier run must not pass for this run's numbers
+        cmd = [sys.executable, p] + (["--seconds", str(args.seconds)] if takes_seconds else []) + \
+              (["--json", jpath] if takes_json else [])
+        print(f"bench: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=os.path.dirname(d))
+            code, out = r.returncode, r.stdout + ("\n--- stderr ---\n" + r.stderr if r.stderr.strip() else "")
+        except subprocess.TimeoutExpired as e:
+            code, out = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        dt = time.monotonic() - t0
+        with open(os.path.join(args.out, f"{name}.txt"), "w") as f:
+            f.write(out)
+        rows.append((name, code, dt))
+        print(f"bench: {name}: exit {code} in {dt:.1f} s", flush=True)
+        if takes_json:
+            s = load(name, jpath)
+        else:
+            s = Script(name, error="no --json option: numbers only in its output file")
+        if s.error and code != 0:
+            s.error += f" (exit {code})"
+        if plot(s, os.path.join(args.out, f"{name}.png")):
+            print(f"bench: {name}: plot {name}.png", flush=True)
+        summaries.append(s)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(markdown(summaries))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(as_json(summaries), f, indent=1)
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write(f"# edgepipe bench\n\n`edgepipe bench --seconds {args.seconds}`; one file per benchmark holds its "
+                f"full output (machine, numbers, goals), one .json its numbers.\n\n"
+                f"| benchmark | exit | wall s |\n|---|--:|--:|\n")
+        for name, code, dt in rows:
+            f.write(f"| [{name}]({name}.txt) | {code} | {dt:.1f} |\n")
+        f.write("\n![wall time per benchmark](bench.png)\n\n")
+        f.write(markdown(summaries))
+    plt = pyplot("drawing the report's PNG")
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+    ax.barh([r[0] for r in rows], [r[2] for r in rows], color=["tab:green" if r[1] == 0 else "tab:red" for r in rows])
+    ax.set_xlabel("wall time (s); red: non-zero exit")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "bench.png"), dpi=90)
+    plt.close(fig)
+    for t in rich_tables(summaries):
+        console.print(t)
+    missing = missing_peers(summaries)
+    if missing:
+        print(f"bench: peers missing (not installed, so not measured; goals against them are SKIPPED): "
+              f"{', '.join(f'{p} ({b})' for b, p in missing)}; install them with {BENCH_INSTALL}")
+    print(f"bench: report in {os.path.join(args.out, 'README.md')} (summary.md, summary.json, one PNG per benchmark)")
+    return 0 if all(r[1] == 0 for r in rows) else 1

@@ -35,15 +35,12 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
-import time
 
-from edgepipe.errors import ConfigError, EdgepipeError
+from edgepipe.errors import ConfigError
 from edgepipe._data import data_path
 from edgepipe.cli._segments import alive, describe, ring_pids, segment_status
 from edgepipe.shm import SharedRegion, list_segments, validate_name
-from edgepipe._extras import pyplot
 
 __all__ = ["main"]
 
@@ -358,109 +355,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if fails else 0
 
 
-def _bench_dir(given: str | None) -> str | None:
-    cands = [given] if given else [os.path.join(os.getcwd(), "benchmarks"),
-                                   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")]
-    for c in cands:
-        if c and os.path.isfile(os.path.join(c, "_common.py")):
-            return c
-    return None
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgepipe.cli.bench import run_bench
 
-
-def _bench_flags(path: str) -> tuple[bool, bool]:
-    """(takes --seconds, takes --json) for one benchmark script, read from its source: a script built on
-    _common.parse_args takes both; one with its own argparse takes what it declares; one without argparse
-    gets --seconds (it may read sys.argv itself) and no --json."""
-    try:
-        with open(path) as f:
-            src = f.read()
-    except OSError:
-        return True, False
-    if "C.parse_args(" in src or "_common.parse_args(" in src:
-        return True, True
-    if "ArgumentParser(" in src:
-        return bool(re.search(r"""['"]--seconds['"]""", src)), bool(re.search(r"""['"]--json['"]""", src))
-    return True, False
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    d = _bench_dir(args.dir)
-    if d is None:
-        print("edgepipe bench: no benchmarks/ directory found (run it from a source checkout, or pass --dir)",
-              file=sys.stderr)
-        return 1
-    # _*.py are helpers; test_*.py are pytest-benchmark files (run them with pytest)
-    scripts = sorted(p for p in glob.glob(os.path.join(d, "*.py"))
-                     if not os.path.basename(p).startswith(("_", "test_")))
-    if args.only:
-        scripts = [p for p in scripts if any(o in os.path.basename(p) for o in args.only)]
-    if args.list:
-        for p in scripts:
-            print(os.path.basename(p))
-        return 0
-    from edgepipe.cli import bench as br
-
-    os.makedirs(args.out, exist_ok=True)
-    rows = []
-    summaries = []
-    for p in scripts:
-        name = os.path.basename(p)[:-3]
-        takes_seconds, takes_json = _bench_flags(p)
-        jpath = os.path.abspath(os.path.join(args.out, f"{name}.json"))
-        if takes_json and os.path.exists(jpath):
-            os.unlink(jpath)  # a stale file from an earlier run must not pass for this run's numbers
-        cmd = [sys.executable, p] + (["--seconds", str(args.seconds)] if takes_seconds else []) + \
-              (["--json", jpath] if takes_json else [])
-        print(f"bench: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.monotonic()
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=os.path.dirname(d))
-            code, out = r.returncode, r.stdout + ("\n--- stderr ---\n" + r.stderr if r.stderr.strip() else "")
-        except subprocess.TimeoutExpired as e:
-            code, out = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        dt = time.monotonic() - t0
-        with open(os.path.join(args.out, f"{name}.txt"), "w") as f:
-            f.write(out)
-        rows.append((name, code, dt))
-        print(f"bench: {name}: exit {code} in {dt:.1f} s", flush=True)
-        if takes_json:
-            s = br.load(name, jpath)
-        else:
-            s = br.Script(name, error="no --json option: numbers only in its output file")
-        if s.error and code != 0:
-            s.error += f" (exit {code})"
-        if br.plot(s, os.path.join(args.out, f"{name}.png")):
-            print(f"bench: {name}: plot {name}.png", flush=True)
-        summaries.append(s)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(br.markdown(summaries))
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(br.as_json(summaries), f, indent=1)
-    with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(f"# edgepipe bench\n\n`edgepipe bench --seconds {args.seconds}`; one file per benchmark holds its "
-                f"full output (machine, numbers, goals), one .json its numbers.\n\n"
-                f"| benchmark | exit | wall s |\n|---|--:|--:|\n")
-        for name, code, dt in rows:
-            f.write(f"| [{name}]({name}.txt) | {code} | {dt:.1f} |\n")
-        f.write("\n![wall time per benchmark](bench.png)\n\n")
-        f.write(br.markdown(summaries))
-    plt = pyplot("drawing the report's PNG")
-
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
-    ax.barh([r[0] for r in rows], [r[2] for r in rows], color=["tab:green" if r[1] == 0 else "tab:red" for r in rows])
-    ax.set_xlabel("wall time (s); red: non-zero exit")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "bench.png"), dpi=90)
-    plt.close(fig)
-    console = _console()
-    for t in br.rich_tables(summaries):
-        console.print(t)
-    missing = br.missing_peers(summaries)
-    if missing:
-        print(f"bench: peers missing (not installed, so not measured; goals against them are SKIPPED): "
-              f"{', '.join(f'{p} ({b})' for b, p in missing)}; install them with {br.BENCH_INSTALL}")
-    print(f"bench: report in {os.path.join(args.out, 'README.md')} (summary.md, summary.json, one PNG per benchmark)")
-    return 0 if all(r[1] == 0 for r in rows) else 1
+    return run_bench(args, _console())
 
 
 def _add_run_options(sp) -> None:
@@ -560,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dir", help="the benchmarks directory (default: ./benchmarks, or the source checkout's)")
     b.add_argument("--timeout", type=positive_seconds, default=600, help="seconds before a benchmark is killed (default 600)")
     b.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    b.set_defaults(func=cmd_bench)
+    b.set_defaults(func=_cmd_bench)
     sub.add_parser("ls", help="list edgepipe segments in /dev/shm with their ring status",
                    description="List every named edgepipe segment (/dev/shm/edgepipe.*) with its ring status: "
                                "capacity, bytes used, records queued, producer and consumer pids (and whether "
