@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import textwrap
 
 import pytest
@@ -522,8 +523,9 @@ class TestFanIn:
                 return rounds
 
             tasks = [asyncio.ensure_future(consume(k, r)) for k, r in enumerate(readers)]
-            await asyncio.sleep(0.2)
-            armed = sum(aio.word(rg, aio.RING_DATA) & 1 for rg in rings)
+            deadline = time.monotonic() + HANG_S  # under load the 1000 tasks take a while to reach their await
+            while (armed := sum(aio.word(rg, aio.RING_DATA) & 1 for rg in rings)) < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             assert armed == n, f"only {armed} of {n} tasks announced themselves"
             for rnd in range(10):
                 p.stdin.write("next\n")

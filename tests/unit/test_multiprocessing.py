@@ -246,11 +246,11 @@ class TestProcess:
             got = 0
             for seq in range(2000):
                 w.write(record(seq), timeout_s=WAIT_S)
-                rec = r.try_read()
-                while rec is not None:
+                # (not past the last record: the child closes its end once it has sent it back, and an empty
+                # ring with its producer closed is PeerClosedError)
+                while got < 2000 and (rec := r.try_read()) is not None:
                     check_record(rec, got)
                     got += 1
-                    rec = r.try_read()
             while got < 2000:
                 check_record(r.read(timeout_s=WAIT_S), got)
                 got += 1

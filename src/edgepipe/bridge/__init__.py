@@ -2,6 +2,10 @@
 
 ``stage`` (the ``bridge`` stage kind, BridgeStage), ``session`` (zenoh configuration, liveliness, checked
 receiving), ``wire`` (the envelope around each record). Sits beside ``record``, above the pipeline layer.
+
+>>> from edgepipe.bridge import BridgeStage
+>>> BridgeStage.kind                     # what a pipeline file names it
+'bridge'
 """
 
 from edgepipe.bridge.stage import BridgeStage

@@ -4,6 +4,14 @@ TLS), its liveliness token and the remote ends it sees, and the checked receivin
 The default and documented path is explicit endpoints: one end ``listen``s (``tcp/198.18.0.1:7447``), the
 other ``connect``s to it; multicast scouting is off unless asked for (containers and VPNs drop it). Since
 zenoh 1.9 peers do not relay: with more than two ends, connect every pair or run a zenoh router.
+
+A sample that is not an envelope is counted by reason and logged (on stderr), never raised:
+
+>>> chk = Checker("edgepipe/cam/imu", max_bytes=1 << 20)
+>>> chk.check(b"not an envelope") is None
+True
+>>> chk.dropped
+{'malformed': 1}
 """
 
 from __future__ import annotations

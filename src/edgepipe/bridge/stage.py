@@ -30,6 +30,16 @@ clock estimate, edgepipe.bridge.clock) and one hop of this bridge stage in place
 so the local report's part for the bridge stage is the other machine plus the wire; a frame header keeps the
 sender's stamps. A remote end that dies is seen through its liveliness token (within ``lease_ms`` even if its machine
 vanishes silently); a restarted one reconnects by itself (the explicit endpoints are retried).
+
+The keys (every mistake in the parameters is a ConfigError before anything starts):
+
+>>> up = BridgeStage("up", pipeline="cam", listen=["tcp/127.0.0.1:7447"])
+>>> up.in_key("frames.tap"), up.in_key("imu")
+('edgepipe/cam/frames', 'edgepipe/cam/imu')
+>>> BridgeStage("up", pipeline="cam/x", listen=["tcp/127.0.0.1:7447"])
+Traceback (most recent call last):
+    ...
+edgepipe.errors.ConfigError: bridge pipeline 'cam/x' cannot be a zenoh key chunk (no '*$?#/', space, or leading '_')
 """
 
 from __future__ import annotations
