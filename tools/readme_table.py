@@ -193,8 +193,8 @@ def render(results: Path = RESULTS) -> str:
     bys = {s: cases_by_name(d) for s, d in docs.items()}
     cpu = docs[LATENCY]["env"]["cpu"]
     lines = [BEGIN, "",
-             f"Measured on a **shared 2-vCPU VM** ({cpu.split(' (')[0]}) while other engineers' test suites ran on it, so "
-             "every absolute number moves between runs; compare the ratios, which come from cases run back "
+             f"Measured on a **shared 2-vCPU VM** ({cpu.split(' (')[0]}; the load during each run is given with its "
+             "command), so every absolute number moves between runs; compare the ratios, which come from cases run back "
              "to back in the same round. Commands:", ""]
     for s in (LATENCY, THROUGHPUT):
         lines.append(f"- {_env_line(s, docs[s])}")
