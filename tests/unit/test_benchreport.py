@@ -353,7 +353,6 @@ class TestNewCases:
         """The peers added for like-for-like rows run and count every message (short runs, no timing asserted):
         the hand-written spin-then-block peers in ring_latency, edgepipe park and the polled batch socketpair in
         ring_throughput; each row reports CPU per message."""
-        pytest.importorskip("posix_ipc")
         for script, only, n in (("ring_latency", "spin 25 us", 2),
                                 ("ring_throughput", "(park),polled", 3)):
             out = tmp_path / f"{script}.json"
