@@ -306,14 +306,14 @@ class TestViewStage:
 
 
 class TestAttach:
-    def test_demo_gets_taps_an_align_stage_and_the_view(self):
+    def test_demo_gets_taps_an_align_stage_and_the_view(self, skip_unless_ci):
         """attach_view taps the demo's frames, detections and samples and wires align and view to the taps."""
         from edgepipe.cli.main import demo_spec
         from edgepipe.view.attach import attach_view
 
         spec, missing = demo_spec()
         if "detect" in missing or "imu" in missing:
-            pytest.skip(f"the demo's detector or IMU is not available here: {missing}")
+            skip_unless_ci(f"the demo's detector or IMU is not available here: {missing}")
         attach_view(spec, port=0)
         st = {s.name: s for s in spec.stages}
         assert st["view"].inputs == {"frames": "frames.tap", "results": "view_aligned"}
