@@ -52,6 +52,8 @@ or ``except ValueError`` catch what a user would expect.
     │       ├── BridgeVersionError (LayoutVersionError) an envelope of another layout version
     │       └── BridgePayloadTooLargeError       a record over the receiving end's max_bytes
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
+    ├── PipelineNotFoundError (LookupError)      no running pipeline of that name or control socket (.name)
+    ├── TapNotFoundError (LookupError)           a running pipeline's link that is unknown or has no tap (.link, .tappable)
     ├── LayoutVersionError                       a region of another layout version
     ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
     ├── RecordingError                           an MCAP recording could not be written or read (edgepipe.record; .path)
@@ -132,6 +134,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutputStalledError",
     "PeerClosedError",
+    "PipelineNotFoundError",
     "QuantizationAccuracyError",
     "RecordTooLargeError",
     "RecordingDiskFullError",
@@ -151,6 +154,7 @@ __all__ = [
     "SocketInUseError",
     "SourceFailedError",
     "SourceOpenError",
+    "TapNotFoundError",
     "UnknownBodyError",
     "UnknownSchemaError",
     "UnsafeSocketDirError",
@@ -374,6 +378,26 @@ class ConfigError(EdgepipeError, ValueError):
         self.path = path
         self.line = line
         self.key = key
+
+
+class PipelineNotFoundError(EdgepipeError, LookupError):
+    """No running pipeline answers at that name or control socket (edgepipe.pipeline.attach); the message
+    lists the running ones. ``.name`` is what was looked for."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class TapNotFoundError(EdgepipeError, LookupError):
+    """A running pipeline refused to hand out a link's tap: no such link, or the link has no ``tap = true``
+    (the message says how to add it). ``.link`` is the link asked for, ``.tappable`` the links that have a tap
+    (empty when the refusal came from a pipeline that did not list them)."""
+
+    def __init__(self, message: str, link: str | None = None, tappable: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.link = link
+        self.tappable = tuple(tappable)
 
 
 class LayoutVersionError(EdgepipeError):

@@ -3,6 +3,8 @@ flight recorder, recovery of a cut-off file, and what a recording holds.
 
     edgepipe record PIPELINE.toml -o run.mcap [--links a,b] [--seconds N]   run it, recording its links
     edgepipe record --ring NAME[=TOPIC] ... -o run.mcap [--seconds N]      record named rings (as consumer)
+    edgepipe record --attach demo --links frames,samples -o run.mcap       record the taps of a running pipeline
+    edgepipe record --socket PIPELINE.sock [--links a,b] -o run.mcap       (found by name, or by its control socket)
     edgepipe record ... --pre-buffer 10s --post 5s --trigger budget -o events/   flight recorder
     edgepipe record --recover FILE [-o OUT]                                 keep a cut-off file's complete chunks
     edgepipe info FILE                                                      channels, counts, span, drops
@@ -27,11 +29,12 @@ import signal
 import sys
 import time
 
-from edgepipe.errors import ConfigError, EdgepipeError, RecordingError
+from edgepipe.errors import ConfigError, EdgepipeError, RecordingError, TapNotFoundError
 from edgepipe.pipeline.config import StageSpec, load_config, tap_filler, validate
 from edgepipe.pipeline.tap import tap_link
 from edgepipe.record.reader import recording_info, recover_recording
 from edgepipe.record.recorder import TRIGGERS, FlightRecorder, Recorder
+from edgepipe.record.stage import topic_of
 from edgepipe.record.writer import McapRecorder
 from edgepipe.ring import Ring
 
@@ -68,7 +71,13 @@ def add_subcommand(sub) -> None:
     p.add_argument("-o", "--out", help="the .mcap file (flight recorder: a directory); default run.mcap / events/")
     p.add_argument("--ring", action="append", default=[], metavar="NAME[=TOPIC]",
                    help="record the named ring /dev/shm/edgepipe.NAME as topic TOPIC (default /NAME); repeatable")
-    p.add_argument("--links", help="comma-separated links of the pipeline to record (default: every tappable one)")
+    p.add_argument("--attach", metavar="NAME", nargs="?", const="", default=None,
+                   help="record the taps (links with tap = true) of the running pipeline NAME (edgepipe run / "
+                        "demo); without NAME the only one running")
+    p.add_argument("--socket", metavar="PATH", help="as --attach, the pipeline found by its control socket "
+                                                   "(pipeline-*.sock)")
+    p.add_argument("--links", help="comma-separated links of the pipeline to record (default: every tappable one; "
+                                   "with --attach/--socket every link that has a tap)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--compression", choices=("zstd", "lz4", "none"), default="zstd", help="chunk compression")
     p.add_argument("--split-mb", type=float, default=0.0, help="start a new file part every N MB")
@@ -157,8 +166,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         print(f"recovered {r.messages} messages in {r.channels} channels from {args.recover} into {r.path} "
               f"(reading stopped at: {r.stopped})")
         return 0
-    if bool(args.pipeline) == bool(args.ring):
-        print("edgepipe record: give a pipeline file or --ring NAME (one of them), or --recover FILE", file=sys.stderr)
+    attach = args.attach is not None or args.socket is not None
+    if [bool(args.pipeline), bool(args.ring), attach].count(True) != 1:
+        print("edgepipe record: give a pipeline file, --ring NAME or --attach NAME / --socket PATH (one of them), "
+              "or --recover FILE", file=sys.stderr)
         return 2
     try:
         triggers = [t.strip() for t in args.trigger.split(",") if t.strip()]
@@ -167,6 +178,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             raise ValueError(f"--trigger: unknown trigger {bad[0]!r}; triggers are {', '.join(TRIGGERS)}")
         if args.pipeline:
             return _record_pipeline(args)
+        if attach:
+            return _record_attached(args)
         return _record_rings(args)
     except ConfigError as e:
         print(f"edgepipe record: {e}", file=sys.stderr)
@@ -176,9 +189,28 @@ def cmd_record(args: argparse.Namespace) -> int:
         return 2
 
 
+def _record_attached(args) -> int:
+    from edgepipe.pipeline.attach import attach_taps
+
+    links = [x.strip() for x in args.links.split(",") if x.strip()] if args.links else None
+    try:
+        att = attach_taps(links, socket=args.socket, pipeline=args.attach or None)
+    except TapNotFoundError as e:  # a link name that cannot be recorded: bad usage
+        _err("record", e)
+        return 2
+    except EdgepipeError as e:
+        return _err("record", e)
+    with att:
+        sources = {topic_of(link): r for link, r in att.readers.items()}
+        before = {topic_of(link): n for link, n in att.drops_before.items()}
+        stale = sum(att.stale.values())
+        print(f"recording the taps of {', '.join(att.readers)} of the pipeline at {att.socket}"
+              + (f" ({stale} records queued before the attach skipped)" if stale else "")
+              + "; stop with Ctrl-C" + (f" (or after {args.seconds:g} s)" if args.seconds else ""), flush=True)
+        return _record_sources(args, sources, drops_before=before, gone=att.supervisor_gone, what="tap(s)")
+
+
 def _record_rings(args) -> int:
-    flight = args.pre_buffer > 0
-    out = args.out or ("events" if flight else "run.mcap")
     sources, rings = {}, []
     try:
         for spec in args.ring:
@@ -186,31 +218,53 @@ def _record_rings(args) -> int:
             ring = Ring.attach(name, wait_s=5.0)
             rings.append(ring)
             sources[topic or "/" + name] = ring.reader()
+        return _record_sources(args, sources, what="ring(s)")
+    except EdgepipeError as e:
+        return _err("record", e)
+    finally:
+        for r in rings:
+            r.close()
+
+
+def _record_sources(args, sources: dict, *, drops_before: dict | None = None, gone=None, what: str) -> int:
+    """Record ``sources`` ({topic: RingReader}) until they end, --seconds pass, Ctrl-C/SIGTERM, or ``gone()``
+    (the pipeline attached to went away)."""
+    flight = args.pre_buffer > 0
+    out = args.out or ("events" if flight else "run.mcap")
+    try:
         if flight:
             sink = _flight(args, out, int(args.budget_ms * 1e6) if args.budget_ms else None)
         else:
             sink = McapRecorder(out, compression=args.compression, split_bytes=int(args.split_mb * 1e6),
                                 split_s=args.split, allow=args.allow, deny=args.deny)
-        rec = Recorder(sink, sources, on_error=(lambda t: sink.trigger(f"error-{t.strip('/')}")) if flight else None)
+        rec = Recorder(sink, sources, on_error=(lambda t: sink.trigger(f"error-{t.strip('/')}")) if flight else None,
+                       drops_before=drops_before)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        ended = [False]
+
+        def until() -> bool:
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
+            if gone is not None and gone():
+                ended[0] = True
+                return True
+            return False
+
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, lambda s, f: rec.stop())
         if flight:
             old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda s, f: sink.trigger("signal"))
         try:
-            rec.run(until=(lambda: time.monotonic() >= deadline) if deadline else None)
+            rec.run(until=until if (deadline or gone) else None)
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
             rec.sink.close("stop")
-    except RecordingError as e:
-        return _err("record", e)
     except EdgepipeError as e:
         return _err("record", e)
-    finally:
-        for r in rings:
-            r.close()
+    if ended[0]:
+        print("the pipeline stopped (its control socket closed): recording ended", file=sys.stderr)
     if flight:
         print(f"flight recorder: {rec.records} records seen, {len(sink.events)} event file(s) in {out}"
               + (f", {len(sink.removed)} removed by the caps" if sink.removed else ""))
@@ -218,7 +272,7 @@ def _record_rings(args) -> int:
             print(f"  {e}")
     else:
         drops = sum(sink.drops.values())
-        print(f"recorded {sink.messages} messages from {len(sources)} ring(s) into {', '.join(sink.paths)}"
+        print(f"recorded {sink.messages} messages from {len(sources)} {what} into {', '.join(sink.paths)}"
               + (f"; the rings refused {drops} records" if drops else ""))
     return 0
 

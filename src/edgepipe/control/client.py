@@ -179,6 +179,44 @@ class Client:
             it = iter(fds)
             return [(d, next(it) if d.fd_follows else None) for d in rings]
 
+    def request_attach(self, names: Iterable[str], timeout_s: float = 5.0) -> list[tuple[pb.RingDescriptor, int]]:
+        """Ask the server for rings by name (an Attach whose descriptors name them, ``fd_follows`` unset; a
+        supervisor answers with its taps, every one for no name: edgepipe.pipeline.attach) and return the answer's rings with their
+        fds, which are ours (``Ring.from_fd``, then close them). Other messages stay queued for recv().
+
+        Raises:
+            RemoteError: the server refused (NOT_FOUND for a name it cannot hand out, with its reason).
+            FrameTimeoutError: no answer within ``timeout_s``. FrameDecodeError: fds missing from the answer.
+        """
+        names = list(names)
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"names must be non-empty strings, got {names!r}")
+        req = Envelope(attach=pb.Attach(rings=[pb.RingDescriptor(name=n, direction=pb.DIRECTION_INPUT)
+                                               for n in names]))
+        seq = self.send(req, timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            data, fds = self._fs.recv_fds(timeout_s=max(0.0, deadline - time.monotonic()))
+            try:
+                env = FrameSocket.decode(data)
+            except FrameDecodeError:
+                close_fds(fds)
+                raise
+            body = env.WhichOneof("body")
+            if env.reply_to != seq and not (body == "error" and not env.reply_to):
+                close_fds(fds)
+                self._pending.append(env)
+                continue
+            if body == "error":
+                close_fds(fds)
+                raise _remote_error(env, f"attach request for {', '.join(names) or 'every tap'} (seq {seq}) failed")
+            rings = list(env.attach.rings) if body == "attach" else []
+            if body != "attach" or len(fds) != len(rings) or not all(d.fd_follows for d in rings):
+                close_fds(fds)
+                raise FrameDecodeError(f"the answer to attach request seq {seq} was {body!r} with {len(rings)} "
+                                       f"rings and {len(fds)} fds")
+            return list(zip(rings, fds))
+
     def try_recv_raw(self) -> Envelope | None:
         """The next frame as it came (errors included, nothing raised for them), or None at once if no whole
         frame is there yet (a partial one is kept for the next call). For :class:`AsyncClient`'s reader.

@@ -191,12 +191,25 @@ class Session:
                 from ``Ring.create(None, ...)``) or anything with ``fd`` and ``capacity``.
             direction: "input" (the client reads) or "output" (the client writes), or a Direction value.
         """
-        d = _DIRECTIONS.get(direction, direction) if isinstance(direction, str) else direction
-        if d not in (pb.DIRECTION_INPUT, pb.DIRECTION_OUTPUT):
-            raise ValueError(f"direction must be 'input' or 'output', got {direction!r}")
-        desc = pb.RingDescriptor(name=name, capacity=ring.capacity, direction=d,
-                                 record_types=list(record_types), fd_follows=True)
-        self._send(Envelope(attach=pb.Attach(rings=[desc])), (ring.fd,), timeout_s)
+        self.attach_many([(name, ring, direction, record_types)], timeout_s=timeout_s)
+
+    def attach_many(self, rings: Iterable[tuple], reply_to: int = 0, timeout_s: float | None = None) -> None:
+        """Hand several rings in one Attach (their fds on the same frame, in order), e.g. as the answer to a
+        client's Attach request (``reply_to``: that request's seq).
+
+        Args:
+            rings: ``(name, ring, direction)`` or ``(name, ring, direction, record_types)`` tuples, as
+                :meth:`attach` takes them.
+        """
+        descs, fds = [], []
+        for name, ring, direction, *types in rings:
+            d = _DIRECTIONS.get(direction, direction) if isinstance(direction, str) else direction
+            if d not in (pb.DIRECTION_INPUT, pb.DIRECTION_OUTPUT):
+                raise ValueError(f"direction must be 'input' or 'output', got {direction!r}")
+            descs.append(pb.RingDescriptor(name=name, capacity=ring.capacity, direction=d,
+                                           record_types=list(types[0]) if types else [], fd_follows=True))
+            fds.append(ring.fd)
+        self._send(Envelope(reply_to=reply_to, attach=pb.Attach(rings=descs)), tuple(fds), timeout_s)
 
     def close(self) -> None:
         """Disconnect this client (its session and sender threads end). Safe to call twice."""

@@ -32,8 +32,9 @@ the file, the line and the key (and the bad value)::
     capacity = 65536                # bytes, a power of two (latest: the largest frame's pixel bytes)
     mode = "lossless"               # lossless | drop | latest
     budget_ms = 10                  # time queued in this ring
-    tap = false                     # true: copies into a side link "numbers.tap" for a record stage
-    tap_capacity = 1048576          #   (edgepipe.pipeline.tap: dropped, never waited for, when full)
+    tap = false                     # true: copies into a side link "numbers.tap" for a record stage, or
+    tap_capacity = 1048576          #   for `edgepipe record --attach` while it runs (edgepipe.pipeline.tap:
+    #                                   dropped, never waited for, when full)
 
 One piece: the kind registry, the specs and the one validation pass over them (names, ports, links, taps,
 budgets) share the registry's private table and the _Where that names the line of every mistake; the
@@ -473,14 +474,13 @@ def validate(spec: PipelineSpec, w: _Where | None = None, base_dir: str | None =
             cap = ln.capacity if ln.tap_capacity is None else ln.tap_capacity
             if side not in spec.links:
                 spec.links[side] = LinkSpec(name=side, capacity=cap, mode="drop")
-            if side not in consumers:
-                raise _fail(w, ("links", name, "tap"), f"link {name!r} is tapped but no stage reads {side!r}: add a "
-                                                        f"record stage with inputs = {{ {name} = {side!r} }}")
     for link, (st, port) in consumers.items():
         if link not in producers:
             raise _fail(w, ("stages", st, "inputs", port), f"input link {link!r} is dangling: no stage outputs to it")
     for link, (st, port) in producers.items():
-        if link not in consumers:
+        # a tap nobody in the pipeline reads is for another process to attach (edgepipe.pipeline.attach);
+        # it drops what does not fit, so it never blocks its filler
+        if link not in consumers and port != TAP_SUFFIX:
             raise _fail(w, ("stages", st, "outputs", port),
                         f"output link {link!r} is dangling: no stage reads it (a full ring would block {st!r})")
     for name in spec.links:

@@ -10,6 +10,10 @@ kill -9 of the supervisor leaves no stage behind, even during start-up; the ring
 nothing in /dev/shm either. A supervisor that starts removes the stats files and sockets that supervisors
 killed earlier left in :func:`runtime_dir` (those whose pid is no longer alive).
 
+Taps: a tapped link whose side ring no stage of the pipeline reads can be read by another process, which
+asks the control socket :attr:`Pipeline.control_socket` for it (an Attach request) and gets its fd
+(edgepipe.pipeline.attach: ``edgepipe record --attach NAME --links a,b``).
+
 Control socket (edgepipe.control.framing.FrameSocket, one per stage), ``edgepipe.v1.Envelope`` frames only:
 child -> Hello; supervisor -> Welcome, then Attach with the ring fds (SCM_RIGHTS), then StageSpec: the
 stage's target by import path (``module:qualname``), its parameters as a tree of plain Values, its ports,
@@ -72,6 +76,7 @@ from edgepipe.control.framing import PROTOCOL_MAJOR, PROTOCOL_MINOR, Envelope, F
 from edgepipe.errors import ConfigError, EdgepipeError, FrameError, PeerClosedError
 from edgepipe.pipeline import host
 from edgepipe.pipeline.api import PipelineStage
+from edgepipe.pipeline.attach import tap_request_handler
 from edgepipe.pipeline.config import (LinkSpec, PipelineSpec, StageSpec, is_import_path, kind_entry, latest_slot,
                                       load_config, resolve_kind, tap_filler, validate)
 from edgepipe.pipeline.report import E2E, LatencyBook, budget_for, build_report, percentiles, write_report
@@ -456,6 +461,8 @@ class Pipeline:
             srv = Server(self.control_socket)
             # a request for Stats gets the current roll-up back (publishing needs subscribe=["stats"])
             srv.on("stats", lambda session, env: Envelope(stats=self._rollup()))
+            # another process (edgepipe record --attach, a view, a bridge) asks for taps: edgepipe.pipeline.attach
+            srv.on("attach", tap_request_handler(self.spec, self._rings.get))
             srv.start()
         except (EdgepipeError, OSError, ValueError) as e:  # the pipeline runs without its socket
             print(f"edgepipe: no control socket at {self.control_socket}: {e}", file=sys.stderr)

@@ -50,9 +50,12 @@ class Recorder:
     (5, {'/a'})
     """
 
-    def __init__(self, sink, sources: dict[str, Any], *, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, sink, sources: dict[str, Any], *, on_error: Callable[[str], None] | None = None,
+                 drops_before: dict[str, int] | None = None) -> None:
         self.sink = ContinuousSink(sink) if isinstance(sink, McapRecorder) else sink
         self.sources = dict(sources)
+        # {topic: full_events of its ring before this recording began} (a tap attached to while it runs)
+        self.drops_before = dict(drops_before or {})
         self.records = 0
         self.ended: set[str] = set()
         self.dead: set[str] = set()  # producers that died (may be restarted)
@@ -96,7 +99,8 @@ class Recorder:
         """Copy each source ring's count of refused records into the sink's drop statistics."""
         for topic, r in self.sources.items():
             try:
-                self.sink.set_drops(topic, "tap full", r.segment.status().full_events)
+                self.sink.set_drops(topic, "tap full",
+                                    r.segment.status().full_events - self.drops_before.get(topic, 0))
             except Exception:  # noqa: BLE001 - a closed ring: keep the last count
                 pass
 
