@@ -162,6 +162,7 @@ from edgepipe.shm import SharedRegion, list_segments, validate_name
 from edgepipe.stages.base import Stage
 from edgepipe.pipeline.supervisor import Pipeline, runtime_dir
 from edgepipe.pipeline.tap import FrameTap, Tap
+from edgepipe.pipeline.attach import TapAttachment, attach_taps, find_pipeline
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
@@ -336,6 +337,7 @@ __all__ = [
     "StreamSource",
     "SyntheticSource",
     "Tap",
+    "TapAttachment",
     "TapNotFoundError",
     "TextDetector",
     "UnknownBodyError",
@@ -348,6 +350,7 @@ __all__ = [
     "WaitPolicy",
     "WakeCost",
     "WorkerError",
+    "attach_taps",
     "attach_view",
     "build_report",
     "bundled_model_path",
@@ -355,6 +358,7 @@ __all__ = [
     "compare_recordings",
     "default_socket_dir",
     "euler_deg",
+    "find_pipeline",
     "find_pipelines",
     "fit_input_hw",
     "iter_recording",

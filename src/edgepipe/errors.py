@@ -1,6 +1,9 @@
 """The edgepipe exception tree. Where a builtin fits, a class inherits from it too, so ``except TimeoutError``
 or ``except ValueError`` catch what a user would expect.
 
+One piece: every layer raises these, and one module with the whole tree drawn below is where a user looks
+them up (``except edgepipe.RingError``); splitting it by layer would scatter one ``except`` hierarchy.
+
 ::
 
     EdgepipeError

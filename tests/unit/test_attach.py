@@ -249,8 +249,8 @@ class TestHandler:
                     assert desc.name == "n.tap" and desc.fd_follows
                     with Ring.from_fd(fd) as got:
                         os.close(fd)
-                        w.try_write(b"hello")
-                        r = got.reader()
+                        r = got.reader()  # a reader that closed (the last round's) is replaced
+                        assert w.try_write(b"hello")
                         assert r.try_read() == b"hello"
                         r.close()
                 for bad, says in ((["m"], "has no tap"), (["zz"], "no link 'zz'"), (["m.tap"], "no link 'm.tap'")):

@@ -60,8 +60,8 @@ from edgepipe.pipeline.config import PipelineSpec
 from edgepipe.pipeline.tap import TAP_SUFFIX, tap_link
 from edgepipe.ring import Ring, RingReader
 
-__all__ = ["TapAttachment", "attach_taps", "find_pipeline", "running_pipelines", "tap_request_handler",
-           "tappable_links"]
+# tap_request_handler, tappable_links, refusal, running_pipelines: the supervisor's and the CLI's, not API
+__all__ = ["TapAttachment", "attach_taps", "find_pipeline"]
 
 
 def tappable_links(spec: PipelineSpec) -> list[str]:
