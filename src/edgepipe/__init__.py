@@ -92,6 +92,7 @@ from edgepipe.errors import (
     PeerClosedError,
     PipelineNotFoundError,
     QuantizationAccuracyError,
+    RealtimeNotPermittedError,
     RecordTooLargeError,
     RecordingDiskFullError,
     RecordingError,
@@ -172,7 +173,7 @@ from edgepipe.view.align import AlignStage
 from edgepipe.view.attach import attach_view
 from edgepipe.view.server import ViewServer
 from edgepipe.view.stage import ViewStage
-from edgepipe.record.replay import ReplayStats, replay
+from edgepipe.record.replay import ReplayStats, realtime_priority, replay
 from edgepipe.record.compare import Difference, compare_recordings
 from edgepipe.record import (
     ChannelInfo,
@@ -298,6 +299,7 @@ __all__ = [
     "PrintStage",
     "QuantizationAccuracyError",
     "QuantizeReport",
+    "RealtimeNotPermittedError",
     "Record",
     "RecordStage",
     "RecordTooLargeError",
@@ -374,6 +376,7 @@ __all__ = [
     "open_source",
     "parse_config",
     "quantize_model",
+    "realtime_priority",
     "recording_info",
     "recover_recording",
     "register_stage",

@@ -57,6 +57,7 @@ them up (``except edgepipe.RingError``); splitting it by layer would scatter one
     ├── ConfigError (ValueError)                 a pipeline description that cannot run (.path, .line, .key)
     ├── PipelineNotFoundError (LookupError)      no running pipeline of that name or control socket (.name)
     ├── TapNotFoundError (LookupError)           a running pipeline's link that is unknown or has no tap (.link, .tappable)
+    ├── RealtimeNotPermittedError (PermissionError) SCHED_FIFO refused: no CAP_SYS_NICE, rtprio limit too low (.priority)
     ├── LayoutVersionError                       a region of another layout version
     ├── MissingExtraError (ImportError)          an optional dependency is not installed (.extra names it)
     ├── RecordingError                           an MCAP recording could not be written or read (edgepipe.record; .path)
@@ -139,6 +140,7 @@ __all__ = [
     "PeerClosedError",
     "PipelineNotFoundError",
     "QuantizationAccuracyError",
+    "RealtimeNotPermittedError",
     "RecordTooLargeError",
     "RecordingDiskFullError",
     "RecordingError",
@@ -401,6 +403,15 @@ class TapNotFoundError(EdgepipeError, LookupError):
         super().__init__(message)
         self.link = link
         self.tappable = tuple(tappable)
+
+
+class RealtimeNotPermittedError(EdgepipeError, PermissionError):
+    """The kernel refused SCHED_FIFO (no CAP_SYS_NICE, an rtprio limit below the priority); the message says
+    how to allow it. ``.priority`` is the priority asked for."""
+
+    def __init__(self, message: str, priority: int | None = None) -> None:
+        super().__init__(message)
+        self.priority = priority
 
 
 class LayoutVersionError(EdgepipeError):

@@ -2,6 +2,7 @@
 optionally compare what the pipeline makes of it with a golden recording.
 
     edgepipe replay run.mcap --ring /samples=samples [--rate 2 | --rate 0] [--loop] [--start 5 --end 10]
+    edgepipe replay run.mcap --ring /samples=samples --realtime         recorded pace under SCHED_FIFO
     edgepipe replay run.mcap --pipeline demo.toml [--compare golden.mcap] [--seconds N]
 
 With ``--ring TOPIC=NAME`` the topic goes into a named ring ``/dev/shm/edgepipe.NAME`` (created, and removed
@@ -26,12 +27,12 @@ import signal
 import sys
 import tempfile
 
-from edgepipe.errors import ConfigError, EdgepipeError, RecordingError
+from edgepipe.errors import ConfigError, EdgepipeError, RealtimeNotPermittedError, RecordingError
 from edgepipe.pipeline.config import StageSpec, load_config, tap_filler, validate
 from edgepipe.pipeline.tap import tap_link
 from edgepipe.record.compare import compare_recordings
 from edgepipe.record.reader import recording_info
-from edgepipe.record.replay import replay
+from edgepipe.record.replay import realtime_priority, replay
 from edgepipe.ring import Ring
 
 __all__: list[str] = []  # a subcommand, not API
@@ -55,6 +56,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--start", type=float, default=0.0, help="seconds into the recording to start at")
     p.add_argument("--end", type=float, default=0.0, help="seconds into the recording to stop at (0: its end)")
     p.add_argument("--topics", help="comma-separated topics to replay (default: all that have a target)")
+    p.add_argument("--realtime", type=int, nargs="?", const=10, default=0, metavar="PRIORITY",
+                   help="replay under SCHED_FIFO (priority 10, or PRIORITY 1..99): keeps the recorded pace on a "
+                        "loaded machine; needs CAP_SYS_NICE or an rtprio limit (an error says so otherwise)")
     p.add_argument("--keep-stamps", action="store_true", help="keep the recorded stamps (default: move them to now)")
     p.add_argument("--seconds", type=float, default=None, help="stop a --pipeline run after N seconds")
     p.add_argument("--compare", metavar="GOLDEN", help="compare the pipeline's results with this recording")
@@ -71,13 +75,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("edgepipe replay: --compare needs --pipeline", file=sys.stderr)
         return 2
     try:
+        if args.realtime:
+            with realtime_priority(args.realtime):  # refused here, before anything is created or started
+                pass
         info = recording_info(args.file)
         if args.compare:
             recording_info(args.compare)
         if args.ring:
             return _replay_rings(args)
         return _replay_pipeline(args, info)
-    except RecordingError as e:
+    except (RecordingError, RealtimeNotPermittedError) as e:
         print(f"edgepipe replay: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except (ConfigError, ValueError) as e:
@@ -99,7 +106,7 @@ def _replay_rings(args) -> int:
             writers[topic] = ring.writer()
         topics = [t.strip() for t in args.topics.split(",")] if args.topics else None
         st = replay(args.file, writers, rate=args.rate, loop=args.loop, start_s=args.start, end_s=args.end or None,
-                    topics=topics, restamp=not args.keep_stamps, stop=lambda: bool(stopping))
+                    topics=topics, restamp=not args.keep_stamps, stop=lambda: bool(stopping), realtime=args.realtime)
     except EdgepipeError as e:
         print(f"edgepipe replay: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -138,7 +145,7 @@ def _replay_pipeline(args, info) -> int:
     spec.budgets_ms = {k: v for k, v in spec.budgets_ms.items() if k.split(".")[0] not in replaced}
     spec.stages.insert(0, StageSpec(name="replay", kind="replay", outputs=links, params={
         "file": os.path.abspath(args.file), "rate": args.rate, "loop": args.loop, "start_s": args.start,
-        "end_s": args.end, "restamp": not args.keep_stamps}))
+        "end_s": args.end, "restamp": not args.keep_stamps, "realtime": args.realtime}))
     out = None
     compare_topics: list[str] = []
     if args.compare:

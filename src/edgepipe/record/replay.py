@@ -3,7 +3,9 @@ them (lossless lockstep), over a time range and topic filter, once or looped.
 
 Each message becomes the ring record it was recorded from (edgepipe.record.convert.from_message) with its
 record type. Pace follows the recording's log times (the receive stamps): message k is published at
-``t0 + (log_k - log_0) / rate``; the wait sleeps until shortly before that time and spins the rest, and
+``t0 + (log_k - log_0) / rate``; the wait sleeps until shortly before that time (:func:`pace_spin_ns`) and
+spins the rest, optionally under SCHED_FIFO (``realtime``: on a loaded machine the preemption of a normal
+process, not the wait, is what makes a replay late; benchmarks/record_replay.py measures both), and
 the lateness of every publish is kept (:attr:`ReplayStats.lateness`, an HDR histogram). Writes are lossless: a full ring
 is waited for (so a slow consumer slows the replay rather than losing records), checking ``stop``.
 
@@ -37,7 +39,10 @@ its own, while the intervals between stamps stay what they were. ``restamp=False
 
 from __future__ import annotations
 
+import os
+import resource
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,7 +52,7 @@ from hdrh.histogram import HdrHistogram
 from edgepipe._image import HDR, REC_TYPE
 from edgepipe.clock import now_ns
 from edgepipe.control import messages as pb
-from edgepipe.errors import RingTimeoutError
+from edgepipe.errors import RealtimeNotPermittedError, RingTimeoutError
 from edgepipe.imu_loop import IMU_RECORD_TYPE, IMU_SAMPLE_DTYPE
 from edgepipe.pipeline.wire import Hop, pack_record, unpack_record
 from edgepipe.frames import FrameWriter
@@ -55,10 +60,54 @@ from edgepipe.record.convert import from_message, image_array
 from edgepipe.record.schemas import RAW_IMAGE
 from edgepipe.record.reader import iter_recording, recording_info
 from edgepipe.stages.inference import RESULT_TYPE_ID
+from edgepipe.wait import wake_cost
 
-__all__ = ["ReplayStats", "replay"]
+__all__ = ["ReplayStats", "realtime_priority", "replay"]
 
-_SPIN_NS = 100_000  # sleep until this close to a publish time, then spin (sleep wakes ~50-100 us late)
+PACE_SPIN_MIN_NS = 20_000
+PACE_SPIN_MAX_NS = 500_000
+_TIMER_SLACK_NS = 50_000  # Linux's default timer slack for a normal thread: a sleep may end this much late
+
+
+def pace_spin_ns(wake_ns: int | None = None) -> int:
+    """How long before a publish time a paced replay stops sleeping and spins on the clock: what a sleep
+    can overshoot by on an idle machine (the timer slack, plus a wake of this machine from
+    edgepipe.wait.wake_cost, twice for margin), clamped to [20 us, 500 us].
+
+    >>> pace_spin_ns(25_000)
+    100000
+    """
+    if wake_ns is None:
+        wake_ns = wake_cost().wake_ns
+    return max(PACE_SPIN_MIN_NS, min(PACE_SPIN_MAX_NS, _TIMER_SLACK_NS + 2 * int(wake_ns)))
+
+
+@contextmanager
+def realtime_priority(priority: int):
+    """Run the calling thread under SCHED_FIFO at ``priority`` (1..99) inside the block, then restore its
+    policy. A FIFO thread is not preempted by normal ones and its sleeps have no timer slack, which is what
+    keeps a paced replay on time on a loaded machine (benchmarks/record_replay.py).
+
+    Raises:
+        RealtimeNotPermittedError: the kernel refused (no CAP_SYS_NICE and no rtprio limit that allows it).
+        ValueError: a priority outside 1..99.
+    """
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99:
+        raise ValueError(f"a SCHED_FIFO priority is an int in 1..99, got {priority!r}")
+    old_policy, old_param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError as e:
+        limit = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
+        raise RealtimeNotPermittedError(
+            f"SCHED_FIFO priority {priority} refused: {e.strerror} (rtprio limit {limit}); give the process "
+            f"CAP_SYS_NICE or raise its rtprio limit (/etc/security/limits.conf `<user> - rtprio {priority}`, "
+            f"`ulimit -r {priority}`, Docker --cap-add SYS_NICE --ulimit rtprio={priority}), or replay without "
+            f"realtime", priority=priority) from None
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, old_policy, old_param)
 
 
 @dataclass
@@ -117,7 +166,8 @@ def _shift_record(data: bytes, type_id: int, shift: int) -> bytes:
 
 def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = False, start_s: float = 0.0,
            end_s: float | None = None, topics: list[str] | None = None, restamp: bool = True,
-           stop: Callable[[], bool] | None = None, max_loops: int = 0) -> ReplayStats:
+           stop: Callable[[], bool] | None = None, max_loops: int = 0, realtime: int = 0,
+           spin_ns: int | None = None) -> ReplayStats:
     """Publish the recording at ``path`` into ``writers`` (``{topic: RingWriter}``; topics without a writer
     are skipped and counted).
 
@@ -128,13 +178,27 @@ def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = Fal
         topics: only these topics (default: every topic that has a writer).
         restamp: move the stamps inside each record to now (see the module docstring).
         stop: polled between messages; True ends the replay.
+        realtime: > 0 runs the replay under SCHED_FIFO at this priority (:func:`realtime_priority`), so a
+            loaded machine does not make it late; 0 (default) at normal priority.
+        spin_ns: how long before each publish time the wait stops sleeping and spins on the clock (default
+            :func:`pace_spin_ns`).
 
     Raises:
         RecordingNotFoundError, RecordingFormatError, RecordingTruncatedError, UnknownSchemaError.
+        RealtimeNotPermittedError: ``realtime`` asked for and the kernel refused it (nothing was replayed).
         ValueError: a negative rate or an empty range.
     """
     if rate < 0:
         raise ValueError(f"rate must be >= 0 (0: lockstep), got {rate}")
+    if spin_ns is not None and (isinstance(spin_ns, bool) or not isinstance(spin_ns, int) or spin_ns < 0):
+        raise ValueError(f"spin_ns must be an int >= 0, got {spin_ns!r}")
+    spin = pace_spin_ns() if spin_ns is None else spin_ns
+    with realtime_priority(realtime) if realtime else nullcontext():
+        return _replay(path, writers, rate=rate, loop=loop, start_s=start_s, end_s=end_s, topics=topics,
+                       restamp=restamp, stop=stop, max_loops=max_loops, spin=spin)
+
+
+def _replay(path, writers, *, rate, loop, start_s, end_s, topics, restamp, stop, max_loops, spin) -> ReplayStats:
     info = recording_info(path)
     offset = int(info.clock["offset_ns"]) if "offset_ns" in info.clock else 0
     t_first = info.start_ns + int(start_s * 1e9)
@@ -161,8 +225,8 @@ def replay(path, writers: dict[str, Any], *, rate: float = 1.0, loop: bool = Fal
             if rate > 0:
                 due = t0 + int((msg.log_time - t_first) / rate)
                 left = due - now
-                if left > _SPIN_NS:
-                    time.sleep((left - _SPIN_NS) / 1e9)
+                if left > spin:
+                    time.sleep((left - spin) / 1e9)
                 while now_ns() < due:
                     pass
             if schema == RAW_IMAGE:  # a frame record of its own layout: through a FrameWriter (renumbered)

@@ -173,6 +173,8 @@ class ReplayStage(PipelineStage):
         start_s: skip this many seconds from the recording's start.
         end_s: stop at this many seconds from the recording's start (0: its end).
         restamp: move the stamps inside each record to the time it is replayed.
+        realtime: > 0 replays under SCHED_FIFO at this priority (1..99): on time on a loaded machine; needs
+            CAP_SYS_NICE or an rtprio limit (the stage fails with RealtimeNotPermittedError otherwise).
 
     Outputs:
         *: one link per recorded topic to replay (link ``L`` gets topic ``/L``).
@@ -181,12 +183,17 @@ class ReplayStage(PipelineStage):
     kind = "replay"
 
     def __init__(self, name: str | None = None, *, file: str = "", rate: float = 1.0, loop: bool = False,
-                 start_s: float = 0.0, end_s: float = 0.0, restamp: bool = True, **kw: Any) -> None:
+                 start_s: float = 0.0, end_s: float = 0.0, restamp: bool = True, realtime: int = 0,
+                 **kw: Any) -> None:
         super().__init__(name, **kw)
         if rate < 0:
             raise ValueError(f"replay stage {name!r}: rate must be >= 0 (0: lockstep), got {rate}")
         self.file = file
-        self.options = dict(rate=rate, loop=loop, start_s=start_s, end_s=end_s or None, restamp=restamp)
+        if isinstance(realtime, bool) or not isinstance(realtime, int) or not 0 <= realtime <= 99:
+            raise ValueError(f"replay stage {name!r}: realtime must be 0 (off) or a SCHED_FIFO priority 1..99, "
+                             f"got {realtime!r}")
+        self.options = dict(rate=rate, loop=loop, start_s=start_s, end_s=end_s or None, restamp=restamp,
+                            realtime=realtime)
         self.result = None
 
     def loop(self) -> None:
