@@ -135,6 +135,153 @@ class TestReplay:
             replay(recording, {}, start_s=0.3, end_s=0.2)
 
 
+class _VirtualClock:
+    """A clock for the replay's pacing loop: each read advances it 1 us (the spin), and each sleep advances
+    it by the time asked plus an overshoot drawn from ``overshoot_ns`` (a late wake, a preemption)."""
+
+    def __init__(self, overshoot_ns) -> None:
+        self.t = 5_000 * MS
+        self.overshoot = overshoot_ns
+        self.sleeps = 0
+
+    def now_ns(self) -> int:
+        self.t += 1_000
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.sleeps += 1
+        self.t += int(s * 1e9) + self.overshoot()
+
+
+class _StampingWriter:
+    def __init__(self, clock: _VirtualClock) -> None:
+        self.clock, self.got = clock, []
+
+    def write(self, data, type_id=1, timeout_s=None) -> None:
+        self.got.append((unpack_record(data).seq, self.clock.t))
+
+
+class TestPacing:
+    """The pace of a replay follows an absolute schedule: checked against a virtual clock (nothing timed)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def long_recording(cls, tmp_path_factory):
+        """20 000 user records 1 ms apart (20 s of recording)."""
+        path = tmp_path_factory.mktemp("long") / "long.mcap"
+        with McapRecorder(path, clock=CLOCK, chunk_bytes=1 << 16, compression="lz4") as rec:
+            for i in range(20_000):
+                t = 1_000 * MS + i * MS
+                for m in to_messages("/u", user(i, t), 1, t):
+                    rec.write(m.topic, m.schema, m.data, receive_ns=m.receive_ns, capture_ns=m.capture_ns, seq=m.seq)
+        return path
+
+    @pytest.mark.parametrize("spin_ns", [0, 70_000, 300_000])
+    def test_no_drift_over_a_long_run_whatever_the_sleep_overshoot(self, long_recording, monkeypatch, spin_ns):
+        """Every record is published once, in order, never before its recorded offset from the first, and no
+        later than the worst single overshoot: late wakes (up to 3 ms, as a preempted process sees them)
+        never add up over 20 000 records, because each publish time is t0 + its recorded offset, not the
+        previous publish plus an interval."""
+        import random
+
+        import edgepipe.record.replay as rp
+
+        rnd = random.Random(7)
+        worst = 3 * MS
+        clock = _VirtualClock(lambda: rnd.choice((0, 50_000, 60_000, 80_000, worst)))
+        monkeypatch.setattr(rp, "now_ns", clock.now_ns)
+        monkeypatch.setattr(rp, "time", clock)
+        w = _StampingWriter(clock)
+        st = replay(long_recording, {"/u": w}, rate=1.0, restamp=False, spin_ns=spin_ns)
+        assert st.sent == {"/u": 20_000} and [s for s, _t in w.got] == list(range(20_000))
+        t0 = w.got[0][1] - 1_000  # the replay's start: its first publish came one clock read (the spin) later
+        late = [t - t0 - i * MS for i, (_s, t) in enumerate(w.got)]
+        assert min(late) >= 0, "a record was published before its time"
+        assert max(late) <= worst + 10_000, f"lateness added up: {max(late)} ns"
+        assert clock.sleeps > 0 and st.lateness.get_total_count() + st.early == 20_000
+        # the last record is as late as a typical one, not 20 000 overshoots late
+        assert late[-1] <= worst + 10_000
+
+    def test_spin_margin_absorbs_a_late_wake(self, long_recording, monkeypatch):
+        """With a spin margin longer than the wake's overshoot, every publish lands within a spin step of its
+        time; without one, it is as late as the wake."""
+        import edgepipe.record.replay as rp
+
+        for spin_ns, bound in ((100_000, 2_000), (0, 80_000 + 2_000)):
+            clock = _VirtualClock(lambda: 80_000)
+            monkeypatch.setattr(rp, "now_ns", clock.now_ns)
+            monkeypatch.setattr(rp, "time", clock)
+            w = _StampingWriter(clock)
+            replay(long_recording, {"/u": w}, rate=1.0, restamp=False, spin_ns=spin_ns, end_s=1.0)
+            t0 = w.got[0][1] - 1_000  # one clock read before the first publish
+            late = [t - t0 - i * MS for i, (_s, t) in enumerate(w.got)]
+            assert len(w.got) == 1000 and 0 <= min(late) and max(late) <= bound, (spin_ns, max(late))
+        assert rp.pace_spin_ns(25_000) == 100_000 and rp.pace_spin_ns(1) == 50_002
+        assert rp.pace_spin_ns(10_000_000) == rp.PACE_SPIN_MAX_NS
+
+
+class TestRealtime:
+    def test_realtime_replay_keeps_order_and_count(self, recording):
+        """replay(realtime=10) under SCHED_FIFO delivers what a normal replay does, and gives the thread its
+        old policy back afterwards (or, where SCHED_FIFO is not allowed, raises the typed error before
+        publishing anything)."""
+        from edgepipe.errors import RealtimeNotPermittedError
+
+        before = os.sched_getscheduler(0)
+        try:
+            st, got_u, got_i, _ = run_replay(recording, rate=1.0, realtime=10)
+        except RealtimeNotPermittedError as e:
+            assert e.priority == 10 and "CAP_SYS_NICE" in str(e)
+            from conftest import skip_unless_ci
+            skip_unless_ci("SCHED_FIFO is not allowed here (root or an rtprio limit needed)")
+        assert st.sent == {"/u": 100, "/imu": 100}
+        assert [unpack_record(d).seq for d, _t in got_u] == list(range(100)) and len(got_i) == 100
+        assert os.sched_getscheduler(0) == before
+
+    def test_refused_realtime_is_a_typed_error_naming_the_fix(self, recording, tmp_path):
+        """A process that may not use SCHED_FIFO (rtprio limit 0 and no CAP_SYS_NICE: dropped from the
+        capability bounding set before the exec, so even root lacks it) gets RealtimeNotPermittedError naming the priority and how to allow it, from the
+        API and from `edgepipe replay --realtime` (exit 1, no ring created)."""
+        import subprocess
+        import sys
+
+        def unprivileged():  # no rtprio allowance, and no CAP_SYS_NICE across the exec (even as root)
+            import ctypes
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_CAPBSET_DROP, CAP_SYS_NICE = 24, 23
+            if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_NICE, 0, 0, 0) != 0 and os.getuid() == 0:
+                raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP CAP_SYS_NICE")
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), XDG_CACHE_HOME=str(tmp_path / "c"))
+        code = ("from edgepipe.record.replay import realtime_priority\n"
+                "from edgepipe.errors import RealtimeNotPermittedError\n"
+                "try:\n    with realtime_priority(12):\n        print('allowed')\n"
+                "except RealtimeNotPermittedError as e:\n    print('refused', e.priority, e)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           preexec_fn=unprivileged, timeout=120, cwd=str(tmp_path))
+        assert r.stdout.startswith("refused 12 SCHED_FIFO priority 12 refused"), r
+        assert "rtprio limit 0" in r.stdout and "CAP_SYS_NICE" in r.stdout
+        before = set(os.listdir("/dev/shm"))
+        r = subprocess.run([sys.executable, "-m", "edgepipe", "replay", str(recording), "--ring",
+                            f"/u=rt-{os.getpid()}", "--realtime"], capture_output=True, text=True, env=env,
+                           preexec_fn=unprivileged, timeout=120, cwd=str(tmp_path))
+        assert r.returncode == 1 and "RealtimeNotPermittedError: SCHED_FIFO priority 10 refused" in r.stderr, r
+        assert set(os.listdir("/dev/shm")) == before
+
+    def test_bad_priority_is_a_value_error(self, recording):
+        """A priority outside 1..99 is a ValueError naming it, before anything is replayed."""
+        from edgepipe.record.replay import realtime_priority
+
+        with pytest.raises(ValueError, match="100"):
+            with realtime_priority(100):
+                pass
+        with pytest.raises(ValueError, match="spin_ns"):
+            replay(recording, {}, spin_ns=-1)
+
+
 PIPE = """
 [stages.src]
 kind = "counter"
