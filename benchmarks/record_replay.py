@@ -227,6 +227,9 @@ def demo_case(rounds: int, rows: list) -> None:
     for r in range(rounds):
         for mode in ("plain", "recorded"):
             spec, _missing = demo_spec()
+            for ln in spec.links.values():  # plain: no tap at all (the demo file taps its links for --attach)
+                ln.tap = False
+            spec.links = {k: v for k, v in spec.links.items() if not k.endswith(".tap")}
             if mode == "recorded":
                 links = []
                 for name in spec.links:

@@ -58,7 +58,7 @@ HANG_GUARD_S = 60  # only a guard against a hang: nothing here is timed
 
 
 def _shm() -> set[str]:
-    return set(os.listdir("/dev/shm"))
+    return {e for e in os.listdir("/dev/shm") if e.startswith("edgepipe.")}  # other jobs make their own
 
 
 def _env(run: str) -> dict[str, str]:
@@ -274,3 +274,15 @@ class TestConfig:
         spec = parse_config(PIPE)
         assert spec.links["n.tap"].mode == "drop" and spec.links["n.tap"].capacity == 65536
         assert not any("n.tap" in s.inputs.values() for s in spec.stages)
+
+    def test_the_demo_can_be_attached_to(self):
+        """The bundled demo taps its frames, detections and samples with no reader of its own, so
+        `edgepipe record --attach demo` can record a running demo."""
+        from edgepipe.cli.main import demo_spec
+        from edgepipe.pipeline.attach import refusal, tappable_links
+
+        spec, missing = demo_spec()
+        assert missing == {}
+        assert tappable_links(spec) == ["frames", "detections", "samples"]
+        assert all(refusal(spec, ln) is None for ln in ("frames", "detections", "samples"))
+        assert not any(ln.endswith(".tap") for s in spec.stages for ln in s.inputs.values())
