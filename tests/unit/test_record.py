@@ -92,6 +92,28 @@ class TestConvert:
         assert s.accel.z == pytest.approx(9.81) and s.orientation.w == 1.0
         assert from_message(m.schema, m.data) == (data, IMU_RECORD_TYPE)
 
+    def test_imu_row_keeps_the_loops_own_fields(self):
+        """The loop's deadline, device stamp, lateness, raw counts and flags (mag, raw, missed, device stamp)
+        travel in the ImuSample and come back byte for byte in the replayed row."""
+        from edgepipe.imu_loop import FLAG_DEVICE_TS, FLAG_MAG, FLAG_MISSED, FLAG_RAW
+
+        row = np.frombuffer(imu_row(4, 7000), IMU_SAMPLE_DTYPE).copy()
+        row["deadline_ns"], row["device_ns"], row["late_ns"] = 6900, 123_456_789, 100
+        row["raw_gyr"], row["raw_acc"], row["raw_mag"] = (1, -2, 3), (-32768, 0, 32767), (7, 8, -9)
+        row["mag"] = (20.0, -5.0, 40.0)
+        row["flags"] = FLAG_MAG | FLAG_RAW | FLAG_MISSED | FLAG_DEVICE_TS
+        data = row.tobytes()
+        (m,) = to_messages("/imu", data, IMU_RECORD_TYPE, receive_ns=8000)
+        s = pb.ImuSample.FromString(m.data)
+        assert (s.deadline_ns, s.device_ns, s.late_ns) == (6900, 123_456_789, 100)
+        assert (list(s.raw_gyro), list(s.raw_accel), list(s.raw_mag)) == ([1, -2, 3], [-32768, 0, 32767], [7, 8, -9])
+        assert s.flags == int(row["flags"][0])
+        assert from_message(m.schema, m.data) == (data, IMU_RECORD_TYPE)
+        # a row without raw counts records none (and a recording from before these fields replays as before)
+        (m2,) = to_messages("/imu", imu_row(5, 7000), IMU_RECORD_TYPE, receive_ns=8000)
+        s2 = pb.ImuSample.FromString(m2.data)
+        assert list(s2.raw_gyro) == [] and s2.flags == 0 and s2.deadline_ns == 0
+
     def test_stamped_record_keeps_every_hop(self):
         """A stamped user record keeps payload, type id, capture, seq and each hop's stamps."""
         data = pack_record(b"abc", 9, 100, [Hop(0, NO_LINK, 100, 200), Hop(1, 0, 250, 300)])

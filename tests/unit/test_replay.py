@@ -89,14 +89,14 @@ class TestReplay:
     def test_lockstep_keeps_every_record_byte_for_byte(self, recording):
         """rate=0 with stamps kept: both rings get all 100 records, in order, through rings far smaller than
         the recording (the replay waits for the readers): user records byte for byte with their type id, IMU
-        rows with every field an ImuSample carries (seq, sample and publish stamps, gyro, accel, attitude)."""
+        rows with every field an ImuSample carries (seq, deadline, sample and publish stamps, gyro, accel, attitude)."""
         st, got_u, got_i, _ = run_replay(recording, rate=0, restamp=False)
         assert st.sent == {"/u": 100, "/imu": 100}
         assert got_u == [(user(i, 1_000 * MS + i * 4 * MS), 1) for i in range(100)]
         assert [t for _d, t in got_i] == [IMU_RECORD_TYPE] * 100
         rows = np.frombuffer(b"".join(d for d, _t in got_i), IMU_SAMPLE_DTYPE)
         want = np.frombuffer(b"".join(imu(i, 1_002 * MS + i * 4 * MS) for i in range(100)), IMU_SAMPLE_DTYPE)
-        for f in ("seq", "sample_ns", "publish_ns", "gyr", "acc", "q", "flags"):
+        for f in ("seq", "deadline_ns", "sample_ns", "publish_ns", "gyr", "acc", "q", "flags"):
             assert np.array_equal(rows[f], want[f]), f
 
     def test_restamp_moves_stamps_and_keeps_intervals(self, recording):

@@ -1,8 +1,8 @@
 """Ring records as recording messages, and back: what each kind of record a pipeline link carries becomes.
 
 - An IMU sample row (the IMU record type) is recorded as ``edgepipe.v1.ImuSample`` (gyro, accel, mag,
-  attitude; stamps: sample, publish, receive) and replayed as a row with those fields (the row's deadline,
-  device stamp, lateness and raw counts are not recorded).
+  attitude; stamps: sample, publish, receive; the loop's deadline, device stamp, lateness, raw counts and
+  flags) and replayed as the same row.
 - An InferenceResult (type 22) is recorded as ``edgepipe.v1.InferenceResult``, as is, and replayed as the
   same bytes.
 - A numpy frame (the frame record type) is recorded as ``foxglove.RawImage`` on TOPIC (pixels, encoding,
@@ -25,7 +25,7 @@ import numpy as np
 
 from edgepipe._image import DTYPES, HDR, HDR_SIZE, PIXEL_FORMATS, REC_TYPE
 from edgepipe.control import messages as pb
-from edgepipe.imu_loop import FLAG_MAG, IMU_RECORD_TYPE, IMU_SAMPLE_DTYPE
+from edgepipe.imu_loop import FLAG_MAG, FLAG_RAW, IMU_RECORD_TYPE, IMU_SAMPLE_DTYPE
 from edgepipe.pipeline.wire import unpack_record
 from edgepipe.record.schemas import RAW_IMAGE, RAW_RECORD, RawRecord, message_class
 from edgepipe.stages.inference import RESULT_TYPE_ID
@@ -69,6 +69,10 @@ def _imu(topic: str, data, receive_ns: int) -> Message:
         m.mag.CopyFrom(pb.Vec3(x=mg[0], y=mg[1], z=mg[2]))
     if any(q):
         m.orientation.CopyFrom(pb.Quaternion(w=q[0], x=q[1], y=q[2], z=q[3]))
+    m.deadline_ns, m.device_ns, m.late_ns = int(row["deadline_ns"]), int(row["device_ns"]), int(row["late_ns"])
+    m.flags = int(row["flags"])
+    if m.flags & FLAG_RAW:
+        m.raw_gyro[:], m.raw_accel[:], m.raw_mag[:] = (row[k].tolist() for k in ("raw_gyr", "raw_acc", "raw_mag"))
     return Message(topic, "edgepipe.v1.ImuSample", m.SerializeToString(), receive_ns, st.capture_ns, st.seq)
 
 
@@ -150,9 +154,14 @@ def from_message(schema_name: str, data: bytes) -> tuple[bytes, int] | None:
         row["acc"] = (m.accel.x, m.accel.y, m.accel.z)
         if m.HasField("mag"):
             row["mag"] = (m.mag.x, m.mag.y, m.mag.z)
-            row["flags"] = FLAG_MAG
         if m.HasField("orientation"):
             o = m.orientation
             row["q"] = (o.w, o.x, o.y, o.z)
+        # (minor 5) the loop's own fields; a recording made before them gives zeros and the mag flag only
+        row["deadline_ns"], row["device_ns"], row["late_ns"] = m.deadline_ns, m.device_ns, m.late_ns
+        row["flags"] = m.flags | (FLAG_MAG if m.HasField("mag") else 0)
+        for k, v in (("raw_gyr", m.raw_gyro), ("raw_acc", m.raw_accel), ("raw_mag", m.raw_mag)):
+            if len(v) == 3:
+                row[k] = tuple(v)
         return row.tobytes(), IMU_RECORD_TYPE
     return None

@@ -379,20 +379,34 @@ class Quaternion(_message.Message):
     def __init__(self, w: _Optional[float] = ..., x: _Optional[float] = ..., y: _Optional[float] = ..., z: _Optional[float] = ...) -> None: ...
 
 class ImuSample(_message.Message):
-    __slots__ = ("stamps", "gyro", "accel", "mag", "orientation", "temperature")
+    __slots__ = ("stamps", "gyro", "accel", "mag", "orientation", "temperature", "deadline_ns", "device_ns", "late_ns", "raw_gyro", "raw_accel", "raw_mag", "flags")
     STAMPS_FIELD_NUMBER: _ClassVar[int]
     GYRO_FIELD_NUMBER: _ClassVar[int]
     ACCEL_FIELD_NUMBER: _ClassVar[int]
     MAG_FIELD_NUMBER: _ClassVar[int]
     ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_NS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NS_FIELD_NUMBER: _ClassVar[int]
+    LATE_NS_FIELD_NUMBER: _ClassVar[int]
+    RAW_GYRO_FIELD_NUMBER: _ClassVar[int]
+    RAW_ACCEL_FIELD_NUMBER: _ClassVar[int]
+    RAW_MAG_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
     stamps: Stamps
     gyro: Vec3
     accel: Vec3
     mag: Vec3
     orientation: Quaternion
     temperature: Celsius
-    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., gyro: _Optional[_Union[Vec3, _Mapping]] = ..., accel: _Optional[_Union[Vec3, _Mapping]] = ..., mag: _Optional[_Union[Vec3, _Mapping]] = ..., orientation: _Optional[_Union[Quaternion, _Mapping]] = ..., temperature: _Optional[_Union[Celsius, _Mapping]] = ...) -> None: ...
+    deadline_ns: int
+    device_ns: int
+    late_ns: int
+    raw_gyro: _containers.RepeatedScalarFieldContainer[int]
+    raw_accel: _containers.RepeatedScalarFieldContainer[int]
+    raw_mag: _containers.RepeatedScalarFieldContainer[int]
+    flags: int
+    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., gyro: _Optional[_Union[Vec3, _Mapping]] = ..., accel: _Optional[_Union[Vec3, _Mapping]] = ..., mag: _Optional[_Union[Vec3, _Mapping]] = ..., orientation: _Optional[_Union[Quaternion, _Mapping]] = ..., temperature: _Optional[_Union[Celsius, _Mapping]] = ..., deadline_ns: _Optional[int] = ..., device_ns: _Optional[int] = ..., late_ns: _Optional[int] = ..., raw_gyro: _Optional[_Iterable[int]] = ..., raw_accel: _Optional[_Iterable[int]] = ..., raw_mag: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ...) -> None: ...
 
 class Celsius(_message.Message):
     __slots__ = ("value",)
