@@ -3,7 +3,8 @@
 ``api`` (the user-stage API: PipelineStage, Inlet/Outlet, decorators, the delivery guarantee), ``wire`` (the
 stamped record format), ``config`` (TOML and the kinds registry), ``kinds`` (the built-in kinds' factories),
 ``supervisor`` (the parent), ``host`` (the stage process), ``values`` and ``stats`` (what crosses the control
-socket: plain values and stage counters as protobuf), ``report`` (latency books and reports). Imports stages
+socket: plain values and stage counters as protobuf), ``report`` (latency books and reports), ``tap`` (side rings of links) and ``attach`` (another process
+reading a running pipeline's taps). Imports stages
 and everything below them, never the CLI, and never edgepipe.testing (whose stages the kinds registry names
 by import path only).
 
