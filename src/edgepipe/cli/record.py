@@ -64,7 +64,9 @@ def add_subcommand(sub) -> None:
     p = sub.add_parser("record", help="record a pipeline's links or named rings into MCAP (or a flight recorder)",
                        description="Record into MCAP (Foxglove, the mcap CLI and ROS 2 read it). With a pipeline "
                                    "file: run it with taps on its links (--links; default every link a tap can sit "
-                                   "on) and a record stage; with --ring: attach named rings as their consumer. "
+                                   "on) and a record stage; with --ring: attach named rings as their consumer; "
+                                   "with --attach NAME or --socket PATH: record the taps (tap = true links) of a "
+                                   "pipeline that is already running, from now until it ends or Ctrl-C. "
                                    "--pre-buffer makes it a flight recorder writing one file per event into the "
                                    "directory -o. --recover FILE copies a cut-off recording's complete chunks.")
     p.add_argument("pipeline", nargs="?", help="a pipeline file (.toml) to run and record")

@@ -265,7 +265,7 @@ def attach_taps(links: list[str] | None = None, *, socket: str | None = None, pi
         TapNotFoundError: a link that is not in the pipeline or has no tap (the message lists those that do).
         RingBusyError: a tap that another process reads, naming the tap and that pid.
     """
-    links = [ln[:-len(TAP_SUFFIX)] if ln.endswith(TAP_SUFFIX) else ln for ln in links or []]
+    links = list(dict.fromkeys(ln[:-len(TAP_SUFFIX)] if ln.endswith(TAP_SUFFIX) else ln for ln in links or []))
     path = socket or find_pipeline(pipeline)
     try:
         client = Client.connect(path, stage="tap-reader", role="monitor", timeout_s=timeout_s)
