@@ -21,7 +21,12 @@ import pytest
 
 from edgepipe.control.client import Client
 from edgepipe.control.server import Server
-from edgepipe.errors import PipelineNotFoundError, RemoteError, RingBusyError, TapNotFoundError
+from edgepipe.errors import (
+    PipelineNotFoundError,
+    RemoteError,
+    RingBusyError,
+    TapNotFoundError,
+)
 from edgepipe.pipeline.attach import attach_taps, find_pipeline, tap_request_handler
 from edgepipe.pipeline.config import parse_config
 from edgepipe.record.reader import iter_recording, recover_recording
@@ -193,7 +198,7 @@ class TestAttachEndToEnd:
             assert last.stdout.readline().startswith("recording the taps of n")
             time.sleep(0.5)
             code, err = _stop(proc)
-            out, rerr = last.communicate(timeout=HANG_GUARD_S)
+            _out, rerr = last.communicate(timeout=HANG_GUARD_S)
         finally:
             if last.poll() is None:
                 last.kill()

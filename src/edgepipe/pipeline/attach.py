@@ -48,14 +48,21 @@ import glob
 import json
 import os
 import select
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgepipe.control import messages as pb
 from edgepipe.control.client import Client
-from edgepipe.control.server import default_socket_dir
 from edgepipe.control.framing import Envelope
-from edgepipe.errors import EdgepipeError, PeerClosedError, PipelineNotFoundError, RemoteError, RingBusyError, \
-    TapNotFoundError
+from edgepipe.control.server import default_socket_dir
+from edgepipe.errors import (
+    EdgepipeError,
+    PeerClosedError,
+    PipelineNotFoundError,
+    RemoteError,
+    RingBusyError,
+    TapNotFoundError,
+)
 from edgepipe.pipeline.config import PipelineSpec
 from edgepipe.pipeline.tap import TAP_SUFFIX, tap_link
 from edgepipe.ring import Ring, RingReader
@@ -265,7 +272,7 @@ def attach_taps(links: list[str] | None = None, *, socket: str | None = None, pi
         TapNotFoundError: a link that is not in the pipeline or has no tap (the message lists those that do).
         RingBusyError: a tap that another process reads, naming the tap and that pid.
     """
-    links = list(dict.fromkeys(ln[:-len(TAP_SUFFIX)] if ln.endswith(TAP_SUFFIX) else ln for ln in links or []))
+    links = list(dict.fromkeys(ln.removesuffix(TAP_SUFFIX) for ln in links or []))
     path = socket or find_pipeline(pipeline)
     try:
         client = Client.connect(path, stage="tap-reader", role="monitor", timeout_s=timeout_s)
@@ -282,7 +289,7 @@ def attach_taps(links: list[str] | None = None, *, socket: str | None = None, pi
             raise
         for desc, fd in answer:
             try:
-                rings[desc.name[:-len(TAP_SUFFIX)]] = Ring.from_fd(fd)
+                rings[desc.name.removesuffix(TAP_SUFFIX)] = Ring.from_fd(fd)
             finally:
                 os.close(fd)
         att = TapAttachment(path, client, rings)
