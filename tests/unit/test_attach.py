@@ -213,7 +213,8 @@ class TestAttachEndToEnd:
 
     def test_unknown_and_untapped_links_are_typed_errors(self, running, tmp_path):
         """An unknown link lists the links with a tap; a link without one says how to add it; both are
-        TapNotFoundError (exit 2 from the CLI), and the pipeline goes on."""
+        TapNotFoundError (exit 2 from the CLI), and the pipeline goes on; a flight recorder and the API
+        attach the same way."""
         proc, env, sock = running
         with pytest.raises(TapNotFoundError) as e:
             attach_taps(["zz"], socket=sock)
@@ -226,6 +227,28 @@ class TestAttachEndToEnd:
         assert r.returncode == 1 and "no running pipeline named 'nosuch'; running: attachme" in r.stderr, r.stderr
         assert not (tmp_path / "x.mcap").exists()
         assert proc.poll() is None
+        # a flight recorder attaches the same way: SIGUSR1 writes the seconds before it, in order
+        ev = tmp_path / "events"
+        fl = subprocess.Popen([sys.executable, "-m", "edgepipe", "record", "--socket", sock, "--links", "n",
+                               "--pre-buffer", "1s", "--post", "0.2s", "--trigger", "signal", "-o", str(ev)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert fl.stdout.readline().startswith("recording the taps of n")
+            time.sleep(0.5)  # let some records into the buffer (how many does not matter)
+            fl.send_signal(signal.SIGUSR1)
+            _wait_for(lambda: any(p.name.startswith("signal-") for p in ev.iterdir()) if ev.is_dir() else False,
+                      "the flight recorder wrote no event file")
+            fl.send_signal(signal.SIGINT)
+            out, ferr = fl.communicate(timeout=HANG_GUARD_S)
+        finally:
+            if fl.poll() is None:
+                fl.kill()
+                fl.wait()
+        assert fl.returncode == 0, ferr
+        assert "event file(s)" in out
+        (event,) = [p for p in ev.iterdir() if p.name.startswith("signal-")]
+        got = _seqs(event)
+        assert got and got == sorted(set(got))
         # the API end: readers come open, the stale records are skipped, drops count from the attach
         with attach_taps(socket=sock) as att:
             assert list(att.readers) == ["n"] and att.stale["n"] >= 0
