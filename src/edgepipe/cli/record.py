@@ -275,7 +275,7 @@ def _record_sources(args, sources: dict, *, drops_before: dict | None = None, go
     else:
         drops = sum(sink.drops.values())
         print(f"recorded {sink.messages} messages from {len(sources)} {what} into {', '.join(sink.paths)}"
-              + (f"; the rings refused {drops} records" if drops else ""))
+              + (f"; the {what} refused {drops} records (full)" if drops else ""))
     return 0
 
 
