@@ -163,6 +163,7 @@ from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
+from edgepipe.bridge.offload import OffloadStage
 from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.view.align import AlignStage
@@ -283,6 +284,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "OffsetEstimate",
+    "OffloadStage",
     "Outlet",
     "OutputStalledError",
     "PIXEL_FORMATS",

@@ -144,8 +144,10 @@ class Outlet:
                 flags = FLAG_REDELIVERED
         return self.write_raw(pack_record(payload, s, cap, hops, flags))
 
-    def write_raw(self, data: bytes) -> bool:
-        """Publish bytes as they are (no stamps). Same waiting and dropping rules as :meth:`emit`.
+    def write_raw(self, data: bytes, type_id: int = 1) -> bool:
+        """Publish bytes as they are (no stamps), as a ring record of type ``type_id`` (1: a stamped record;
+        a built-in stage's type, e.g. 22 for an InferenceResult, lets the consumer decode it as that stage's
+        output). Same waiting and dropping rules as :meth:`emit`.
 
         A consumer that died (the supervisor restarts it) is waited for on a lossless link; on a drop link
         the record is dropped and counted (``consumer restarting``). One that closed ends the stream
@@ -153,7 +155,7 @@ class Outlet:
         w = self.end
         if self.mode == "drop":
             try:
-                ok = w.try_write(data)
+                ok = w.try_write(data, type_id)
             except PeerClosedError:
                 if not self._consumer_gone():
                     raise EndOfStream(f"the consumer of {self.link!r} closed") from None
@@ -165,7 +167,7 @@ class Outlet:
         else:
             while True:
                 try:
-                    w.write(data, timeout_s=_WAIT_SLICE_S)
+                    w.write(data, type_id, timeout_s=_WAIT_SLICE_S)
                     break
                 except RingTimeoutError:
                     if self.stopping():
@@ -182,7 +184,7 @@ class Outlet:
         self.written += 1
         self.bytes_written += len(data)
         if self.tap is not None:
-            self.tap.offer(data)
+            self.tap.offer(data, type_id)
         return True
 
     def _consumer_gone(self) -> bool:
