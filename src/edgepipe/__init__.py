@@ -163,7 +163,7 @@ from edgepipe.pipeline.tap import FrameTap, Tap
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
-from edgepipe.bridge.offload import OffloadStage
+from edgepipe.bridge.offload import OffloadStage, unsure_reason
 from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.view.align import AlignStage
@@ -283,8 +283,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelSpec",
-    "OffsetEstimate",
     "OffloadStage",
+    "OffsetEstimate",
     "Outlet",
     "OutputStalledError",
     "PIXEL_FORMATS",
@@ -385,6 +385,7 @@ __all__ = [
     "source",
     "stage_kinds",
     "transform",
+    "unsure_reason",
     "validate_name",
     "wake_cost",
     "wall_ns",
