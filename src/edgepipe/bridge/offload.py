@@ -133,7 +133,7 @@ class OffloadStage(PipelineStage):
         listen: zenoh endpoints to listen on, e.g. ``["tcp/198.18.0.1:7447"]``.
         connect: zenoh endpoints to connect to (retried until the other end is up).
         multicast: also scout for peers by UDP multicast.
-        lease_ms: a silent server is gone after this long (``server_alive`` in the stats).
+        lease_ms: a silent server is gone after this long (``server_alive`` in the stats; ``server_seen``: ever).
         max_bytes: the largest answer taken from the wire; bigger ones are counted (``oversize``) and dropped.
         tls: zenoh TLS settings, as for the ``bridge`` kind.
 
@@ -181,6 +181,7 @@ class OffloadStage(PipelineStage):
         self._pub = None
         self._sub = None
         self._sent = 0
+        self.server_seen = False  # a liveliness token of the remote pipeline was seen (any time)
 
     @property
     def frame_key(self) -> str:
@@ -197,7 +198,7 @@ class OffloadStage(PipelineStage):
             for p in ports:
                 if p not in have:
                     raise ConfigError(f"offload stage {self.name!r} needs {d}.{p} (it has {sorted(have)})")
-        self.session = Session(self.pipeline, self.name, make_config(**self.config))
+        self.session = Session(self.pipeline, self.name, make_config(**self.config), on_remote=self._remote)
         self._pub = self.session.publisher(self.frame_key, lossless=False)  # best effort + drop: never waits
         self._sub = self.session.subscriber(self.answer_key, self._on_answer)
 
@@ -212,7 +213,11 @@ class OffloadStage(PipelineStage):
             self.session.close()
             self.session = None
 
-    # -- zenoh's thread ------------------------------------------------------------------------------------
+    # -- zenoh's threads -----------------------------------------------------------------------------------
+    def _remote(self, key: str, alive: bool) -> None:
+        if alive and key.startswith(f"edgepipe/{self.remote}/"):
+            self.server_seen = True
+
     def _on_answer(self, sample) -> None:
         self._inbox.append((now_ns(), sample.payload.to_bytes()))
         self._wake.set()
@@ -374,6 +379,7 @@ class OffloadStage(PipelineStage):
             out["round_trip_p99_ms"] = round(r[min(len(r) - 1, int(len(r) * 0.99))] / 1e6, 3)
         for reason, n in self.checker.dropped.items():
             out[f"dropped[{self.answer_key}: {reason}]"] = n
+        out["server_seen"] = self.server_seen
         if self.session is not None:
-            out["server_alive"] = bool(self.session.remotes_alive())
+            out["server_alive"] = any(k.startswith(f"edgepipe/{self.remote}/") for k in self.session.remotes_alive())
         return out
