@@ -220,7 +220,7 @@ class TestWithServer:
             assert m.offload.edge_mean_score == pytest.approx(0.2)
             assert m.offload.round_trip_ns > 0 and m.offload.server_inference_ns == 5_000_000
         assert st["answered"] == 3 and st["forwarded"] == 3 and st["sure"] == 2 and st.get("timeouts", 0) == 0
-        assert st["round_trip_p99_ms"] >= st["round_trip_p50_ms"] > 0
+        assert st["round_trip_p99_ms"] >= st["round_trip_p50_ms"] > 0 and "round_trip_less_model_p50_ms" in st
 
     def test_a_late_answer_is_dropped_and_counted(self, port):
         """An answer that arrives after its frame timed out (the edge result already went out) is dropped and

@@ -174,6 +174,7 @@ class OffloadStage(PipelineStage):
         self.pending: dict[int, _Pending] = {}  # frame_seq -> what waits for the server
         self.settled: OrderedDict[int, str] = OrderedDict()  # frame_seq -> "answered" | "timed out"
         self.rtt_ns: deque[int] = deque(maxlen=_RTT_WINDOW)
+        self.transport_ns: deque[int] = deque(maxlen=_RTT_WINDOW)  # round trip less the server's model time
         self._inbox: deque[tuple[int, bytes]] = deque()  # (arrival ns, sample bytes), from zenoh's threads
         self._wake = threading.Event()
         self.session: Session | None = None
@@ -331,7 +332,9 @@ class OffloadStage(PipelineStage):
             return
         self._settle(a.frame_seq, "answered")
         rtt = arrived_ns - p.sent_ns
+        server_ns = max(0, a.inference_end_ns - a.inference_start_ns)
         self.rtt_ns.append(rtt)
+        self.transport_ns.append(rtt - server_ns)
         self.count("answered")
         e = p.result
         merged = pb.InferenceResult()
@@ -339,7 +342,7 @@ class OffloadStage(PipelineStage):
         merged.model_id = a.model_id
         merged.detections.CopyFrom(a.detections)
         info = pb.OffloadInfo(unsure=p.reason, answered_by="server", round_trip_ns=rtt,
-                              server_inference_ns=max(0, a.inference_end_ns - a.inference_start_ns),
+                              server_inference_ns=server_ns,
                               edge_model_id=e.model_id, edge_boxes=len(e.detections.boxes),
                               edge_mean_score=_mean_score(e))
         self._out(merged, p.receive_ns, info)
@@ -373,10 +376,11 @@ class OffloadStage(PipelineStage):
     def extra_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(super().extra_stats())
         out["pending"] = len(self.pending)
-        r = sorted(self.rtt_ns)
-        if r:
-            out["round_trip_p50_ms"] = round(r[len(r) // 2] / 1e6, 3)
-            out["round_trip_p99_ms"] = round(r[min(len(r) - 1, int(len(r) * 0.99))] / 1e6, 3)
+        for what, d in (("round_trip", self.rtt_ns), ("round_trip_less_model", self.transport_ns)):
+            r = sorted(d)
+            if r:  # less_model: the wire both ways, both bridges, the server's queues and pre/post-processing
+                out[f"{what}_p50_ms"] = round(r[len(r) // 2] / 1e6, 3)
+                out[f"{what}_p99_ms"] = round(r[min(len(r) - 1, int(len(r) * 0.99))] / 1e6, 3)
         for reason, n in self.checker.dropped.items():
             out[f"dropped[{self.answer_key}: {reason}]"] = n
         out["server_seen"] = self.server_seen

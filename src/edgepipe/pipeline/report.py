@@ -388,7 +388,9 @@ def _remote_parts(stages: dict[str, Any], parts: list[dict[str, Any]], paths: di
                                                        "late_answers", "unknown_answers", "bad_answers")},
                         "not_forwarded": sum(v for k, v in st.items() if k.startswith("not_forwarded[")),
                         "round_trip_p50_ms": st.get("round_trip_p50_ms"),
-                        "round_trip_p99_ms": st.get("round_trip_p99_ms"), "server_alive": st.get("server_alive")})
+                        "round_trip_p99_ms": st.get("round_trip_p99_ms"),
+                        "round_trip_less_model_p50_ms": st.get("round_trip_less_model_p50_ms"),
+                        "server_seen": st.get("server_seen")})
     return out
 
 
@@ -400,7 +402,9 @@ def _remote_line(r: dict[str, Any]) -> str:
         return (f"wire ({r['stage']}): p50 {_fmt(r['p50_ms'])} ms +- {_fmt(r['bound_ms'])} ms (clock bound)"
                 + (f", {shares}" if shares else ""))
     rtt = ("" if r.get("round_trip_p50_ms") is None else
-           f"; round trip p50 {_fmt(r['round_trip_p50_ms'])} ms, p99 {_fmt(r['round_trip_p99_ms'])} ms")
+           f"; round trip p50 {_fmt(r['round_trip_p50_ms'])} ms, p99 {_fmt(r['round_trip_p99_ms'])} ms"
+           + ("" if r.get("round_trip_less_model_p50_ms") is None else
+              f" (p50 {_fmt(r['round_trip_less_model_p50_ms'])} ms less the server's model time)"))
     return (f"offload ({r['stage']}): {r['results']} results, {r['unsure']} unsure, {r['forwarded']} sent, "
             f"{r['answered']} answered by the server, {r['timeouts']} timed out, {r['late_answers']} late, "
             f"{r['not_forwarded']} not sent, {r['bad_answers'] + r['unknown_answers']} bad or unknown answers{rtt}")
