@@ -305,3 +305,20 @@ class TestWithServer:
             srv.close()
         assert m2.frame_seq == 2 and m2.offload.answered_by == "server"
         assert st["not_forwarded[no frame]"] == 1 and st["not_forwarded[busy]"] == 1 and st["forwarded"] == 1
+
+    def test_frames_still_away_at_a_stop_go_out_as_the_edges(self, port):
+        """A stop while a frame waits for its (long) timeout: its edge result still goes out, timed out and
+        counted, instead of being lost with the stage."""
+        srv = FakeServer(port)
+        e = Edge(port, timeout_ms=600_000)
+        try:
+            e.wait_server()
+            e.send(5, [])
+            srv.frames.get(timeout=HANG_S)
+            e.stage.stop()
+            (m,) = e.take(1)
+        finally:
+            st = e.close()
+            srv.close()
+        assert m.frame_seq == 5 and m.offload.timed_out and m.offload.answered_by == "edge"
+        assert st["timeouts"] == 1 and st["forwarded"] == 1 and st["pending"] == 0

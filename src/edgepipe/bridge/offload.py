@@ -44,7 +44,9 @@ how, see :func:`unsure_reason` for the rule):
 - the **answer** (an InferenceResult on ``edgepipe/<remote>/<answers>``) with that ``frame_seq`` before the
   frame's capture stamp + ``timeout_ms``: the server's boxes and model id go out with the edge result's
   stamps (one clock), the round trip and the server's model time in ``offload``; counted ``answered``.
-- **no answer in time**: the edge result goes out, ``offload.timed_out``; counted ``timeouts``. An answer
+- **no answer in time**: the edge result goes out, ``offload.timed_out``; counted ``timeouts`` (so do the
+  frames still away when the stage is stopped). After the results end, the stage waits for the answers
+  still due, at most ``timeout_ms``: keep that under the pipeline's ``drain_timeout_s``. An answer
   that comes later is dropped and counted (``late_answers``); one for a seq never sent, ``unknown_answers``;
   a sample that is not an envelope, or not an InferenceResult, is counted (``dropped[<key>: <reason>]``,
   ``bad_answers``) and logged, never raised.
@@ -251,6 +253,8 @@ class OffloadStage(PipelineStage):
             elif rec is None and self.pending and not self._inbox:
                 self._wake.wait(_IDLE_S)
                 self._wake.clear()
+        # stopped (the drain took too long): what still waits for the server goes out as the edge's
+        self.expire(max((p.deadline_ns for p in self.pending.values()), default=0))
 
     def _take_frames(self, frames) -> bool:
         """Every frame queued in the tap into the buffer; False once the tap has ended."""
