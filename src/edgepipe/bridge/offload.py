@@ -84,7 +84,8 @@ _SEQ_AT, _CAP_AT = 24, 32  # struct ep_frame_hdr: seq (u64) and capture_ns (i64)
 _U64, _I64 = struct.Struct("<Q"), struct.Struct("<q")
 _RTT_WINDOW = 4096  # round trips kept for the percentiles
 _SETTLED = 4096  # seqs remembered after they are settled (to tell a late answer from an unknown one)
-_IDLE_S = 0.002
+_IDLE_S = 0.01  # nothing away at the server: wait this long for a result (it wakes the wait at once)
+_AWAY_S = 0.002  # frames away: look at the answers and the deadlines this often
 _KEY_CHUNK_BAD = set("*$?#/ ")
 
 
@@ -248,10 +249,10 @@ class OffloadStage(PipelineStage):
             if not results_open:
                 if not self.pending:
                     return
-                self._wake.wait(_IDLE_S)  # the last answers, until their deadlines
+                self._wake.wait(_AWAY_S)  # the last answers, until their deadlines
                 self._wake.clear()
             elif rec is None and self.pending and not self._inbox:
-                self._wake.wait(_IDLE_S)
+                self._wake.wait(_AWAY_S)
                 self._wake.clear()
         # stopped (the drain took too long): what still waits for the server goes out as the edge's
         self.expire(max((p.deadline_ns for p in self.pending.values()), default=0))
@@ -380,6 +381,9 @@ class OffloadStage(PipelineStage):
     def extra_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(super().extra_stats())
         out["pending"] = len(self.pending)
+        out["answers_received"] = self.checker.received
+        if self.checker.lost:
+            out["answers_lost_on_wire"] = self.checker.lost
         for what, d in (("round_trip", self.rtt_ns), ("round_trip_less_model", self.transport_ns)):
             r = sorted(d)
             if r:  # less_model: the wire both ways, both bridges, the server's queues and pre/post-processing
