@@ -160,7 +160,11 @@ def test_offload_the_unsure_page_is_answered_by_the_server(netns, tmp_path):
         _kill(server)
     assert edge.returncode == 0, out[-2000:] + err[-3000:]
     assert server.returncode == 0, err_s[-3000:]
-    st = json.loads((tmp_path / "re" / "report.json").read_text())["stages"]
+    rep = json.loads((tmp_path / "re" / "report.json").read_text())
+    st = rep["stages"]
+    parts = {p["part"]: p for p in rep["parts"]}
+    for name in ("capture", "frames", "detect.inference", "detections", "offload", "merged", "end_to_end[show]"):
+        assert parts[name]["count"] == st["show"]["received"], name  # the edge detector's parts, then the offload's
     off = st["offload"]
     assert off["results"] == st["detect"]["results"] == off["emitted"] == st["show"]["received"]
     assert off["sure"] >= 1 and off["answered"] >= 1, off

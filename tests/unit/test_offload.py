@@ -322,3 +322,30 @@ class TestWithServer:
             srv.close()
         assert m.frame_seq == 5 and m.offload.timed_out and m.offload.answered_by == "edge"
         assert st["timeouts"] == 1 and st["forwarded"] == 1 and st["pending"] == 0
+
+
+class TestReportParts:
+    def test_a_merged_result_is_split_into_the_inference_parts_then_the_offload_stage(self):
+        """A sink reading the offload stage's output names the parts after the inference stage that made the
+        result (its dispatch, model, ...), then the link into the offload stage and the offload stage itself:
+        the parts add up to the end-to-end latency, each on the edge's clock."""
+        r = result(4, 1_000, [0.9])
+        st = r.stamps
+        st.publish_ns.extend([2_000, 3_000, 9_000, 9_500, 60_000])  # capture, dispatch, worker, detect, offload
+        st.receive_ns.extend([2_500, 3_200, 9_200, 10_000])  # detect's dispatcher, worker, collector; offload
+        r.inference_start_ns, r.inference_end_ns = 4_000, 8_000
+        r.offload.answered_by = "server"
+        topo = {"merged": ("offload", ["frames.tap", "detections"]), "detections": ("detect", ["frames"]),
+                "frames": ("capture", [])}
+        with Ring.create(capacity=1 << 16) as ring:
+            w = ring.writer()
+            w.write(r.SerializeToString(), RESULT_TYPE)
+            rec = Inlet(ring.reader(), "merged", topology=topo).receive(timeout_s=HANG_S)
+            w.close()
+        parts = dict(rec.parts)
+        assert [p for p, _ in rec.parts] == ["capture", "frames", "detect.dispatch", "detect.worker_queue",
+                                             "detect.preprocess", "detect.inference", "detect.postprocess",
+                                             "detect.return", "detections", "offload", "merged"]
+        assert parts["detect.inference"] == 4_000 and parts["detect.return"] == 500
+        assert parts["detections"] == 500 and parts["offload"] == 50_000
+        assert sum(v for _, v in rec.parts) == rec.receive_ns - 1_000

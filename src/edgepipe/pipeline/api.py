@@ -344,6 +344,17 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
         st = m.stamps
         cap = st.capture_ns or (st.publish_ns[0] if st.publish_ns else t)
         parts = None
+        relay = None
+        if m.HasField("offload") and len(st.publish_ns) >= 5 and len(st.receive_ns) >= 4:
+            # passed on by an offload stage (edgepipe.bridge.offload), which appended its receive and publish:
+            # the inference parts are named after the stage that made the result (the producer of the offload
+            # stage's input that has inputs itself), then that link and the offload stage get a part each
+            for link_in in inputs:
+                made_by, its_inputs = topo.get(link_in, ("?", []))
+                if its_inputs:
+                    relay = (producer, link_in, st.receive_ns[3], st.publish_ns[4])
+                    producer, inputs = made_by, its_inputs
+                    break
         if len(st.publish_ns) >= 3 and len(st.receive_ns) >= 2 and m.inference_start_ns:
             p_in, p_disp, p_out = st.publish_ns[0], st.publish_ns[1], st.publish_ns[-1]
             r_in, r_worker = st.receive_ns[0], st.receive_ns[1]
@@ -358,8 +369,13 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
                 # publish_ns = [input ring, worker ring, worker's results ring, output ring]: split the
                 # worker's post-processing from the trip back through the collector
                 p_res = st.publish_ns[2]
+                if relay is not None:
+                    p_out = st.publish_ns[3]
                 parts[-2:] = [(f"{producer}.postprocess", p_res - m.inference_end_ns),
                               (f"{producer}.return", p_out - p_res), ("", p_out)]
+            if relay is not None:
+                relay_stage, link_in, r_relay, p_relay = relay
+                parts[-1:] = [(link_in, r_relay - p_out), (relay_stage, p_relay - r_relay), ("", p_relay)]
         return Record(bytes(data), m.frame_seq, cap, [], parts=parts, message=m)
     if _imu_type is None:
         try:
