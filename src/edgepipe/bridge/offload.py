@@ -86,6 +86,7 @@ _RTT_WINDOW = 4096  # round trips kept for the percentiles
 _SETTLED = 4096  # seqs remembered after they are settled (to tell a late answer from an unknown one)
 _IDLE_S = 0.01  # nothing away at the server: wait this long for a result (it wakes the wait at once)
 _AWAY_S = 0.002  # frames away: look at the answers and the deadlines this often
+_INBOX = 1024  # samples from the answers key waiting for the loop; more are dropped and counted (a flood)
 _KEY_CHUNK_BAD = set("*$?#/ ")
 
 
@@ -186,6 +187,7 @@ class OffloadStage(PipelineStage):
         self._sub = None
         self._sent = 0
         self.server_seen = False  # a liveliness token of the remote pipeline was seen (any time)
+        self.inbox_overflow = 0
 
     @property
     def frame_key(self) -> str:
@@ -223,6 +225,9 @@ class OffloadStage(PipelineStage):
             self.server_seen = True
 
     def _on_answer(self, sample) -> None:
+        if len(self._inbox) >= _INBOX:
+            self.inbox_overflow += 1  # only this (zenoh's) thread writes it
+            return
         self._inbox.append((now_ns(), sample.payload.to_bytes()))
         self._wake.set()
 
@@ -384,6 +389,8 @@ class OffloadStage(PipelineStage):
         out["answers_received"] = self.checker.received
         if self.checker.lost:
             out["answers_lost_on_wire"] = self.checker.lost
+        if self.inbox_overflow:
+            out["dropped[answers: inbox full]"] = self.inbox_overflow
         for what, d in (("round_trip", self.rtt_ns), ("round_trip_less_model", self.transport_ns)):
             r = sorted(d)
             if r:  # less_model: the wire both ways, both bridges, the server's queues and pre/post-processing
