@@ -25,8 +25,17 @@ import pytest
 
 pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
 
-from _netns import ADDR_A, Netns
-from test_demo import BOX, IMU_LINE, PAGE_H, PAGE_W, TEXT_LINE, _ref_tilt, _reference_boxes, _tilt_deg
+from _netns import Netns
+from test_demo import (
+    BOX,
+    IMU_LINE,
+    PAGE_H,
+    PAGE_W,
+    TEXT_LINE,
+    _ref_tilt,
+    _reference_boxes,
+    _tilt_deg,
+)
 
 from edgepipe.ahrs import load_recording
 

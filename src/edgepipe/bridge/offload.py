@@ -171,8 +171,8 @@ class OffloadStage(PipelineStage):
         self.min_score, self.empty_is_unsure = float(min_score), bool(empty_is_unsure)
         self.timeout_ns = int(timeout_ms * 1e6)
         self.max_pending, self.frame_buffer, self.max_bytes = max_pending, frame_buffer, max_bytes
-        self.config = dict(listen=list(listen or []), connect=list(connect or []), multicast=multicast,
-                           lease_ms=lease_ms, tls=dict(tls or {}))
+        self.config = {"listen": list(listen or []), "connect": list(connect or []), "multicast": multicast,
+                       "lease_ms": lease_ms, "tls": dict(tls or {})}
         make_config(**self.config)  # every mistake before the stage starts
         self.frames: OrderedDict[int, bytes] = OrderedDict()  # capture_ns -> frame record
         self.pending: dict[int, _Pending] = {}  # frame_seq -> what waits for the server
