@@ -349,3 +349,22 @@ class TestReportParts:
         assert parts["detect.inference"] == 4_000 and parts["detect.return"] == 500
         assert parts["detections"] == 500 and parts["offload"] == 50_000
         assert sum(v for _, v in rec.parts) == rec.receive_ns - 1_000
+
+    def test_the_split_holds_with_one_hop_fewer_in_the_inference_stamps(self):
+        """With the inference stage's stamps one hop shorter (no collector hop: publish_ns = [input, worker
+        ring, output]) the offload stage's appended stamps are still found at the end of each list."""
+        r = result(4, 1_000, [0.9])
+        r.stamps.publish_ns.extend([2_000, 3_000, 9_000, 60_000])
+        r.stamps.receive_ns.extend([2_500, 3_200, 10_000])
+        r.inference_start_ns, r.inference_end_ns = 4_000, 8_000
+        r.offload.answered_by = "edge"
+        topo = {"merged": ("offload", ["detections", "frames.tap"]), "detections": ("detect", ["frames"]),
+                "frames": ("capture", [])}
+        with Ring.create(capacity=1 << 16) as ring:
+            w = ring.writer()
+            w.write(r.SerializeToString(), RESULT_TYPE)
+            rec = Inlet(ring.reader(), "merged", topology=topo).receive(timeout_s=HANG_S)
+            w.close()
+        parts = dict(rec.parts)
+        assert parts["detect.postprocess"] == 1_000 and parts["detections"] == 1_000 and parts["offload"] == 50_000
+        assert sum(v for _, v in rec.parts) == rec.receive_ns - 1_000

@@ -344,20 +344,21 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
         st = m.stamps
         cap = st.capture_ns or (st.publish_ns[0] if st.publish_ns else t)
         parts = None
+        pubs, recvs = list(st.publish_ns), list(st.receive_ns)
         relay = None
-        if m.HasField("offload") and len(st.publish_ns) >= 5 and len(st.receive_ns) >= 4:
+        if m.HasField("offload") and len(pubs) >= 4 and len(recvs) >= 3:
             # passed on by an offload stage (edgepipe.bridge.offload), which appended its receive and publish:
             # the inference parts are named after the stage that made the result (the producer of the offload
             # stage's input that has inputs itself), then that link and the offload stage get a part each
             for link_in in inputs:
                 made_by, its_inputs = topo.get(link_in, ("?", []))
                 if its_inputs:
-                    relay = (producer, link_in, st.receive_ns[3], st.publish_ns[4])
+                    relay = (producer, link_in, recvs.pop(), pubs.pop())
                     producer, inputs = made_by, its_inputs
                     break
-        if len(st.publish_ns) >= 3 and len(st.receive_ns) >= 2 and m.inference_start_ns:
-            p_in, p_disp, p_out = st.publish_ns[0], st.publish_ns[1], st.publish_ns[-1]
-            r_in, r_worker = st.receive_ns[0], st.receive_ns[1]
+        if len(pubs) >= 3 and len(recvs) >= 2 and m.inference_start_ns:
+            p_in, p_disp, p_out = pubs[0], pubs[1], pubs[-1]
+            r_in, r_worker = recvs[0], recvs[1]
             frames = inputs[0] if inputs else "frames"
             source = topo.get(frames, ("source", []))[0]
             parts = [(source, p_in - cap), (frames, r_in - p_in), (f"{producer}.dispatch", p_disp - r_in),
@@ -365,12 +366,10 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
                      (f"{producer}.preprocess", m.inference_start_ns - r_worker),
                      (f"{producer}.inference", m.inference_end_ns - m.inference_start_ns),
                      (f"{producer}.postprocess", p_out - m.inference_end_ns), ("", p_out)]
-            if len(st.publish_ns) >= 4:
+            if len(pubs) >= 4:
                 # publish_ns = [input ring, worker ring, worker's results ring, output ring]: split the
                 # worker's post-processing from the trip back through the collector
-                p_res = st.publish_ns[2]
-                if relay is not None:
-                    p_out = st.publish_ns[3]
+                p_res = pubs[2]
                 parts[-2:] = [(f"{producer}.postprocess", p_res - m.inference_end_ns),
                               (f"{producer}.return", p_out - p_res), ("", p_out)]
             if relay is not None:
