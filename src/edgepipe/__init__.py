@@ -167,6 +167,7 @@ from edgepipe.pipeline.attach import TapAttachment, attach_taps, find_pipeline
 from edgepipe.record.recorder import FlightRecorder, Recorder
 from edgepipe.record.stage import RecordStage, ReplayStage
 from edgepipe.bridge.stage import BridgeStage
+from edgepipe.bridge.offload import OffloadStage, unsure_reason
 from edgepipe.bridge.clock import ClockEstimate, OffsetEstimate
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.view.align import AlignStage
@@ -286,6 +287,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelSpec",
+    "OffloadStage",
     "OffsetEstimate",
     "Outlet",
     "OutputStalledError",
@@ -394,6 +396,7 @@ __all__ = [
     "source",
     "stage_kinds",
     "transform",
+    "unsure_reason",
     "validate_name",
     "wake_cost",
     "wall_ns",

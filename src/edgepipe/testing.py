@@ -181,8 +181,13 @@ def _describe_message(m: Any) -> str:
     if hasattr(m, "detections"):  # an InferenceResult
         boxes = m.detections.boxes
         shown = " ".join(f"[{b.x_min:.0f},{b.y_min:.0f},{b.x_max:.0f},{b.y_max:.0f} {b.score:.2f}]" for b in boxes[:4])
-        return (f"frame {m.frame_seq}: {len(boxes)} text boxes {shown}{' ...' if len(boxes) > 4 else ''} "
+        text = (f"frame {m.frame_seq}: {len(boxes)} text boxes {shown}{' ...' if len(boxes) > 4 else ''} "
                 f"(inference {(m.inference_end_ns - m.inference_start_ns) / 1e6:.1f} ms)")
+        if m.HasField("offload"):  # settled by an offload stage (edgepipe.bridge.offload)
+            o = m.offload
+            text += (f" [server, round trip {o.round_trip_ns / 1e6:.1f} ms]" if o.answered_by == "server" else
+                     " [edge, server timed out]" if o.timed_out else f" [edge{', unsure' if o.unsure else ''}]")
+        return text
     try:  # an IMU sample row
         import math
 

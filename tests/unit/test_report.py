@@ -257,3 +257,37 @@ class TestPng:
         want = _colours([r["part"] for r in rep["parts"]])
         for part, c in want.items():
             assert tuple(round(v * 255) for v in c) in seen, part
+
+
+class TestRemote:
+    def _report(self, stages):
+        book = LatencyBook(["down", "show"], ["frames"], sink="show")
+        book.record(_rec(0, [(0, 0xFFFF, 0, 1_000_000)], 0, 4_000_000))
+        return build_report(book, stages=stages, paths={"show": ["down", "frames", "end_to_end[show]"]})
+
+    def test_the_wire_share_of_each_path_through_the_bridge(self):
+        """A bridge's wire p50 is reported with its clock bound and as a share of the end-to-end p50 of each
+        path it is on; a wire the bound makes unknown says so, in the JSON and the printed table."""
+        r = self._report({"down": {"wire_p50_us": 400.0, "wire_bound_us": 100.0},
+                          "far": {"wire": "unknown: clock bound +-900 us is wider than the 300 us measured"}})
+        wire = {x["stage"]: x for x in r["remote"]}
+        assert wire["down"]["p50_ms"] == 0.4 and wire["down"]["bound_ms"] == 0.1
+        assert wire["down"]["share"]["show"] == pytest.approx(0.4 / r["parts"][-1]["p50_ms"])
+        assert "p50_ms" not in wire["far"] and wire["far"]["unknown"].startswith("unknown: clock bound")
+        con = Console(record=True, width=200)
+        render_table(r, console=con)
+        text = con.export_text()
+        assert "wire (down): p50 0.400 ms +- 0.100 ms (clock bound), 10.0 % of end_to_end[show] p50" in text
+        assert "wire (far): unknown: clock bound +-900 us" in text
+
+    def test_offload_counts_and_round_trip(self):
+        """An offload stage's counters (answered, timed out, late, not sent) and round trip reach the report."""
+        r = self._report({"off": {"results": 9, "sure": 4, "unsure": 5, "forwarded": 4, "answered": 2, "timeouts": 2,
+                                  "late_answers": 1, "not_forwarded[busy]": 1, "round_trip_p50_ms": 80.0,
+                                  "round_trip_p99_ms": 120.0}})
+        (o,) = r["remote"]
+        assert (o["answered"], o["timeouts"], o["late_answers"], o["not_forwarded"]) == (2, 2, 1, 1)
+        con = Console(record=True, width=300)
+        render_table(r, console=con)
+        assert ("offload (off): 9 results, 5 unsure, 4 sent, 2 answered by the server, 2 timed out, 1 late, 1 not "
+                "sent, 0 bad or unknown answers; round trip p50 80.0 ms, p99 120.0 ms") in con.export_text()

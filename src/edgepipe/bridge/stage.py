@@ -80,6 +80,8 @@ _WAIT_S = 0.05
 _PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
 _PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
 _WIRE_WINDOW = 4096  # wire latencies kept for the p50
+_I64 = struct.Struct("<q")
+_FRAME_CAP_AT = 32  # struct ep_frame_hdr: capture_ns, then publish_ns (edgepipe._image checks the offsets)
 STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
 
 
@@ -118,6 +120,10 @@ class BridgeStage(PipelineStage):
             ``connect_certificate``, ``connect_private_key``, ``enable_mtls``), with ``tls/`` endpoints.
         clock_period_ms: an end with outputs pings the remote end this often to estimate the offset and drift
             between the two clocks (edgepipe.bridge.clock); 0: never (no wire latency then).
+        restamp_frames: a frame record from the other machine gets its header's stamps moved onto this clock
+            too: capture mapped by the clock estimate (as a stamped record's), publish = when this bridge
+            writes it, so the local report's part for the bridge stage is the other machine plus the wire and
+            the frames link's part is this ring alone (off: a frame header keeps the sender's stamps).
         clock_skew: ``[offset_ns, drift_ppm]`` applied to every stamp a sending end sends, its records' too (for
             tests and demos of the clock estimate: two ends on one machine then have unrelated clocks).
 
@@ -134,7 +140,7 @@ class BridgeStage(PipelineStage):
                  listen: list[str] | None = None, connect: list[str] | None = None, multicast: bool = False,
                  lease_ms: int = 1000, max_bytes: int = 64 << 20, express: bool = False, linger_s: float = 2.0,
                  tls: dict[str, Any] | None = None, clock_period_ms: float = 20.0,
-                 clock_skew: list[float] | None = None, **kw: Any) -> None:
+                 clock_skew: list[float] | None = None, restamp_frames: bool = False, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.pipeline = _chunk("pipeline", pipeline)
         self.remote = _chunk("remote", remote) if remote else ""
@@ -159,6 +165,7 @@ class BridgeStage(PipelineStage):
         self.now = (lambda: self.now_of(now_ns())) if clock_skew else now_ns
         self.skewed = bool(clock_skew)
         self.restamped_without_clock = 0
+        self.restamp_frames = bool(restamp_frames)
         self.clock = ClockEstimate()
         self.estimate = None  # the clock estimate in use (refreshed by the pinging thread)
         self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
@@ -233,6 +240,8 @@ class BridgeStage(PipelineStage):
                 type_id = inlet.end.last_type
                 if self.skewed and type_id == STAMPED_TYPE:
                     data = self._skewed(data)
+                elif self.skewed and type_id == REC_TYPE:
+                    data = self._skewed_frame(data)
                 pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=type_id))
                 inlet.release()
                 p[3] = seq + 1
@@ -325,6 +334,8 @@ class BridgeStage(PipelineStage):
         body = env.body
         if env.type_id == STAMPED_TYPE:
             body = self._restamp(body, env.send_ns, t, est, out.stage_index)
+        elif env.type_id == REC_TYPE and self.restamp_frames:
+            body = self._restamp_frame(body, env.send_ns, t, est)
         self._write(out, body, env.type_id, chk)
 
     def _restamp(self, body, send_ns: int, t: int, est, stage_index: int):
@@ -343,6 +354,31 @@ class BridgeStage(PipelineStage):
             self.restamped_without_clock += 1
         flags = FLAG_REDELIVERED if rec.redelivered else 0
         return pack_record(rec.payload, rec.seq, cap, [Hop(stage_index, NO_LINK, cap, t)], flags)
+
+    def _restamp_frame(self, body, send_ns: int, t: int, est):
+        """A frame record with its header's capture stamp mapped onto this clock (as :meth:`_restamp` maps a
+        stamped record's) and its publish stamp set to now (one copy of the record)."""
+        out = bytearray(body)
+        (cap,) = _I64.unpack_from(out, _FRAME_CAP_AT)
+        if cap:
+            if est is not None:
+                cap = int(est.to_local(cap))
+            else:
+                cap = t - (send_ns - cap)
+                self.restamped_without_clock += 1
+            _I64.pack_into(out, _FRAME_CAP_AT, cap)
+        _I64.pack_into(out, _FRAME_CAP_AT + 8, t)  # publish_ns follows capture_ns (struct ep_frame_hdr)
+        return out
+
+    def _skewed_frame(self, data: bytes) -> bytearray:
+        """``clock_skew``: a frame header's capture and publish stamps as this end's skewed clock would have
+        made them."""
+        out = bytearray(data)
+        for at in (_FRAME_CAP_AT, _FRAME_CAP_AT + 8):
+            (v,) = _I64.unpack_from(out, at)
+            if v:
+                _I64.pack_into(out, at, self.now_of(v))
+        return out
 
     def _skewed(self, data: bytes) -> bytes:
         """``clock_skew``: the stamps of a stamped record as this end's skewed clock would have made them."""

@@ -61,11 +61,12 @@ __all__ = ["Envelope", "FrameSocket"]
 Envelope = _pb.Envelope
 
 PROTOCOL_MAJOR = 1  # edgepipe.control.server refuses a Hello of another major (Error VERSION_MISMATCH)
-PROTOCOL_MINOR = 5  # 1: ErrorCode UNSUPPORTED and BUSY, the compatibility rule; 2: StageSpec (no pickles
+PROTOCOL_MINOR = 6  # 1: ErrorCode UNSUPPORTED and BUSY, the compatibility rule; 2: StageSpec (no pickles
 #                    between a supervisor and its stages), StageState.counters; 3: Stats.start_ns;
 #                    4: FrameMeta.attitude, InferenceResult.attitude (AlignedAttitude, the align stage);
 #                    5: ImuSample.deadline_ns, device_ns, late_ns, raw_gyro/raw_accel/raw_mag, flags;
 #                    an Attach from a client is a request for rings (a supervisor's taps)
+#                    6: InferenceResult.offload (OffloadInfo, the offload stage)
 
 DEFAULT_MAX_FRAME = lib.EP_FRAME_DEFAULT_MAX
 MAX_FDS = lib.EP_FRAME_MAX_FDS

@@ -144,8 +144,10 @@ class Outlet:
                 flags = FLAG_REDELIVERED
         return self.write_raw(pack_record(payload, s, cap, hops, flags))
 
-    def write_raw(self, data: bytes) -> bool:
-        """Publish bytes as they are (no stamps). Same waiting and dropping rules as :meth:`emit`.
+    def write_raw(self, data: bytes, type_id: int = 1) -> bool:
+        """Publish bytes as they are (no stamps), as a ring record of type ``type_id`` (1: a stamped record;
+        a built-in stage's type, e.g. 22 for an InferenceResult, lets the consumer decode it as that stage's
+        output). Same waiting and dropping rules as :meth:`emit`.
 
         A consumer that died (the supervisor restarts it) is waited for on a lossless link; on a drop link
         the record is dropped and counted (``consumer restarting``). One that closed ends the stream
@@ -153,7 +155,7 @@ class Outlet:
         w = self.end
         if self.mode == "drop":
             try:
-                ok = w.try_write(data)
+                ok = w.try_write(data, type_id)
             except PeerClosedError:
                 if not self._consumer_gone():
                     raise EndOfStream(f"the consumer of {self.link!r} closed") from None
@@ -165,7 +167,7 @@ class Outlet:
         else:
             while True:
                 try:
-                    w.write(data, timeout_s=_WAIT_SLICE_S)
+                    w.write(data, type_id, timeout_s=_WAIT_SLICE_S)
                     break
                 except RingTimeoutError:
                     if self.stopping():
@@ -182,7 +184,7 @@ class Outlet:
         self.written += 1
         self.bytes_written += len(data)
         if self.tap is not None:
-            self.tap.offer(data)
+            self.tap.offer(data, type_id)
         return True
 
     def _consumer_gone(self) -> bool:
@@ -342,9 +344,21 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
         st = m.stamps
         cap = st.capture_ns or (st.publish_ns[0] if st.publish_ns else t)
         parts = None
-        if len(st.publish_ns) >= 3 and len(st.receive_ns) >= 2 and m.inference_start_ns:
-            p_in, p_disp, p_out = st.publish_ns[0], st.publish_ns[1], st.publish_ns[-1]
-            r_in, r_worker = st.receive_ns[0], st.receive_ns[1]
+        pubs, recvs = list(st.publish_ns), list(st.receive_ns)
+        relay = None
+        if m.HasField("offload") and len(pubs) >= 4 and len(recvs) >= 3:
+            # passed on by an offload stage (edgepipe.bridge.offload), which appended its receive and publish:
+            # the inference parts are named after the stage that made the result (the producer of the offload
+            # stage's input that has inputs itself), then that link and the offload stage get a part each
+            for link_in in inputs:
+                made_by, its_inputs = topo.get(link_in, ("?", []))
+                if its_inputs:
+                    relay = (producer, link_in, recvs.pop(), pubs.pop())
+                    producer, inputs = made_by, its_inputs
+                    break
+        if len(pubs) >= 3 and len(recvs) >= 2 and m.inference_start_ns:
+            p_in, p_disp, p_out = pubs[0], pubs[1], pubs[-1]
+            r_in, r_worker = recvs[0], recvs[1]
             frames = inputs[0] if inputs else "frames"
             source = topo.get(frames, ("source", []))[0]
             parts = [(source, p_in - cap), (frames, r_in - p_in), (f"{producer}.dispatch", p_disp - r_in),
@@ -352,12 +366,15 @@ def _decode_builtin(data, type_id: int, t: int, link: str, topo: dict) -> Record
                      (f"{producer}.preprocess", m.inference_start_ns - r_worker),
                      (f"{producer}.inference", m.inference_end_ns - m.inference_start_ns),
                      (f"{producer}.postprocess", p_out - m.inference_end_ns), ("", p_out)]
-            if len(st.publish_ns) >= 4:
+            if len(pubs) >= 4:
                 # publish_ns = [input ring, worker ring, worker's results ring, output ring]: split the
                 # worker's post-processing from the trip back through the collector
-                p_res = st.publish_ns[2]
+                p_res = pubs[2]
                 parts[-2:] = [(f"{producer}.postprocess", p_res - m.inference_end_ns),
                               (f"{producer}.return", p_out - p_res), ("", p_out)]
+            if relay is not None:
+                relay_stage, link_in, r_relay, p_relay = relay
+                parts[-1:] = [(link_in, r_relay - p_out), (relay_stage, p_relay - r_relay), ("", p_relay)]
         return Record(bytes(data), m.frame_seq, cap, [], parts=parts, message=m)
     if _imu_type is None:
         try:

@@ -193,6 +193,8 @@ register_stage("record", "edgepipe.record.stage:RecordStage")
 register_stage("replay", "edgepipe.record.stage:ReplayStage")
 # Links to and from other machines over zenoh (edgepipe.bridge, above this package: by import path only).
 register_stage("bridge", "edgepipe.bridge.stage:BridgeStage")
+# Edge-server offload: unsure frames to a server over zenoh, its answers merged back (edgepipe.bridge too).
+register_stage("offload", "edgepipe.bridge.offload:OffloadStage")
 # Time alignment and the live browser view (edgepipe.view, above this package: named by import path only).
 register_stage("align", "edgepipe.view.align:AlignStage")
 register_stage("view", "edgepipe.view.stage:ViewStage")

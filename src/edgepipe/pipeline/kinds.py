@@ -74,10 +74,16 @@ def imu_kind(name: str, output, recording: str | None = None, csv: str | None = 
     return ImuStage(src, output=output, name=name, **params)
 
 
-@_forwards("edgepipe.stages.inference:InferenceStage")
-def inference_kind(name: str, input, output, **params: Any):  # noqa: A002 - the stage's own port name
+@_forwards("edgepipe.stages.inference:InferenceStage", supplies=("model",))
+def inference_kind(name: str, input, output, model: str | None = None, input_hw: list[int] | None = None,  # noqa: A002
+                   **params: Any):
     """A text detector (ONNX Runtime) on every frame in worker processes, publishing InferenceResult
     records (edgepipe.stages.inference.InferenceStage).
+
+    Args:
+        model: path of a .onnx detector (relative to the pipeline file); default the bundled one.
+        input_hw: the model input ``[H, W]`` (multiples of 32); default fitted to the first frame (longer
+            side at most 960). A larger input finds smaller text, slower (an offload server's choice).
 
     Inputs:
         input: the frames (a lossless or drop ring, or a ``latest`` slot).
@@ -89,5 +95,13 @@ def inference_kind(name: str, input, output, **params: Any):  # noqa: A002 - the
     from edgepipe.stages.inference import InferenceStage
     from edgepipe.ring import RingReader
 
+    from edgepipe.stages.inference import ModelSpec
+
     inp = FrameReader(input) if isinstance(input, RingReader) else input
-    return InferenceStage(inp, output, name=name, **params)
+    if input_hw is not None:
+        if (not isinstance(input_hw, (list, tuple)) or len(input_hw) != 2
+                or not all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in input_hw)):
+            raise ValueError(f"inference stage {name!r}: input_hw must be [H, W], multiples of 32, got {input_hw!r}")
+        return InferenceStage(inp, output, ModelSpec(path=model, input_hw=(input_hw[0], input_hw[1])), name=name,
+                              **params)
+    return InferenceStage(inp, output, model, name=name, **params)

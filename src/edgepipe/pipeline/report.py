@@ -9,7 +9,9 @@ The supervisor merges the books of all sinks (they travel as ``edgepipe.v1.Laten
 Stats messages) and keeps a time series of per-part means for the stacked plot. :func:`build_report` turns
 that into a JSON-ready dict, with one end-to-end row per path (never one mixing paths) and the sources' health
 (:func:`health`: an IMU loop's achieved rate and missed deadlines, a capture's achieved against configured
-fps, drops, and warnings on shortfalls); :func:`render_table` prints it with ``rich`` (the ok/OVER rule
+fps, drops, and warnings on shortfalls), what crossed to another machine (``remote``: a bridge's wire time
+within its clock bound and its share of each path, or why it is unknown; an offload stage's answered, timed
+out and late counts and round trip); :func:`render_table` prints it with ``rich`` (the ok/OVER rule
 under the table), :func:`render_png` draws :func:`figure` with matplotlib (Agg), and ``edgepipe report
 FILE.json`` does both again later.
 
@@ -291,6 +293,7 @@ def build_report(book: LatencyBook, *, budgets_ns: dict[str, int] | None = None,
     health_rows = health(stages or {})
     warnings = [w for h in health_rows for w in h["warnings"]]
     return {
+        "remote": _remote_parts(stages or {}, parts, paths or {}),
         "version": 1,
         "meta": dict(meta or {}),
         "parts": parts,
@@ -361,6 +364,50 @@ def health(stages: dict[str, Any]) -> list[dict[str, Any]]:
         row["warnings"] = warn
         out.append(row)
     return out
+
+
+def _remote_parts(stages: dict[str, Any], parts: list[dict[str, Any]], paths: dict[str, list[str]]) -> list[dict]:
+    """What crossed to another machine, per stage: a bridge's wire (``wire_p50_us`` within ``wire_bound_us``
+    of its clock estimate, as a share of the end-to-end p50 of each path through it; or why it is unknown)
+    and an offload stage's settling of unsure results (answered, timed out, late, round trip)."""
+    e2e = {r["part"][len(E2E) + 1:-1]: r.get("p50_ms") for r in parts if r["part"].startswith(E2E + "[")}
+    out = []
+    for name, st in stages.items():
+        if "wire_p50_us" in st or isinstance(st.get("wire"), str):
+            row: dict[str, Any] = {"stage": name, "what": "wire"}
+            if "wire_p50_us" in st:
+                row["p50_ms"], row["bound_ms"] = st["wire_p50_us"] / 1e3, st.get("wire_bound_us", 0) / 1e3
+                row["share"] = {sink: row["p50_ms"] / p for sink, p in e2e.items()
+                                if p and name in paths.get(sink, [])}
+            else:
+                row["unknown"] = st["wire"]
+            out.append(row)
+        if "forwarded" in st or "unsure" in st:
+            out.append({"stage": name, "what": "offload",
+                        **{k: st.get(k, 0) for k in ("results", "sure", "unsure", "forwarded", "answered", "timeouts",
+                                                       "late_answers", "unknown_answers", "bad_answers")},
+                        "not_forwarded": sum(v for k, v in st.items() if k.startswith("not_forwarded[")),
+                        "round_trip_p50_ms": st.get("round_trip_p50_ms"),
+                        "round_trip_p99_ms": st.get("round_trip_p99_ms"),
+                        "round_trip_less_model_p50_ms": st.get("round_trip_less_model_p50_ms"),
+                        "server_seen": st.get("server_seen")})
+    return out
+
+
+def _remote_line(r: dict[str, Any]) -> str:
+    if r["what"] == "wire":
+        if "unknown" in r:
+            return f"wire ({r['stage']}): {r['unknown']}"
+        shares = ", ".join(f"{100 * v:.1f} % of end_to_end[{k}] p50" for k, v in sorted(r["share"].items()))
+        return (f"wire ({r['stage']}): p50 {_fmt(r['p50_ms'])} ms +- {_fmt(r['bound_ms'])} ms (clock bound)"
+                + (f", {shares}" if shares else ""))
+    rtt = ("" if r.get("round_trip_p50_ms") is None else
+           f"; round trip p50 {_fmt(r['round_trip_p50_ms'])} ms, p99 {_fmt(r['round_trip_p99_ms'])} ms"
+           + ("" if r.get("round_trip_less_model_p50_ms") is None else
+              f" (p50 {_fmt(r['round_trip_less_model_p50_ms'])} ms less the server's model time)"))
+    return (f"offload ({r['stage']}): {r['results']} results, {r['unsure']} unsure, {r['forwarded']} sent, "
+            f"{r['answered']} answered by the server, {r['timeouts']} timed out, {r['late_answers']} late, "
+            f"{r['not_forwarded']} not sent, {r['bad_answers'] + r['unknown_answers']} bad or unknown answers{rtt}")
 
 
 def _rate(v: float | None) -> str:
@@ -443,6 +490,8 @@ def render_table(report: dict[str, Any], console=None) -> None:
         console.print(escape("drops: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["drops"].items()))))
     elif "health" in report:
         console.print("drops: none")
+    for r in report.get("remote", []):
+        console.print(escape(_remote_line(r)), soft_wrap=True)
     restarts = {k: v.get("restarts", 0) for k, v in report.get("stages", {}).items() if v.get("restarts")}
     if restarts:
         console.print("restarts: " + ", ".join(f"{k} = {v}" for k, v in sorted(restarts.items())))

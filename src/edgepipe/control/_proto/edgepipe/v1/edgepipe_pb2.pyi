@@ -493,7 +493,7 @@ class TensorSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InferenceResult(_message.Message):
-    __slots__ = ("stamps", "model_id", "frame_seq", "inference_start_ns", "inference_end_ns", "detections", "tensor", "attitude")
+    __slots__ = ("stamps", "model_id", "frame_seq", "inference_start_ns", "inference_end_ns", "detections", "tensor", "attitude", "offload")
     STAMPS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -502,6 +502,7 @@ class InferenceResult(_message.Message):
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ATTITUDE_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     stamps: Stamps
     model_id: str
     frame_seq: int
@@ -510,7 +511,30 @@ class InferenceResult(_message.Message):
     detections: Detections
     tensor: TensorSummary
     attitude: AlignedAttitude
-    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., model_id: _Optional[str] = ..., frame_seq: _Optional[int] = ..., inference_start_ns: _Optional[int] = ..., inference_end_ns: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., tensor: _Optional[_Union[TensorSummary, _Mapping]] = ..., attitude: _Optional[_Union[AlignedAttitude, _Mapping]] = ...) -> None: ...
+    offload: OffloadInfo
+    def __init__(self, stamps: _Optional[_Union[Stamps, _Mapping]] = ..., model_id: _Optional[str] = ..., frame_seq: _Optional[int] = ..., inference_start_ns: _Optional[int] = ..., inference_end_ns: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., tensor: _Optional[_Union[TensorSummary, _Mapping]] = ..., attitude: _Optional[_Union[AlignedAttitude, _Mapping]] = ..., offload: _Optional[_Union[OffloadInfo, _Mapping]] = ...) -> None: ...
+
+class OffloadInfo(_message.Message):
+    __slots__ = ("unsure", "answered_by", "timed_out", "round_trip_ns", "server_inference_ns", "edge_model_id", "edge_boxes", "edge_mean_score", "not_forwarded")
+    UNSURE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TRIP_NS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_INFERENCE_NS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BOXES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_MEAN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_FORWARDED_FIELD_NUMBER: _ClassVar[int]
+    unsure: str
+    answered_by: str
+    timed_out: bool
+    round_trip_ns: int
+    server_inference_ns: int
+    edge_model_id: str
+    edge_boxes: int
+    edge_mean_score: float
+    not_forwarded: str
+    def __init__(self, unsure: _Optional[str] = ..., answered_by: _Optional[str] = ..., timed_out: bool = ..., round_trip_ns: _Optional[int] = ..., server_inference_ns: _Optional[int] = ..., edge_model_id: _Optional[str] = ..., edge_boxes: _Optional[int] = ..., edge_mean_score: _Optional[float] = ..., not_forwarded: _Optional[str] = ...) -> None: ...
 
 class Detections(_message.Message):
     __slots__ = ("boxes",)
