@@ -92,6 +92,7 @@ struct ep_latest_ctl {
 };
 _Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
 _Static_assert(offsetof(struct ep_latest_ctl, data_async) == EP_ASYNC_LATEST_DATA_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_latest_ctl, published) == EP_ASYNC_LATEST_PUB_OFF, "ep_async.h offsets");
 
 /* Each end copies nbuf and slot_size when it opens (after ep_latest_check validated them against the
  * region size) and uses only its copies: a peer that scribbles on the control block later can then make

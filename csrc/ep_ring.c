@@ -83,6 +83,8 @@ struct ep_ring_ctl {
 _Static_assert(sizeof(struct ep_ring_ctl) <= EP_RING_DATA_OFF, "control block must fit before the data");
 _Static_assert(offsetof(struct ep_ring_ctl, data_async) == EP_ASYNC_RING_DATA_OFF, "ep_async.h offsets");
 _Static_assert(offsetof(struct ep_ring_ctl, space_async) == EP_ASYNC_RING_SPACE_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_ring_ctl, tail) == EP_ASYNC_RING_TAIL_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_ring_ctl, head) == EP_ASYNC_RING_HEAD_OFF, "ep_async.h offsets");
 
 struct ep_rec {
     uint32_t len;

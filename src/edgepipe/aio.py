@@ -47,7 +47,9 @@ without touching their loop (a stdlib loop's epoll instance is shared with the p
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import types
 
 from edgepipe._ffi import ffi, lib
 from edgepipe.errors import PeerClosedError, RingTimeoutError, check
@@ -59,6 +61,10 @@ RING_SPACE = lib.EP_ASYNC_RING_SPACE_OFF
 LATEST_DATA = lib.EP_ASYNC_LATEST_DATA_OFF
 _UNKNOWN_PEER_S = 0.05  # re-check period while the other end has not opened yet (no pid to watch)
 _THREAD_SLICE_S = 0.05
+# The position a spinning waiter watches for each async word: the ring's tail (data), its head (room);
+# the latest slot's data word shares RING_SPACE's offset and its `published` count shares the head's.
+_WATCH = {RING_DATA: lib.EP_ASYNC_RING_TAIL_OFF, RING_SPACE: lib.EP_ASYNC_RING_HEAD_OFF}
+assert LATEST_DATA == RING_SPACE and lib.EP_ASYNC_LATEST_PUB_OFF == lib.EP_ASYNC_RING_HEAD_OFF
 _WAITERS: dict[tuple[int, int], _Waiter] = {}
 _next_sweep = 16  # sweep the table when it holds this many waiters
 
@@ -74,12 +80,46 @@ def _forced_thread() -> bool:
     return os.environ.get("EDGEPIPE_AIO_THREAD", "") not in ("", "0")
 
 
+def _spin_ns() -> int:
+    """The spin before parking: ``EDGEPIPE_AIO_SPIN_NS`` if set (0: never spin), else this machine's
+    hybrid default (one measured futex wake, :func:`edgepipe.wait.default_spin_ns`)."""
+    v = os.environ.get("EDGEPIPE_AIO_SPIN_NS", "")
+    if v:
+        try:
+            ns = int(v)
+        except ValueError:
+            raise ValueError(f"EDGEPIPE_AIO_SPIN_NS must be an int >= 0, got {v!r}") from None
+        if ns < 0:
+            raise ValueError(f"EDGEPIPE_AIO_SPIN_NS must be an int >= 0, got {v!r}")
+        return ns
+    from edgepipe.wait import default_spin_ns
+
+    return default_spin_ns()
+
+
+def _loop_queues(loop) -> tuple | None:
+    """(ready deque, timer heap, epoll fd) of an asyncio selector loop, whose ready queue a spin must
+    see empty; None for a loop that hides it (uvloop): such a loop's waiters park at once."""
+    ready, sched = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
+    sel = getattr(loop, "_selector", None)
+    if not isinstance(ready, collections.deque) or not isinstance(sched, list) or sel is None:
+        backend = getattr(loop, "_get_backend_id", None)  # uvloop: libuv's epoll fd
+        if backend is not None:
+            return None, None, backend()
+        return None
+    try:
+        epfd = sel.fileno()  # EpollSelector: its epoll fd polls readable while any fd in it is ready
+    except (AttributeError, OSError):
+        return None
+    return ready, sched, epfd
+
+
 class _Waiter:
     """One end's async wait for one direction, bound to one event loop: its socket, key and the pidfd of
     the other end's process."""
 
-    __slots__ = ("addr", "end", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pid", "pidfd",
-                 "seg", "thread")
+    __slots__ = ("addr", "end", "epfd", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pid",
+                 "pidfd", "ready", "sched", "seg", "spin_ns", "spin_s", "thread", "watch")
 
     def __init__(self, end, off: int, peer: str, loop: asyncio.AbstractEventLoop) -> None:
         self.end, self.seg, self.off, self.peer, self.loop = end, end.segment, off, peer, loop
@@ -89,6 +129,11 @@ class _Waiter:
         self.pidfd = -1
         self.peer_exited = False
         self.thread = _forced_thread()
+        self.watch = _WATCH[off]
+        q = _loop_queues(loop)
+        self.spin_ns = _spin_ns() if q is not None else 0
+        self.spin_s = self.spin_ns / 1e9
+        self.ready, self.sched, self.epfd = q if q is not None else (None, None, -1)
         key = ffi.new("uint64_t *")
         self.fd = check(lib.ep_async_open(key), "opening an async waiter's socket")
         self.key = key[0]
@@ -227,6 +272,20 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
             if r is not None:
                 return r
             raise RingTimeoutError(f"{what} within timeout_s={timeout_s}")
+        if w.spin_ns and w.sched is None and not w.thread:
+            await _pass()  # a loop whose ready queue is hidden (uvloop): let what is ready run first
+        if w.spin_ns and not w.ready and not w.thread and (
+                not w.sched or w.sched[0].when() > loop.time() + w.spin_s):
+            # Nothing else in the loop is ready and no timer falls due within the window: spin on the
+            # position for up to one wake's worth, ending early if any fd of the loop becomes ready.
+            seen = lib.ep_async_pos(w.addr, w.watch)  # before the try, so a publish after it is seen
+            r = attempt()
+            if r is not None:
+                return r
+            if lib.ep_async_spin(w.addr, w.watch, seen, w.epfd, w.spin_ns) == 1:
+                r = attempt()
+                if r is not None:
+                    return r
         if w.thread:
             t = _THREAD_SLICE_S if left is None else min(left, _THREAD_SLICE_S)
             await loop.run_in_executor(None, block, t)
@@ -261,6 +320,11 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
             return r
         if w.peer_exited:
             _peer_gone(w, end)
+
+
+@types.coroutine
+def _pass():
+    yield  # a bare yield: the task goes to the back of the loop's ready queue (asyncio.sleep(0))
 
 
 def _set_done(fut: asyncio.Future) -> None:
