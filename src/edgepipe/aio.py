@@ -50,6 +50,7 @@ import asyncio
 import collections
 import os
 import types
+import weakref
 
 from edgepipe._ffi import ffi, lib
 from edgepipe.errors import PeerClosedError, RingTimeoutError, check
@@ -66,6 +67,8 @@ _THREAD_SLICE_S = 0.05
 _WATCH = {RING_DATA: lib.EP_ASYNC_RING_TAIL_OFF, RING_SPACE: lib.EP_ASYNC_RING_HEAD_OFF}
 assert LATEST_DATA == RING_SPACE and lib.EP_ASYNC_LATEST_PUB_OFF == lib.EP_ASYNC_RING_HEAD_OFF
 _WAITERS: dict[tuple[int, int], _Waiter] = {}
+_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> [tasks woken, not yet resumed]
+_WOKE = object()  # the result _wake() gives a waiter's future (a timer's is None)
 _next_sweep = 16  # sweep the table when it holds this many waiters
 
 
@@ -118,8 +121,8 @@ class _Waiter:
     """One end's async wait for one direction, bound to one event loop: its socket, key and the pidfd of
     the other end's process."""
 
-    __slots__ = ("addr", "end", "epfd", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pid",
-                 "pidfd", "ready", "sched", "seg", "spin_ns", "spin_s", "thread", "watch")
+    __slots__ = ("addr", "end", "epfd", "fd", "futs", "key", "loop", "off", "peer", "peer_exited", "pending",
+                 "pid", "pidfd", "ready", "sched", "seg", "spin_ns", "spin_s", "thread", "watch")
 
     def __init__(self, end, off: int, peer: str, loop: asyncio.AbstractEventLoop) -> None:
         self.end, self.seg, self.off, self.peer, self.loop = end, end.segment, off, peer, loop
@@ -130,6 +133,7 @@ class _Waiter:
         self.peer_exited = False
         self.thread = _forced_thread()
         self.watch = _WATCH[off]
+        self.pending = _PENDING.setdefault(loop, [0])
         q = _loop_queues(loop)
         self.spin_ns = _spin_ns() if q is not None else 0
         self.spin_s = self.spin_ns / 1e9
@@ -177,7 +181,8 @@ class _Waiter:
     def _wake(self) -> None:
         for f in self.futs:
             if not f.done():
-                f.set_result(None)
+                f.set_result(_WOKE)
+                self.pending[0] += 1  # until its task resumes: no other waiter of the loop spins meanwhile
 
     # -- announcing --------------------------------------------------------------------------------
     def arm(self) -> None:
@@ -272,20 +277,22 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
             if r is not None:
                 return r
             raise RingTimeoutError(f"{what} within timeout_s={timeout_s}")
-        if w.spin_ns and w.sched is None and not w.thread:
-            await _pass()  # a loop whose ready queue is hidden (uvloop): let what is ready run first
-        if w.spin_ns and not w.ready and not w.thread and (
-                not w.sched or w.sched[0].when() > loop.time() + w.spin_s):
-            # Nothing else in the loop is ready and no timer falls due within the window: spin on the
-            # position for up to one wake's worth, ending early if any fd of the loop becomes ready.
-            seen = lib.ep_async_pos(w.addr, w.watch)  # before the try, so a publish after it is seen
-            r = attempt()
-            if r is not None:
-                return r
-            if lib.ep_async_spin(w.addr, w.watch, seen, w.epfd, w.spin_ns) == 1:
+        if w.spin_ns and not w.thread and not w.pending[0]:
+            if w.sched is None:
+                await _pass()  # a loop whose ready queue is hidden (uvloop): what is ready runs first
+            if not w.ready and not w.pending[0] and (not w.sched or w.sched[0].when() > loop.time() + w.spin_s):
+                # Nothing else in the loop is ready, no other waiter of it was woken, and no timer falls
+                # due within the window: spin on the position for up to one wake's worth, ending early
+                # if any fd of the loop becomes ready.
+                seen = lib.ep_async_pos(w.addr, w.watch)  # before the try: a publish after it is seen
                 r = attempt()
                 if r is not None:
                     return r
+                ns = w.spin_ns if left is None else min(w.spin_ns, int(left * 1e9))
+                if lib.ep_async_spin(w.addr, w.watch, seen, w.epfd, ns) == 1:
+                    r = attempt()
+                    if r is not None:
+                        return r
         if w.thread:
             t = _THREAD_SLICE_S if left is None else min(left, _THREAD_SLICE_S)
             await loop.run_in_executor(None, block, t)
@@ -311,6 +318,8 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
         finally:
             if timer is not None:
                 timer.cancel()
+            if fut.done() and not fut.cancelled() and fut.result() is _WOKE:
+                w.pending[0] -= 1
             w.futs.remove(fut)
             w.disarm()
             if not w.futs and end.closed:
