@@ -68,6 +68,7 @@ _WATCH = {RING_DATA: lib.EP_ASYNC_RING_TAIL_OFF, RING_SPACE: lib.EP_ASYNC_RING_H
 assert LATEST_DATA == RING_SPACE and lib.EP_ASYNC_LATEST_PUB_OFF == lib.EP_ASYNC_RING_HEAD_OFF
 _WAITERS: dict[tuple[int, int], _Waiter] = {}
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> [tasks woken, not yet resumed]
+_SPINS = [0, 0]  # spins started, spins the position ended (this process): spin_counts()
 _WOKE = object()  # the result _wake() gives a waiter's future (a timer's is None)
 _next_sweep = 16  # sweep the table when it holds this many waiters
 
@@ -289,7 +290,9 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
                 if r is not None:
                     return r
                 ns = w.spin_ns if left is None else min(w.spin_ns, int(left * 1e9))
+                _SPINS[0] += 1
                 if lib.ep_async_spin(w.addr, w.watch, seen, w.epfd, ns) == 1:
+                    _SPINS[1] += 1
                     r = attempt()
                     if r is not None:
                         return r
@@ -375,6 +378,11 @@ def async_counts() -> tuple[int, int]:
     sent, failed = ffi.new("uint64_t *"), ffi.new("uint64_t *")
     lib.ep_async_counts(sent, failed)
     return sent[0], failed[0]
+
+
+def spin_counts() -> tuple[int, int]:
+    """(spins started, spins a publish ended) by this process's async waits since it started."""
+    return _SPINS[0], _SPINS[1]
 
 
 def word(segment, off: int) -> int:

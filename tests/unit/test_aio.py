@@ -542,3 +542,109 @@ class TestFanIn:
         finally:
             for rg in rings:
                 rg.close()
+
+
+class TestSpin:
+    """The bounded spin before a task parks (EDGEPIPE_AIO_SPIN_NS, default one measured futex wake) runs
+    only while nothing else in the loop is ready, and ends when something becomes ready. Each test sets
+    a one-hour spin, so a spin that ignored the loop would hold it until a watchdog thread (the hang guard)
+    writes the record instead: the record the task gets says who ended its wait."""
+
+    @staticmethod
+    def _watchdog(w, fired, loop_wrote):
+        def run():
+            if not loop_wrote.wait(HANG_S):
+                fired.append(True)
+                w.write(b"watchdog")  # ends any spin (the position moves) and any park
+        t = __import__("threading").Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    async def test_a_ready_task_runs_before_the_spin(self, ring, monkeypatch):
+        monkeypatch.setenv("EDGEPIPE_AIO_SPIN_NS", str(3600 * 10**9))
+        r, w = ring.reader(), ring.writer()
+        loop_wrote, fired = __import__("threading").Event(), []
+
+        async def other():  # ready when the reader starts waiting
+            loop_wrote.set()
+            w.write(b"from a ready task")
+
+        t = self._watchdog(w, fired, loop_wrote)
+        a = asyncio.ensure_future(r.read_async())
+        b = asyncio.ensure_future(other())
+        assert await a == b"from a ready task"
+        await b
+        t.join(HANG_S)
+        assert not fired
+
+    async def test_io_during_the_spin_ends_it(self, ring, monkeypatch):
+        """Nothing else is ready, so the task spins; another thread's call_soon_threadsafe (the loop's
+        wakeup fd becomes readable) ends the spin, and the callback's record wakes the task."""
+        monkeypatch.setenv("EDGEPIPE_AIO_SPIN_NS", str(3600 * 10**9))
+        r, w = ring.reader(), ring.writer()
+        loop = asyncio.get_running_loop()
+        loop_wrote, fired = __import__("threading").Event(), []
+
+        def from_loop():
+            loop_wrote.set()
+            w.write(b"from a callback")
+
+        spins0 = aio.spin_counts()[0]
+        t = self._watchdog(w, fired, loop_wrote)
+        a = asyncio.ensure_future(r.read_async())
+        threading = __import__("threading")
+        poke = threading.Thread(target=lambda: (time.sleep(0.05), loop.call_soon_threadsafe(from_loop)))
+        poke.start()
+        assert await a == b"from a callback"
+        poke.join(HANG_S)
+        t.join(HANG_S)
+        assert not fired
+        assert aio.spin_counts()[0] > spins0, "the task never spun: this test tested nothing"
+
+    async def test_a_timer_due_within_the_window_is_not_spun_through(self, ring, monkeypatch, request):
+        """On the stdlib loop, whose timers a waiter can see. (uvloop's timers are not visible: there a
+        timer may fire up to one spin window late, below libuv's 1 ms timer resolution at the default.)"""
+        if "uvloop" in request.node.name:
+            assert aio._loop_queues(asyncio.get_running_loop())[1] is None  # still hidden: keep the note true
+            return
+        monkeypatch.setenv("EDGEPIPE_AIO_SPIN_NS", str(3600 * 10**9))
+        r, w = ring.reader(), ring.writer()
+        loop_wrote, fired = __import__("threading").Event(), []
+
+        def from_timer():
+            loop_wrote.set()
+            w.write(b"from a timer")
+
+        t = self._watchdog(w, fired, loop_wrote)
+        asyncio.get_running_loop().call_later(0.05, from_timer)
+        assert await r.read_async() == b"from a timer"
+        t.join(HANG_S)
+        assert not fired
+
+    async def test_spin_zero_never_spins(self, ring, monkeypatch):
+        monkeypatch.setenv("EDGEPIPE_AIO_SPIN_NS", "0")
+        r, w = ring.reader(), ring.writer()
+        before = aio.spin_counts()
+        asyncio.get_running_loop().call_later(0.02, w.write, b"x")
+        assert await r.read_async(timeout_s=HANG_S) == b"x"
+        assert aio.spin_counts() == before
+
+    async def test_bad_spin_setting_is_a_value_error(self, ring, monkeypatch):
+        monkeypatch.setenv("EDGEPIPE_AIO_SPIN_NS", "-5")
+        with pytest.raises(ValueError, match="-5"):
+            await ring.reader().read_async(timeout_s=0.01)
+
+    async def test_two_process_stress_through_spins_and_parks(self, ring):
+        """5000 records from another process in bursts of 16 with a pause between: the task catches most
+        of a burst in its spin and parks between bursts; every record arrives once, in order, intact."""
+        r = ring.reader()
+        spins0, caught0 = aio.spin_counts()
+        p = peer(ring, "write", 5000, 0.002)
+        assert await line(p) == "open"
+        for i in range(5000):
+            check_rec(i, await r.read_async(timeout_s=HANG_S))
+        _, sent, failed = (await line(p)).split()
+        assert int(failed) == 0
+        assert p.wait(HANG_S) == 0
+        spins, caught = aio.spin_counts()
+        assert spins > spins0 and int(sent) > 0, (spins - spins0, sent)  # both paths were taken
