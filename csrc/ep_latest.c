@@ -266,6 +266,11 @@ int ep_latest_writer_open(void *base, uint64_t region_size, int fd, struct ep_la
         rc = -EBADMSG;
         goto fail;
     }
+    /* An asyncio task may await a frame before this end ever opened (no process to watch yet): wake it so
+     * it watches us now. The fence orders our "open" owner store before the look at its word; pairs with
+     * the fence in ep_async_arm(), after which the waiter reads the owner (edgepipe.aio). */
+    ep_fence_seq_cst();
+    ep_async_notify(&w->ctl->data_async);
     *out = w;
     return 0;
 fail:

@@ -29,8 +29,10 @@ and kept: its socket and the peer's pidfd stay registered with the loop, so an a
 calls and a future, no syscall on the waiting side until the datagram arrives.
 
 Peer death: the other end's process is watched through a pidfd in the loop (``add_reader``, no polling):
-its exit wakes the waiter, which raises PeerClosedError once nothing is left to take. Until the other end
-has opened (no pid to watch yet) the waiter re-checks every 50 ms. Closing either end (``close()`` in
+its exit wakes the waiter, which raises PeerClosedError once nothing is left to take. A waiter that
+announced itself before the other end first opened (no pid to watch yet) is woken by that open, which
+signals the announced word like a publish does; a 1 s re-check remains as the backstop for an opener in
+another network namespace, whose datagram cannot arrive. Closing either end (``close()`` in
 this process, or the peer's) signals both async words, so every awaiter wakes and sees why. Cancelling
 an awaiting task withdraws its announcement in ``finally``.
 
@@ -72,7 +74,9 @@ __all__: list[str] = []  # the API is the ends' async methods (read_async, write
 RING_DATA = lib.EP_ASYNC_RING_DATA_OFF
 RING_SPACE = lib.EP_ASYNC_RING_SPACE_OFF
 LATEST_DATA = lib.EP_ASYNC_LATEST_DATA_OFF
-_UNKNOWN_PEER_S = 0.05  # re-check period while the other end has not opened yet (no pid to watch)
+# Backstop while the other end has not opened (no pid to watch): its open signals the announced waiter,
+# so this only matters for an opener in another network namespace, whose datagram cannot reach us.
+_UNKNOWN_PEER_S = 1.0
 _THREAD_SLICE_S = 0.05
 # The position a spinning waiter watches for each async word: the ring's tail (data), its head (room);
 # the latest slot's data word shares RING_SPACE's offset and its `published` count shares the head's.
@@ -323,6 +327,12 @@ async def wait_for(end, off: int, peer: str, attempt, block, timeout_s: float | 
             r = attempt()  # the re-check, after the announcement's fence
             if r is not None:
                 return r
+            if w.pidfd < 0:
+                # The other end's open signals an announced waiter (ep_ring_writer_open & co.); one that
+                # opened before our fence is seen here instead.
+                w.watch_peer()
+                if w.thread:
+                    continue  # it lives in another network namespace: wait through the helper thread
             if w.peer_exited:
                 _peer_gone(w, end)
             if w.pidfd < 0:

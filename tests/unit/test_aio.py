@@ -79,6 +79,13 @@ PEER = textwrap.dedent("""
                 assert int(f.array.min()) == int(f.array.max()) == i % 256, (i, f.array.min())
         print("done", flush=True)
         fr.close()
+    elif role == "open-then-write":  # open, report the datagrams sent so far, write one record on a line
+        w = ring.writer()
+        print("sent", *aio.async_counts(), flush=True)
+        sys.stdin.readline()
+        w.write(rec(0))
+        print("sent", *aio.async_counts(), flush=True)
+        w.close()
     elif role == "read-hang":
         r = ring.reader()
         print("open", flush=True)
@@ -97,11 +104,11 @@ def check_rec(i: int, got: bytes) -> None:
     assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
 
 
-def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = ()) -> subprocess.Popen:
+def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = (), stdin=None) -> subprocess.Popen:
     src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     p = subprocess.Popen([*prefix, sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
-                         pass_fds=[ring.fd], stdout=subprocess.PIPE, text=True, env=env)
+                         pass_fds=[ring.fd], stdout=subprocess.PIPE, stdin=stdin, text=True, env=env)
     return p
 
 
@@ -333,8 +340,8 @@ class TestThreadFallback:
         """A producer in its own network namespace (unshare -n) cannot reach the task's abstract socket: the
         task notices (its /proc/PID/ns/net differs), waits through the helper thread, and reads every record;
         the producer never signalled (its word stayed unannounced). (A task that starts waiting before such a
-        producer opened announces itself once; that wake is lost to the namespace and the 50 ms re-check
-        of an unknown peer finds the records.)"""
+        producer opened announces itself once; that wake, and the open's, are lost to the namespace, and the
+        1 s backstop re-check of an unknown peer finds the records.)"""
         require_system("unshare", "util-linux")
         probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
         if probe.returncode != 0:  # e.g. an unprivileged container; CI runs as root, where this must work
@@ -648,3 +655,65 @@ class TestSpin:
         assert p.wait(HANG_S) == 0
         spins, caught = aio.spin_counts()
         assert spins > spins0 and int(sent) > 0, (spins - spins0, sent)  # both paths were taken
+
+
+class TestFirstOpen:
+    async def test_the_producers_open_wakes_a_task_that_awaited_before_it(self, ring):
+        """A task awaiting a ring whose producer never opened has no process to watch: the producer's open
+        signals the announced task (one datagram before any record), which then watches it; the record and
+        the producer's death afterwards both reach the task."""
+        r = ring.reader()
+        task = asyncio.ensure_future(r.read_async())
+        deadline = time.monotonic() + HANG_S
+        while not aio.word(ring, aio.RING_DATA) & 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert aio.word(ring, aio.RING_DATA) & 1, "the task never announced itself"
+        p = peer(ring, "open-then-write", stdin=subprocess.PIPE)
+        assert await line(p) == "sent 1 0"  # the open itself signalled the task, and the datagram arrived
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        check_rec(0, await asyncio.wait_for(task, HANG_S))
+        assert await line(p) in ("sent 1 0", "sent 2 0")  # at most one more, if the task re-armed first
+        assert p.wait(HANG_S) == 0
+
+    async def test_the_consumers_open_wakes_a_writer_awaiting_room(self, ring):
+        """The same for room: a writer awaiting a full ring before any consumer opened is signalled by the
+        consumer's open (it then watches the consumer), and every record arrives once it reads."""
+        w = ring.writer()
+        n = 0
+        while w.try_write(rec(n)):
+            n += 1
+        task = asyncio.ensure_future(w.write_async(rec(n)))
+        deadline = time.monotonic() + HANG_S
+        while not aio.word(ring, aio.RING_SPACE) & 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert aio.word(ring, aio.RING_SPACE) & 1, "the writer never announced itself"
+        sent0 = aio.async_counts()[0]
+        p = peer(ring, "read", n + 1, 0.05)
+        assert await line(p) == "open"
+        await asyncio.wait_for(task, HANG_S)
+        assert await line(p) == "done"
+        assert p.wait(HANG_S) == 0
+        assert aio.async_counts()[0] == sent0  # the wakes came from the other process, not from us
+
+
+class TestFrameFallback:
+    async def test_the_thread_fallback_waits_for_a_frames_room_on_the_futex(self, monkeypatch):
+        """write_frame_async through the helper thread (EDGEPIPE_AIO_THREAD=1) against a slow reader in
+        another process: every frame arrives, and the writer slept on the futex (producer parks > 0)
+        rather than polling."""
+        import numpy as np
+
+        from edgepipe.frames import FrameWriter
+
+        monkeypatch.setenv("EDGEPIPE_AIO_THREAD", "1")
+        with Ring.create(capacity=1024) as ring:  # a few frames fill it: the writer must wait
+            fw = FrameWriter(ring.writer())
+            p = peer(ring, "read-frames", 24, 0.05)
+            assert await line(p) == "open"
+            for i in range(24):
+                await fw.write_frame_async(np.full((4, 6, 3), i % 256, np.uint8), timeout_s=HANG_S)
+            assert await line(p) == "done"
+            assert p.wait(HANG_S) == 0
+            assert ring.status().producer_parks > 0
+            fw.close()
