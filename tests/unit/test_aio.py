@@ -86,6 +86,17 @@ PEER = textwrap.dedent("""
         w.write(rec(0))
         print("sent", *aio.async_counts(), flush=True)
         w.close()
+    elif role == "async-echo":   # echo n records from this ring to the ring at fd `pause`, all awaited
+        import asyncio
+        back = Ring.from_fd(int(pause)).writer()
+        r = ring.reader()
+        print("open", flush=True)
+        async def echo():
+            for _ in range(n):
+                await back.write_async(await r.read_async(timeout_s=60), timeout_s=60)
+        (asyncio.run if os.environ.get("EP_TEST_LOOP") != "uvloop" else __import__("uvloop").run)(echo())
+        print("spins", *aio.spin_counts(), flush=True)
+        back.close()
     elif role == "read-hang":
         r = ring.reader()
         print("open", flush=True)
@@ -104,11 +115,12 @@ def check_rec(i: int, got: bytes) -> None:
     assert int.from_bytes(body[:8], "little") == i, f"record {i}: got sequence {int.from_bytes(body[:8], 'little')}"
 
 
-def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = (), stdin=None) -> subprocess.Popen:
+def peer(ring, role: str, n: int = 0, pause: float = 0.0, prefix: tuple = (), stdin=None,
+         pass_fds: tuple = (), env: dict | None = None) -> subprocess.Popen:
     src = os.path.join(os.path.dirname(aio.__file__), os.pardir)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src), **(env or {}))
     p = subprocess.Popen([*prefix, sys.executable, "-c", PEER, str(ring.fd), role, str(n), str(pause)],
-                         pass_fds=[ring.fd], stdout=subprocess.PIPE, stdin=stdin, text=True, env=env)
+                         pass_fds=[ring.fd, *pass_fds], stdout=subprocess.PIPE, stdin=stdin, text=True, env=env)
     return p
 
 
@@ -655,6 +667,32 @@ class TestSpin:
         assert p.wait(HANG_S) == 0
         spins, caught = aio.spin_counts()
         assert spins > spins0 and int(sent) > 0, (spins - spins0, sent)  # both paths were taken
+
+
+    async def test_two_process_async_echo_both_sides_spinning(self, request):
+        """Both processes await (and spin) in both directions through small rings: 3000 records out, each
+        echoed back by an awaiting task in the other process on this test's loop kind, all in order and
+        intact; both sides spun."""
+        kind = "uvloop" if "uvloop" in request.node.name else "stdlib"
+        n = 3000
+        with Ring.create(capacity=1024) as out, Ring.create(capacity=1024) as back:
+            w, r = out.writer(), back.reader()
+            p = peer(out, "async-echo", n, back.fd, pass_fds=(back.fd,), env={"EP_TEST_LOOP": kind})
+            assert await line(p) == "open"
+            spins0 = aio.spin_counts()[0]
+
+            async def send():
+                for i in range(n):
+                    await w.write_async(rec(i), timeout_s=HANG_S)
+
+            sender = asyncio.ensure_future(send())
+            for i in range(n):
+                check_rec(i, await r.read_async(timeout_s=HANG_S))
+            await asyncio.wait_for(sender, HANG_S)
+            words = (await line(p)).split()
+            assert words[0] == "spins" and int(words[1]) > 0, words
+            assert aio.spin_counts()[0] > spins0
+            assert p.wait(HANG_S) == 0
 
 
 class TestFirstOpen:
