@@ -21,6 +21,9 @@ Cases (both ends of a case use the same mechanism):
   asyncio.Queue + Pipe   multiprocessing.Pipe; side A's reader thread feeds an asyncio.Queue through
                          call_soon_threadsafe (stdlib / uvloop); side B a blocking Pipe echo
 
+Spin worst case: 1000 records 1 ms apart (every wait outlasts the spin window), the consumer's CPU per
+record with and without the spin.
+
 Peer death: SIGKILL of a producer while a task awaits its ring, to PeerClosedError in the task (5 runs per
 loop; the goal is under 100 ms).
 
@@ -418,6 +421,49 @@ def fanin(n: int, kind: str, gap_s: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the spin's worst case: records paced further apart than the window, so every spin runs out
+
+
+def paced(kind: str, spin: bool, n: int = 1000, gap_s: float = 0.001) -> float:
+    """Consumer CPU us per record awaiting ``n`` records written ``gap_s`` apart by another process (each
+    wait outlasts the spin window: what the spin costs when it never pays off)."""
+    ring = Ring.create(capacity=1 << 16)
+    reader = ring.reader()
+    if not spin:
+        os.environ["EDGEPIPE_AIO_SPIN_NS"] = "0"
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            w = Ring.from_fd(ring.fd).writer()
+            os.read(go_r, 1)
+            for i in range(n):
+                time.sleep(gap_s)
+                w.write(i.to_bytes(8, "little"))
+            w.close()
+        finally:
+            os._exit(0)
+
+    async def main():
+        c0 = _cpu_s()
+        os.write(go_w, b"g")
+        got = 0
+        async for _ in reader:
+            got += 1
+        return (_cpu_s() - c0) * 1e6 / max(1, got)
+
+    try:
+        return _run(kind, main)
+    finally:
+        os.environ.pop("EDGEPIPE_AIO_SPIN_NS", None)
+        os.waitpid(pid, 0)
+        os.close(go_r)
+        os.close(go_w)
+        reader.close()
+        ring.close()
+
+
+# ---------------------------------------------------------------------------------------------------
 # peer death
 
 
@@ -520,6 +566,9 @@ def main() -> None:
         return goals
 
     C.run_and_report(args, env, cases, measure, report)
+    print("\nspin worst case: 1000 records 1 ms apart from another process, consumer CPU us per record")
+    for kind in ("stdlib", "uvloop"):
+        print(f"  {kind:<7} with the spin {paced(kind, True):.1f}   without {paced(kind, False):.1f}")
     print("\npeer death: SIGKILL of the producer -> PeerClosedError in the awaiting task, ms (5 runs)")
     for kind in ("stdlib", "uvloop"):
         ms = death(kind)
