@@ -25,6 +25,12 @@
  * -EAGAIN from a socket with little queued is the waiter's own full queue, where a wake is pending.
  * A send that finds nothing to send to (the waiter closed or died) or no room in any socket is counted
  * in `failed`, which the tests keep at 0.
+ *
+ * The waiter's bounded spin (ep_async_spin) happens before any announcement and only reads: it polls the
+ * other side's position for a change from a value sampled before the waiter's last try, so a publish
+ * between that try and the spin still ends it, and it never replaces the announce / re-check step that
+ * follows when the spin runs out. The other end's open also signals an announced waiter (ep_ring.c,
+ * ep_latest.c), so a waiter that started before the other end existed learns whom to watch.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
