@@ -9,14 +9,20 @@ the round trips, so a loop that spins cannot pass for a fast one.
 
 Cases (both ends of a case use the same mechanism):
   edgepipe park          RingWriter.write / RingReader.read with wait='park' (the blocking baseline)
-  edgepipe async stdlib  await write_async / read_async on asyncio's default loop (edgepipe.aio: an
-                         abstract datagram socket per waiter, signalled only while announced)
+  edgepipe hybrid        the same with wait='hybrid' (the blocking default: spin one futex wake, then park)
+  edgepipe async stdlib  await write_async / read_async on asyncio's default loop (edgepipe.aio: a bounded
+                         spin while the loop has nothing else ready, then an abstract datagram socket per
+                         waiter, signalled only while announced)
   edgepipe async uvloop  the same on uvloop
+  ... no spin            EDGEPIPE_AIO_SPIN_NS=0: park at once (the wake path alone)
   edgepipe async thread  the helper-thread fallback (EDGEPIPE_AIO_THREAD=1: the wait runs on the futex in
                          the loop's executor, as for a peer in another network namespace)
   asyncio unix stream    asyncio streams over an AF_UNIX socketpair (stdlib / uvloop)
   asyncio.Queue + Pipe   multiprocessing.Pipe; side A's reader thread feeds an asyncio.Queue through
                          call_soon_threadsafe (stdlib / uvloop); side B a blocking Pipe echo
+
+Spin worst case: 1000 records 1 ms apart (every wait outlasts the spin window), the consumer's CPU per
+record with and without the spin.
 
 Peer death: SIGKILL of a producer while a task awaits its ring, to PeerClosedError in the task (5 runs per
 loop; the goal is under 100 ms).
@@ -43,7 +49,7 @@ from array import array
 
 import _common as C
 
-from edgepipe import PeerClosedError, Ring
+from edgepipe import PeerClosedError, Ring, aio
 
 WARM_NS = 300_000_000
 CHECK_MASK = 1023
@@ -78,13 +84,13 @@ def _mismatch(i, m, x):
 # edgepipe
 
 
-def park_case(size: int, seconds: float):
+def park_case(size: int, seconds: float, policy: str = "park"):
     def make():
         ab, ba = Ring.create(capacity=1 << 16), Ring.create(capacity=1 << 16)
         fab, fba = ab.fd, ba.fd
 
         def ping(sync):
-            w, r = Ring.from_fd(fab).writer("park"), Ring.from_fd(fba).reader("park")
+            w, r = Ring.from_fd(fab).writer(policy), Ring.from_fd(fba).reader(policy)
             pool, samples, pc = C.seq_pool(size), array("q"), time.perf_counter_ns
             sync()
             t_warm = pc() + WARM_NS
@@ -113,7 +119,7 @@ def park_case(size: int, seconds: float):
             return out
 
         def pong(sync):
-            r, w = Ring.from_fd(fab).reader("park"), Ring.from_fd(fba).writer("park")
+            r, w = Ring.from_fd(fab).reader(policy), Ring.from_fd(fba).writer(policy)
             sync()
             c0, n = _cpu_s(), 0
             try:
@@ -131,12 +137,14 @@ def park_case(size: int, seconds: float):
     return make
 
 
-def async_case(size: int, seconds: float, kind: str, thread: bool = False):
+def async_case(size: int, seconds: float, kind: str, thread: bool = False, spin: bool = True):
     def make():
         ab, ba = Ring.create(capacity=1 << 16), Ring.create(capacity=1 << 16)
         fab, fba = ab.fd, ba.fd
         if thread:
             os.environ["EDGEPIPE_AIO_THREAD"] = "1"  # inherited by both forked sides
+        if not spin:
+            os.environ["EDGEPIPE_AIO_SPIN_NS"] = "0"  # park at once: the wake path alone
 
         def ping(sync):
             w, r = Ring.from_fd(fab).writer("park"), Ring.from_fd(fba).reader("park")
@@ -165,7 +173,7 @@ def async_case(size: int, seconds: float, kind: str, thread: bool = False):
                         if t1 > t_end:
                             break
                 out = C.rtt_summary(samples, warm_at, i)
-                out.update(cpu_a_s=_cpu_s() - c0, measured=i - i0)
+                out.update(cpu_a_s=_cpu_s() - c0, measured=i - i0, spins=aio.spin_counts())
                 return out
 
             out = _run(kind, main)
@@ -192,6 +200,7 @@ def async_case(size: int, seconds: float, kind: str, thread: bool = False):
 
         def cleanup():
             os.environ.pop("EDGEPIPE_AIO_THREAD", None)
+            os.environ.pop("EDGEPIPE_AIO_SPIN_NS", None)
             ab.close()
             ba.close()
 
@@ -412,6 +421,49 @@ def fanin(n: int, kind: str, gap_s: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the spin's worst case: records paced further apart than the window, so every spin runs out
+
+
+def paced(kind: str, spin: bool, n: int = 1000, gap_s: float = 0.001) -> float:
+    """Consumer CPU us per record awaiting ``n`` records written ``gap_s`` apart by another process (each
+    wait outlasts the spin window: what the spin costs when it never pays off)."""
+    ring = Ring.create(capacity=1 << 16)
+    reader = ring.reader()
+    if not spin:
+        os.environ["EDGEPIPE_AIO_SPIN_NS"] = "0"
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            w = Ring.from_fd(ring.fd).writer()
+            os.read(go_r, 1)
+            for i in range(n):
+                time.sleep(gap_s)
+                w.write(i.to_bytes(8, "little"))
+            w.close()
+        finally:
+            os._exit(0)
+
+    async def main():
+        c0 = _cpu_s()
+        os.write(go_w, b"g")
+        got = 0
+        async for _ in reader:
+            got += 1
+        return (_cpu_s() - c0) * 1e6 / max(1, got)
+
+    try:
+        return _run(kind, main)
+    finally:
+        os.environ.pop("EDGEPIPE_AIO_SPIN_NS", None)
+        os.waitpid(pid, 0)
+        os.close(go_r)
+        os.close(go_w)
+        reader.close()
+        ring.close()
+
+
+# ---------------------------------------------------------------------------------------------------
 # peer death
 
 
@@ -466,8 +518,11 @@ def main() -> None:
     s, t = args.size, args.seconds
     cases = [
         C.Case("edgepipe park (blocking)", "blocking", True, park_case(s, t)),
+        C.Case("edgepipe hybrid (blocking)", "blocking", True, park_case(s, t, "hybrid")),
         C.Case("edgepipe async stdlib", "async", True, async_case(s, t, "stdlib")),
         C.Case("edgepipe async uvloop", "async", True, async_case(s, t, "uvloop")),
+        C.Case("edgepipe async stdlib no spin", "async", True, async_case(s, t, "stdlib", spin=False)),
+        C.Case("edgepipe async uvloop no spin", "async", True, async_case(s, t, "uvloop", spin=False)),
         C.Case("edgepipe async thread (fallback)", "async", True, async_case(s, t, "stdlib", thread=True)),
         C.Case("asyncio unix stream stdlib", "async", False, stream_case(s, t, "stdlib")),
         C.Case("asyncio unix stream uvloop", "async", False, stream_case(s, t, "uvloop")),
@@ -503,11 +558,17 @@ def main() -> None:
             goals.line(name, ratio <= limit, f"{ratio:.2f}x ({r['p50_ns'] / 1e3:.1f} vs {park['p50_ns'] / 1e3:.1f} us"
                        f"; CPU/msg {r['cpu_us_per_msg']:.1f} vs {park['cpu_us_per_msg']:.1f} us)")
         for r in ok:
-            if not r["edgepipe"] and park is not None:
+            if r.get("spins") and r["spins"][0]:
+                print(f"  spins of side A, {r['case']}: {r['spins'][1]} of {r['spins'][0]} ended by the echo")
+        for r in ok:
+            if park is not None and (not r["edgepipe"] or "no spin" in r["case"] or "hybrid" in r["case"]):
                 print(f"  ratio {r['case']}: p50 {r['p50_ns'] / park['p50_ns']:.2f}x park")
         return goals
 
     C.run_and_report(args, env, cases, measure, report)
+    print("\nspin worst case: 1000 records 1 ms apart from another process, consumer CPU us per record")
+    for kind in ("stdlib", "uvloop"):
+        print(f"  {kind:<7} with the spin {paced(kind, True):.1f}   without {paced(kind, False):.1f}")
     print("\npeer death: SIGKILL of the producer -> PeerClosedError in the awaiting task, ms (5 runs)")
     for kind in ("stdlib", "uvloop"):
         ms = death(kind)

@@ -25,6 +25,12 @@
  * -EAGAIN from a socket with little queued is the waiter's own full queue, where a wake is pending.
  * A send that finds nothing to send to (the waiter closed or died) or no room in any socket is counted
  * in `failed`, which the tests keep at 0.
+ *
+ * The waiter's bounded spin (ep_async_spin) happens before any announcement and only reads: it polls the
+ * other side's position for a change from a value sampled before the waiter's last try, so a publish
+ * between that try and the spin still ends it, and it never replaces the announce / re-check step that
+ * follows when the spin runs out. The other end's open also signals an announced waiter (ep_ring.c,
+ * ep_latest.c), so a waiter that started before the other end existed learns whom to watch.
  */
 #define _GNU_SOURCE
 #include "edgepipe.h"
@@ -34,6 +40,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -173,6 +180,46 @@ int ep_async_wake(void *base, uint64_t off)
         return 0;
     ep_async_signal(w, v);
     return 1;
+}
+
+static _Atomic uint64_t *pos_at(void *base, uint64_t off)
+{
+    if (!base || (off != EP_ASYNC_RING_TAIL_OFF && off != EP_ASYNC_RING_HEAD_OFF &&
+                  off != EP_ASYNC_LATEST_PUB_OFF))
+        return NULL;
+    return (_Atomic uint64_t *)((char *)base + off);
+}
+
+uint64_t ep_async_pos(void *base, uint64_t off)
+{
+    _Atomic uint64_t *p = pos_at(base, off);
+    /* Relaxed: only compared for change; the caller's try does the acquire that pairs with the
+     * publish's release. */
+    return p ? ep_load_relaxed(p) : 0;
+}
+
+int ep_async_spin(void *base, uint64_t off, uint64_t seen, int epfd, int64_t spin_ns)
+{
+    _Atomic uint64_t *p = pos_at(base, off);
+    if (!p)
+        return -EINVAL;
+    int64_t end = ep_clock_mono_ns() + (spin_ns > 0 ? spin_ns : 0);
+    for (unsigned it = 1;; it++) {
+        /* Relaxed: a change only ends the spin; the caller's try then loads with acquire (pairs with
+         * the release of the position in publish() / consume() / the latest slot's publish). */
+        if (ep_load_relaxed(p) != seen)
+            return 1;
+        ep_cpu_relax();
+        if ((it & 15u) == 0) {
+            if (ep_clock_mono_ns() >= end)
+                return 0;
+            /* An epoll fd polls readable while any fd registered with it is ready: I/O, another
+             * thread's call_soon_threadsafe, a signal's wakeup fd. One syscall about every 1 us. */
+            struct pollfd pfd = {.fd = epfd, .events = POLLIN};
+            if (epfd >= 0 && poll(&pfd, 1, 0) > 0)
+                return 2;
+        }
+    }
 }
 
 /* Sending socket i of the pool, created on first use; -1 if socket() fails. */

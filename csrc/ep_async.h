@@ -18,6 +18,9 @@
 #define EP_ASYNC_RING_SPACE_OFF 520u    /* the producer's async word in struct ep_ring_ctl */
 #define EP_ASYNC_LATEST_DATA_OFF 520u   /* the consumer's async word in struct ep_latest_ctl */
 #define EP_ASYNC_NAME_MAX 40u           /* bytes of an abstract socket name, leading NUL included */
+#define EP_ASYNC_RING_TAIL_OFF 128u     /* what a spinning ring consumer watches: tail in ep_ring_ctl */
+#define EP_ASYNC_RING_HEAD_OFF 256u     /* what a spinning ring producer watches: head in ep_ring_ctl */
+#define EP_ASYNC_LATEST_PUB_OFF 256u    /* what a spinning latest consumer watches: published */
 
 /* Create a non-blocking, close-on-exec datagram socket bound to the abstract name of a fresh random key
  * (retrying on a name already taken). Returns the fd and the key (bit 0 clear) through *key, or -errno. */
@@ -38,6 +41,15 @@ uint64_t ep_async_word(void *base, uint64_t off);
 /* Signal the waiter announced at base + off, if any, as a producer's publish would: 1 if one was
  * signalled, 0 if none was announced. */
 int ep_async_wake(void *base, uint64_t off);
+/* The 64-bit position at base + off (one of the *_OFF watch offsets above), relaxed: the value a spin
+ * is later compared with. Sample it BEFORE the try that found nothing, so a publish in between ends the
+ * spin at once. 0 for a bad offset. */
+uint64_t ep_async_pos(void *base, uint64_t off);
+/* The bounded spin before an asyncio waiter parks: poll the position at base + off until it differs from
+ * `seen` (1), spin_ns pass (0), or, checked about every microsecond, the event loop's epoll fd `epfd`
+ * (-1: none) has an event ready (2: something else in the loop wants to run). Never sleeps; cffi drops
+ * the GIL around it. -EINVAL for a bad offset. */
+int ep_async_spin(void *base, uint64_t off, uint64_t seen, int epfd, int64_t spin_ns);
 /* Datagrams sent and sends that failed (the waiter's socket was gone) by this process. */
 void ep_async_counts(uint64_t *sent, uint64_t *failed);
 

@@ -92,6 +92,7 @@ struct ep_latest_ctl {
 };
 _Static_assert(sizeof(struct ep_latest_ctl) <= EP_LATEST_CTL_SIZE, "control block fits its page");
 _Static_assert(offsetof(struct ep_latest_ctl, data_async) == EP_ASYNC_LATEST_DATA_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_latest_ctl, published) == EP_ASYNC_LATEST_PUB_OFF, "ep_async.h offsets");
 
 /* Each end copies nbuf and slot_size when it opens (after ep_latest_check validated them against the
  * region size) and uses only its copies: a peer that scribbles on the control block later can then make
@@ -265,6 +266,11 @@ int ep_latest_writer_open(void *base, uint64_t region_size, int fd, struct ep_la
         rc = -EBADMSG;
         goto fail;
     }
+    /* An asyncio task may await a frame before this end ever opened (no process to watch yet): wake it so
+     * it watches us now. The fence orders our "open" owner store before the look at its word; pairs with
+     * the fence in ep_async_arm(), after which the waiter reads the owner (edgepipe.aio). */
+    ep_fence_seq_cst();
+    ep_async_notify(&w->ctl->data_async);
     *out = w;
     return 0;
 fail:

@@ -83,6 +83,8 @@ struct ep_ring_ctl {
 _Static_assert(sizeof(struct ep_ring_ctl) <= EP_RING_DATA_OFF, "control block must fit before the data");
 _Static_assert(offsetof(struct ep_ring_ctl, data_async) == EP_ASYNC_RING_DATA_OFF, "ep_async.h offsets");
 _Static_assert(offsetof(struct ep_ring_ctl, space_async) == EP_ASYNC_RING_SPACE_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_ring_ctl, tail) == EP_ASYNC_RING_TAIL_OFF, "ep_async.h offsets");
+_Static_assert(offsetof(struct ep_ring_ctl, head) == EP_ASYNC_RING_HEAD_OFF, "ep_async.h offsets");
 
 struct ep_rec {
     uint32_t len;
@@ -283,6 +285,11 @@ int ep_ring_writer_open(void *base, uint64_t region_size, int fd, struct ep_ring
     w->claim_rec = UINT64_MAX;
     w->wait_mode = EP_WAIT_HYBRID;
     w->spin_ns = EP_DEFAULT_SPIN_NS;
+    /* An asyncio task may await data before this end ever opened (no process to watch yet): wake it so
+     * it watches us now. The fence orders our "open" owner store before the look at its word; pairs with
+     * the fence in ep_async_arm(), after which the waiter reads the owner (edgepipe.aio). */
+    ep_fence_seq_cst();
+    ep_async_notify(&w->ctl->data_async);
     *out = w;
     return 0;
 }
@@ -623,6 +630,11 @@ int ep_ring_reader_open(void *base, uint64_t region_size, int fd, struct ep_ring
     }
     r->wait_mode = EP_WAIT_HYBRID;
     r->spin_ns = EP_DEFAULT_SPIN_NS;
+    /* An asyncio task may await room before this end ever opened (no process to watch yet): wake it so
+     * it watches us now. The fence orders our "open" owner store before the look at its word; pairs with
+     * the fence in ep_async_arm(), after which the waiter reads the owner (edgepipe.aio). */
+    ep_fence_seq_cst();
+    ep_async_notify(&r->ctl->space_async);
     *out = r;
     return 0;
 fail:

@@ -163,8 +163,10 @@ class FrameWriter(WriterBase):
             return self.try_write_frame(arr, pixel_format=pixel_format, capture_ns=capture_ns,
                                         source_id=source_id)
 
-        def block(t: float) -> None:  # the helper-thread fallback polls for room every millisecond
-            time.sleep(min(t, 0.001))
+        need = min(getattr(arr, "nbytes", 0) + HDR_SIZE + ALIGN - 8, self._w.max_payload)
+
+        def block(t: float) -> None:  # the helper-thread fallback: wait for a frame's room on the futex
+            self._w.wait_room(need, t)
 
         return await aio.wait_for(self._w, aio.RING_SPACE, "consumer", attempt, block, timeout_s,
                                   "no room for a frame in " + repr(self.ring_name))

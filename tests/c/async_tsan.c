@@ -4,7 +4,9 @@
  * place of the event loop: try; announce (ep_async_arm); try again; poll its own datagram socket; take one
  * datagram; withdraw (ep_async_disarm). The consumer waits on the data word for records, the producer on
  * the space word for room in a 256-byte ring (so it is full most of the time); both pause now and then so
- * the other really sleeps.
+ * the other really sleeps. Every other wait first spins as edgepipe.aio does when its loop is idle: sample
+ * the position (ep_async_pos), try, spin up to SPIN_NS on the position and on an epoll fd holding the
+ * thread's own socket (ep_async_spin), try again, and only then announce.
  *
  * A poll that sleeps POLL_MS with the other thread still running is a lost wakeup: the harness fails on it,
  * on a record out of order or corrupt, and on a count that does not add up. The producer's close signals
@@ -19,6 +21,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +36,8 @@
 static uint8_t *g_base;
 static uint64_t g_size, g_n;
 static int g_fail;
+static _Atomic uint64_t g_spins, g_spin_hits;
+#define SPIN_NS 3000
 
 static uint32_t rec_len(uint64_t s) { return 8u + (uint32_t)((s * 2654435761u) % 41u); }
 static uint8_t rec_byte(uint64_t s, uint32_t i) { return (uint8_t)(s * 31u + i * 7u); }
@@ -48,8 +53,26 @@ static void pause_now_and_then(uint64_t s, uint64_t salt)
 /* One wait as edgepipe.aio does it, around attempt() (the non-blocking try: 1 done, 0 not now, -1 failed):
  * announce, attempt again (the re-check), sleep in poll() on our socket, take one datagram, withdraw.
  * Returns attempt()'s 1 or -1 from the re-check, 0 after a wake, -2 after a poll that timed out. */
-static int await_word(int fd, uint64_t key, uint64_t off, int (*attempt)(void *), void *ctx, uint64_t *sleeps)
+static int await_word(int fd, uint64_t key, uint64_t off, int (*attempt)(void *), void *ctx, uint64_t *sleeps,
+                      int epfd)
 {
+    static __thread unsigned calls;
+    if (++calls & 1u) {
+        uint64_t watch = off == EP_ASYNC_RING_DATA_OFF ? EP_ASYNC_RING_TAIL_OFF : EP_ASYNC_RING_HEAD_OFF;
+        uint64_t seen = ep_async_pos(g_base, watch);     /* before the try, as edgepipe.aio does */
+        int rc = attempt(ctx);
+        if (rc)
+            return rc;
+        g_spins++;
+        int src = ep_async_spin(g_base, watch, seen, epfd, SPIN_NS);
+        if (src < 0)
+            return -1;
+        if (src == 1) {
+            g_spin_hits++;
+            if ((rc = attempt(ctx)))
+                return rc;
+        }
+    }
     if (ep_async_arm(g_base, off, key))
         return -1;
     int rc = attempt(ctx);
@@ -63,6 +86,19 @@ static int await_word(int fd, uint64_t key, uint64_t off, int (*attempt)(void *)
     ep_async_drain(fd, 1);
     ep_async_disarm(g_base, off, key);
     return prc == 0 ? -2 : 0;
+}
+
+/* An epoll fd watching fd, as the event loop's would: a stale datagram on it ends a spin (2). */
+static int watched(int fd)
+{
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (fd < 0 || epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)) {
+        if (epfd >= 0)
+            close(epfd);
+        return -1;
+    }
+    return epfd;
 }
 
 struct prod {
@@ -94,7 +130,8 @@ static void *producer(void *arg)
     }
     uint64_t key;
     int fd = ep_async_open(&key);
-    if (fd < 0) {
+    int epfd = watched(fd);
+    if (fd < 0 || epfd < 0) {
         g_fail = 1;
         return NULL;
     }
@@ -105,7 +142,7 @@ static void *producer(void *arg)
             p.buf[i] = rec_byte(s, i);
         int rc;
         while ((rc = put(&p)) == 0) {
-            rc = await_word(fd, key, EP_ASYNC_RING_SPACE_OFF, put, &p, &sleeps);
+            rc = await_word(fd, key, EP_ASYNC_RING_SPACE_OFF, put, &p, &sleeps, epfd);
             if (rc == 1)
                 break;
             if (rc == -2)
@@ -121,6 +158,7 @@ static void *producer(void *arg)
     }
     printf("producer: %" PRIu64 " sleeps\n", sleeps);
     ep_ring_writer_close(p.w);  /* signals the consumer's word: ends its last wait */
+    close(epfd);
     close(fd);
     return NULL;
 }
@@ -178,7 +216,8 @@ int main(int argc, char **argv)
     c.scratch = ep_ring_reader_scratch(c.r);
     uint64_t key;
     int fd = ep_async_open(&key);
-    if (fd < 0)
+    int epfd = watched(fd);
+    if (fd < 0 || epfd < 0)
         return 2;
     pthread_t t;
     pthread_create(&t, NULL, producer, NULL);
@@ -186,7 +225,7 @@ int main(int argc, char **argv)
     while (!c.closed && !g_fail) {
         int rc = take(&c);
         if (rc == 0)
-            rc = await_word(fd, key, EP_ASYNC_RING_DATA_OFF, take, &c, &sleeps);
+            rc = await_word(fd, key, EP_ASYNC_RING_DATA_OFF, take, &c, &sleeps, epfd);
         if (rc == -2)
             fprintf(stderr, "consumer: lost wakeup at record %" PRIu64 "\n", c.next);
         if (rc < 0)
@@ -195,13 +234,15 @@ int main(int argc, char **argv)
     pthread_join(t, NULL);
     uint64_t sent, failed;
     ep_async_counts(&sent, &failed);
-    printf("consumer: %" PRIu64 " records, %" PRIu64 " sleeps; datagrams sent %" PRIu64 ", failed %" PRIu64 "\n",
-           c.next, sleeps, sent, failed);
-    if (!g_fail && (c.next != g_n || failed != 0 || sleeps == 0)) {
+    printf("consumer: %" PRIu64 " records, %" PRIu64 " sleeps; datagrams sent %" PRIu64 ", failed %" PRIu64
+           "; spins %" PRIu64 ", ended by the position %" PRIu64 "\n",
+           c.next, sleeps, sent, failed, (uint64_t)g_spins, (uint64_t)g_spin_hits);
+    if (!g_fail && (c.next != g_n || failed != 0 || sleeps == 0 || g_spins == 0)) {
         fprintf(stderr, "counts do not add up\n");
         g_fail = 1;
     }
     ep_ring_reader_close(c.r);
+    close(epfd);
     close(fd);
     if (g_fail)
         return 1;

@@ -3,7 +3,9 @@ build and under ASan+UBSan, so CI catches data races and lost wakeups in csrc/ep
 csrc/ep_ring.c.
 
 Both threads wait the way edgepipe.aio does, with poll() on their own datagram socket in place of the event
-loop: the consumer for records, the producer for room in a 256-byte ring. A poll that sleeps 20 s is a lost
+loop: the consumer for records, the producer for room in a 256-byte ring; every other wait first spins
+(ep_async_pos, ep_async_spin on the position and an epoll fd holding the thread's socket) before it
+announces, as edgepipe.aio does when its loop is idle. A poll that sleeps 20 s is a lost
 wakeup and fails the harness, as does a lost, reordered or corrupt record, or a datagram that found no
 socket. See _cbuild.py for the TSan/ASLR note and test_tsan.py for the seq_cst fence warning.
 """
