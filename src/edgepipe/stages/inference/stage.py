@@ -628,7 +628,11 @@ class InferenceStage(Stage):
                         continue
                     except (PeerClosedError, RingClosedError):
                         pass  # the worker died: its watcher counts its frames lost and restarts it
-            if payload is None:
+            if payload is None:  # a worker replaced or gone, or the stage closed its rings
+                if self.state in ("done", "failed"):
+                    raise PeerClosedError(f"stage {self.name!r} has ended ({self.state}): its rings are closed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RingTimeoutError(f"no inference result within {timeout_s} s")
                 with self._cond:
                     self._cond.wait(0.01)
                 continue
