@@ -5,7 +5,8 @@ A producer decodes a video file with OpenCV (FFMPEG backend, one decoder thread,
 clip) and delivers every frame, lossless, to a consumer process; the two are pinned to two CPUs (``--cpus``,
 default 0,1) for ``--seconds``. The consumer touches every frame (one byte per 64-byte cache line) and checks
 its sequence number. Decode settings are the same for every transport; only what happens after ``grab()``
-differs:
+differs. Every transport is lossless with about two frames in flight (the smallest ring that takes two,
+two shm slots, iceoryx2 subscriber buffer 2, zmq high-water marks 2; a pipe holds less):
 
   edgepipe            claim_frame() on a frame ring (room for two frames), ``retrieve(image=slot)``: OpenCV's
                       colour conversion writes the decoded frame into the shared slot itself, commit
@@ -140,7 +141,8 @@ def edgepipe_case(path: Path, shape: tuple, seconds: float):
     nbytes = int(np.prod(shape))
 
     def make():
-        ring = Ring.create(capacity=1 << (4 * nbytes).bit_length())  # max payload (half) > 2 frames
+        # the smallest ring taking two frames (max payload = half the capacity): two in flight, as the peers
+        ring = Ring.create(capacity=1 << (2 * (nbytes + 4096) - 1).bit_length())
 
         def producer(sync):
             dec = Decoder(path)
