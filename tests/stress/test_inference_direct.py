@@ -81,7 +81,12 @@ def test_results_in_order_and_intact_while_workers_die(n, kills):
             got.append(m.frame_seq)
             if kill_at and len(got) >= kill_at[0]:
                 kill_at.pop(0)
-                victim = rng.choice([p for p in stage.worker_pids() if p])
+                ready = []
+                while not ready and time.monotonic() < deadline:  # a worker still loading its model is not
+                    ready = [w["pid"] for w in stage.stats()["workers"] if w["ready"] and w["pid"]]  # killed:
+                    if not ready:  # max_restarts deaths before READY fail the stage
+                        time.sleep(0.05)
+                victim = rng.choice(ready)
                 os.kill(victim, signal.SIGKILL)
                 while stage.counters["worker_restarts"] < kills - len(kill_at) and time.monotonic() < deadline:
                     try:  # the dead worker's frames are skipped, the others still come in order
