@@ -218,6 +218,10 @@ class InferenceStage(Stage):
         self._output = output
         self._direct = output is None  # results are taken by read_result(): no collector threads
         self._order = 0  # dispatch counter (_InFlight.order)
+        # output=None, nothing in flight: the worker read_result() parks on, which the dispatcher then picks
+        # first (so the reader is already waiting on the ring the next result comes from: no wake-up at dispatch)
+        self._awaiting: _Slot | None = None
+        self._reader_on_cond = False  # read_result() waits on the condition (no ready worker): wake it on dispatch
         self._watch_stop = threading.Event()
         self.workers = workers
         self.intra_op_threads = intra_op_threads
@@ -365,10 +369,12 @@ class InferenceStage(Stage):
 
     # -- the dispatcher ----------------------------------------------------------------------------------------
     def _pick(self) -> _Slot | None:
+        """The least loaded ready worker; among equals, the one an idle read_result() parks on (lock held)."""
         best = None
         for s in self._slots:
             if s.ready and s.fw is not None and len(s.inflight) < self.queue_depth:
-                if best is None or len(s.inflight) < len(best.inflight):
+                if best is None or len(s.inflight) < len(best.inflight) or (
+                        len(s.inflight) == len(best.inflight) and s is self._awaiting):
                     best = s
         return best
 
@@ -440,8 +446,8 @@ class InferenceStage(Stage):
                 self._order += 1
                 slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv, self._order))
                 self.counters["dispatched"] += 1
-                if self._direct:
-                    self._cond.notify_all()  # a read_result() waiting for something to be in flight
+                if self._reader_on_cond:
+                    self._cond.notify_all()  # a read_result() waiting for a worker to wait on
                 return
 
     def _drain(self, timeout_s: float) -> None:
@@ -603,6 +609,7 @@ class InferenceStage(Stage):
             left = 0.1 if deadline is None else deadline - time.monotonic()
             with self._cond:
                 slot = self._next_slot()
+                first = slot.inflight[0] if slot is not None else None
                 if slot is None:
                     if self._fatal is not None:
                         raise self._fatal
@@ -610,12 +617,22 @@ class InferenceStage(Stage):
                         raise PeerClosedError(f"stage {self.name!r} has ended ({self.state}): no result left")
                     if left <= 0:
                         raise RingTimeoutError(f"no inference result within {timeout_s} s")
-                    self._cond.wait(min(left, 0.1))
-                    continue
-                first = slot.inflight[0]
+                    # nothing in flight: wait on the ring of the worker the next frame will go to (_pick
+                    # prefers it), not on the condition, so the dispatch wakes only the worker
+                    slot = self._pick()
+                    if slot is None:
+                        self._reader_on_cond = True
+                        self._cond.wait(min(left, 0.1))
+                        self._reader_on_cond = False
+                        continue
+                self._awaiting = slot if first is None else None
             with slot.rx:
                 with self._lock:  # still the slot we picked? (its worker may have been replaced meanwhile)
-                    rr = slot.rr if slot.inflight and slot.inflight[0] is first else None
+                    if first is not None:
+                        ok = bool(slot.inflight) and slot.inflight[0] is first
+                    else:  # still ready, and holding the oldest frame if one was dispatched since
+                        ok = slot.ready and self._next_slot() in (None, slot)
+                    rr = slot.rr if ok else None
                 payload = None
                 if rr is not None:
                     try:
