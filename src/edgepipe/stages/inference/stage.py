@@ -19,7 +19,9 @@ Why ``output=None``: with an output ring, a result crosses four parked wake-ups 
 collector, the output's consumer). A consumer in the stage's own process can instead read each worker's
 results ring directly (the rings stay single-producer, single-consumer), which drops the collector's wake-up
 and its parse/serialize/write. It delivers results in the order the frames were dispatched (the order they
-left the input), so it always knows which worker holds the next result and parks on that ring alone. A
+left the input), so it always knows which worker holds the next result and parks on that ring alone; with
+nothing in flight it parks on the ring of the worker the dispatcher will pick next (the dispatcher prefers
+it), so a dispatch wakes the worker and nobody else. A
 watcher thread per worker then only reads the READY/FATAL handshake and checks, every 0.1 s, for a dead or
 hung worker; a dead worker's replies already in its ring are still read before it is restarted.
 
