@@ -7,15 +7,20 @@ same frame the unit tests check the boxes of. Model: the bundled PP-OCRv4 detect
 
 Cases:
   model <t>t              in-process TextDetector, t ORT threads: p50 of preprocess, session run, DB post-process
-  overhead paced          1 worker x 1 thread, one frame in flight at a time; per frame, from the result's stamps:
-                          transport + dispatch latency = input ring -> dispatcher, check + copy into the worker
-                          ring, worker ring -> worker, worker's results ring -> collector, collector -> output
-                          ring (everything but the worker's own preprocess/model/post-process; it includes three
-                          wake-ups of parked threads, ~25 us each on this VM); and the CPU the stage's own
-                          threads (dispatcher + collectors, from /proc/self/task/*/schedstat) spend per frame,
-                          which is what competes with the workers for the cores. Both as a share of model time
+  overhead ring           1 worker x 1 thread, one frame in flight at a time, results through collector threads
+                          and an output ring; per frame, from the result's stamps and the time the consumer has
+                          it: transport + dispatch latency = input ring -> dispatcher, check + copy into the
+                          worker ring, worker ring -> worker, worker's results ring -> collector, collector ->
+                          output ring, output ring -> consumer (everything but the worker's own preprocess/model/
+                          post-process; four wake-ups of parked threads or processes, 75-137 us each on this VM);
+                          and the CPU the stage's own threads (dispatcher + collectors, from
+                          /proc/self/task/*/schedstat) plus the consumer's reads spend per frame, which is what
+                          competes with the workers for the cores. Both as a share of model time
+  overhead direct         the same with InferenceStage(output=None): the consumer's read_result() reads the
+                          worker's results ring itself (input ring -> dispatcher, check + copy, worker ring ->
+                          worker, results ring -> consumer, consumer completes the stamps): three wake-ups
   stage <w>w x <t>t       InferenceStage, w workers x t threads, a producer thread keeping the input ring full:
-                          results/s over --seconds after the first result
+                          results/s over --seconds after the first result (also 2w x 1t with output=None)
   pool <w>w x <t>t        the baseline a user would write: multiprocessing.Pool (spawn) of w processes, each with
                           its own TextDetector of t threads, frames pickled to them (apply_async, 2 per worker
                           outstanding), boxes pickled back
@@ -26,6 +31,7 @@ Cases:
     python benchmarks/infer_throughput.py                       # ~5 s per case, ~1.5 minutes
     python benchmarks/infer_throughput.py --seconds 3 --rounds 3   # a shared, noisy machine: best of 3
     python benchmarks/infer_throughput.py --seconds 2 --only stage,pool
+    python benchmarks/infer_throughput.py --seconds 4 --rounds 3 --only overhead   # the two paths, interleaved
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import numpy as np
 
 import _common as C
 
-from edgepipe import InferenceStage, ModelSpec, Ring, RingTimeoutError, TextDetector, bundled_model_path
+from edgepipe import (InferenceStage, ModelSpec, PeerClosedError, Ring, RingTimeoutError, TextDetector,
+                      bundled_model_path, now_ns)
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
 from edgepipe.frames import FrameReader, FrameWriter
 
@@ -103,12 +110,20 @@ def _thread_cpu_ns(tids) -> int:
 
 
 class _Rig:
-    def __init__(self, workers: int, threads: int, model=None) -> None:
-        self.fin, self.fout = Ring.create(None, 1 << 23), Ring.create(None, 1 << 20)
-        self.fw, self.out = FrameWriter(self.fin.writer()), self.fout.reader()
-        self.stage = InferenceStage(FrameReader(self.fin.reader()), self.fout.writer(),
+    """An input frame ring, an InferenceStage and its consumer in this process. ``direct``: the stage is made
+    with ``output=None`` and result() calls its read_result() (each worker's results ring read here, no
+    collector thread); otherwise results come through collector threads and an output ring."""
+
+    def __init__(self, workers: int, threads: int, model=None, direct: bool = False) -> None:
+        self.direct = direct
+        self.fin = Ring.create(None, 1 << 23)
+        self.fout = None if direct else Ring.create(None, 1 << 20)
+        self.fw = FrameWriter(self.fin.writer())
+        self.out = None if direct else self.fout.reader()
+        self.stage = InferenceStage(FrameReader(self.fin.reader()), None if direct else self.fout.writer(),
                                     model=ModelSpec(path=model, input_hw=HW), workers=workers,
                                     intra_op_threads=threads, max_frame_bytes=HW[0] * HW[1] * 3)
+        self.consumer_cpu_ns = 0  # CPU of this thread inside result(): the consumer's share of the path
         self.stage.start()
         while self.stage.state in ("new", "opening"):
             time.sleep(0.01)
@@ -116,49 +131,91 @@ class _Rig:
             raise RuntimeError(f"stage did not start: {self.stage.stats()['error']}")
 
     def stage_tids(self) -> list[int]:
-        """The stage's own threads in this process: the dispatcher and one collector per worker (benchmark
-        introspection of private fields: the CPU the stage itself spends per frame, workers excluded)."""
+        """The stage's own threads in this process: the dispatcher and one collector (or watcher) per worker
+        (benchmark introspection of private fields: the CPU the stage itself spends per frame, workers
+        excluded)."""
         st = self.stage
         return [st._thread.native_id] + [s.thread.native_id for s in st._slots if s.thread is not None]
 
     def result(self, timeout_s: float = 10.0):
-        return pb.InferenceResult.FromString(self.out.read(timeout_s=timeout_s))
+        """The next result and the time this thread had it (after the output ring's read, or read_result)."""
+        c0 = time.thread_time_ns()
+        try:
+            if self.direct:
+                m = self.stage.read_result(timeout_s)
+                t = now_ns()
+            else:
+                data = self.out.read(timeout_s=timeout_s)
+                t = now_ns()
+                m = pb.InferenceResult.FromString(data)
+        finally:
+            self.consumer_cpu_ns += time.thread_time_ns() - c0
+        return m, t
 
     def close(self) -> dict:
         self.stage.stop()
+        if self.direct:  # the stage drains the frames its workers hold into read_result(): take them
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                try:
+                    self.stage.read_result(0.2)
+                except RingTimeoutError:
+                    continue
+                except PeerClosedError:
+                    break
         self.stage.join(30)
         stats = self.stage.stats()
         self.fin.close()
-        self.fout.close()
+        if self.fout is not None:
+            self.fout.close()
         return stats
 
 
-def case_overhead(frame, seconds: float) -> dict:
-    rig = _Rig(1, 1)
+# The parts of a frame's path, from the result's stamps (publish_ns p, receive_ns r) and the time the
+# consumer had it (t). Through the output ring: p = [input, worker ring, results ring, output ring],
+# r = [dispatcher, worker, collector]. Direct (output=None): p = [input, worker ring, results ring],
+# r = [dispatcher, worker, read_result].
+PARTS_RING = ("input->dispatcher", "check+copy", "worker ring->worker", "worker work", "results ring->collector",
+              "collector->output", "output ring->consumer")
+PARTS_DIRECT = ("input->dispatcher", "check+copy", "worker ring->worker", "worker work",
+                "results ring->consumer", "consumer completes")
+
+
+def _parts(m, t: int, direct: bool) -> tuple[int, ...]:
+    p, r = m.stamps.publish_ns, m.stamps.receive_ns
+    common = (r[0] - p[0], p[1] - r[0], r[1] - p[1], p[2] - r[1], r[2] - p[2])
+    return common + ((t - r[2],) if direct else (p[3] - r[2], t - p[3]))
+
+
+def case_overhead(frame, seconds: float, direct: bool = False) -> dict:
+    """One worker x 1 thread, one frame in flight: every part of the path but the worker's own work, up to
+    the consumer holding the result (so both layouts count the consumer's wake-up)."""
+    rig = _Rig(1, 1, direct=direct)
+    names = PARTS_DIRECT if direct else PARTS_RING
     try:
         for _ in range(3):  # warm the path
             rig.fw.write_frame(frame, timeout_s=5)
             rig.result()
-        hops = {k: [] for k in ("input->dispatcher", "check+copy", "worker ring->worker", "worker work",
-                                "results ring->collector", "collector->output")}
-        transport, model = [], []
+        hops = {k: [] for k in names}
+        transport, stamped, model = [], [], []
         tids = rig.stage_tids()
-        cpu0 = _thread_cpu_ns(tids)
+        cpu0, ccpu0 = _thread_cpu_ns(tids), rig.consumer_cpu_ns
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             rig.fw.write_frame(frame, timeout_s=5)
-            m = rig.result()
-            p, r = m.stamps.publish_ns, m.stamps.receive_ns
-            parts = (r[0] - p[0], p[1] - r[0], r[1] - p[1], p[2] - r[1], r[2] - p[2], p[3] - r[2])
+            m, t = rig.result()
+            parts = _parts(m, t, direct)
             for k, v in zip(hops, parts):
                 hops[k].append(v)
             transport.append(sum(parts) - parts[3])
+            stamped.append(sum(parts[:-1]) - parts[3])  # up to the last stamp in the result
             model.append(m.inference_end_ns - m.inference_start_ns)
-        cpu = (_thread_cpu_ns(tids) - cpu0) / max(1, len(model))
+        n = max(1, len(model))
+        cpu = (_thread_cpu_ns(tids) - cpu0 + rig.consumer_cpu_ns - ccpu0) / n
     finally:
         stats = rig.close()
     row = {"n": len(model), "model_ms": p50(model) / 1e6, "transport_us": p50(transport) / 1e3,
-           "stage_cpu_us": cpu / 1e3,
+           "stamped_us": p50(stamped) / 1e3, "stage_cpu_us": cpu / 1e3,
            "transport_mean_us": float(np.mean(transport)) / 1e3, "errors": stats["error"]}
     row["share_pct"] = 100 * row["transport_us"] / 1e3 / row["model_ms"]
     row["cpu_share_pct"] = 100 * row["stage_cpu_us"] / 1e3 / row["model_ms"]
@@ -166,8 +223,8 @@ def case_overhead(frame, seconds: float) -> dict:
     return row
 
 
-def case_stage(frame, workers: int, threads: int, seconds: float, model=None) -> dict:
-    rig = _Rig(workers, threads, model)
+def case_stage(frame, workers: int, threads: int, seconds: float, model=None, direct: bool = False) -> dict:
+    rig = _Rig(workers, threads, model, direct)
     stop = threading.Event()
 
     def produce() -> None:
@@ -184,7 +241,7 @@ def case_stage(frame, workers: int, threads: int, seconds: float, model=None) ->
         for _ in range(workers):
             rig.result(30)
         tids = rig.stage_tids()
-        cpu0 = _thread_cpu_ns(tids)
+        cpu0, ccpu0 = _thread_cpu_ns(tids), rig.consumer_cpu_ns
         n, t0 = 0, time.monotonic()
         while time.monotonic() - t0 < seconds:
             try:
@@ -193,7 +250,7 @@ def case_stage(frame, workers: int, threads: int, seconds: float, model=None) ->
             except RingTimeoutError:
                 continue
         dt = time.monotonic() - t0
-        cpu = (_thread_cpu_ns(tids) - cpu0) / max(1, n)
+        cpu = (_thread_cpu_ns(tids) - cpu0 + rig.consumer_cpu_ns - ccpu0) / max(1, n)
     finally:
         stop.set()
         t.join()
@@ -298,9 +355,11 @@ def main() -> None:
     for rnd in range(args.rounds):
         for t in (1, 2):
             run(f"model {t}t", case_model, frame, t, s)
-        run("overhead paced", case_overhead, frame, s)
+        run("overhead ring", case_overhead, frame, s, False)
+        run("overhead direct", case_overhead, frame, s, True)
         for w, t in LAYOUTS:
             run(f"stage {w}w x {t}t", case_stage, frame, w, t, s)
+        run("stage 2w x 1t direct", case_stage, frame, 2, 1, s, None, True)
         for w, t in LAYOUTS:
             run(f"pool {w}w x {t}t", case_pool, frame, w, t, s)
         if rnd == 0:
@@ -308,8 +367,9 @@ def main() -> None:
             run("int8", case_int8, max(5, int(4 * s)))
 
     res = {k: _best(v, "fps") for k, v in runs.items() if k.startswith(("stage", "pool", "model"))}
-    if "overhead paced" in runs:
-        res["overhead paced"] = _best(runs["overhead paced"], "stage_cpu_us", high=False)
+    for k in ("overhead ring", "overhead direct"):
+        if k in runs:
+            res[k] = _best(runs[k], "transport_us", high=False)
     for k in ("batch", "int8"):
         if k in runs:
             res[k] = runs[k][0]
@@ -328,11 +388,20 @@ def main() -> None:
                      f"{st.get('fps', float('nan')) / po.get('fps', float('nan')):.2f}"])
     print("\nthroughput, frames/s (higher is better; best of the rounds)")
     print(C.table(["layout", "InferenceStage", "mp.Pool pickled", "stage / pool"], rows))
+    sd = res.get("stage 2w x 1t direct", {})
+    if "fps" in sd:
+        print(f"  2 worker(s) x 1 thread(s), output=None (read_result): {sd['fps']:.1f} frames/s")
 
-    ov = res.get("overhead paced", {})
-    if "hops_us" in ov:
-        print("\nper-frame path, p50 us (1 worker x 1 thread, one frame in flight; round with the least stage CPU)")
-        print(C.table(["hop", "us"], [[k, f"{v:.1f}"] for k, v in ov["hops_us"].items()]))
+    for k, what in (("overhead ring", "through collectors and an output ring"),
+                    ("overhead direct", "output=None: read_result() reads the workers' rings")):
+        ov = res.get(k, {})
+        if "hops_us" in ov:
+            print(f"\nper-frame path {what}, p50 us (1 worker x 1 thread, one frame in flight; round with the "
+                  f"lowest transport p50)")
+            print(C.table(["part", "us"], [[h, f"{v:.1f}"] for h, v in ov["hops_us"].items()]))
+            print(f"  transport + dispatch to the consumer {ov['transport_us']:.0f} us "
+                  f"({ov['share_pct']:.2f} % of the {ov['model_ms']:.1f} ms model), to the last stamp "
+                  f"{ov['stamped_us']:.0f} us; stage threads + consumer CPU {ov['stage_cpu_us']:.0f} us per frame")
     if "batch" in res and "error" not in res["batch"]:
         print("\nmicro-batching, ms per frame at 1 thread: " +
               ", ".join(f"batch {b}: {v:.1f}" for b, v in res["batch"].items() if isinstance(b, int)))
@@ -345,13 +414,17 @@ def main() -> None:
         print(f"  mask IoU vs FP32 {q['mask_iou']:.3f}, FP32 boxes matched {q['box_recall']:.0%}, "
               f"{q['fp32_mb']:.2f} MB -> {q['int8_mb']:.2f} MB")
 
-    goals = C.Goals("goals (issue 8)")
+    goals = C.Goals("goals (issues 8, 20)")
+    ov, old = res.get("overhead direct", {}), res.get("overhead ring", {})
     if "share_pct" in ov:
+        vs = (f"; through the output ring {old['transport_us']:.0f} us = {old['share_pct']:.2f} %"
+              if "share_pct" in old else "")
         goals.line("transport + dispatch latency <= 1 % of model time", ov["share_pct"] <= 1.0,
-                   f"{ov['transport_us']:.0f} us (sum of the hops, p50) vs model {ov['model_ms']:.1f} ms = "
-                   f"{ov['share_pct']:.2f} %")
+                   f"output=None: {ov['transport_us']:.0f} us (input publish -> consumer has the result, worker "
+                   f"excluded, p50) vs model {ov['model_ms']:.1f} ms = {ov['share_pct']:.2f} %{vs}")
         goals.line("transport + dispatch CPU <= 1 % of model time", ov["cpu_share_pct"] <= 1.0,
-                   f"{ov['stage_cpu_us']:.0f} us of dispatcher + collector CPU per frame = {ov['cpu_share_pct']:.2f} %")
+                   f"{ov['stage_cpu_us']:.0f} us of dispatcher + watcher + read_result CPU per frame = "
+                   f"{ov['cpu_share_pct']:.2f} %")
     else:
         goals.line("transport + dispatch <= 1 % of model time", None, "case missing")
     a, b = res.get("stage 1w x 1t", {}).get("fps"), res.get("stage 2w x 1t", {}).get("fps")

@@ -367,3 +367,27 @@ class TestNewCases:
             else:
                 assert {(x["style"], x["batch"]) for x in rows} == {("blocking", 1), ("busy-poll", 256),
                                                                       ("busy-poll", 4096)}
+
+
+class TestCapturePath:
+    def test_every_transport_delivers_decoded_frames(self, tmp_path):
+        """capture_path.py, run briefly on the bundled 768x576 clip, writes one row per transport: every frame
+        sent was received in order (a loss fails the row), each process's CPU per frame is reported, edgepipe's
+        retrieve() wrote every frame into the ring slot itself, and a peer that did not run says it was skipped
+        (not installed) rather than failing; the goal line names the clip."""
+        out = tmp_path / "capture_path.json"
+        r = subprocess.run([sys.executable, str(BENCH / "capture_path.py"), "--seconds", "0.3", "--only", "768x576",
+                            "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        doc = json.loads(out.read_text())
+        rows = doc["rows"]
+        assert len(rows) == 5 and sum(x["edgepipe"] for x in rows) == 1
+        for x in rows:
+            assert x["ok"] or (not x["edgepipe"] and x["error"].startswith("skipped:")), x.get("error")
+            if x["ok"]:
+                assert x["frames"] > 0 and x["fps"] > 0
+                assert x["producer_cpu_us"] > 0 and x["consumer_cpu_us"] >= 0
+                assert x["retrieve_in_place"] + x["retrieve_copies"] == x["frames"]
+        (ep,) = [x for x in rows if x["edgepipe"]]
+        assert ep["retrieve_in_place"] == ep["frames"]
+        assert list(doc["goals"]["1"]) == ["768x576: edgepipe >= 1.25x the best peer in frames/s"]

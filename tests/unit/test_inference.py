@@ -294,7 +294,7 @@ import time  # noqa: E402
 from edgepipe import InferenceStage, Ring, WorkerError  # noqa: E402
 from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb  # noqa: E402
 from edgepipe.clock import now_ns  # noqa: E402
-from edgepipe.errors import RingTimeoutError  # noqa: E402
+from edgepipe.errors import PeerClosedError, RingTimeoutError  # noqa: E402
 
 frames_mod = pytest.importorskip("edgepipe.frames")
 FrameReader, FrameWriter = frames_mod.FrameReader, frames_mod.FrameWriter
@@ -329,31 +329,44 @@ def assert_same_detections(msg, reference, tol=1e-3) -> None:
 
 
 @contextlib.contextmanager
-def rig(workers=1, input_capacity=1 << 22, **kw):
+def rig(workers=1, input_capacity=1 << 22, direct=False, **kw):
     """An input frame ring, an output result ring and a started InferenceStage between them; yields the frame
-    writer, the result reader, the stage and the raw RingWriter under the frame writer."""
+    writer, the result reader, the stage and the raw RingWriter under the frame writer. ``direct``: the stage
+    has no output ring (output=None) and the "reader" is the stage itself (collect() calls read_result)."""
     kw.setdefault("model", ModelSpec(input_hw=SMALL_INPUT))
     kw.setdefault("max_frame_bytes", SMALL_HW[0] * SMALL_HW[1] * 3)
-    fin, fout = Ring.create(None, input_capacity), Ring.create(None, 1 << 20)
+    fin, fout = Ring.create(None, input_capacity), None if direct else Ring.create(None, 1 << 20)
     raw = fin.writer()
-    fw, out = FrameWriter(raw), fout.reader()
-    stage = InferenceStage(FrameReader(fin.reader()), fout.writer(), workers=workers, **kw)
+    fw = FrameWriter(raw)
+    stage = InferenceStage(FrameReader(fin.reader()), None if direct else fout.writer(), workers=workers, **kw)
     stage.start()
     try:
         stage.wait_ready(60)
-        yield fw, out, stage, raw
+        yield fw, stage if direct else fout.reader(), stage, raw
     finally:
         stage.stop()
+        if direct:  # the stopping stage waits for the frames its workers hold to be read
+            collect(stage, 1 << 30, timeout_s=30, until=lambda: stage.state in ("done", "failed"))
         stage.join(30)
         fin.close()
-        fout.close()
+        if fout is not None:
+            fout.close()
 
 
 def collect(out, n, timeout_s=30.0, until=None):
-    """Decode up to ``n`` InferenceResult records (or until ``until()`` is true)."""
+    """Decode up to ``n`` InferenceResult records (or until ``until()`` is true) from a result ring reader,
+    or take them from an output=None stage's read_result()."""
     got = []
     deadline = time.monotonic() + timeout_s
     while len(got) < n and time.monotonic() < deadline and not (until and until()):
+        if isinstance(out, InferenceStage):
+            try:
+                got.append(out.read_result(timeout_s=0.1))
+            except RingTimeoutError:
+                continue
+            except PeerClosedError:
+                break
+            continue
         try:
             data = out.read(timeout_s=0.1)
         except RingTimeoutError:
@@ -365,21 +378,28 @@ def collect(out, n, timeout_s=30.0, until=None):
     return got
 
 
+DIRECT = pytest.mark.parametrize("direct", [False, True], ids=["output-ring", "read_result"])
+
+
 class TestStage:
-    def test_end_to_end_results_through_rings(self, small_frame, small_reference):
+    @DIRECT
+    def test_end_to_end_results_through_rings(self, small_frame, small_reference, direct):
         """Frames written to a ring by this process come back from two worker processes as InferenceResult
         records: every seq once, the same boxes and scores the in-process TextDetector finds on that frame,
         stamps in causal order, model id set. (This tests the transport; the model's accuracy is tested on
-        the bundled photographed page above.)"""
+        the bundled photographed page above.) With output=None, read_result() returns them in frame order
+        and the stamps end at its own read (no output ring)."""
         img, _ = small_frame
         n = 8
-        with rig(workers=2) as (fw, out, stage, _):
+        with rig(workers=2, direct=direct) as (fw, out, stage, _):
             assert stage.state == "running", stage.stats()
             pids = stage.worker_pids()
             assert len(set(pids)) == 2 and os.getpid() not in pids
             seqs = [fw.write_frame(img, timeout_s=5, source_id=3) for _ in range(n)]
             got = collect(out, n)
         stats = stage.stats()
+        if direct:
+            assert [m.frame_seq for m in got] == seqs
         assert sorted(m.frame_seq for m in got) == seqs
         assert stats["results"] == stats["dispatched"] == stats["frames_in"] == n
         assert stats["state"] == "done" and stats["error"] is None
@@ -388,10 +408,49 @@ class TestStage:
             assert m.stamps.seq == m.frame_seq and m.stamps.source == "3"
             assert_same_detections(m, small_reference)
             s = m.stamps
-            assert len(s.publish_ns) == 4 and len(s.receive_ns) == 3
+            assert len(s.publish_ns) == (3 if direct else 4) and len(s.receive_ns) == 3
             order = [s.capture_ns, s.publish_ns[0], s.receive_ns[0], s.publish_ns[1], s.receive_ns[1],
-                     m.inference_start_ns, m.inference_end_ns, s.publish_ns[2], s.receive_ns[2], s.publish_ns[3]]
+                     m.inference_start_ns, m.inference_end_ns, s.publish_ns[2], s.receive_ns[2], *s.publish_ns[3:]]
             assert order == sorted(order) and order[0] > 0
+
+    def test_read_result_keeps_frame_order_across_uneven_workers(self, small_frame):
+        """With output=None and workers of unequal speed (one frame in three is 4x larger, so its worker
+        finishes later), read_result() still returns every frame exactly once in the order it was written,
+        and after stop() it raises PeerClosedError once every result was taken."""
+        img, _ = small_frame
+        big = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2))
+        n = 12
+        with rig(workers=2, direct=True, max_frame_bytes=big.nbytes) as (fw, _, stage, _):
+            seqs = [fw.write_frame(big if i % 3 == 0 else img, timeout_s=10) for i in range(n)]
+            got = [stage.read_result(timeout_s=30).frame_seq for _ in range(n)]
+            with pytest.raises(RingTimeoutError):
+                stage.read_result(timeout_s=0.05)
+        assert got == seqs
+        with pytest.raises(PeerClosedError, match="ended"):
+            stage.read_result(timeout_s=1)
+        assert stage.stats()["results"] == n
+
+    def test_read_result_needs_a_stage_without_output_ring(self):
+        """read_result() on a stage that writes to an output ring is a ValueError naming the stage."""
+        fout = Ring.create(None, 1 << 16)
+        try:
+            stage = InferenceStage(None, fout.writer(), name="det")
+            with pytest.raises(ValueError, match="output=None.*'det'"):
+                stage.read_result(0)
+        finally:
+            fout.close()
+
+    def test_unread_results_are_not_a_hung_worker(self, small_frame):
+        """With output=None, a worker whose replies wait in its ring because nobody calls read_result() for
+        longer than hang_timeout_s is not killed: the result is still there afterwards."""
+        img, _ = small_frame
+        with rig(workers=1, direct=True, hang_timeout_s=0.5) as (fw, _, stage, _):
+            seq = fw.write_frame(img, timeout_s=5)
+            time.sleep(2.0)  # several hang checks while the reply sits unread
+            m = stage.read_result(timeout_s=30)
+        stats = stage.stats()
+        assert m.frame_seq == seq
+        assert stats["worker_hangs"] == 0 and stats["worker_crashes"] == 0
 
     def test_wait_ready_then_the_first_frame_is_inferred_within_budget(self, small_frame, small_reference):
         """start() returns while the workers load the model; wait_ready() returns once all of them have, so
@@ -430,12 +489,13 @@ class TestStage:
             fin.close()
             fout.close()
 
-    def test_killed_worker_is_restarted_and_counted(self, small_frame, caplog):
+    @DIRECT
+    def test_killed_worker_is_restarted_and_counted(self, small_frame, caplog, direct):
         """kill -9 of a busy worker: it is reported and restarted, its in-flight frames are counted lost,
         and every other frame is still inferred (results + lost = frames sent)."""
         img, _ = small_frame
         n = 24
-        with rig(workers=2, input_capacity=1 << 23) as (fw, out, stage, _):
+        with rig(workers=2, input_capacity=1 << 23, direct=direct) as (fw, out, stage, _):
             writer = threading.Thread(target=lambda: [fw.write_frame(img, timeout_s=20) for _ in range(n)])
             writer.start()
             got = collect(out, 3)
@@ -450,6 +510,8 @@ class TestStage:
             got += collect(out, n, until=settled)
             got += collect(out, n - len(got), timeout_s=0.3)
         stats = stage.stats()
+        if direct:  # frame order holds across the crash: the lost frames are skipped, nothing else moves
+            assert [m.frame_seq for m in got] == sorted(m.frame_seq for m in got)
         assert stats["worker_crashes"] == 1 and stats["worker_restarts"] == 1
         assert stats["frames_lost"] >= 1
         assert len(got) == stats["results"] == n - stats["frames_lost"]
@@ -458,11 +520,12 @@ class TestStage:
         assert victim not in stats and victim not in [w["pid"] for w in stats["workers"]]
         assert stats["error"] is None
 
-    def test_hung_worker_is_killed_and_replaced(self, small_frame):
+    @DIRECT
+    def test_hung_worker_is_killed_and_replaced(self, small_frame, direct):
         """A worker that stops replying while it holds frames (here: SIGSTOP) is killed after hang_timeout_s,
         counted, its frames counted lost, and a fresh worker infers the next frame."""
         img, _ = small_frame
-        with rig(workers=1, hang_timeout_s=0.5) as (fw, out, stage, _):
+        with rig(workers=1, hang_timeout_s=0.5, direct=direct) as (fw, out, stage, _):
             fw.write_frame(img, timeout_s=5)
             assert len(collect(out, 1)) == 1
             (victim,) = stage.worker_pids()
@@ -478,11 +541,12 @@ class TestStage:
         assert stats["worker_hangs"] == 1 and stats["worker_crashes"] == 1 and stats["frames_lost"] == 1
         assert "no reply for 0.5 s" in stats["last_crash"] and f"pid {victim}" in stats["last_crash"]
 
-    def test_bad_frames_are_counted_and_skipped(self, small_frame):
+    @DIRECT
+    def test_bad_frames_are_counted_and_skipped(self, small_frame, direct):
         """Frames the model cannot take (NV12, 4-channel, float) and a ring record that is no frame at all are
         counted and skipped; the good frames around them are all inferred and the pool lives on."""
         img, _ = small_frame
-        with rig(workers=1) as (fw, out, stage, raw):
+        with rig(workers=1, direct=direct) as (fw, out, stage, raw):
             raw.write(b"not a frame record", 7)  # a foreign record on the frame ring
             good = [fw.write_frame(img, timeout_s=5)]
             fw.write_frame(np.zeros((SMALL_HW[0] * 3 // 2, SMALL_HW[1]), np.uint8), pixel_format="NV12", timeout_s=5)
@@ -496,11 +560,12 @@ class TestStage:
         assert stats["bad_frames"] == 4 and stats["frames_in"] == 6
         assert "float32" in stats["last_bad_frame"]
 
-    def test_frames_over_budget_are_dropped_and_counted(self, small_frame):
+    @DIRECT
+    def test_frames_over_budget_are_dropped_and_counted(self, small_frame, direct):
         """With budget_ms, frames captured longer ago than the budget are dropped and counted; fresh ones
         are inferred."""
         img, _ = small_frame
-        with rig(workers=1, budget_ms=3000) as (fw, out, stage, _):
+        with rig(workers=1, budget_ms=3000, direct=direct) as (fw, out, stage, _):
             old = now_ns() - 20_000_000_000
             for _ in range(3):
                 fw.write_frame(img, capture_ns=old, timeout_s=5)

@@ -10,9 +10,20 @@ Shape of the stage (all in the process that runs it, plus N workers)::
                            reads the frame in place, preprocesses it into its preallocated input, frees the
                            slot, runs the model, DB post-processing, one reply per frame
     [results ring k] ◀──┘
-        │ collector thread k: completes frame_seq and the stamps, writes the InferenceResult to the output
-        ▼
-    output (RingWriter): serialized edgepipe.v1.InferenceResult records, type id RESULT_TYPE_ID
+        │ output given (a RingWriter): collector thread k completes frame_seq and the stamps and writes the
+        ▼ serialized edgepipe.v1.InferenceResult to the output (type id RESULT_TYPE_ID)
+    output (RingWriter)   - or, with output=None, no collector: the consumer's read_result() reads the
+                            results rings itself (one wake-up fewer per frame) and gets InferenceResult messages
+
+Why ``output=None``: with an output ring, a result crosses four parked wake-ups (dispatcher, worker,
+collector, the output's consumer). A consumer in the stage's own process can instead read each worker's
+results ring directly (the rings stay single-producer, single-consumer), which drops the collector's wake-up
+and its parse/serialize/write. It delivers results in the order the frames were dispatched (the order they
+left the input), so it always knows which worker holds the next result and parks on that ring alone; with
+nothing in flight it parks on the ring of the worker the dispatcher will pick next (the dispatcher prefers
+it), so a dispatch wakes the worker and nobody else. A
+watcher thread per worker then only reads the READY/FATAL handshake and checks, every 0.1 s, for a dead or
+hung worker; a dead worker's replies already in its ring are still read before it is restarted.
 
 Why one copy into a per-worker ring instead of handing workers the input ring itself: a ring has exactly one
 consumer, and a dispatcher that picks the least loaded worker must see every frame first. The copy is one
@@ -30,6 +41,10 @@ never idles waiting for the dispatcher). A worker that dies is reported (``worke
 the frames it held are counted in ``frames_lost``, and it is restarted on fresh rings; a worker that fails
 while loading its model (or crashes ``max_restarts`` times before becoming ready) fails the stage with
 :class:`~edgepipe.errors.WorkerError`.
+
+One piece: the dispatcher, the collectors (or, with ``output=None``, read_result() and the watchers) and the
+restart path all keep one ledger, the per-worker in-flight queues under one lock; split across modules they
+would have to share it through private names.
 
 Micro-batching is not offered: batching 2 or 4 frames made each frame slower here (1 thread, 480x640:
 37.8 ms per frame at batch 1, 41.6 at batch 2, 45.9 at batch 4), so ``micro_batch`` only accepts None or 1.
@@ -74,6 +89,15 @@ _SEQ = W.SEQ
 _HDR_ROOM = 256  # frame header + alignment per record
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a worker whose ring end closed (kill it if it lingers)."""
+    try:
+        proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(12, (n - 1).bit_length())
 
@@ -86,6 +110,7 @@ class _InFlight:
     source_id: int
     in_publish_ns: int
     recv_ns: int
+    order: int = 0  # dispatch order across all workers (read_result delivers by it)
 
 
 class _Slot:
@@ -107,6 +132,9 @@ class _Slot:
         self.hung = False
         self.last_progress = 0.0  # monotonic time of the last reply, or of a dispatch to an idle worker
         self.thread: threading.Thread | None = None
+        # held by whoever reads or replaces ``rr`` once the worker is ready: read_result() (with output=None),
+        # the watcher while it restarts the worker, close() while it tears the rings down
+        self.rx = threading.Lock()
 
 
 class InferenceStage(Stage):
@@ -116,6 +144,8 @@ class InferenceStage(Stage):
         input: a :class:`~edgepipe.frames.FrameReader` (lossless ring) or a latest-slot reader.
         output: a :class:`~edgepipe.ring.RingWriter`; each record is a serialized ``edgepipe.v1.InferenceResult``
             with type id ``RESULT_TYPE_ID`` (22). A full output ring drops the result (``results_dropped``).
+            None: no output ring and no collector threads; a thread of this process takes each result with
+            :meth:`read_result`, in dispatch order, straight from the workers' rings (one hop fewer).
         model: path of a .onnx detector, a :class:`~edgepipe.stages.inference.ModelSpec`, or None for the bundled one.
         workers: worker processes (default ``os.cpu_count()``).
         intra_op_threads: ORT threads per worker.
@@ -137,8 +167,10 @@ class InferenceStage(Stage):
 
     Stamps of each result (CLOCK_MONOTONIC_RAW ns): ``capture_ns`` from the frame (its publish time if it has
     none); ``publish_ns`` = [input ring, worker ring (dispatch), worker's results ring, output ring];
-    ``receive_ns`` = [dispatcher read, worker read, collector read]; ``inference_start_ns``/``_end_ns`` bracket
-    the session run alone (preprocessing is before it, DB post-processing after it).
+    ``receive_ns`` = [dispatcher read, worker read, collector read]; with ``output=None`` there is no output
+    ring: ``publish_ns`` ends at the worker's results ring and ``receive_ns`` at read_result()'s read.
+    ``inference_start_ns``/``_end_ns`` bracket the session run alone (preprocessing is before it, DB
+    post-processing after it).
 
     >>> InferenceStage(input=None, output=None, micro_batch=4)
     Traceback (most recent call last):
@@ -186,6 +218,13 @@ class InferenceStage(Stage):
             raise ModelNotFoundError(f"model file not found: {self.spec.path!r}")
         self._input = input
         self._output = output
+        self._direct = output is None  # results are taken by read_result(): no collector threads
+        self._order = 0  # dispatch counter (_InFlight.order)
+        # output=None, nothing in flight: the worker read_result() parks on, which the dispatcher then picks
+        # first (so the reader is already waiting on the ring the next result comes from: no wake-up at dispatch)
+        self._awaiting: _Slot | None = None
+        self._reader_on_cond = False  # read_result() waits on the condition (no ready worker): wake it on dispatch
+        self._watch_stop = threading.Event()
         self.workers = workers
         self.intra_op_threads = intra_op_threads
         self.intra_op_spinning = bool(intra_op_spinning)
@@ -281,8 +320,9 @@ class InferenceStage(Stage):
         try:
             for slot in self._slots:
                 self._spawn(slot)
+                target, what = (self._watch, "watch") if self._direct else (self._collect, "collect")
                 slot.thread = threading.Thread(
-                    target=self._collect, args=(slot,), name=f"edgepipe-{self.name}-collect{slot.index}", daemon=True
+                    target=target, args=(slot,), name=f"edgepipe-{self.name}-{what}{slot.index}", daemon=True
                 )
                 slot.thread.start()
             deadline = time.monotonic() + self.start_timeout_s
@@ -302,6 +342,7 @@ class InferenceStage(Stage):
     def close(self) -> None:
         with self._lock:
             self._closing = True
+            self._watch_stop.set()
             slots = list(self._slots)
             for s in slots:
                 if s.fw is not None:
@@ -325,15 +366,17 @@ class InferenceStage(Stage):
         for s in slots:
             if s.thread is not None:
                 s.thread.join(timeout=5.0)
-            with self._lock:
+            with s.rx, self._lock:  # not under a read_result() that is reading this slot's ring
                 self._teardown(s)
 
     # -- the dispatcher ----------------------------------------------------------------------------------------
     def _pick(self) -> _Slot | None:
+        """The least loaded ready worker; among equals, the one an idle read_result() parks on (lock held)."""
         best = None
         for s in self._slots:
             if s.ready and s.fw is not None and len(s.inflight) < self.queue_depth:
-                if best is None or len(s.inflight) < len(best.inflight):
+                if best is None or len(s.inflight) < len(best.inflight) or (
+                        len(s.inflight) == len(best.inflight) and s is self._awaiting):
                     best = s
         return best
 
@@ -402,8 +445,11 @@ class InferenceStage(Stage):
                     continue
                 if not slot.inflight:
                     slot.last_progress = time.monotonic()  # an idle worker starts its clock now
-                slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv))
+                self._order += 1
+                slot.inflight.append(_InFlight(wseq, f.seq, cap, f.source_id, f.publish_ns, t_recv, self._order))
                 self.counters["dispatched"] += 1
+                if self._reader_on_cond:
+                    self._cond.notify_all()  # a read_result() waiting for a worker to wait on
                 return
 
     def _drain(self, timeout_s: float) -> None:
@@ -434,42 +480,48 @@ class InferenceStage(Stage):
                     return
                 continue
             except (PeerClosedError, RingClosedError):
-                try:
-                    proc.wait(timeout=2.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _reap(proc)
                 if self._worker_gone(slot):
                     return
                 continue
             slot.last_progress = time.monotonic()
-            if rtype == W.T_RESULT:
-                self._on_result(slot, payload, pb, t_rx)
-            elif rtype in (W.T_DROPPED, W.T_BAD):
-                (wseq,) = _SEQ.unpack_from(payload)
-                with self._cond:
-                    e = self._settle(slot, wseq)
-                    if rtype == W.T_DROPPED:
-                        self.counters["dropped_deadline"] += 1
-                    else:
-                        self.counters["bad_frames"] += 1
-                        self.last_bad_frame = f"seq {e.seq if e else '?'}: {payload[8:].decode(errors='replace')}"
-                    self._cond.notify_all()
-            elif rtype == W.T_READY:
-                info = json.loads(payload)
-                with self._cond:
-                    slot.ready = True
-                    slot.failed_starts = 0
-                    slot.model_id = info["model_id"]
-                    self._cond.notify_all()
-            elif rtype == W.T_FATAL:
-                slot.fatal = payload.decode(errors="replace")
+            msg = self._on_reply(slot, rtype, payload, pb, t_rx)
+            if msg is not None:
+                self._emit(msg)
+
+    def _on_reply(self, slot: _Slot, rtype: int, payload: bytes, pb, t_rx: int):
+        """Account for one record of a worker's results ring; the completed InferenceResult for a result."""
+        if rtype == W.T_RESULT:
+            return self._complete(slot, payload, pb, t_rx)
+        if rtype in (W.T_DROPPED, W.T_BAD):
+            (wseq,) = _SEQ.unpack_from(payload)
+            with self._cond:
+                e = self._settle(slot, wseq)
+                if rtype == W.T_DROPPED:
+                    self.counters["dropped_deadline"] += 1
+                else:
+                    self.counters["bad_frames"] += 1
+                    self.last_bad_frame = f"seq {e.seq if e else '?'}: {payload[8:].decode(errors='replace')}"
+                self._cond.notify_all()
+        elif rtype == W.T_READY:
+            info = json.loads(payload)
+            with self._cond:
+                slot.ready = True
+                slot.failed_starts = 0
+                slot.model_id = info["model_id"]
+                self._cond.notify_all()
+        elif rtype == W.T_FATAL:
+            slot.fatal = payload.decode(errors="replace")
+        return None
 
     def _check_hung(self, slot: _Slot, proc: subprocess.Popen) -> None:
         """Kill a worker that holds frames but has not replied for hang_timeout_s (a wedged session, a
         stopped process); the crash path then counts its frames lost and restarts it."""
         with self._lock:
             hung = bool(slot.inflight) and time.monotonic() - slot.last_progress > self.hang_timeout_s
+        if hung and self._direct and slot.results_ring.status().queued:
+            slot.last_progress = time.monotonic()  # it replied: the reader is behind, not the worker
+            hung = False
         if hung:
             slot.hung = True
             self._count("worker_hangs")
@@ -488,13 +540,15 @@ class InferenceStage(Stage):
             self.counters["frames_lost"] += 1
         return None
 
-    def _on_result(self, slot: _Slot, payload: bytes, pb, t_rx: int) -> None:
+    def _complete(self, slot: _Slot, payload: bytes, pb, t_rx: int):
+        """Settle a RESULT reply and complete its message (frame_seq, the stamps on either side of the
+        worker); None if its frame was already counted lost."""
         (wseq,) = _SEQ.unpack_from(payload)
         with self._cond:
             e = self._settle(slot, wseq)
             self._cond.notify_all()
         if e is None:
-            return
+            return None
         msg = pb.InferenceResult()
         msg.ParseFromString(memoryview(payload)[8:])
         msg.frame_seq = e.seq
@@ -507,17 +561,149 @@ class InferenceStage(Stage):
         st.receive_ns.insert(0, e.recv_ns)
         st.receive_ns.append(t_rx)
         st.publish_ns.insert(0, e.in_publish_ns)
-        st.publish_ns.append(now_ns())
+        return msg
+
+    def _emit(self, msg) -> None:
+        """A collector's last step: the result onto the output ring (and to ``publish``)."""
+        msg.stamps.publish_ns.append(now_ns())
         data = msg.SerializeToString()
         with self._out_lock:  # one producer at a time on the output ring (and into publish)
             ok = self._output.try_write(data, RESULT_TYPE_ID)
-            if self._publish is not None:
-                try:
-                    self._publish(msg)
-                except Exception as exc:  # noqa: BLE001 - a failing subscriber must not stop the results
-                    self.last_publish_error = f"{type(exc).__name__}: {exc}"
-                    self.counters["publish_errors"] += 1
+            self._publish_one(msg)
         self._count("results" if ok else "results_dropped")
+
+    def _publish_one(self, msg) -> None:
+        if self._publish is not None:
+            try:
+                self._publish(msg)
+            except Exception as exc:  # noqa: BLE001 - a failing subscriber must not stop the results
+                self.last_publish_error = f"{type(exc).__name__}: {exc}"
+                self._count("publish_errors")
+
+    # -- output=None: the consumer reads the workers' rings; a watcher per worker ----------------------------
+    def read_result(self, timeout_s: float | None = None):
+        """The next result of a stage made with ``output=None``, in the order the frames were dispatched.
+
+        Reads the results ring of the worker holding the oldest frame in flight, in the calling thread (no
+        collector between the worker and the caller), and completes frame_seq and the stamps. One thread at a
+        time should call it. Replies for frames a worker dropped (over budget) or could not take are
+        counted, not returned; frames of a worker that died are counted in ``frames_lost`` and skipped.
+
+        Args:
+            timeout_s: how long to wait for a result (None: as long as it takes).
+
+        Returns:
+            An ``edgepipe.v1.InferenceResult`` message.
+
+        Raises:
+            ValueError: the stage writes its results to an output ring instead.
+            RingTimeoutError: no result within ``timeout_s``.
+            WorkerError: the stage failed (a worker cannot load its model).
+            PeerClosedError: the stage has ended and every result it had was read.
+        """
+        if not self._direct:
+            raise ValueError(f"read_result() is for a stage made with output=None; {self.name!r} writes its "
+                             f"results to {self._output!r}")
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = 0.1 if deadline is None else deadline - time.monotonic()
+            with self._cond:
+                slot = self._next_slot()
+                first = slot.inflight[0] if slot is not None else None
+                if slot is None:
+                    if self._fatal is not None:
+                        raise self._fatal
+                    if self.state in ("done", "failed"):
+                        raise PeerClosedError(f"stage {self.name!r} has ended ({self.state}): no result left")
+                    if left <= 0:
+                        raise RingTimeoutError(f"no inference result within {timeout_s} s")
+                    # nothing in flight: wait on the ring of the worker the next frame will go to (_pick
+                    # prefers it), not on the condition, so the dispatch wakes only the worker
+                    slot = self._pick()
+                    if slot is None:
+                        self._reader_on_cond = True
+                        self._cond.wait(min(left, 0.1))
+                        self._reader_on_cond = False
+                        continue
+                self._awaiting = slot if first is None else None
+            with slot.rx:
+                with self._lock:  # still the slot we picked? (its worker may have been replaced meanwhile)
+                    if first is not None:
+                        ok = bool(slot.inflight) and slot.inflight[0] is first
+                    else:  # still ready, and holding the oldest frame if one was dispatched since
+                        ok = slot.ready and self._next_slot() in (None, slot)
+                    rr = slot.rr if ok else None
+                payload = None
+                if rr is not None:
+                    try:
+                        payload = rr.read(timeout_s=min(max(left, 0.0), 0.1))
+                        t_rx = now_ns()
+                        rtype = rr.last_type
+                    except RingTimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise RingTimeoutError(f"no inference result within {timeout_s} s") from None
+                        continue
+                    except (PeerClosedError, RingClosedError):
+                        pass  # the worker died: its watcher counts its frames lost and restarts it
+            if payload is None:  # a worker replaced or gone, or the stage closed its rings
+                if self.state in ("done", "failed"):
+                    raise PeerClosedError(f"stage {self.name!r} has ended ({self.state}): its rings are closed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RingTimeoutError(f"no inference result within {timeout_s} s")
+                with self._cond:
+                    self._cond.wait(0.01)
+                continue
+            slot.last_progress = time.monotonic()
+            msg = self._on_reply(slot, rtype, payload, pb, t_rx)
+            if msg is not None:
+                self._count("results")
+                self._publish_one(msg)
+                return msg
+
+    def _next_slot(self) -> _Slot | None:
+        """The slot holding the frame dispatched first among those in flight (lock held)."""
+        best = None
+        for s in self._slots:
+            if s.inflight and (best is None or s.inflight[0].order < best.inflight[0].order):
+                best = s
+        return best
+
+    def _watch(self, slot: _Slot) -> None:
+        """output=None: read the worker's READY / FATAL (nothing is dispatched to it before READY, so this
+        thread is then its ring's only reader), then every 0.1 s look for a dead or hung worker, and
+        restart it once read_result() has taken the replies it left in its ring."""
+        from edgepipe.control._proto.edgepipe.v1 import edgepipe_pb2 as pb
+
+        while not self._watch_stop.is_set():
+            with self._lock:
+                rr, proc, ready = slot.rr, slot.proc, slot.ready
+            if rr is None:
+                return
+            if not ready:
+                try:
+                    payload = rr.read(timeout_s=0.1)
+                    self._on_reply(slot, rr.last_type, payload, pb, now_ns())
+                    continue
+                except RingTimeoutError:
+                    if proc.poll() is None:
+                        continue
+                except (PeerClosedError, RingClosedError):
+                    _reap(proc)
+            else:
+                if self._watch_stop.wait(0.1):
+                    return
+                if proc.poll() is None:
+                    self._check_hung(slot, proc)
+                    continue
+                with self._lock:
+                    pending = bool(slot.inflight)
+                if pending and slot.results_ring.status().queued:
+                    continue  # replies the worker sent before it died: read_result() takes them first
+            with slot.rx:
+                if self._worker_gone(slot):
+                    return
 
     def _worker_gone(self, slot: _Slot) -> bool:
         """The worker of ``slot`` exited. Count and restart it; True when the collector should end."""
