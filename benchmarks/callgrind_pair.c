@@ -297,8 +297,8 @@ static void ring_open(struct ring *g, enum mode mode, uint64_t cap)
     if (mode == M_LIB || mode == M_LIBBATCH) {
         uint64_t sz = ep_ring_region_size(cap);
         g->lib_base = aligned_alloc(4096, sz);
-        if (!g->lib_base || ep_ring_init(g->lib_base, sz, cap) || ep_ring_writer_open(g->lib_base, sz, &g->lw) ||
-            ep_ring_reader_open(g->lib_base, sz, &g->lr)) {
+        if (!g->lib_base || ep_ring_init(g->lib_base, sz, cap) || ep_ring_writer_open(g->lib_base, sz, -1, &g->lw) ||
+            ep_ring_reader_open(g->lib_base, sz, -1, &g->lr)) {
             fprintf(stderr, "cannot set up the library ring\n");
             exit(1);
         }

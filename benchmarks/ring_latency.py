@@ -18,6 +18,10 @@ Cases (both ends of a case use the same mechanism):
               a blocking recv; the shared_memory seq word spun on for 25 us, then the posix_ipc semaphore.
 Every row also carries the CPU time both processes used during the case per message (os.times() of each
 side; 2 messages per round trip), so a spinning end cannot look cheap.
+The C-to-C row is the floor under every Python row: callgrind_pair.c's ``pingpong lib`` mode (two threads
+pinned to the same CPUs bounce one record over two rings with ep_ring_try_write/ep_ring_try_read, no
+Python), built at run time; each of its repetitions gives a mean one-way time and the row's p50 is the
+median repetition (p99 the slowest). The busy-poll goals compare the better edgepipe busy-poll row with it.
 Then the CPU an idle reader burns with the default hybrid policy (read(timeout_s=2) with no traffic,
 resource.getrusage in the reader).
 
@@ -148,6 +152,41 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
             ba.close()
 
         return C.Sides(ping, pong, cleanup)
+
+    return make
+
+
+C_REPS = 15  # repetitions of the C-to-C ping-pong; the row's p50 is their median
+
+
+def c_pingpong_case(size: int, seconds: float, cpus: tuple[int, int]):
+    """The C harness's ping-pong (callgrind_pair.c, mode lib): side A runs it (it pins its two threads to
+    ``cpus`` itself), side B only waits at the barrier. Not a peer: the floor the Python rows are held to."""
+
+    def make():
+        import callgrind_pair
+
+        exe = callgrind_pair.build()
+        n = max(20_000, int(seconds * 1e6 / C_REPS))  # round trips per repetition: ~seconds in all
+
+        def runner(sync):
+            import subprocess
+
+            sync()
+            cmd = [exe, "pingpong", str(cpus[0]), str(cpus[1]), "lib", str(n), str(size), str(C_REPS)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, seconds * 20))
+            if r.returncode:
+                raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()} {r.stdout.strip()}")
+            vals = sorted(float(dict(kv.split("=") for kv in line.split())["one_way_ns"])
+                          for line in r.stdout.splitlines() if "one_way_ns=" in line)
+            return {"p50_ns": vals[len(vals) // 2], "p99_ns": vals[-1], "p999_ns": None,
+                    "round_trips": n * len(vals), "n": len(vals), "c_reps_ns": vals}
+
+        def idle(sync):
+            sync()
+            return {}
+
+        return C.Sides(runner, idle)
 
     return make
 
@@ -700,13 +739,18 @@ def iceoryx2_case(size: int, seconds: float):
 # driver
 
 
-def build_cases(size: int, seconds: float) -> list[C.Case]:
+C_CASE = "C-to-C ping-pong (callgrind_pair pingpong lib)"
+PY_BUSY = ("edgepipe read() spin", "edgepipe try_read() Python loop")
+
+
+def build_cases(size: int, seconds: float, cpus: tuple[int, int] = (0, 1)) -> list[C.Case]:
     E, P = True, False
     # Each goal's pair of rows runs back to back, so both most likely see the same core pair.
     return [
         C.Case("edgepipe read() spin", "busy-poll", E, edgepipe_case(size, seconds, "spin", False)),
         C.Case("shm + seq word spin", "busy-poll", P, shm_case(size, seconds, blocking=False)),
         C.Case("edgepipe try_read() Python loop", "busy-poll", E, edgepipe_case(size, seconds, "spin", True)),
+        C.Case(C_CASE, "busy-poll", E, c_pingpong_case(size, seconds, cpus)),
         C.Case("socketpair non-blocking recv loop", "busy-poll", P, socket_case(size, seconds, blocking=False)),
         C.Case("iceoryx2 pub/sub receive() poll", "busy-poll", P, iceoryx2_case(size, seconds)),
         C.Case("faster_fifo get_nowait loop", "busy-poll", P, faster_fifo_case(size, seconds, blocking=False)),
@@ -791,6 +835,28 @@ def goals(rows: list[dict], best: dict) -> dict:
              f"[probes: {spin['pair']} / {bp['pair']}]")
     else:
         line("busy-poll p50 <= 0.6x best peer busy-poll p50", None, "a case is missing")
+    # issue 20: the better Python busy-poll row (the spin in C, or the try_read loop on the GIL-keeping fast
+    # path) against the best peer and against the C-to-C floor of the same run
+    py = [by[c] for c in PY_BUSY if c in by]
+    cc = by.get(C_CASE)
+    if missing:
+        out.skip("busy-poll p50 <= 0.2x best peer", missing)
+    elif py and bp:
+        e = min(py, key=lambda r: r["p50_ns"])
+        ratio = e["p50_ns"] / bp["p50_ns"]
+        line("busy-poll p50 <= 0.2x best peer", ratio <= 0.2,
+             f"{e['case']} {e['p50_ns']:.0f} ns vs {bp['p50_ns']:.0f} ns ({bp['case']}) = {ratio:.2f}x "
+             f"[probes: {e['pair']} / {bp['pair']}]")
+    else:
+        line("busy-poll p50 <= 0.2x best peer", None, "a case is missing")
+    if py and cc:
+        e = min(py, key=lambda r: r["p50_ns"])
+        ratio = e["p50_ns"] / cc["p50_ns"]
+        line("busy-poll p50 <= 2x the C-to-C ping-pong", ratio <= 2,
+             f"{e['case']} {e['p50_ns']:.0f} ns vs C {cc['p50_ns']:.0f} ns (median of {cc['n']} runs) = "
+             f"{ratio:.2f}x [probes: {e['pair']} / {cc['pair']}]")
+    else:
+        line("busy-poll p50 <= 2x the C-to-C ping-pong", None, "a case is missing")
     if spin:
         limit = {"near": 300, "far": 500}.get(spin["pair"])
         line("busy-poll p50 <= 0.3 us near / 0.5 us far", None if limit is None else spin["p50_ns"] <= limit,
@@ -814,7 +880,7 @@ def goals(rows: list[dict], best: dict) -> dict:
 def main() -> None:
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=4.0)
     env = C.print_header("edgepipe ring latency: ping-pong between two pinned processes", args)
-    C.run_and_report(args, env, build_cases(args.size, args.seconds), measure, report)
+    C.run_and_report(args, env, build_cases(args.size, args.seconds, tuple(args.cpus)), measure, report)
 
 
 if __name__ == "__main__":
