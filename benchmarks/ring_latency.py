@@ -18,10 +18,11 @@ Cases (both ends of a case use the same mechanism):
               a blocking recv; the shared_memory seq word spun on for 25 us, then the posix_ipc semaphore.
 Every row also carries the CPU time both processes used during the case per message (os.times() of each
 side; 2 messages per round trip), so a spinning end cannot look cheap.
-The C-to-C row is the floor under every Python row: callgrind_pair.c's ``pingpong lib`` mode (two threads
+The C-to-C row is the floor under every Python row: callgrind_pair.c's ``pinglat lib`` mode (two threads
 pinned to the same CPUs bounce one record over two rings with ep_ring_try_write/ep_ring_try_read, no
-Python), built at run time; each of its repetitions gives a mean one-way time and the row's p50 is the
-median repetition (p99 the slowest). The busy-poll goals compare the better edgepipe busy-poll row with it.
+Python, each round trip timed with clock_gettime as the Python rows time theirs with perf_counter_ns),
+built at run time; it runs 15 short repetitions and the row's p50/p99/p99.9 are the medians of theirs.
+The issue-20 busy-poll goals compare the better edgepipe busy-poll row with it.
 Then the CPU an idle reader burns with the default hybrid policy (read(timeout_s=2) with no traffic,
 resource.getrusage in the reader).
 
@@ -156,31 +157,38 @@ def edgepipe_case(size: int, seconds: float, wait: str, python_loop: bool):
     return make
 
 
-C_REPS = 15  # repetitions of the C-to-C ping-pong; the row's p50 is their median
+C_REPS = 15  # repetitions of the C-to-C ping-pong; the row's percentiles are the medians of theirs
 
 
 def c_pingpong_case(size: int, seconds: float, cpus: tuple[int, int]):
-    """The C harness's ping-pong (callgrind_pair.c, mode lib): side A runs it (it pins its two threads to
+    """The C harness's timed ping-pong (callgrind_pair.c pinglat, mode lib): side A runs it (it pins its two threads to
     ``cpus`` itself), side B only waits at the barrier. Not a peer: the floor the Python rows are held to."""
 
     def make():
         import callgrind_pair
 
         exe = callgrind_pair.build()
-        n = max(20_000, int(seconds * 1e6 / C_REPS))  # round trips per repetition: ~seconds in all
+        # round trips per repetition: 10 k per second asked, ~0.15 s in all on a quiet machine (a few hundred
+        # ns a round trip) and still done in time when other load preempts the two spinning threads
+        n = max(5_000, int(seconds * 10_000))
 
         def runner(sync):
             import subprocess
 
             sync()
-            cmd = [exe, "pingpong", str(cpus[0]), str(cpus[1]), "lib", str(n), str(size), str(C_REPS)]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, seconds * 20))
+            cmd = [exe, "pinglat", str(cpus[0]), str(cpus[1]), "lib", str(n), str(size), str(C_REPS)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 20)
             if r.returncode:
                 raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()} {r.stdout.strip()}")
-            vals = sorted(float(dict(kv.split("=") for kv in line.split())["one_way_ns"])
-                          for line in r.stdout.splitlines() if "one_way_ns=" in line)
-            return {"p50_ns": vals[len(vals) // 2], "p99_ns": vals[-1], "p999_ns": None,
-                    "round_trips": n * len(vals), "n": len(vals), "c_reps_ns": vals}
+            reps = [{k: float(v) for k, v in (kv.split("=") for kv in line.split()) if k.endswith("_ns")}
+                    for line in r.stdout.splitlines() if "p50_ns=" in line]
+
+            def med(key: str) -> float:
+                vals = sorted(x[key] for x in reps)
+                return vals[len(vals) // 2]
+
+            return {"p50_ns": med("p50_ns"), "p99_ns": med("p99_ns"), "p999_ns": med("p999_ns"),
+                    "round_trips": n * len(reps), "n": n * len(reps), "c_reps": reps}
 
         def idle(sync):
             sync()
@@ -739,7 +747,10 @@ def iceoryx2_case(size: int, seconds: float):
 # driver
 
 
-C_CASE = "C-to-C ping-pong (callgrind_pair pingpong lib)"
+C_CASE = "C-to-C ping-pong (callgrind_pair pinglat lib)"
+# hand-written over shared_memory for these benchmarks (no blocking, no peer-death detection): yardsticks,
+# not libraries a user would pick, so the issue-20 goal leaves them out of "best peer library"
+YARDSTICKS = ("shm + seq word spin",)
 PY_BUSY = ("edgepipe read() spin", "edgepipe try_read() Python loop")
 
 
@@ -838,22 +849,24 @@ def goals(rows: list[dict], best: dict) -> dict:
     # issue 20: the better Python busy-poll row (the spin in C, or the try_read loop on the GIL-keeping fast
     # path) against the best peer and against the C-to-C floor of the same run
     py = [by[c] for c in PY_BUSY if c in by]
+    libs = [r for r in rows if r["ok"] and r["group"] == "busy-poll" and not r["edgepipe"] and r["case"] not in YARDSTICKS]
+    bl = min(libs, key=lambda r: r["p50_ns"]) if libs else None
     cc = by.get(C_CASE)
     if missing:
-        out.skip("busy-poll p50 <= 0.2x best peer", missing)
-    elif py and bp:
+        out.skip("busy-poll p50 <= 0.2x best peer library", missing)
+    elif py and bl:
         e = min(py, key=lambda r: r["p50_ns"])
-        ratio = e["p50_ns"] / bp["p50_ns"]
-        line("busy-poll p50 <= 0.2x best peer", ratio <= 0.2,
-             f"{e['case']} {e['p50_ns']:.0f} ns vs {bp['p50_ns']:.0f} ns ({bp['case']}) = {ratio:.2f}x "
-             f"[probes: {e['pair']} / {bp['pair']}]")
+        ratio = e["p50_ns"] / bl["p50_ns"]
+        line("busy-poll p50 <= 0.2x best peer library", ratio <= 0.2,
+             f"{e['case']} {e['p50_ns']:.0f} ns vs {bl['p50_ns']:.0f} ns ({bl['case']}) = {ratio:.2f}x "
+             f"[probes: {e['pair']} / {bl['pair']}]")
     else:
-        line("busy-poll p50 <= 0.2x best peer", None, "a case is missing")
+        line("busy-poll p50 <= 0.2x best peer library", None, "a case is missing")
     if py and cc:
         e = min(py, key=lambda r: r["p50_ns"])
         ratio = e["p50_ns"] / cc["p50_ns"]
         line("busy-poll p50 <= 2x the C-to-C ping-pong", ratio <= 2,
-             f"{e['case']} {e['p50_ns']:.0f} ns vs C {cc['p50_ns']:.0f} ns (median of {cc['n']} runs) = "
+             f"{e['case']} {e['p50_ns']:.0f} ns vs C {cc['p50_ns']:.0f} ns (median of {C_REPS} runs' p50) = "
              f"{ratio:.2f}x [probes: {e['pair']} / {cc['pair']}]")
     else:
         line("busy-poll p50 <= 2x the C-to-C ping-pong", None, "a case is missing")
