@@ -241,7 +241,13 @@ PyDoc_STRVAR(try_write_doc, "try_write($self, payload, type_id=1)\n--\n\n"
 static PyObject *writer_try_write(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     uint32_t type = 1;
-    if (kwnames || nargs < 1 || nargs > 2 || !self->h || (nargs == 2 && !fast_type_id(args[1], &type)))
+    Py_ssize_t ntype = nargs; /* where type_id is in args, if given: positional, or `type_id=` */
+    if (kwnames && !(nargs == 1 && PyTuple_GET_SIZE(kwnames) == 1 &&
+                     PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "type_id") == 0))
+        return delegate((PyObject *)self, "_cffi_try_write", args, nargs, kwnames);
+    if (kwnames)
+        ntype = 2;
+    if (nargs < 1 || ntype > 2 || !self->h || (ntype == 2 && !fast_type_id(args[1], &type)))
         return delegate((PyObject *)self, "_cffi_try_write", args, nargs, kwnames);
     PyObject *payload = args[0];
     int64_t rc;

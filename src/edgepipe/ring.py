@@ -79,7 +79,7 @@ _BATCH_BUF_MAX = 1 << 20  # bytes the batch read buffer grows to, beyond one max
 # extension that keeps the GIL (csrc/py_fast.c): its types are the bases of RingWriter and RingReader and own
 # their `_h`. It calls these very functions of _ffi, through the addresses handed over here; the
 # `_cffi_*` methods below are the same calls through cffi, which the fast path falls back to for anything
-# uncommon (and which tests/property/test_fast_path.py runs against it).
+# uncommon (and which tests/property/test_fast_path_model.py runs against it).
 _fast.bind({name: int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
             for name in ("ep_ring_try_write", "ep_ring_try_read", "ep_ring_try_read_batch",
                          "ep_ring_reader_scratch")},

@@ -1,6 +1,7 @@
 """The ring's GIL-keeping try calls (edgepipe._fast) keep the guarantees of the cffi calls they replace: the
 end's state changes (lease, close, another thread's close) reach them through the one `_h` attribute, and
-bad input gets the same typed errors. tests/property/test_fast_path.py compares the two paths step by step.
+bad input gets the same typed errors. tests/property/test_fast_path_model.py compares the two paths step
+by step.
 """
 
 from __future__ import annotations
