@@ -849,7 +849,8 @@ def goals(rows: list[dict], best: dict) -> dict:
     # issue 20: the better Python busy-poll row (the spin in C, or the try_read loop on the GIL-keeping fast
     # path) against the best peer and against the C-to-C floor of the same run
     py = [by[c] for c in PY_BUSY if c in by]
-    libs = [r for r in rows if r["ok"] and r["group"] == "busy-poll" and not r["edgepipe"] and r["case"] not in YARDSTICKS]
+    libs = [r for r in rows
+            if r["ok"] and r["group"] == "busy-poll" and not r["edgepipe"] and r["case"] not in YARDSTICKS]
     bl = min(libs, key=lambda r: r["p50_ns"]) if libs else None
     cc = by.get(C_CASE)
     if missing:

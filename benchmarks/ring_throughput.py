@@ -802,7 +802,8 @@ def goals(rows, best_any, best_group) -> dict:
     # issue 20: against the libraries a user would pick for one message per call (the per-call peers less
     # the pure-Python yardstick, which is not a library: it cannot block and cannot see its peer die), and
     # at or above that yardstick
-    libs = [r for r in rows if r["ok"] and not r["edgepipe"] and r["group"] == "per-call" and r["case"] != YARDSTICK]
+    libs = [r for r in rows
+            if r["ok"] and not r["edgepipe"] and r["group"] == "per-call" and r["case"] != YARDSTICK]
     yard = by.get(YARDSTICK)
     if missing:
         out.skip("one record per call >= 3x the best per-call peer library", missing)
