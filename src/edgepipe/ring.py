@@ -1235,8 +1235,8 @@ class RingReader(_HandleBase, _fast.RingReaderCore):
 
     def _cffi_read_into(self, buf, timeout_s: float | None = 0) -> int | None:
         """read_into through cffi. Copy the next record into ``buf`` (writable bytes-like); return its
-        length, or None if the ring stayed empty for ``timeout_s`` (default: don't wait). A record larger than ``buf`` raises
-        ValueError and stays queued."""
+        length, or None if the ring stayed empty for ``timeout_s`` (default: don't wait). A record larger
+        than ``buf`` raises ValueError and stays queued."""
         r = self._handle()
         try:
             b = ffi.from_buffer(buf, require_writable=True)
