@@ -267,7 +267,8 @@ def _child(fn, cpu: int, sync, conn) -> None:
         # this side's CPU time (user + system, every thread of the process) over the whole side, set-up and
         # warm-up included: a side that spins while it waits cannot hide it
         if isinstance(out, dict):
-            out["_cpu_s"] = (t1.user - t0.user) + (t1.system - t0.system)
+            out["_cpu_s"] = (t1.user - t0.user) + (t1.system - t0.system) \
+                + (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)  # a C harness
             out["_wall_s"] = w1 - w0
         conn.send(("ok", out))
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent as text

@@ -13,6 +13,9 @@
  *       one line per repetition (short repetitions, min/median taken by the caller, survive a busy VM).
  *   callgrind_pair pingpong CPU_A CPU_B MODE N [SIZE [REPS]]
  *       Two threads bounce one record over two 64 KiB rings N times. Prints one-way ns (round trip / 2).
+ *   callgrind_pair pinglat CPU_A CPU_B MODE N [SIZE [REPS]]
+ *       The same, with each round trip timed (clock_gettime before the write and after the echo, as the
+ *       Python ping-pong rows of ring_latency.py time theirs): also prints the one-way p50/p99/p99.9.
  *
  * MODE is the real library (`lib`: ep_ring_try_write/ep_ring_try_read; `libbatch`, stream only:
  * ep_ring_try_write_fixed/ep_ring_try_read_batch, 256 records per call) or one of the micro-rings below,
@@ -297,8 +300,8 @@ static void ring_open(struct ring *g, enum mode mode, uint64_t cap)
     if (mode == M_LIB || mode == M_LIBBATCH) {
         uint64_t sz = ep_ring_region_size(cap);
         g->lib_base = aligned_alloc(4096, sz);
-        if (!g->lib_base || ep_ring_init(g->lib_base, sz, cap) || ep_ring_writer_open(g->lib_base, sz, &g->lw) ||
-            ep_ring_reader_open(g->lib_base, sz, &g->lr)) {
+        if (!g->lib_base || ep_ring_init(g->lib_base, sz, cap) || ep_ring_writer_open(g->lib_base, sz, -1, &g->lw) ||
+            ep_ring_reader_open(g->lib_base, sz, -1, &g->lr)) {
             fprintf(stderr, "cannot set up the library ring\n");
             exit(1);
         }
@@ -539,6 +542,7 @@ struct pp_arg {
     _Atomic int *go;
     int64_t elapsed;
     int bad;
+    int64_t *rtt;                       /* pinglat: one round trip per timed iteration, else NULL */
 };
 
 static void *pp_side(void *p)
@@ -558,10 +562,13 @@ static void *pp_side(void *p)
         const uint8_t *got;
         if (a->initiator) {
             put_seq(msg, (uint64_t)i);
+            int64_t s = a->rtt ? now_ns() : 0;
             while (ring_write(a->out, msg, a->size) < 0)
                 relax();
             while (ring_read(a->in, buf, &got) < 0)
                 relax();
+            if (a->rtt && i >= warm)
+                a->rtt[i - warm] = now_ns() - s;
             if (get_seq(got) != (uint64_t)i)
                 a->bad++;
         } else {
@@ -577,7 +584,13 @@ static void *pp_side(void *p)
     return NULL;
 }
 
-static int run_pingpong(int cpu_a, int cpu_b, enum mode mode, long n, uint32_t size)
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+static int run_pingpong(int cpu_a, int cpu_b, enum mode mode, long n, uint32_t size, int timed)
 {
     if (mode > M_STEP8F) {
         fprintf(stderr, "pingpong supports lib, step8, step64, seq8, seq64, step8f\n");
@@ -587,15 +600,24 @@ static int run_pingpong(int cpu_a, int cpu_b, enum mode mode, long n, uint32_t s
     ring_open(&ab, mode, 1u << 16);
     ring_open(&ba, mode, 1u << 16);
     _Atomic int go = 0;
-    struct pp_arg a = {.out = &ab, .in = &ba, .n = n, .size = size, .cpu = cpu_a, .initiator = 1, .go = &go};
+    struct pp_arg a = {.out = &ab, .in = &ba, .n = n, .size = size, .cpu = cpu_a, .initiator = 1, .go = &go,
+                       .rtt = timed ? malloc((size_t)n * sizeof(int64_t)) : NULL};
+    if (timed && !a.rtt)
+        return fprintf(stderr, "out of memory\n"), 2;
     struct pp_arg b = {.out = &ba, .in = &ab, .n = n, .size = size, .cpu = cpu_b, .initiator = 0, .go = &go};
     pthread_t ta, tb;
     pthread_create(&tb, NULL, pp_side, &b);
     pthread_create(&ta, NULL, pp_side, &a);
     pthread_join(ta, NULL);
     pthread_join(tb, NULL);
-    printf("mode=%s round_trips=%ld one_way_ns=%.1f bad=%d\n", mode_names[mode], n,
-           (double)a.elapsed / (2.0 * (double)n), a.bad);
+    printf("mode=%s round_trips=%ld one_way_ns=%.1f", mode_names[mode], n, (double)a.elapsed / (2.0 * (double)n));
+    if (timed) {
+        qsort(a.rtt, (size_t)n, sizeof(int64_t), cmp_i64);
+        printf(" p50_ns=%.1f p99_ns=%.1f p999_ns=%.1f", a.rtt[n / 2] / 2.0, a.rtt[n * 99 / 100] / 2.0,
+               a.rtt[n * 999 / 1000] / 2.0);
+        free(a.rtt);
+    }
+    printf(" bad=%d\n", a.bad);
     return a.bad != 0;
 }
 
@@ -607,7 +629,7 @@ int main(int argc, char **argv)
             return fprintf(stderr, "size must be 8..%d\n", MAXSIZE), 2;
         return run_count(parse_mode(argv[2]), atol(argv[3]), size);
     }
-    if (argc >= 6 && (!strcmp(argv[1], "stream") || !strcmp(argv[1], "pingpong"))) {
+    if (argc >= 6 && (!strcmp(argv[1], "stream") || !strcmp(argv[1], "pingpong") || !strcmp(argv[1], "pinglat"))) {
         uint32_t size = argc > 6 ? (uint32_t)atoi(argv[6]) : 64;
         int reps = argc > 7 ? atoi(argv[7]) : 1;
         if (size < 8 || size > MAXSIZE)
@@ -617,13 +639,15 @@ int main(int argc, char **argv)
         long n = atol(argv[5]);
         int rc = 0;
         for (int i = 0; i < reps && rc == 0; i++)   /* fresh rings each time; one line per repetition */
-            rc = argv[1][0] == 's' ? run_stream(a, b, m, n, size) : run_pingpong(a, b, m, n, size);
+            rc = argv[1][0] == 's' ? run_stream(a, b, m, n, size)
+                                   : run_pingpong(a, b, m, n, size, !strcmp(argv[1], "pinglat"));
         return rc;
     }
     fprintf(stderr,
             "usage: %s count MODE N [SIZE]\n"
             "       %s stream CPU_A CPU_B MODE N [SIZE [REPS]]\n"
-            "       %s pingpong CPU_A CPU_B MODE N [SIZE [REPS]]\n",
-            argv[0], argv[0], argv[0]);
+            "       %s pingpong CPU_A CPU_B MODE N [SIZE [REPS]]\n"
+            "       %s pinglat CPU_A CPU_B MODE N [SIZE [REPS]]\n",
+            argv[0], argv[0], argv[0], argv[0]);
     return 2;
 }

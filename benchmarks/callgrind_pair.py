@@ -1,6 +1,7 @@
 """Instructions per ring record, counted with callgrind, plus the cross-core cost callgrind cannot see.
 
-Builds benchmarks/callgrind_pair.c against csrc/ep_ring.c, ep_shm.c and ep_clock.c (gcc -O2 -g) into a temp
+Builds benchmarks/callgrind_pair.c against csrc/ep_ring.c and what it links (ep_peer.c, ep_wait.c,
+ep_async.c, ep_shm.c, ep_clock.c; gcc -O2 -g) into a temp
 dir, then:
 
 1. callgrind: for each MODE (the library's ep_ring_try_write/ep_ring_try_read, and four micro-rings:
@@ -63,14 +64,18 @@ def extra_args(p) -> None:
     p.add_argument("--reps", type=int, default=15, help="short repetitions per native run (min/median)")
 
 
+LINKED = ("ep_ring.c", "ep_peer.c", "ep_wait.c", "ep_async.c", "ep_shm.c", "ep_clock.c")
+
+
 def build() -> str:
+    """Compile the harness into the run's temp dir; RuntimeError with gcc's output if it fails (ring_latency.py
+    builds it too, for its C-to-C row)."""
     exe = C.tmpdir() / "callgrind_pair"
     cmd = ["gcc", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", f"-I{CSRC}", str(C.HERE / "callgrind_pair.c"),
-           str(CSRC / "ep_ring.c"), str(CSRC / "ep_shm.c"), str(CSRC / "ep_clock.c"), "-o", str(exe), "-lrt",
-           "-pthread"]
+           *(str(CSRC / f) for f in LINKED), "-o", str(exe), "-lrt", "-pthread"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        sys.exit(f"build failed:\n{' '.join(cmd)}\n{r.stderr}")
+        raise RuntimeError(f"build failed:\n{' '.join(cmd)}\n{r.stderr}")
     print(f"built: {' '.join(cmd)}")
     return str(exe)
 
@@ -141,7 +146,10 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install valgrind")
     print(f"  valgrind      {subprocess.run(['valgrind', '--version'], capture_output=True, text=True).stdout.strip()}")
-    exe = build()
+    try:
+        exe = build()
+    except RuntimeError as e:
+        sys.exit(str(e))
 
     print(f"\ncallgrind: instructions per write+read pair of {args.size}-byte records, "
           f"(Ir(N={args.n2}) - Ir(N={args.n1})) / {args.n2 - args.n1}; functions inclusive (callgrind_annotate)")

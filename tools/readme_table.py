@@ -89,7 +89,7 @@ ROWS = (
 CAVEAT = (f"{YARDSTICK_MARK} The pure-Python yardsticks are rings hand-written over `shared_memory` for "
           "these benchmarks, not libraries: they rely on x86-64 store ordering (wrong on the ARM boards "
           "edgepipe targets), cannot block, detect no dead peer and check nothing the other process wrote. "
-          "They show what the per-call cost of a cffi call (GIL release and re-take) buys, not an "
+          "They show what a Python loop over shared memory costs per call with nothing in between, not an "
           "alternative a user would install.")
 
 

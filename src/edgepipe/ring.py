@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from itertools import accumulate
 from operator import attrgetter
 
+from edgepipe import _fast
 from edgepipe._args import timeout_ns
 from edgepipe._ffi import ffi, lib
 from edgepipe._segment import Segment, disowned_error, open_end, refuse_pickle, truncation
@@ -73,6 +74,16 @@ _mono_ns = time.monotonic_ns
 _SLICE_NS = 100_000_000
 _NUMBER = (float, int)  # a timeout of one of these exact types (and >= 0) skips validation on the ready path
 _BATCH_BUF_MAX = 1 << 20  # bytes the batch read buffer grows to, beyond one max-size record
+
+# The non-blocking one-record calls (try_write, try_read, read_into) run in edgepipe._fast, a CPython
+# extension that keeps the GIL (csrc/py_fast.c): its types are the bases of RingWriter and RingReader and own
+# their `_h`. It calls these very functions of _ffi, through the addresses handed over here; the
+# `_cffi_*` methods below are the same calls through cffi, which the fast path falls back to for anything
+# uncommon (and which tests/property/test_fast_path_model.py runs against it).
+_fast.bind({name: int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+            for name in ("ep_ring_try_write", "ep_ring_try_read", "ep_ring_try_read_batch",
+                         "ep_ring_reader_scratch")},
+           lambda h: int(ffi.cast("uintptr_t", h)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -387,7 +398,8 @@ class _HandleBase:
     leave C before freeing the handle, so closing a ring while a reader thread is blocked on it raises
     RingClosedError in that thread instead of crashing. A close() from a signal handler that interrupted
     this very call finds the call on its own stack and does not wait for it (it is not inside C then).
-    Non-blocking calls are not guarded: an end belongs to one thread at a time.
+    Non-blocking calls are not guarded: an end belongs to one thread at a time, and the one-record try calls
+    (edgepipe._fast) keep the GIL while inside C, so a close() from another thread cannot run meanwhile.
     """
 
     __slots__ = ()
@@ -510,10 +522,11 @@ class WriterLease:
             w._end_lease(self)
 
 
-class RingWriter(_HandleBase):
+class RingWriter(_HandleBase, _fast.RingWriterCore):
     """Producer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_data", "_forked_from", "_inflight", "_h", "_lease", "_max_payload", "_ring")
+    # `_h` (the C end) belongs to the base: try_write runs there, in C, with the GIL kept
+    __slots__ = ("_data", "_forked_from", "_inflight", "_lease", "_max_payload", "_ring")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
         self._ring = ring
@@ -577,8 +590,11 @@ class RingWriter(_HandleBase):
         check(lib.ep_ring_writer_set_wait(self._handle(), _MODES[p.mode], p.spin_ns))
 
     # -- one record ---------------------------------------------------------------------------------
-    def try_write(self, payload, type_id: int = 1) -> bool:
-        """Append one record. Return False, without waiting, if the ring is full.
+    # try_write(payload, type_id=1) is RingWriterCore's (C, GIL kept); it comes here for what it does not
+    # take as is (a closed or leased end, a payload or type_id to convert or refuse) and for the error.
+
+    def _cffi_try_write(self, payload, type_id: int = 1) -> bool:
+        """try_write through cffi. Append one record. Return False, without waiting, if the ring is full.
 
         Raises:
             RecordTooLargeError: payload over ``max_payload``. PeerClosedError: the consumer is gone.
@@ -606,6 +622,10 @@ class RingWriter(_HandleBase):
         if rc == _EAGAIN:
             return False
         raise self._error(rc, payload, type_id=type_id)
+
+    def _write_error(self, rc: int, payload) -> Exception:
+        """The error of a fast try_write that got ``rc`` (its type_id was valid: C checked it)."""
+        return self._error(rc, payload)
 
     def write(self, payload, type_id: int = 1, timeout_s: float | None = None) -> None:
         """Append one record, waiting up to ``timeout_s`` (None: forever) for room.
@@ -1118,10 +1138,11 @@ class _Claim:
 # consumer
 
 
-class RingReader(_HandleBase):
+class RingReader(_HandleBase, _fast.RingReaderCore):
     """Consumer end of a shared-memory ring. Use it from exactly one process (the one that opened it)."""
 
-    __slots__ = ("_batch", "_blens", "_data", "_forked_from", "_h", "_inflight", "_io", "_max_payload", "_ring",
+    # `_h` (the C end) belongs to the base: try_read and read_into run there, in C, with the GIL kept
+    __slots__ = ("_batch", "_blens", "_data", "_forked_from", "_inflight", "_io", "_max_payload", "_ring",
                  "_scratch")
 
     def __init__(self, ring: Ring, wait: WaitPolicy) -> None:
@@ -1158,8 +1179,11 @@ class RingReader(_HandleBase):
         check(lib.ep_ring_reader_set_wait(self._handle(), _MODES[p.mode], p.spin_ns))
 
     # -- one record ---------------------------------------------------------------------------------
-    def try_read(self) -> bytes | None:
-        """Take the next record as bytes, or return None at once if the ring is empty.
+    # try_read() and read_into(buf, timeout_s=0) are RingReaderCore's (C, GIL kept); read_into comes back
+    # to _cffi_read_into to wait or for what it does not take as is, and both come here for the error.
+
+    def _cffi_try_read(self) -> bytes | None:
+        """try_read through cffi. Take the next record as bytes, or return None at once if the ring is empty.
 
         Raises:
             PeerClosedError: the ring is empty and the producer closed (it will never fill again).
@@ -1209,10 +1233,10 @@ class RingReader(_HandleBase):
             return self._scratch[0:n]
         raise self._error(n, timeout_s)
 
-    def read_into(self, buf, timeout_s: float | None = 0) -> int | None:
-        """Copy the next record into ``buf`` (writable bytes-like); return its length, or None if the ring
-        stayed empty for ``timeout_s`` (default: don't wait). A record larger than ``buf`` raises
-        ValueError and stays queued."""
+    def _cffi_read_into(self, buf, timeout_s: float | None = 0) -> int | None:
+        """read_into through cffi. Copy the next record into ``buf`` (writable bytes-like); return its
+        length, or None if the ring stayed empty for ``timeout_s`` (default: don't wait). A record larger
+        than ``buf`` raises ValueError and stays queued."""
         r = self._handle()
         try:
             b = ffi.from_buffer(buf, require_writable=True)
@@ -1226,10 +1250,8 @@ class RingReader(_HandleBase):
             rc = lib.ep_ring_try_read_batch(r, b, len(b), lens, ffi.NULL, 1)
             if rc == 1:
                 return lens[0]
-            if rc == -errno.ENOBUFS:
-                raise ValueError(f"next record is {self._io.len} bytes but buf holds only {len(b)}; it stays queued")
             if rc != _EAGAIN:
-                raise self._error(rc, timeout_s)
+                raise self._into_error(rc, len(b), timeout_s)
             if timeout_s == 0:
                 return None
             if tns is None:
@@ -1489,6 +1511,12 @@ class RingReader(_HandleBase):
         if self._blens is None or len(self._blens) < max_n:
             self._blens = ffi.new("uint32_t[]", max(max_n, 256))
         return self._batch, self._blens, None
+
+    def _into_error(self, rc: int, size: int, timeout_s=None) -> Exception:
+        """The error of a read into a caller's buffer of ``size`` bytes that got ``rc``."""
+        if rc == -errno.ENOBUFS:
+            return ValueError(f"next record is {self._io.len} bytes but buf holds only {size}; it stays queued")
+        return self._error(rc, timeout_s)
 
     def _error(self, rc: int, timeout_s=None) -> Exception:
         name = self._ring.name or "memfd"

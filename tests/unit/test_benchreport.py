@@ -204,10 +204,30 @@ class TestPeersMissing:
         assert g["pass"] is None and g["skipped"] is True
         assert "iceoryx2 busy-poll (not installed)" in g["detail"] and 'pip install ".[bench]"' in g["detail"]
         assert "SKIPPED busy-poll p50" in capsys.readouterr().out
+        g = rl.goals(rows, {"busy-poll": rows[2]})["busy-poll p50 <= 0.2x best peer library"]
+        assert g["pass"] is None and g["skipped"] is True
         # every peer there: judged as before
         rows[1] = _row("iceoryx2 busy-poll", "busy-poll", False, p50_ns=1500.0, n=1000)
         g = rl.goals(rows, {"busy-poll": rows[1]})["busy-poll p50 <= 0.6x best peer busy-poll p50"]
         assert g["pass"] is True and "skipped" not in g
+
+    def test_ring_latency_issue20_goals_take_the_better_python_row_and_leave_yardsticks_out(self):
+        """The 0.2x goal compares the better of the two Python busy-poll rows with the best peer library (the
+        hand-written shm yardstick, faster here, is not one); the C-to-C goal holds that row to 2x the C
+        harness's p50."""
+        rl = _bench_module("ring_latency")
+        rows = [_row("edgepipe read() spin", "busy-poll", True, p50_ns=900.0, n=1000),
+                _row("edgepipe try_read() Python loop", "busy-poll", True, p50_ns=300.0, n=1000),
+                _row(rl.C_CASE, "busy-poll", True, p50_ns=200.0, n=1000),
+                _row("iceoryx2 pub/sub receive() poll", "busy-poll", False, p50_ns=1600.0, n=1000),
+                _row("shm + seq word spin", "busy-poll", False, p50_ns=250.0, n=1000)]
+        goals = rl.goals(rows, {"busy-poll": rows[4]})
+        lib = goals["busy-poll p50 <= 0.2x best peer library"]
+        assert lib["pass"] is True and "try_read() Python loop 300 ns vs 1600 ns" in lib["detail"]
+        cc = goals["busy-poll p50 <= 2x the C-to-C ping-pong"]
+        assert cc["pass"] is True and "1.50x" in cc["detail"]
+        rows[2] = _row(rl.C_CASE, "busy-poll", True, p50_ns=100.0, n=1000)
+        assert rl.goals(rows, {"busy-poll": rows[4]})["busy-poll p50 <= 2x the C-to-C ping-pong"]["pass"] is False
 
     def test_frame_handoff_and_ring_throughput_goals_skip_too(self):
         """The other goals against "the best peer" (frame hand-off per workload, one record per call) are
@@ -225,6 +245,22 @@ class TestPeersMissing:
                 _row("mp.Queue", "per-call", False, msgs_per_s=1e5)]
         g = rt.goals(rows, rows[2], {"per-call": rows[2]})["one record per call >= 3x the best peer"]
         assert g["pass"] is None and g.get("skipped") and "posix_ipc + shared_memory (not installed)" in g["detail"]
+        g = rt.goals(rows, rows[2], {"per-call": rows[2]})["one record per call >= 3x the best per-call peer library"]
+        assert g["pass"] is None and g.get("skipped")
+
+    def test_ring_throughput_library_goal_leaves_the_yardstick_out(self):
+        """The issue-20 goals: 3x the best per-call peer library (the pure-Python yardstick is not one, and a
+        batch peer is not per-call), and a separate line against the yardstick."""
+        rt = _bench_module("ring_throughput")
+        rows = [_row("edgepipe try_write/try_read loop", "per-call", True, msgs_per_s=4e6),
+                _row(rt.YARDSTICK, "per-call", False, msgs_per_s=5e6),
+                _row("pyzmq PUSH/PULL ipc", "per-call", False, msgs_per_s=1e6),
+                _row("socketpair sendall(256 joined)/recv_into", "batch", False, msgs_per_s=5e7)]
+        goals = rt.goals(rows, rows[3], {"per-call": rows[1], "batch": rows[3]})
+        lib = goals["one record per call >= 3x the best per-call peer library"]
+        assert lib["pass"] is True and "pyzmq PUSH/PULL ipc" in lib["detail"] and "4.00x" in lib["detail"]
+        yard = goals["one record per call >= the pure-Python yardstick"]
+        assert yard["pass"] is False and "0.80x" in yard["detail"]
 
 
 ROOT = BENCH.parent

@@ -9,6 +9,7 @@ another module's private name; a module over 600 lines says in its docstring why
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,12 @@ HANDLES = {
     "edgepipe.aio": {"async"},
 }
 MAX_LINES = 600
+# The compiled modules, both at the bottom layer: the cffi core, and edgepipe._fast (csrc/py_fast.c), the
+# CPython extension that runs the ring's try calls with the GIL kept. _fast is C with no logic of its own: it
+# calls _ffi's functions through addresses the owning handle module hands it (``ffi.addressof(lib,
+# "ep_ring_...")``, counted below as that module calling them), so it sits beside _ffi, not among the
+# handles, and like _ffi only handle modules may import it.
+COMPILED = {"edgepipe._ffi", "edgepipe._fast"}
 
 
 def _modules() -> dict[str, Path]:
@@ -60,7 +67,7 @@ def layer(mod: str) -> str:
     parts = mod.split(".")
     if mod in ("edgepipe", "edgepipe.__main__"):
         return "top"
-    if parts[1] == "_ffi":
+    if mod in COMPILED:
         return "_ffi"
     if parts[1] in ("cli", "pipeline", "record", "bridge", "view", "stages", "control", "testing"):
         return parts[1]
@@ -88,7 +95,7 @@ def imports(mod: str) -> list[tuple[str, str | None, int]]:
                 continue
             for a in node.names:
                 sub = f"{target}.{a.name}"
-                if sub in MODULES or sub == "edgepipe._ffi":
+                if sub in MODULES or sub in COMPILED:
                     out.append((sub, None, node.lineno))  # `from pkg import module`
                 else:
                     out.append((target, a.name, node.lineno))
@@ -134,21 +141,29 @@ class TestLayers:
         assert not cycles, f"import cycles: {cycles}"
 
     def test_only_handle_modules_import_ffi(self):
-        """edgepipe._ffi is imported by the handle modules (and the control plane's framing handle) only."""
-        users = sorted(m for m in MODULES if any(t == "edgepipe._ffi" for t, _n, _l in imports(m)))
+        """edgepipe._ffi and edgepipe._fast are imported by the handle modules (and the control plane's framing
+        handle) only."""
+        users = sorted(m for m in MODULES if any(t in COMPILED for t, _n, _l in imports(m)))
         assert set(users) <= set(HANDLES), f"modules other than the handles import _ffi: {set(users) - set(HANDLES)}"
 
     def test_each_c_object_has_one_handle_module(self):
-        """Each C area (ep_<area>_*) is called from exactly the one handle module that owns it."""
+        """Each C area (ep_<area>_*) is called from exactly the one handle module that owns it: as ``lib.ep_*``,
+        or by handing its address to edgepipe._fast (``ffi.addressof(lib, "ep_*")``)."""
         owner = {area: m for m, areas in HANDLES.items() for area in areas}
         wrong = []
         for m in MODULES:
             for node in ast.walk(ast.parse(MODULES[m].read_text())):
                 if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "lib"
                         and node.attr.startswith("ep_")):
-                    area = node.attr.split("_")[1]
-                    if owner.get(area) != m:
-                        wrong.append(f"{m}:{node.lineno} calls lib.{node.attr} (owner: {owner.get(area)})")
+                    name = node.attr
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                        and re.fullmatch(r"ep_[a-z0-9]+_\w+", node.value):
+                    name = node.value  # a C function named as a string: for ffi.addressof
+                else:
+                    continue
+                area = name.split("_")[1]
+                if owner.get(area) != m:
+                    wrong.append(f"{m}:{node.lineno} names {name} (owner: {owner.get(area)})")
         assert not wrong, "\n".join(wrong)
 
     def test_no_private_names_across_modules(self):
@@ -208,3 +223,12 @@ class TestTheRulesBite:
         got = imports("edgepipe.y")
         assert ("edgepipe.ring", "_helper", 1) in got
         assert ("edgepipe.cli._segments", None, 2) in got  # a private *module* is the allowed way to share
+
+    def test_an_address_handed_to_fast_counts_as_a_call(self, tmp_path, monkeypatch):
+        """A module naming another area's function as a string (``ffi.addressof(lib, "ep_ring_try_write")``,
+        the way addresses reach edgepipe._fast) breaks the one-owner rule like ``lib.ep_ring_try_write``."""
+        p = tmp_path / "z.py"
+        p.write_text('from edgepipe._ffi import ffi, lib\nADDR = ffi.addressof(lib, "ep_ring_try_write")\n')
+        monkeypatch.setitem(MODULES, "edgepipe.latest_extra", p)
+        with pytest.raises(AssertionError, match="latest_extra:2 names ep_ring_try_write"):
+            TestLayers().test_each_c_object_has_one_handle_module()

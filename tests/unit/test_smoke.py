@@ -23,6 +23,15 @@ class TestImport:
         for name in ("ep_ring_try_write", "ep_ring_try_read", "ep_shm_create", "ep_clock_now_ns"):
             assert callable(getattr(edgepipe._ffi.lib, name)), name
 
+    def test_fast_path_extension_is_built_and_used(self):
+        """edgepipe._fast (the GIL-keeping try calls, built by the same setup.py) is in the install, and the
+        ring ends run on it."""
+        import edgepipe._fast
+
+        assert issubclass(edgepipe.RingWriter, edgepipe._fast.RingWriterCore)
+        assert issubclass(edgepipe.RingReader, edgepipe._fast.RingReaderCore)
+        assert edgepipe.RingWriter.try_write is edgepipe._fast.RingWriterCore.__dict__["try_write"]
+
     def test_layout_constants_are_compiled_in(self):
         """The header constants reach Python with the values DESIGN.md describes."""
         lib = edgepipe._ffi.lib
