@@ -9,11 +9,16 @@ trip less the remote's turnaround) the sample's own bound. The drift over one ex
 hundred ppm) is far below a nanosecond and is ignored.
 
 The estimate is a line ``offset(t) = a + b (t - t0)`` (b is the drift) fitted by least squares to the
-samples of smallest delay (the best quarter of the window, at least MIN_SAMPLES). Its bound at the chosen
-samples is ``max(delta_i / 2 + |residual_i|)``; between the first and last of them the error (the difference
-of two lines) cannot exceed it, and past the last one it grows linearly with the distance, by the drift the
-bound allows over the samples' span. A bound wider than a latency it is used for makes that latency
-unknown, said as such, never printed as a number.
+samples of smallest delay (the best quarter of the window, at least MIN_SAMPLES). Its error ``e(t)`` (fitted
+line minus the truth, a line too) is bounded at each chosen sample by ``delta_i / 2 + |residual_i|``; a line
+bounded at two times is bounded by the larger of the two between them, so the estimate's span runs from an
+early sample to a late one, each the one with the smallest such bound among the earliest and the latest
+eighth of the chosen samples, and its bound is the larger of those two. Past the span the bound grows
+linearly with the distance, by the slope two bounded ends allow. So the bound is about half the shortest
+round trips at the two ends of the window, not of a typical one: the pinging end sends its pings in bursts
+(the next one from the callback that took the previous answer), in which zenoh's threads are awake. A
+bound wider than a latency it is used for makes that latency unknown, said as such, never printed as a
+number.
 
 >>> est = ClockEstimate()
 >>> for i in range(20):  # the remote runs 5 ms ahead, drifting +100 ppm; 40 us each way, 10 us turnaround
@@ -21,8 +26,8 @@ unknown, said as such, never printed as a number.
 ...     remote = lambda t: t + 5_000_000 + t // 10_000
 ...     est.add(t1, remote(t1 + 40_000), remote(t1 + 50_000), t1 + 90_000)
 >>> e = est.estimate()
->>> round(e.offset_at(100_000_000) / 1e6, 3), round(e.drift_ppm), e.bound_ns <= 40_000
-(5.01, 100, True)
+>>> round(e.offset_at(100_000_000) / 1e6, 3), round(e.drift_ppm), round(e.bound_ns / 1e3, 1)  # bound: 80 us / 2
+(5.01, 100, 40.0)
 """
 
 from __future__ import annotations
@@ -71,8 +76,8 @@ class ClockEstimate:
     """A window of the last ``window`` exchanges with one remote end; thread-safe (samples arrive on zenoh's
     threads, estimates are read by the stage)."""
 
-    def __init__(self, window: int = 256) -> None:
-        self.samples: deque[tuple[int, float, int]] = deque(maxlen=window)  # (local mid, theta, delta)
+    def __init__(self, window: int = 4096) -> None:
+        self.samples: deque[tuple[int, float, int, int]] = deque(maxlen=window)  # (local mid, theta, delta, t4-t1)
         self.exchanges = 0
         self._lock = threading.Lock()
 
@@ -84,7 +89,7 @@ class ClockEstimate:
             return
         theta = ((t2 - t1) + (t3 - t4)) / 2
         with self._lock:
-            self.samples.append(((t1 + t4) // 2, theta, delta))
+            self.samples.append(((t1 + t4) // 2, theta, delta, t4 - t1))
             self.exchanges += 1
 
     def estimate(self) -> OffsetEstimate | None:
@@ -93,14 +98,19 @@ class ClockEstimate:
             s = list(self.samples)
         if len(s) < MIN_SAMPLES:
             return None
-        best = sorted(s, key=lambda x: x[2])[:max(MIN_SAMPLES, len(s) // 4)]
+        best = sorted(sorted(s, key=lambda x: x[2])[:max(MIN_SAMPLES, len(s) // 4)])  # by delay, then by time
         t0 = best[0][0]
-        xs = [t - t0 for t, _, _ in best]
-        ys = [th for _, th, _ in best]
+        xs = [t - t0 for t, _, _, _ in best]
+        ys = [th for _, th, _, _ in best]
         n = len(best)
         mx, my = sum(xs) / n, sum(ys) / n
         sxx = sum((x - mx) ** 2 for x in xs)
         b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
         a = my - b * mx
-        bound = max(d / 2 + abs(y - (a + b * x)) for x, y, (_, _, d) in zip(xs, ys, best))
-        return OffsetEstimate(t0, a, b, bound, min(t for t, _, _ in best), max(t for t, _, _ in best), n)
+        # the interval holds the offset at some instant of the exchange, not exactly at its middle: the drift
+        # over half the round trip is added (a few ns)
+        bounds = [d / 2 + abs(y - (a + b * x)) + abs(b) * rtt / 2 for x, y, (_, _, d, rtt) in zip(xs, ys, best)]
+        k = max(1, n // 8)
+        first = min(range(k), key=bounds.__getitem__)
+        last = min(range(n - k, n), key=bounds.__getitem__)
+        return OffsetEstimate(t0, a, b, max(bounds[first], bounds[last]), best[first][0], best[last][0], n)

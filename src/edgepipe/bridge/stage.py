@@ -52,7 +52,7 @@ from collections import deque
 from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
-from edgepipe.bridge.session import Checker, Session, make_config
+from edgepipe.bridge.session import Checker, Session, callback, make_config
 from edgepipe.bridge.wire import (
     KIND_END,
     KIND_PING,
@@ -80,6 +80,7 @@ _WAIT_S = 0.05
 _PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
 _PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
 _WIRE_WINDOW = 4096  # wire latencies kept for the p50
+CLOCK_BURST = 8  # clock exchanges per period, each next ping sent by the pong that answers the one before
 STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
 
 
@@ -95,7 +96,7 @@ class _Matched:
 
     def __init__(self, pub, lossless: bool) -> None:
         self.now = not lossless or pub.matching_status.matching
-        self.listener = pub.declare_matching_listener(self._update) if lossless else None
+        self.listener = pub.declare_matching_listener(callback(self._update)) if lossless else None
 
     def _update(self, status) -> None:
         self.now = status.matching
@@ -164,6 +165,7 @@ class BridgeStage(PipelineStage):
         self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
         self._nonce = int.from_bytes(os.urandom(8), "little")
         self._pinger: threading.Thread | None = None
+        self._burst_left = 0
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.checkers: dict[str, Checker] = {}
@@ -261,10 +263,16 @@ class BridgeStage(PipelineStage):
             self.session = None
 
     # -- receiving (zenoh's threads) -----------------------------------------------------------------------
+    def _ping(self) -> None:
+        self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+
     def _ping_loop(self) -> None:
+        """A burst of CLOCK_BURST exchanges every period: the first wakes zenoh's threads on both ends, the
+        next ones (sent from the pong callback) find them awake, and the shortest round trips set the bound."""
         last_estimate = 0.0
         while not self.stopping and self.session is not None:
-            self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+            self._burst_left = CLOCK_BURST  # a pong lost on the wire ends its burst early; the next period restarts
+            self._ping()
             if time.monotonic() - last_estimate > 0.25:
                 last_estimate = time.monotonic()
                 self.estimate = self.clock.estimate() or self.estimate
@@ -291,6 +299,9 @@ class BridgeStage(PipelineStage):
             nonce, t1, t2 = _PONG.unpack(env.body)
             if nonce == self._nonce:  # an answer to another end's ping is not ours to use
                 self.clock.add(t1, t2, env.send_ns, t4)
+                self._burst_left -= 1
+                if self._burst_left > 0 and not self.stopping:
+                    self._ping()
 
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])
