@@ -16,8 +16,15 @@ Cases (one run, every peer measured in it, ratios reported):
                into a ring, bridged), read in B (FrameReader): frames per second over ``--seconds``.
   clock        the receiving bridge's clock estimate when the sender's stamps are shifted by 3.7 s and +250 ppm:
                its error bound, and its actual error against that known truth.
+  rtt          the floor under that bound: bursts of ``--burst`` zenoh exchanges (pub/sub ping -> pong, then a
+               queryable), answered and chained inside zenoh's callbacks; round trip less the far turnaround
+               by position in the burst.
 
-    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--json OUT]
+``--compare SRC`` runs the bridge cases (rec-bridge, rec-bridge-1proc, clock) a second time with edgepipe
+imported from another checkout's ``src`` (built in place): before and after a change in one run.
+
+    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt]
+                                     [--compare OTHER/src] [--json OUT]
 """
 
 from __future__ import annotations
@@ -301,11 +308,15 @@ ROLES = {"bare-pub": role_bare_pub, "bare-sub": role_bare_sub, "ep-pub": role_ep
 
 # ---------------------------------------------------------------------------------------------------------
 
-def run_case(ns: Netns, a, pub: str, sub: str, what: str, wait: str = "hybrid", flags: tuple[str, ...] = ()) -> dict:
+def run_case(ns: Netns, a, pub: str, sub: str, what: str, wait: str = "hybrid", flags: tuple[str, ...] = (),
+             src: str | None = None) -> dict:
+    """One case: ``sub`` in namespace B, ``pub`` in A; ``src``: import edgepipe from that source tree."""
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(a.n), "--rate", str(a.rate), "--size",
           str(a.size), "--seconds", str(a.seconds), "--what", what, "--wait", wait, "--burst", str(a.burst),
           *flags, "--role"]
     env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
     s = subprocess.Popen(ns.cmd("b", me + [sub]), stdout=subprocess.PIPE, text=True, env=env)
     p = subprocess.Popen(ns.cmd("a", me + [pub]), stdin=subprocess.PIPE, env=env)
     out, _ = s.communicate(timeout=600)
@@ -327,6 +338,8 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)  # ring ends in processes of their own
     ap.add_argument("--indirect", action="store_true", help=argparse.SUPPRESS)  # bare: zenoh-python's default
     ap.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # ring-src / ring-sink: the ring's fd
+    ap.add_argument("--compare", metavar="SRC", help="also run the bridge cases with edgepipe imported from SRC "
+                    "(another checkout's src/, built): before/after in one run")
     ap.add_argument("--burst", type=int, default=8, help="rtt case: exchanges per burst (default 8)")
     ap.add_argument("--only", default="rec,frames,clock,rtt", help="run only the cases whose name contains this (rec, frames, clock, rtt)")
     a = ap.parse_args()
@@ -344,13 +357,17 @@ def main() -> None:
             bare_ind = run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--indirect",))
             ep = run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",))
             one = run_case(ns, a, "ep-pub", "ep-sub", "rec")
+            cases = [("rec-bare", bare), ("rec-bare-indirect", bare_ind), ("rec-bridge", ep), ("rec-bridge-1proc", one)]
+            if a.compare:
+                cases += [("rec-bridge (--compare)", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",),
+                                                             src=a.compare)),
+                          ("rec-bridge-1proc (--compare)", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=a.compare))]
             rows = {}
-            for name, r in (("rec-bare", bare), ("rec-bare-indirect", bare_ind), ("rec-bridge", ep),
-                            ("rec-bridge-1proc", one)):
+            for name, r in cases:
                 lat = r["lat_ns"]
                 rows[name] = {"n": len(lat), "p50_us": pct(lat, 50) / 1e3, "p90_us": pct(lat, 90) / 1e3,
                               "p99_us": pct(lat, 99) / 1e3}
-                print(f"{name:17s} n={len(lat):6d}  p50 {rows[name]['p50_us']:8.1f} us  p90 "
+                print(f"{name:28s} n={len(lat):6d}  p50 {rows[name]['p50_us']:8.1f} us  p90 "
                       f"{rows[name]['p90_us']:8.1f} us  p99 {rows[name]['p99_us']:8.1f} us")
             print(f"  of which bridge stage to bridge stage (envelope send stamp to the receiving callback, on the "
                   f"clock estimate): p50 {ep['clock'].get('wire_p50_us')} us +- {ep['clock'].get('wire_bound_us')}")
@@ -361,9 +378,11 @@ def main() -> None:
         if "frames" in a.only:
             fr = out["frames"] = run_case(ns, a, "ep-pub", "ep-sub", "frames")
             print(f"frames      {fr['shape']} {fr['fps']:.1f} fps over {a.seconds:g} s (goal >= 30)")
-        if "clock" in a.only:
-            ck = out["clock"] = run_case(ns, a, "ep-pub", "ep-sub", "clock")
-            print(f"clock       bound {ck['bound_us']:.1f} us, actual error {ck['error_us']:.1f} us, drift "
+        for tag, src in (("", None), (" (--compare)", a.compare)) if "clock" in a.only else ():
+            if tag and not src:
+                continue
+            ck = out["clock" + tag] = run_case(ns, a, "ep-pub", "ep-sub", "clock", src=src)
+            print(f"clock{tag} bound {ck['bound_us']:.1f} us, actual error {ck['error_us']:.1f} us, drift "
                   f"{ck['drift_ppm']:.1f} ppm (true 250), {ck['samples']} of {ck['exchanges']} exchanges "
                   f"(goal bound <= 50 us)")
         if "rtt" in a.only:
