@@ -95,11 +95,19 @@ class _Matched:
     publishes regardless and lets zenoh drop)."""
 
     def __init__(self, pub, lossless: bool) -> None:
+        self.pub = pub
         self.now = not lossless or pub.matching_status.matching
         self.listener = pub.declare_matching_listener(callback(self._update)) if lossless else None
 
     def _update(self, status) -> None:
         self.now = status.matching
+
+    def ready(self) -> bool:
+        """Matched now. While not, the status is asked again each time: the listener runs on zenoh's threads,
+        and a "no" that lands after a later "yes" must not hold the link back for good."""
+        if not self.now:
+            self.now = self.pub.matching_status.matching
+        return self.now
 
 
 class BridgeStage(PipelineStage):
@@ -220,7 +228,7 @@ class BridgeStage(PipelineStage):
             got = False
             for p in list(live):
                 inlet, key, pub, seq, matched = p
-                if not matched.now:
+                if not matched.ready():
                     # A lossless link with nobody subscribed on the far side: leave the records in the ring
                     # (its producer waits, the link's own rule) until a subscriber appears.
                     continue
@@ -240,7 +248,7 @@ class BridgeStage(PipelineStage):
                 p[3] = seq + 1
                 self.published[key] += 1
                 got = True
-            if not got and (len(live) > 1 or not all(p[4].now for p in live)):
+            if not got and (len(live) > 1 or not all(p[4].now for p in live)):  # .now: ready() asked above
                 time.sleep(0.001)
         if pubs and not live:  # every input ended cleanly: let the receivers say they have it all
             deadline = time.monotonic() + self.linger_s
@@ -264,7 +272,15 @@ class BridgeStage(PipelineStage):
 
     # -- receiving (zenoh's threads) -----------------------------------------------------------------------
     def _ping(self) -> None:
-        self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+        self._put_clock(self._ping_pub, pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+
+    def _put_clock(self, pub, data: bytes) -> None:
+        """A ping or pong; the session closing under a burst (zenoh's "session closed") is no error then."""
+        try:
+            pub.put(data)
+        except Exception:  # zenoh.ZError; an error only while not stopping
+            if not self.stopping:
+                raise
 
     def _ping_loop(self) -> None:
         """A burst of CLOCK_BURST exchanges every period: the first wakes zenoh's threads on both ends, the
@@ -287,7 +303,7 @@ class BridgeStage(PipelineStage):
         if env.kind == KIND_PING and len(env.body) == _PING.size:
             (nonce,) = _PING.unpack(env.body)
             body = _PONG.pack(nonce, env.send_ns, t2)
-            self._pong_pub.put(pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
+            self._put_clock(self._pong_pub, pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
 
     def _on_pong(self, sample) -> None:
         t4 = self.now()
