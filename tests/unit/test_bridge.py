@@ -261,6 +261,27 @@ class TestClock:
         finally:
             p.close()
 
+    def test_the_bound_combines_a_short_trip_out_and_a_short_trip_back_of_different_exchanges(self):
+        """Exchanges alternate 20 us out / 200 us back and 200 us out / 20 us back (10 us turnaround): no single
+        one bounds the offset tighter than +-110 us; together they pin it to about +-20 us, and the truth (3.7 s
+        ahead, +250 ppm) lies within the bound at the ends, the middle and past the span."""
+        from edgepipe.bridge.clock import ClockEstimate
+        c = ClockEstimate()
+        off, ppm = 3_700_000_000, 250
+
+        def remote(t):
+            return t + off + t * ppm // 1_000_000
+
+        for i in range(400):
+            t1 = 1_000_000_000 + i * 2_500_000
+            out, back = (20_000, 200_000) if i % 2 else (200_000, 20_000)
+            c.add(t1, remote(t1 + out), remote(t1 + out + 10_000), t1 + out + 10_000 + back)
+        e = c.estimate()
+        assert 20_000 <= e.bound_ns < 25_000, e
+        for t in (e.first_ns, (e.first_ns + e.last_ns) // 2, e.last_ns, e.last_ns + 100_000_000):
+            assert abs(e.offset_at(t) - (off + t * ppm * 1e-6)) <= e.bound_at(t), (t, e)
+        assert abs(e.drift_ppm - ppm) < 1, e
+
     def test_exchanges_that_break_causality_are_ignored(self):
         from edgepipe.bridge.clock import ClockEstimate
         c = ClockEstimate()
