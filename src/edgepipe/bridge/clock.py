@@ -8,12 +8,19 @@ t4, in real time) puts the true offset (remote minus local) at the exchange insi
 trip less the remote's turnaround) the sample's own bound. The drift over one exchange (< 1 ms at a few
 hundred ppm) is far below a nanosecond and is ignored.
 
-The estimate is a line ``offset(t) = a + b (t - t0)`` (b is the drift) fitted by least squares to the
-samples of smallest delay (the best quarter of the window, at least MIN_SAMPLES). Its bound at the chosen
-samples is ``max(delta_i / 2 + |residual_i|)``; between the first and last of them the error (the difference
-of two lines) cannot exceed it, and past the last one it grows linearly with the distance, by the drift the
-bound allows over the samples' span. A bound wider than a latency it is used for makes that latency
-unknown, said as such, never printed as a number.
+The truth is taken to be a line, ``offset(t) = a + b t`` (``b`` is the drift; crystals keep it constant
+over seconds), with ``|b|`` under MAX_DRIFT (0.2 %, twenty times what clock crystals are specified to). Every
+exchange in the window then constrains the line: ``t3 - t4 <= a + b t_i <= t2 - t1``. The estimator keeps
+every line that meets all of them (a linear program in two unknowns: for each slope, the feasible
+intercepts are an interval, whose width is concave in the slope) and, at the first and the last exchange of
+the window, takes the highest and lowest value any of those lines has there. The estimate is the line
+through the two midpoints, its bound the larger half-width: the error of that line against the truth is a
+line too, within the bound at both ends and so everywhere between; past the span it grows linearly with the
+distance, by the slope two bounded ends allow. So exchanges combine: a short trip out in one exchange and a
+short trip back in another, both near an end, narrow the bound below half of any single round trip. The
+pinging end sends its pings in bursts (the next one from the callback that took the previous answer), in
+which zenoh's threads are awake and the trips are shortest. A bound wider than a latency it is used for makes
+that latency unknown, said as such, never printed as a number.
 
 >>> est = ClockEstimate()
 >>> for i in range(20):  # the remote runs 5 ms ahead, drifting +100 ppm; 40 us each way, 10 us turnaround
@@ -21,8 +28,8 @@ unknown, said as such, never printed as a number.
 ...     remote = lambda t: t + 5_000_000 + t // 10_000
 ...     est.add(t1, remote(t1 + 40_000), remote(t1 + 50_000), t1 + 90_000)
 >>> e = est.estimate()
->>> round(e.offset_at(100_000_000) / 1e6, 3), round(e.drift_ppm), e.bound_ns <= 40_000
-(5.01, 100, True)
+>>> round(e.offset_at(100_000_000) / 1e6, 3), round(e.drift_ppm), round(e.bound_ns / 1e3)  # 80 us / 2 (+ 0.2 %)
+(5.01, 100, 40)
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["ClockEstimate", "OffsetEstimate"]
 
 MIN_SAMPLES = 8
-
-
+MAX_DRIFT = 2e-3  # the two clocks' rates differ by less than this (crystals: within 1e-4)
+_ITER = 48  # golden-section / bisection steps over the slope: its range shrinks by 1e-10 or more
 @dataclass(frozen=True)
 class OffsetEstimate:
     """remote clock = local clock + offset_at(local time), within ``bound_at(local time)`` ns."""
@@ -71,8 +80,8 @@ class ClockEstimate:
     """A window of the last ``window`` exchanges with one remote end; thread-safe (samples arrive on zenoh's
     threads, estimates are read by the stage)."""
 
-    def __init__(self, window: int = 256) -> None:
-        self.samples: deque[tuple[int, float, int]] = deque(maxlen=window)  # (local mid, theta, delta)
+    def __init__(self, window: int = 4096) -> None:
+        self.samples: deque[tuple[int, float, int, int]] = deque(maxlen=window)  # (local mid, theta, delta, t4-t1)
         self.exchanges = 0
         self._lock = threading.Lock()
 
@@ -84,23 +93,115 @@ class ClockEstimate:
             return
         theta = ((t2 - t1) + (t3 - t4)) / 2
         with self._lock:
-            self.samples.append(((t1 + t4) // 2, theta, delta))
+            self.samples.append(((t1 + t4) // 2, theta, delta, t4 - t1))
             self.exchanges += 1
 
     def estimate(self) -> OffsetEstimate | None:
-        """The current line and its bound, or None with fewer than MIN_SAMPLES exchanges."""
+        """The current line and its bound, or None with fewer than MIN_SAMPLES exchanges (or exchanges no
+        line of slope under MAX_DRIFT satisfies: a clock that jumped; the window then refills)."""
         with self._lock:
             s = list(self.samples)
         if len(s) < MIN_SAMPLES:
             return None
-        best = sorted(s, key=lambda x: x[2])[:max(MIN_SAMPLES, len(s) // 4)]
-        t0 = best[0][0]
-        xs = [t - t0 for t, _, _ in best]
-        ys = [th for _, th, _ in best]
-        n = len(best)
-        mx, my = sum(xs) / n, sum(ys) / n
-        sxx = sum((x - mx) ** 2 for x in xs)
-        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
-        a = my - b * mx
-        bound = max(d / 2 + abs(y - (a + b * x)) for x, y, (_, _, d) in zip(xs, ys, best))
-        return OffsetEstimate(t0, a, b, bound, min(t for t, _, _ in best), max(t for t, _, _ in best), n)
+        s.sort()
+        t0, ref = s[0][0], s[0][1]
+        arr = np.array(s, dtype=np.float64)  # local times ~1e13 ns: exact in a double
+        x_all = arr[:, 0] - t0
+        # the interval holds the offset at some instant of the exchange, not exactly at its middle: widened
+        # by the most drift over half the round trip (a few ns)
+        half = arr[:, 2] / 2 + MAX_DRIFT * arr[:, 3] / 2
+        xs = x_all.tolist()
+        # only the points of the lower hull of the upper limits (and the upper hull of the lower ones) can
+        # bind a line: a few dozen of the thousands
+        x, hi_c = _hull(*_dominant(x_all, arr[:, 1] - ref + half, lower=True), lower=True)
+        xl, lo_c = _hull(*_dominant(x_all, arr[:, 1] - ref - half, lower=False), lower=False)
+
+        def width(b: float) -> float:  # of the feasible intercepts at slope b; concave in b
+            return float(np.min(hi_c - b * x) - np.max(lo_c - b * xl))
+
+        b_best = _argmax(width, -MAX_DRIFT, MAX_DRIFT)
+        if width(b_best) < 0:  # no line fits every exchange: start over
+            with self._lock:
+                self.samples.clear()
+            return None
+        b_lo, b_hi = _edge(width, -MAX_DRIFT, b_best), _edge(width, MAX_DRIFT, b_best)  # a hair wide
+        ends = []
+        for xt in (xs[0], xs[-1]):
+            def top(b: float, xt: float = xt) -> float:  # the highest feasible line at xt, for slope b
+                return float(np.min(hi_c + b * (xt - x)))
+
+            def neg_bottom(b: float, xt: float = xt) -> float:
+                return -float(np.max(lo_c + b * (xt - xl)))
+
+            up = top(_argmax(top, b_lo, b_hi))
+            down = -neg_bottom(_argmax(neg_bottom, b_lo, b_hi))
+            ends.append((xt, (up + down) / 2, (up - down) / 2 + 1))  # + 1 ns: the searches' rounding
+        (x1, m1, h1), (x2, m2, h2) = ends
+        b = (m2 - m1) / (x2 - x1) if x2 > x1 else b_best
+        return OffsetEstimate(t0 + int(x1), ref + m1, b, max(h1, h2), t0 + int(x1), t0 + int(x2), len(s))
+
+
+_BUCKET_NS = 1e6
+
+
+def _dominant(x: np.ndarray, y: np.ndarray, lower: bool) -> tuple[list[float], list[float]]:
+    """The points (``x`` ascending) that no other point of their millisecond beats for every slope under
+    MAX_DRIFT (a point higher than its bucket's lowest by more than MAX_DRIFT * 1 ms never binds a line from
+    below): what the hull has to look at, vectorized."""
+    bucket = (x // _BUCKET_NS).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    sizes = np.diff(np.r_[starts, len(x)])
+    if lower:
+        keep = y <= np.repeat(np.minimum.reduceat(y, starts), sizes) + MAX_DRIFT * _BUCKET_NS
+    else:
+        keep = y >= np.repeat(np.maximum.reduceat(y, starts), sizes) - MAX_DRIFT * _BUCKET_NS
+    return x[keep].tolist(), y[keep].tolist()
+
+
+def _hull(xs: list[float], ys: list[float], lower: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The lower (or upper) convex hull of the points, ``xs`` ascending (monotone chain)."""
+    hx: list[float] = []
+    hy: list[float] = []
+    for x, y in zip(xs, ys):
+        while len(hx) >= 2:
+            cross = (hx[-1] - hx[-2]) * (y - hy[-2]) - (hy[-1] - hy[-2]) * (x - hx[-2])
+            if (cross <= 0) if lower else (cross >= 0):
+                hx.pop()
+                hy.pop()
+            else:
+                break
+        hx.append(x)
+        hy.append(y)
+    return np.array(hx), np.array(hy)
+
+
+def _argmax(f, lo: float, hi: float) -> float:
+    """Where the concave ``f`` is largest on ``[lo, hi]`` (golden-section search)."""
+    g = 0.6180339887498949
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(_ITER):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = f(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = f(a)
+    return (lo + hi) / 2
+
+
+def _edge(f, outside: float, inside: float) -> float:
+    """The point between ``outside`` and ``inside`` (where ``f >= 0``) at which ``f`` reaches 0 (bisection),
+    on its ``f < 0`` side (a range of slopes a hair wider than the feasible one only widens the bound);
+    ``outside`` itself if ``f`` is >= 0 there too."""
+    if f(outside) >= 0:
+        return outside
+    for _ in range(_ITER):
+        mid = (outside + inside) / 2
+        if f(mid) >= 0:
+            inside = mid
+        else:
+            outside = mid
+    return outside

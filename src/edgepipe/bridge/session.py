@@ -45,6 +45,20 @@ def zenoh():
     return require("zenoh", "the bridge (edgepipe.bridge)")
 
 
+def callback(fn: Callable):
+    """``fn`` as a zenoh handler that runs on zenoh's own thread (``Callback(indirect=False)``).
+
+    Every callback of the bridge goes through here. zenoh-python's default (``indirect``) queues each sample
+    in a 256-deep channel for a Python thread of its own: one parked-thread wake-up per sample (80-90 us on a
+    busy VM), and a thread that outlives the session by a moment. That thread inherits ``daemon`` from the
+    one that declared the callback (a stage thread is one), so when a process exits right after closing its
+    session, the thread wakes to the closed channel while the interpreter finalizes, is ended with
+    ``pthread_exit`` inside Rust code, and the process aborts ("FATAL: exception not rethrown", exit -6) after
+    doing everything right. A direct callback must not wait long, except for a lossless link's back-pressure,
+    which is meant to hold zenoh back (the indirect channel did so too, once full)."""
+    return zenoh().handlers.Callback(fn, indirect=False)
+
+
 def make_config(*, listen: list[str] = (), connect: list[str] = (), multicast: bool = False,
                 lease_ms: int = 1000, tls: dict[str, Any] | None = None):
     """A zenoh Config for a bridge end: peer mode, the given endpoints, multicast scouting only if asked,
@@ -140,7 +154,8 @@ class Session:
         self._lock = threading.Lock()
         self._on_remote = on_remote
         self.token = self.z.liveliness().declare_token(self.own) if token else None
-        self.watch = self.z.liveliness().declare_subscriber(f"edgepipe/*/{ALIVE}/*", self._alive, history=True)
+        self.watch = self.z.liveliness().declare_subscriber(f"edgepipe/*/{ALIVE}/*", callback(self._alive),
+                                                            history=True)
 
     def _alive(self, sample) -> None:
         key = str(sample.key_expr)
@@ -177,9 +192,10 @@ class Session:
         return self.z.declare_publisher(key, congestion_control=cc, reliability=rel, express=express,
                                         allowed_destination=z.Locality.REMOTE)
 
-    def subscriber(self, key: str, callback: Callable):
-        """A subscriber to remote publications only (a bridge never hears its own)."""
-        return self.z.declare_subscriber(key, callback, allowed_origin=zenoh().Locality.REMOTE)
+    def subscriber(self, key: str, fn: Callable):
+        """A subscriber to remote publications only (a bridge never hears its own); ``fn`` runs on zenoh's
+        receiving thread (:func:`callback`)."""
+        return self.z.declare_subscriber(key, callback(fn), allowed_origin=zenoh().Locality.REMOTE)
 
     def close(self) -> None:
         for h in (self.watch, self.token):

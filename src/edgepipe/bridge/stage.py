@@ -52,7 +52,7 @@ from collections import deque
 from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
-from edgepipe.bridge.session import Checker, Session, make_config
+from edgepipe.bridge.session import Checker, Session, callback, make_config
 from edgepipe.bridge.wire import (
     KIND_END,
     KIND_PING,
@@ -82,6 +82,7 @@ _PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
 _WIRE_WINDOW = 4096  # wire latencies kept for the p50
 _I64 = struct.Struct("<q")
 _FRAME_CAP_AT = 32  # struct ep_frame_hdr: capture_ns, then publish_ns (edgepipe._image checks the offsets)
+CLOCK_BURST = 8  # clock exchanges per period, each next ping sent by the pong that answers the one before
 STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
 
 
@@ -96,11 +97,19 @@ class _Matched:
     publishes regardless and lets zenoh drop)."""
 
     def __init__(self, pub, lossless: bool) -> None:
+        self.pub = pub
         self.now = not lossless or pub.matching_status.matching
-        self.listener = pub.declare_matching_listener(self._update) if lossless else None
+        self.listener = pub.declare_matching_listener(callback(self._update)) if lossless else None
 
     def _update(self, status) -> None:
         self.now = status.matching
+
+    def ready(self) -> bool:
+        """Matched now. While not, the status is asked again each time: the listener runs on zenoh's threads,
+        and a "no" that lands after a later "yes" must not hold the link back for good."""
+        if not self.now:
+            self.now = self.pub.matching_status.matching
+        return self.now
 
 
 class BridgeStage(PipelineStage):
@@ -171,6 +180,7 @@ class BridgeStage(PipelineStage):
         self.wire_ns: deque[float] = deque(maxlen=_WIRE_WINDOW)
         self._nonce = int.from_bytes(os.urandom(8), "little")
         self._pinger: threading.Thread | None = None
+        self._burst_left = 0
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.checkers: dict[str, Checker] = {}
@@ -225,7 +235,7 @@ class BridgeStage(PipelineStage):
             got = False
             for p in list(live):
                 inlet, key, pub, seq, matched = p
-                if not matched.now:
+                if not matched.ready():
                     # A lossless link with nobody subscribed on the far side: leave the records in the ring
                     # (its producer waits, the link's own rule) until a subscriber appears.
                     continue
@@ -247,7 +257,7 @@ class BridgeStage(PipelineStage):
                 p[3] = seq + 1
                 self.published[key] += 1
                 got = True
-            if not got and (len(live) > 1 or not all(p[4].now for p in live)):
+            if not got and (len(live) > 1 or not all(p[4].now for p in live)):  # .now: ready() asked above
                 time.sleep(0.001)
         if pubs and not live:  # every input ended cleanly: let the receivers say they have it all
             deadline = time.monotonic() + self.linger_s
@@ -270,10 +280,24 @@ class BridgeStage(PipelineStage):
             self.session = None
 
     # -- receiving (zenoh's threads) -----------------------------------------------------------------------
+    def _ping(self) -> None:
+        self._put_clock(self._ping_pub, pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+
+    def _put_clock(self, pub, data: bytes) -> None:
+        """A ping or pong; the session closing under a burst (zenoh's "session closed") is no error then."""
+        try:
+            pub.put(data)
+        except Exception:  # zenoh.ZError; an error only while not stopping
+            if not self.stopping:
+                raise
+
     def _ping_loop(self) -> None:
+        """A burst of CLOCK_BURST exchanges every period: the first wakes zenoh's threads on both ends, the
+        next ones (sent from the pong callback) find them awake, and the shortest round trips set the bound."""
         last_estimate = 0.0
         while not self.stopping and self.session is not None:
-            self._ping_pub.put(pack(_PING.pack(self._nonce), seq=0, send_ns=self.now(), kind=KIND_PING))
+            self._burst_left = CLOCK_BURST  # a pong lost on the wire ends its burst early; the next period restarts
+            self._ping()
             if time.monotonic() - last_estimate > 0.25:
                 last_estimate = time.monotonic()
                 self.estimate = self.clock.estimate() or self.estimate
@@ -288,7 +312,7 @@ class BridgeStage(PipelineStage):
         if env.kind == KIND_PING and len(env.body) == _PING.size:
             (nonce,) = _PING.unpack(env.body)
             body = _PONG.pack(nonce, env.send_ns, t2)
-            self._pong_pub.put(pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
+            self._put_clock(self._pong_pub, pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
 
     def _on_pong(self, sample) -> None:
         t4 = self.now()
@@ -300,6 +324,9 @@ class BridgeStage(PipelineStage):
             nonce, t1, t2 = _PONG.unpack(env.body)
             if nonce == self._nonce:  # an answer to another end's ping is not ours to use
                 self.clock.add(t1, t2, env.send_ns, t4)
+                self._burst_left -= 1
+                if self._burst_left > 0 and not self.stopping:
+                    self._ping()
 
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])

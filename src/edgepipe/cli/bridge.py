@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from edgepipe.bridge.session import ALIVE, Checker, Session, make_config
+from edgepipe.bridge.session import ALIVE, Checker, Session, callback, make_config
 from edgepipe.bridge.wire import KIND_RECORD
 from edgepipe.errors import EdgepipeError
 
@@ -69,7 +69,7 @@ def cmd_bridge(args) -> int:
         if env is not None and env.kind == KIND_RECORD:
             chk.count(env)
 
-    sub = session.z.declare_subscriber(args.key, on_sample)
+    sub = session.z.declare_subscriber(args.key, callback(on_sample))  # on zenoh's thread, as the bridge does
     t0 = time.monotonic()
     last: dict[str, int] = {}
     try:
