@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import statistics
 import sys
@@ -120,59 +121,97 @@ def mjpeg_case(seconds: float, max_fps: float) -> dict:
             "process_cpu_ms_per_frame": round(proc_ms, 2), "kb_per_frame": round(out["bytes"] / max(out["parts"], 1) / 1024, 1)}
 
 
-def demo_case(rounds: int, seconds: float) -> dict:
+def _one_run(mode: str, seconds: float, view_params: dict) -> tuple[dict, str]:
+    """One demo run: ({part: p50_ms}, extra text). ``mode``: "plain" or a view variant."""
     from edgepipe.cli.main import demo_spec
     from edgepipe.pipeline.supervisor import Pipeline
     from edgepipe.view.attach import attach_view
 
-    res = {m: {"show_text": [], "show_attitude": []} for m in ("plain", "view")}
+    spec, _ = demo_spec()
+    if mode != "plain":
+        attach_view(spec, port=0, **view_params)
+    p = Pipeline.from_spec(spec)
+    client: dict = {}
+    devnull = open(os.devnull, "w")
+    sys.stdout.flush()
+    saved = os.dup(1)  # the stage processes print to the fd they inherit: silence it, not only sys.stdout
+    os.dup2(devnull.fileno(), 1)
+    th = None
+    try:
+        if mode != "plain":
+            def watch():  # one browser-like client streaming all through the run
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    url = p.stage_stats().get("view", {}).get("url")
+                    if url:
+                        port = int(url.rsplit(":", 1)[1].strip("/"))
+                        read_stream("127.0.0.1", port, seconds - 3, client)
+                        return
+                    time.sleep(0.2)
+            th = threading.Thread(target=watch, daemon=True)
+            th.start()
+        p.run(seconds=seconds)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        devnull.close()
+    if th is not None:
+        th.join(30)
+    parts = {x["part"]: x["p50_ms"] for x in p.live()["parts"]}
+    extra = ""
+    if mode != "plain":
+        v = p.stage_stats().get("view", {})
+        extra = (f", client got {client.get('parts', 0)} parts; view shown {v.get('frames shown')} skipped "
+                 f"{v.get('frames skipped', 0)}, draw+encode CPU {v.get('cpu_ms_per_frame')} ms/frame, sched view "
+                 f"{v.get('sched')} align {p.stage_stats().get('view_align', {}).get('sched')}")
+    return parts, extra
+
+
+# the parts of each branch, in path order (the demo's names)
+PATHS = {"show_text": ["capture", "frames", "detect.dispatch", "detect.worker_queue", "detect.preprocess",
+                       "detect.inference", "detect.postprocess", "detect.return", "detections",
+                       "end_to_end[show_text]"],
+         "show_attitude": ["imu", "samples", "end_to_end[show_attitude]"]}
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{min(xs) * 1e3:.1f}..{max(xs) * 1e3:.1f}"
+
+
+def demo_case(rounds: int, seconds: float, modes: dict[str, dict]) -> dict:
+    """``modes``: name -> view params ({} for the default view; "plain" runs without the view), alternated
+    in the given order each round. Reports every part's p50 per mode (median over rounds, with the spread)
+    and the change of each view mode's end-to-end p50 against plain."""
+    res: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(rounds):
-        for mode in ("plain", "view"):
-            spec, _ = demo_spec()
-            if mode == "view":
-                attach_view(spec, port=0)
-            p = Pipeline.from_spec(spec)
-            client: dict = {}
-            devnull = open(os.devnull, "w")
-            old, sys.stdout = sys.stdout, devnull
-            th = None
-            try:
-                if mode == "view":
-                    def watch():  # one browser-like client streaming all through the run
-                        deadline = time.monotonic() + 60
-                        while time.monotonic() < deadline:
-                            url = p.stage_stats().get("view", {}).get("url")
-                            if url:
-                                port = int(url.rsplit(":", 1)[1].strip("/"))
-                                read_stream("127.0.0.1", port, seconds - 3, client)
-                                return
-                            time.sleep(0.2)
-                    th = threading.Thread(target=watch, daemon=True)
-                    th.start()
-                p.run(seconds=seconds)
-            finally:
-                sys.stdout = old
-                devnull.close()
-            if th is not None:
-                th.join(30)
-            parts = {x["part"]: x for x in p.live()["parts"]}
-            for sink in ("show_text", "show_attitude"):
-                res[mode][sink].append(parts[f"end_to_end[{sink}]"]["p50_ms"])
-            extra = ""
-            if mode == "view":
-                v = p.stage_stats().get("view", {})
-                extra = (f", client got {client.get('parts', 0)} parts; view shown {v.get('frames shown')} skipped "
-                         f"{v.get('frames skipped', 0)}, draw+encode CPU {v.get('cpu_ms_per_frame')} ms/frame")
-            print(f"  demo round {r} {mode:<5} e2e p50 show_text {res[mode]['show_text'][-1]:.3f} ms, show_attitude "
-                  f"{res[mode]['show_attitude'][-1]:.4f} ms{extra}", flush=True)
-    row = {"case": "demo"}
-    for sink in ("show_text", "show_attitude"):
-        a, b = statistics.median(res["plain"][sink]), statistics.median(res["view"][sink])
-        row[sink] = {"plain_p50_ms": res["plain"][sink], "view_p50_ms": res["view"][sink],
-                     "change_pct": round((b - a) / a * 100, 1)}
-        print(f"  demo {sink} e2e p50 median: plain {a:.3f} ms, view {b:.3f} ms: change {(b - a) / a * 100:+.1f} % "
-              f"(spread plain {min(res['plain'][sink]):.3f}..{max(res['plain'][sink]):.3f}, view "
-              f"{min(res['view'][sink]):.3f}..{max(res['view'][sink]):.3f})")
+        for mode, vp in modes.items():
+            parts, extra = _one_run(mode, seconds, vp)
+            res[mode].append(parts)
+            print(f"  demo round {r} {mode:<10} e2e p50 show_text {parts['end_to_end[show_text]']:.3f} ms, "
+                  f"show_attitude {parts['end_to_end[show_attitude]'] * 1e3:.1f} us (imu {parts['imu'] * 1e3:.1f}"
+                  f" + samples {parts['samples'] * 1e3:.1f} us){extra}  load {os.getloadavg()[0]:.1f}", flush=True)
+    row: dict = {"case": "demo", "rounds": rounds, "runs": res}
+    print("  per-part p50, median over rounds (spread), in us:")
+    for sink, names in PATHS.items():
+        for part in names:
+            cells = []
+            for mode in modes:
+                xs = [x[part] for x in res[mode] if part in x]
+                if xs:
+                    cells.append(f"{mode} {statistics.median(xs) * 1e3:9.1f} ({_spread(xs)})")
+            if cells:
+                print(f"    {part:<26} " + " | ".join(cells))
+    for sink in PATHS:
+        key = f"end_to_end[{sink}]"
+        a = statistics.median(x[key] for x in res["plain"])
+        for mode in modes:
+            if mode == "plain":
+                continue
+            b = statistics.median(x[key] for x in res[mode])
+            row[f"{sink} {mode} change_pct"] = round((b - a) / a * 100, 1)
+            print(f"  demo {sink} e2e p50 median: plain {a * 1e3:.1f} us, {mode} {b * 1e3:.1f} us: change "
+                  f"{(b - a) / a * 100:+.1f} % (spread plain {_spread([x[key] for x in res['plain']])}, {mode} "
+                  f"{_spread([x[key] for x in res[mode]])} us)")
     return row
 
 
@@ -182,6 +221,10 @@ def main() -> None:
     ap.add_argument("--only", choices=["mjpeg", "demo"], default="mjpeg")
     ap.add_argument("--rounds", type=int, default=3, help="demo: alternations (default 3)")
     ap.add_argument("--demo-seconds", type=float, default=20.0, help="demo: seconds per run (default 20)")
+    ap.add_argument("--modes", default="plain,view",
+                    help="demo: runs alternated each round, comma-separated: plain (no view), view (the default "
+                         "view), view-<sched> (the view's and align stage's scheduling: normal, batch, idle)")
+    ap.add_argument("--json", metavar="FILE", help="demo: write every run's per-part p50s to FILE")
     args = ap.parse_args()
     print(f"# {' '.join(sys.argv)}  (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
     if args.only == "mjpeg":
@@ -189,7 +232,20 @@ def main() -> None:
             print(" ", mjpeg_case(args.seconds, fps), flush=True)
     else:
         tempfile.tempdir = tempfile.mkdtemp(prefix="edgepipe-bench-")
-        print(" ", demo_case(args.rounds, args.demo_seconds))
+        modes = {}
+        for m in args.modes.split(","):
+            if m == "plain" or m == "view":
+                modes[m] = {}
+            elif m.startswith("view-"):
+                modes[m] = {"sched": m[5:]}
+            else:
+                ap.error(f"--modes: unknown mode {m!r}")
+        if "plain" not in modes:
+            ap.error("--modes must include plain (the changes are against it)")
+        row = demo_case(args.rounds, args.demo_seconds, modes)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(row, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -408,3 +408,132 @@ class TestCommand:
 
         assert main(["view", "--frames", "nope", "--seconds", "1"]) == 2
         assert "nope" in capsys.readouterr().err
+
+
+def _policy_in_thread(fn) -> dict:
+    """Run ``fn()`` in a new thread; what it returned, that thread's and a thread it started afterwards's
+    scheduling policy and nice value."""
+    import os
+
+    out: dict = {}
+
+    def child():
+        out["child"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+
+    def body():
+        out["applied"] = fn()
+        out["self"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+        c = threading.Thread(target=child)
+        c.start()
+        c.join(30)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(30)
+    return out
+
+
+class TestPriority:
+    """The view and align stages' threads run at the lowest CPU priority by default (edgepipe.view.priority):
+    the pipeline they watch matters more than the picture."""
+
+    @pytest.mark.parametrize("policy, want", [("idle", "SCHED_IDLE"), ("batch", "SCHED_BATCH")])
+    def test_a_policy_applies_to_the_calling_thread_and_its_children_only(self, policy, want):
+        """lower_priority sets the calling thread's policy (and threads it starts inherit it); the thread that
+        started it keeps its own."""
+        import os
+
+        from edgepipe.view.priority import lower_priority
+
+        before = os.sched_getscheduler(0)
+        got = _policy_in_thread(lambda: lower_priority(policy))
+        assert got["applied"] == policy
+        assert got["self"][0] == got["child"][0] == getattr(os, want)
+        assert os.sched_getscheduler(0) == before != getattr(os, want)
+
+    def test_nice_is_nineteen_for_the_calling_thread_only(self):
+        """The "nice" policy leaves SCHED_OTHER and sets nice 19 on the calling thread (and its children)."""
+        import os
+
+        from edgepipe.view.priority import NICE, lower_priority
+
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        got = _policy_in_thread(lambda: lower_priority("nice"))
+        assert got["applied"] == "nice" and got["self"] == got["child"] == (os.SCHED_OTHER, NICE)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before != NICE
+
+    def test_normal_changes_nothing(self):
+        import os
+
+        from edgepipe.view.priority import lower_priority
+
+        got = _policy_in_thread(lambda: lower_priority("normal"))
+        assert got["applied"] == "normal"
+        assert got["self"] == (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+
+    def test_a_bad_policy_is_a_config_error_naming_it(self):
+        from edgepipe.view.align import AlignStage
+
+        with pytest.raises(ConfigError, match="realtime"):
+            ViewStage("v", sched="realtime")
+        with pytest.raises(ConfigError, match="SCHED_FIFO"):
+            AlignStage("a", sched="SCHED_FIFO")
+
+    def test_the_view_loop_and_server_threads_run_at_idle_priority_the_opener_does_not(self):
+        """In process: the thread running the view's loop and the HTTP server's thread are SCHED_IDLE; the
+        thread that called open() (here: pytest's) is left as it was."""
+        import os
+
+        frames = [np.zeros((32, 32, 3), np.uint8)]
+        before = os.sched_getscheduler(0)
+        st, t, ring, fw = TestViewStage().run_stage("127.0.0.1", frames)
+        try:
+            assert os.sched_getscheduler(t.native_id) == os.SCHED_IDLE and st.sched_applied == "idle"
+            assert st.server.sched_applied == "idle"
+            assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
+            assert st.extra_stats()["sched"] == "idle"
+        finally:
+            TestViewStage().stop(st, t, ring, fw)
+
+    def test_the_view_stage_process_of_a_pipeline_draws_and_serves_at_idle_priority(self):
+        """A pipeline with the view attached: the view stage's process runs its loop (its main thread) and
+        its HTTP server under SCHED_IDLE, its control thread and the pipeline's own stages as they were."""
+        import os
+
+        from edgepipe.pipeline.config import parse_config
+        from edgepipe.pipeline.supervisor import Pipeline
+        from edgepipe.view.attach import attach_view
+
+        spec = attach_view(parse_config('''
+[stages.cam]
+kind = "capture"
+outputs = { output = "frames" }
+params = { source = "pattern:64x48", fps = 20 }
+[stages.sink]
+kind = "print"
+inputs = { in = "frames" }
+params = { every = 1000 }
+'''), port=0)
+        p = Pipeline.from_spec(spec, stats_path=False)
+        p.start()
+        try:
+            deadline = time.monotonic() + 60  # a hang guard only
+            while time.monotonic() < deadline and p.stage_stats().get("view", {}).get("sched") != "idle":
+                time.sleep(0.05)
+            st = p.stage_stats()
+            assert st["view"]["sched"] == "idle"
+            pid = st["view"]["pid"]
+            policies = {}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    policies[int(tid)] = os.sched_getscheduler(int(tid))
+                except OSError:  # a short-lived thread that ended meanwhile
+                    pass
+            assert policies[pid] == os.SCHED_IDLE  # the main thread: the stage's open() and loop()
+            assert sum(v == os.SCHED_IDLE for v in policies.values()) >= 2  # and the HTTP server's thread
+            assert os.SCHED_OTHER in policies.values()  # the control thread (stats), untouched
+            for name in ("cam", "sink"):
+                assert os.sched_getscheduler(st[name]["pid"]) == os.SCHED_OTHER
+        finally:
+            p.stop()
+            assert p.wait(60) is not None

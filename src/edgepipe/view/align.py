@@ -34,6 +34,7 @@ from edgepipe.errors import ConfigError, PeerClosedError
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.stages.imu import ImuReader
+from edgepipe.view.priority import check_policy, lower_priority
 
 __all__ = ["AlignStage"]
 
@@ -53,6 +54,9 @@ class AlignStage(PipelineStage):
     Args:
         max_wait_ms: how long a frame waits for the IMU to pass its stamp before it goes out extrapolated.
         history: IMU samples kept for alignment (at 1 kHz, 4096 is 4 s).
+        sched: the CPU priority of the thread running :meth:`loop`: ``"idle"`` (``SCHED_IDLE``, the default:
+            the view's helper takes only CPU time the pipeline does not want), ``"batch"``, ``"nice"`` or
+            ``"normal"`` (edgepipe.view.priority).
 
     Inputs:
         frames: frame records (a capture ring or its tap) or InferenceResult records.
@@ -65,8 +69,10 @@ class AlignStage(PipelineStage):
     kind = "align"
 
     def __init__(self, name: str | None = None, *, max_wait_ms: float = 50.0, history: int = 4096,
-                 **kw: Any) -> None:
+                 sched: str = "idle", **kw: Any) -> None:
         super().__init__(name, **kw)
+        self.sched = check_policy(self.name, sched)
+        self.sched_applied = ""
         if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or max_wait_ms < 0:
             raise ConfigError(f"align stage {name!r}: max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
         self.max_wait_ns = int(max_wait_ms * 1e6)
@@ -133,6 +139,7 @@ class AlignStage(PipelineStage):
 
     def loop(self) -> None:
         frames = self.inputs["frames"]
+        self.sched_applied = lower_priority(self.sched)
         while not self.stopping:
             self._take_imu()
             try:
@@ -153,4 +160,4 @@ class AlignStage(PipelineStage):
 
     def extra_stats(self) -> dict[str, Any]:
         return {**super().extra_stats(), "waiting": len(self.pending), "max_gap_us": self.max_gap_ns / 1e3,
-                "imu_out_of_order": self.aligner.out_of_order}
+                "imu_out_of_order": self.aligner.out_of_order, "sched": self.sched_applied}

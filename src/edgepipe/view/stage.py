@@ -14,7 +14,8 @@ copy, and frames it has no time for are skipped, counted) and, optionally, per-f
 or on ``FrameMeta`` records (horizon drawn). A frame and its result are joined by capture stamp, which the
 tap keeps (its frame numbers are its own); a frame whose result has not come within ``result_wait_ms`` is
 shown without one. Drawing and JPEG encoding happen here, in the view's own process, at most ``max_fps``
-times a second. The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
+times a second, at the lowest CPU priority by default (``sched = "idle"``, edgepipe.view.priority: the
+pipeline matters more than the picture). The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
 deadlines) come from the stats file its supervisor publishes for ``edgepipe top``.
 """
 
@@ -34,6 +35,7 @@ from edgepipe.errors import ConfigError, EdgepipeError
 from edgepipe.frames import FrameReader
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.supervisor import runtime_dir
+from edgepipe.view.priority import check_policy, lower_priority
 from edgepipe.view.render import draw_attitude, draw_boxes, encode_jpeg
 from edgepipe.view.server import LatestJpeg, ViewServer, make_app
 
@@ -115,6 +117,9 @@ class ViewStage(PipelineStage):
         quality: JPEG quality (1-100).
         result_wait_ms: how long a frame waits for its result before it is shown without one.
         stats: the pipeline's stats file (default: the one of the supervisor that started this stage).
+        sched: the CPU priority of the thread running :meth:`loop` (drawing, encoding) and of the HTTP
+            server's thread: ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline does not
+            want), ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority).
 
     Inputs:
         frames: frame records (a capture stage's tap, ``<link>.tap``).
@@ -125,8 +130,11 @@ class ViewStage(PipelineStage):
 
     def __init__(self, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, max_fps: float = 15.0, max_clients: int = 4, quality: int = 80,
-                 result_wait_ms: float = 500.0, stats: str | None = None, **kw: Any) -> None:
+                 result_wait_ms: float = 500.0, stats: str | None = None, sched: str = "idle",
+                 **kw: Any) -> None:
         super().__init__(name, **kw)
+        self.sched = check_policy(self.name, sched)
+        self.sched_applied = ""
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"view stage {name!r}: port must be an int in 0..65535, got {port!r}")
         if not isinstance(max_fps, (int, float)) or isinstance(max_fps, bool) or not max_fps > 0:
@@ -171,7 +179,7 @@ class ViewStage(PipelineStage):
             self.token = secrets.token_urlsafe(18)
         app = make_app(self.latest, self.metrics, token=self.token, max_clients=self.max_clients,
                        max_fps=self.max_fps)
-        self.server = ViewServer(app, self.host, self.port)
+        self.server = ViewServer(app, self.host, self.port, sched=self.sched)
         url = self.server.start()
         self.url = url + (f"?token={self.token}" if self.token else "")
         print(f"edgepipe view: serving on {self.url}", flush=True)
@@ -272,6 +280,7 @@ class ViewStage(PipelineStage):
             self._show(seq, k, img)
 
     def loop(self) -> None:
+        self.sched_applied = lower_priority(self.sched)  # the thread that draws and encodes
         while not self.stopping:
             n = self._take_frames() + self._take_results()
             self._expire()
@@ -282,4 +291,5 @@ class ViewStage(PipelineStage):
 
     def extra_stats(self) -> dict[str, Any]:
         v = self.metrics()["view"]
-        return {**super().extra_stats(), "url": self.url, "cpu_ms_per_frame": round(v["cpu_ms_per_frame"], 3)}
+        return {**super().extra_stats(), "url": self.url, "cpu_ms_per_frame": round(v["cpu_ms_per_frame"], 3),
+                "sched": self.sched_applied}
