@@ -289,6 +289,24 @@ class TestViewStage:
         finally:
             self.stop(st, t, ring, fw)
 
+    def test_idle_it_parks_on_its_input_instead_of_polling(self):
+        """With no frame coming, the view wakes at most every 50 ms (parked on its frames input), and a frame
+        written then is still shown."""
+        st, t, ring, fw = self.run_stage("127.0.0.1", [np.zeros((32, 32, 3), np.uint8)])
+        try:
+            t0, w0 = time.monotonic(), st.wakes
+            time.sleep(0.5)
+            elapsed, wakes = time.monotonic() - t0, st.wakes - w0
+            assert wakes <= elapsed / 0.05 + 2, (wakes, elapsed)  # a 5 ms poll would be ~100 in 0.5 s
+            with fw.claim_frame((32, 32, 3), capture_ns=7777) as a:
+                a[:] = 9
+            deadline = time.monotonic() + 60  # a hang guard only
+            while st.latest.get()[2] != 7777 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert st.latest.get()[2] == 7777
+        finally:
+            self.stop(st, t, ring, fw)
+
     def test_beyond_loopback_a_token_is_generated_and_required(self, capsys):
         """Bound beyond loopback, a token is generated, printed once with the URL, and required."""
         st, t, ring, fw = self.run_stage("0.0.0.0", [np.zeros((32, 32, 3), np.uint8)])

@@ -38,6 +38,9 @@ from edgepipe.view.priority import check_policy, lower_priority
 
 __all__ = ["AlignStage"]
 
+_IDLE_WAIT_S = 0.1  # parked on the frames input at most this long (the IMU tap is drained after each wake)
+_WAITING_POLL_S = 0.005  # while a frame waits for the IMU: how often the IMU tap is looked at
+
 
 def attitude_message(a: Aligned) -> pb.AlignedAttitude:
     """The protobuf form of an :class:`~edgepipe.stages.align.Aligned`."""
@@ -79,22 +82,30 @@ class AlignStage(PipelineStage):
         self.aligner = Aligner(history)
         self.pending: deque = deque()
         self.max_gap_ns = 0
+        self.imu_batch = 256
+        self.wakes = 0
 
     def open(self) -> None:
         for port in ("frames", "imu"):
             if port not in self.inputs:
                 raise ConfigError(f"align stage {self.name!r} needs inputs.{port} (it has {sorted(self.inputs)})")
-        self.imu = ImuReader(self.inputs["imu"].end)
+        self.imu = ImuReader(self.inputs["imu"].end, max_batch=self.imu_batch)
         self.imu_open = True
 
     def _take_imu(self) -> int:
-        if not self.imu_open:
-            return 0
-        try:
-            return self.aligner.push(self.imu.read(timeout_s=0))
-        except PeerClosedError:
-            self.imu_open = False  # the IMU ended: what waits goes out extrapolated after max_wait
-            return 0
+        """Every IMU sample the tap holds now, in batches (one C call each); how many were read."""
+        n = 0
+        while self.imu_open:
+            try:
+                batch = self.imu.read(timeout_s=0)
+            except PeerClosedError:
+                self.imu_open = False  # the IMU ended: what waits goes out extrapolated after max_wait
+                break
+            self.aligner.push(batch)
+            n += len(batch)
+            if len(batch) < self.imu_batch:
+                break
+        return n
 
     def _frame_of(self, rec) -> tuple[int, int, Any] | None:
         """(seq, capture_ns, message to fill) of a frames-input record, or None if it is neither kind."""
@@ -138,26 +149,30 @@ class AlignStage(PipelineStage):
             self.emit(msg.SerializeToString(), seq=seq, capture_ns=cap)
 
     def loop(self) -> None:
+        # Woken by the frames, not by the IMU: with nothing waiting, park on the frames input (a frame or a
+        # result, ~10-30 a second: its filler pays a futex wake for each, nothing to speak of), then take
+        # every IMU sample queued meanwhile in a few batch reads. Never park on the IMU tap: a parked
+        # reader makes its filler, the IMU branch's consumer, pay a futex wake for each of 1000 samples a
+        # second (the recorder's lesson, benchmarks/README.md: +25 % on the demo's e2e p50). While a frame
+        # waits for the IMU to pass its stamp, poll the IMU tap every _WAITING_POLL_S instead.
         frames = self.inputs["frames"]
         self.sched_applied = lower_priority(self.sched)
         while not self.stopping:
-            self._take_imu()
             try:
-                rec = frames.receive(timeout_s=0)
+                rec = frames.receive(timeout_s=_WAITING_POLL_S if self.pending else _IDLE_WAIT_S)
             except EndOfStream:
+                self._take_imu()
                 self._flush(time.monotonic_ns() + self.max_wait_ns)  # nothing more is coming: send what waits
                 return
+            self.wakes += 1
+            self._take_imu()  # after the frame: the samples up to its arrival, long past its capture
             if rec is not None:
                 got = self._frame_of(rec)
                 frames.release()
                 if got is not None:
                     self.pending.append((*got, time.monotonic_ns()))
             self._flush(time.monotonic_ns())
-            if rec is None:
-                # sleep, never park on the IMU tap: a parked reader makes its producer pay a futex wake for
-                # every record (the recorder's lesson, benchmarks/README.md: +25 % on the demo's e2e p50)
-                time.sleep(0.005)
 
     def extra_stats(self) -> dict[str, Any]:
         return {**super().extra_stats(), "waiting": len(self.pending), "max_gap_us": self.max_gap_ns / 1e3,
-                "imu_out_of_order": self.aligner.out_of_order, "sched": self.sched_applied}
+                "imu_out_of_order": self.aligner.out_of_order, "sched": self.sched_applied, "wakes": self.wakes}
