@@ -4,6 +4,7 @@ frame's capture stamp from the IMU samples around it, against known answers."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -260,7 +261,8 @@ class TestAlignStage:
                 elapsed, wakes = time.monotonic() - t0, st.wakes - w0
                 assert st.aligner.pushed == 300
                 assert wakes <= elapsed / 0.1 + 2, (wakes, elapsed)  # a 5 ms poll would be ~100 in 0.5 s
-                assert st.sched_applied == "idle"
+                assert st.sched_applied == "batch"  # the default, on the thread running loop() only
+                assert os.sched_getscheduler(t.native_id) == os.SCHED_BATCH != os.sched_getscheduler(0)
             finally:
                 st.stop()
                 t.join(10)

@@ -497,25 +497,25 @@ class TestPriority:
         with pytest.raises(ConfigError, match="SCHED_FIFO"):
             AlignStage("a", sched="SCHED_FIFO")
 
-    def test_the_view_loop_and_server_threads_run_at_idle_priority_the_opener_does_not(self):
-        """In process: the thread running the view's loop and the HTTP server's thread are SCHED_IDLE; the
-        thread that called open() (here: pytest's) is left as it was."""
+    def test_the_encoder_thread_runs_at_idle_priority_the_others_do_not(self):
+        """In process: the view's encoder thread (drawing, encoding) is SCHED_IDLE; the thread running its
+        loop and the one that called open() (here: pytest's) are left as they were."""
         import os
 
         frames = [np.zeros((32, 32, 3), np.uint8)]
         before = os.sched_getscheduler(0)
         st, t, ring, fw = TestViewStage().run_stage("127.0.0.1", frames)
         try:
-            assert os.sched_getscheduler(t.native_id) == os.SCHED_IDLE and st.sched_applied == "idle"
-            assert st.server.sched_applied == "idle"
-            assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
+            assert os.sched_getscheduler(st.encoder.native_id) == os.SCHED_IDLE and st.sched_applied == "idle"
+            assert os.sched_getscheduler(t.native_id) == os.sched_getscheduler(0) == before == os.SCHED_OTHER
             assert st.extra_stats()["sched"] == "idle"
         finally:
             TestViewStage().stop(st, t, ring, fw)
+        assert not st.encoder.is_alive()  # close() ended it
 
-    def test_the_view_stage_process_of_a_pipeline_draws_and_serves_at_idle_priority(self):
-        """A pipeline with the view attached: the view stage's process runs its loop (its main thread) and
-        its HTTP server under SCHED_IDLE, its control thread and the pipeline's own stages as they were."""
+    def test_in_a_pipeline_the_view_encodes_at_idle_priority_and_nothing_else_is_lowered(self):
+        """A pipeline with the view attached: one thread of the view stage's process (the encoder) runs under
+        SCHED_IDLE; its main thread (open, loop), the pipeline's own stages are as they were."""
         import os
 
         from edgepipe.pipeline.config import parse_config
@@ -547,9 +547,8 @@ params = { every = 1000 }
                     policies[int(tid)] = os.sched_getscheduler(int(tid))
                 except OSError:  # a short-lived thread that ended meanwhile
                     pass
-            assert policies[pid] == os.SCHED_IDLE  # the main thread: the stage's open() and loop()
-            assert sum(v == os.SCHED_IDLE for v in policies.values()) >= 2  # and the HTTP server's thread
-            assert os.SCHED_OTHER in policies.values()  # the control thread (stats), untouched
+            assert sum(v == os.SCHED_IDLE for v in policies.values()) == 1, policies  # the encoder
+            assert policies[pid] == os.SCHED_OTHER  # the main thread: the stage's open() and loop()
             for name in ("cam", "sink"):
                 assert os.sched_getscheduler(st[name]["pid"]) == os.SCHED_OTHER
         finally:

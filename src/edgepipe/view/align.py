@@ -57,9 +57,10 @@ class AlignStage(PipelineStage):
     Args:
         max_wait_ms: how long a frame waits for the IMU to pass its stamp before it goes out extrapolated.
         history: IMU samples kept for alignment (at 1 kHz, 4096 is 4 s).
-        sched: the CPU priority of the thread running :meth:`loop`: ``"idle"`` (``SCHED_IDLE``, the default:
-            the view's helper takes only CPU time the pipeline does not want), ``"batch"``, ``"nice"`` or
-            ``"normal"`` (edgepipe.view.priority).
+        sched: the CPU priority of the thread running :meth:`loop`: ``"batch"`` (``SCHED_BATCH``, the
+            default: it never preempts a pipeline process when it wakes, yet is not starved, so it keeps
+            up and stops promptly on a saturated machine), ``"idle"``, ``"nice"`` or ``"normal"``
+            (edgepipe.view.priority).
 
     Inputs:
         frames: frame records (a capture ring or its tap) or InferenceResult records.
@@ -72,7 +73,7 @@ class AlignStage(PipelineStage):
     kind = "align"
 
     def __init__(self, name: str | None = None, *, max_wait_ms: float = 50.0, history: int = 4096,
-                 sched: str = "idle", **kw: Any) -> None:
+                 sched: str = "batch", **kw: Any) -> None:
         super().__init__(name, **kw)
         self.sched = check_policy(self.name, sched)
         self.sched_applied = ""

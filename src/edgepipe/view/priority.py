@@ -1,20 +1,25 @@
 """The view's CPU priority: the pipeline matters more than the picture.
 
-The view stage (drawing, JPEG encoding, the HTTP server) and the align stage feeding it run beside the
-pipeline they watch, on the same cores. On a busy machine a pipeline process woken by its ring (the 1 kHz
-IMU consumer, say) may find both cores taken by them and wait for a time slice. So both stages, by default,
-put the threads that do their work (the one running the stage's ``loop()``, and the view's HTTP
-server thread) under ``SCHED_IDLE`` (``sched = "idle"``): the kernel runs it only on CPU time nothing else wants, a normal
-task waking up preempts it at once, and a core running only it counts as idle when the kernel places a
-waking task. Other choices: ``"batch"`` (``SCHED_BATCH``: a normal share of the CPU, but it never
-preempts on wake-up), ``"nice"`` (normal policy at nice 19) and ``"normal"`` (left as started).
+The view stage (drawing, JPEG encoding) and the align stage feeding it run beside the pipeline they
+watch, on the same cores. On a busy machine a pipeline process woken by its ring (the 1 kHz IMU
+consumer, say) may find a core taken by them and wait for a time slice. So:
+
+- the view's encoder thread (where its CPU goes: ~1.3 ms a frame) runs under ``SCHED_IDLE`` by default
+  (``sched = "idle"``): the kernel gives it only CPU time nothing else wants, a normal task waking up
+  preempts it at once, and a core running only it counts as idle when the kernel places a waking task.
+  On a saturated machine the picture freezes (frames skipped, counted) rather than the pipeline slowing;
+- the align stage's thread runs under ``SCHED_BATCH`` by default (``sched = "batch"``): its waking never
+  preempts a running task, yet it keeps a normal share of the CPU, so it keeps up and stops promptly.
+
+The threads that must answer promptly whatever the load (the view's loop taking frames and its HTTP
+server, the stage host's control thread sending stats and taking Stop) keep their priority. Other
+choices: ``"nice"`` (normal policy at nice 19) and ``"normal"`` (left as started).
 
 An unprivileged thread may always lower its own priority like this (and, without ``RLIMIT_NICE`` or
 privileges, not raise it back), so it is set by those threads themselves, once, as they start: the
-thread that called ``open()`` (a program embedding the stage, or a test) keeps its priority, and so does
-the stage host's control thread, which sends the stats. Threads a lowered thread starts inherit its
-policy (the HTTP server's executor threads). When the kernel refuses (a container's seccomp policy, say), the stage runs at the
-priority it had and says so in its stats (``sched``).
+thread that called ``open()`` (a program embedding the stage, or a test) keeps its priority. Threads a
+lowered thread starts inherit its policy. When the kernel refuses (a container's seccomp policy, say),
+the stage runs at the priority it had and says so in its stats (``sched``).
 
 >>> POLICIES
 ('idle', 'batch', 'nice', 'normal')

@@ -39,7 +39,6 @@ from typing import Any
 
 from edgepipe._data import data_path
 from edgepipe._extras import require
-from edgepipe.view.priority import check_policy, lower_priority
 
 __all__ = ["ViewServer"]  # LatestJpeg, make_app, prometheus_text: shared inside edgepipe.view
 
@@ -226,14 +225,11 @@ class ViewServer:
     """Serve an app on ``host:port`` from a thread of its own (its own asyncio loop).
 
     ``start()`` returns once the socket listens (the URL, with the real port when ``port`` is 0);
-    ``stop()`` ends the streams and closes the socket. ``sched``: the server thread's CPU priority
-    (edgepipe.view.priority; what was applied is in ``sched_applied`` once it listens).
+    ``stop()`` ends the streams and closes the socket.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080, sched: str = "normal") -> None:
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080) -> None:
         self.app, self.host, self.port = app, host, port
-        self.sched = check_policy("view server", sched)
-        self.sched_applied = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -256,7 +252,6 @@ class ViewServer:
         return self.url
 
     def _run(self) -> None:
-        self.sched_applied = lower_priority(self.sched)  # this thread, and the executor threads it starts
         web = require("aiohttp.web", "the live view")
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)

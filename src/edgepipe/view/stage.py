@@ -14,8 +14,9 @@ copy, and frames it has no time for are skipped, counted) and, optionally, per-f
 or on ``FrameMeta`` records (horizon drawn). A frame and its result are joined by capture stamp, which the
 tap keeps (its frame numbers are its own); a frame whose result has not come within ``result_wait_ms`` is
 shown without one. Drawing and JPEG encoding happen here, in the view's own process, at most ``max_fps``
-times a second, at the lowest CPU priority by default (``sched = "idle"``, edgepipe.view.priority: the
-pipeline matters more than the picture). The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
+times a second, on an encoder thread at the lowest CPU priority by default (``sched = "idle"``,
+edgepipe.view.priority: the pipeline matters more than the picture); a frame the encoder has not started
+when a newer one is due is skipped, counted. The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
 deadlines) come from the stats file its supervisor publishes for ``edgepipe top``.
 """
 
@@ -26,6 +27,7 @@ import ipaddress
 import json
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -118,9 +120,11 @@ class ViewStage(PipelineStage):
         quality: JPEG quality (1-100).
         result_wait_ms: how long a frame waits for its result before it is shown without one.
         stats: the pipeline's stats file (default: the one of the supervisor that started this stage).
-        sched: the CPU priority of the thread running :meth:`loop` (drawing, encoding) and of the HTTP
-            server's thread: ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline does not
-            want), ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority).
+        sched: the CPU priority of the encoder thread (drawing and JPEG encoding, the view's CPU):
+            ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline does not want),
+            ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority). The thread running
+            :meth:`loop` (taking frames and results, cheap) and the HTTP server's keep theirs, so the view
+            stops and serves promptly however busy the machine is.
 
     Inputs:
         frames: frame records (a capture stage's tap, ``<link>.tap``).
@@ -155,8 +159,12 @@ class ViewStage(PipelineStage):
         self.attitude: pb.AlignedAttitude | None = None
         self.next_due = 0
         self.deferred: tuple | None = None  # the newest frame the rate cap held back: shown when it allows
-        self.cpu_ns = 0
+        self.cpu_ns = 0  # the encoder thread's CPU time (drawing and encoding)
         self.wakes = 0
+        self._job_ready = threading.Condition()
+        self._job: tuple | None = None  # the frame handed to the encoder, not started yet
+        self._encoder_stop = False
+        self.encoder: threading.Thread | None = None
         self.server: ViewServer | None = None
         self.url = ""
 
@@ -181,21 +189,31 @@ class ViewStage(PipelineStage):
             self.token = secrets.token_urlsafe(18)
         app = make_app(self.latest, self.metrics, token=self.token, max_clients=self.max_clients,
                        max_fps=self.max_fps)
-        self.server = ViewServer(app, self.host, self.port, sched=self.sched)
+        self.server = ViewServer(app, self.host, self.port)
         url = self.server.start()
         self.url = url + (f"?token={self.token}" if self.token else "")
         print(f"edgepipe view: serving on {self.url}", flush=True)
         self.frames = FrameReader(self.inputs["frames"].end)
         self.frames_open = True
+        self.encoder = threading.Thread(target=self._encode_loop, name="edgepipe-view-encode", daemon=True)
+        self.encoder.start()
 
     def close(self) -> None:
+        if self.encoder is not None:
+            with self._job_ready:
+                self._encoder_stop = True
+                self._job = None
+                self._job_ready.notify()
+            # at SCHED_IDLE on a saturated machine it may not run for a while: not waited for long (a daemon
+            # thread holding nothing but a picture)
+            self.encoder.join(2.0)
         if self.server is not None:
             self.server.stop()
 
     # -- frames and results ---------------------------------------------------------------------------------
     def _show(self, seq: int, cap: int, img, result=None) -> None:
-        """Draw and encode one frame if the rate cap allows; else keep it as the one to show when it does
-        (replacing, and skipping, the one kept before)."""
+        """Hand one frame to the encoder thread if the rate cap allows; else keep it as the one to show when
+        it does (replacing, and skipping, the one kept before)."""
         now = time.monotonic_ns()
         if now < self.next_due:
             if self.deferred is not None:
@@ -204,20 +222,39 @@ class ViewStage(PipelineStage):
             return
         self.deferred = None
         self.next_due = now + int(1e9 / self.max_fps)
-        t0 = time.thread_time_ns()
-        if img.ndim == 2:
-            img = img[:, :, None].repeat(3, axis=2)
-        if isinstance(result, pb.InferenceResult) and result.HasField("detections"):
-            draw_boxes(img, result.detections.boxes)
         att = self.attitude
         if result is not None and result.HasField("attitude"):
             att = result.attitude
-        if att is not None:
-            o = att.orientation
-            draw_attitude(img, (o.w, o.x, o.y, o.z), gap_ns=att.gap_ns, extrapolated=att.extrapolated)
-        self.latest.put(encode_jpeg(img, self.quality), cap, seq)
-        self.cpu_ns += time.thread_time_ns() - t0
-        self.count("frames shown")
+        boxes = result.detections.boxes if isinstance(result, pb.InferenceResult) and result.HasField(
+            "detections") else None
+        with self._job_ready:
+            if self._job is not None:  # the encoder is behind: the newer frame replaces the one not started
+                self.count("frames skipped")
+            self._job = (seq, cap, img, boxes, att)
+            self._job_ready.notify()
+
+    def _encode_loop(self) -> None:
+        """The encoder thread: draw and JPEG-encode the newest frame handed over, at the ``sched`` priority."""
+        self.sched_applied = lower_priority(self.sched)
+        while True:
+            with self._job_ready:
+                while self._job is None and not self._encoder_stop:
+                    self._job_ready.wait()
+                if self._job is None:
+                    return
+                (seq, cap, img, boxes, att), self._job = self._job, None
+            t0 = time.thread_time_ns()
+            if img.ndim == 2:
+                img = img[:, :, None].repeat(3, axis=2)
+            if boxes is not None:
+                draw_boxes(img, boxes)
+            if att is not None:
+                o = att.orientation
+                draw_attitude(img, (o.w, o.x, o.y, o.z), gap_ns=att.gap_ns, extrapolated=att.extrapolated)
+            jpeg = encode_jpeg(img, self.quality)
+            self.cpu_ns += time.thread_time_ns() - t0
+            self.count("frames shown")  # before the picture is out: whoever sees it sees it counted
+            self.latest.put(jpeg, cap, seq)
 
     def _take_frames(self) -> int:
         if not self.frames_open:
@@ -306,7 +343,6 @@ class ViewStage(PipelineStage):
             time.sleep(left)
 
     def loop(self) -> None:
-        self.sched_applied = lower_priority(self.sched)  # the thread that draws and encodes
         while not self.stopping:
             n = self._take_frames() + self._take_results()
             self._expire()
