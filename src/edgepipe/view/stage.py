@@ -205,8 +205,8 @@ class ViewStage(PipelineStage):
                 self._job = None
                 self._job_ready.notify()
             # at SCHED_IDLE on a saturated machine it may not run for a while: not waited for long (a daemon
-            # thread holding nothing but a picture)
-            self.encoder.join(2.0)
+            # thread holding nothing but a picture; the supervisor allows a stopping stage 1 s)
+            self.encoder.join(0.2)
         if self.server is not None:
             self.server.stop()
 
