@@ -4,15 +4,17 @@ The view stage (drawing, JPEG encoding) and the align stage feeding it run besid
 watch, on the same cores. On a busy machine a pipeline process woken by its ring (the 1 kHz IMU
 consumer, say) may find a core taken by them and wait for a time slice. So:
 
-- the view's encoder thread (where its CPU goes: ~1.3 ms a frame) runs under ``SCHED_IDLE`` by default
-  (``sched = "idle"``): the kernel gives it only CPU time nothing else wants, a normal task waking up
-  preempts it at once, and a core running only it counts as idle when the kernel places a waking task.
-  On a saturated machine the picture freezes (frames skipped, counted) rather than the pipeline slowing;
+- the view's encoder process (edgepipe.view.encoder: where its CPU goes, ~1.3 ms a frame) runs under
+  ``SCHED_IDLE`` by default (``sched = "idle"``): the kernel gives it only CPU time nothing else wants, a
+  normal task waking up preempts it at once, and a core running only it counts as idle when the kernel
+  places a waking task. On a saturated machine the picture freezes (frames skipped, counted) rather than
+  the pipeline slowing. It is a process, not a thread, so that no thread of the view waits behind its
+  interpreter lock (see edgepipe.view.encoder);
 - the align stage's thread runs under ``SCHED_BATCH`` by default (``sched = "batch"``): its waking never
   preempts a running task, yet it keeps a normal share of the CPU, so it keeps up and stops promptly.
 
-The threads that must answer promptly whatever the load (the view's loop taking frames and its HTTP
-server, the stage host's control thread sending stats and taking Stop) keep their priority. Other
+The view stage's own process (its loop taking frames, its HTTP server, the stage host's control thread
+sending stats and taking Stop) keeps its priority: it must answer promptly whatever the load. Other
 choices: ``"nice"`` (normal policy at nice 19) and ``"normal"`` (left as started).
 
 An unprivileged thread may always lower its own priority like this (and, without ``RLIMIT_NICE`` or

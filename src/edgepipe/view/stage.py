@@ -13,10 +13,11 @@ copy, and frames it has no time for are skipped, counted) and, optionally, per-f
 ``InferenceResult`` records of a detector (boxes drawn) and/or the ``attitude`` the align stage set on them
 or on ``FrameMeta`` records (horizon drawn). A frame and its result are joined by capture stamp, which the
 tap keeps (its frame numbers are its own); a frame whose result has not come within ``result_wait_ms`` is
-shown without one. Drawing and JPEG encoding happen here, in the view's own process, at most ``max_fps``
-times a second, on an encoder thread at the lowest CPU priority by default (``sched = "idle"``,
-edgepipe.view.priority: the pipeline matters more than the picture); a frame the encoder has not started
-when a newer one is due is skipped, counted. The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
+shown without one. Drawing and JPEG encoding happen at most ``max_fps`` times a second, not in the
+pipeline's processes but in an encoder process of the view's own (edgepipe.view.encoder), at the lowest
+CPU priority by default (``sched = "idle"``, edgepipe.view.priority: the pipeline matters more than the
+picture); a frame the encoder has not started when a newer one is due is skipped, counted. The pipeline's
+numbers (per-part latency against budget, link rates and drops, missed IMU
 deadlines) come from the stats file its supervisor publishes for ``edgepipe top``.
 """
 
@@ -27,7 +28,6 @@ import ipaddress
 import json
 import os
 import secrets
-import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -37,8 +37,8 @@ from edgepipe.errors import ConfigError, EdgepipeError
 from edgepipe.frames import FrameReader
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.supervisor import runtime_dir
-from edgepipe.view.priority import check_policy, lower_priority
-from edgepipe.view.render import draw_attitude, draw_boxes, encode_jpeg
+from edgepipe.view.encoder import Encoder
+from edgepipe.view.priority import check_policy
 from edgepipe.view.server import LatestJpeg, ViewServer, make_app
 
 __all__ = ["ViewStage"]
@@ -120,11 +120,11 @@ class ViewStage(PipelineStage):
         quality: JPEG quality (1-100).
         result_wait_ms: how long a frame waits for its result before it is shown without one.
         stats: the pipeline's stats file (default: the one of the supervisor that started this stage).
-        sched: the CPU priority of the encoder thread (drawing and JPEG encoding, the view's CPU):
-            ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline does not want),
-            ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority). The thread running
-            :meth:`loop` (taking frames and results, cheap) and the HTTP server's keep theirs, so the view
-            stops and serves promptly however busy the machine is.
+        sched: the CPU priority of the encoder process (drawing and JPEG encoding, the view's CPU,
+            edgepipe.view.encoder): ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline
+            does not want), ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority). This
+            process (taking frames and results, serving HTTP: cheap) keeps its own, so the view stops and
+            serves promptly however busy the machine is.
 
     Inputs:
         frames: frame records (a capture stage's tap, ``<link>.tap``).
@@ -139,7 +139,6 @@ class ViewStage(PipelineStage):
                  **kw: Any) -> None:
         super().__init__(name, **kw)
         self.sched = check_policy(self.name, sched)
-        self.sched_applied = ""
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"view stage {name!r}: port must be an int in 0..65535, got {port!r}")
         if not isinstance(max_fps, (int, float)) or isinstance(max_fps, bool) or not max_fps > 0:
@@ -159,12 +158,8 @@ class ViewStage(PipelineStage):
         self.attitude: pb.AlignedAttitude | None = None
         self.next_due = 0
         self.deferred: tuple | None = None  # the newest frame the rate cap held back: shown when it allows
-        self.cpu_ns = 0  # the encoder thread's CPU time (drawing and encoding)
         self.wakes = 0
-        self._job_ready = threading.Condition()
-        self._job: tuple | None = None  # the frame handed to the encoder, not started yet
-        self._encoder_stop = False
-        self.encoder: threading.Thread | None = None
+        self.encoder: Encoder | None = None  # drawing and JPEG encoding, in a process of its own
         self.server: ViewServer | None = None
         self.url = ""
 
@@ -195,24 +190,17 @@ class ViewStage(PipelineStage):
         print(f"edgepipe view: serving on {self.url}", flush=True)
         self.frames = FrameReader(self.inputs["frames"].end)
         self.frames_open = True
-        self.encoder = threading.Thread(target=self._encode_loop, name="edgepipe-view-encode", daemon=True)
-        self.encoder.start()
+        self.encoder = Encoder(self.quality, self.sched, self._picture)
 
     def close(self) -> None:
         if self.encoder is not None:
-            with self._job_ready:
-                self._encoder_stop = True
-                self._job = None
-                self._job_ready.notify()
-            # at SCHED_IDLE on a saturated machine it may not run for a while: not waited for long (a daemon
-            # thread holding nothing but a picture; the supervisor allows a stopping stage 1 s)
-            self.encoder.join(0.2)
+            self.encoder.close()
         if self.server is not None:
             self.server.stop()
 
     # -- frames and results ---------------------------------------------------------------------------------
     def _show(self, seq: int, cap: int, img, result=None) -> None:
-        """Hand one frame to the encoder thread if the rate cap allows; else keep it as the one to show when
+        """Hand one frame to the encoder if the rate cap allows; else keep it as the one to show when
         it does (replacing, and skipping, the one kept before)."""
         now = time.monotonic_ns()
         if now < self.next_due:
@@ -227,34 +215,23 @@ class ViewStage(PipelineStage):
             att = result.attitude
         boxes = result.detections.boxes if isinstance(result, pb.InferenceResult) and result.HasField(
             "detections") else None
-        with self._job_ready:
-            if self._job is not None:  # the encoder is behind: the newer frame replaces the one not started
-                self.count("frames skipped")
-            self._job = (seq, cap, img, boxes, att)
-            self._job_ready.notify()
+        if self.encoder.submit(seq, cap, img, boxes, att):  # the encoder is behind: the newer one replaced it
+            self.count("frames skipped")
 
-    def _encode_loop(self) -> None:
-        """The encoder thread: draw and JPEG-encode the newest frame handed over, at the ``sched`` priority."""
-        self.sched_applied = lower_priority(self.sched)
-        while True:
-            with self._job_ready:
-                while self._job is None and not self._encoder_stop:
-                    self._job_ready.wait()
-                if self._job is None:
-                    return
-                (seq, cap, img, boxes, att), self._job = self._job, None
-            t0 = time.thread_time_ns()
-            if img.ndim == 2:
-                img = img[:, :, None].repeat(3, axis=2)
-            if boxes is not None:
-                draw_boxes(img, boxes)
-            if att is not None:
-                o = att.orientation
-                draw_attitude(img, (o.w, o.x, o.y, o.z), gap_ns=att.gap_ns, extrapolated=att.extrapolated)
-            jpeg = encode_jpeg(img, self.quality)
-            self.cpu_ns += time.thread_time_ns() - t0
-            self.count("frames shown")  # before the picture is out: whoever sees it sees it counted
-            self.latest.put(jpeg, cap, seq)
+    def _picture(self, jpeg: bytes, cap: int, seq: int) -> None:
+        """A picture from the encoder (its thread)."""
+        self.count("frames shown")  # before the picture is out: whoever sees it sees it counted
+        self.latest.put(jpeg, cap, seq)
+
+    @property
+    def cpu_ns(self) -> int:
+        """The encoder process's CPU time drawing and encoding, summed."""
+        return self.encoder.cpu_ns if self.encoder is not None else 0
+
+    @property
+    def sched_applied(self) -> str:
+        """The priority the encoder process got ("" until it started)."""
+        return self.encoder.sched_applied if self.encoder is not None else ""
 
     def _take_frames(self) -> int:
         if not self.frames_open:
@@ -354,4 +331,5 @@ class ViewStage(PipelineStage):
     def extra_stats(self) -> dict[str, Any]:
         v = self.metrics()["view"]
         return {**super().extra_stats(), "url": self.url, "cpu_ms_per_frame": round(v["cpu_ms_per_frame"], 3),
-                "sched": self.sched_applied, "wakes": self.wakes}
+                "sched": self.sched_applied, "encoder_pid": self.encoder.pid if self.encoder else 0,
+                "wakes": self.wakes}
