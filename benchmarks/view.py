@@ -3,17 +3,22 @@ pipeline it watches (standalone script).
 
 Cases:
   mjpeg       640x480 BGR frames written at 60 fps into a ring (a thread copying precomputed frames); the
-              view stage reads them, draws the attitude overlay and encodes JPEG (quality 80) at most
-              ``max_fps`` a second; one HTTP client reads /stream.mjpg for ``--seconds``. Reported: parts a
-              second the client received, frames shown / skipped by the view, the view thread's CPU per frame
-              (draw + encode, time.thread_time) and the whole process's CPU per frame less the producer
-              thread's (so: view thread + HTTP server thread). max_fps 30 (goal >= 15 fps) and uncapped.
+              view stage reads them and its encoder process (edgepipe.view.encoder, at its default
+              SCHED_IDLE) draws the attitude overlay and encodes JPEG (quality 80) at most ``max_fps`` a
+              second; one HTTP client reads /stream.mjpg for ``--seconds``. Reported: parts a second the
+              client received, frames shown / skipped by the view, the encoder's CPU per frame (draw +
+              encode, time.thread_time in the encoder) and the view's whole CPU per frame: this process less
+              the producer thread (the view's loop, the frame hand-over and the HTTP server) plus the
+              encoder. max_fps 30 (goal >= 15 fps) and uncapped.
   demo        the bundled demo's end-to-end p50 (the detection branch, end_to_end[show_text], and the
-              IMU branch, end_to_end[show_attitude]) without the view and with it and one client reading the
-              stream, alternated ``--rounds`` times (~20 s per run): goal < 5 % change.
+              IMU branch, end_to_end[show_attitude]) and every part's p50, without the view and with it
+              and one client reading the stream, alternated ``--rounds`` times (~25 s per run): goal < 5 %
+              change. ``--modes`` adds view variants (``view-normal``: the encoder and the align stage at
+              normal priority; ``view-idle``, ``view-batch``, ``view-nice``: both at that one).
 
     python benchmarks/view.py --seconds 10                 # mjpeg (~25 s)
     python benchmarks/view.py --only demo --rounds 3       # the demo with and without the view (~2.5 min)
+    python benchmarks/view.py --only demo --rounds 6 --modes plain,view,view-normal   # and at normal priority
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def mjpeg_case(seconds: float, max_fps: float) -> dict:
     st.close()
     fw.close()
     ring.close()
-    proc_ms = (cpu1 - cpu0 - prod_cpu[0] * seconds / (seconds + 1.0)) / max(shown, 1) / 1e6
+    # this process less the producer thread, plus the encoder process (drawing and encoding)
+    proc_ms = (cpu1 - cpu0 - prod_cpu[0] * seconds / (seconds + 1.0) + view1 - view0) / max(shown, 1) / 1e6
     return {"case": f"mjpeg max_fps={max_fps:g}", "client_fps": round(out["parts"] / out["span_s"], 1),
             "frames_shown": shown, "frames_skipped": st.counters.get("frames skipped", 0),
             "view_cpu_ms_per_frame": round((view1 - view0) / max(shown, 1) / 1e6, 2),
@@ -208,10 +214,14 @@ def demo_case(rounds: int, seconds: float, modes: dict[str, dict]) -> dict:
             if mode == "plain":
                 continue
             b = statistics.median(x[key] for x in res[mode])
+            # paired: each round's run against the plain run just before it (the load drifts between rounds)
+            paired = [(v[key] - p[key]) / p[key] * 100 for p, v in zip(res["plain"], res[mode])]
             row[f"{sink} {mode} change_pct"] = round((b - a) / a * 100, 1)
+            row[f"{sink} {mode} paired_change_pct"] = [round(x, 1) for x in paired]
             print(f"  demo {sink} e2e p50 median: plain {a * 1e3:.1f} us, {mode} {b * 1e3:.1f} us: change "
                   f"{(b - a) / a * 100:+.1f} % (spread plain {_spread([x[key] for x in res['plain']])}, {mode} "
-                  f"{_spread([x[key] for x in res[mode]])} us)")
+                  f"{_spread([x[key] for x in res[mode]])} us); paired per round: median "
+                  f"{statistics.median(paired):+.1f} %, {min(paired):+.1f}..{max(paired):+.1f} %")
     return row
 
 

@@ -183,10 +183,6 @@ class Encoder:
             self._cv.notify()
         if self.proc.poll() is None:
             self.proc.kill()
-        self._thread.join(0.2)
         for f in (self.proc.stdin, self.proc.stdout):
-            f.close()  # raw files (bufsize=0): no lock a blocked read could hold
-        try:
-            self.proc.wait(0.5)  # reaped here if it died in time
-        except subprocess.TimeoutExpired:
-            pass
+            f.close()  # raw files (bufsize=0): no lock a blocked read could hold; the pump thread ends on EOF
+        self.proc.poll()  # reaped now if it is dead already; else when this process exits
