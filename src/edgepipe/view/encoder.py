@@ -6,7 +6,9 @@ loop, its HTTP server, the control thread taking Stop) waits for it: on a satura
 stage then missed its 1 s to stop (measured: ``edgepipe view`` under load 15-25 killed by SIGTERM, three runs
 of three; fine with the thread at normal priority). A process of its own has its own lock.
 
-The child is ``python -c`` :data:`ENTRY`: it asks for SIGKILL when its parent dies (as stage processes do),
+The child is ``python -c`` :data:`ENTRY`: it asks for SIGKILL when its parent dies (as stage processes do:
+strictly, when the thread that started it ends, so :class:`Encoder` is made by the thread that runs the
+stage, its process's main thread in a pipeline),
 lowers its priority (edgepipe.view.priority), then answers jobs on its stdin with pictures on its stdout,
 one at a time. Framing (little-endian): a job is a header ``seq q, capture_ns q, height I, width I,
 channels I, quality I, boxes I, attitude ?, q 4d, gap_ns q, extrapolated ?``, then ``boxes`` times ``5d``
@@ -43,8 +45,10 @@ ENTRY = (
     "ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)\n"  # PR_SET_PDEATHSIG, SIGKILL: die with the view
     "if os.getppid() != int(sys.argv[1]):\n"
     "    os._exit(3)\n"
+    "out = os.dup(1)\n"  # the pictures' pipe, kept aside: anything printed goes to stderr instead
+    "os.dup2(2, 1)\n"
     "from edgepipe.view.encoder import child_main\n"
-    "child_main(sys.argv[2])\n"
+    "child_main(sys.argv[2], out)\n"
 )
 
 
@@ -80,13 +84,14 @@ class _Box:
         self.x_min, self.y_min, self.x_max, self.y_max, self.score = x_min, y_min, x_max, y_max, score
 
 
-def child_main(sched: str) -> None:
-    """The encoder process: lower its priority, then draw and encode each job until stdin closes."""
+def child_main(sched: str, out_fd: int) -> None:
+    """The encoder process: lower its priority, then draw and encode each job from stdin until it closes,
+    writing the pictures to ``out_fd``."""
     from edgepipe.view.priority import lower_priority
     from edgepipe.view.render import draw_attitude, draw_boxes, encode_jpeg
 
     applied = lower_priority(sched).encode()
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    inp, out = sys.stdin.buffer, os.fdopen(out_fd, "wb")
     out.write(LEN.pack(len(applied)) + applied)
     out.flush()
     while True:

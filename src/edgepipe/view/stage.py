@@ -17,8 +17,8 @@ shown without one. Drawing and JPEG encoding happen at most ``max_fps`` times a 
 pipeline's processes but in an encoder process of the view's own (edgepipe.view.encoder), at the lowest
 CPU priority by default (``sched = "idle"``, edgepipe.view.priority: the pipeline matters more than the
 picture); a frame the encoder has not started when a newer one is due is skipped, counted. The pipeline's
-numbers (per-part latency against budget, link rates and drops, missed IMU
-deadlines) come from the stats file its supervisor publishes for ``edgepipe top``.
+numbers (per-part latency against budget, link rates and drops, missed IMU deadlines) come from the stats
+file its supervisor publishes for ``edgepipe top``.
 """
 
 from __future__ import annotations
@@ -190,7 +190,11 @@ class ViewStage(PipelineStage):
         print(f"edgepipe view: serving on {self.url}", flush=True)
         self.frames = FrameReader(self.inputs["frames"].end)
         self.frames_open = True
-        self.encoder = Encoder(self.quality, self.sched, self._picture)
+        try:
+            self.encoder = Encoder(self.quality, self.sched, self._picture)
+        except OSError:  # no child process: close() is not called after a failed open(), so stop here
+            self.server.stop()
+            raise
 
     def close(self) -> None:
         if self.encoder is not None:
