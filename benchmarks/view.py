@@ -10,6 +10,8 @@ Cases:
               encode, time.thread_time in the encoder) and the view's whole CPU per frame: this process less
               the producer thread (the view's loop, the frame hand-over and the HTTP server) plus the
               encoder. max_fps 30 (goal >= 15 fps) and uncapped.
+  tap         one Tap.offer of a 192-byte IMU record (what show_attitude's Inlet pays per sample for the
+              view's IMU tap, after its receive stamp), ns per record.
   demo        the bundled demo's end-to-end p50 (the detection branch, end_to_end[show_text], and the
               IMU branch, end_to_end[show_attitude]) and every part's p50, without the view and with it
               and one client reading the stream, alternated ``--rounds`` times (~25 s per run): goal < 5 %
@@ -17,6 +19,7 @@ Cases:
               normal priority; ``view-idle``, ``view-batch``, ``view-nice``: both at that one).
 
     python benchmarks/view.py --seconds 10                 # mjpeg (~25 s)
+    python benchmarks/view.py --only tap                   # the IMU tap's copy (~1 s)
     python benchmarks/view.py --only demo --rounds 3       # the demo with and without the view (~2.5 min)
     python benchmarks/view.py --only demo --rounds 6 --modes plain,view,view-normal   # and at normal priority
 """
@@ -127,6 +130,37 @@ def mjpeg_case(seconds: float, max_fps: float) -> dict:
             "process_cpu_ms_per_frame": round(proc_ms, 2), "kb_per_frame": round(out["bytes"] / max(out["parts"], 1) / 1024, 1)}
 
 
+def tap_case(n: int = 20000, reps: int = 5) -> dict:
+    """What show_attitude's Inlet pays per IMU sample for the view: one Tap.offer of a 192-byte record
+    (after its receive stamp), with the side ring drained every 64 records as the align stage does in
+    batches; the drain alone (same loop, no offer) is subtracted. ns per record, per repetition."""
+    from edgepipe.pipeline.tap import Tap
+
+    side = Ring.create(capacity=1 << 20)
+    r = side.reader()
+    tap = Tap(side.writer(), "samples")
+    data = b"x" * 192
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            tap.offer(data, 7)
+            if i % 64 == 63:
+                while r.try_read() is not None:
+                    pass
+        t1 = time.perf_counter_ns()
+        for i in range(n):
+            if i % 64 == 63:
+                while r.try_read() is not None:
+                    pass
+        t2 = time.perf_counter_ns()
+        out.append(round(((t1 - t0) - (t2 - t1)) / n))
+    tap.close()
+    r.close()
+    side.close()
+    return {"case": "tap offer, 192 B, ns per record", "reps": out, "median": statistics.median(out)}
+
+
 def _one_run(mode: str, seconds: float, view_params: dict) -> tuple[dict, str]:
     """One demo run: ({part: p50_ms}, extra text). ``mode``: "plain" or a view variant."""
     from edgepipe.cli.main import demo_spec
@@ -228,7 +262,7 @@ def demo_case(rounds: int, seconds: float, modes: dict[str, dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per mjpeg case (default 10)")
-    ap.add_argument("--only", choices=["mjpeg", "demo"], default="mjpeg")
+    ap.add_argument("--only", choices=["mjpeg", "demo", "tap"], default="mjpeg")
     ap.add_argument("--rounds", type=int, default=3, help="demo: alternations (default 3)")
     ap.add_argument("--demo-seconds", type=float, default=20.0, help="demo: seconds per run (default 20)")
     ap.add_argument("--modes", default="plain,view",
@@ -237,7 +271,9 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="demo: write every run's per-part p50s to FILE")
     args = ap.parse_args()
     print(f"# {' '.join(sys.argv)}  (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
-    if args.only == "mjpeg":
+    if args.only == "tap":
+        print(" ", tap_case())
+    elif args.only == "mjpeg":
         for fps in (30.0, 1000.0):
             print(" ", mjpeg_case(args.seconds, fps), flush=True)
     else:
