@@ -559,3 +559,43 @@ params = { every = 1000 }
         finally:
             p.stop()
             assert p.wait(60) is not None
+
+
+class TestEncoder:
+    def test_the_encoder_dies_with_a_killed_view(self, tmp_path):
+        """kill -9 of the process that made an Encoder leaves no encoder behind (PR_SET_PDEATHSIG)."""
+        import os
+        import signal
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        src = str(Path(__file__).resolve().parents[2] / "src")
+        code = ("import sys, time\n"
+                "from edgepipe.view.encoder import Encoder\n"
+                "e = Encoder(80, 'idle', lambda *a: None)\n"
+                "print(e.pid, flush=True)\n"
+                "time.sleep(120)\n")
+        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            enc = int(p.stdout.readline())
+            os.kill(enc, 0)  # alive
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+
+            def gone() -> bool:  # dead: reaped, or a zombie waiting for init to reap it
+                try:
+                    with open(f"/proc/{enc}/stat") as f:
+                        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+                except FileNotFoundError:
+                    return True
+
+            deadline = time.monotonic() + 60  # a hang guard only
+            while not gone() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gone()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
