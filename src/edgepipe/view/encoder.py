@@ -177,8 +177,11 @@ class Encoder:
                 self.cpu_ns += cpu
                 self.shown += 1
                 self.on_picture(jpeg, cap, seq)
-        except (EOFError, OSError, ValueError):  # the child is gone (or we closed its pipes): no more pictures
+        except (EOFError, OSError, ValueError):  # the child is gone: no more pictures
             return
+        finally:
+            for f in (self.proc.stdin, self.proc.stdout):
+                f.close()  # here, by the only thread using them: never a number another open() reuses
 
     def close(self) -> None:
         """End the child: SIGKILL (at the lowest priority it may not run soon enough to exit by itself), and
@@ -188,6 +191,7 @@ class Encoder:
             self._cv.notify()
         if self.proc.poll() is None:
             self.proc.kill()
-        for f in (self.proc.stdin, self.proc.stdout):
-            f.close()  # raw files (bufsize=0): no lock a blocked read could hold; the pump thread ends on EOF
+        # the pump thread ends on its own (the child's pipes close as it dies) and closes our ends; a child
+        # too starved to die yet keeps it waiting, a daemon thread, until this process exits
+        self._thread.join(0.1)
         self.proc.poll()  # reaped now if it is dead already; else when this process exits
