@@ -496,6 +496,38 @@ class TestPriority:
             ViewStage("v", sched="realtime")
         with pytest.raises(ConfigError, match="SCHED_FIFO"):
             AlignStage("a", sched="SCHED_FIFO")
+        with pytest.raises(ConfigError, match="'idle' would stall"):
+            AlignStage("a", sched="idle")
+
+    def test_attach_gives_the_align_stage_the_views_sched_but_idle(self):
+        """attach_view passes ``sched`` to the align stage too, except "idle" (the align stage keeps "batch")."""
+        from edgepipe.pipeline.config import parse_config
+        from edgepipe.view.attach import attach_view
+
+        text = '''
+[stages.cam]
+kind = "capture"
+outputs = { output = "frames" }
+params = { source = "pattern" }
+[stages.det]
+kind = "relay"
+inputs = { in = "frames" }
+outputs = { out = "dets" }
+[stages.imu]
+kind = "imu"
+outputs = { output = "samples" }
+params = { synthetic = true }
+[stages.a]
+kind = "print"
+inputs = { in = "dets" }
+[stages.b]
+kind = "print"
+inputs = { in = "samples" }
+'''
+        for sched, want in (("normal", {"sched": "normal"}), ("idle", {}), ("batch", {"sched": "batch"})):
+            spec = attach_view(parse_config(text), detections="dets", port=0, sched=sched)
+            st = {s.name: s for s in spec.stages}
+            assert st["view_align"].params == want and st["view"].params["sched"] == sched
 
     def test_the_encoder_process_runs_at_idle_priority_the_view_does_not(self):
         """In process: drawing and encoding run in the view's encoder process, under SCHED_IDLE; the thread

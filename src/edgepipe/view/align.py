@@ -59,8 +59,8 @@ class AlignStage(PipelineStage):
         history: IMU samples kept for alignment (at 1 kHz, 4096 is 4 s).
         sched: the CPU priority of the thread running :meth:`loop`: ``"batch"`` (``SCHED_BATCH``, the
             default: it never preempts a pipeline process when it wakes, yet is not starved, so it keeps
-            up and stops promptly on a saturated machine), ``"idle"``, ``"nice"`` or ``"normal"``
-            (edgepipe.view.priority).
+            up and stops promptly on a saturated machine), ``"nice"`` or ``"normal"``
+            (edgepipe.view.priority; not ``"idle"``, which only the view's encoder process takes).
 
     Inputs:
         frames: frame records (a capture ring or its tap) or InferenceResult records.
@@ -76,6 +76,11 @@ class AlignStage(PipelineStage):
                  sched: str = "batch", **kw: Any) -> None:
         super().__init__(name, **kw)
         self.sched = check_policy(self.name, sched)
+        if self.sched == "idle":
+            # the loop's thread shares its process with the control thread (Stop, stats): at SCHED_IDLE,
+            # preempted holding the interpreter lock on a busy machine, it would stall that one too
+            raise ConfigError(f"align stage {self.name!r}: sched 'idle' would stall the stage's control thread "
+                              f"on a busy machine; use 'batch' (the default), 'nice' or 'normal'")
         self.sched_applied = ""
         if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or max_wait_ms < 0:
             raise ConfigError(f"align stage {name!r}: max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
