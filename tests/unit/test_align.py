@@ -4,7 +4,9 @@ frame's capture stamp from the IMU samples around it, against known answers."""
 from __future__ import annotations
 
 import math
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -223,6 +225,50 @@ class TestAlignStage:
         yaw = 2 * math.atan2(a.orientation.z, a.orientation.w)
         assert abs(yaw - 0.081) < 1e-9  # carried forward at 1 rad/s for 81 ms
         assert st.counters["extrapolated"] == 1
+
+    def test_a_frame_gets_every_sample_queued_before_it_in_one_wake(self):
+        """The IMU tap is drained (batch after batch) when a frame arrives: a frame 900.5 ms in, behind 1000
+        queued samples (four batches' worth), is interpolated even with no time to wait (max_wait_ms=0)."""
+        imu = _imu_rows(1000, T0)
+        got, st = self.run_stage([T0 + 900_500_000], [imu], max_wait_ms=0)
+        a = got[0].attitude
+        assert not a.extrapolated and a.gap_ns == 500_000
+        assert (a.before_ns, a.after_ns) == (T0 + 900_000_000, T0 + 901_000_000)
+        assert st.aligner.pushed == 1000 and st.counters["interpolated"] == 1
+
+    def test_with_nothing_waiting_it_parks_on_the_frames_not_polling_the_imu(self):
+        """Idle, the stage wakes at most every 0.1 s (parked on its frames input), not every few ms, and still
+        takes the IMU samples queued meanwhile."""
+        from edgepipe.view.align import AlignStage
+
+        with Ring.create(capacity=1 << 20) as fr, Ring.create(capacity=1 << 20) as imu, \
+                Ring.create(capacity=1 << 20) as out:
+            st = AlignStage("align", inputs={"frames": "f", "imu": "i"}, outputs={"output": "o"})
+            fw = fr.writer()
+            st.attach({"frames": Inlet(fr.reader(), "f"), "imu": Inlet(imu.reader(), "i")},
+                      {"output": Outlet(out.writer(), "o")})
+            st.open()
+            t = threading.Thread(target=st.loop)
+            t.start()
+            try:
+                iw = imu.writer()
+                for row in _imu_rows(300, T0):
+                    assert iw.try_write(row.tobytes(), IMU_RECORD_TYPE)
+                t0, w0 = time.monotonic(), st.wakes
+                deadline = t0 + 60  # a hang guard only
+                while (st.aligner.pushed < 300 or time.monotonic() - t0 < 0.5) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                elapsed, wakes = time.monotonic() - t0, st.wakes - w0
+                assert st.aligner.pushed == 300
+                assert wakes <= elapsed / 0.1 + 2, (wakes, elapsed)  # a 5 ms poll would be ~100 in 0.5 s
+                assert st.sched_applied == "batch"  # the default, on the thread running loop() only
+                assert os.sched_getscheduler(t.native_id) == os.SCHED_BATCH != os.sched_getscheduler(0)
+            finally:
+                st.stop()
+                t.join(10)
+                st.close()
+                fw.close()
+            assert not t.is_alive()
 
     def test_negative_wait_is_a_config_error(self):
         """A negative max_wait_ms is a ConfigError naming the value."""

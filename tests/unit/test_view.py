@@ -289,6 +289,24 @@ class TestViewStage:
         finally:
             self.stop(st, t, ring, fw)
 
+    def test_idle_it_parks_on_its_input_instead_of_polling(self):
+        """With no frame coming, the view wakes at most every 50 ms (parked on its frames input), and a frame
+        written then is still shown."""
+        st, t, ring, fw = self.run_stage("127.0.0.1", [np.zeros((32, 32, 3), np.uint8)])
+        try:
+            t0, w0 = time.monotonic(), st.wakes
+            time.sleep(0.5)
+            elapsed, wakes = time.monotonic() - t0, st.wakes - w0
+            assert wakes <= elapsed / 0.05 + 2, (wakes, elapsed)  # a 5 ms poll would be ~100 in 0.5 s
+            with fw.claim_frame((32, 32, 3), capture_ns=7777) as a:
+                a[:] = 9
+            deadline = time.monotonic() + 60  # a hang guard only
+            while st.latest.get()[2] != 7777 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert st.latest.get()[2] == 7777
+        finally:
+            self.stop(st, t, ring, fw)
+
     def test_beyond_loopback_a_token_is_generated_and_required(self, capsys):
         """Bound beyond loopback, a token is generated, printed once with the URL, and required."""
         st, t, ring, fw = self.run_stage("0.0.0.0", [np.zeros((32, 32, 3), np.uint8)])
@@ -408,3 +426,208 @@ class TestCommand:
 
         assert main(["view", "--frames", "nope", "--seconds", "1"]) == 2
         assert "nope" in capsys.readouterr().err
+
+
+def _policy_in_thread(fn) -> dict:
+    """Run ``fn()`` in a new thread; what it returned, that thread's and a thread it started afterwards's
+    scheduling policy and nice value."""
+    import os
+
+    out: dict = {}
+
+    def child():
+        out["child"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+
+    def body():
+        out["applied"] = fn()
+        out["self"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+        c = threading.Thread(target=child)
+        c.start()
+        c.join(30)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(30)
+    return out
+
+
+class TestPriority:
+    """The view and align stages' threads run at the lowest CPU priority by default (edgepipe.view.priority):
+    the pipeline they watch matters more than the picture."""
+
+    @pytest.mark.parametrize("policy, want", [("idle", "SCHED_IDLE"), ("batch", "SCHED_BATCH")])
+    def test_a_policy_applies_to_the_calling_thread_and_its_children_only(self, policy, want):
+        """lower_priority sets the calling thread's policy (and threads it starts inherit it); the thread that
+        started it keeps its own."""
+        import os
+
+        from edgepipe.view.priority import lower_priority
+
+        before = os.sched_getscheduler(0)
+        got = _policy_in_thread(lambda: lower_priority(policy))
+        assert got["applied"] == policy
+        assert got["self"][0] == got["child"][0] == getattr(os, want)
+        assert os.sched_getscheduler(0) == before != getattr(os, want)
+
+    def test_nice_is_nineteen_for_the_calling_thread_only(self):
+        """The "nice" policy leaves SCHED_OTHER and sets nice 19 on the calling thread (and its children)."""
+        import os
+
+        from edgepipe.view.priority import NICE, lower_priority
+
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        got = _policy_in_thread(lambda: lower_priority("nice"))
+        assert got["applied"] == "nice" and got["self"] == got["child"] == (os.SCHED_OTHER, NICE)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before != NICE
+
+    def test_normal_changes_nothing(self):
+        import os
+
+        from edgepipe.view.priority import lower_priority
+
+        got = _policy_in_thread(lambda: lower_priority("normal"))
+        assert got["applied"] == "normal"
+        assert got["self"] == (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+
+    def test_a_bad_policy_is_a_config_error_naming_it(self):
+        from edgepipe.view.align import AlignStage
+
+        with pytest.raises(ConfigError, match="realtime"):
+            ViewStage("v", sched="realtime")
+        with pytest.raises(ConfigError, match="SCHED_FIFO"):
+            AlignStage("a", sched="SCHED_FIFO")
+        with pytest.raises(ConfigError, match="'idle' would stall"):
+            AlignStage("a", sched="idle")
+
+    def test_attach_gives_the_align_stage_the_views_sched_but_idle(self):
+        """attach_view passes ``sched`` to the align stage too, except "idle" (the align stage keeps "batch")."""
+        from edgepipe.pipeline.config import parse_config
+        from edgepipe.view.attach import attach_view
+
+        text = '''
+[stages.cam]
+kind = "capture"
+outputs = { output = "frames" }
+params = { source = "pattern" }
+[stages.det]
+kind = "relay"
+inputs = { in = "frames" }
+outputs = { out = "dets" }
+[stages.imu]
+kind = "imu"
+outputs = { output = "samples" }
+params = { synthetic = true }
+[stages.a]
+kind = "print"
+inputs = { in = "dets" }
+[stages.b]
+kind = "print"
+inputs = { in = "samples" }
+'''
+        for sched, want in (("normal", {"sched": "normal"}), ("idle", {}), ("batch", {"sched": "batch"})):
+            spec = attach_view(parse_config(text), detections="dets", port=0, sched=sched)
+            st = {s.name: s for s in spec.stages}
+            assert st["view_align"].params == want and st["view"].params["sched"] == sched
+
+    def test_the_encoder_process_runs_at_idle_priority_the_view_does_not(self):
+        """In process: drawing and encoding run in the view's encoder process, under SCHED_IDLE; the thread
+        running the view's loop and the one that called open() (here: pytest's) are left as they were; close()
+        ends the encoder."""
+        import os
+
+        frames = [np.zeros((32, 32, 3), np.uint8)]
+        before = os.sched_getscheduler(0)
+        st, t, ring, fw = TestViewStage().run_stage("127.0.0.1", frames)
+        enc = st.encoder
+        try:
+            assert enc.pid != os.getpid() and os.sched_getscheduler(enc.pid) == os.SCHED_IDLE
+            assert st.sched_applied == "idle" and st.extra_stats()["sched"] == "idle"
+            assert os.sched_getscheduler(t.native_id) == os.sched_getscheduler(0) == before == os.SCHED_OTHER
+            assert st.cpu_ns > 0  # the encoder's CPU time, reported back
+        finally:
+            TestViewStage().stop(st, t, ring, fw)
+        assert enc.proc.wait(60) != 0  # killed by close() (a hang guard only)
+
+    def test_in_a_pipeline_the_view_encodes_at_idle_priority_and_nothing_else_is_lowered(self):
+        """A pipeline with the view attached: the view's encoder process runs under SCHED_IDLE; every thread of
+        the view stage's process and the pipeline's own stages are as they were."""
+        import os
+
+        from edgepipe.pipeline.config import parse_config
+        from edgepipe.pipeline.supervisor import Pipeline
+        from edgepipe.view.attach import attach_view
+
+        spec = attach_view(parse_config('''
+[stages.cam]
+kind = "capture"
+outputs = { output = "frames" }
+params = { source = "pattern:64x48", fps = 20 }
+[stages.sink]
+kind = "print"
+inputs = { in = "frames" }
+params = { every = 1000 }
+'''), port=0)
+        p = Pipeline.from_spec(spec, stats_path=False)
+        p.start()
+        try:
+            deadline = time.monotonic() + 60  # a hang guard only
+            while time.monotonic() < deadline and p.stage_stats().get("view", {}).get("sched") != "idle":
+                time.sleep(0.05)
+            st = p.stage_stats()
+            assert st["view"]["sched"] == "idle"
+            pid, enc = st["view"]["pid"], st["view"]["encoder_pid"]
+            assert os.sched_getscheduler(enc) == os.SCHED_IDLE
+            with open(f"/proc/{enc}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[1]) == pid  # the view stage's child
+            policies = []
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    policies.append(os.sched_getscheduler(int(tid)))
+                except OSError:  # a short-lived thread that ended meanwhile
+                    pass
+            assert policies and set(policies) == {os.SCHED_OTHER}
+            for name in ("cam", "sink"):
+                assert os.sched_getscheduler(st[name]["pid"]) == os.SCHED_OTHER
+        finally:
+            p.stop()
+            assert p.wait(60) is not None
+
+
+class TestEncoder:
+    def test_the_encoder_dies_with_a_killed_view(self, tmp_path):
+        """kill -9 of the process that made an Encoder leaves no encoder behind (PR_SET_PDEATHSIG)."""
+        import os
+        import signal
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        src = str(Path(__file__).resolve().parents[2] / "src")
+        code = ("import sys, time\n"
+                "from edgepipe.view.encoder import Encoder\n"
+                "e = Encoder(80, 'idle', lambda *a: None)\n"
+                "print(e.pid, flush=True)\n"
+                "time.sleep(120)\n")
+        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            enc = int(p.stdout.readline())
+            os.kill(enc, 0)  # alive
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+
+            def gone() -> bool:  # dead: reaped, or a zombie waiting for init to reap it
+                try:
+                    with open(f"/proc/{enc}/stat") as f:
+                        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+                except FileNotFoundError:
+                    return True
+
+            deadline = time.monotonic() + 60  # a hang guard only
+            while not gone() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gone()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

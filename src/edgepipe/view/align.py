@@ -34,8 +34,12 @@ from edgepipe.errors import ConfigError, PeerClosedError
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.stages.align import Aligned, Aligner
 from edgepipe.stages.imu import ImuReader
+from edgepipe.view.priority import check_policy, lower_priority
 
 __all__ = ["AlignStage"]
+
+_IDLE_WAIT_S = 0.1  # parked on the frames input at most this long (the IMU tap is drained after each wake)
+_WAITING_POLL_S = 0.005  # while a frame waits for the IMU: how often the IMU tap is looked at
 
 
 def attitude_message(a: Aligned) -> pb.AlignedAttitude:
@@ -53,6 +57,10 @@ class AlignStage(PipelineStage):
     Args:
         max_wait_ms: how long a frame waits for the IMU to pass its stamp before it goes out extrapolated.
         history: IMU samples kept for alignment (at 1 kHz, 4096 is 4 s).
+        sched: the CPU priority of the thread running :meth:`loop`: ``"batch"`` (``SCHED_BATCH``, the
+            default: it never preempts a pipeline process when it wakes, yet is not starved, so it keeps
+            up and stops promptly on a saturated machine), ``"nice"`` or ``"normal"``
+            (edgepipe.view.priority; not ``"idle"``, which only the view's encoder process takes).
 
     Inputs:
         frames: frame records (a capture ring or its tap) or InferenceResult records.
@@ -65,30 +73,45 @@ class AlignStage(PipelineStage):
     kind = "align"
 
     def __init__(self, name: str | None = None, *, max_wait_ms: float = 50.0, history: int = 4096,
-                 **kw: Any) -> None:
+                 sched: str = "batch", **kw: Any) -> None:
         super().__init__(name, **kw)
+        self.sched = check_policy(self.name, sched)
+        if self.sched == "idle":
+            # the loop's thread shares its process with the control thread (Stop, stats): at SCHED_IDLE,
+            # preempted holding the interpreter lock on a busy machine, it would stall that one too
+            raise ConfigError(f"align stage {self.name!r}: sched 'idle' would stall the stage's control thread "
+                              f"on a busy machine; use 'batch' (the default), 'nice' or 'normal'")
+        self.sched_applied = ""
         if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or max_wait_ms < 0:
             raise ConfigError(f"align stage {name!r}: max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.aligner = Aligner(history)
         self.pending: deque = deque()
         self.max_gap_ns = 0
+        self.imu_batch = 256
+        self.wakes = 0
 
     def open(self) -> None:
         for port in ("frames", "imu"):
             if port not in self.inputs:
                 raise ConfigError(f"align stage {self.name!r} needs inputs.{port} (it has {sorted(self.inputs)})")
-        self.imu = ImuReader(self.inputs["imu"].end)
+        self.imu = ImuReader(self.inputs["imu"].end, max_batch=self.imu_batch)
         self.imu_open = True
 
     def _take_imu(self) -> int:
-        if not self.imu_open:
-            return 0
-        try:
-            return self.aligner.push(self.imu.read(timeout_s=0))
-        except PeerClosedError:
-            self.imu_open = False  # the IMU ended: what waits goes out extrapolated after max_wait
-            return 0
+        """Every IMU sample the tap holds now, in batches (one C call each); how many were read."""
+        n = 0
+        while self.imu_open:
+            try:
+                batch = self.imu.read(timeout_s=0)
+            except PeerClosedError:
+                self.imu_open = False  # the IMU ended: what waits goes out extrapolated after max_wait
+                break
+            self.aligner.push(batch)
+            n += len(batch)
+            if len(batch) < self.imu_batch:
+                break
+        return n
 
     def _frame_of(self, rec) -> tuple[int, int, Any] | None:
         """(seq, capture_ns, message to fill) of a frames-input record, or None if it is neither kind."""
@@ -132,25 +155,30 @@ class AlignStage(PipelineStage):
             self.emit(msg.SerializeToString(), seq=seq, capture_ns=cap)
 
     def loop(self) -> None:
+        # Woken by the frames, not by the IMU: with nothing waiting, park on the frames input (a frame or a
+        # result, ~10-30 a second: its filler pays a futex wake for each, nothing to speak of), then take
+        # every IMU sample queued meanwhile in a few batch reads. Never park on the IMU tap: a parked
+        # reader makes its filler, the IMU branch's consumer, pay a futex wake for each of 1000 samples a
+        # second (the recorder's lesson, benchmarks/README.md: +25 % on the demo's e2e p50). While a frame
+        # waits for the IMU to pass its stamp, poll the IMU tap every _WAITING_POLL_S instead.
         frames = self.inputs["frames"]
+        self.sched_applied = lower_priority(self.sched)
         while not self.stopping:
-            self._take_imu()
             try:
-                rec = frames.receive(timeout_s=0)
+                rec = frames.receive(timeout_s=_WAITING_POLL_S if self.pending else _IDLE_WAIT_S)
             except EndOfStream:
+                self._take_imu()
                 self._flush(time.monotonic_ns() + self.max_wait_ns)  # nothing more is coming: send what waits
                 return
+            self.wakes += 1
+            self._take_imu()  # after the frame: the samples up to its arrival, long past its capture
             if rec is not None:
                 got = self._frame_of(rec)
                 frames.release()
                 if got is not None:
                     self.pending.append((*got, time.monotonic_ns()))
             self._flush(time.monotonic_ns())
-            if rec is None:
-                # sleep, never park on the IMU tap: a parked reader makes its producer pay a futex wake for
-                # every record (the recorder's lesson, benchmarks/README.md: +25 % on the demo's e2e p50)
-                time.sleep(0.005)
 
     def extra_stats(self) -> dict[str, Any]:
         return {**super().extra_stats(), "waiting": len(self.pending), "max_gap_us": self.max_gap_ns / 1e3,
-                "imu_out_of_order": self.aligner.out_of_order}
+                "imu_out_of_order": self.aligner.out_of_order, "sched": self.sched_applied, "wakes": self.wakes}

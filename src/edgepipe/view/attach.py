@@ -47,7 +47,8 @@ def attach_view(spec: PipelineSpec, *, frames: str | None = None, detections: st
 
     ``frames`` / ``detections`` / ``imu`` name the links to show (default: the output of the first
     ``capture``, ``inference`` and ``imu`` stage); ``view_params`` go to the view stage (host, port,
-    token, max_fps, ...).
+    token, max_fps, sched, ...); ``sched`` (edgepipe.view.priority) goes to the align stage too, except
+    ``"idle"`` (the align stage then keeps its ``"batch"``).
 
     Raises:
         ConfigError: no frames link, a named link that is not in the pipeline, or a stage name taken.
@@ -74,7 +75,9 @@ def attach_view(spec: PipelineSpec, *, frames: str | None = None, detections: st
         spec.links[ALIGNED_LINK] = LinkSpec(ALIGNED_LINK, capacity=1 << 18, mode="drop")
         spec.stages.append(StageSpec("view_align", kind="align",
                                      inputs={"frames": tap_link(detections), "imu": tap_link(imu)},
-                                     outputs={"output": ALIGNED_LINK}))
+                                     outputs={"output": ALIGNED_LINK},
+                                     params={k: v for k, v in view_params.items()
+                                             if k == "sched" and v != "idle"}))
         inputs["results"] = ALIGNED_LINK
     elif detections is not None:
         inputs["results"] = tap_link(detections)

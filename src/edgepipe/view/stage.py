@@ -13,9 +13,12 @@ copy, and frames it has no time for are skipped, counted) and, optionally, per-f
 ``InferenceResult`` records of a detector (boxes drawn) and/or the ``attitude`` the align stage set on them
 or on ``FrameMeta`` records (horizon drawn). A frame and its result are joined by capture stamp, which the
 tap keeps (its frame numbers are its own); a frame whose result has not come within ``result_wait_ms`` is
-shown without one. Drawing and JPEG encoding happen here, in the view's own process, at most ``max_fps``
-times a second. The pipeline's numbers (per-part latency against budget, link rates and drops, missed IMU
-deadlines) come from the stats file its supervisor publishes for ``edgepipe top``.
+shown without one. Drawing and JPEG encoding happen at most ``max_fps`` times a second, not in the
+pipeline's processes but in an encoder process of the view's own (edgepipe.view.encoder), at the lowest
+CPU priority by default (``sched = "idle"``, edgepipe.view.priority: the pipeline matters more than the
+picture); a frame the encoder has not started when a newer one is due is skipped, counted. The pipeline's
+numbers (per-part latency against budget, link rates and drops, missed IMU deadlines) come from the stats
+file its supervisor publishes for ``edgepipe top``.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from edgepipe.errors import ConfigError, EdgepipeError
 from edgepipe.frames import FrameReader
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.supervisor import runtime_dir
-from edgepipe.view.render import draw_attitude, draw_boxes, encode_jpeg
+from edgepipe.view.encoder import Encoder
+from edgepipe.view.priority import check_policy
 from edgepipe.view.server import LatestJpeg, ViewServer, make_app
 
 __all__ = ["ViewStage"]
 
 _KEEP_FRAMES = 16  # frames waiting for their result, at most
+_IDLE_WAIT_S = 0.05  # parked at most this long (stop() is seen within it)
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +120,11 @@ class ViewStage(PipelineStage):
         quality: JPEG quality (1-100).
         result_wait_ms: how long a frame waits for its result before it is shown without one.
         stats: the pipeline's stats file (default: the one of the supervisor that started this stage).
+        sched: the CPU priority of the encoder process (drawing and JPEG encoding, the view's CPU,
+            edgepipe.view.encoder): ``"idle"`` (``SCHED_IDLE``, the default: only CPU time the pipeline
+            does not want), ``"batch"``, ``"nice"`` or ``"normal"`` (edgepipe.view.priority). This
+            process (taking frames and results, serving HTTP: cheap) keeps its own, so the view stops and
+            serves promptly however busy the machine is.
 
     Inputs:
         frames: frame records (a capture stage's tap, ``<link>.tap``).
@@ -125,8 +135,10 @@ class ViewStage(PipelineStage):
 
     def __init__(self, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, max_fps: float = 15.0, max_clients: int = 4, quality: int = 80,
-                 result_wait_ms: float = 500.0, stats: str | None = None, **kw: Any) -> None:
+                 result_wait_ms: float = 500.0, stats: str | None = None, sched: str = "idle",
+                 **kw: Any) -> None:
         super().__init__(name, **kw)
+        self.sched = check_policy(self.name, sched)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"view stage {name!r}: port must be an int in 0..65535, got {port!r}")
         if not isinstance(max_fps, (int, float)) or isinstance(max_fps, bool) or not max_fps > 0:
@@ -146,7 +158,8 @@ class ViewStage(PipelineStage):
         self.attitude: pb.AlignedAttitude | None = None
         self.next_due = 0
         self.deferred: tuple | None = None  # the newest frame the rate cap held back: shown when it allows
-        self.cpu_ns = 0
+        self.wakes = 0
+        self.encoder: Encoder | None = None  # drawing and JPEG encoding, in a process of its own
         self.server: ViewServer | None = None
         self.url = ""
 
@@ -177,15 +190,22 @@ class ViewStage(PipelineStage):
         print(f"edgepipe view: serving on {self.url}", flush=True)
         self.frames = FrameReader(self.inputs["frames"].end)
         self.frames_open = True
+        try:
+            self.encoder = Encoder(self.quality, self.sched, self._picture)
+        except OSError:  # no child process: close() is not called after a failed open(), so stop here
+            self.server.stop()
+            raise
 
     def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
         if self.server is not None:
             self.server.stop()
 
     # -- frames and results ---------------------------------------------------------------------------------
     def _show(self, seq: int, cap: int, img, result=None) -> None:
-        """Draw and encode one frame if the rate cap allows; else keep it as the one to show when it does
-        (replacing, and skipping, the one kept before)."""
+        """Hand one frame to the encoder if the rate cap allows; else keep it as the one to show when
+        it does (replacing, and skipping, the one kept before)."""
         now = time.monotonic_ns()
         if now < self.next_due:
             if self.deferred is not None:
@@ -194,20 +214,28 @@ class ViewStage(PipelineStage):
             return
         self.deferred = None
         self.next_due = now + int(1e9 / self.max_fps)
-        t0 = time.thread_time_ns()
-        if img.ndim == 2:
-            img = img[:, :, None].repeat(3, axis=2)
-        if isinstance(result, pb.InferenceResult) and result.HasField("detections"):
-            draw_boxes(img, result.detections.boxes)
         att = self.attitude
         if result is not None and result.HasField("attitude"):
             att = result.attitude
-        if att is not None:
-            o = att.orientation
-            draw_attitude(img, (o.w, o.x, o.y, o.z), gap_ns=att.gap_ns, extrapolated=att.extrapolated)
-        self.latest.put(encode_jpeg(img, self.quality), cap, seq)
-        self.cpu_ns += time.thread_time_ns() - t0
-        self.count("frames shown")
+        boxes = result.detections.boxes if isinstance(result, pb.InferenceResult) and result.HasField(
+            "detections") else None
+        if self.encoder.submit(seq, cap, img, boxes, att):  # the encoder is behind: the newer one replaced it
+            self.count("frames skipped")
+
+    def _picture(self, jpeg: bytes, cap: int, seq: int) -> None:
+        """A picture from the encoder (its thread)."""
+        self.count("frames shown")  # before the picture is out: whoever sees it sees it counted
+        self.latest.put(jpeg, cap, seq)
+
+    @property
+    def cpu_ns(self) -> int:
+        """The encoder process's CPU time drawing and encoding, summed."""
+        return self.encoder.cpu_ns if self.encoder is not None else 0
+
+    @property
+    def sched_applied(self) -> str:
+        """The priority the encoder process got ("" until it started)."""
+        return self.encoder.sched_applied if self.encoder is not None else ""
 
     def _take_frames(self) -> int:
         if not self.frames_open:
@@ -271,6 +299,30 @@ class ViewStage(PipelineStage):
             self.recent.popitem(last=False)
             self._show(seq, k, img)
 
+    def _wait(self) -> None:
+        """Park until what the view waits for arrives, or its next deadline: a result while frames wait for
+        theirs, else a frame; at most _IDLE_WAIT_S, and no later than the rate cap's next slot (a held-back
+        frame) or the oldest waiting frame's result_wait. Both inputs run at the frame rate, so their fillers'
+        futex wakes cost nothing to speak of (unlike a 1 kHz IMU tap)."""
+        now = time.monotonic_ns()
+        until = now + int(_IDLE_WAIT_S * 1e9)
+        if self.deferred is not None:
+            until = min(until, self.next_due)
+        if self.recent:
+            until = min(until, next(iter(self.recent.values()))[2] + self.result_wait_ns)
+        left = max(0.0, (until - now) / 1e9)
+        results = self.inputs.get("results")
+        end = results.end if self.recent and results is not None and not results.ended else (
+            self.inputs["frames"].end if self.frames_open else None)
+        self.wakes += 1
+        if end is None:
+            time.sleep(left)
+            return
+        try:
+            end.wait(left)
+        except EdgepipeError:  # its producer is gone (ended, or restarting): the take_* calls find out which
+            time.sleep(left)
+
     def loop(self) -> None:
         while not self.stopping:
             n = self._take_frames() + self._take_results()
@@ -278,8 +330,10 @@ class ViewStage(PipelineStage):
             if self.deferred is not None and time.monotonic_ns() >= self.next_due:
                 self._show(*self.deferred)
             if n == 0:
-                time.sleep(0.005)
+                self._wait()
 
     def extra_stats(self) -> dict[str, Any]:
         v = self.metrics()["view"]
-        return {**super().extra_stats(), "url": self.url, "cpu_ms_per_frame": round(v["cpu_ms_per_frame"], 3)}
+        return {**super().extra_stats(), "url": self.url, "cpu_ms_per_frame": round(v["cpu_ms_per_frame"], 3),
+                "sched": self.sched_applied, "encoder_pid": self.encoder.pid if self.encoder else 0,
+                "wakes": self.wakes}
