@@ -122,6 +122,17 @@ class Encoder:
     Attributes:
         pid: the child's process id. sched_applied: the priority it got (once it started).
         cpu_ns: the child's CPU time drawing and encoding, summed. shown: pictures made.
+
+    >>> import threading
+    >>> done, pics = threading.Event(), []
+    >>> enc = Encoder(80, "normal", lambda jpeg, cap, seq: (pics.append((seq, cap, jpeg[:2])), done.set()))
+    >>> enc.submit(7, 123, np.zeros((48, 64, 3), np.uint8), [], None)   # nothing was waiting: not a skip
+    False
+    >>> done.wait(60)
+    True
+    >>> pics                                        # a JPEG (SOI marker), tagged with the frame's seq and stamp
+    [(7, 123, b'\\xff\\xd8')]
+    >>> enc.close()
     """
 
     def __init__(self, quality: int, sched: str, on_picture: Callable[[bytes, int, int], None]) -> None:
