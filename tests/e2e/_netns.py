@@ -6,8 +6,32 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 ADDR_A, ADDR_B = "198.18.0.1", "198.18.0.2"
+HERE = Path(__file__).resolve().parent
+
+
+def pair(skip_unless_ci: Callable[[str], None], tag: str = "") -> Iterator[Netns]:
+    """The body of a test module's ``netns`` fixture: a pair made for the module and removed after it, or the
+    module skipped (failed under CI=true, through ``skip_unless_ci``) where namespaces cannot be made."""
+    n = Netns(tag)
+    try:
+        n.create()
+    except (OSError, subprocess.CalledProcessError) as e:
+        skip_unless_ci(f"network namespaces cannot be created here ({e}; root and iproute2 are needed)")
+    yield n
+    n.remove()
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a process a test starts in a namespace: this checkout's edgepipe first (the one the
+    test imported), then this folder (the test's helper scripts)."""
+    env = dict(os.environ)
+    src = str(Path(__import__("edgepipe").__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, str(HERE), env.get("PYTHONPATH", "")])
+    return env
 
 
 def _ip(*args: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
 
-from _netns import ADDR_A, Netns
+from _netns import ADDR_A, child_env, pair
 
 HERE = Path(__file__).resolve().parent
 PORT = 7447
@@ -26,27 +26,14 @@ PORT = 7447
 
 @pytest.fixture(scope="module")
 def netns(skip_unless_ci):
-    n = Netns()
-    try:
-        n.create()
-    except (OSError, subprocess.CalledProcessError) as e:
-        skip_unless_ci(f"network namespaces cannot be created here ({e}; root and iproute2 are needed)")
-    yield n
-    n.remove()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(__import__("edgepipe").__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, str(HERE), env.get("PYTHONPATH", "")])
-    return env
+    yield from pair(skip_unless_ci)
 
 
 def _run(netns, side: str, toml: Path, report: Path, extra: list[str] = ()) -> subprocess.Popen:
     argv = [sys.executable, "-m", "edgepipe", "run", str(toml), "--report-dir", str(report), "--no-png", "-q",
             *extra]
     return subprocess.Popen(netns.cmd(side, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), start_new_session=True)
+                            env=child_env(), start_new_session=True)
 
 
 def _kill(p: subprocess.Popen) -> None:
@@ -133,7 +120,7 @@ def test_remote_death_is_seen_and_a_restarted_end_reconnects(netns, tmp_path):
     peer = subprocess.Popen(netns.cmd("b", [sys.executable, str(HERE / "_bridge_peer.py"),
                                             f"tcp/{ADDR_A}:{PORT + 1}", "cam"]),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), start_new_session=True)
+                            env=child_env(), start_new_session=True)
     a = _run(netns, "a", tmp_path / "a.toml", tmp_path / "r1")
     a2 = None
     try:
@@ -163,9 +150,9 @@ def test_remote_death_is_seen_and_a_restarted_end_reconnects(netns, tmp_path):
 def _pair_of_ends(netns, what: str, port: int, skew: list[str] = ()) -> tuple[dict, subprocess.Popen]:
     ep = f"tcp/{ADDR_A}:{port}"
     s = subprocess.Popen(netns.cmd("b", [sys.executable, str(HERE / "_bridge_end.py"), f"{what}-sub", ep]),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True)
     p = subprocess.Popen(netns.cmd("a", [sys.executable, str(HERE / "_bridge_end.py"), f"{what}-pub", ep, *skew]),
-                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True)
     return s, p
 
 

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("zenoh", reason="the bridge extra (eclipse-zenoh) is not installed")
 
-from _netns import Netns
+from _netns import child_env, pair
 from test_demo import (
     BOX,
     IMU_LINE,
@@ -48,20 +48,7 @@ SERVER_HW = (640, 1088)  # server.toml's input_hw
 
 @pytest.fixture(scope="module")
 def netns(skip_unless_ci):
-    n = Netns("o")
-    try:
-        n.create()
-    except (OSError, subprocess.CalledProcessError) as e:
-        skip_unless_ci(f"network namespaces cannot be created here ({e}; root and iproute2 are needed)")
-    yield n
-    n.remove()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(__import__("edgepipe").__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, str(HERE), env.get("PYTHONPATH", "")])
-    return env
+    yield from pair(skip_unless_ci, "o")
 
 
 def _run(netns, side: str, toml: Path, report: Path, seconds: float | None = None) -> subprocess.Popen:
@@ -69,7 +56,7 @@ def _run(netns, side: str, toml: Path, report: Path, seconds: float | None = Non
     if seconds is not None:
         argv += ["--seconds", str(seconds)]
     return subprocess.Popen(netns.cmd(side, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), start_new_session=True)
+                            env=child_env(), start_new_session=True)
 
 
 def _kill(p: subprocess.Popen) -> None:
