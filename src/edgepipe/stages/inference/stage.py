@@ -179,6 +179,7 @@ class InferenceStage(Stage):
     """
 
     kind = "inference"
+    deadline_param = "budget_ms"  # the load shedding a regression run turns off (edgepipe.pipeline.config)
     stop_drain_s = 5.0  # how long a stopped stage waits for the frames its workers hold (then counts them lost)
 
     def __init__(
