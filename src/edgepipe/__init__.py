@@ -175,7 +175,7 @@ from edgepipe.view.attach import attach_view
 from edgepipe.view.server import ViewServer
 from edgepipe.view.stage import ViewStage
 from edgepipe.record.replay import ReplayStats, realtime_priority, replay
-from edgepipe.record.compare import Difference, compare_recordings
+from edgepipe.record.compare import Comparison, Difference, compare_recordings
 from edgepipe.record import (
     ChannelInfo,
     McapRecorder,
@@ -211,6 +211,7 @@ __all__ = [
     "Client",
     "ClockEstimate",
     "ClockMapping",
+    "Comparison",
     "ConfigError",
     "CounterStage",
     "CsvSource",

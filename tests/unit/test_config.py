@@ -148,6 +148,18 @@ class TestKinds:
         with pytest.raises(ValueError, match="'nocolon'"):
             register_stage("x", "nocolon")
 
+    def test_deadline_param(self):
+        """A kind's deadline_param (what ``replay --compare`` turns off): registered, or a class attribute of a
+        kind given by import path; a name that is no identifier is refused naming it."""
+        from edgepipe.pipeline.config import deadline_param
+
+        register_stage("test-shedder", "edgepipe.testing:RelayStage", deadline_param="late_ms")
+        assert deadline_param("test-shedder") == "late_ms" and deadline_param("inference") == "budget_ms"
+        assert deadline_param("relay") is None and deadline_param("edgepipe.testing:RelayStage") is None
+        assert deadline_param("edgepipe.stages.inference:InferenceStage") == "budget_ms"
+        with pytest.raises(ValueError, match="'late ms'"):
+            register_stage("test-shedder", "edgepipe.testing:RelayStage", deadline_param="late ms")
+
     def test_python_spec_errors_name_the_key(self):
         """The same checks apply to specs built in Python, naming the key path."""
         spec = parse_config(GOOD)

@@ -642,3 +642,47 @@ class TestStage:
             InferenceStage(None, None, model=tmp_path / "missing.onnx")
         with pytest.raises(TypeError, match="42"):
             InferenceStage(None, None, publish=42)
+
+
+class TestDrain:
+    def test_the_end_of_the_source_waits_for_a_slow_worker(self, small_frame, monkeypatch):
+        """The source ends while the only worker (stopped with SIGSTOP: a machine too loaded to run it) holds
+        a frame; the stage waits for it past its stop-drain bound (cut to 0.2 s here) instead of closing
+        on it, and once the worker runs again the result comes out: nothing lost, nothing counted lost."""
+        monkeypatch.setattr(InferenceStage, "stop_drain_s", 0.2)
+        img, _ = small_frame
+        with rig(workers=1, hang_timeout_s=600) as (fw, out, stage, raw):
+            (worker,) = stage.worker_pids()
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                seq = fw.write_frame(img, timeout_s=5)
+                raw.close()  # the end of the source
+                deadline = time.monotonic() + 30
+                while stage.counters["dispatched"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.5)  # well past stop_drain_s: the old bounded drain would have closed by now
+                assert stage.state == "running"
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            got = collect(out, 1, timeout_s=60)
+            stage.join(30)
+        stats = stage.stats()
+        assert [m.frame_seq for m in got] == [seq]
+        assert stats["results"] == 1 and stats["frames_lost"] == 0 and stats["state"] == "done"
+
+    def test_frames_in_flight_when_a_stop_cuts_the_drain_are_counted_lost(self, small_frame, monkeypatch):
+        """Stopped while a (SIGSTOPped) worker holds a frame: after stop_drain_s the stage closes and counts
+        the frame in frames_lost instead of losing it silently."""
+        monkeypatch.setattr(InferenceStage, "stop_drain_s", 0.2)
+        img, _ = small_frame
+        with rig(workers=1, hang_timeout_s=600) as (fw, out, stage, _):
+            (worker,) = stage.worker_pids()
+            os.kill(worker, signal.SIGSTOP)
+            fw.write_frame(img, timeout_s=5)
+            deadline = time.monotonic() + 30
+            while stage.counters["dispatched"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stage.stop()
+            stage.join(60)
+        stats = stage.stats()
+        assert stats["dispatched"] == 1 and stats["results"] == 0 and stats["frames_lost"] == 1

@@ -478,3 +478,110 @@ class TestRecorderKill:
         assert len(seqs) >= 1 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         later = [m.stamps.seq for _t, _s, _r, m in iter_recording(tmp_path / "run.restart1.mcap")]
         assert later and later[-1] == 2999 and later == sorted(later)
+
+
+LATE = '''
+from edgepipe.clock import now_ns
+from edgepipe.pipeline.api import PipelineStage
+
+
+class Late(PipelineStage):
+    """A stand-in for a detector that falls behind: drops a record older than ``deadline_ms`` (from its capture
+    stamp) when it gets to it, as the inference stage does; ``odd_only`` limits that to odd sequence numbers."""
+
+    deadline_param = "deadline_ms"
+
+    def __init__(self, name=None, *, deadline_ms: float = 0.0, odd_only: bool = False, **kw):
+        super().__init__(name, **kw)
+        self.budget_ns = int(deadline_ms * 1e6)
+        self.odd_only = odd_only
+
+    def handle(self, rec):
+        if self.budget_ns and now_ns() - rec.capture_ns > self.budget_ns and (rec.seq % 2 or not self.odd_only):
+            self.count("dropped_deadline")
+            return
+        self.emit(rec.payload, parent=rec)
+'''
+
+LATE_PIPE = """
+[stages.src]
+kind = "counter"
+outputs = { out = "n" }
+params = { count = 400, rate_hz = 2000 }
+[stages.mid]
+kind = "latestages:Late"
+inputs = { in = "n" }
+outputs = { out = "m" }
+params = { deadline_ms = %s, odd_only = %s }
+[stages.sink]
+kind = "check"
+inputs = { in = "m" }
+"""
+
+
+class TestCompareUnderLoad:
+    """``replay --compare`` judges the results, not the machine's load: a stage that sheds input older than a
+    deadline (here every replayed record is older than 1 ms: ``--keep-stamps`` keeps the recorded capture
+    stamps, taken before this replay started; no clock is timed) runs without its deadline, and what one side
+    did not make is reported apart from the differences."""
+
+    @pytest.fixture
+    def golden(self, tmp_path):
+        (tmp_path / "latestages.py").write_text(LATE + REVERSE)  # a module name of its own: imports are cached
+        (tmp_path / "p.toml").write_text(LATE_PIPE % (600_000, "false"))  # the golden run: nothing is late
+        golden = tmp_path / "golden.mcap"
+        assert main(["record", str(tmp_path / "p.toml"), "-o", str(golden)]) == 0
+        return golden
+
+    def test_a_shedding_stage_runs_without_its_deadline(self, golden, tmp_path, capsys):
+        (tmp_path / "late.toml").write_text(LATE_PIPE % (1, "false"))
+        capsys.readouterr()
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "late.toml"), "--compare", str(golden),
+                     "--keep-stamps"]) == 0
+        out = capsys.readouterr().out
+        assert "lockstep" in out and "deadlines off: mid.deadline_ms=1" in out
+        assert "compared 400 messages on /m: no difference" in out and "DROPPED" not in out
+
+    def test_kept_deadlines_drop_everything_and_say_so(self, golden, tmp_path, capsys):
+        (tmp_path / "late.toml").write_text(LATE_PIPE % (1, "false"))
+        capsys.readouterr()
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "late.toml"), "--compare", str(golden),
+                     "--keep-stamps", "--keep-deadlines"]) == 1
+        out = capsys.readouterr().out
+        assert "DROPPED by this run's pipeline: 400 (mid.dropped_deadline 400)" in out
+        assert "compared 0 messages" in out
+
+    def test_dropped_results_are_reported_apart_from_differences(self, golden, tmp_path, capsys):
+        """The odd records dropped by the deadline: the even ones compare equal (exit 0), the dropped ones
+        are listed as not compared, with the count the stage made of them."""
+        (tmp_path / "late.toml").write_text(LATE_PIPE % (1, "true"))
+        capsys.readouterr()
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "late.toml"), "--compare", str(golden),
+                     "--keep-stamps", "--keep-deadlines"]) == 0
+        out = capsys.readouterr().out
+        assert "DROPPED by this run's pipeline: 200 (mid.dropped_deadline 200)" in out
+        assert "NOT COMPARED /m: 199 result(s) of the golden run missing in this run (seq 1, 3, 5" in out
+        assert "this run dropped them" in out
+        assert "compared 200 messages on /m: no difference" in out
+
+    def test_the_golden_runs_drops_are_not_differences(self, golden, tmp_path, capsys):
+        """A golden run that dropped half its records under load: this run's results for those have nothing
+        to compare with; the rest compare equal (exit 0)."""
+        (tmp_path / "late.toml").write_text(LATE_PIPE % (1, "true"))
+        lossy = tmp_path / "lossy.mcap"
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "late.toml"), "--compare", str(golden),
+                     "--keep-stamps", "--keep-deadlines"]) == 0
+        this_run = capsys.readouterr().out.rsplit("this run's recording: ", 1)[1].split(")")[0]
+        os.replace(this_run, lossy)  # its /m: the even records only
+        capsys.readouterr()
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "late.toml"), "--compare", str(lossy),
+                     "--keep-stamps"]) == 0
+        out = capsys.readouterr().out
+        assert "NOT COMPARED /m: 199 result(s) of this run have none in the golden run" in out
+        assert "compared 200 messages on /m: no difference" in out and "DIFF" not in out
+
+    def test_a_real_difference_still_fails(self, golden, tmp_path, capsys):
+        (tmp_path / "q.toml").write_text(PIPE % "latestages:Reverse")
+        capsys.readouterr()
+        assert main(["replay", str(golden), "--pipeline", str(tmp_path / "q.toml"), "--compare", str(golden)]) == 1
+        assert "399 difference(s)" in capsys.readouterr().out

@@ -3,13 +3,22 @@ optionally compare what the pipeline makes of it with a golden recording.
 
     edgepipe replay run.mcap --ring /samples=samples [--rate 2 | --rate 0] [--loop] [--start 5 --end 10]
     edgepipe replay run.mcap --ring /samples=samples --realtime         recorded pace under SCHED_FIFO
-    edgepipe replay run.mcap --pipeline demo.toml [--compare golden.mcap] [--seconds N]
+    edgepipe replay run.mcap --pipeline demo.toml [--compare golden.mcap [--keep-deadlines]] [--seconds N]
 
 With ``--ring TOPIC=NAME`` the topic goes into a named ring ``/dev/shm/edgepipe.NAME`` (created, and removed
 at the end), for a consumer that attaches by name. With ``--pipeline`` every source stage of the pipeline
 whose outputs were all recorded (topic ``/<link>``) is replaced by a ``replay`` stage publishing them; the
 rest of the pipeline runs as usual. ``--compare golden.mcap`` also records the pipeline's other links that
 the golden recording has, and compares them with it (edgepipe.record.compare): exit 1 on a difference.
+
+A comparison judges the pipeline's results, not the machine's load. So with ``--compare`` the replay is
+lockstep (``--rate 0``: as fast as the pipeline takes the records, waiting for it, never dropping; an explicit
+``--rate`` overrides that), and every stage that sheds input older than a deadline (a kind's
+``deadline_param``: the inference stage's ``budget_ms``) runs without it (``--keep-deadlines`` keeps them).
+A result only one side has was never made (a frame dropped, in either run), so it is not a difference of
+content: results the golden run lacks are listed as not judged; results this run lacks are set against what
+this run's stages and taps counted as dropped (printed), and are a difference (exit 1) only beyond that, as
+a loss nobody counted. Nothing compared at all is exit 1 too.
 
 >>> import argparse
 >>> sub = argparse.ArgumentParser(prog="edgepipe").add_subparsers(dest="command")
@@ -28,7 +37,7 @@ import sys
 import tempfile
 
 from edgepipe.errors import ConfigError, EdgepipeError, RealtimeNotPermittedError, RecordingError
-from edgepipe.pipeline.config import StageSpec, load_config, tap_filler, validate
+from edgepipe.pipeline.config import StageSpec, deadline_param, load_config, tap_filler, validate
 from edgepipe.pipeline.tap import tap_link
 from edgepipe.record.compare import compare_recordings
 from edgepipe.record.reader import recording_info
@@ -51,7 +60,8 @@ def add_subcommand(sub) -> None:
                    help="publish TOPIC into the named ring NAME (created; repeatable)")
     p.add_argument("--ring-capacity", type=int, default=1 << 22, help="bytes of each ring --ring creates")
     p.add_argument("--pipeline", help="a pipeline file whose recorded sources the replay replaces")
-    p.add_argument("--rate", type=float, default=1.0, help="1 the recorded pace, N times faster, 0 lockstep")
+    p.add_argument("--rate", type=float, default=None,
+                   help="1 the recorded pace, N times faster, 0 lockstep (default: 1; 0 with --compare)")
     p.add_argument("--loop", action="store_true", help="start over at the end")
     p.add_argument("--start", type=float, default=0.0, help="seconds into the recording to start at")
     p.add_argument("--end", type=float, default=0.0, help="seconds into the recording to stop at (0: its end)")
@@ -62,6 +72,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--keep-stamps", action="store_true", help="keep the recorded stamps (default: move them to now)")
     p.add_argument("--seconds", type=float, default=None, help="stop a --pipeline run after N seconds")
     p.add_argument("--compare", metavar="GOLDEN", help="compare the pipeline's results with this recording")
+    p.add_argument("--keep-deadlines", action="store_true",
+                   help="with --compare: keep the stages' deadlines (by default a comparison turns off the "
+                        "dropping of input older than a deadline, e.g. the inference stage's budget_ms)")
     p.add_argument("--tolerance-px", type=float, default=2.0, help="box corner tolerance in pixels (2)")
     p.add_argument("--tolerance", type=float, default=1e-6, help="tolerance of other numbers (1e-6)")
     p.set_defaults(func=cmd_replay)
@@ -74,6 +87,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.compare and not args.pipeline:
         print("edgepipe replay: --compare needs --pipeline", file=sys.stderr)
         return 2
+    if args.keep_deadlines and not args.compare:
+        print("edgepipe replay: --keep-deadlines goes with --compare", file=sys.stderr)
+        return 2
+    if args.rate is None:  # a comparison replays lockstep: the machine's speed must not decide what is compared
+        args.rate = 0.0 if args.compare else 1.0
     try:
         if args.realtime:
             with realtime_priority(args.realtime):  # refused here, before anything is created or started
@@ -148,6 +166,12 @@ def _replay_pipeline(args, info) -> int:
         "end_s": args.end, "restamp": not args.keep_stamps, "realtime": args.realtime}))
     out = None
     compare_topics: list[str] = []
+    shed_off = []
+    if args.compare and not args.keep_deadlines:
+        for s in spec.stages:
+            p = deadline_param(s.kind, spec.import_dirs)
+            if p is not None and s.params.get(p) is not None:
+                shed_off.append(f"{s.name}.{p}={s.params.pop(p)}")
     if args.compare:
         golden = {c.topic for c in recording_info(args.compare).channels}
         replayed = {"/" + ln for ln in links.values()}
@@ -166,20 +190,71 @@ def _replay_pipeline(args, info) -> int:
         spec.stages.append(StageSpec(name="record", kind="record", params={"out": out},
                                      inputs={t[1:]: tap_link(t[1:]) for t in compare_topics}))
     validate(spec)
+    pace = "lockstep" if args.rate == 0 else "at the recorded pace" if args.rate == 1 else f"at x{args.rate:g}"
     print(f"replaying {', '.join(sorted('/' + ln for ln in links.values()))} from {args.file} in place of "
-          f"{', '.join(replaced)}" + (f"; comparing {', '.join(compare_topics)} with {args.compare}" if out else ""))
+          f"{', '.join(replaced)}, {pace}" + (f"; comparing {', '.join(compare_topics)} with {args.compare}" if out
+                                             else "")
+          + (f"; deadlines off: {', '.join(shed_off)}" if shed_off else ""))
     pipe = Pipeline.from_spec(spec, stats_path=False)
     code = pipe.run(seconds=args.seconds)
-    st = pipe.stage_stats().get("replay", {})
-    print(f"replayed {st.get('replayed', '?')} records; pipeline exit status {code}")
+    stats = pipe.stage_stats()
+    print(f"replayed {stats.get('replay', {}).get('replayed', '?')} records; pipeline exit status {code}")
     if out is None:
         return code
-    diffs, compared = compare_recordings(out, args.compare, topics=compare_topics, tolerance=args.tolerance,
-                                         tolerance_px=args.tolerance_px)
-    for d in diffs[:20]:
+    return _report_comparison(args, out, compare_topics, stats, code)
+
+
+def pipeline_drops(stats: dict, tap_drops: dict | None = None) -> dict[str, int]:
+    """What a run's stages and taps counted as dropped or lost, non-zero only: ``{"stage.counter": n}`` for
+    every counter named ``dropped_*``, ``*_dropped`` or ``*_lost`` (a stage's ``dropped`` total when it
+    has no such breakdown), and ``{"tap /topic (reason)": n}`` from a recording's drop statistics.
+
+    >>> pipeline_drops({"detect": {"dropped_deadline": 3, "frames_lost": 0, "results": 9}},
+    ...                {("/detections", "tap full"): 2})
+    {'detect.dropped_deadline': 3, 'tap /detections (tap full)': 2}
+    """
+    out: dict[str, int] = {}
+    for stage, st in stats.items():
+        keys = [k for k, v in st.items() if isinstance(v, int) and not isinstance(v, bool)
+                and (k.startswith("dropped_") or k.endswith(("_dropped", "_lost")))]
+        if not keys and isinstance(st.get("dropped"), int):
+            keys = ["dropped"]
+        out.update({f"{stage}.{k}": st[k] for k in keys if st[k]})
+    for (topic, reason), n in (tap_drops or {}).items():
+        if n:
+            out[f"tap {topic} ({reason})"] = n
+    return out
+
+
+def _report_comparison(args, out: str, topics: list[str], stats: dict, code: int) -> int:
+    cmp = compare_recordings(out, args.compare, topics=topics, tolerance=args.tolerance,
+                             tolerance_px=args.tolerance_px)
+    drops = pipeline_drops({k: v for k, v in stats.items() if k not in ("replay", "record")},
+                           recording_info(out).drops)
+    dropped = sum(drops.values())
+    for d in cmp.differences[:20]:
         print(f"DIFF {d}")
-    if len(diffs) > 20:
-        print(f"... and {len(diffs) - 20} more differences")
-    print(f"compared {compared} messages on {', '.join(compare_topics)}: "
-          + ("no difference" if not diffs else f"{len(diffs)} difference(s)") + f" (this run's recording: {out})")
+    if len(cmp.differences) > 20:
+        print(f"... and {len(cmp.differences) - 20} more differences")
+    if drops:
+        print(f"DROPPED by this run's pipeline: {dropped} ({', '.join(f'{k} {v}' for k, v in drops.items())})")
+    lost = max(0, cmp.missing_count - dropped)  # results missing that no stage or tap counted as dropped
+    for topic, seqs in cmp.missing.items():
+        print(f"NOT COMPARED {topic}: {len(seqs)} result(s) of the golden run missing in this run "
+              f"(seq {_seqs(seqs)})" + ("; more than this run counted as dropped" if lost else
+                                         "; this run dropped them (see DROPPED)"))
+    for topic, seqs in cmp.unmatched.items():
+        print(f"NOT COMPARED {topic}: {len(seqs)} result(s) of this run have none in the golden run to compare "
+              f"with (seq {_seqs(seqs)}; the golden run did not make them: dropped there)")
+    diffs = len(cmp.differences) + lost
+    print(f"compared {cmp.compared} messages on {', '.join(topics)}: "
+          + ("no difference" if not diffs else f"{diffs} difference(s)") + f" (this run's recording: {out})")
+    if not cmp.compared and not cmp.differences:
+        print("nothing was compared: no result both runs made")
+        return 1
     return 1 if diffs or code else 0
+
+
+def _seqs(seqs: list[int], most: int = 10) -> str:
+    """``1, 2, 5 ...`` (the first ``most``)."""
+    return ", ".join(map(str, seqs[:most])) + (f" ... ({len(seqs)})" if len(seqs) > most else "")

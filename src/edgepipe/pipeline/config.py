@@ -95,18 +95,23 @@ class _Kind:
     target: str  # "module:attr"
     raw_ports: bool  # hand the constructor bare ring ends, not Inlet/Outlet
     frame_tap: bool = False  # the stage offers each frame it publishes to ``stage.frame_tap`` (a FrameTap)
+    deadline_param: str | None = None  # the param that makes it drop input older than a deadline (None: off)
 
 
 _KINDS: dict[str, _Kind] = {}
 
 
-def register_stage(kind: str, target: str, *, raw_ports: bool = False, frame_tap: bool = False) -> None:
+def register_stage(kind: str, target: str, *, raw_ports: bool = False, frame_tap: bool = False,
+                   deadline_param: str | None = None) -> None:
     """Register a stage kind: ``kind`` in a TOML file or StageSpec builds ``target`` (``"module:Class"``,
     imported only when used). The class is called as ``Class(name=..., **params, **ports)`` where each
     port keyword is the stage's ring end: an Inlet/Outlet, or with ``raw_ports`` the bare RingReader /
     RingWriter (or latest-slot end). With ``frame_tap`` the stage (a frame source with one output) offers
     every frame it publishes to its ``frame_tap`` attribute, so a tap on its output link can sit in it
-    (edgepipe.pipeline.tap.FrameTap). Registering a kind again replaces it.
+    (edgepipe.pipeline.tap.FrameTap). ``deadline_param`` names the parameter with which the stage drops input
+    that is older than a deadline when it gets to it (load shedding; unset or None turns it off): a regression
+    run (``edgepipe replay --compare``) turns it off, so what is compared does not depend on the machine's
+    load (:func:`deadline_param`). Registering a kind again replaces it.
 
     >>> register_stage("my-filter", "mypkg.filters:Filter")
     >>> "my-filter" in stage_kinds()
@@ -116,7 +121,9 @@ def register_stage(kind: str, target: str, *, raw_ports: bool = False, frame_tap
         raise ValueError(f"stage kind must be a name of [A-Za-z0-9_.-], got {kind!r}")
     if not isinstance(target, str) or target.count(":") != 1:
         raise ValueError(f"stage target must be 'module:attr', got {target!r}")
-    _KINDS[kind] = _Kind(target, raw_ports, frame_tap)
+    if deadline_param is not None and not (isinstance(deadline_param, str) and deadline_param.isidentifier()):
+        raise ValueError(f"deadline_param must be a parameter name, got {deadline_param!r}")
+    _KINDS[kind] = _Kind(target, raw_ports, frame_tap, deadline_param)
 
 
 def stage_kinds() -> dict[str, str]:
@@ -181,7 +188,7 @@ def kind_available(kind: str) -> str | None:
 # (edgepipe.stages.capture.CaptureStage, edgepipe.stages.imu.ImuStage, edgepipe.stages.inference.InferenceStage).
 register_stage("capture", "edgepipe.pipeline.kinds:capture_kind", raw_ports=True, frame_tap=True)
 register_stage("imu", "edgepipe.pipeline.kinds:imu_kind", raw_ports=True)
-register_stage("inference", "edgepipe.pipeline.kinds:inference_kind", raw_ports=True)
+register_stage("inference", "edgepipe.pipeline.kinds:inference_kind", raw_ports=True, deadline_param="budget_ms")
 # Plain-Python stages for examples, tests and sinks (edgepipe.testing, which sits above this package: named
 # here by import path only).
 register_stage("counter", "edgepipe.testing:CounterStage")
@@ -529,6 +536,31 @@ def fills_frame_tap(kind: str | None) -> bool:
     """Whether a stage of ``kind`` offers its published frames to a ``frame_tap`` (register_stage)."""
     k = _KINDS.get(kind) if isinstance(kind, str) else None
     return bool(k and k.frame_tap)
+
+
+def deadline_param(kind: str | None, dirs: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The parameter with which a stage of ``kind`` sheds input older than a deadline: the registered
+    ``deadline_param`` (e.g. ``budget_ms`` of ``inference``), or for a kind given by import path its class's
+    ``deadline_param`` attribute (imported with ``dirs``, e.g. a spec's ``import_dirs``, on the path); None when
+    the kind sheds nothing (or cannot be imported here).
+
+    >>> deadline_param("inference"), deadline_param("relay")
+    ('budget_ms', None)
+    """
+    if not isinstance(kind, str):
+        return None
+    k = _KINDS.get(kind)
+    if k is not None:
+        return k.deadline_param
+    if not is_import_path(kind):
+        return None
+    try:
+        with searching(list(dirs)):
+            obj = import_target(kind, kind)
+    except ConfigError:
+        return None
+    p = getattr(obj, "deadline_param", None)
+    return p if isinstance(p, str) else None
 
 
 def tap_filler(spec: PipelineSpec, link: str, producers: dict[str, tuple[str, str]] | None = None,

@@ -10,8 +10,12 @@ Messages of a topic are matched by their source sequence number (``Stamps.seq``,
   inside the stamps);
 - anything else: the same bytes once the stamps are cleared.
 
-A sequence number in one recording and not in the other is a difference only inside the range both cover
-(a replay started or stopped at another moment is not a regression).
+A sequence number in one recording and not in the other is no difference of content: a result that is
+missing was never made (a pipeline that dropped the frame under load, a stage that lost it), so there is
+nothing to judge. Inside the range both recordings cover (a replay started or stopped at another moment is
+not a regression), such numbers are listed apart, in :attr:`Comparison.missing` (the golden run has it,
+this run does not) and :attr:`Comparison.unmatched` (this run has it, the golden run does not), for the
+caller to set against what the pipelines counted as dropped (``edgepipe replay --compare`` does).
 
 >>> a = Difference("/dets", 7, "2 boxes vs 3")
 >>> str(a)
@@ -20,13 +24,13 @@ A sequence number in one recording and not in the other is a difference only ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgepipe.pipeline.wire import unpack_record
 from edgepipe.record.reader import iter_recording
 
-__all__ = ["Difference", "compare_recordings"]
+__all__ = ["Comparison", "Difference", "compare_recordings"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,26 @@ class Difference:
 
     def __str__(self) -> str:
         return f"{self.topic} seq {self.seq}: {self.what}"
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_recordings` found: the differences between messages both recordings have, how many
+    pairs were compared, and per topic the sequence numbers (inside the range both cover) that only the
+    golden run has (``missing``) or only this run has (``unmatched``)."""
+
+    differences: list[Difference] = field(default_factory=list)
+    compared: int = 0
+    missing: dict[str, list[int]] = field(default_factory=dict)
+    unmatched: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def missing_count(self) -> int:
+        return sum(len(v) for v in self.missing.values())
+
+    @property
+    def unmatched_count(self) -> int:
+        return sum(len(v) for v in self.unmatched.values())
 
 
 def _seq(schema: str, m: Any) -> int:
@@ -93,30 +117,32 @@ def _diff(schema: str, a: Any, b: Any, tol: float, tol_px: float, tol_score: flo
 
 
 def compare_recordings(path, golden, *, topics: list[str] | None = None, tolerance: float = 1e-6,
-                       tolerance_px: float = 2.0, tolerance_score: float = 0.05) -> tuple[list[Difference], int]:
-    """The differences between the recording at ``path`` and ``golden`` on ``topics`` (default: the
-    golden's), and how many message pairs were compared.
+                       tolerance_px: float = 2.0, tolerance_score: float = 0.05) -> Comparison:
+    """Compare the recording at ``path`` with ``golden`` on ``topics`` (default: both recordings' topics).
+    A topic with no message on one side is a difference (nothing of it could be compared).
 
     Raises:
         RecordingNotFoundError, RecordingFormatError, RecordingTruncatedError, UnknownSchemaError.
     """
     new, old = _load(path, topics), _load(golden, topics)
-    diffs: list[Difference] = []
-    compared = 0
+    out = Comparison()
     for topic in sorted(set(old) | set(new)) if topics is None else topics:
         a, b = new.get(topic, {}), old.get(topic, {})
         if not a or not b:
-            diffs.append(Difference(topic, 0, f"{len(a)} messages vs {len(b)} in the golden run"))
+            out.differences.append(Difference(topic, 0, f"{len(a)} messages vs {len(b)} in the golden run"))
             continue
         lo, hi = max(min(a), min(b)), min(max(a), max(b))
         for s in sorted(set(a) | set(b)):
             if not lo <= s <= hi:
                 continue
-            if s not in a or s not in b:
-                diffs.append(Difference(topic, s, "missing in this run" if s not in a else "not in the golden run"))
+            if s not in a:
+                out.missing.setdefault(topic, []).append(s)
                 continue
-            compared += 1
+            if s not in b:
+                out.unmatched.setdefault(topic, []).append(s)
+                continue
+            out.compared += 1
             d = _diff(a[s][0], a[s][1], b[s][1], tolerance, tolerance_px, tolerance_score)
             if d is not None:
-                diffs.append(Difference(topic, s, d))
-    return diffs, compared
+                out.differences.append(Difference(topic, s, d))
+    return out

@@ -179,6 +179,8 @@ class InferenceStage(Stage):
     """
 
     kind = "inference"
+    deadline_param = "budget_ms"  # the load shedding a regression run turns off (edgepipe.pipeline.config)
+    stop_drain_s = 5.0  # how long a stopped stage waits for the frames its workers hold (then counts them lost)
 
     def __init__(
         self,
@@ -367,6 +369,9 @@ class InferenceStage(Stage):
             if s.thread is not None:
                 s.thread.join(timeout=5.0)
             with s.rx, self._lock:  # not under a read_result() that is reading this slot's ring
+                # frames never answered (a stop cut the drain short): lost, and counted, never silently
+                self.counters["frames_lost"] += len(s.inflight)
+                s.inflight.clear()
                 self._teardown(s)
 
     # -- the dispatcher ----------------------------------------------------------------------------------------
@@ -386,6 +391,7 @@ class InferenceStage(Stage):
     def loop(self) -> None:
         inp = self._input
         budget = self.budget_ns
+        ended = False
         try:
             while not self.stopping:
                 with self._cond:
@@ -400,6 +406,7 @@ class InferenceStage(Stage):
                     continue
                 except PeerClosedError:
                     if producer_closed(inp):
+                        ended = True
                         break  # the source ended
                     time.sleep(0.005)  # the source died: a restarted one takes its end over
                     continue
@@ -422,7 +429,11 @@ class InferenceStage(Stage):
                         continue
                     self._dispatch(f, cap, t_recv)
         finally:
-            self._drain(5.0)
+            # The source ended: every frame dispatched gets its reply, however slow the machine (a hung
+            # worker is still killed after hang_timeout_s, its frames counted lost). Told to stop (the
+            # pipeline's drain timeout passed, or an owner's stop()), or output=None (the replies wait for
+            # a read_result() that may never come): a bounded wait.
+            self._drain(None if ended and not self._direct else self.stop_drain_s)
 
     def _dispatch(self, f, cap: int, t_recv: int) -> None:
         while not self.stopping:
@@ -452,11 +463,18 @@ class InferenceStage(Stage):
                     self._cond.notify_all()  # a read_result() waiting for a worker to wait on
                 return
 
-    def _drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for the frames workers hold, so a stop or the end of the source loses none."""
-        deadline = time.monotonic() + timeout_s
+    def _drain(self, timeout_s: float | None) -> None:
+        """Wait for the frames workers hold, so the end of the source loses none: ``timeout_s`` None waits
+        until every one is answered (or counted lost), but a stop asked for meanwhile bounds it to
+        :attr:`stop_drain_s` from then. What is still in flight at close() is counted in ``frames_lost``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
-            while self._in_flight() and self._fatal is None and time.monotonic() < deadline:
+            while self._in_flight() and self._fatal is None:
+                now = time.monotonic()
+                if deadline is None and self.stopping:
+                    deadline = now + self.stop_drain_s
+                if deadline is not None and now >= deadline:
+                    break
                 self._cond.wait(0.05)
 
     # -- collectors: one thread per worker slot ----------------------------------------------------------------
