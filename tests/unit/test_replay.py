@@ -329,6 +329,17 @@ class TestCommands:
         out = capsys.readouterr().out
         assert "DIFF /m seq 1: payload differs" in out and "399 difference(s)" in out  # seq 0 is all zeros
 
+    def test_record_a_pipeline_that_already_taps_a_link(self, tmp_path, capsys):
+        """A link with ``tap = true`` in its TOML (as demo.toml has, for record --attach) is recorded like the
+        others, and its side link ``n.tap`` is not itself offered for recording: no "not recorded" line."""
+        (tmp_path / "p.toml").write_text(PIPE % "relay" + "[links.n]\ntap = true\n")
+        out = tmp_path / "t.mcap"
+        assert main(["record", str(tmp_path / "p.toml"), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "not recorded" not in err, err
+        assert main(["info", str(out)]) == 0
+        assert "800 messages in 2 channels" in capsys.readouterr().out
+
     def test_record_named_rings(self, tmp_path, shm_name, capsys):
         """record --ring takes a named ring as its consumer and records until its producer closes."""
         ring = Ring.create(shm_name, 1 << 16)

@@ -31,7 +31,7 @@ import time
 
 from edgepipe.errors import ConfigError, EdgepipeError, RecordingError, TapNotFoundError
 from edgepipe.pipeline.config import StageSpec, load_config, tap_filler, validate
-from edgepipe.pipeline.tap import tap_link
+from edgepipe.pipeline.tap import TAP_SUFFIX, tap_link
 from edgepipe.record.reader import recording_info, recover_recording
 from edgepipe.record.recorder import TRIGGERS, FlightRecorder, Recorder
 from edgepipe.record.stage import topic_of
@@ -288,6 +288,8 @@ def _record_pipeline(args) -> int:
     for name, ln in spec.links.items():
         if wanted is not None and name not in wanted:
             continue
+        if wanted is None and name.endswith(TAP_SUFFIX) and name[: -len(TAP_SUFFIX)] in spec.links:
+            continue  # the side link of a `tap = true` link: that link is recorded through it
         if ln.mode == "latest":
             skipped[name] = "a latest-only slot (frames by reference) cannot be tapped"
             continue
