@@ -419,6 +419,37 @@ class TestCommands:
         assert got == list(range(100)) and not os.path.exists(f"/dev/shm/edgepipe.{shm_name}")
         assert "replayed 100 messages" in capsys.readouterr().out
 
+    def test_replay_into_a_named_ring_waits_for_its_consumer(self, recording, shm_name, capsys):
+        """replay --ring publishes nothing until the ring's consumer has opened it: a consumer that attaches
+        only after the whole recording would fit in the ring still gets every record (before, the replay
+        published into the ring, removed it at the end, and a consumer attaching then found no segment). With
+        no consumer within --wait-consumer it exits 1 saying so, and removes the ring."""
+        assert main(["replay", str(recording), "--ring", f"/u={shm_name}", "--rate", "0",
+                     "--wait-consumer", "0.2"]) == 1
+        err = capsys.readouterr().err
+        assert f"no consumer opened {shm_name!r} within 0.2 s" in err and "nothing was replayed" in err
+        assert not os.path.exists(f"/dev/shm/edgepipe.{shm_name}")
+        got, before_open = [], []
+
+        def consume_late():
+            r = Ring.attach(shm_name, wait_s=30)
+            time.sleep(0.5)  # lockstep would have published all 100 by now if it did not wait for us
+            before_open.append(r.status().records_written)
+            rd = r.reader()
+            while len(got) < 100:
+                got.append(unpack_record(rd.read(timeout_s=30)).seq)
+            rd.close()
+            r.close()
+        t = threading.Thread(target=consume_late)
+        t.start()
+        assert main(["replay", str(recording), "--ring", f"/u={shm_name}", "--rate", "0"]) == 0
+        t.join(60)
+        assert before_open == [0] and got == list(range(100))
+        assert "waiting up to 60 s for a consumer" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["replay", str(recording), "--ring", f"/u={shm_name}", "--wait-consumer", "-1"])
+        assert "must be 0 or more seconds, got '-1'" in capsys.readouterr().err
+
     def test_bad_files_exit_1_with_the_error(self, tmp_path, capsys):
         """info, replay and --recover on a missing or foreign file exit 1 naming the typed error."""
         (tmp_path / "x.bag").write_bytes(b"#ROSBAG V2.0\n" + b"\0" * 64)

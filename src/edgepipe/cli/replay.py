@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 
 from edgepipe.errors import ConfigError, EdgepipeError, RealtimeNotPermittedError, RecordingError
 from edgepipe.pipeline.config import StageSpec, deadline_param, load_config, tap_filler, validate
@@ -59,6 +60,10 @@ def add_subcommand(sub) -> None:
     p.add_argument("--ring", action="append", default=[], metavar="TOPIC=NAME",
                    help="publish TOPIC into the named ring NAME (created; repeatable)")
     p.add_argument("--ring-capacity", type=int, default=1 << 22, help="bytes of each ring --ring creates")
+    p.add_argument("--wait-consumer", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="with --ring: wait up to SECONDS for each ring's consumer to open it before replaying "
+                        "(exit 1 if none does; 0: do not wait, and what nobody reads by the end is lost with the "
+                        "ring). Default 60")
     p.add_argument("--pipeline", help="a pipeline file whose recorded sources the replay replaces")
     p.add_argument("--rate", type=float, default=None,
                    help="1 the recorded pace, N times faster, 0 lockstep (default: 1; 0 with --compare)")
@@ -110,6 +115,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
 
 
+def _seconds(text: str) -> float:
+    """argparse type of --wait-consumer: seconds, 0 or more."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return v
+
+
+def _wait_for_consumers(rings: list, seconds: float, stopping: list) -> bool:
+    """Wait until every created ring has a consumer (its reader opened), so nothing is published into a ring
+    that is removed at the end before anyone could read it, and the recorded pace starts when someone listens.
+    A one-time start-up wait, polled every 10 ms; False (said on stderr) when ``seconds`` pass first or a signal
+    stops it. ``seconds`` 0: do not wait."""
+    if seconds == 0:
+        return True
+    waiting = [r for r in rings if r.status().consumer_pid == 0]
+    if waiting:
+        print(f"edgepipe replay: waiting up to {seconds:g} s for a consumer of "
+              f"{', '.join(repr(r.name) for r in waiting)}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + seconds
+    while waiting:
+        if stopping:
+            return False
+        if time.monotonic() >= deadline:
+            print(f"edgepipe replay: no consumer opened {', '.join(repr(r.name) for r in waiting)} within "
+                  f"{seconds:g} s (--wait-consumer); nothing was replayed", file=sys.stderr)
+            return False
+        time.sleep(0.01)
+        waiting = [r for r in waiting if r.status().consumer_pid == 0]
+    return True
+
+
 def _replay_rings(args) -> int:
     rings, writers = [], {}
     stopping = []
@@ -123,6 +163,8 @@ def _replay_rings(args) -> int:
             rings.append(ring)
             writers[topic] = ring.writer()
         topics = [t.strip() for t in args.topics.split(",")] if args.topics else None
+        if not _wait_for_consumers(rings, args.wait_consumer, stopping):
+            return 1
         st = replay(args.file, writers, rate=args.rate, loop=args.loop, start_s=args.start, end_s=args.end or None,
                     topics=topics, restamp=not args.keep_stamps, stop=lambda: bool(stopping), realtime=args.realtime)
     except EdgepipeError as e:
