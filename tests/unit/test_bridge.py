@@ -132,6 +132,27 @@ class TestCrossing:
         st = pair.down.extra_stats()
         assert st["received[edgepipe/A/nums]"] == n and not any(k.startswith(("lost", "dropped")) for k in st)
 
+    def test_a_receiving_end_whose_streams_ended_stops_its_clock_pings(self, pair, monkeypatch):
+        """When every stream into the receiving end has ended, its loop returns without anyone calling stop();
+        its close() still ends the clock-ping thread before closing the session: before, the thread pinged on
+        through close's 5 s join and then raised "session closed" from put()."""
+        raised = []
+        monkeypatch.setattr(threading, "excepthook", lambda a: raised.append((a.thread.name, a.exc_value)))
+        src = Outlet(pair.a.writer(), "nums", 0)
+        sink = Inlet(pair.b.reader(), "nums")
+        for i in range(10):
+            src.emit(i.to_bytes(8, "little"), seq=i)
+        src.close()
+        got = []
+        with pytest.raises(EndOfStream):
+            while True:
+                got.append(sink.receive(timeout_s=30).seq)
+        assert got == list(range(10))
+        pair.threads[0].join(60)  # the receiving end's run(): its loop returned by itself, then close()
+        assert not pair.threads[0].is_alive() and pair.down.error is None, pair.down.error
+        assert pair.down._pinger is not None and not pair.down._pinger.is_alive()
+        assert raised == []
+
     def test_frames_cross_with_their_header(self, pair):
         w, r = FrameWriter(pair.a.writer()), FrameReader(pair.b.reader())
         for i in range(4):

@@ -267,6 +267,10 @@ class BridgeStage(PipelineStage):
             time.sleep(_WAIT_S)
 
     def close(self) -> None:
+        # the loop may have returned on its own (every input ended) with nobody calling stop(): the pinger
+        # thread runs until `stopping`, so without this it pinged on for the whole join and then into the
+        # closed session ("session closed" raised in the thread, and 5 s lost in every such close)
+        self.stop()
         if self._pinger is not None:
             self._pinger.join(5)
         for s in (*self._subs, *getattr(self, "_acks", [])):
