@@ -4,14 +4,29 @@ Cases (one run, every peer measured in it, ratios reported):
   rec-bare     1 KB records, zenoh-python alone: a publisher in namespace A puts each with its send time
                (CLOCK_MONOTONIC_RAW, edgepipe.clock.now_ns: one kernel, so one clock) at ``--rate``/s; a
                subscriber in B takes the receive time in its callback, which runs on zenoh's receiving thread
-               as the bridge's do (``Callback(indirect=False)``). One-way latency percentiles.
+               as the bridge's do (``Callback(indirect=False)``). One-way latency percentiles. Reliable,
+               congestion control BLOCK, not express: a lossless bridge link's settings.
+  rec-bare-express   the same with ``express=True`` (zenoh sends each sample at once, no batching).
   rec-bare-indirect  the same with zenoh-python's default callback (a queue and a Python thread of its own).
+  rec-bare-traced    rec-bare again, also timing the put() call itself (compare the bridge's, below).
+  rec-ring     no zenoh: a producer process and a consumer process on one ring, as at either end of
+               rec-bridge: the price of one ring hand-off at this rate on this machine. bare + 2 x ring is
+               the floor under rec-bridge while the stages are processes of their own.
   rec-bridge   the same records through edgepipe as ``edgepipe run`` places the stages: a producer process in
                A writing a ring (Outlet.emit stamps the capture time), the bridge stage's process publishing
                it, the bridge stage's process in B feeding a ring, a consumer process in B (Inlet.receive).
-               One-way latency = receive time - capture time: both rings and both bridge stages.
+               One-way latency = receive time - capture time as the producer stamped it (a copy of the stamp
+               rides in the payload: the record's own capture stamp is mapped by the receiving bridge's clock
+               estimate, whose error would be part of the number; that p50 is shown alongside). The
+               BridgeStage's default ``express``.
+  rec-bridge-express / rec-bridge-batched   the same with ``express`` set on / off explicitly.
   rec-bridge-1proc  the same with producer and consumer as threads of the bridge stages' processes (they
                then share the GIL with the bridge: each ring hand-off also waits for it).
+  rec-bridge-noclock  rec-bridge with the receiving end's clock pings off (``clock_period_ms=0``): what the
+               ping bursts (8 exchanges every 20 ms, answered in both processes' zenoh callbacks) cost the records.
+  rec-bridge-traced  rec-bridge with stamps at every hop (``--trace``; the sending bridge's take of the record
+               and its put() call, the receiving bridge's sample callback entry and exit, the consumer): p50
+               per hop, records matched by sequence number.
   frames       1080p BGR uint8 frames (6.2 MB) written as fast as the lossless link takes them (FrameWriter
                into a ring, bridged), read in B (FrameReader): frames per second over ``--seconds``.
   clock        the receiving bridge's clock estimate when the sender's stamps are shifted by 3.7 s and +250 ppm:
@@ -20,11 +35,12 @@ Cases (one run, every peer measured in it, ratios reported):
                queryable), answered and chained inside zenoh's callbacks; round trip less the far turnaround
                by position in the burst.
 
-``--compare SRC`` runs the bridge cases (rec-bridge, rec-bridge-1proc, clock) a second time with edgepipe
-imported from another checkout's ``src`` (built in place): before and after a change in one run.
+``--compare SRC`` runs the bridge cases (every rec-bridge row, clock) a second time with edgepipe imported
+from another checkout's ``src`` (built in place): before and after a change in one run.
 
     sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt]
-                                     [--compare OTHER/src] [--json OUT]
+                                     [--compare OTHER/src] [--json OUT] [--port 7460] [--tag bench]
+                                     [--params '{"clock_period_ms": 0}']
 """
 
 from __future__ import annotations
@@ -249,6 +265,21 @@ def role_ring_sink(a) -> None:
     print(json.dumps({"lat_ns": lat, "got": got, "est_ns": est}))
 
 
+def role_ring_pair(a) -> None:
+    """One ring between two processes of their own, no bridge: the producer and consumer ends of rec-bridge
+    as they are, to price one ring hand-off (Outlet.emit -> Inlet.receive) at this rate on this machine."""
+    from edgepipe.ring import Ring
+    with Ring.create(capacity=1 << 20) as ring:
+        sink = _child(a, "ring-sink", ring.fd)
+        _child(a, "ring-src", ring.fd).wait(600)
+        r = json.loads(sink.communicate(timeout=600)[0])
+    print(json.dumps({"lat_ns": r["lat_ns"]}))
+
+
+def role_idle(a) -> None:
+    """The other namespace's process of a case that needs only one (rec-ring)."""
+
+
 def _traced(stage_cls):
     """``--trace``: the bridge stage class with stamps at each hop, on this machine's one clock (both namespaces
     share a kernel): the sending end stamps when its input record was taken and around each ``put``, the
@@ -390,7 +421,8 @@ def role_ep_sub(a) -> None:
 
 
 ROLES = {"bare-pub": role_bare_pub, "bare-sub": role_bare_sub, "ep-pub": role_ep_pub, "ep-sub": role_ep_sub,
-         "ring-src": role_ring_src, "ring-sink": role_ring_sink, "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping}
+         "ring-src": role_ring_src, "ring-sink": role_ring_sink, "ring-pair": role_ring_pair, "idle": role_idle,
+         "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,7 +517,8 @@ def main() -> None:
             cases = [("rec-bare", run_case(ns, a, "bare-pub", "bare-sub", "rec")),
                      ("rec-bare-express", run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--express", "on"))),
                      ("rec-bare-indirect", run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--indirect",))),
-                     ("rec-bare-traced", run_case(ns, a, "bare-pub", "bare-sub", "rec", trace=True))]
+                     ("rec-bare-traced", run_case(ns, a, "bare-pub", "bare-sub", "rec", trace=True)),
+                     ("rec-ring", run_case(ns, a, "idle", "ring-pair", "rec"))]
             for tag, src in srcs:
                 cases += [(f"rec-bridge{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",), src=src)),
                           (f"rec-bridge-express{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
@@ -493,6 +526,9 @@ def main() -> None:
                           (f"rec-bridge-batched{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
                                                                 flags=("--split", "--express", "off"))),
                           (f"rec-bridge-1proc{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src)),
+                          (f"rec-bridge-noclock{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
+                                                                flags=("--split", "--params",
+                                                                       json.dumps({"clock_period_ms": 0})))),
                           (f"rec-bridge-traced{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",),
                                                                src=src, trace=True))]
             rows = {}
@@ -524,6 +560,12 @@ def main() -> None:
                       f" of bare express, batched {rows[f'rec-bridge-batched{tag}']['p50_us'] / bare:.2f} of bare; "
                       f"with the ring ends as threads of the bridge's processes "
                       f"{rows[f'rec-bridge-1proc{tag}']['p50_us'] / bare:.2f}")
+            ring = rows["rec-ring"]["p50_us"]
+            print(f"floor: bare + the two ring hand-offs a bridge adds (rec-ring twice) = {bare + 2 * ring:.1f} us, "
+                  f"{(bare + 2 * ring) / bare:.2f} x bare; the rest of rec-bridge is the two bridge stages' own "
+                  f"work: {rows['rec-bridge']['p50_us'] - bare - 2 * ring:.1f} us"
+                  + (f" ({rows['rec-bridge (--compare)']['p50_us'] - bare - 2 * ring:.1f} us with --compare)"
+                     if a.compare else ""))
             out.update(cases=rows, ratio_p50=rows["rec-bridge"]["p50_us"] / bare)
         if "frames" in a.only:
             fr = out["frames"] = run_case(ns, a, "ep-pub", "ep-sub", "frames")

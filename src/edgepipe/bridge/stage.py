@@ -228,9 +228,7 @@ class BridgeStage(PipelineStage):
         self.session = Session(self.pipeline, self.name, make_config(**self.config))
         for port, outlet in self.outputs.items():
             key = self.out_key(port)
-            self._outs[key] = outlet
-            self.checkers[key] = Checker(f"{self.name} <- {key}", self.max_bytes)
-            self._subs.append(self.session.subscriber(key, self._receiver(key)))
+            self._subs.append(self.session.subscriber(key, self._bind_output(key, outlet)))
         self._acks = [self.session.subscriber(self.in_key(i.link) + "/_ack", self._on_ack)
                       for i in self.inputs.values()]
         if self.inputs:  # answer the far ends' clock pings
@@ -363,6 +361,12 @@ class BridgeStage(PipelineStage):
 
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])
+
+    def _bind_output(self, key: str, outlet):
+        """Output ``key`` feeds ``outlet``: its checker, and the callback for its samples (:meth:`_receiver`)."""
+        self._outs[key] = outlet
+        self.checkers[key] = Checker(f"{self.name} <- {key}", self.max_bytes)
+        return self._receiver(key)
 
     def _receiver(self, key: str):
         """The sample callback of output key ``key`` (on zenoh's receiving thread, holding the GIL, while the
