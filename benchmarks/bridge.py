@@ -211,13 +211,14 @@ def _child(a, role: str, fd: int) -> subprocess.Popen:
     """The far end of a ring in a process of its own (as ``edgepipe run`` places every stage), sharing the ring
     by its fd; it runs in this namespace."""
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(a.n), "--rate", str(a.rate), "--size",
-          str(a.size), "--wait", a.wait, "--fd", str(fd), "--role", role] + (["--trace", a.trace] if a.trace else [])
+          str(a.size), "--wait", a.wait, "--fd", str(fd), "--role", role]
+    me += ["--trace", a.trace] if a.trace else []
     return subprocess.Popen(me, pass_fds=(fd,), stdout=subprocess.PIPE, text=True)
 
 
 def _emit_records(a, writer) -> None:
-    from edgepipe.pipeline.api import Outlet
     from edgepipe.clock import now_ns
+    from edgepipe.pipeline.api import Outlet
     out = Outlet(writer, "nums", 0)
     pad = bytes(a.size - 16 - 32 - 8)  # the stamp header + one hop are part of the 1 KB
     n = a.n if a.what == "rec" else int(a.seconds * 100)
@@ -549,7 +550,8 @@ def main() -> None:
             for tag, _ in srcs:
                 ep = dict(cases)[f"rec-bridge{tag}"]
                 print(f"bridge{tag}: bridge stage to bridge stage (envelope send stamp to the receiving callback, on "
-                      f"the clock estimate): p50 {ep['clock'].get('wire_p50_us')} us +- {ep['clock'].get('wire_bound_us')}")
+                      f"the clock estimate): p50 {ep['clock'].get('wire_p50_us')} us "
+                      f"+- {ep['clock'].get('wire_bound_us')}")
                 hp = rows[f"rec-bridge-traced{tag}"]["hops"] = hops(dict(cases)[f"rec-bridge-traced{tag}"]["trace"])
                 print(f"rec-bridge-traced{tag} per hop, p50 of {hp['n']} records (us; bare put -> callback p50 "
                       f"{bare:.1f}):")
