@@ -4,14 +4,29 @@ Cases (one run, every peer measured in it, ratios reported):
   rec-bare     1 KB records, zenoh-python alone: a publisher in namespace A puts each with its send time
                (CLOCK_MONOTONIC_RAW, edgepipe.clock.now_ns: one kernel, so one clock) at ``--rate``/s; a
                subscriber in B takes the receive time in its callback, which runs on zenoh's receiving thread
-               as the bridge's do (``Callback(indirect=False)``). One-way latency percentiles.
+               as the bridge's do (``Callback(indirect=False)``). One-way latency percentiles. Reliable,
+               congestion control BLOCK, not express: a lossless bridge link's settings.
+  rec-bare-express   the same with ``express=True`` (zenoh sends each sample at once, no batching).
   rec-bare-indirect  the same with zenoh-python's default callback (a queue and a Python thread of its own).
+  rec-bare-traced    rec-bare again, also timing the put() call itself (compare the bridge's, below).
+  rec-ring     no zenoh: a producer process and a consumer process on one ring, as at either end of
+               rec-bridge: the price of one ring hand-off at this rate on this machine. bare + 2 x ring is
+               the floor under rec-bridge while the stages are processes of their own.
   rec-bridge   the same records through edgepipe as ``edgepipe run`` places the stages: a producer process in
                A writing a ring (Outlet.emit stamps the capture time), the bridge stage's process publishing
                it, the bridge stage's process in B feeding a ring, a consumer process in B (Inlet.receive).
-               One-way latency = receive time - capture time: both rings and both bridge stages.
+               One-way latency = receive time - capture time as the producer stamped it (a copy of the stamp
+               rides in the payload: the record's own capture stamp is mapped by the receiving bridge's clock
+               estimate, whose error would be part of the number; that p50 is shown alongside). The
+               BridgeStage's default ``express``.
+  rec-bridge-express / rec-bridge-batched   the same with ``express`` set on / off explicitly.
   rec-bridge-1proc  the same with producer and consumer as threads of the bridge stages' processes (they
                then share the GIL with the bridge: each ring hand-off also waits for it).
+  rec-bridge-noclock  rec-bridge with the receiving end's clock pings off (``clock_period_ms=0``): what the
+               ping bursts (8 exchanges every 20 ms, answered in both processes' zenoh callbacks) cost the records.
+  rec-bridge-traced  rec-bridge with stamps at every hop (``--trace``; the sending bridge's take of the record
+               and its put() call, the receiving bridge's sample callback entry and exit, the consumer): p50
+               per hop, records matched by sequence number.
   frames       1080p BGR uint8 frames (6.2 MB) written as fast as the lossless link takes them (FrameWriter
                into a ring, bridged), read in B (FrameReader): frames per second over ``--seconds``.
   clock        the receiving bridge's clock estimate when the sender's stamps are shifted by 3.7 s and +250 ppm:
@@ -20,11 +35,12 @@ Cases (one run, every peer measured in it, ratios reported):
                queryable), answered and chained inside zenoh's callbacks; round trip less the far turnaround
                by position in the burst.
 
-``--compare SRC`` runs the bridge cases (rec-bridge, rec-bridge-1proc, clock) a second time with edgepipe
-imported from another checkout's ``src`` (built in place): before and after a change in one run.
+``--compare SRC`` runs the bridge cases (every rec-bridge row, clock) a second time with edgepipe imported
+from another checkout's ``src`` (built in place): before and after a change in one run.
 
     sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt]
-                                     [--compare OTHER/src] [--json OUT]
+                                     [--compare OTHER/src] [--json OUT] [--port 7460] [--tag bench]
+                                     [--params '{"clock_period_ms": 0}']
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,7 +59,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 from _netns import ADDR_A, Netns
 
-PORT = 7460
+PORT = 7460  # --port
 ZCONF = ('{mode: "peer", %s: {endpoints: ["tcp/%s:%d"]}, scouting: {multicast: {enabled: false}}, '
          'transport: {shared_memory: {enabled: false}}}')
 
@@ -59,16 +76,23 @@ def role_bare_pub(a) -> None:
     import zenoh
 
     from edgepipe.clock import now_ns
-    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("listen", ADDR_A, PORT))) as z:
-        pub = z.declare_publisher("bench/rec", congestion_control=zenoh.CongestionControl.BLOCK)
+    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("listen", ADDR_A, a.port))) as z:
+        pub = z.declare_publisher("bench/rec", congestion_control=zenoh.CongestionControl.BLOCK,
+                                  reliability=zenoh.Reliability.RELIABLE, express=a.express == "on")
         while not pub.matching_status.matching:
             time.sleep(0.01)
         time.sleep(0.5)
         pad = bytes(a.size - 16)
+        puts = []
         for i in range(a.n):
-            pub.put(i.to_bytes(8, "little") + now_ns().to_bytes(8, "little") + pad)
+            t0 = now_ns()
+            pub.put(i.to_bytes(8, "little") + t0.to_bytes(8, "little") + pad)
+            if a.trace:
+                puts.append((i, t0, now_ns()))
             time.sleep(1 / a.rate)
         time.sleep(1)
+    if a.trace:
+        Path(a.trace).write_text(json.dumps({"puts": puts}))
 
 
 def role_bare_sub(a) -> None:
@@ -84,7 +108,7 @@ def role_bare_sub(a) -> None:
         if len(lat) >= a.n:
             done.set()
 
-    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("connect", ADDR_A, PORT))) as z:
+    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("connect", ADDR_A, a.port))) as z:
         # the callback style the bridge uses (edgepipe.bridge.session): on zenoh's receiving thread, unless
         # --indirect asks for zenoh-python's default (a queue and a Python thread of its own)
         sub = z.declare_subscriber("bench/rec", zenoh.handlers.Callback(cb, indirect=a.indirect))
@@ -99,7 +123,7 @@ def role_rtt_echo(a) -> None:
     import zenoh
 
     from edgepipe.clock import now_ns
-    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("listen", ADDR_A, PORT))) as z:
+    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("listen", ADDR_A, a.port))) as z:
         pong = z.declare_publisher("bench/pong", express=True)
 
         def on_ping(s):
@@ -168,7 +192,7 @@ def role_rtt_ping(a) -> None:
     previous answer (zenoh's threads stay awake through a burst): pub/sub ping -> pong, then a queryable.
     Prints every exchange's round trip less the far end's turnaround, by position in the burst."""
     import zenoh
-    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("connect", ADDR_A, PORT))) as z:
+    with zenoh.open(zenoh.Config.from_json5(ZCONF % ("connect", ADDR_A, a.port))) as z:
         ping = z.declare_publisher("bench/ping", express=True)
         while not ping.matching_status.matching:
             time.sleep(0.01)
@@ -188,21 +212,28 @@ def _child(a, role: str, fd: int) -> subprocess.Popen:
     by its fd; it runs in this namespace."""
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(a.n), "--rate", str(a.rate), "--size",
           str(a.size), "--wait", a.wait, "--fd", str(fd), "--role", role]
+    me += ["--trace", a.trace] if a.trace else []
     return subprocess.Popen(me, pass_fds=(fd,), stdout=subprocess.PIPE, text=True)
 
 
 def _emit_records(a, writer) -> None:
+    from edgepipe.clock import now_ns
     from edgepipe.pipeline.api import Outlet
     out = Outlet(writer, "nums", 0)
-    pad = bytes(a.size - 8 - 32 - 8)  # the stamp header + one hop are part of the 1 KB
+    pad = bytes(a.size - 16 - 32 - 8)  # the stamp header + one hop are part of the 1 KB
     n = a.n if a.what == "rec" else int(a.seconds * 100)
     for i in range(n):
-        out.emit(i.to_bytes(8, "little") + pad, seq=i)
+        t = now_ns()  # the capture stamp, in the payload too: the receiving bridge maps the stamp's copy
+        out.emit(i.to_bytes(8, "little") + t.to_bytes(8, "little") + pad, seq=i, capture_ns=t)
         time.sleep(1 / a.rate if a.what == "rec" else 0.01)
     out.close()
 
 
-def _sink_records(reader) -> list[int]:
+def _sink_records(reader, got: list | None = None, est: list | None = None) -> list[int]:
+    """One-way latencies: receive time - the capture time as the producer stamped it (its copy in the payload:
+    the record's own stamp, from the other side of a bridge, has been mapped through the clock estimate,
+    whose error would be part of the number; ``est`` gets that one). ``got`` (tracing) also gets
+    ``(seq, receive_ns)`` of each record."""
     from edgepipe.clock import now_ns
     from edgepipe.pipeline.api import EndOfStream, Inlet
     sink, lat = Inlet(reader, "nums"), []
@@ -211,7 +242,12 @@ def _sink_records(reader) -> list[int]:
             rec = sink.receive(timeout_s=60)
             if rec is None:
                 break
-            lat.append(now_ns() - rec.capture_ns)
+            t = now_ns()
+            lat.append(t - int.from_bytes(rec.payload[8:16], "little"))
+            if est is not None:
+                est.append(t - rec.capture_ns)
+            if got is not None:
+                got.append((rec.seq, t))
     except EndOfStream:
         pass
     return lat
@@ -224,7 +260,76 @@ def role_ring_src(a) -> None:
 
 def role_ring_sink(a) -> None:
     from edgepipe.ring import Ring
-    print(json.dumps({"lat_ns": _sink_records(Ring.from_fd(a.fd).reader(wait=a.wait))}))
+    got: list = []
+    est: list = []
+    lat = _sink_records(Ring.from_fd(a.fd).reader(wait=a.wait), got if a.trace else None, est)
+    print(json.dumps({"lat_ns": lat, "got": got, "est_ns": est}))
+
+
+def role_ring_pair(a) -> None:
+    """One ring between two processes of their own, no bridge: the producer and consumer ends of rec-bridge
+    as they are, to price one ring hand-off (Outlet.emit -> Inlet.receive) at this rate on this machine."""
+    from edgepipe.ring import Ring
+    with Ring.create(capacity=1 << 20) as ring:
+        sink = _child(a, "ring-sink", ring.fd)
+        _child(a, "ring-src", ring.fd).wait(600)
+        r = json.loads(sink.communicate(timeout=600)[0])
+    print(json.dumps({"lat_ns": r["lat_ns"]}))
+
+
+def role_idle(a) -> None:
+    """The other namespace's process of a case that needs only one (rec-ring)."""
+
+
+def _traced(stage_cls):
+    """``--trace``: the bridge stage class with stamps at each hop, on this machine's one clock (both namespaces
+    share a kernel): the sending end stamps when its input record was taken and around each ``put``, the
+    receiving end on entry to and exit from its sample callback (the exit is after the ring write). Only
+    attributes both the old and the new BridgeStage have are used, so ``--compare`` traces the same way."""
+    from edgepipe.clock import now_ns
+
+    class _Pub:
+        def __init__(self, pub, puts):
+            self._p, self._puts = pub, puts
+
+        def __getattr__(self, name):
+            return getattr(self._p, name)
+
+        def put(self, data, *args, **kw):
+            t0 = now_ns()
+            r = self._p.put(data, *args, **kw)
+            self._puts.append((int.from_bytes(data[16:24], "little"), t0, now_ns()))
+            return r
+
+    class Traced(stage_cls):
+        def open(self):
+            self.trace_reads: list = []  # (record bytes, taken_ns)
+            self.trace_puts: list = []  # (bridge seq, before put, after put)
+            self.trace_cbs: list = []  # (entry, exit) of the sample callback, in arrival order
+            for inlet in self.inputs.values():
+                take = inlet.receive_raw
+
+                def receive_raw(timeout_s=None, _take=take):
+                    d = _take(timeout_s)
+                    if d is not None:
+                        self.trace_reads.append((d, now_ns()))
+                    return d
+                inlet.receive_raw = receive_raw
+            from edgepipe.bridge.session import Session
+            subscriber = Session.subscriber
+
+            def traced_subscriber(session, key, fn):  # a record key (not _clock, _ack): stamp its callback
+                def cb(sample, _fn=fn):
+                    t = now_ns()
+                    _fn(sample)
+                    self.trace_cbs.append((t, now_ns()))
+                return subscriber(session, key, fn if "/_" in key else cb)
+            Session.subscriber = traced_subscriber  # this role's process only
+            super().open()
+            make = self.session.publisher
+            self.session.publisher = lambda key, *x, **k: _Pub(make(key, *x, **k), self.trace_puts)
+
+    return Traced
 
 
 def role_ep_pub(a) -> None:
@@ -237,9 +342,10 @@ def role_ep_pub(a) -> None:
     from edgepipe.ring import Ring
     frames = a.what == "frames"
     skew = [3_700_000_000, 250.0] if a.what == "clock" else None
+    cls = _traced(BridgeStage) if a.trace else BridgeStage
     with Ring.create(capacity=1 << (25 if frames else 20)) as ring:
-        up = BridgeStage("up", inputs={"n": "nums"}, pipeline="A", listen=[f"tcp/{ADDR_A}:{PORT}"],
-                         clock_skew=skew)
+        up = cls("up", inputs={"n": "nums"}, pipeline="A", listen=[f"tcp/{ADDR_A}:{a.port}"],
+                 clock_skew=skew, **({"express": a.express == "on"} if a.express else {}), **json.loads(a.params))
         up.attach(inputs={"n": Inlet(ring.reader(wait=a.wait), "nums")}, outputs={})
         t = _stage_thread(up)
         while not (up.session and up.session.remotes_alive()):  # as the bare publisher: start once matched
@@ -260,6 +366,13 @@ def role_ep_pub(a) -> None:
         else:
             _emit_records(a, ring.writer())
         t.join(60)
+    if a.trace:
+        from edgepipe.pipeline.wire import unpack_record
+        reads = []
+        for d, t_read in up.trace_reads:
+            rec = unpack_record(d)
+            reads.append((rec.seq, rec.capture_ns, t_read))
+        Path(a.trace).write_text(json.dumps({"reads": reads, "puts": up.trace_puts}))
 
 
 def role_ep_sub(a) -> None:
@@ -268,9 +381,10 @@ def role_ep_sub(a) -> None:
     from edgepipe.pipeline.api import Outlet
     from edgepipe.ring import Ring
     frames = a.what == "frames"
+    cls = _traced(BridgeStage) if a.trace else BridgeStage
     with Ring.create(capacity=1 << (25 if frames else 20)) as ring:
-        down = BridgeStage("down", outputs={"nums": "nums"}, remote="A", pipeline="B",
-                           connect=[f"tcp/{ADDR_A}:{PORT}"])
+        down = cls("down", outputs={"nums": "nums"}, remote="A", pipeline="B",
+                   connect=[f"tcp/{ADDR_A}:{a.port}"], **json.loads(a.params))
         down.attach(inputs={}, outputs={"nums": Outlet(ring.writer(), "nums", 1)})
         t = _stage_thread(down)
         res: dict = {}
@@ -285,12 +399,17 @@ def role_ep_sub(a) -> None:
             res = {"fps": n / (time.monotonic() - t0), "shape": list(shape)}
             r.close()
         else:
+            got: list = []
+            est: list = []
             if a.split:
                 c = _child(a, "ring-sink", ring.fd)
-                lat = json.loads(c.communicate(timeout=600)[0])["lat_ns"]
+                r = json.loads(c.communicate(timeout=600)[0])
+                lat, got, est = r["lat_ns"], r["got"], r["est_ns"]
             else:
-                lat = _sink_records(ring.reader(wait=a.wait))
-            res = {"lat_ns": lat, "clock": down.clock_stats()}
+                lat = _sink_records(ring.reader(wait=a.wait), got if a.trace else None, est)
+            res = {"lat_ns": lat, "est_ns": est, "clock": down.clock_stats()}
+            if a.trace:
+                res["trace"] = {"cbs": down.trace_cbs, "got": got}
             if a.what == "clock":
                 est = down.estimate
                 truth = lambda t: t * 250e-6 + 3_700_000_000
@@ -303,26 +422,62 @@ def role_ep_sub(a) -> None:
 
 
 ROLES = {"bare-pub": role_bare_pub, "bare-sub": role_bare_sub, "ep-pub": role_ep_pub, "ep-sub": role_ep_sub,
-         "ring-src": role_ring_src, "ring-sink": role_ring_sink, "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping}
+         "ring-src": role_ring_src, "ring-sink": role_ring_sink, "ring-pair": role_ring_pair, "idle": role_idle,
+         "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping}
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 def run_case(ns: Netns, a, pub: str, sub: str, what: str, wait: str = "hybrid", flags: tuple[str, ...] = (),
-             src: str | None = None) -> dict:
+             src: str | None = None, trace: bool | str = False) -> dict:
     """One case: ``sub`` in namespace B, ``pub`` in A; ``src``: import edgepipe from that source tree."""
     me = [sys.executable, str(Path(__file__).resolve()), "--n", str(a.n), "--rate", str(a.rate), "--size",
           str(a.size), "--seconds", str(a.seconds), "--what", what, "--wait", wait, "--burst", str(a.burst),
-          *flags, "--role"]
+          "--port", str(a.port), "--params", a.params, *flags, "--role"]
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
+    if trace:  # the sending end's stamps come back in a file (the receiving end's on stdout)
+        fd, trace = tempfile.mkstemp(prefix="brl-trace-", suffix=".json")
+        os.close(fd)
+        me[-1:-1] = ["--trace", trace]
     s = subprocess.Popen(ns.cmd("b", me + [sub]), stdout=subprocess.PIPE, text=True, env=env)
     p = subprocess.Popen(ns.cmd("a", me + [pub]), stdin=subprocess.PIPE, env=env)
     out, _ = s.communicate(timeout=600)
     p.stdin.close()  # the rtt echo runs until then
     p.wait(120)
-    return json.loads(out.strip().splitlines()[-1])
+    res = json.loads(out.strip().splitlines()[-1])
+    if trace:
+        try:
+            res.setdefault("trace", {}).update(json.loads(Path(trace).read_text()))
+        finally:
+            os.unlink(trace)
+    return res
+
+
+HOPS = (("ring A (emit -> bridge A took it)", "cap", "read"),
+        ("bridge A: take -> put()", "read", "put0"),
+        ("put() call itself", "put0", "put1"),
+        ("put() -> bridge B callback entry (zenoh)", "put0", "cb0"),
+        ("bridge B callback (check, restamp, ring write)", "cb0", "cb1"),
+        ("ring B (callback exit -> consumer)", "cb1", "recv"),
+        ("total (emit -> consumer)", "cap", "recv"))
+
+
+def hops(tr: dict) -> dict[str, float]:
+    """Per-hop p50s (us) of a traced run, records matched by sequence number (the bridge's seq and the
+    record's are both the emit counter here; callbacks in arrival order, the end marker last)."""
+    by: dict[int, dict[str, int]] = {}
+    for seq, cap, t in tr["reads"]:
+        by.setdefault(seq, {}).update(cap=cap, read=t)
+    for seq, t0, t1 in tr["puts"]:
+        by.setdefault(seq, {}).update(put0=t0, put1=t1)
+    for seq, (t0, t1) in enumerate(tr["cbs"]):
+        by.setdefault(seq, {}).update(cb0=t0, cb1=t1)
+    for seq, t in tr["got"]:
+        by.setdefault(seq, {}).update(recv=t)
+    full = [d for d in by.values() if len(d) == 7]
+    return {name: pct([d[b] - d[a] for d in full], 50) / 1e3 for name, a, b in HOPS} | {"n": len(full)}
 
 
 def main() -> None:
@@ -340,6 +495,12 @@ def main() -> None:
     ap.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # ring-src / ring-sink: the ring's fd
     ap.add_argument("--compare", metavar="SRC", help="also run the bridge cases with edgepipe imported from SRC "
                     "(another checkout's src/, built): before/after in one run")
+    ap.add_argument("--trace", help=argparse.SUPPRESS)  # ep roles: take per-hop stamps (the sender's go to this file)
+    ap.add_argument("--express", choices=("on", "off"), help=argparse.SUPPRESS)  # roles: zenoh express (None: default)
+    ap.add_argument("--params", default="{}", help="extra BridgeStage parameters of both ends, as JSON (e.g. "
+                    "'{\"clock_period_ms\": 0}')")
+    ap.add_argument("--port", type=int, default=PORT, help=f"the zenoh port in namespace A (default {PORT})")
+    ap.add_argument("--tag", default="bench", help="suffix of the namespaces' names (default 'bench')")
     ap.add_argument("--burst", type=int, default=8, help="rtt case: exchanges per burst (default 8)")
     ap.add_argument("--only", default="rec,frames,clock,rtt", help="run only the cases whose name contains this (rec, frames, clock, rtt)")
     a = ap.parse_args()
@@ -347,34 +508,67 @@ def main() -> None:
         ROLES[a.role](a)
         return
     import zenoh  # noqa: F401 - fail early without the bridge extra
-    ns = Netns("bench")
+    ns = Netns(a.tag)
     ns.create()
     try:
         print(f"# {' '.join(sys.argv)}  (load {os.getloadavg()[0]:.2f})")
         out: dict = {}
         if "rec" in a.only:
-            bare = run_case(ns, a, "bare-pub", "bare-sub", "rec")
-            bare_ind = run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--indirect",))
-            ep = run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",))
-            one = run_case(ns, a, "ep-pub", "ep-sub", "rec")
-            cases = [("rec-bare", bare), ("rec-bare-indirect", bare_ind), ("rec-bridge", ep), ("rec-bridge-1proc", one)]
-            if a.compare:
-                cases += [("rec-bridge (--compare)", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",),
-                                                             src=a.compare)),
-                          ("rec-bridge-1proc (--compare)", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=a.compare))]
+            srcs = [("", None)] + ([(" (--compare)", a.compare)] if a.compare else [])
+            cases = [("rec-bare", run_case(ns, a, "bare-pub", "bare-sub", "rec")),
+                     ("rec-bare-express", run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--express", "on"))),
+                     ("rec-bare-indirect", run_case(ns, a, "bare-pub", "bare-sub", "rec", flags=("--indirect",))),
+                     ("rec-bare-traced", run_case(ns, a, "bare-pub", "bare-sub", "rec", trace=True)),
+                     ("rec-ring", run_case(ns, a, "idle", "ring-pair", "rec"))]
+            for tag, src in srcs:
+                cases += [(f"rec-bridge{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",), src=src)),
+                          (f"rec-bridge-express{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
+                                                                flags=("--split", "--express", "on"))),
+                          (f"rec-bridge-batched{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
+                                                                flags=("--split", "--express", "off"))),
+                          (f"rec-bridge-1proc{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src)),
+                          (f"rec-bridge-noclock{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", src=src,
+                                                                flags=("--split", "--params",
+                                                                       json.dumps({"clock_period_ms": 0})))),
+                          (f"rec-bridge-traced{tag}", run_case(ns, a, "ep-pub", "ep-sub", "rec", flags=("--split",),
+                                                               src=src, trace=True))]
             rows = {}
             for name, r in cases:
                 lat = r["lat_ns"]
                 rows[name] = {"n": len(lat), "p50_us": pct(lat, 50) / 1e3, "p90_us": pct(lat, 90) / 1e3,
                               "p99_us": pct(lat, 99) / 1e3}
-                print(f"{name:28s} n={len(lat):6d}  p50 {rows[name]['p50_us']:8.1f} us  p90 "
-                      f"{rows[name]['p90_us']:8.1f} us  p99 {rows[name]['p99_us']:8.1f} us")
-            print(f"  of which bridge stage to bridge stage (envelope send stamp to the receiving callback, on the "
-                  f"clock estimate): p50 {ep['clock'].get('wire_p50_us')} us +- {ep['clock'].get('wire_bound_us')}")
-            ratio = rows["rec-bridge"]["p50_us"] / rows["rec-bare"]["p50_us"]
-            print(f"bridge/bare p50 ratio {ratio:.2f} (goal <= 1.2); with the ring ends as threads of the bridge's "
-                  f"processes {rows['rec-bridge-1proc']['p50_us'] / rows['rec-bare']['p50_us']:.2f}")
-            out.update(cases=rows, ratio_p50=ratio)
+                if r.get("est_ns"):  # the record's capture stamp as mapped by the receiving bridge's clock estimate
+                    rows[name]["p50_on_estimate_us"] = pct(r["est_ns"], 50) / 1e3
+                print(f"{name:34s} n={len(lat):6d}  p50 {rows[name]['p50_us']:8.1f} us  p90 "
+                      f"{rows[name]['p90_us']:8.1f} us  p99 {rows[name]['p99_us']:8.1f} us" +
+                      (f"  (p50 {rows[name]['p50_on_estimate_us']:.1f} us on the clock estimate)"
+                       if r.get("est_ns") else ""))
+            bare = rows["rec-bare"]["p50_us"]
+            bare_put = pct([t1 - t0 for _, t0, t1 in dict(cases)["rec-bare-traced"]["trace"]["puts"]], 50) / 1e3
+            rows["rec-bare-traced"]["put_call_p50_us"] = bare_put
+            print(f"rec-bare-traced: the put() call itself p50 {bare_put:.1f} us")
+            for tag, _ in srcs:
+                ep = dict(cases)[f"rec-bridge{tag}"]
+                print(f"bridge{tag}: bridge stage to bridge stage (envelope send stamp to the receiving callback, on "
+                      f"the clock estimate): p50 {ep['clock'].get('wire_p50_us')} us "
+                      f"+- {ep['clock'].get('wire_bound_us')}")
+                hp = rows[f"rec-bridge-traced{tag}"]["hops"] = hops(dict(cases)[f"rec-bridge-traced{tag}"]["trace"])
+                print(f"rec-bridge-traced{tag} per hop, p50 of {hp['n']} records (us; bare put -> callback p50 "
+                      f"{bare:.1f}):")
+                for name, *_ in HOPS:
+                    print(f"    {name:48s} {hp[name]:8.1f}")
+                print(f"bridge{tag}/bare p50 ratio {rows[f'rec-bridge{tag}']['p50_us'] / bare:.2f} (goal <= 1.2); "
+                      f"express {rows[f'rec-bridge-express{tag}']['p50_us'] / rows['rec-bare-express']['p50_us']:.2f}"
+                      f" of bare express, batched {rows[f'rec-bridge-batched{tag}']['p50_us'] / bare:.2f} of bare; "
+                      f"with the ring ends as threads of the bridge's processes "
+                      f"{rows[f'rec-bridge-1proc{tag}']['p50_us'] / bare:.2f}")
+            ring = rows["rec-ring"]["p50_us"]
+            print(f"floor: bare + the two ring hand-offs a bridge adds (rec-ring twice) = {bare + 2 * ring:.1f} us, "
+                  f"{(bare + 2 * ring) / bare:.2f} x bare; the rest of rec-bridge is the two bridge stages' own "
+                  f"work: {rows['rec-bridge']['p50_us'] - bare - 2 * ring:.1f} us"
+                  + (f" ({rows['rec-bridge (--compare)']['p50_us'] - bare - 2 * ring:.1f} us with --compare)"
+                     if a.compare else ""))
+            out.update(cases=rows, ratio_p50=rows["rec-bridge"]["p50_us"] / bare)
         if "frames" in a.only:
             fr = out["frames"] = run_case(ns, a, "ep-pub", "ep-sub", "frames")
             print(f"frames      {fr['shape']} {fr['fps']:.1f} fps over {a.seconds:g} s (goal >= 30)")

@@ -114,13 +114,18 @@ class Checker:
         return env
 
     def count(self, env: Envelope) -> None:
-        if self.next_seq is not None and env.seq > self.next_seq:
-            self.lost += env.seq - self.next_seq
+        self.count_raw(env.seq, len(env.body), env.send_ns)
+
+    def count_raw(self, seq: int, length: int, send_ns: int) -> None:
+        """:meth:`count` from the header's fields (the receiving short path parses no Envelope)."""
+        nxt = self.next_seq
+        if nxt is not None and seq > nxt:
+            self.lost += seq - nxt
         # a smaller number is a restarted sender: count from it
-        self.next_seq = env.seq + 1
+        self.next_seq = seq + 1
         self.received += 1
-        self.bytes += len(env.body)
-        self.last_send_ns = env.send_ns
+        self.bytes += length
+        self.last_send_ns = send_ns
 
     def _drop(self, reason: str, err: Exception | str) -> None:
         n = self.dropped.get(reason, 0) + 1

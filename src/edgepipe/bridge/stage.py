@@ -48,16 +48,20 @@ import os
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
 from edgepipe.bridge.session import Checker, Session, callback, make_config
 from edgepipe.bridge.wire import (
+    ENVELOPE_VERSION,
+    HEADER,
     KIND_END,
     KIND_PING,
     KIND_PONG,
     KIND_RECORD,
+    MAGIC,
     pack,
     unpack,
 )
@@ -68,15 +72,26 @@ from edgepipe.errors import (
     RingClosedError,
     RingTimeoutError,
 )
-from edgepipe.frames import HDR_SIZE, MAGIC, REC_TYPE
+from edgepipe.frames import HDR_SIZE, REC_TYPE
+from edgepipe.frames import MAGIC as FRAME_MAGIC
 from edgepipe.pipeline.api import EndOfStream, PipelineStage
 from edgepipe.pipeline.tap import TAP_SUFFIX
-from edgepipe.pipeline.wire import FLAG_REDELIVERED, NO_LINK, Hop, pack_record, unpack_record
+from edgepipe.pipeline.wire import (
+    FLAG_REDELIVERED,
+    NO_LINK,
+    RECORD_HEADER,
+    RECORD_HOP,
+    RECORD_MAGIC,
+    Hop,
+    pack_record,
+    unpack_record,
+)
 
 __all__ = ["BridgeStage"]
 
 _KEY_CHUNK_BAD = set("*$?#/ ")
 _WAIT_S = 0.05
+_MULTI_WAIT_S = 0.001  # several inputs, nothing queued: how long one of them is waited on before all are looked at
 _PING = struct.Struct("<Q")  # the asking end's nonce (send_ns carries t1)
 _PONG = struct.Struct("<Qqq")  # nonce, t1, t2 (send_ns carries t3)
 _WIRE_WINDOW = 4096  # wire latencies kept for the p50
@@ -84,6 +99,12 @@ _I64 = struct.Struct("<q")
 _FRAME_CAP_AT = 32  # struct ep_frame_hdr: capture_ns, then publish_ns (edgepipe._image checks the offsets)
 CLOCK_BURST = 8  # clock exchanges per period, each next ping sent by the pong that answers the one before
 STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
+# the receiving short path: the envelope header and the stamped record's header in one parse, and the
+# restamped record's header and its one hop in one pack
+_ENV_REC = struct.Struct("<" + HEADER.format.lstrip("<") + RECORD_HEADER.format.lstrip("<"))
+_RESTAMP_HEAD = struct.Struct("<" + RECORD_HEADER.format.lstrip("<") + RECORD_HOP.format.lstrip("<"))
+_HOP_SIZE = RECORD_HOP.size
+_REC_MAGIC = RECORD_MAGIC
 
 
 def _chunk(what: str, value: str) -> str:
@@ -123,7 +144,12 @@ class BridgeStage(PipelineStage):
         multicast: also scout for peers by UDP multicast (off: containers and VPNs drop it).
         lease_ms: a remote end silent this long is gone (its records stop; ``remotes_alive`` drops it).
         max_bytes: the largest record taken from the wire; bigger ones are counted (``oversize``) and dropped.
-        express: send each sample at once instead of batching (lower latency for small records, more packets).
+        express: send each sample at once, never batched with the next ones. Off by default, also for small
+            lossless records: zenoh (1.x) batches only under back-pressure (a sample finding the link idle is
+            sent at once either way), so express buys no latency on a link with room (measured: 1 KB at
+            1 kHz across two namespaces, rec-bridge-express vs rec-bridge-batched in benchmarks/bridge.py),
+            while under load it sends one frame per sample where batching would pack many: more packets
+            and syscalls, less throughput, longer queues behind the burst.
         linger_s: at a clean end, wait this long for the receiver to acknowledge the end of each input.
         tls: zenoh TLS settings (``root_ca_certificate``, ``listen_certificate``, ``listen_private_key``,
             ``connect_certificate``, ``connect_private_key``, ``enable_mtls``), with ``tls/`` endpoints.
@@ -207,9 +233,7 @@ class BridgeStage(PipelineStage):
         self.session = Session(self.pipeline, self.name, make_config(**self.config))
         for port, outlet in self.outputs.items():
             key = self.out_key(port)
-            self._outs[key] = outlet
-            self.checkers[key] = Checker(f"{self.name} <- {key}", self.max_bytes)
-            self._subs.append(self.session.subscriber(key, self._on_sample))
+            self._subs.append(self.session.subscriber(key, self._bind_output(key, outlet)))
         self._acks = [self.session.subscriber(self.in_key(i.link) + "/_ack", self._on_ack)
                       for i in self.inputs.values()]
         if self.inputs:  # answer the far ends' clock pings
@@ -231,8 +255,12 @@ class BridgeStage(PipelineStage):
             pubs.append([inlet, key, pub, 0, matched])
             self.published[key] = 0
         live = list(pubs)
+        now, skewed = self.now, self.skewed
+        turn = 0  # with several inputs and nothing queued on any, the one waited on next (in turn)
         while live and not self.stopping:
             got = False
+            one = len(live) == 1
+            waits_on = None if one else live[turn % len(live)]
             for p in list(live):
                 inlet, key, pub, seq, matched = p
                 if not matched.ready():
@@ -240,25 +268,29 @@ class BridgeStage(PipelineStage):
                     # (its producer waits, the link's own rule) until a subscriber appears.
                     continue
                 try:
-                    data = inlet.receive_raw(_WAIT_S if len(live) == 1 else 0)
+                    # one input: wait on its ring (woken by the record); several: look at each, then wait a
+                    # moment on one of them in turn (below), not a sleep that a record could not cut short
+                    data = inlet.receive_raw(_WAIT_S if one else _MULTI_WAIT_S if p is waits_on else 0)
                 except EndOfStream:
-                    pub.put(pack(b"", seq=seq, send_ns=self.now(), kind=KIND_END))
+                    pub.put(pack(b"", seq=seq, send_ns=now(), kind=KIND_END))
                     live.remove(p)
                     continue
                 if data is None:
                     continue
                 type_id = inlet.end.last_type
-                if self.skewed and type_id == STAMPED_TYPE:
+                if skewed and type_id == STAMPED_TYPE:
                     data = self._skewed(data)
-                elif self.skewed and type_id == REC_TYPE:
+                elif skewed and type_id == REC_TYPE:
                     data = self._skewed_frame(data)
-                pub.put(pack(data, seq=seq, send_ns=self.now(), type_id=type_id))
+                pub.put(pack(data, seq=seq, send_ns=now(), type_id=type_id))  # first: the bookkeeping can wait
                 inlet.release()
                 p[3] = seq + 1
                 self.published[key] += 1
                 got = True
-            if not got and (len(live) > 1 or not all(p[4].now for p in live)):  # .now: ready() asked above
-                time.sleep(0.001)
+            if not got:
+                turn += 1
+                if not all(p[4].now for p in live):  # .now: ready() asked above; an unmatched link polls
+                    time.sleep(0.001)
         if pubs and not live:  # every input ended cleanly: let the receivers say they have it all
             deadline = time.monotonic() + self.linger_s
             while len(self._acked) < len(pubs) and self.session.remotes_alive() and time.monotonic() < deadline:
@@ -335,10 +367,71 @@ class BridgeStage(PipelineStage):
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])
 
-    def _on_sample(self, sample) -> None:
-        key = str(sample.key_expr)
+    def _bind_output(self, key: str, outlet):
+        """Output ``key`` feeds ``outlet``: its checker, and the callback for its samples (:meth:`_receiver`)."""
+        self._outs[key] = outlet
+        self.checkers[key] = Checker(f"{self.name} <- {key}", self.max_bytes)
+        return self._receiver(key)
+
+    def _receiver(self, key: str):
+        """The sample callback of output key ``key`` (on zenoh's receiving thread, holding the GIL, while the
+        consumer of the link waits for the record it carries).
+
+        The common sample, a well-formed envelope of a stamped record, takes a short path: the envelope
+        checked and the record restamped from one parse of both headers, one ``bytes`` built, written with
+        a non-blocking try first, and the wire latency noted after the write. Anything else (another record
+        type, an end marker, a malformed or oversize envelope, a record that is not stamped, a full ring) goes
+        through :meth:`_on_sample`, which gives each its counter, drop reason and log line."""
+        chk, out, max_bytes = self.checkers[key], self._outs[key], self.max_bytes
+        w, stage_index, ended, wire = out.end, out.stage_index, self._ended, self.wire_ns
+        now = self.now
+        env_rec = _ENV_REC.unpack_from
+        crc32 = zlib.crc32
+        count = chk.count_raw
+        restamp_head = _RESTAMP_HEAD.pack
+        slow = self._on_sample
+
+        def on_sample(sample) -> None:
+            data = sample.payload.to_bytes()
+            n = len(data)
+            if n < _ENV_REC.size or key in ended:
+                return slow(key, data)
+            (magic, version, kind, _f, type_id, crc, seq, send_ns, length, _r,
+             rmagic, nhops, flags, rseq, cap) = env_rec(data)
+            off = _ENV_REC.size + nhops * _HOP_SIZE
+            if not (magic == MAGIC and version == ENVELOPE_VERSION and kind == KIND_RECORD and length <= max_bytes
+                    and length == n - HEADER.size and type_id == STAMPED_TYPE and rmagic == _REC_MAGIC
+                    and n >= off):
+                return slow(key, data)
+            view = memoryview(data)
+            if crc32(view[HEADER.size:]) != crc:
+                return slow(key, data)
+            count(seq, length, send_ns)
+            est = self.estimate
+            t = now()
+            if est is not None:
+                cap = int(est.to_local(cap))
+            else:
+                cap = t - (send_ns - cap)
+                self.restamped_without_clock += 1
+            body = restamp_head(_REC_MAGIC, 1, flags & FLAG_REDELIVERED, rseq, cap, stage_index, NO_LINK, 0, cap,
+                                t) + view[off:]
+            try:
+                if not w.try_write(body, STAMPED_TYPE):  # full: the waiting or dropping path
+                    self._write(out, body, STAMPED_TYPE, chk, tried=True)
+            except PeerClosedError:
+                chk.dropped["consumer gone"] = chk.dropped.get("consumer gone", 0) + 1
+            except RingClosedError:
+                chk.dropped["link closed"] = chk.dropped.get("link closed", 0) + 1
+            if est is not None:  # after the write: the consumer has the record meanwhile
+                wire.append(t - est.to_local(send_ns))
+
+        return on_sample
+
+    def _on_sample(self, key: str, data: bytes) -> None:
+        """Every sample :meth:`_receiver`'s short path does not take."""
         chk = self.checkers[key]
-        env = chk.check(sample.payload.to_bytes())
+        env = chk.check(data)
         if env is None:
             return
         out = self._outs[key]
@@ -352,7 +445,8 @@ class BridgeStage(PipelineStage):
             return
         if env.kind != KIND_RECORD:
             return
-        if env.type_id == REC_TYPE and (len(env.body) < HDR_SIZE or int.from_bytes(env.body[:4], "little") != MAGIC):
+        if env.type_id == REC_TYPE and (len(env.body) < HDR_SIZE
+                                        or int.from_bytes(env.body[:4], "little") != FRAME_MAGIC):
             chk.drop("malformed", f"a frame record of {len(env.body)} bytes without a frame header")
             return
         chk.count(env)
@@ -420,11 +514,13 @@ class BridgeStage(PipelineStage):
         hops = [Hop(h.stage, h.link, f(h.receive_ns), f(h.publish_ns)) for h in rec.hops]
         return pack_record(rec.payload, rec.seq, f(rec.capture_ns), hops, FLAG_REDELIVERED if rec.redelivered else 0)
 
-    def _write(self, out, body, type_id: int, chk: Checker) -> None:
+    def _write(self, out, body, type_id: int, chk: Checker, tried: bool = False) -> None:
+        """Write a record into output ``out``: a drop link drops it when full, a lossless one waits for room
+        (holding zenoh back). ``tried``: a non-blocking write was just tried and found the ring full."""
         w = out.end
         try:
             if out.mode == "drop":
-                if not w.try_write(body, type_id):
+                if tried or not w.try_write(body, type_id):
                     chk.dropped["ring full"] = chk.dropped.get("ring full", 0) + 1
                 return
             while True:  # lossless: hold zenoh (and through it the sender) until the ring has room

@@ -27,6 +27,8 @@ _MAGIC = b"EPS1"
 NO_LINK = 0xFFFF
 MAX_HOPS = 32
 FLAG_REDELIVERED = 0x0001  # a restarted stage took this record over from a crashed one: maybe seen before
+# the layout, for code that reads or rewrites stamps in place (the bridge's receiving path)
+RECORD_HEADER, RECORD_HOP, RECORD_MAGIC = _HDR, _HOP, _MAGIC
 
 
 @dataclass(frozen=True)
