@@ -39,10 +39,10 @@ def _ip(*args: str) -> None:
 
 
 class Netns:
-    def __init__(self, tag: str = "") -> None:
+    def __init__(self, tag: str = "", prefix: str = "ep") -> None:
         n = f"{os.getpid() % 100000}{tag}"
-        self.ns_a, self.ns_b = f"epbA{n}", f"epbB{n}"
-        self.veth_a, self.veth_b = f"epva{n}"[:15], f"epvb{n}"[:15]
+        self.ns_a, self.ns_b = f"{prefix}bA{n}", f"{prefix}bB{n}"
+        self.veth_a, self.veth_b = f"{prefix}va{n}"[:15], f"{prefix}vb{n}"[:15]
 
     def create(self) -> None:
         """Raises CalledProcessError / FileNotFoundError / PermissionError where namespaces can't be made."""
