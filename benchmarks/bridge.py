@@ -20,11 +20,22 @@ Cases (one run, every peer measured in it, ratios reported):
                queryable), answered and chained inside zenoh's callbacks; round trip less the far turnaround
                by position in the burst.
 
+  stamps       (only when asked: ``--only stamps``) where the clock bound's floor comes from: the same
+               burst exchanges stamped by Python (before the put, on the callback's entry) and by zenoh's
+               timestamp instrumentation (a session timestamp callback returning this box's
+               CLOCK_MONOTONIC_RAW: SEND inside put, RECEIVE on zenoh's receiving thread), on the default
+               transport and on ``transport/unicast/lowlatency`` (qos off), and plain UDP between two Python
+               threads as the reference: round trip less turnaround, each one-way part (one kernel clock here),
+               the gaps between the two kinds of stamp, the cost of an instrumented put, and the clock estimate
+               (bound, actual error) each kind of stamp gives when the far end's stamps are shifted.
+
 ``--compare SRC`` runs the bridge cases (rec-bridge, rec-bridge-1proc, clock) a second time with edgepipe
 imported from another checkout's ``src`` (built in place): before and after a change in one run.
 
-    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt]
-                                     [--compare OTHER/src] [--json OUT]
+    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt,stamps]
+                                     [--compare OTHER/src] [--json OUT] [--port 7460] [--netns-prefix ep]
+
+edgepipe is imported as ``python`` finds it: run with ``PYTHONPATH=$PWD/src`` to measure this checkout.
 """
 
 from __future__ import annotations
@@ -500,6 +511,21 @@ def _summary(name: str, ds: list[int]) -> dict:
     return r
 
 
+def _bound_of(rows: list[list[int]], idx: tuple[int, ...], title: str) -> dict:
+    """The clock estimate (edgepipe.bridge.clock) these exchanges give when the echoing end's stamps are
+    shifted by 3.7 s and +250 ppm: its bound and its actual error at the window's ends."""
+    from edgepipe.bridge.clock import ClockEstimate
+    c = ClockEstimate()
+    remote = lambda t: t + 3_700_000_000 + t * 250 // 1_000_000
+    for x in rows:
+        t1, t2, t3, t4 = (x[i] for i in idx)
+        c.add(t1, remote(t2), remote(t3), t4)
+    e = c.estimate()
+    err = max(abs(e.offset_at(t) - (3_700_000_000 + t * 250e-6)) for t in (e.first_ns, e.last_ns))
+    print(f"  {title}: bound {e.bound_ns / 1e3:.1f} us, actual error {err / 1e3:.1f} us over {e.samples}")
+    return {"bound_us": e.bound_ns / 1e3, "error_us": err / 1e3, "samples": e.samples}
+
+
 def stamps_cases(ns: Netns, a) -> dict:
     """Round trips less the far turnaround, and their one-way parts (both namespaces share one kernel clock,
     so here they are known), as Python stamps them and as zenoh's timestamp instrumentation does, on the
@@ -534,6 +560,10 @@ def stamps_cases(ns: Netns, a) -> dict:
                     res["RECV->py4"] = _summary("ping: RECEIVE stamp -> callback", [x[8] - x[7] for x in rs])
             elif "--ts" in flags and tag == "all":
                 print("  instrumented stamps missing in some exchanges")
+        for stamps, idx in (("python", (1, 4, 5, 8)), ("instrumented", (2, 3, 6, 7))):
+            if stamps == "instrumented" and not ("--ts" in flags and all(x[2] and x[3] and x[6] and x[7] for x in rows)):
+                continue
+            res[f"bound {stamps}"] = _bound_of(rows, idx, f"clock estimate from the {stamps} stamps")
         if "ts_threads" in r:
             print(f"  ping threads: timestamp callback on {r['ts_threads']}, pong callback on {r['cb_threads']}, "
                   f"main {r['main']}")
