@@ -17,7 +17,6 @@ True
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import threading
 import time
@@ -132,33 +131,6 @@ class Checker:
     drop = _drop
 
 
-_STAMP = struct.Struct("<q")
-
-
-def stack_stamps(sample) -> tuple[int | None, int | None]:
-    """The (send, receive) stamps zenoh's timestamp instrumentation put on ``sample`` from the two ends'
-    :class:`Session` ``stamp`` clocks, each None where it is missing (an end without the API, or whose
-    stamp failed) or is not ours (zenoh's own hybrid-logical-clock stamps: not an independent clock)."""
-    try:
-        st = sample.timestamp_stack
-        records = st.records if st is not None else ()
-        point = zenoh().InterceptionPoint
-        send = recv = None
-        for r in records:
-            if not r.is_custom:
-                continue
-            ts = r.timestamp()
-            if len(ts) != _STAMP.size:
-                continue
-            if r.point == point.SEND:
-                send = _STAMP.unpack(ts)[0]
-            elif r.point == point.RECEIVE:
-                recv = _STAMP.unpack(ts)[0]
-        return send, recv
-    except Exception:  # noqa: BLE001 - an unstable API that changed shape: no stamps
-        return None, None
-
-
 class Session:
     """A zenoh session with this end's liveliness token, watching the other ends' tokens.
 
@@ -167,23 +139,13 @@ class Session:
         config: from :func:`make_config`.
         on_remote: called ``(token_key, alive)`` when a remote end comes or goes (on a zenoh thread).
         token: declare this end's token (False for a watcher that is no bridge end, ``edgepipe bridge``).
-        stamp: this end's clock (ns). Given, zenoh stamps the puts made with :attr:`instrumentation` by it
-            where they leave this end (SEND: inside ``put``, before the message is queued for the wire) and
-            where they arrive here (RECEIVE: on zenoh's receiving thread, before the subscriber's callback):
-            closer to the wire than a Python callback can (zenoh's unstable timestamp instrumentation, 1.10).
-            Without that API (or if it fails to open), :attr:`instrumentation` is None and nothing changes.
     """
 
     def __init__(self, pipeline: str, stage: str, config, on_remote: Callable[[str, bool], None] | None = None,
-                 token: bool = True, stamp: Callable[[], int] | None = None):
+                 token: bool = True):
         z = zenoh()
-        self.instrumentation = None  # pass to put(timestamp_instrumentation=): SEND and RECEIVE stamps
         try:
-            self.z = None
-            if stamp is not None:
-                self.z, self.instrumentation = _open_stamped(z, config, stamp)
-            if self.z is None:
-                self.z = z.open(config)
+            self.z = z.open(config)
         except z.ZError as e:
             raise BridgeError(f"bridge {pipeline}/{stage}: zenoh could not open: {e}") from e
         self.own = f"edgepipe/{pipeline}/{ALIVE}/{stage}"
@@ -244,20 +206,3 @@ class Session:
             except Exception:  # noqa: BLE001 - already gone with a closing session
                 pass
         self.z.close()
-
-
-def _open_stamped(z, config, stamp: Callable[[], int]):
-    """``z.open`` with ``stamp`` as its timestamp callback, and the instrumentation that asks for SEND and
-    RECEIVE stamps; (None, None) where this zenoh has no such API (the caller opens a plain session)."""
-    try:
-        instr = z.TimestampInstrumentationBuilder().set_send(True).set_receive(True).build()
-    except (AttributeError, TypeError, z.ZError):
-        return None, None
-
-    def cb(_ctx) -> bytes:  # on the putting thread (SEND) or zenoh's receiving thread (RECEIVE), GIL taken
-        return _STAMP.pack(stamp())  # an exception: zenoh logs it and leaves the record out
-
-    try:
-        return z.open(config, timestamp_callback=cb), instr
-    except TypeError:  # an open() without the keyword
-        return None, None

@@ -52,7 +52,7 @@ from collections import deque
 from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
-from edgepipe.bridge.session import Checker, Session, callback, make_config, stack_stamps
+from edgepipe.bridge.session import Checker, Session, callback, make_config
 from edgepipe.bridge.wire import (
     KIND_END,
     KIND_PING,
@@ -181,9 +181,6 @@ class BridgeStage(PipelineStage):
         self._nonce = int.from_bytes(os.urandom(8), "little")
         self._pinger: threading.Thread | None = None
         self._burst_left = 0
-        self.stamped_pings = 0  # pings answered with zenoh's own SEND / RECEIVE stamps as t1, t2
-        self.stamped_pongs = 0  # pongs taken with zenoh's stamps as t3, t4 (Session: stamp)
-        self._clock_instr = None
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.checkers: dict[str, Checker] = {}
@@ -207,8 +204,7 @@ class BridgeStage(PipelineStage):
             if getattr(inlet, "mode", "lossless") == "latest":
                 raise ConfigError(f"bridge stage {self.name!r}: link {inlet.link!r} is latest-only, which a bridge "
                                   f"cannot read; set tap = true on it and bridge {inlet.link + TAP_SUFFIX!r}")
-        self.session = Session(self.pipeline, self.name, make_config(**self.config), stamp=self.now)
-        self._clock_instr = self.session.instrumentation  # None: this zenoh stamps nothing for us
+        self.session = Session(self.pipeline, self.name, make_config(**self.config))
         for port, outlet in self.outputs.items():
             key = self.out_key(port)
             self._outs[key] = outlet
@@ -293,12 +289,8 @@ class BridgeStage(PipelineStage):
 
     def _put_clock(self, pub, data: bytes) -> None:
         """A ping or pong; the session closing under a burst (zenoh's "session closed") is no error then."""
-        instr = self._clock_instr
         try:
-            if instr is None:  # a zenoh without the keyword, too
-                pub.put(data)
-            else:
-                pub.put(data, timestamp_instrumentation=instr)
+            pub.put(data)
         except Exception:  # zenoh.ZError; an error only while not stopping
             if not self.stopping:
                 raise
@@ -323,9 +315,7 @@ class BridgeStage(PipelineStage):
             return
         if env.kind == KIND_PING and len(env.body) == _PING.size:
             (nonce,) = _PING.unpack(env.body)
-            t1, t2, stamped = self._wire_stamps(sample, env.send_ns, t2)
-            self.stamped_pings += stamped
-            body = _PONG.pack(nonce, t1, t2)
+            body = _PONG.pack(nonce, env.send_ns, t2)
             self._put_clock(self._pong_pub, pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
 
     def _on_pong(self, sample) -> None:
@@ -337,22 +327,10 @@ class BridgeStage(PipelineStage):
         if env.kind == KIND_PONG and len(env.body) == _PONG.size:
             nonce, t1, t2 = _PONG.unpack(env.body)
             if nonce == self._nonce:  # an answer to another end's ping is not ours to use
-                t3, t4, stamped = self._wire_stamps(sample, env.send_ns, t4)
-                self.stamped_pongs += stamped
-                self.clock.add(t1, t2, t3, t4)
+                self.clock.add(t1, t2, env.send_ns, t4)
                 self._burst_left -= 1
                 if self._burst_left > 0 and not self.stopping:
                     self._ping()
-
-    def _wire_stamps(self, sample, sent: int, arrived: int) -> tuple[int, int, bool]:
-        """A clock message's (send, arrival) stamps: zenoh's (Session: stamp) where both ends made them,
-        closer to the wire than ``sent`` (the envelope's, before packing) and ``arrived`` (this callback's);
-        zenoh's arrival stamp only if no later than the callback's (the same clock: one that is later is no
-        stamp of ours). Either way the send stamp precedes the wire and the arrival one follows it."""
-        send, recv = stack_stamps(sample)
-        if send is None or recv is None or recv > arrived:
-            return sent, arrived, False
-        return send, recv, True
 
     def _on_ack(self, sample) -> None:
         self._acked.add(str(sample.key_expr)[:-len("/_ack")])
@@ -471,7 +449,7 @@ class BridgeStage(PipelineStage):
         bound_us = est.bound_at(self.now()) / 1e3
         out: dict[str, Any] = {"clock_offset_ms": round(est.offset_at(self.now()) / 1e6, 6),
                                "clock_drift_ppm": round(est.drift_ppm, 3), "clock_bound_us": round(bound_us, 1),
-                               "clock_exchanges": self.clock.exchanges, "clock_zenoh_stamped": self.stamped_pongs}
+                               "clock_exchanges": self.clock.exchanges}
         w = sorted(self.wire_ns)
         if w:
             p50_us = w[len(w) // 2] / 1e3
