@@ -15,8 +15,9 @@ HERE = Path(__file__).resolve().parent
 
 def pair(skip_unless_ci: Callable[[str], None], tag: str = "") -> Iterator[Netns]:
     """The body of a test module's ``netns`` fixture: a pair made for the module and removed after it, or the
-    module skipped (failed under CI=true, through ``skip_unless_ci``) where namespaces cannot be made."""
-    n = Netns(tag)
+    module skipped (failed under CI=true, through ``skip_unless_ci``) where namespaces cannot be made.
+    ``EDGEPIPE_NETNS_PREFIX`` starts the names (default ``ep``), to tell apart several users of one machine."""
+    n = Netns(tag, prefix=os.environ.get("EDGEPIPE_NETNS_PREFIX", "ep"))
     try:
         n.create()
     except (OSError, subprocess.CalledProcessError) as e:
