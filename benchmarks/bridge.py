@@ -36,6 +36,9 @@ imported from another checkout's ``src`` (built in place): before and after a ch
                                      [--compare OTHER/src] [--json OUT] [--port 7460] [--netns-prefix ep]
 
 edgepipe is imported as ``python`` finds it: run with ``PYTHONPATH=$PWD/src`` to measure this checkout.
+
+One piece: every case's roles run as this same script inside the namespaces (``--role``), so the roles, the
+namespace setup and the report share one file the child processes can re-execute.
 """
 
 from __future__ import annotations
