@@ -230,10 +230,7 @@ class BridgeStage(PipelineStage):
             self._pong_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/pong", False, True)
             self._subs.append(self.session.subscriber(f"edgepipe/{self.pipeline}/_clock/ping", self._on_ping))
             if self.clock_udp:
-                try:
-                    self._udp_echo = UdpEcho(self.now)
-                except OSError:  # no UDP socket here: the zenoh pings alone
-                    self._udp_echo = None
+                self._udp_echo = UdpEcho(self.now)
                 self._udp_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/udp", False)
         if self.outputs and self.clock_period_s > 0:
             self._ping_pub = self.session.publisher(f"edgepipe/{self.remote}/_clock/ping", False, True)
