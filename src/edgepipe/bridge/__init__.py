@@ -2,8 +2,7 @@
 
 ``stage`` (the ``bridge`` stage kind, BridgeStage), ``offload`` (the ``offload`` stage kind, OffloadStage:
 frames the edge model is unsure of to a server, its answers merged back by frame seq), ``session`` (zenoh configuration, liveliness, checked
-receiving), ``wire`` (the envelope around each record), ``clock`` (the two clocks' offset and drift, bounded) and
-``udpclock`` (clock exchanges over plain UDP beside zenoh). Sits beside ``record``, above the pipeline layer.
+receiving), ``wire`` (the envelope around each record). Sits beside ``record``, above the pipeline layer.
 
 >>> from edgepipe.bridge import BridgeStage
 >>> BridgeStage.kind                     # what a pipeline file names it

@@ -19,10 +19,8 @@ line too, within the bound at both ends and so everywhere between; past the span
 distance, by the slope two bounded ends allow. So exchanges combine: a short trip out in one exchange and a
 short trip back in another, both near an end, narrow the bound below half of any single round trip. The
 pinging end sends its pings in bursts (the next one from the callback that took the previous answer), in
-which zenoh's threads are awake and the trips are shortest, and, where the other end offers it, bursts over
-plain UDP (edgepipe.bridge.udpclock), whose trips are several times shorter still: any exchange, whichever way
-it went, is a constraint of its own, so they all go into one window. A bound wider than a latency it is
-used for makes that latency unknown, said as such, never printed as a number.
+which zenoh's threads are awake and the trips are shortest. A bound wider than a latency it is used for makes
+that latency unknown, said as such, never printed as a number.
 
 >>> est = ClockEstimate()
 >>> for i in range(20):  # the remote runs 5 ms ahead, drifting +100 ppm; 40 us each way, 10 us turnaround

@@ -53,7 +53,6 @@ from typing import Any
 
 from edgepipe.bridge.clock import ClockEstimate
 from edgepipe.bridge.session import Checker, Session, callback, make_config
-from edgepipe.bridge.udpclock import UdpEcho, UdpPinger, locator_host, parse_offer
 from edgepipe.bridge.wire import (
     KIND_END,
     KIND_PING,
@@ -84,9 +83,6 @@ _WIRE_WINDOW = 4096  # wire latencies kept for the p50
 _I64 = struct.Struct("<q")
 _FRAME_CAP_AT = 32  # struct ep_frame_hdr: capture_ns, then publish_ns (edgepipe._image checks the offsets)
 CLOCK_BURST = 8  # clock exchanges per period, each next ping sent by the pong that answers the one before
-UDP_OFFER_EVERY_S = 1.0  # an answering end repeats its UDP offer this often (while pinged)
-UDP_GIVE_UP = 3  # bursts without a UDP answer before the asking end stops trying ...
-UDP_RETRY_S = 10.0  # ... for this long
 STAMPED_TYPE = 1  # a Python stage's stamped record (edgepipe.pipeline.wire; RingWriter.write's default type)
 
 
@@ -137,9 +133,6 @@ class BridgeStage(PipelineStage):
             too: capture mapped by the clock estimate (as a stamped record's), publish = when this bridge
             writes it, so the local report's part for the bridge stage is the other machine plus the wire and
             the frames link's part is this ring alone (off: a frame header keeps the sender's stamps).
-        clock_udp: also exchange clock pings over plain UDP (edgepipe.bridge.udpclock): an ephemeral port
-            offered over the zenoh session, HMAC-keyed; a tighter clock bound where UDP gets through, the
-            zenoh pings alone where it does not. False: no UDP port is opened.
         clock_skew: ``[offset_ns, drift_ppm]`` applied to every stamp a sending end sends, its records' too (for
             tests and demos of the clock estimate: two ends on one machine then have unrelated clocks).
 
@@ -156,8 +149,7 @@ class BridgeStage(PipelineStage):
                  listen: list[str] | None = None, connect: list[str] | None = None, multicast: bool = False,
                  lease_ms: int = 1000, max_bytes: int = 64 << 20, express: bool = False, linger_s: float = 2.0,
                  tls: dict[str, Any] | None = None, clock_period_ms: float = 20.0,
-                 clock_skew: list[float] | None = None, restamp_frames: bool = False, clock_udp: bool = True,
-                 **kw: Any) -> None:
+                 clock_skew: list[float] | None = None, restamp_frames: bool = False, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.pipeline = _chunk("pipeline", pipeline)
         self.remote = _chunk("remote", remote) if remote else ""
@@ -189,12 +181,6 @@ class BridgeStage(PipelineStage):
         self._nonce = int.from_bytes(os.urandom(8), "little")
         self._pinger: threading.Thread | None = None
         self._burst_left = 0
-        self.clock_udp = bool(clock_udp)
-        self.udp_exchanges = 0  # clock exchanges over UDP (udpclock), counted in self.clock too
-        self.udp_misses = 0  # UDP pings that got no valid answer in time
-        self._udp_echo: UdpEcho | None = None
-        self._udp_offer: tuple[int, bytes, str] | None = None  # the remote end's (port, key, zid)
-        self._udp_offered = 0.0
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.checkers: dict[str, Checker] = {}
@@ -229,14 +215,9 @@ class BridgeStage(PipelineStage):
         if self.inputs:  # answer the far ends' clock pings
             self._pong_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/pong", False, True)
             self._subs.append(self.session.subscriber(f"edgepipe/{self.pipeline}/_clock/ping", self._on_ping))
-            if self.clock_udp:
-                self._udp_echo = UdpEcho(self.now)
-                self._udp_pub = self.session.publisher(f"edgepipe/{self.pipeline}/_clock/udp", False)
         if self.outputs and self.clock_period_s > 0:
             self._ping_pub = self.session.publisher(f"edgepipe/{self.remote}/_clock/ping", False, True)
             self._subs.append(self.session.subscriber(f"edgepipe/{self.remote}/_clock/pong", self._on_pong))
-            if self.clock_udp:
-                self._subs.append(self.session.subscriber(f"edgepipe/{self.remote}/_clock/udp", self._on_udp_offer))
             self._pinger = threading.Thread(target=self._ping_loop, name=f"{self.name}-clock", daemon=True)
             self._pinger.start()
 
@@ -298,9 +279,6 @@ class BridgeStage(PipelineStage):
             except Exception:  # noqa: BLE001 - the session may be closing already
                 pass
         self._subs = []
-        if self._udp_echo is not None:
-            self._udp_echo.close()
-            self._udp_echo = None
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -319,66 +297,15 @@ class BridgeStage(PipelineStage):
 
     def _ping_loop(self) -> None:
         """A burst of CLOCK_BURST exchanges every period: the first wakes zenoh's threads on both ends, the
-        next ones (sent from the pong callback) find them awake, and the shortest round trips set the bound.
-        Before it, once the remote end has offered UDP (clock_udp), a burst over UDP (edgepipe.bridge.udpclock):
-        trips several times shorter, into the same estimate."""
+        next ones (sent from the pong callback) find them awake, and the shortest round trips set the bound."""
         last_estimate = 0.0
-        udp, used, misses, retry_at = None, None, 0, 0.0
         while not self.stopping and self.session is not None:
-            offer = self._udp_offer
-            if udp is not None and offer != used:  # the remote end restarted: a new port and key
-                udp.close()
-                udp, misses, retry_at = None, 0, 0.0
-            if udp is None and offer is not None and time.monotonic() >= retry_at:
-                udp, used = self._udp_pinger(offer), offer
-                retry_at = time.monotonic() + UDP_RETRY_S
-            if udp is not None:  # first, while zenoh's threads are quiet
-                got = self._udp_burst(udp)
-                misses = 0 if got else misses + 1
-                if misses >= UDP_GIVE_UP:  # UDP does not get through: the zenoh pings alone for a while
-                    udp.close()
-                    udp, misses, retry_at = None, 0, time.monotonic() + UDP_RETRY_S
             self._burst_left = CLOCK_BURST  # a pong lost on the wire ends its burst early; the next period restarts
             self._ping()
             if time.monotonic() - last_estimate > 0.25:
                 last_estimate = time.monotonic()
                 self.estimate = self.clock.estimate() or self.estimate
             time.sleep(self.clock_period_s)
-        if udp is not None:
-            udp.close()
-
-    def _udp_pinger(self, offer: tuple[int, bytes, str]) -> UdpPinger | None:
-        """A pinger to the remote end's UDP offer, at the address of this session's zenoh link to it (None
-        without such a link or with a link that has no IP address)."""
-        port, key, zid = offer
-        try:
-            links = self.session.z.info.links()
-        except AttributeError:  # a zenoh without info.links()
-            return None
-        for link in links:
-            host = locator_host(str(link.dst)) if str(link.zid) == zid else None
-            if host is not None:
-                try:
-                    return UdpPinger(self.now, (host, port), key)
-                except OSError:  # no socket of that address family here
-                    return None
-        return None
-
-    def _udp_burst(self, udp: UdpPinger) -> int:
-        """CLOCK_BURST exchanges over UDP into the estimate, back to back; how many were answered."""
-        got = 0
-        for _ in range(CLOCK_BURST):
-            ex = udp.exchange()
-            if ex is None:
-                self.udp_misses += 1
-                break
-            self.clock.add(*ex)
-            got += 1
-        self.udp_exchanges += got
-        return got
-
-    def _on_udp_offer(self, sample) -> None:
-        self._udp_offer = parse_offer(sample.payload.to_bytes()) or self._udp_offer
 
     def _on_ping(self, sample) -> None:
         t2 = self.now()
@@ -390,9 +317,6 @@ class BridgeStage(PipelineStage):
             (nonce,) = _PING.unpack(env.body)
             body = _PONG.pack(nonce, env.send_ns, t2)
             self._put_clock(self._pong_pub, pack(body, seq=0, send_ns=self.now(), kind=KIND_PONG))
-            if self._udp_echo is not None and time.monotonic() - self._udp_offered > UDP_OFFER_EVERY_S:
-                self._udp_offered = time.monotonic()  # after the pong: never in an exchange's way
-                self._put_clock(self._udp_pub, self._udp_echo.offer(str(self.session.z.info.zid())))
 
     def _on_pong(self, sample) -> None:
         t4 = self.now()
@@ -525,7 +449,7 @@ class BridgeStage(PipelineStage):
         bound_us = est.bound_at(self.now()) / 1e3
         out: dict[str, Any] = {"clock_offset_ms": round(est.offset_at(self.now()) / 1e6, 6),
                                "clock_drift_ppm": round(est.drift_ppm, 3), "clock_bound_us": round(bound_us, 1),
-                               "clock_exchanges": self.clock.exchanges, "clock_udp_exchanges": self.udp_exchanges}
+                               "clock_exchanges": self.clock.exchanges}
         w = sorted(self.wire_ns)
         if w:
             p50_us = w[len(w) // 2] / 1e3
