@@ -35,12 +35,26 @@ Cases (one run, every peer measured in it, ratios reported):
                queryable), answered and chained inside zenoh's callbacks; round trip less the far turnaround
                by position in the burst.
 
+  stamps       (only when asked: ``--only stamps``) where the clock bound's floor comes from: the same
+               burst exchanges stamped by Python (before the put, on the callback's entry) and by zenoh's
+               timestamp instrumentation (a session timestamp callback returning this box's
+               CLOCK_MONOTONIC_RAW: SEND inside put, RECEIVE on zenoh's receiving thread), on the default
+               transport and on ``transport/unicast/lowlatency`` (qos off), and plain UDP between two Python
+               threads as the reference: round trip less turnaround, each one-way part (one kernel clock here),
+               the gaps between the two kinds of stamp, the cost of an instrumented put, and the clock estimate
+               (bound, actual error) each kind of stamp gives when the far end's stamps are shifted.
+
 ``--compare SRC`` runs the bridge cases (every rec-bridge row, clock) a second time with edgepipe imported
 from another checkout's ``src`` (built in place): before and after a change in one run.
 
-    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt]
-                                     [--compare OTHER/src] [--json OUT] [--port 7460] [--tag bench]
+    sudo python benchmarks/bridge.py [--n 5000] [--rate 1000] [--seconds 5] [--only rec,frames,clock,rtt,stamps]
+                                     [--compare OTHER/src] [--json OUT] [--port 7460] [--tag bench] [--netns-prefix ep]
                                      [--params '{"clock_period_ms": 0}']
+
+edgepipe is imported as ``python`` finds it: run with ``PYTHONPATH=$PWD/src`` to measure this checkout.
+
+One piece: every case's roles run as this same script inside the namespaces (``--role``), so the roles, the
+namespace setup and the report share one file the child processes can re-execute.
 """
 
 from __future__ import annotations
@@ -59,9 +73,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 from _netns import ADDR_A, Netns
 
-PORT = 7460  # --port
+PORT = 7460  # --port moves it (and the stamps case's UDP reference's port, PORT + 1)
 ZCONF = ('{mode: "peer", %s: {endpoints: ["tcp/%s:%d"]}, scouting: {multicast: {enabled: false}}, '
          'transport: {shared_memory: {enabled: false}}}')
+ZCONF_LL = ('{mode: "peer", %s: {endpoints: ["tcp/%s:%d"]}, scouting: {multicast: {enabled: false}}, '
+            'transport: {shared_memory: {enabled: false}, unicast: {lowlatency: true, qos: {enabled: false}}}}')
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -199,6 +215,170 @@ def role_rtt_ping(a) -> None:
         time.sleep(0.5)
         res = {mode: _rtt_bursts(z, ping, mode, a) for mode in ("pubsub", "query")}
     print(json.dumps(res))
+
+
+def _zconf(a, side: str):
+    import zenoh
+    return zenoh.Config.from_json5((ZCONF_LL if a.lowlatency else ZCONF) % (side, ADDR_A, PORT))
+
+
+def _stamper(threads: set):
+    """zenoh's timestamp callback: this box's CLOCK_MONOTONIC_RAW ns (8 bytes), noting the thread it ran on."""
+    from edgepipe.clock import now_ns
+
+    def stamp(ctx) -> bytes:
+        threads.add(threading.get_native_id())
+        return now_ns().to_bytes(8, "little")
+    return stamp
+
+
+def _stack_ns(sample) -> dict[str, int]:
+    """The custom SEND / RECEIVE stamps of a sample's timestamp stack, by point name."""
+    import zenoh
+    st = sample.timestamp_stack
+    out = {}
+    for r in (st.records if st is not None else ()):
+        ts = r.timestamp()
+        for name in ("SEND", "RECEIVE"):
+            if r.is_custom and len(ts) == 8 and r.point == getattr(zenoh.InterceptionPoint, name):
+                out[name] = int.from_bytes(ts, "little")
+    return out
+
+
+def role_stamps_echo(a) -> None:
+    """Answers pings with a pong put from zenoh's callback, stamping with Python (t2 on entry, t3 before the
+    put) and, with ``--ts``, with zenoh's timestamp instrumentation (the ping's RECEIVE, the pong's SEND) too;
+    runs until stdin closes, then prints the threads each stamp ran on."""
+    import zenoh
+
+    from edgepipe.clock import now_ns
+    ts_threads: set = set()
+    cb_threads: set = set()
+    kw = {"timestamp_callback": _stamper(ts_threads)} if a.ts else {}
+    instr = zenoh.TimestampInstrumentationBuilder().set_send(True).set_receive(True).build() if a.ts else None
+    with zenoh.open(_zconf(a, "listen"), **kw) as z:
+        pong = z.declare_publisher("bench/pong", express=True)
+
+        def on_ping(s):
+            t2 = now_ns()
+            cb_threads.add(threading.get_native_id())
+            st = _stack_ns(s)
+            b = s.payload.to_bytes() + b"".join(
+                v.to_bytes(8, "little") for v in (st.get("SEND", 0), st.get("RECEIVE", 0), t2))
+            pong.put(b + now_ns().to_bytes(8, "little"), timestamp_instrumentation=instr)
+
+        sub = z.declare_subscriber("bench/ping", zenoh.handlers.Callback(on_ping, indirect=False))
+        sys.stdin.read()
+        sub.undeclare()
+    print(json.dumps({"ts_threads": sorted(ts_threads), "cb_threads": sorted(cb_threads),
+                      "main": threading.get_native_id()}), file=sys.stderr)
+
+
+def role_stamps_ping(a) -> None:
+    """Bursts of ``--burst`` exchanges every 20 ms (each next ping put from the pong's callback), every one
+    stamped both ways: Python (before the put, on the callback's entry) and, with ``--ts``, zenoh's
+    instrumentation. Also the cost of an instrumented put (no subscriber: the SEND callback only)."""
+    import zenoh
+
+    from edgepipe.clock import now_ns
+    ts_threads: set = set()
+    cb_threads: set = set()
+    kw = {"timestamp_callback": _stamper(ts_threads)} if a.ts else {}
+    instr = zenoh.TimestampInstrumentationBuilder().set_send(True).set_receive(True).build() if a.ts else None
+    rows: list[list[int]] = []
+    left, done = [0], threading.Event()
+    with zenoh.open(_zconf(a, "connect"), **kw) as z:
+        ping = z.declare_publisher("bench/ping", express=True)
+        void = z.declare_publisher("bench/void", express=True)
+        cost = {}
+        for name, ins in (("plain", None), ("instrumented", instr), ("plain2", None), ("instrumented2", instr)):
+            if name.startswith("instrumented") and ins is None:
+                continue
+            t = time.perf_counter_ns()
+            for _ in range(3000):
+                void.put(b"12345678", timestamp_instrumentation=ins)
+            cost[name] = (time.perf_counter_ns() - t) / 3000
+        ts_threads.clear()
+        while not ping.matching_status.matching:
+            time.sleep(0.01)
+        time.sleep(0.5)
+
+        def send() -> None:
+            ping.put(now_ns().to_bytes(8, "little"), timestamp_instrumentation=instr)
+
+        def on_pong(s) -> None:
+            t4 = now_ns()
+            cb_threads.add(threading.get_native_id())
+            b = s.payload.to_bytes()
+            st = _stack_ns(s)
+            py1, ts1, ts2, py2, py3 = (int.from_bytes(b[i:i + 8], "little") for i in range(0, 40, 8))
+            rows.append([a.burst - left[0], py1, ts1, ts2, py2, py3, st.get("SEND", 0), st.get("RECEIVE", 0), t4])
+            left[0] -= 1
+            if left[0]:
+                send()
+            else:
+                done.set()
+
+        sub = z.declare_subscriber("bench/pong", zenoh.handlers.Callback(on_pong, indirect=False))
+        time.sleep(0.2)
+        put_threads = {threading.get_native_id()}
+        for _ in range(a.n // a.burst):
+            left[0] = a.burst
+            done.clear()
+            send()
+            done.wait(2)
+            time.sleep(0.02)
+        sub.undeclare()
+    print(json.dumps({"rows": rows, "put_cost_ns": cost, "ts_threads": sorted(ts_threads),
+                      "cb_threads": sorted(cb_threads), "main": sorted(put_threads)}))
+
+
+def role_udp_echo(a) -> None:
+    """The reference floor without zenoh: a UDP socket answering each datagram from a Python thread blocked in
+    recvfrom (t2 on return, t3 before sendto); runs until stdin closes."""
+    import socket
+
+    from edgepipe.clock import now_ns
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ADDR_A, PORT + 1))
+    s.settimeout(0.5)
+
+    def serve():
+        while True:
+            try:
+                b, peer = s.recvfrom(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t2 = now_ns()
+            s.sendto(b + t2.to_bytes(8, "little") + now_ns().to_bytes(8, "little"), peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    sys.stdin.read()
+    s.close()
+
+
+def role_udp_ping(a) -> None:
+    import socket
+
+    from edgepipe.clock import now_ns
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    rows = []
+    time.sleep(0.5)
+    for _ in range(a.n // a.burst):
+        for k in range(a.burst):
+            s.sendto(now_ns().to_bytes(8, "little"), (ADDR_A, PORT + 1))
+            try:
+                b = s.recv(64)
+            except TimeoutError:
+                break
+            t4 = now_ns()
+            t1, t2, t3 = (int.from_bytes(b[i:i + 8], "little") for i in (0, 8, 16))
+            rows.append([k, t1, 0, 0, t2, t3, 0, 0, t4])
+        time.sleep(0.02)
+    print(json.dumps({"rows": rows}))
 
 
 def _stage_thread(stage):
@@ -423,7 +603,9 @@ def role_ep_sub(a) -> None:
 
 ROLES = {"bare-pub": role_bare_pub, "bare-sub": role_bare_sub, "ep-pub": role_ep_pub, "ep-sub": role_ep_sub,
          "ring-src": role_ring_src, "ring-sink": role_ring_sink, "ring-pair": role_ring_pair, "idle": role_idle,
-         "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping}
+         "rtt-echo": role_rtt_echo, "rtt-ping": role_rtt_ping,
+         "stamps-echo": role_stamps_echo, "stamps-ping": role_stamps_ping, "udp-echo": role_udp_echo,
+         "udp-ping": role_udp_ping}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -480,7 +662,73 @@ def hops(tr: dict) -> dict[str, float]:
     return {name: pct([d[b] - d[a] for d in full], 50) / 1e3 for name, a, b in HOPS} | {"n": len(full)}
 
 
+def _summary(name: str, ds: list[int]) -> dict:
+    r = {"n": len(ds), "min_us": min(ds) / 1e3, "p10_us": pct(ds, 10) / 1e3, "p50_us": pct(ds, 50) / 1e3}
+    print(f"  {name:34s} n={len(ds):5d}  min {r['min_us']:7.1f}  p10 {r['p10_us']:7.1f}  p50 {r['p50_us']:7.1f} us")
+    return r
+
+
+def _bound_of(rows: list[list[int]], idx: tuple[int, ...], title: str) -> dict:
+    """The clock estimate (edgepipe.bridge.clock) these exchanges give when the echoing end's stamps are
+    shifted by 3.7 s and +250 ppm: its bound and its actual error at the window's ends."""
+    from edgepipe.bridge.clock import ClockEstimate
+    c = ClockEstimate()
+    remote = lambda t: t + 3_700_000_000 + t * 250 // 1_000_000
+    for x in rows:
+        t1, t2, t3, t4 = (x[i] for i in idx)
+        c.add(t1, remote(t2), remote(t3), t4)
+    e = c.estimate()
+    err = max(abs(e.offset_at(t) - (3_700_000_000 + t * 250e-6)) for t in (e.first_ns, e.last_ns))
+    print(f"  {title}: bound {e.bound_ns / 1e3:.1f} us, actual error {err / 1e3:.1f} us over {e.samples}")
+    return {"bound_us": e.bound_ns / 1e3, "error_us": err / 1e3, "samples": e.samples}
+
+
+def stamps_cases(ns: Netns, a) -> dict:
+    """Round trips less the far turnaround, and their one-way parts (both namespaces share one kernel clock,
+    so here they are known), as Python stamps them and as zenoh's timestamp instrumentation does, on the
+    default transport and on ``lowlatency`` (qos off); and plain UDP between two Python threads."""
+    out = {}
+    variants = [("zenoh default, python stamps", "stamps", ()), ("zenoh default, instrumented", "stamps", ("--ts",)),
+                ("zenoh lowlatency, python stamps", "stamps", ("--lowlatency",)),
+                ("zenoh lowlatency, instrumented", "stamps", ("--lowlatency", "--ts")),
+                ("udp, python stamps", "udp", ())]
+    for title, kind, flags in variants:
+        r = run_case(ns, a, f"{kind}-echo", f"{kind}-ping", "stamps", flags=flags)
+        rows = r["rows"]
+        print(f"{title}  (exchanges {len(rows)}; put cost ns {r.get('put_cost_ns')})")
+        res = out[title] = {"put_cost_ns": r.get("put_cost_ns")}
+        for tag, sel in (("all", lambda k: True), ("2nd+ in burst", lambda k: k >= 1)):
+            rs = [x for x in rows if sel(x[0])]
+            if not rs:
+                continue
+            # x = [k, py1, ts1, ts2, py2, py3, ts3, ts4, py4]
+            res[f"py rtt {tag}"] = _summary(f"python rtt ({tag})", [(x[8] - x[1]) - (x[5] - x[4]) for x in rs])
+            if tag == "all":
+                res["py out"] = _summary("python one way out", [x[4] - x[1] for x in rs])
+                res["py back"] = _summary("python one way back", [x[8] - x[5] for x in rs])
+            if "--ts" in flags and all(x[2] and x[3] and x[6] and x[7] for x in rs):
+                res[f"ts rtt {tag}"] = _summary(f"instrumented rtt ({tag})", [(x[7] - x[2]) - (x[6] - x[3]) for x in rs])
+                if tag == "all":
+                    res["ts out"] = _summary("instrumented one way out", [x[3] - x[2] for x in rs])
+                    res["ts back"] = _summary("instrumented one way back", [x[7] - x[6] for x in rs])
+                    res["py1->SEND"] = _summary("ping: python t1 -> SEND stamp", [x[2] - x[1] for x in rs])
+                    res["RECV->py2"] = _summary("echo: RECEIVE stamp -> callback", [x[4] - x[3] for x in rs])
+                    res["py3->SEND"] = _summary("echo: python t3 -> SEND stamp", [x[6] - x[5] for x in rs])
+                    res["RECV->py4"] = _summary("ping: RECEIVE stamp -> callback", [x[8] - x[7] for x in rs])
+            elif "--ts" in flags and tag == "all":
+                print("  instrumented stamps missing in some exchanges")
+        for stamps, idx in (("python", (1, 4, 5, 8)), ("instrumented", (2, 3, 6, 7))):
+            if stamps == "instrumented" and not ("--ts" in flags and all(x[2] and x[3] and x[6] and x[7] for x in rows)):
+                continue
+            res[f"bound {stamps}"] = _bound_of(rows, idx, f"clock estimate from the {stamps} stamps")
+        if "ts_threads" in r:
+            print(f"  ping threads: timestamp callback on {r['ts_threads']}, pong callback on {r['cb_threads']}, "
+                  f"main {r['main']}")
+    return out
+
+
 def main() -> None:
+    global PORT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", choices=sorted(ROLES))
     ap.add_argument("--what", default="rec")
@@ -502,13 +750,17 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=PORT, help=f"the zenoh port in namespace A (default {PORT})")
     ap.add_argument("--tag", default="bench", help="suffix of the namespaces' names (default 'bench')")
     ap.add_argument("--burst", type=int, default=8, help="rtt case: exchanges per burst (default 8)")
+    ap.add_argument("--netns-prefix", default="ep", help="the namespaces' and veths' name prefix (default ep)")
+    ap.add_argument("--ts", action="store_true", help=argparse.SUPPRESS)  # stamps: zenoh's timestamp instrumentation
+    ap.add_argument("--lowlatency", action="store_true", help=argparse.SUPPRESS)  # stamps: lowlatency transport
     ap.add_argument("--only", default="rec,frames,clock,rtt", help="run only the cases whose name contains this (rec, frames, clock, rtt)")
     a = ap.parse_args()
+    PORT = a.port
     if a.role:
         ROLES[a.role](a)
         return
     import zenoh  # noqa: F401 - fail early without the bridge extra
-    ns = Netns(a.tag)
+    ns = Netns(a.tag, prefix=a.netns_prefix)
     ns.create()
     try:
         print(f"# {' '.join(sys.argv)}  (load {os.getloadavg()[0]:.2f})")
@@ -586,6 +838,8 @@ def main() -> None:
                     if ds:
                         print(f"rtt {mode:6s} #{k}  n={len(ds):5d}  min {min(ds) / 1e3:7.1f}  p10 {pct(ds, 10) / 1e3:7.1f}"
                               f"  p50 {pct(ds, 50) / 1e3:7.1f} us (round trip less the far turnaround)")
+        if "stamps" in a.only:
+            out["stamps"] = stamps_cases(ns, a)
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=1))
     finally:

@@ -15,8 +15,9 @@ HERE = Path(__file__).resolve().parent
 
 def pair(skip_unless_ci: Callable[[str], None], tag: str = "") -> Iterator[Netns]:
     """The body of a test module's ``netns`` fixture: a pair made for the module and removed after it, or the
-    module skipped (failed under CI=true, through ``skip_unless_ci``) where namespaces cannot be made."""
-    n = Netns(tag)
+    module skipped (failed under CI=true, through ``skip_unless_ci``) where namespaces cannot be made.
+    ``EDGEPIPE_NETNS_PREFIX`` starts the names (default ``ep``), to tell apart several users of one machine."""
+    n = Netns(tag, prefix=os.environ.get("EDGEPIPE_NETNS_PREFIX", "ep"))
     try:
         n.create()
     except (OSError, subprocess.CalledProcessError) as e:
@@ -39,10 +40,10 @@ def _ip(*args: str) -> None:
 
 
 class Netns:
-    def __init__(self, tag: str = "") -> None:
+    def __init__(self, tag: str = "", prefix: str = "ep") -> None:
         n = f"{os.getpid() % 100000}{tag}"
-        self.ns_a, self.ns_b = f"epbA{n}", f"epbB{n}"
-        self.veth_a, self.veth_b = f"epva{n}"[:15], f"epvb{n}"[:15]
+        self.ns_a, self.ns_b = f"{prefix}bA{n}", f"{prefix}bB{n}"
+        self.veth_a, self.veth_b = f"{prefix}va{n}"[:15], f"{prefix}vb{n}"[:15]
 
     def create(self) -> None:
         """Raises CalledProcessError / FileNotFoundError / PermissionError where namespaces can't be made."""
