@@ -198,3 +198,23 @@ def test_ready_read_frame_with_timeout(benchmark, timeout_s):
         assert benchmark(call) == 7
     finally:
         ring.close()
+
+
+def test_bridge_clock_estimate_full_window(benchmark):
+    """ClockEstimate.estimate() over a full window (4096 exchanges in bursts of 8, 250 ppm drift, trips of
+    50-300 us): the receiving bridge recomputes it every 0.25 s holding the GIL, while its zenoh callbacks
+    wait."""
+    import random
+
+    from edgepipe.bridge.clock import ClockEstimate
+
+    rng = random.Random(7)
+    est = ClockEstimate()
+    t1 = 10**12
+    for i in range(4096):
+        t1 += 30_000_000 if i % 8 == 0 else 300_000
+        out, back = rng.uniform(25_000, 150_000), rng.uniform(25_000, 150_000)
+        remote = t1 + out + 3_700_000_000 + int(t1 * 250e-6)
+        est.add(t1, int(remote), int(remote) + 10_000, int(t1 + out + 10_000 + back))
+    e = benchmark(est.estimate)
+    assert e is not None and e.samples == 4096

@@ -12,7 +12,10 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edgepipe.clock import now_ns
 from edgepipe.errors import (
     BridgePayloadError,
     BridgePayloadTooLargeError,
@@ -20,7 +23,6 @@ from edgepipe.errors import (
     ConfigError,
     LayoutVersionError,
 )
-from edgepipe.clock import now_ns
 from edgepipe.frames import FrameReader, FrameWriter
 from edgepipe.pipeline.api import EndOfStream, Inlet, Outlet
 from edgepipe.ring import Ring
@@ -302,6 +304,38 @@ class TestClock:
         for t in (e.first_ns, (e.first_ns + e.last_ns) // 2, e.last_ns, e.last_ns + 100_000_000):
             assert abs(e.offset_at(t) - (off + t * ppm * 1e-6)) <= e.bound_at(t), (t, e)
         assert abs(e.drift_ppm - ppm) < 1, e
+
+    @settings(max_examples=60, deadline=None)
+    @given(off=st.integers(-10**10, 10**10), ppm=st.floats(-1900, 1900), n=st.integers(8, 600),
+           seed=st.integers(0, 2**32 - 1), spacing_ms=st.sampled_from([0.05, 1, 30, 300]))
+    def test_the_truth_lies_within_the_bound_for_any_drift_and_any_trips(self, off, ppm, n, seed, spacing_ms):
+        """Random trips out and back (5 us to 2 ms each, independently), any offset, any drift under
+        MAX_DRIFT, exchanges close together or far apart: the truth is inside the bound at both ends of the
+        window, in the middle and past it (the pruning of exchanges that cannot bind a line drops none that
+        can)."""
+        import random
+
+        from edgepipe.bridge.clock import ClockEstimate
+        rng = random.Random(seed)
+        c = ClockEstimate(window=512)
+
+        def remote(t):
+            return t + off + int(t * ppm * 1e-6)
+
+        t1 = 10**12
+        for _ in range(n):
+            t1 += int(spacing_ms * 1e6 * rng.uniform(0.5, 1.5))
+            out, turn, back = (int(rng.uniform(5_000, 2_000_000)) for _ in range(3))
+            c.add(t1, remote(t1 + out), remote(t1 + out + turn), t1 + out + turn + back)
+        e = c.estimate()
+        assert e is not None and e.samples == min(n, 512)
+        for t in (e.first_ns, (e.first_ns + e.last_ns) // 2, e.last_ns, e.last_ns + 10_000_000):
+            assert abs(e.offset_at(t) - (off + t * ppm * 1e-6)) <= e.bound_at(t) + 2, (t, e)
+
+    def test_a_window_must_hold_enough_exchanges(self):
+        from edgepipe.bridge.clock import ClockEstimate
+        with pytest.raises(ValueError, match="window must be an int >= 8, got 3"):
+            ClockEstimate(window=3)
 
     def test_exchanges_that_break_causality_are_ignored(self):
         from edgepipe.bridge.clock import ClockEstimate

@@ -35,7 +35,6 @@ that latency unknown, said as such, never printed as a number.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +80,13 @@ class ClockEstimate:
     threads, estimates are read by the stage)."""
 
     def __init__(self, window: int = 4096) -> None:
-        self.samples: deque[tuple[int, float, int, int]] = deque(maxlen=window)  # (local mid, theta, delta, t4-t1)
+        if not isinstance(window, int) or window < MIN_SAMPLES:
+            raise ValueError(f"window must be an int >= {MIN_SAMPLES}, got {window!r}")
+        # rows (local mid, theta, delta, t4 - t1), a ring of the last ``window``: estimate() copies it as one
+        # array (a deque of tuples took milliseconds to sort and convert, holding the GIL)
+        self._rows = np.empty((window, 4), dtype=np.float64)  # local times ~1e13 ns: exact in a double
+        self._count = 0  # rows filled
+        self._next = 0  # the row the next exchange goes to
         self.exchanges = 0
         self._lock = threading.Lock()
 
@@ -93,85 +98,101 @@ class ClockEstimate:
             return
         theta = ((t2 - t1) + (t3 - t4)) / 2
         with self._lock:
-            self.samples.append(((t1 + t4) // 2, theta, delta, t4 - t1))
+            self._rows[self._next] = ((t1 + t4) // 2, theta, delta, t4 - t1)
+            self._next = (self._next + 1) % len(self._rows)
+            self._count = min(self._count + 1, len(self._rows))
             self.exchanges += 1
 
     def estimate(self) -> OffsetEstimate | None:
         """The current line and its bound, or None with fewer than MIN_SAMPLES exchanges (or exchanges no
         line of slope under MAX_DRIFT satisfies: a clock that jumped; the window then refills)."""
         with self._lock:
-            s = list(self.samples)
-        if len(s) < MIN_SAMPLES:
+            arr = self._rows[:self._count].copy()
+        if len(arr) < MIN_SAMPLES:
             return None
-        s.sort()
-        t0, ref = s[0][0], s[0][1]
-        arr = np.array(s, dtype=np.float64)  # local times ~1e13 ns: exact in a double
+        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+        t0, ref = int(arr[0, 0]), float(arr[0, 1])
         x_all = arr[:, 0] - t0
         # the interval holds the offset at some instant of the exchange, not exactly at its middle: widened
         # by the most drift over half the round trip (a few ns)
         half = arr[:, 2] / 2 + MAX_DRIFT * arr[:, 3] / 2
-        xs = x_all.tolist()
-        # only the points of the lower hull of the upper limits (and the upper hull of the lower ones) can
-        # bind a line: a few dozen of the thousands
-        x, hi_c = _hull(*_dominant(x_all, arr[:, 1] - ref + half, lower=True), lower=True)
-        xl, lo_c = _hull(*_dominant(x_all, arr[:, 1] - ref - half, lower=False), lower=False)
+        hi_all, lo_all = arr[:, 1] - ref + half, arr[:, 1] - ref - half
+        # Any two exchanges bound the slope of every feasible line; the tightest one early in the window and
+        # the tightest one late in it bound it to a few ppm. Only slopes in that range (and under MAX_DRIFT)
+        # are searched, and only the points that can bind a line of such a slope are kept: a few dozen of
+        # the thousands (evaluating every point at every step held the GIL for ~10 ms per estimate).
+        b_min, b_max = -MAX_DRIFT, MAX_DRIFT
+        q = max(1, len(arr) // 4)
+        i = int(np.argmin(arr[:q, 2]))
+        j = len(arr) - q + int(np.argmin(arr[-q:, 2]))
+        if x_all[j] > x_all[i]:
+            span = float(x_all[j] - x_all[i])
+            b_min = max(b_min, float(lo_all[j] - hi_all[i]) / span)
+            b_max = min(b_max, float(hi_all[j] - lo_all[i]) / span)
+        if b_min > b_max:  # no line fits every exchange: start over
+            with self._lock:
+                self._count = self._next = 0
+            return None
+        x, hi_c = _hull(*_envelope(x_all, hi_all, b_min, b_max))
+        xl, neg_lo = _hull(*_envelope(x_all, -lo_all, -b_max, -b_min))  # the upper hull of the lower limits
+        lo_c = -neg_lo
+
+        # a dozen points each: plain Python beats a numpy call per evaluation (hundreds of them)
+        up_pts, lo_pts = list(zip(x.tolist(), hi_c.tolist())), list(zip(xl.tolist(), lo_c.tolist()))
 
         def width(b: float) -> float:  # of the feasible intercepts at slope b; concave in b
-            return float(np.min(hi_c - b * x) - np.max(lo_c - b * xl))
+            return min(h - b * px for px, h in up_pts) - max(lo - b * px for px, lo in lo_pts)
 
-        b_best = _argmax(width, -MAX_DRIFT, MAX_DRIFT)
+        b_best = _argmax(width, b_min, b_max)
         if width(b_best) < 0:  # no line fits every exchange: start over
             with self._lock:
-                self.samples.clear()
+                self._count = self._next = 0
             return None
-        b_lo, b_hi = _edge(width, -MAX_DRIFT, b_best), _edge(width, MAX_DRIFT, b_best)  # a hair wide
+        b_lo, b_hi = _edge(width, b_min, b_best), _edge(width, b_max, b_best)  # a hair wide
         ends = []
-        for xt in (xs[0], xs[-1]):
+        for xt in (float(x_all[0]), float(x_all[-1])):
             def top(b: float, xt: float = xt) -> float:  # the highest feasible line at xt, for slope b
-                return float(np.min(hi_c + b * (xt - x)))
+                return min(h + b * (xt - px) for px, h in up_pts)
 
             def neg_bottom(b: float, xt: float = xt) -> float:
-                return -float(np.max(lo_c + b * (xt - xl)))
+                return -max(lo + b * (xt - px) for px, lo in lo_pts)
 
             up = top(_argmax(top, b_lo, b_hi))
             down = -neg_bottom(_argmax(neg_bottom, b_lo, b_hi))
             ends.append((xt, (up + down) / 2, (up - down) / 2 + 1))  # + 1 ns: the searches' rounding
         (x1, m1, h1), (x2, m2, h2) = ends
         b = (m2 - m1) / (x2 - x1) if x2 > x1 else b_best
-        return OffsetEstimate(t0 + int(x1), ref + m1, b, max(h1, h2), t0 + int(x1), t0 + int(x2), len(s))
+        return OffsetEstimate(t0 + int(x1), ref + m1, b, max(h1, h2), t0 + int(x1), t0 + int(x2), len(arr))
 
 
-_BUCKET_NS = 1e6
+def _envelope(x: np.ndarray, y: np.ndarray, b_lo: float, b_hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points (``x`` ascending) that could be the lowest of all, ``y - b x`` minimal, for some slope ``b``
+    in ``[b_lo, b_hi]``. Point i is out when a point j is lower for every such slope: for j before i that is
+    ``y_j - b_hi x_j < y_i - b_hi x_i``, for j after it ``y_j - b_lo x_j < y_i - b_lo x_i``. Two running minima
+    decide it for every point at once: exact, vectorized."""
+    inf = np.array([np.inf])
+    u, v = y - b_hi * x, y - b_lo * x
+    left = np.concatenate([inf, np.minimum.accumulate(u)[:-1]])  # best j before i
+    right = np.concatenate([np.minimum.accumulate(v[::-1])[::-1][1:], inf])  # best j after i
+    keep = (u <= left) & (v <= right)
+    return x[keep], y[keep]
 
 
-def _dominant(x: np.ndarray, y: np.ndarray, lower: bool) -> tuple[list[float], list[float]]:
-    """The points (``x`` ascending) that no other point of their millisecond beats for every slope under
-    MAX_DRIFT (a point higher than its bucket's lowest by more than MAX_DRIFT * 1 ms never binds a line from
-    below): what the hull has to look at, vectorized."""
-    bucket = (x // _BUCKET_NS).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-    sizes = np.diff(np.r_[starts, len(x)])
-    if lower:
-        keep = y <= np.repeat(np.minimum.reduceat(y, starts), sizes) + MAX_DRIFT * _BUCKET_NS
-    else:
-        keep = y >= np.repeat(np.maximum.reduceat(y, starts), sizes) - MAX_DRIFT * _BUCKET_NS
-    return x[keep].tolist(), y[keep].tolist()
-
-
-def _hull(xs: list[float], ys: list[float], lower: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The lower (or upper) convex hull of the points, ``xs`` ascending (monotone chain)."""
+def _hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower convex hull of the points, ``x`` ascending (monotone chain): of the points that could bind,
+    the few that do (every evaluation of the searches then touches only those)."""
     hx: list[float] = []
     hy: list[float] = []
-    for x, y in zip(xs, ys):
+    for px, py in zip(x.tolist(), y.tolist()):
         while len(hx) >= 2:
-            cross = (hx[-1] - hx[-2]) * (y - hy[-2]) - (hy[-1] - hy[-2]) * (x - hx[-2])
-            if (cross <= 0) if lower else (cross >= 0):
+            cross = (hx[-1] - hx[-2]) * (py - hy[-2]) - (hy[-1] - hy[-2]) * (px - hx[-2])
+            if cross <= 0:
                 hx.pop()
                 hy.pop()
             else:
                 break
-        hx.append(x)
-        hy.append(y)
+        hx.append(px)
+        hy.append(py)
     return np.array(hx), np.array(hy)
 
 
