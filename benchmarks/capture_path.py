@@ -8,8 +8,8 @@ its sequence number. Decode settings are the same for every transport; only what
 differs. Every transport is lossless with about two frames in flight (the smallest ring that takes two,
 two shm slots, iceoryx2 subscriber buffer 2, zmq high-water marks 2; a pipe holds less):
 
-  edgepipe            claim_frame() on a frame ring (room for two frames), ``retrieve(image=slot)``: OpenCV's
-                      colour conversion writes the decoded frame into the shared slot itself, commit
+  edgepipe            claim_frame() on a frame ring (room for two frames), ``retrieve(image=slot)``: OpenCV
+                      writes the decoded frame into the shared slot (its one copy, below), commit
   shm + semaphores    ``retrieve(image=own)``, then copy into one of two multiprocessing.shared_memory slots
                       (a free / full pair of multiprocessing semaphores); the consumer reads the slot in place
   iceoryx2            ``retrieve(image=own)``, loan_uninit, copy into the loan, send (buffer 2, lossless); the
