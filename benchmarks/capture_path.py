@@ -82,7 +82,9 @@ def make_1080p_clip(src: Path, dst: Path, frames: int = CLIP_1080P_FRAMES) -> Pa
 
 
 class Decoder:
-    """The same decode settings for every transport: FFMPEG backend, one decoder thread, loop at the end."""
+    """The same decode settings for every transport: FFMPEG backend, one decoder thread, BGR output, loop at
+    the end. (OpenCV's own thread pool is left alone: the producer is a forked child of a process that used
+    it, and cv2.setNumThreads() there hangs; no thread but the main one uses CPU, see --steps' "P other".)"""
 
     def __init__(self, path: Path) -> None:
         import cv2
@@ -91,6 +93,9 @@ class Decoder:
         self.cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         if not self.cap.isOpened():
             raise RuntimeError(f"cannot open {path}")
+        if self.cap.get(cv2.CAP_PROP_N_THREADS) != 1 or self.cap.get(cv2.CAP_PROP_CONVERT_RGB) != 1:
+            raise RuntimeError(f"decode settings not taken: threads {self.cap.get(cv2.CAP_PROP_N_THREADS)}, "
+                               f"convert_rgb {self.cap.get(cv2.CAP_PROP_CONVERT_RGB)}")
         self.in_place = 0  # retrieve() wrote into the array it was given
         self.copies = 0  # it returned another array (copied into place here)
         self.wall_s = 0.0  # time inside grab() + retrieve()
