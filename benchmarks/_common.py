@@ -2,7 +2,8 @@
 
 What lives here: the common command line (``--seconds``, ``--size``, ``--cpus``), the environment header
 every script prints first, the cache-line probe (``cacheline.c``, compiled with gcc into a temp dir at run
-time), pinned process pairs, hdrhistogram percentiles, peer clean-up helpers and plain-text tables.
+time), pinned process pairs, hdrhistogram percentiles, the peers' shared set-up (iceoryx2 services, frame
+payloads, shared_memory frame slots) and clean-up helpers, and plain-text tables.
 
 Why a probe beside every number: the VM's two vCPUs wander between a "near" pair of physical cores and a
 "far" pair every few seconds, which moves busy-poll figures 2-6x. Each case is bracketed by a probe of the
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import datetime
 import importlib.metadata
 import json
+import math
+import mmap
 import multiprocessing
 import os
 import platform
@@ -32,6 +36,7 @@ import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import NamedTuple
 
@@ -550,6 +555,122 @@ def iox2_cleanup(prefix: str, root: Path) -> None:
         except OSError:
             pass
     shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# peer set-up shared by the frame benchmarks (frame_handoff, capture_path, ring_throughput): what each case
+# builds before its timed loops. Nothing here runs inside a timed loop (pixel_view() is called once and
+# returns the function a loop calls).
+
+FRAME_HDR = 16  # seq and stamp (two int64) ahead of a frame's pixels in iceoryx2 payloads and byte streams
+SLOT_HDR = 64  # the same two int64 at the start of a shared_memory frame slot, padded to a cache line
+
+
+def iox2_import():
+    """The iceoryx2 module, or Skip naming why it cannot be imported."""
+    try:
+        import iceoryx2 as iox
+    except ImportError as e:
+        raise Skip(f"iceoryx2 not importable: {e}") from None
+    return iox
+
+
+def frame_payload(nbytes: int) -> type:
+    """The ctypes payload of one frame over iceoryx2: seq, stamp (int64), then ``nbytes`` pixel bytes."""
+
+    class Payload(ctypes.Structure):
+        _fields_ = [("seq", ctypes.c_int64), ("stamp", ctypes.c_int64), ("data", ctypes.c_uint8 * nbytes)]
+
+    return Payload
+
+
+def bytes_payload(size: int) -> type:
+    """The ctypes payload of one ``size``-byte message over iceoryx2."""
+
+    class Payload(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_uint8 * size)]
+
+    return Payload
+
+
+def pixel_view(shape: tuple, offset: int = FRAME_HDR):
+    """``view(ptr)``: the uint8 ndarray of ``shape`` at ``ptr + offset`` (a loaned or received iceoryx2
+    payload), without a copy. The ctypes array type is made here, once."""
+    import numpy as np
+
+    arr_t = ctypes.c_uint8 * math.prod(shape)
+    from_address, as_array = arr_t.from_address, np.ctypeslib.as_array
+
+    def view(ptr: int):
+        return as_array(from_address(ptr + offset)).reshape(shape)
+
+    return view
+
+
+class Iox2PubSub:
+    """One lossless iceoryx2 publish-subscribe service, the set-up every iceoryx2 peer shares: a private
+    config (:func:`iox2_config`), no safe overflow, subscriber buffer ``depth``, no history; publishers retry
+    until delivered. ``flag`` is a shared page the producer sets once it sent its last sample (the subscriber
+    polls receive(), so it needs a stop signal). Make it in the parent (a case's make()), open one end in each
+    child (``publisher()`` / ``subscriber()``), ``cleanup()`` in the parent."""
+
+    def __init__(self, service: str, tag: str, payload: type, depth: int) -> None:
+        self.iox = iox2_import()
+        self.cfg, self.prefix, self.root = iox2_config(tag)
+        self.name = f"{service}/{tag}"
+        self.payload = payload
+        self.depth = depth
+        self.flag = mmap.mmap(-1, mmap.PAGESIZE)
+        self.node = None  # the child's node, kept while its port is in use
+
+    def _service(self):
+        iox = self.iox
+        self.node = iox.NodeBuilder.new().config(self.cfg).create(iox.ServiceType.Ipc)
+        return (self.node.service_builder(iox.ServiceName.new(self.name)).publish_subscribe(self.payload)
+                .enable_safe_overflow(False).subscriber_max_buffer_size(self.depth).history_size(0)
+                .open_or_create())
+
+    def publisher(self):
+        return self._service().publisher_builder().backpressure_strategy(
+            self.iox.BackpressureStrategy.RetryUntilDelivered).create()
+
+    def subscriber(self):
+        return self._service().subscriber_builder().buffer_size(self.depth).create()
+
+    def cleanup(self) -> None:
+        self.flag.close()
+        iox2_cleanup(self.prefix, self.root)
+
+
+class ShmFrameSlots:
+    """``nslots`` frame slots in one multiprocessing.shared_memory block, the layout the shared-memory peers
+    share: a :data:`SLOT_HDR`-byte header (seq, stamp as int64) then the uint8 pixels of ``shape``. Make it in
+    the parent; each child calls ``attach()`` and ``detach()``; ``cleanup()`` in the parent unlinks it."""
+
+    def __init__(self, nslots: int, shape: tuple) -> None:
+        self.nslots, self.shape = nslots, shape
+        self.stride = SLOT_HDR + math.prod(shape)
+        self.shm = shared_memory.SharedMemory(create=True, size=nslots * self.stride)
+        self._m = None
+
+    def attach(self) -> tuple[list, list]:
+        """(headers, pixels): per slot an int64[2] header and a ``shape`` uint8 array, in this process."""
+        import numpy as np
+
+        self._m = m = shared_memory.SharedMemory(self.shm.name)
+        hdrs = [np.ndarray(2, np.int64, m.buf, i * self.stride) for i in range(self.nslots)]
+        pix = [np.ndarray(self.shape, np.uint8, m.buf, i * self.stride + SLOT_HDR) for i in range(self.nslots)]
+        return hdrs, pix
+
+    def detach(self) -> None:
+        """Close this process's mapping (drop the arrays from attach() first)."""
+        if self._m is not None:
+            self._m.close()
+            self._m = None
+
+    def cleanup(self) -> None:
+        self.shm.close()
+        self.shm.unlink()
 
 
 def dev_shm_snapshot() -> set[str]:

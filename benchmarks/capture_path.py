@@ -8,8 +8,8 @@ its sequence number. Decode settings are the same for every transport; only what
 differs. Every transport is lossless with about two frames in flight (the smallest ring that takes two,
 two shm slots, iceoryx2 subscriber buffer 2, zmq high-water marks 2; a pipe holds less):
 
-  edgepipe            claim_frame() on a frame ring (room for two frames), ``retrieve(image=slot)``: OpenCV's
-                      colour conversion writes the decoded frame into the shared slot itself, commit
+  edgepipe            claim_frame() on a frame ring (room for two frames), ``retrieve(image=slot)``: OpenCV
+                      writes the decoded frame into the shared slot (its one copy, below), commit
   shm + semaphores    ``retrieve(image=own)``, then copy into one of two multiprocessing.shared_memory slots
                       (a free / full pair of multiprocessing semaphores); the consumer reads the slot in place
   iceoryx2            ``retrieve(image=own)``, loan_uninit, copy into the loan, send (buffer 2, lossless); the
@@ -22,16 +22,26 @@ Clips: the bundled ``vtest_100.mp4`` (768x576, MPEG-4 Part 2, see src/edgepipe/d
 MJPG clip the benchmark makes from it (each frame resized, cv2.VideoWriter into a temp dir, removed after).
 Reported per transport: frames/s delivered to the consumer, CPU time per frame of each process (getrusage over
 the timed loop), the producer's wall time inside grab() + retrieve() per frame (far above its CPU time when
-other jobs share its CPU), ratio to the best peer of the clip. Goal (issue 20): edgepipe >= 1.25x the best peer.
+other jobs share its CPU), ratio to the best peer of the clip; then each process's minor page faults and
+context switches per frame. Goal (issue 20): edgepipe >= 1.25x the best peer.
+
+Before its timed loop every producer decodes one frame into its destination and checks that ``retrieve``
+wrote into that very buffer (the array handed back is the one given, data pointer unchanged). OpenCV's FFMPEG
+backend converts each frame (sws_scale) into a buffer of its own and then copies it into the array given to
+``retrieve``: that copy is in every transport; edgepipe saves the peers' second one (their array -> transport).
+
+``--steps`` also times each step of both loops (time.thread_time and perf_counter around each): producer
+grab / retrieve / copy / transport, consumer wait / touch / release, per frame, and prints what that bounds
+the frames/s ratio to when the producer is the bottleneck: the peer's producer CPU over edgepipe's with the
+peer's decode cost, and over the decode alone (no transport can beat that).
 
     python benchmarks/capture_path.py --seconds 3 --rounds 2     # ~1 minute
-    python benchmarks/capture_path.py --seconds 2 --only 768x576
+    python benchmarks/capture_path.py --seconds 2 --only 768x576 --steps
 """
 
 from __future__ import annotations
 
 import ctypes
-import mmap
 import resource
 import tempfile
 import time
@@ -72,7 +82,9 @@ def make_1080p_clip(src: Path, dst: Path, frames: int = CLIP_1080P_FRAMES) -> Pa
 
 
 class Decoder:
-    """The same decode settings for every transport: FFMPEG backend, one decoder thread, loop at the end."""
+    """The same decode settings for every transport: FFMPEG backend, one decoder thread, BGR output, loop at
+    the end. (OpenCV's own thread pool is left alone: the producer is a forked child of a process that used
+    it, and cv2.setNumThreads() there hangs; no thread but the main one uses CPU, see --steps' "P other".)"""
 
     def __init__(self, path: Path) -> None:
         import cv2
@@ -81,6 +93,9 @@ class Decoder:
         self.cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         if not self.cap.isOpened():
             raise RuntimeError(f"cannot open {path}")
+        if self.cap.get(cv2.CAP_PROP_N_THREADS) != 1 or self.cap.get(cv2.CAP_PROP_CONVERT_RGB) != 1:
+            raise RuntimeError(f"decode settings not taken: threads {self.cap.get(cv2.CAP_PROP_N_THREADS)}, "
+                               f"convert_rgb {self.cap.get(cv2.CAP_PROP_CONVERT_RGB)}")
         self.in_place = 0  # retrieve() wrote into the array it was given
         self.copies = 0  # it returned another array (copied into place here)
         self.wall_s = 0.0  # time inside grab() + retrieve()
@@ -96,12 +111,23 @@ class Decoder:
         ok, img = self.cap.retrieve(image=arr)
         if not ok:
             raise RuntimeError("retrieve() failed")
-        if img is arr:
+        if img is arr:  # OpenCV's binding hands back the array it was given when it wrote into its buffer
             self.in_place += 1
         else:
             np.copyto(arr, img)
             self.copies += 1
         self.wall_s += time.perf_counter() - self._t
+
+    def check_in_place(self, arr: np.ndarray) -> None:
+        """Once, before the timed loop: decode a frame into ``arr`` and check that the pixels landed in
+        ``arr``'s own buffer (the array handed back is ``arr`` and its data pointer did not move), else raise."""
+        ptr = arr.ctypes.data
+        self.grab()
+        ok, img = self.cap.retrieve(image=arr)
+        if not ok or img is not arr or img.ctypes.data != ptr or arr.ctypes.data != ptr:
+            raise RuntimeError(f"retrieve(image=...) did not write into the given buffer ({ptr:#x}): got "
+                               f"{'nothing' if not ok else hex(img.ctypes.data)}")
+        self.wall_s = 0.0
 
     def close(self) -> dict:
         self.cap.release()
@@ -119,14 +145,52 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-class _Loop:
-    """One side's timed loop: frames, wall time and this process's CPU time (getrusage) from start()."""
+def _rusage() -> tuple:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_majflt, r.ru_nvcsw, r.ru_nivcsw
+
+
+class Steps:
+    """With ``--steps``: the CPU time (time.thread_time: this thread only) and wall time each step of a
+    loop took, summed per step name. ``mark(name)`` closes the step that began at the previous mark (or at
+    start()). Without it, ``mark`` does nothing (a method call per step, the same in every transport)."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+        if not on:
+            self.mark = self._off
 
     def start(self) -> None:
-        self.n, self.t0, self.c0 = 0, time.perf_counter(), _cpu_s()
+        self._c, self._w = time.thread_time(), time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        c, w = time.thread_time(), time.perf_counter()
+        self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
+        self.wall[name] = self.wall.get(name, 0.0) + w - self._w
+        self._c, self._w = c, w
+
+    def _off(self, name: str) -> None:
+        pass
+
+
+class _Loop:
+    """One side's timed loop: frames, wall time, this process's CPU time (getrusage: every thread) and its
+    page faults and context switches from start(); per-step times when ``steps`` is on."""
+
+    def __init__(self, steps: bool = False) -> None:
+        self.steps = Steps(steps)
+
+    def start(self) -> None:
+        self.n, self.t0, self.c0, self.r0 = 0, time.perf_counter(), _cpu_s(), _rusage()
+        self.steps.start()
 
     def result(self, key: str, extra: dict | None = None) -> dict:
         out = {key: self.n, "elapsed_s": time.perf_counter() - self.t0, "loop_cpu_s": _cpu_s() - self.c0}
+        out.update(zip(("minflt", "majflt", "nvcsw", "nivcsw"), (b - a for a, b in zip(self.r0, _rusage()))))
+        if self.steps.on:
+            out["steps_cpu_s"], out["steps_wall_s"] = self.steps.cpu, self.steps.wall
         out.update(extra or {})
         return out
 
@@ -139,9 +203,11 @@ def _received(n: int, seq: int, pix: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # edgepipe
+#
+# Step names (--steps): producer grab / retrieve / copy / transport, consumer wait / touch / release.
 
 
-def edgepipe_case(path: Path, shape: tuple, seconds: float):
+def edgepipe_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     nbytes = int(np.prod(shape))
 
     def make():
@@ -151,21 +217,31 @@ def edgepipe_case(path: Path, shape: tuple, seconds: float):
         def producer(sync):
             dec = Decoder(path)
             w = FrameWriter(ring.writer())
-            loop = _Loop()
+            with w.claim_frame(shape, timeout_s=30) as arr:
+                dec.check_in_place(arr)
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             t_end = loop.t0 + seconds
             while time.perf_counter() < t_end:
                 dec.grab()
+                mark("grab")
                 with w.claim_frame(shape, timeout_s=30) as arr:
+                    mark("transport")
                     dec.retrieve(arr)
+                    mark("retrieve")
+                mark("transport")
                 loop.n += 1
             w.close()
             return loop.result("sent", dec.close())
 
         def consumer(sync):
             r = FrameReader(ring.reader())
-            loop = _Loop()
+            with r.read_frame(timeout_s=30):
+                pass  # the frame check_in_place() wrote
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             while True:
@@ -174,7 +250,10 @@ def edgepipe_case(path: Path, shape: tuple, seconds: float):
                 except PeerClosedError:
                     break
                 with ctx as f:
-                    _received(loop.n, f.seq, f.array)
+                    mark("wait")
+                    _received(loop.n, f.seq - 1, f.array)
+                    mark("touch")
+                mark("release")
                 loop.n += 1
             return loop.result("received")
 
@@ -187,74 +266,71 @@ def edgepipe_case(path: Path, shape: tuple, seconds: float):
 # multiprocessing.shared_memory slots + multiprocessing semaphores
 
 
-def shm_sem_case(path: Path, shape: tuple, seconds: float):
-    nbytes = int(np.prod(shape))
-
+def shm_sem_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     def make():
         import multiprocessing
-        from multiprocessing import shared_memory
 
         ctx = multiprocessing.get_context("fork")
-        nslots, stride = 2, 64 + nbytes
-        shm = shared_memory.SharedMemory(create=True, size=nslots * stride)
+        slots = C.ShmFrameSlots(2, shape)
+        nslots = slots.nslots
         free, full = ctx.Semaphore(nslots), ctx.Semaphore(0)
-
-        def views(buf):
-            hdrs = [np.ndarray(2, np.int64, buf, i * stride) for i in range(nslots)]
-            pix = [np.ndarray(shape, np.uint8, buf, i * stride + 64) for i in range(nslots)]
-            return hdrs, pix
 
         def producer(sync):
             dec = Decoder(path)
             own = np.empty(shape, np.uint8)
-            m = shared_memory.SharedMemory(shm.name)
-            hdrs, pix = views(m.buf)
-            loop = _Loop()
+            dec.check_in_place(own)
+            hdrs, pix = slots.attach()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             t_end = loop.t0 + seconds
             while time.perf_counter() < t_end:
                 dec.grab()
+                mark("grab")
                 dec.retrieve(own)
+                mark("retrieve")
                 free.acquire()
+                mark("transport")
                 s = loop.n % nslots
                 np.copyto(pix[s], own)
+                mark("copy")
                 hdrs[s][0], hdrs[s][1] = loop.n + 1, now_ns()
                 full.release()
+                mark("transport")
                 loop.n += 1
             out = loop.result("sent", dec.close())
             free.acquire()
             hdrs[loop.n % nslots][0] = -1  # end marker
             full.release()
             del hdrs, pix
-            m.close()
+            slots.detach()
             return out
 
         def consumer(sync):
-            m = shared_memory.SharedMemory(shm.name)
-            hdrs, pix = views(m.buf)
-            loop = _Loop()
+            hdrs, pix = slots.attach()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             while True:
                 full.acquire()
+                mark("wait")
                 s = loop.n % nslots
                 seq = int(hdrs[s][0])
                 if seq == -1:
                     break
                 _received(loop.n, seq, pix[s])
+                mark("touch")
                 free.release()
+                mark("release")
                 loop.n += 1
             out = loop.result("received")
             del hdrs, pix
-            m.close()
+            slots.detach()
             return out
 
-        def cleanup():
-            shm.close()
-            shm.unlink()
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, slots.cleanup)
 
     return make
 
@@ -263,49 +339,40 @@ def shm_sem_case(path: Path, shape: tuple, seconds: float):
 # iceoryx2
 
 
-def iceoryx2_case(path: Path, shape: tuple, seconds: float):
+def iceoryx2_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     nbytes = int(np.prod(shape))
 
     def make():
-        try:
-            import iceoryx2 as iox
-        except ImportError as e:
-            raise C.Skip(f"iceoryx2 not importable: {e}") from None
-        tag = f"cp{time.monotonic_ns() % 1_000_000}"
-        cfg, prefix, root = C.iox2_config(tag)
-        flag = mmap.mmap(-1, mmap.PAGESIZE)
-
-        class Payload(ctypes.Structure):
-            _fields_ = [("seq", ctypes.c_int64), ("stamp", ctypes.c_int64), ("data", ctypes.c_uint8 * nbytes)]
-
-        def service(node):
-            return (node.service_builder(iox.ServiceName.new(f"epcp/{tag}")).publish_subscribe(Payload)
-                    .enable_safe_overflow(False).subscriber_max_buffer_size(2).history_size(0)
-                    .open_or_create())
-
-        def pixels(ptr: int) -> np.ndarray:
-            return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr + 16)).reshape(shape)
+        ch = C.Iox2PubSub("epcp", f"cp{time.monotonic_ns() % 1_000_000}", C.frame_payload(nbytes), 2)
+        flag = ch.flag
+        pixels = C.pixel_view(shape)
+        header = (ctypes.c_int64 * 2).from_address
 
         def producer(sync):
             dec = Decoder(path)
             own = np.empty(shape, np.uint8)
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            pub = service(node).publisher_builder().backpressure_strategy(
-                iox.BackpressureStrategy.RetryUntilDelivered).create()
+            dec.check_in_place(own)
+            pub = ch.publisher()
             sync()  # 1: the service exists
             sync()  # 2: the subscriber is connected
-            loop = _Loop()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             loop.start()
             t_end = loop.t0 + seconds
             while time.perf_counter() < t_end:
                 dec.grab()
+                mark("grab")
                 dec.retrieve(own)
+                mark("retrieve")
                 s = pub.loan_uninit()
                 ptr = s.payload_ptr
+                mark("transport")
                 np.copyto(pixels(ptr), own)
-                hdr = (ctypes.c_int64 * 2).from_address(ptr)
+                mark("copy")
+                hdr = header(ptr)
                 hdr[0], hdr[1] = loop.n + 1, now_ns()
                 s.assume_init().send()
+                mark("transport")
                 loop.n += 1
             out = loop.result("sent", dec.close())
             flag[0] = 1
@@ -315,10 +382,10 @@ def iceoryx2_case(path: Path, shape: tuple, seconds: float):
 
         def consumer(sync):
             sync()  # 1
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            sub = service(node).subscriber_builder().buffer_size(2).create()
+            sub = ch.subscriber()
             sync()  # 2
-            loop = _Loop()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             loop.start()
             while True:
                 x = sub.receive()
@@ -329,20 +396,19 @@ def iceoryx2_case(path: Path, shape: tuple, seconds: float):
                             break
                     else:
                         continue
+                mark("wait")
                 ptr = x.payload_ptr
-                _received(loop.n, (ctypes.c_int64 * 2).from_address(ptr)[0], pixels(ptr))
+                _received(loop.n, header(ptr)[0], pixels(ptr))
+                mark("touch")
                 loop.n += 1
                 x = None
+                mark("release")
             out = loop.result("received")
             sync()  # 3
             sub.delete()
             return out
 
-        def cleanup():
-            flag.close()
-            C.iox2_cleanup(prefix, root)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, ch.cleanup)
 
     return make
 
@@ -351,7 +417,7 @@ def iceoryx2_case(path: Path, shape: tuple, seconds: float):
 # byte-stream peers: a 16-byte header (seq, stamp) then the pixels, decoded into the send buffer
 
 
-def zmq_case(path: Path, shape: tuple, seconds: float):
+def zmq_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     nbytes = int(np.prod(shape))
 
     def make():
@@ -373,21 +439,27 @@ def zmq_case(path: Path, shape: tuple, seconds: float):
             sync()
             # zero-copy sends leave from zmq's I/O thread later: three buffers, each refilled only once zmq
             # is done with it (its tracker)
-            bufs = [np.empty(16 + nbytes, np.uint8) for _ in range(3)]
+            bufs = [np.empty(C.FRAME_HDR + nbytes, np.uint8) for _ in range(3)]
+            dec.check_in_place(bufs[0][C.FRAME_HDR:].reshape(shape))
             trackers = [None] * 3
-            loop = _Loop()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             loop.start()
             t_end = loop.t0 + seconds
             while time.perf_counter() < t_end:
                 j = loop.n % 3
                 if trackers[j] is not None:
                     trackers[j].wait()
+                mark("transport")
                 buf = bufs[j]
                 dec.grab()
-                dec.retrieve(buf[16:].reshape(shape))
-                hdr = buf[:16].view(np.int64)
+                mark("grab")
+                dec.retrieve(buf[C.FRAME_HDR:].reshape(shape))
+                mark("retrieve")
+                hdr = buf[:C.FRAME_HDR].view(np.int64)
                 hdr[0], hdr[1] = loop.n + 1, now_ns()
                 trackers[j] = s.send(buf, copy=False, track=True)
+                mark("transport")
                 loop.n += 1
             out = loop.result("sent", dec.close())
             s.send(b"")
@@ -403,14 +475,17 @@ def zmq_case(path: Path, shape: tuple, seconds: float):
             s.connect(endpoint)
             time.sleep(0.05)
             sync()
-            loop = _Loop()
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             loop.start()
             while True:
                 b = s.recv(copy=False).buffer
                 if len(b) == 0:
                     break
+                mark("wait")
                 _received(loop.n, int(np.frombuffer(b, np.int64, 1)[0]),
-                          np.frombuffer(b, np.uint8, nbytes, 16).reshape(shape))
+                          np.frombuffer(b, np.uint8, nbytes, C.FRAME_HDR).reshape(shape))
+                mark("touch")
                 loop.n += 1
             out = loop.result("received")
             s.close()
@@ -425,7 +500,7 @@ def zmq_case(path: Path, shape: tuple, seconds: float):
     return make
 
 
-def pipe_case(path: Path, shape: tuple, seconds: float):
+def pipe_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     nbytes = int(np.prod(shape))
 
     def make():
@@ -436,17 +511,22 @@ def pipe_case(path: Path, shape: tuple, seconds: float):
         def producer(sync):
             rx.close()
             dec = Decoder(path)
-            buf = np.empty(16 + nbytes, np.uint8)
-            hdr, pix = buf[:16].view(np.int64), buf[16:].reshape(shape)
-            loop = _Loop()
+            buf = np.empty(C.FRAME_HDR + nbytes, np.uint8)
+            hdr, pix = buf[:C.FRAME_HDR].view(np.int64), buf[C.FRAME_HDR:].reshape(shape)
+            dec.check_in_place(pix)
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             t_end = loop.t0 + seconds
             while time.perf_counter() < t_end:
                 dec.grab()
+                mark("grab")
                 dec.retrieve(pix)
+                mark("retrieve")
                 hdr[0], hdr[1] = loop.n + 1, now_ns()
                 tx.send_bytes(buf)
+                mark("transport")
                 loop.n += 1
             out = loop.result("sent", dec.close())
             tx.send_bytes(b"")
@@ -455,16 +535,19 @@ def pipe_case(path: Path, shape: tuple, seconds: float):
 
         def consumer(sync):
             tx.close()
-            buf = bytearray(16 + nbytes)
+            buf = bytearray(C.FRAME_HDR + nbytes)
             hdr = np.frombuffer(buf, np.int64, 2)
-            pix = np.frombuffer(buf, np.uint8, nbytes, 16).reshape(shape)
-            loop = _Loop()
+            pix = np.frombuffer(buf, np.uint8, nbytes, C.FRAME_HDR).reshape(shape)
+            loop = _Loop(steps)
+            mark = loop.steps.mark
             sync()
             loop.start()
             while True:
                 if rx.recv_bytes_into(buf) == 0:
                     break
+                mark("wait")
                 _received(loop.n, int(hdr[0]), pix)
+                mark("touch")
                 loop.n += 1
             return loop.result("received")
 
@@ -475,7 +558,6 @@ def pipe_case(path: Path, shape: tuple, seconds: float):
         return C.Sides(producer, consumer, None, after_start)
 
     return make
-
 
 # ---------------------------------------------------------------------------------------------------
 # driver
@@ -489,25 +571,72 @@ PEERS = [
 ]
 
 
-def build_cases(clips: list[tuple[str, Path, tuple]], seconds: float) -> list[C.Case]:
+def build_cases(clips: list[tuple[str, Path, tuple]], seconds: float, steps: bool = False) -> list[C.Case]:
     cases = []
     for label, path, shape in clips:
         cases.append(C.Case(f"{label}: edgepipe ring, retrieve into the slot", label, True,
-                            edgepipe_case(path, shape, seconds)))
+                            edgepipe_case(path, shape, seconds, steps)))
         for name, fn in PEERS:
-            cases.append(C.Case(f"{label}: {name}", label, False, fn(path, shape, seconds)))
+            cases.append(C.Case(f"{label}: {name}", label, False, fn(path, shape, seconds, steps)))
     return cases
+
+
+PRODUCER_STEPS = ("grab", "retrieve", "copy", "transport")
+CONSUMER_STEPS = ("wait", "touch", "release")
 
 
 def measure(case: C.Case, a: dict, b: dict) -> dict:
     sent, got = a["sent"], b["received"]
     if sent != got:
         raise RuntimeError(f"lost frames: sent {sent}, received {got}")
-    return {"frames": got, "msgs": got, "fps": got / b["elapsed_s"], "elapsed_s": b["elapsed_s"],
-            "producer_cpu_us": a["loop_cpu_s"] * 1e6 / max(1, sent),
-            "consumer_cpu_us": b["loop_cpu_s"] * 1e6 / max(1, got),
-            "retrieve_in_place": a["in_place"], "retrieve_copies": a["copies"],
-            "decode_wall_us": a["decode_wall_s"] * 1e6 / max(1, sent)}
+    out = {"frames": got, "msgs": got, "fps": got / b["elapsed_s"], "elapsed_s": b["elapsed_s"],
+           "producer_cpu_us": a["loop_cpu_s"] * 1e6 / max(1, sent),
+           "consumer_cpu_us": b["loop_cpu_s"] * 1e6 / max(1, got),
+           "retrieve_in_place": a["in_place"], "retrieve_copies": a["copies"],
+           "decode_wall_us": a["decode_wall_s"] * 1e6 / max(1, sent)}
+    for side, d, n in (("producer", a, sent), ("consumer", b, got)):
+        for k in ("minflt", "majflt", "nvcsw", "nivcsw"):
+            out[f"{side}_{k}_per_frame"] = d[k] / max(1, n)
+        # per-step CPU (this thread) and wall time, us per frame (--steps)
+        for kind in ("cpu", "wall"):
+            if f"steps_{kind}_s" in d:
+                out[f"{side}_steps_{kind}_us"] = {k: v * 1e6 / max(1, n) for k, v in d[f"steps_{kind}_s"].items()}
+    return out
+
+
+def _decode_us(r: dict) -> float:
+    st = r["producer_steps_cpu_us"]
+    return st.get("grab", 0.0) + st.get("retrieve", 0.0)
+
+
+def steps_report(rows: list[dict]) -> None:
+    """With --steps: where each process's CPU went per frame, and what that bounds the ratio to."""
+    rows = [r for r in rows if r["ok"] and "producer_steps_cpu_us" in r]
+    if not rows:
+        return
+    out = []
+    for r in rows:
+        p, c = r["producer_steps_cpu_us"], r["consumer_steps_cpu_us"]
+        p_other = r["producer_cpu_us"] - sum(p.values())
+        c_other = r["consumer_cpu_us"] - sum(c.values())
+        out.append([r["case"]] + [f"{p[k]:,.0f}" if k in p else "-" for k in PRODUCER_STEPS] + [f"{p_other:,.0f}"]
+                   + [f"{c[k]:,.0f}" if k in c else "-" for k in CONSUMER_STEPS] + [f"{c_other:,.0f}"])
+    print("\nCPU per frame by step, us (time.thread_time of the main thread; 'other' = getrusage of the "
+          "process minus the steps: other threads, the loop itself)")
+    print(C.table(["case"] + [f"P {k}" for k in PRODUCER_STEPS] + ["P other"]
+                  + [f"C {k}" for k in CONSUMER_STEPS] + ["C other"], out))
+    for g in dict.fromkeys(r["group"] for r in rows):
+        e = next((r for r in rows if r["edgepipe"] and r["group"] == g), None)
+        peers = [r for r in rows if not r["edgepipe"] and r["group"] == g]
+        if not e or not peers:
+            continue
+        b = max(peers, key=lambda r: r["fps"])
+        tb, te = b["producer_cpu_us"], e["producer_cpu_us"]
+        db, de = _decode_us(b), _decode_us(e)
+        print(f"  {g}: best peer {b['case'].split(': ', 1)[1]}: producer {tb:,.0f} us/frame, of which decode "
+              f"(grab + retrieve) {db:,.0f} ({db / tb:.0%}); edgepipe {te:,.0f}, decode {de:,.0f}. If frames/s "
+              f"follow the producer's CPU: edgepipe/peer = {tb / te:.2f}x measured, {tb / (db + te - de):.2f}x "
+              f"with the peer's decode cost, {tb / db:.2f}x at most for any transport (one costing nothing)")
 
 
 def report(rows: list[dict]) -> dict:
@@ -531,6 +660,11 @@ def report(rows: list[dict]) -> dict:
           "of each process over its timed loop, per frame; ratio = frames/s over the best peer of the same clip")
     print(C.table(["case", "frames/s", "producer CPU us/frame", "consumer CPU us/frame", "decode wall us/frame",
                    "vs best peer", "frames", "retrieve in place"], out))
+    faults = [[r["case"]] + [f"{r[f'{side}_{k}_per_frame']:.2f}" for side in ("producer", "consumer")
+                             for k in ("minflt", "nvcsw", "nivcsw")] for r in rows if r["ok"]]
+    print("\nper frame: minor page faults, voluntary and involuntary context switches of each process")
+    print(C.table(["case", "P minflt", "P vol csw", "P invol csw", "C minflt", "C vol csw", "C invol csw"], faults))
+    steps_report(rows)
     g = C.Goals("goals (issue 20)")
     for grp in groups:
         e = next((r for r in rows if r["ok"] and r["edgepipe"] and r["group"] == grp), None)
@@ -548,8 +682,12 @@ def report(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    def extra(p):
+        p.add_argument("--steps", action="store_true",
+                       help="also time each step of both loops (time.thread_time + perf_counter per step)")
+
     args = C.parse_args(__doc__.splitlines()[0], default_seconds=2.0, size_default=None,
-                        size_help="unused (the clips set the frame size)")
+                        size_help="unused (the clips set the frame size)", extra=extra)
     env = C.print_header("edgepipe capture path: OpenCV-decoded frames to a consumer process", args)
     import cv2
 
@@ -562,7 +700,7 @@ def main() -> None:
             print(f"made {big.name}: {CLIP_1080P_FRAMES} frames 1920x1080 MJPG in {time.perf_counter() - t:.1f} s "
                   f"(OpenCV {cv2.__version__})")
             clips.append(("1920x1080", big, (1080, 1920, 3)))
-        C.run_and_report(args, env, build_cases(clips, args.seconds), measure, report, timer_note=False)
+        C.run_and_report(args, env, build_cases(clips, args.seconds, args.steps), measure, report, timer_note=False)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ time, next to a lossless ring with the same slow consumer.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import time
 from array import array
 
@@ -216,23 +215,16 @@ def shm_sem_case(mode: str, seconds: float):
             import posix_ipc
         except ImportError as e:
             raise C.Skip(f"posix_ipc not importable: {e}") from None
-        from multiprocessing import shared_memory
 
-        nslots, stride = 2, 64 + NBYTES
-        shm = shared_memory.SharedMemory(create=True, size=nslots * stride)
+        slots = C.ShmFrameSlots(2, SHAPE)
+        nslots = slots.nslots
         tag = f"/epbf{time.monotonic_ns() % 10_000_000}"
         free = posix_ipc.Semaphore(tag + "f", posix_ipc.O_CREX, initial_value=nslots)
         full = posix_ipc.Semaphore(tag + "u", posix_ipc.O_CREX, initial_value=0)
 
-        def views(buf):
-            hdrs = [np.ndarray(2, np.int64, buf, i * stride) for i in range(nslots)]
-            pix = [np.ndarray(SHAPE, np.uint8, buf, i * stride + 64) for i in range(nslots)]
-            return hdrs, pix
-
         def producer(sync):
             srcs = sources(mode)
-            m = shared_memory.SharedMemory(shm.name)
-            hdrs, pix = views(m.buf)
+            hdrs, pix = slots.attach()
             sync()
             t_end = time.perf_counter() + seconds
             i = 0
@@ -247,12 +239,11 @@ def shm_sem_case(mode: str, seconds: float):
             hdrs[i % nslots][0] = -1  # end marker
             full.release()
             del hdrs, pix
-            m.close()
+            slots.detach()
             return {"sent": i}
 
         def consumer(sync):
-            m = shared_memory.SharedMemory(shm.name)
-            hdrs, pix = views(m.buf)
+            hdrs, pix = slots.attach()
             lat = array("q")
             sync()
             n = 0
@@ -268,15 +259,14 @@ def shm_sem_case(mode: str, seconds: float):
                 n += 1
             out = _result(n, t0, lat)
             del hdrs, pix
-            m.close()
+            slots.detach()
             return out
 
         def cleanup():
             for sem in (free, full):
                 sem.unlink()
                 sem.close()
-            shm.close()
-            shm.unlink()
+            slots.cleanup()
 
         return C.Sides(producer, consumer, cleanup)
 
@@ -293,30 +283,13 @@ def iceoryx2_case(mode: str, seconds: float):
     receive() and reads in place. Stop: a shared flag, read when receive() finds nothing."""
 
     def make():
-        try:
-            import iceoryx2 as iox
-        except ImportError as e:
-            raise C.Skip(f"iceoryx2 not importable: {e}") from None
-        tag = f"fr{time.monotonic_ns() % 1_000_000}"
-        cfg, prefix, root = C.iox2_config(tag)
-        flag = mmap.mmap(-1, mmap.PAGESIZE)
-
-        class Payload(ctypes.Structure):
-            _fields_ = [("seq", ctypes.c_int64), ("stamp", ctypes.c_int64), ("data", ctypes.c_uint8 * NBYTES)]
-
-        def service(node):
-            return (node.service_builder(iox.ServiceName.new(f"epbf/{tag}")).publish_subscribe(Payload)
-                    .enable_safe_overflow(False).subscriber_max_buffer_size(2).history_size(0)
-                    .open_or_create())
-
-        def pixels(ptr: int) -> np.ndarray:
-            return np.ctypeslib.as_array((ctypes.c_uint8 * NBYTES).from_address(ptr + 16)).reshape(SHAPE)
+        ch = C.Iox2PubSub("epbf", f"fr{time.monotonic_ns() % 1_000_000}", C.frame_payload(NBYTES), 2)
+        flag = ch.flag
+        pixels = C.pixel_view(SHAPE)
 
         def producer(sync):
             srcs = sources(mode)
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            pub = service(node).publisher_builder().backpressure_strategy(
-                iox.BackpressureStrategy.RetryUntilDelivered).create()
+            pub = ch.publisher()
             sync()  # 1: the service exists
             sync()  # 2: the subscriber is connected
             i = 0
@@ -335,8 +308,7 @@ def iceoryx2_case(mode: str, seconds: float):
 
         def consumer(sync):
             sync()  # 1
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            sub = service(node).subscriber_builder().buffer_size(2).create()
+            sub = ch.subscriber()
             sync()  # 2
             lat = array("q")
             n = 0
@@ -360,11 +332,7 @@ def iceoryx2_case(mode: str, seconds: float):
             sub.delete()
             return out
 
-        def cleanup():
-            flag.close()
-            C.iox2_cleanup(prefix, root)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, ch.cleanup)
 
     return make
 

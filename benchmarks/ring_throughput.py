@@ -31,7 +31,6 @@ differences being measured. The repetition is deliberate.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import socket
 import time
 
@@ -535,27 +534,12 @@ def iceoryx2_case(size: int, seconds: float):
     flag, read only when receive() finds nothing."""
 
     def make():
-        try:
-            import iceoryx2 as iox
-        except ImportError as e:
-            raise C.Skip(f"iceoryx2 not importable: {e}") from None
-        tag = f"thr{time.monotonic_ns() % 1_000_000}"
-        cfg, prefix, root = C.iox2_config(tag)
-        flag = mmap.mmap(-1, mmap.PAGESIZE)
         depth = 256
-
-        class Payload(ctypes.Structure):
-            _fields_ = [("data", ctypes.c_uint8 * size)]
-
-        def service(node):
-            return (node.service_builder(iox.ServiceName.new(f"epb/{tag}")).publish_subscribe(Payload)
-                    .enable_safe_overflow(False).subscriber_max_buffer_size(depth).history_size(0)
-                    .open_or_create())
+        ch = C.Iox2PubSub("epb", f"thr{time.monotonic_ns() % 1_000_000}", C.bytes_payload(size), depth)
+        flag = ch.flag
 
         def producer(sync):
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            pub = service(node).publisher_builder().backpressure_strategy(
-                iox.BackpressureStrategy.RetryUntilDelivered).create()
+            pub = ch.publisher()
             sync()  # 1: the service exists
             sync()  # 2: the subscriber is connected
             pool = C.seq_pool(size, POOL)
@@ -577,8 +561,7 @@ def iceoryx2_case(size: int, seconds: float):
 
         def consumer(sync):
             sync()  # 1
-            node = iox.NodeBuilder.new().config(cfg).create(iox.ServiceType.Ipc)
-            sub = service(node).subscriber_builder().buffer_size(depth).create()
+            sub = ch.subscriber()
             sync()  # 2
             rcv = sub.receive
             u64 = ctypes.c_uint64.from_address
@@ -602,11 +585,7 @@ def iceoryx2_case(size: int, seconds: float):
             sub.delete()
             return out
 
-        def cleanup():
-            flag.close()
-            C.iox2_cleanup(prefix, root)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, ch.cleanup)
 
     return make
 

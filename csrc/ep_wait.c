@@ -64,6 +64,10 @@ int ep_wait_until(struct ep_waiter *wt)
     if (wt->ready(wt->ctx))
         return 0;
     int64_t now = ep_clock_mono_ns();
+    /* A deadline already past (a zero timeout: "is it there?") is answered now. The spin below reads the
+     * clock only every 64 turns, so it would first burn 64 turns (~2 us) before noticing. */
+    if (now >= wt->deadline_mono)
+        return wt->ready(wt->ctx) ? 0 : -ETIMEDOUT;
     int64_t spin_end = wt->mode == EP_WAIT_PARK ? now
                      : wt->mode == EP_WAIT_SPIN ? INT64_MAX
                      : (wt->spin_ns > INT64_MAX - now ? INT64_MAX : now + wt->spin_ns);

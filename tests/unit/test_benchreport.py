@@ -414,10 +414,12 @@ class TestCapturePath:
         """capture_path.py, run briefly on the bundled 768x576 clip, writes one row per transport: every frame
         sent was received in order (a loss fails the row), each process's CPU per frame is reported, edgepipe's
         retrieve() wrote every frame into the ring slot itself, and a peer that did not run says it was skipped
-        (not installed) rather than failing; the goal line names the clip."""
+        (not installed) rather than failing; the goal line names the clip. With --steps each row also splits
+        both processes' CPU per frame by step (the peers that copy have a copy step, edgepipe has none) and the
+        report prints the ratio bound the decode leaves."""
         out = tmp_path / "capture_path.json"
         r = subprocess.run([sys.executable, str(BENCH / "capture_path.py"), "--seconds", "0.3", "--only", "768x576",
-                            "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                            "--steps", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         doc = json.loads(out.read_text())
         rows = doc["rows"]
@@ -428,6 +430,13 @@ class TestCapturePath:
                 assert x["frames"] > 0 and x["fps"] > 0
                 assert x["producer_cpu_us"] > 0 and x["consumer_cpu_us"] >= 0
                 assert x["retrieve_in_place"] + x["retrieve_copies"] == x["frames"]
+                assert x["producer_minflt_per_frame"] >= 0 and x["consumer_nvcsw_per_frame"] >= 0
+                steps = x["producer_steps_cpu_us"]
+                assert {"grab", "retrieve", "transport"} <= set(steps) and steps["grab"] > 0
+                copies = "shm slots" in x["case"] or "iceoryx2" in x["case"]  # array -> transport
+                assert ("copy" in steps) == copies, (x["case"], steps)
+                assert {"wait", "touch"} <= set(x["consumer_steps_cpu_us"])
         (ep,) = [x for x in rows if x["edgepipe"]]
         assert ep["retrieve_in_place"] == ep["frames"]
+        assert "at most for any transport" in r.stdout
         assert list(doc["goals"]["1"]) == ["768x576: edgepipe >= 1.25x the best peer in frames/s"]

@@ -4,9 +4,10 @@ pattern, decoded straight into shared memory (a :class:`~edgepipe.frames.FrameWr
 
 The hot loop per frame: wait for the frame's deadline (file sources at their native fps, absolute deadlines
 ``t0 + n / fps`` so there is no drift), ``grab()``, stamp ``capture_ns = clock.now_ns()``, claim a slot,
-``retrieve(image=slot)`` so OpenCV converts the decoded frame into the slot in place, publish. If OpenCV
-ever hands back a different array than the slot it was given, the frame is copied once and counted in
-``copies``.
+``retrieve(image=slot)`` so OpenCV writes the decoded frame into the slot, publish. (OpenCV's FFMPEG backend
+converts to BGR into a buffer of its own and copies that into the array it is given, so the frame is
+written once into shared memory and never copied again.) If OpenCV ever hands back a different array than
+the slot it was given, the frame is copied once more and counted in ``copies``.
 
 Sources are resolved by :func:`open_source`; any object with ``open()``, ``grab()``, ``retrieve(arr)``,
 ``close()`` and ``shape`` works too. OpenCV is imported lazily, so ``import edgepipe`` stays fast.
