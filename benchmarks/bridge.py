@@ -133,6 +133,17 @@ def role_bare_sub(a) -> None:
     print(json.dumps({"lat_ns": lat}))
 
 
+def run_bursts(a, left: list, done: threading.Event, send) -> None:
+    """Ping side of the burst cases: ``a.n // a.burst`` bursts, each chained by the pong callbacks (which
+    count ``left`` down and set ``done``), 20 ms apart."""
+    for _ in range(a.n // a.burst):
+        left[0] = a.burst
+        done.clear()
+        send()
+        done.wait(2)
+        time.sleep(0.02)
+
+
 def role_rtt_echo(a) -> None:
     """Answers pings (a subscriber putting a pong, and a queryable replying) inside zenoh's callbacks, stamping
     t2 on arrival and t3 just before the answer goes out; runs until stdin closes."""
@@ -193,12 +204,7 @@ def _rtt_bursts(z, ping, mode: str, a) -> list[list[int]]:
 
     sub = z.declare_subscriber("bench/pong", zenoh.handlers.Callback(on_pong, indirect=False))
     time.sleep(0.2)
-    for _ in range(a.n // a.burst):
-        left[0] = a.burst
-        done.clear()
-        send()
-        done.wait(2)
-        time.sleep(0.02)
+    run_bursts(a, left, done, send)
     sub.undeclare()
     return delays
 
@@ -322,12 +328,7 @@ def role_stamps_ping(a) -> None:
         sub = z.declare_subscriber("bench/pong", zenoh.handlers.Callback(on_pong, indirect=False))
         time.sleep(0.2)
         put_threads = {threading.get_native_id()}
-        for _ in range(a.n // a.burst):
-            left[0] = a.burst
-            done.clear()
-            send()
-            done.wait(2)
-            time.sleep(0.02)
+        run_bursts(a, left, done, send)
         sub.undeclare()
     print(json.dumps({"rows": rows, "put_cost_ns": cost, "ts_threads": sorted(ts_threads),
                       "cb_threads": sorted(cb_threads), "main": sorted(put_threads)}))
