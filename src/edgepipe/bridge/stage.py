@@ -145,7 +145,7 @@ class BridgeStage(PipelineStage):
         lease_ms: a remote end silent this long is gone (its records stop; ``remotes_alive`` drops it).
         max_bytes: the largest record taken from the wire; bigger ones are counted (``oversize``) and dropped.
         express: send each sample at once, never batched with the next ones. Off by default, also for small
-            lossless records: zenoh (1.x) batches only under back-pressure (a sample finding the link idle is
+            lossless records: zenoh batches only under back-pressure (a sample finding the link idle is
             sent at once either way), so express buys no latency on a link with room (measured: 1 KB at
             1 kHz across two namespaces, rec-bridge-express vs rec-bridge-batched in benchmarks/bridge.py),
             while under load it sends one frame per sample where batching would pack many: more packets
