@@ -673,6 +673,53 @@ class ShmFrameSlots:
         self.shm.unlink()
 
 
+class ZmqPushPull:
+    """One pyzmq PUSH/PULL pipe over ipc:// (a socket file in the run's temp dir), the set-up every pyzmq peer
+    shares. Make it in the parent (a case's make(): raises :class:`Skip` without pyzmq); each child makes its
+    own context and socket (zmq does not survive fork): ``push()`` binds (LINGER 30 s, so pending messages
+    are still delivered at close), ``pull()`` returns the socket unconnected (the consumer connects to
+    ``endpoint`` once the producer has bound). ``hwm``: both high-water marks (None: zmq's default);
+    ``send_timeout_ms`` / ``recv_timeout_ms``: SNDTIMEO / RCVTIMEO (None: block). ``cleanup()`` in the parent."""
+
+    def __init__(self, prefix: str, hwm: int | None = None, send_timeout_ms: int | None = None,
+                 recv_timeout_ms: int | None = None) -> None:
+        try:
+            import zmq
+        except ImportError as e:
+            raise Skip(f"pyzmq not importable: {e}") from None
+        self.zmq = zmq
+        self.path = tmpdir() / f"{prefix}-{time.monotonic_ns() % 1_000_000}.sock"
+        self.endpoint = f"ipc://{self.path}"
+        self.hwm, self.send_timeout_ms, self.recv_timeout_ms = hwm, send_timeout_ms, recv_timeout_ms
+
+    def push(self):
+        """(context, PUSH socket bound to ``endpoint``)."""
+        zmq = self.zmq
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PUSH)
+        if self.hwm is not None:
+            s.setsockopt(zmq.SNDHWM, self.hwm)
+        if self.send_timeout_ms is not None:
+            s.setsockopt(zmq.SNDTIMEO, self.send_timeout_ms)
+        s.setsockopt(zmq.LINGER, 30_000)
+        s.bind(self.endpoint)
+        return ctx, s
+
+    def pull(self):
+        """(context, PULL socket, not yet connected)."""
+        zmq = self.zmq
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PULL)
+        if self.hwm is not None:
+            s.setsockopt(zmq.RCVHWM, self.hwm)
+        if self.recv_timeout_ms is not None:
+            s.setsockopt(zmq.RCVTIMEO, self.recv_timeout_ms)
+        return ctx, s
+
+    def cleanup(self) -> None:
+        unlink_quietly(self.path)
+
+
 def dev_shm_snapshot() -> set[str]:
     try:
         return set(os.listdir("/dev/shm"))

@@ -421,20 +421,11 @@ def zmq_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
     nbytes = int(np.prod(shape))
 
     def make():
-        try:
-            import zmq
-        except ImportError as e:
-            raise C.Skip(f"pyzmq not importable: {e}") from None
-        sock = C.tmpdir() / f"zmqcp-{time.monotonic_ns() % 1_000_000}.sock"
-        endpoint = f"ipc://{sock}"
+        pipe = C.ZmqPushPull("zmqcp", hwm=2)
 
         def producer(sync):
             dec = Decoder(path)
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.SNDHWM, 2)
-            s.setsockopt(zmq.LINGER, 30_000)
-            s.bind(endpoint)
+            ctx, s = pipe.push()
             sync()
             sync()
             # zero-copy sends leave from zmq's I/O thread later: three buffers, each refilled only once zmq
@@ -468,11 +459,9 @@ def zmq_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
             return out
 
         def consumer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PULL)
-            s.setsockopt(zmq.RCVHWM, 2)
+            ctx, s = pipe.pull()
             sync()
-            s.connect(endpoint)
+            s.connect(pipe.endpoint)
             time.sleep(0.05)
             sync()
             loop = _Loop(steps)
@@ -492,10 +481,7 @@ def zmq_case(path: Path, shape: tuple, seconds: float, steps: bool = False):
             ctx.term()
             return out
 
-        def cleanup():
-            C.unlink_quietly(sock)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, pipe.cleanup)
 
     return make
 

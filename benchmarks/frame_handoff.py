@@ -393,20 +393,11 @@ def zmq_case(mode: str, seconds: float):
     in Python on either side), high-water marks of 2 messages."""
 
     def make():
-        try:
-            import zmq
-        except ImportError as e:
-            raise C.Skip(f"pyzmq not importable: {e}") from None
-        path = C.tmpdir() / f"zmqf-{time.monotonic_ns() % 1_000_000}.sock"
-        endpoint = f"ipc://{path}"
+        pipe = C.ZmqPushPull("zmqf", hwm=2)
 
         def producer(sync):
             srcs = sources(mode)
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.SNDHWM, 2)
-            s.setsockopt(zmq.LINGER, 30_000)
-            s.bind(endpoint)
+            ctx, s = pipe.push()
             sync()
             sync()
             # Zero-copy sends go out from the I/O thread later: rotate three buffers and wait for a
@@ -430,11 +421,9 @@ def zmq_case(mode: str, seconds: float):
             return {"sent": i}
 
         def consumer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PULL)
-            s.setsockopt(zmq.RCVHWM, 2)
+            ctx, s = pipe.pull()
             sync()
-            s.connect(endpoint)
+            s.connect(pipe.endpoint)
             time.sleep(0.05)
             sync()
             lat = array("q")
@@ -453,10 +442,7 @@ def zmq_case(mode: str, seconds: float):
             ctx.term()
             return out
 
-        def cleanup():
-            C.unlink_quietly(path)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, pipe.cleanup)
 
     return make
 

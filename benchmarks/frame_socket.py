@@ -533,19 +533,10 @@ def zmq_tput_case(size: int, seconds: float):
     dropped); an empty message ends the run. Contexts are made in the children (zmq does not survive fork)."""
 
     def make():
-        try:
-            import zmq
-        except ImportError as e:
-            raise C.Skip(f"pyzmq not importable: {e}") from None
-        path = C.tmpdir() / f"zmq-fs-{time.monotonic_ns() % 1_000_000}.sock"
-        endpoint = f"ipc://{path}"
+        pipe = C.ZmqPushPull("zmq-fs", send_timeout_ms=30_000, recv_timeout_ms=int(RX_TIMEOUT_S * 1000))
 
         def producer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.LINGER, 30_000)
-            s.setsockopt(zmq.SNDTIMEO, 30_000)
-            s.bind(endpoint)
+            ctx, s = pipe.push()
             sync()  # 1: bound
             sync()  # 2: the consumer connected
             pool = C.seq_pool(size, POOL)
@@ -564,11 +555,9 @@ def zmq_tput_case(size: int, seconds: float):
             return {"sent": i}
 
         def consumer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PULL)
-            s.setsockopt(zmq.RCVTIMEO, int(RX_TIMEOUT_S * 1000))
+            ctx, s = pipe.pull()
             sync()  # 1
-            s.connect(endpoint)
+            s.connect(pipe.endpoint)
             rcv = s.recv
             time.sleep(0.05)  # the pipe is up before the clock starts
             sync()  # 2
@@ -586,10 +575,7 @@ def zmq_tput_case(size: int, seconds: float):
             ctx.term()
             return out
 
-        def cleanup():
-            C.unlink_quietly(path)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, pipe.cleanup)
 
     return make
 

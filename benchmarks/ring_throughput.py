@@ -600,18 +600,10 @@ def zmq_case(size: int, seconds: float):
     Contexts are made in the children: zmq does not survive fork."""
 
     def make():
-        try:
-            import zmq
-        except ImportError as e:
-            raise C.Skip(f"pyzmq not importable: {e}") from None
-        path = C.tmpdir() / f"zmq-{time.monotonic_ns() % 1_000_000}.sock"
-        endpoint = f"ipc://{path}"
+        pipe = C.ZmqPushPull("zmq")
 
         def producer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.LINGER, 30_000)
-            s.bind(endpoint)
+            ctx, s = pipe.push()
             sync()  # 1: bound
             sync()  # 2: the consumer connected
             pool = C.seq_pool(size, POOL)
@@ -630,10 +622,9 @@ def zmq_case(size: int, seconds: float):
             return {"sent": i}
 
         def consumer(sync):
-            ctx = zmq.Context()
-            s = ctx.socket(zmq.PULL)
+            ctx, s = pipe.pull()
             sync()  # 1
-            s.connect(endpoint)
+            s.connect(pipe.endpoint)
             rcv = s.recv
             # A PUSH socket sends nothing until a peer is connected; wait for the pipe before starting
             # the clock so the handshake is not counted.
@@ -653,10 +644,7 @@ def zmq_case(size: int, seconds: float):
             ctx.term()
             return out
 
-        def cleanup():
-            C.unlink_quietly(path)
-
-        return C.Sides(producer, consumer, cleanup)
+        return C.Sides(producer, consumer, pipe.cleanup)
 
     return make
 
